@@ -1,0 +1,110 @@
+"""The storage context every handle carries: where the storage is and how to reach it.
+
+A :class:`StorageContext` is made by :class:`deker.Client` and shared by the collections,
+arrays and subsets it creates.  It holds plain settings (storage root, lock timing, memory
+limit), the task runner, and the open/closed state of its client.  Handles pickle without it:
+on the other side they rebuild a detached context from the same settings (see
+:meth:`StorageContext.__reduce__`), so an ``Array`` can travel to a worker process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deker.errors import DekerClientError
+from deker.executors import TaskRunner
+from deker.storage.locks import LockSettings
+
+__all__ = ["ContextSettings", "StorageContext"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ContextSettings:
+    """The picklable part of a context.
+
+    Parameters
+    ----------
+    root : str
+        The collections directory (``<storage path>/collections``) as this process sees it.
+    locks : LockSettings
+        Lock timeout and polling interval.
+    memory_limit : int
+        The effective memory limit in bytes.
+    skip_collection_create_memory_check : bool
+        Whether collection creation skips the memory check.
+    """
+
+    root: str
+    locks: LockSettings
+    memory_limit: int
+    skip_collection_create_memory_check: bool = False
+
+
+class StorageContext:
+    """Settings, task runner and open state shared by the objects of one client session.
+
+    Parameters
+    ----------
+    settings : ContextSettings
+        Where the storage is and how to lock it.
+    runner : TaskRunner or None
+        Runs per-tile tasks; ``None`` makes a private thread pool on first use.
+    """
+
+    def __init__(self, settings: ContextSettings, runner: TaskRunner | None = None) -> None:
+        self.settings = settings
+        self._runner = runner
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @property
+    def root(self) -> Path:
+        """The collections directory."""
+        return Path(self.settings.root)
+
+    @property
+    def locks(self) -> LockSettings:
+        """Lock timeout and polling interval."""
+        return self.settings.locks
+
+    @property
+    def memory_limit(self) -> int:
+        """The effective memory limit in bytes."""
+        return self.settings.memory_limit
+
+    @property
+    def runner(self) -> TaskRunner:
+        """The task runner (created lazily for detached contexts)."""
+        self.check_open()
+        if self._runner is None:
+            with self._lock:
+                if self._runner is None:
+                    self._runner = TaskRunner.create(None, None)
+        return self._runner
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the client of this context was closed."""
+        return self._closed
+
+    def check_open(self) -> None:
+        """Raise :class:`DekerClientError` if the client was closed."""
+        if self._closed:
+            raise DekerClientError("Client is closed")
+
+    def close(self) -> None:
+        """Mark closed and shut down an owned runner (idempotent)."""
+        self._closed = True
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.shutdown(wait=True)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A context travels as its settings; the receiving process gets its own runner.
+        return (StorageContext, (self.settings, None))

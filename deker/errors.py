@@ -1,0 +1,206 @@
+"""The exceptions raised by deker.
+
+The class names and their hierarchy are those of deker 1.1.7, so code written for it keeps
+catching what it caught.  Where a caller would naturally reach for a builtin, the leaf also
+subclasses it: a validation problem is a :class:`ValueError`, a lock timeout a
+:class:`TimeoutError`, a memory-limit break a :class:`MemoryError`, and a failed multi-tile
+operation an :class:`ExceptionGroup` that carries the real exceptions of its tiles.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+if sys.version_info >= (3, 11):  # pragma: no cover - depends on the interpreter
+    from builtins import ExceptionGroup
+else:  # pragma: no cover - depends on the interpreter
+    from exceptiongroup import ExceptionGroup
+
+__all__ = [
+    "DekerArrayError",
+    "DekerArrayTypeError",
+    "DekerBaseApplicationError",
+    "DekerBrokenSymlinkError",
+    "DekerClientError",
+    "DekerCollectionAlreadyExistsError",
+    "DekerCollectionError",
+    "DekerCollectionNotExistsError",
+    "DekerExceptionGroup",
+    "DekerFilterError",
+    "DekerInstanceNotExistsError",
+    "DekerIntegrityError",
+    "DekerInvalidManagerCallError",
+    "DekerInvalidSchemaError",
+    "DekerLockError",
+    "DekerMemoryError",
+    "DekerMetaDataError",
+    "DekerStorageError",
+    "DekerSubsetError",
+    "DekerValidationError",
+    "DekerVSubsetError",
+]
+
+
+class DekerBaseApplicationError(Exception):
+    """Base class of every exception deker raises on purpose."""
+
+
+class DekerClientError(DekerBaseApplicationError, RuntimeError):
+    """The client cannot be used: it failed to open, or it is closed."""
+
+
+class DekerArrayError(DekerBaseApplicationError):
+    """An array cannot be created, found or written as asked."""
+
+
+class DekerArrayTypeError(DekerArrayError, TypeError):
+    """Data given to an update has a type or dtype the array cannot store."""
+
+
+class DekerSubsetError(DekerArrayError):
+    """A subset cannot do what was asked (e.g. a scalar subset turned into xarray)."""
+
+
+class DekerCollectionError(DekerBaseApplicationError):
+    """A collection-level operation failed."""
+
+
+class DekerCollectionAlreadyExistsError(DekerCollectionError, FileExistsError):
+    """A collection with this name already exists in the storage."""
+
+
+class DekerCollectionNotExistsError(DekerCollectionError, KeyError):
+    """No collection with this name exists in the storage."""
+
+    def __str__(self) -> str:  # KeyError would add quotes around the message
+        return Exception.__str__(self)
+
+
+class DekerInvalidSchemaError(DekerBaseApplicationError, ValueError):
+    """A schema is not valid."""
+
+
+class DekerMetaDataError(DekerInvalidSchemaError):
+    """Stored metadata is missing, too new, or cannot be parsed."""
+
+
+class DekerFilterError(DekerBaseApplicationError, ValueError):
+    """A filter names attributes the schema does not have."""
+
+
+class DekerValidationError(DekerBaseApplicationError, ValueError):
+    """Input (a schema, an attribute, a name, an id, a URI, a size) is not valid."""
+
+
+class DekerIntegrityError(DekerBaseApplicationError):
+    """The integrity check found problems in the storage."""
+
+
+class DekerLockError(DekerBaseApplicationError, TimeoutError):
+    """A lock could not be acquired within the allowed time."""
+
+
+class DekerInstanceNotExistsError(DekerBaseApplicationError):
+    """The collection, array or VArray this object refers to was deleted."""
+
+
+class DekerInvalidManagerCallError(DekerBaseApplicationError, AttributeError):
+    """A manager was used where it does not apply (``.varrays`` of an Array collection)."""
+
+
+class DekerMemoryError(DekerBaseApplicationError, MemoryError):
+    """The operation would need more memory than the client's limit allows."""
+
+
+class DekerStorageError(DekerBaseApplicationError):
+    """The storage (adapter) cannot serve the request, or a stored file is unusable."""
+
+
+class DekerBrokenSymlinkError(DekerStorageError):
+    """A symlink of the storage points at nothing and its target cannot be derived."""
+
+
+def _render(message: str, items: Sequence[object]) -> str:
+    lines = "\n".join(f"{i}) {item}" for i, item in enumerate(items, start=1))
+    return f"{message}; exceptions:\n\n{lines} "
+
+
+class DekerExceptionGroup(DekerBaseApplicationError):
+    """Several errors reported together (deker 1.1.7 compatible).
+
+    Parameters
+    ----------
+    message : str
+        What failed.
+    exceptions : list of str
+        A description of every error.
+    """
+
+    def __init__(self, message: str, exceptions: Sequence[str]) -> None:
+        super().__init__(message, list(exceptions))
+        self.message = message
+        self.exceptions: Sequence[Any] = list(exceptions)
+
+    def __str__(self) -> str:
+        return _render(self.message, self.exceptions)
+
+
+class DekerVSubsetError(DekerSubsetError, DekerExceptionGroup, ExceptionGroup):  # type: ignore[misc]
+    """Some tile tasks of a VArray operation failed.
+
+    It is an :class:`ExceptionGroup`: ``exceptions`` holds the real exception of every failed
+    tile (so ``except*`` works), and ``tiles`` the grid position of each, in the same order.
+    Tiles not named succeeded; locks taken by the operation have been released.
+
+    Parameters
+    ----------
+    message : str
+        What failed.
+    exceptions : sequence of Exception
+        The exceptions raised by the failed tile tasks.
+    tiles : sequence of tuple of int, optional
+        The grid position of the tile of each exception.
+    """
+
+    def __new__(
+        cls,
+        message: str,
+        exceptions: Sequence[BaseException],
+        tiles: Sequence[tuple[int, ...]] | None = None,
+    ) -> DekerVSubsetError:
+        return super().__new__(cls, message, list(exceptions))  # type: ignore[no-any-return,call-arg]
+
+    def __init__(
+        self,
+        message: str,
+        exceptions: Sequence[BaseException],
+        tiles: Sequence[tuple[int, ...]] | None = None,
+    ) -> None:
+        ExceptionGroup.__init__(self, message, list(exceptions))
+        self.tiles: tuple[tuple[int, ...], ...] = tuple(tiles or ())
+
+    @property
+    def message(self) -> str:  # type: ignore[override]
+        """The message of the group."""
+        return str(self.args[0])
+
+    @message.setter
+    def message(self, value: str) -> None:  # DekerExceptionGroup.__init__ is not called
+        pass
+
+    def __str__(self) -> str:
+        items = []
+        for i, exc in enumerate(self.exceptions):
+            where = f"tile {self.tiles[i]}: " if i < len(self.tiles) else ""
+            items.append(f"{where}{type(exc).__name__}: {exc}")
+        return _render(self.message, items)
+
+    def derive(self, excs: Sequence[BaseException]) -> DekerVSubsetError:  # type: ignore[override]
+        """Return a group of the same kind holding ``excs`` (used by ``except*``)."""
+        positions = [self.tiles[self.exceptions.index(e)] for e in excs if e in self.exceptions]
+        return DekerVSubsetError(self.message, list(excs), positions if len(positions) == len(excs) else None)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DekerVSubsetError, (self.message, list(self.exceptions), self.tiles))
