@@ -170,6 +170,7 @@ class DekerVSubsetError(DekerSubsetError, DekerExceptionGroup, ExceptionGroup): 
         exceptions: Sequence[BaseException],
         tiles: Sequence[tuple[int, ...]] | None = None,
     ) -> DekerVSubsetError:
+        """Build the group from the tile exceptions (``ExceptionGroup`` needs them here)."""
         return super().__new__(cls, message, list(exceptions))  # type: ignore[no-any-return,call-arg]
 
     def __init__(

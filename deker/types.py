@@ -48,6 +48,7 @@ class IndexLabels(tuple):  # type: ignore[type-arg]
     """
 
     def __new__(cls, labels: Iterable[Any]) -> IndexLabels:
+        """Validate ``labels`` and freeze them into a tuple."""
         items = tuple(labels)
         if not items:
             raise DekerValidationError("Label cannot be empty, use None instead")

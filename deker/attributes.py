@@ -1,0 +1,479 @@
+"""Attribute values of arrays: validation, conversion, filters, ids and primary-key paths.
+
+The rules are those of deker 1.1.7 (SPEC §1.5, §1.9, §2.5), checked in the same order with the
+same exception classes.  Deviations (SPEC §8.8, §8.15):
+
+- A primary attribute passed only in the custom attributes raises :class:`DekerValidationError`
+  (deker 1.1.7 leaked a ``KeyError``).
+- A custom datetime attribute is mandatory when a time dimension starts at exactly ``"$<name>"``
+  (deker 1.1.7 used a prefix match).
+- Partial custom-attribute updates keep every unspecified custom attribute.
+- Filter values are coerced to the attribute dtype (``{"q": 1}`` finds ``q == 1.0``).
+- Primary-key path components and collection names are checked to be safe single path
+  components (no ``/``, NUL, ``.``/``..``, blank or over-long values).
+- Ids must be canonical UUID strings (8-4-4-4-12 groups); deker 1.1.7 only checked the length
+  and the number of groups.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deker.dtypes import is_attribute_dtype
+from deker.errors import DekerFilterError, DekerValidationError
+from deker.types import to_utc
+
+if TYPE_CHECKING:  # pragma: no cover - typing only (schemas is a sibling layer)
+    from deker.schemas import ArraySchema, AttributeSchema, VArraySchema
+
+__all__ = [
+    "check_path_component",
+    "normalize_filters",
+    "primary_key_components",
+    "process_attributes",
+    "process_custom_update",
+    "validate_id",
+]
+
+#: The longest file name (in UTF-8 bytes) most file systems accept.
+MAX_COMPONENT_BYTES = 255
+
+
+# --------------------------------------------------------------------------------------------- ids
+def validate_id(value: Any, cls_name: str) -> str:
+    """Check that an id is a UUID string (any version).
+
+    Parameters
+    ----------
+    value : Any
+        The id to check (``None`` is handled by the caller).
+    cls_name : str
+        The name of the object kind, for the message (``"Array"``, ``"VArray"``).
+
+    Returns
+    -------
+    str
+        The id.
+
+    Raises
+    ------
+    DekerValidationError
+        If the id is not a canonical UUID string (hex groups of 8-4-4-4-12 characters that
+        :class:`uuid.UUID` accepts; any version).  deker 1.1.7 only checked the length and the
+        number of groups, which let ids through that break the directory layout.
+
+    """
+    ok = isinstance(value, str) and [len(group) for group in value.split("-")] == [8, 4, 4, 4, 12]
+    if ok:
+        try:
+            uuid.UUID(value)
+        except ValueError:
+            ok = False
+    if not ok:
+        raise DekerValidationError(
+            f"{cls_name} id shall be a non-empty uuid.uuid5 string or None, got {value!r}"
+        )
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------- processing
+def _referenced_attributes(schema: ArraySchema | VArraySchema) -> set[str]:
+    """Names of the attributes that time dimensions start at (``"$name"``, exact match)."""
+    refs: set[str] = set()
+    for dim in schema.dimensions:
+        start = getattr(dim, "start_value", None)
+        if isinstance(start, str) and start.startswith("$"):
+            refs.add(start[1:])
+    return refs
+
+
+def _convert_tuple(value: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Validate the elements of a tuple attribute value (recursively) and convert them."""
+    out: list[Any] = []
+    for item in value:
+        kind = type(item)
+        if item is None:
+            out.append(None)
+        elif kind is tuple:
+            out.append(_convert_tuple(item))
+        elif is_attribute_dtype(kind):
+            out.append(to_utc(item) if kind is datetime else kind(item))
+        else:
+            raise DekerValidationError(
+                f"Invalid dtype value {kind}: tuple elements shall be int, float, complex, str, tuple, "
+                "datetime, numpy numbers or None"
+            )
+    return tuple(out)
+
+
+def _convert(attr: AttributeSchema, value: Any) -> Any:
+    """Convert an already type-checked value with the attribute dtype."""
+    dtype = attr.dtype
+    if dtype is datetime:
+        return to_utc(value)
+    if dtype is tuple:
+        return _convert_tuple(value)
+    return dtype(value)
+
+
+def _check_mapping(value: Any) -> None:
+    if value is not None and not isinstance(value, Mapping):
+        raise DekerValidationError(
+            f"Invalid attributes type: {type(value).__name__}; attributes shall be a dict or None"
+        )
+
+
+def process_attributes(
+    schema: ArraySchema | VArraySchema,
+    primary: Mapping[str, Any] | None,
+    custom: Mapping[str, Any] | None,
+    *,
+    kind: str = "Array",
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate and convert the attribute values of a new array (SPEC §1.9.1, in that order).
+
+    Parameters
+    ----------
+    schema : ArraySchema or VArraySchema
+        The schema of the array.
+    primary : Mapping, optional
+        Primary attribute values; all of them are required when the schema has any.
+    custom : Mapping, optional
+        Custom attribute values; missing ones become ``None``.
+    kind : str
+        ``"Array"`` or ``"VArray"``, for the messages.
+
+    Returns
+    -------
+    tuple of dict
+        The primary and the custom values, each in schema order; every custom attribute is
+        present (``None`` when absent).  Values are converted with their dtype (``True`` for an
+        ``int`` attribute becomes ``1``; datetimes become aware UTC datetimes).
+
+    Raises
+    ------
+    DekerValidationError
+        If any rule is broken.
+
+    """
+    _check_mapping(primary)
+    _check_mapping(custom)
+    primary = primary or {}
+    custom = custom or {}
+    attributes: tuple[AttributeSchema, ...] = tuple(schema.attributes or ())
+    if (primary or custom) and not attributes:
+        raise DekerValidationError(f"{kind.capitalize()} attributes schema is missing")
+    if any(a.primary for a in attributes) and not primary:
+        raise DekerValidationError("No primary attributes provided")
+    both = set(primary) & set(custom)
+    if both:
+        raise DekerValidationError(
+            f"Key and custom attributes shall not have same names; invalid names: {sorted(both, key=str)}"
+        )
+    known = {a.name for a in attributes}
+    extra = [name for name in (*primary, *custom) if name not in known]
+    if extra:
+        raise DekerValidationError(
+            f"Setting additional attributes not listed in schema is not allowed. Invalid attributes: {extra}"
+        )
+    refs = _referenced_attributes(schema)
+    out_primary: dict[str, Any] = {}
+    out_custom: dict[str, Any] = {}
+    for attr in attributes:
+        name = attr.name
+        if attr.primary:
+            if name not in primary:
+                if name in custom:
+                    raise DekerValidationError(
+                        f'Key attribute "{name}" was passed in the custom attributes; '
+                        "pass it in the primary attributes"
+                    )
+                raise DekerValidationError(f"Key attribute missing: {name}")
+            value = primary[name]
+            if value is None or not isinstance(value, attr.dtype):
+                raise DekerValidationError(
+                    f'Key attribute "{name}" invalid type: {type(value).__name__}; '
+                    f"expected {attr.dtype.__name__}"
+                )
+            out_primary[name] = _convert(attr, value)
+        else:
+            value = custom.get(name)
+            if value is None:
+                if name in refs:
+                    raise DekerValidationError(
+                        f'Custom attribute "{name}" cannot be None: a time dimension starts at it'
+                    )
+                out_custom[name] = None
+                continue
+            if not isinstance(value, attr.dtype):
+                raise DekerValidationError(
+                    f'Custom attribute "{name}" invalid type: {type(value).__name__}; '
+                    f"expected {attr.dtype.__name__}"
+                )
+            out_custom[name] = _convert(attr, value)
+    return out_primary, out_custom
+
+
+def process_custom_update(
+    schema: ArraySchema | VArraySchema,
+    primary: Mapping[str, Any],
+    current_custom: Mapping[str, Any],
+    update: Mapping[str, Any] | None,
+    *,
+    kind: str = "Array",
+) -> dict[str, Any]:
+    """Validate a (partial) update of the custom attributes of an array (SPEC §1.9.2).
+
+    Parameters
+    ----------
+    schema : ArraySchema or VArraySchema
+        The schema of the array.
+    primary : Mapping
+        The current primary attribute values.
+    current_custom : Mapping
+        The current custom attribute values.
+    update : Mapping
+        The new values; unspecified custom attributes keep their current value.
+    kind : str
+        ``"Array"`` or ``"VArray"``, for the messages.
+
+    Returns
+    -------
+    dict
+        The complete new custom attributes, in schema order.
+
+    Raises
+    ------
+    DekerValidationError
+        If nothing is passed or any rule of :func:`process_attributes` is broken.
+
+    """
+    _check_mapping(update)
+    if not update:
+        raise DekerValidationError("No attributes passed for update")
+    custom_names = {a.name for a in (schema.attributes or ()) if not a.primary}
+    merged = {name: value for name, value in current_custom.items() if name in custom_names}
+    merged.update(update)
+    return process_attributes(schema, primary, merged, kind=kind)[1]
+
+
+# ------------------------------------------------------------------------------------------ filters
+def _coerce_number(value: Any, dtype: Any) -> Any:
+    """Convert a number to a numeric dtype when the conversion is exact; else raise ValueError."""
+    integral = dtype is int or issubclass(dtype, np.integer)
+    if isinstance(value, (bool, np.bool_)):
+        if not integral:
+            raise ValueError("a boolean is not a number")
+        value = int(value)
+    if not isinstance(value, (int, float, complex, np.number)):
+        raise ValueError("not a number")
+    if integral:
+        if isinstance(value, (complex, np.complexfloating)):
+            if value.imag != 0:
+                raise ValueError("complex value for an integer attribute")
+            value = value.real
+        if isinstance(value, (float, np.floating)) and (
+            not math.isfinite(value) or not float(value).is_integer()
+        ):
+            raise ValueError("not a whole number")
+        number = int(value)
+        converted = dtype(number)
+        if int(converted) != number:
+            raise ValueError("out of range")
+        return converted
+    if dtype is float or issubclass(dtype, np.floating):
+        if isinstance(value, (complex, np.complexfloating)):
+            if value.imag != 0:
+                raise ValueError("complex value for a float attribute")
+            value = value.real
+        return dtype(value)
+    return dtype(value)  # complex
+
+
+def _coerce_tuple(value: Any) -> tuple[Any, ...]:
+    out: list[Any] = []
+    for item in value:
+        if isinstance(item, (list, tuple)):
+            out.append(_coerce_tuple(item))
+        else:
+            out.append(item)
+    return _convert_tuple(tuple(out))
+
+
+def _coerce_filter_value(attr: AttributeSchema, value: Any) -> Any:
+    dtype = attr.dtype
+    try:
+        if dtype is datetime:
+            if isinstance(value, np.datetime64):
+                value = value.astype("datetime64[us]").item()
+            if not isinstance(value, (datetime, str, float)) or isinstance(value, bool):
+                raise ValueError("not a time")
+            return to_utc(value)
+        if dtype is tuple:
+            if not isinstance(value, (list, tuple)):
+                raise ValueError("not a tuple")
+            return _coerce_tuple(value)
+        if dtype is str:
+            if not isinstance(value, str):
+                raise ValueError("not a string")
+            return str(value)
+        return _coerce_number(value, dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise DekerValidationError(
+            f'Filter value of attribute "{attr.name}" is invalid: {value!r} cannot be converted to '
+            f"{dtype.__name__} ({exc})"
+        ) from exc
+
+
+def normalize_filters(schema: ArraySchema | VArraySchema, filters: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a filter and convert its values to the attribute dtypes.
+
+    Parameters
+    ----------
+    schema : ArraySchema or VArraySchema
+        The schema of the arrays searched.
+    filters : Mapping
+        ``{"id": <uuid string>}`` or a value for every primary attribute.
+
+    Returns
+    -------
+    dict
+        ``{"id": id}``, or the primary values in schema order, converted to their dtypes
+        (``1`` for a float attribute becomes ``1.0``, ISO strings become UTC datetimes, lists
+        become tuples).
+
+    Raises
+    ------
+    DekerValidationError
+        If the id is not a UUID string or a value cannot be converted to its dtype.
+    DekerFilterError
+        If a key is not an attribute of the schema.
+    NotImplementedError
+        If the schema has no primary attributes, a primary value is missing or ``None``, or a
+        custom attribute is used.
+
+    """
+    if not isinstance(filters, Mapping):
+        raise DekerValidationError(f"Filters shall be a dict, got {type(filters).__name__}")
+    if "id" in filters:
+        return {"id": validate_id(filters["id"], "Filter")}
+    attributes: tuple[AttributeSchema, ...] = tuple(schema.attributes or ())
+    primary = [a for a in attributes if a.primary]
+    not_implemented = "Filtering by non primary attributes is not implemented yet"
+    if not primary:
+        raise NotImplementedError(not_implemented)
+    known = {a.name for a in attributes}
+    extra = [key for key in filters if key not in known]
+    if extra:
+        raise DekerFilterError(
+            f"Some arguments don't exist in schema: {extra}; filter by id or by every primary attribute"
+        )
+    if any(filters.get(a.name) is None for a in primary) or len(filters) != len(primary):
+        raise NotImplementedError(not_implemented)
+    return {a.name: _coerce_filter_value(a, filters[a.name]) for a in primary}
+
+
+# -------------------------------------------------------------------------------------------- paths
+def check_path_component(text: str, what: str) -> str:
+    """Check that a text can be used as one directory or file name.
+
+    Parameters
+    ----------
+    text : str
+        The candidate component (a collection name, a primary-key value).
+    what : str
+        What the text is, for the message (``"Collection name"``).
+
+    Returns
+    -------
+    str
+        The text.
+
+    Raises
+    ------
+    DekerValidationError
+        If the text is not a string, is empty or blank, is ``.`` or ``..``, contains ``/`` or a
+        NUL character, or is longer than 255 bytes in UTF-8.
+
+    """
+    if not isinstance(text, str):
+        raise DekerValidationError(f"{what} shall be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise DekerValidationError(f"{what} shall not be empty or blank, got {text!r}; use a visible name")
+    if text in (".", ".."):
+        raise DekerValidationError(f"{what} shall not be {text!r}: it is a special directory name")
+    for bad, label in (("/", "'/'"), ("\x00", "a NUL character")):
+        if bad in text:
+            raise DekerValidationError(
+                f"{what} {text!r} contains {label}, which cannot be used in a file name; remove it"
+            )
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise DekerValidationError(f"{what} {text!r} cannot be encoded in UTF-8; remove surrogates") from exc
+    if size > MAX_COMPONENT_BYTES:
+        raise DekerValidationError(
+            f"{what} is {size} bytes long in UTF-8; at most {MAX_COMPONENT_BYTES} bytes are allowed, "
+            "use a shorter value"
+        )
+    return text
+
+
+def _legacy_repr(value: Any) -> str:
+    """``repr`` of a tuple element as numpy 1.x printed it (numpy scalars without their type)."""
+    if isinstance(value, tuple):
+        inner = ", ".join(_legacy_repr(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, np.generic):
+        return str(value)
+    return repr(value)
+
+
+def _component(name: str, value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if name == "v_position" and isinstance(value, (tuple, list)):
+        return "-".join(str(v) for v in value)
+    if isinstance(value, tuple):
+        return _legacy_repr(value)
+    return str(value)
+
+
+def primary_key_components(schema: ArraySchema | VArraySchema, primary: Mapping[str, Any]) -> tuple[str, ...]:
+    """Return the symlink directory components of a primary key (SPEC §2.5).
+
+    Parameters
+    ----------
+    schema : ArraySchema or VArraySchema
+        The schema of the arrays.
+    primary : Mapping
+        The (processed) primary attribute values.
+
+    Returns
+    -------
+    tuple of str
+        One component per primary attribute in schema order: ``isoformat()`` for datetimes,
+        ``"i-j-..."`` for ``v_position``, ``str(value)`` otherwise (tuples printed as deker
+        1.1.7 printed them).
+
+    Raises
+    ------
+    DekerValidationError
+        If a primary value is missing or its text is not a safe path component.
+
+    """
+    out = []
+    for attr in schema.attributes or ():
+        if not attr.primary:
+            continue
+        if attr.name not in primary:
+            raise DekerValidationError(f"Key attribute missing: {attr.name}")
+        text = _component(attr.name, primary[attr.name])
+        out.append(check_path_component(text, f'Primary attribute "{attr.name}" value'))
+    return tuple(out)

@@ -1,0 +1,286 @@
+"""The value types deker accepts, and the names under which they are stored.
+
+Array data may be of any numeric numpy scalar type of SPEC §1.7.6 (Python ``int``, ``float`` and
+``complex`` stand for ``numpy.int64``, ``numpy.float64`` and ``numpy.complex128``).  Attributes
+may also be ``str``, ``tuple`` or ``datetime.datetime``.
+
+Stored names follow deker 1.1.7: the name of a numpy type is ``"numpy.<name>"`` where ``<name>``
+is the *first* entry of deker 1.1.7's dtype enum holding that type object, so ``complex128`` is
+stored as ``"numpy.cfloat"``, ``uint64`` as ``"numpy.uint"``, ``longdouble`` as
+``"numpy.float128"`` and ``clongdouble`` as ``"numpy.clongfloat"``.  The table below does not
+depend on the numpy version: the aliases numpy 2 removed (``cfloat``, ``complex_``,
+``longfloat``...) are resolved to the type objects they named in numpy 1.26, so names written by
+deker 1.1.7 are read back everywhere.  On Linux ``numpy.longlong`` and ``numpy.int64`` are two
+distinct type objects (``int64`` is the C ``long``), under numpy 1.26 and 2.x alike; both are
+accepted and keep their own names.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from deker.errors import DekerValidationError
+
+__all__ = [
+    "ARRAY_DTYPES",
+    "ATTRIBUTE_DTYPES",
+    "attribute_dtype_to_name",
+    "attribute_name_to_dtype",
+    "default_fill_value",
+    "dtype_to_name",
+    "is_attribute_dtype",
+    "name_to_dtype",
+    "normalize_array_dtype",
+]
+
+
+def _np(name: str, fallback: str) -> type[np.generic]:
+    """Return ``numpy.<name>``, or ``numpy.<fallback>`` where this numpy lacks ``name``."""
+    # vars(): a plain lookup, never numpy's module __getattr__ (which warns about removed aliases)
+    found = vars(np).get(name)
+    if not isinstance(found, type):
+        found = vars(np)[fallback]
+    return found  # type: ignore[no-any-return]
+
+
+#: deker 1.1.7's numeric dtype enum, in its order: (member name, numpy scalar type).  The first
+#: member holding a type object gives that type's stored name.
+_NUMPY_ENUM: tuple[tuple[str, type[np.generic]], ...] = (
+    ("int8", np.int8),
+    ("byte", np.byte),
+    ("int16", np.int16),
+    ("short", np.short),
+    ("int32", np.int32),
+    ("intc", np.intc),
+    ("int64", np.int64),
+    ("intp", np.intp),
+    ("int_", np.int_),
+    ("longlong", np.longlong),
+    ("uint", _np("uint", "uintp")),
+    ("uint8", np.uint8),
+    ("ubyte", np.ubyte),
+    ("uint16", np.uint16),
+    ("ushort", np.ushort),
+    ("uint32", np.uint32),
+    ("uintc", np.uintc),
+    ("uint64", np.uint64),
+    ("uintp", np.uintp),
+    ("ulonglong", np.ulonglong),
+    ("float16", np.float16),
+    ("cfloat", np.complex128),
+    ("cdouble", np.cdouble),
+    ("float32", np.float32),
+    ("clongfloat", np.clongdouble),
+    ("float64", np.float64),
+    ("double", np.double),
+    ("float128", _np("float128", "longdouble")),
+    ("longfloat", np.longdouble),
+    ("longdouble", np.longdouble),
+    ("complex64", np.complex64),
+    ("singlecomplex", np.complex64),
+    ("complex128", np.complex128),
+    ("complex_", np.complex128),
+    ("complex256", _np("complex256", "clongdouble")),
+    ("longcomplex", np.clongdouble),
+)
+
+#: Names that deker 1.1.7 never wrote but that name a numeric type in some numpy version; they are
+#: accepted when reading, never written.
+_EXTRA_READ_NAMES: dict[str, type[np.generic]] = {
+    "float_": np.float64,
+    "half": np.float16,
+    "single": np.float32,
+    "csingle": np.complex64,
+    "clongdouble": np.clongdouble,
+    "long": np.int_,
+    "ulong": _np("ulong", "uint"),
+}
+
+_PYTHON_TO_NUMPY: dict[type, type[np.generic]] = {int: np.int64, float: np.float64, complex: np.complex128}
+
+_NAME_OF: dict[type, str] = {}
+for _name, _type in _NUMPY_ENUM:
+    _NAME_OF.setdefault(_type, _name)
+_TYPE_OF: dict[str, type[np.generic]] = {**_EXTRA_READ_NAMES, **dict(_NUMPY_ENUM)}
+
+#: Every numpy scalar type an array may hold (Python ``int``/``float``/``complex`` are accepted by
+#: :func:`normalize_array_dtype` too, and replaced by their numpy counterparts).
+ARRAY_DTYPES: tuple[type[np.generic], ...] = tuple(_NAME_OF)
+
+_PLAIN_ATTRIBUTE_NAMES: dict[type, str] = {
+    int: "int",
+    float: "float",
+    complex: "complex",
+    str: "string",
+    tuple: "tuple",
+    datetime: "datetime",
+}
+_PLAIN_ATTRIBUTE_TYPES: dict[str, type] = {v: k for k, v in _PLAIN_ATTRIBUTE_NAMES.items()}
+
+#: Every type an attribute may be declared with.
+ATTRIBUTE_DTYPES: tuple[type, ...] = (*_PLAIN_ATTRIBUTE_NAMES, *ARRAY_DTYPES)
+
+_PREFIX = "numpy."
+
+
+def _is_type_in(value: object, types: tuple[type, ...]) -> bool:
+    return isinstance(value, type) and any(value is t for t in types)
+
+
+def normalize_array_dtype(dtype: object) -> type[np.generic]:
+    """Return the numpy scalar type an array of ``dtype`` holds.
+
+    Parameters
+    ----------
+    dtype : type
+        Python ``int``, ``float`` or ``complex`` (meaning ``numpy.int64``, ``numpy.float64``,
+        ``numpy.complex128``) or a numeric numpy scalar type (SPEC §1.7.6).
+
+    Returns
+    -------
+    type of numpy.generic
+        The numpy scalar type.
+
+    Raises
+    ------
+    DekerValidationError
+        For anything else: ``bool``, ``str``, ``numpy.dtype`` instances, strings such as
+        ``"float32"``...
+    """
+    if isinstance(dtype, type) and dtype in _PYTHON_TO_NUMPY and not issubclass(dtype, bool):
+        return _PYTHON_TO_NUMPY[dtype]
+    if _is_type_in(dtype, ARRAY_DTYPES):
+        return dtype  # type: ignore[return-value]
+    raise DekerValidationError(
+        f"Invalid dtype {dtype!r}: use int, float, complex or a numeric numpy scalar type "
+        "(e.g. numpy.float32), not a numpy.dtype instance or a string"
+    )
+
+
+def dtype_to_name(dtype: object) -> str:
+    """Return the stored name of an array dtype, e.g. ``"numpy.cfloat"`` for ``numpy.complex128``.
+
+    Parameters
+    ----------
+    dtype : type
+        Anything :func:`normalize_array_dtype` accepts.
+
+    Returns
+    -------
+    str
+        ``"numpy.<name>"`` as deker 1.1.7 writes it.
+
+    Raises
+    ------
+    DekerValidationError
+        If the dtype is not accepted.
+    """
+    return _PREFIX + _NAME_OF[normalize_array_dtype(dtype)]
+
+
+def name_to_dtype(name: str) -> type[np.generic]:
+    """Return the numpy scalar type a stored name (``"numpy.<name>"``) stands for.
+
+    Every name deker 1.1.7 could write is accepted, including those numpy 2 removed
+    (``numpy.cfloat``, ``numpy.complex_``, ``numpy.longfloat``, ``numpy.clongfloat``...).
+
+    Parameters
+    ----------
+    name : str
+        The stored name.
+
+    Returns
+    -------
+    type of numpy.generic
+        The numpy scalar type.
+
+    Raises
+    ------
+    DekerValidationError
+        If the name is unknown.
+    """
+    if isinstance(name, str) and name.startswith(_PREFIX) and name[len(_PREFIX) :] in _TYPE_OF:
+        return _TYPE_OF[name[len(_PREFIX) :]]
+    raise DekerValidationError(f"Unknown dtype name {name!r}: expected 'numpy.<numeric type name>'")
+
+
+def default_fill_value(dtype: object) -> np.generic:
+    """Return the fill value an array of ``dtype`` gets when none is declared (SPEC §7.1).
+
+    NaN for floating types (``nan+0j`` for complex types), the minimum for signed integers and
+    0 (the minimum) for unsigned integers.
+
+    Parameters
+    ----------
+    dtype : type
+        Anything :func:`normalize_array_dtype` accepts.
+
+    Returns
+    -------
+    numpy.generic
+        A numpy scalar of the dtype.
+    """
+    np_type: Any = normalize_array_dtype(dtype)
+    if issubclass(np_type, np.inexact):
+        return np_type(np.nan)  # type: ignore[no-any-return]
+    return np_type(np.iinfo(np_type).min)  # type: ignore[no-any-return]
+
+
+def attribute_dtype_to_name(dtype: object) -> str:
+    """Return the stored name of an attribute type.
+
+    Parameters
+    ----------
+    dtype : type
+        One of :data:`ATTRIBUTE_DTYPES`.
+
+    Returns
+    -------
+    str
+        ``"int"``, ``"float"``, ``"complex"``, ``"string"``, ``"tuple"``, ``"datetime"`` or
+        ``"numpy.<name>"``.
+
+    Raises
+    ------
+    DekerValidationError
+        If the type is not an attribute type.
+    """
+    if _is_type_in(dtype, tuple(_PLAIN_ATTRIBUTE_NAMES)):
+        return _PLAIN_ATTRIBUTE_NAMES[dtype]  # type: ignore[index]
+    if _is_type_in(dtype, ARRAY_DTYPES):
+        return _PREFIX + _NAME_OF[dtype]  # type: ignore[index]
+    raise DekerValidationError(
+        f"Invalid dtype value {dtype!r}: attributes may be int, float, complex, str, tuple, "
+        "datetime.datetime or a numeric numpy scalar type"
+    )
+
+
+def attribute_name_to_dtype(name: str) -> type:
+    """Return the attribute type a stored name stands for (the reverse of :func:`attribute_dtype_to_name`).
+
+    Parameters
+    ----------
+    name : str
+        The stored name.
+
+    Returns
+    -------
+    type
+        The attribute type.
+
+    Raises
+    ------
+    DekerValidationError
+        If the name is unknown.
+    """
+    if isinstance(name, str) and name in _PLAIN_ATTRIBUTE_TYPES:
+        return _PLAIN_ATTRIBUTE_TYPES[name]
+    return name_to_dtype(name)
+
+
+def is_attribute_dtype(dtype: Any) -> bool:
+    """Return whether ``dtype`` is one of :data:`ATTRIBUTE_DTYPES` (by identity, so ``bool`` is not)."""
+    return _is_type_in(dtype, ATTRIBUTE_DTYPES)

@@ -1,0 +1,200 @@
+"""Tests of deker.dtypes: accepted types, stored names (SPEC §1.7.6), default fill values (§7.1)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from deker.dtypes import (
+    ARRAY_DTYPES,
+    ATTRIBUTE_DTYPES,
+    attribute_dtype_to_name,
+    attribute_name_to_dtype,
+    default_fill_value,
+    dtype_to_name,
+    is_attribute_dtype,
+    name_to_dtype,
+    normalize_array_dtype,
+)
+from deker.errors import DekerValidationError
+
+# The names deker 1.1.7 writes on Linux x86-64 (SPEC §1.7.6).
+EXPECTED_NAMES = [
+    (np.int8, "numpy.int8"),
+    (np.int16, "numpy.int16"),
+    (np.int32, "numpy.int32"),
+    (np.int64, "numpy.int64"),
+    (np.longlong, "numpy.longlong"),
+    (np.uint8, "numpy.uint8"),
+    (np.uint16, "numpy.uint16"),
+    (np.uint32, "numpy.uint32"),
+    (np.uint64, "numpy.uint"),
+    (np.ulonglong, "numpy.ulonglong"),
+    (np.float16, "numpy.float16"),
+    (np.float32, "numpy.float32"),
+    (np.float64, "numpy.float64"),
+    (np.longdouble, "numpy.float128"),
+    (np.complex64, "numpy.complex64"),
+    (np.complex128, "numpy.cfloat"),
+    (np.clongdouble, "numpy.clongfloat"),
+    (int, "numpy.int64"),
+    (float, "numpy.float64"),
+    (complex, "numpy.cfloat"),
+    (np.byte, "numpy.int8"),
+    (np.short, "numpy.int16"),
+    (np.intc, "numpy.int32"),
+    (np.intp, "numpy.int64"),
+    (np.int_, "numpy.int64"),
+    (np.ubyte, "numpy.uint8"),
+    (np.uintc, "numpy.uint32"),
+    (np.uintp, "numpy.uint"),
+    (np.double, "numpy.float64"),
+    (np.cdouble, "numpy.cfloat"),
+]
+
+
+@pytest.mark.parametrize(("dtype", "name"), EXPECTED_NAMES)
+def test_dtype_names_match_deker_117(dtype: type, name: str) -> None:
+    assert dtype_to_name(dtype) == name
+    expected = normalize_array_dtype(dtype)
+    assert name_to_dtype(name) is expected
+
+
+@pytest.mark.parametrize("dtype", ARRAY_DTYPES)
+def test_every_accepted_dtype_round_trips_its_name(dtype: type[np.generic]) -> None:
+    assert normalize_array_dtype(dtype) is dtype
+    name = dtype_to_name(dtype)
+    assert name.startswith("numpy.")
+    assert name_to_dtype(name) is dtype
+
+
+def test_python_types_become_numpy() -> None:
+    assert normalize_array_dtype(int) is np.int64
+    assert normalize_array_dtype(float) is np.float64
+    assert normalize_array_dtype(complex) is np.complex128
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        bool,
+        np.bool_,
+        str,
+        np.str_,
+        "float",
+        "numpy.float64",
+        np.dtype("float32"),
+        object,
+        None,
+        3,
+        list,
+        datetime,
+    ],
+)
+def test_invalid_array_dtypes_rejected(bad: object) -> None:
+    with pytest.raises(DekerValidationError, match="Invalid dtype"):
+        normalize_array_dtype(bad)
+    with pytest.raises(DekerValidationError):
+        dtype_to_name(bad)
+
+
+LEGACY_NAMES = {
+    "cfloat": np.complex128,
+    "complex_": np.complex128,
+    "cdouble": np.complex128,
+    "complex128": np.complex128,
+    "clongfloat": np.clongdouble,
+    "longcomplex": np.clongdouble,
+    "complex256": np.clongdouble,
+    "singlecomplex": np.complex64,
+    "longfloat": np.longdouble,
+    "float128": np.longdouble,
+    "longdouble": np.longdouble,
+    "float_": np.float64,
+    "double": np.float64,
+    "int_": np.int64,
+    "intp": np.int64,
+    "uint": np.uint64,
+    "uintp": np.uint64,
+    "byte": np.int8,
+    "ubyte": np.uint8,
+    "short": np.int16,
+    "ushort": np.uint16,
+    "intc": np.int32,
+    "uintc": np.uint32,
+    "longlong": np.longlong,
+    "ulonglong": np.ulonglong,
+}
+
+
+@pytest.mark.parametrize(("name", "dtype"), sorted(LEGACY_NAMES.items()))
+def test_legacy_names_are_read(name: str, dtype: type) -> None:
+    assert name_to_dtype(f"numpy.{name}") is dtype
+
+
+@pytest.mark.parametrize("bad", ["float64", "numpy.bool_", "numpy.str_", "numpy.", "numpy.foo", "", "int"])
+def test_unknown_names_rejected(bad: str) -> None:
+    with pytest.raises(DekerValidationError, match="Unknown dtype name"):
+        name_to_dtype(bad)
+
+
+@pytest.mark.parametrize("dtype", ARRAY_DTYPES)
+def test_default_fill_value(dtype: type[np.generic]) -> None:
+    fill = default_fill_value(dtype)
+    assert type(fill) is dtype
+    if issubclass(dtype, np.complexfloating):
+        assert np.isnan(fill.real) and fill.imag == 0
+    elif issubclass(dtype, np.floating):
+        assert np.isnan(fill)
+    elif issubclass(dtype, np.signedinteger):
+        assert fill == np.iinfo(dtype).min < 0
+    else:
+        assert fill == 0
+
+
+def test_default_fill_value_known_values() -> None:
+    assert default_fill_value(np.int8) == -128
+    assert default_fill_value(np.int16) == -32768
+    assert default_fill_value(int) == -9223372036854775808
+    assert default_fill_value(np.uint8) == 0
+    assert str(default_fill_value(complex)) == "(nan+0j)"
+
+
+ATTRIBUTE_NAMES = [
+    (int, "int"),
+    (float, "float"),
+    (complex, "complex"),
+    (str, "string"),
+    (tuple, "tuple"),
+    (datetime, "datetime"),
+    (np.int32, "numpy.int32"),
+    (np.complex128, "numpy.cfloat"),
+    (np.float64, "numpy.float64"),
+]
+
+
+@pytest.mark.parametrize(("dtype", "name"), ATTRIBUTE_NAMES)
+def test_attribute_dtype_names(dtype: type, name: str) -> None:
+    assert attribute_dtype_to_name(dtype) == name
+    assert attribute_name_to_dtype(name) is dtype
+
+
+@pytest.mark.parametrize("dtype", ATTRIBUTE_DTYPES)
+def test_every_attribute_dtype_round_trips(dtype: type) -> None:
+    assert is_attribute_dtype(dtype)
+    assert attribute_name_to_dtype(attribute_dtype_to_name(dtype)) is dtype
+
+
+@pytest.mark.parametrize("bad", [bool, list, dict, bytes, np.bool_, np.dtype("int8"), "int", None, set])
+def test_invalid_attribute_dtypes(bad: object) -> None:
+    assert not is_attribute_dtype(bad)
+    with pytest.raises(DekerValidationError, match="Invalid dtype value"):
+        attribute_dtype_to_name(bad)
+
+
+@pytest.mark.parametrize("bad", ["str", "bool", "list", "numpy.bool_", ""])
+def test_invalid_attribute_dtype_names(bad: str) -> None:
+    with pytest.raises(DekerValidationError):
+        attribute_name_to_dtype(bad)
