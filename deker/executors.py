@@ -1,0 +1,369 @@
+"""Running per-tile tasks on whatever executor a client has (SPEC §4.6, DESIGN "executors").
+
+:class:`TaskRunner` hides three kinds of executor behind one ``run_all`` call:
+
+- the client's own :class:`~concurrent.futures.ThreadPoolExecutor`, created lazily on first
+  use and shut down with the client;
+- any :class:`concurrent.futures.Executor` the user gives (threads or processes), used as is
+  and never shut down by deker;
+- a Dask distributed ``Client``, recognised by duck typing (deker never imports dask): tasks
+  are submitted with ``pure=False`` so the scheduler never merges two calls with equal
+  arguments (a write must run every time it is asked for), and large numpy arguments are
+  scattered to the workers first instead of being embedded in the task graph.
+
+Submitted functions must be module-level (picklable) and take picklable arguments.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from deker.errors import DekerValidationError
+
+__all__ = ["SCATTER_THRESHOLD", "TARGET_TASK_BYTES", "TaskRunner", "run_batch"]
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+#: numpy arguments larger than this many bytes are scattered to Dask workers before submission.
+SCATTER_THRESHOLD = 1024 * 1024
+#: A batch of small tile calls aims at about this much I/O per task.
+TARGET_TASK_BYTES = 4 * 1024 * 1024
+_RECOUNT_SECONDS = 10.0
+
+
+def run_batch(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[tuple[bool, Any]]:
+    """Run ``fn(*args)`` for each call of a batch, catching each call's exception.
+
+    Module-level so that a batch pickles to another process or a Dask worker.
+
+    Parameters
+    ----------
+    fn : callable
+        A module-level function.
+    calls : sequence of tuple
+        The positional arguments of each call.
+
+    Returns
+    -------
+    list of (bool, object)
+        ``(True, result)`` or ``(False, exception)`` per call, in order.
+
+    """
+    out: list[tuple[bool, Any]] = []
+    for args in calls:
+        try:
+            out.append((True, fn(*args)))
+        except Exception as exc:  # a task's failure is a result, reported per call
+            out.append((False, exc))
+    return out
+
+
+def _looks_like_dask_client(obj: Any) -> bool:
+    return all(callable(getattr(obj, name, None)) for name in ("get_executor", "submit", "scatter"))
+
+
+def _default_workers() -> int:
+    return (os.cpu_count() or 1) + 4
+
+
+class TaskRunner:
+    """Runs batches of independent calls on the executor of a client.
+
+    Build it with :meth:`create`.
+
+    Parameters
+    ----------
+    kind : str
+        ``"threads"``, ``"processes"``, ``"executor"`` or ``"dask"``.
+    executor : concurrent.futures.Executor or None
+        The executor to use (None for an owned pool, created lazily, or for Dask).
+    owns_executor : bool
+        Whether the runner creates and shuts down its executor.
+    workers : int
+        The parallelism of the executor (its worker count, or an estimate).
+    client : object, optional
+        The Dask client (kind ``"dask"``).
+    submit_kwargs : dict, optional
+        Extra keyword arguments of ``client.submit`` (e.g. ``workers`` or ``resources`` of an
+        executor obtained from ``client.get_executor(...)``).
+
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        executor: cf.Executor | None,
+        owns_executor: bool,
+        workers: int,
+        client: Any = None,
+        submit_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self._kind = kind
+        self._executor = executor
+        self._owns = owns_executor
+        self._workers = max(1, int(workers))
+        self._client = client
+        self._submit_kwargs = dict(submit_kwargs or {})
+        self._submit_kwargs["pure"] = False
+        self._lock = threading.Lock()
+        self._counted_at = time.monotonic()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(cls, executor: Any = None, workers: int | None = None) -> TaskRunner:
+        """Build the runner for a client's ``executor`` and ``workers`` settings.
+
+        Parameters
+        ----------
+        executor : None, concurrent.futures.Executor or dask distributed Client
+            None: an owned thread pool of ``workers`` threads (default ``cpu_count() + 4``),
+            created on first use.  An Executor: used as is, never shut down.  An object with
+            callable ``get_executor``, ``submit`` and ``scatter`` (a Dask distributed
+            ``Client``): tasks are submitted to it with ``pure=False``.
+        workers : int, optional
+            The size of the owned thread pool (ignored for a given executor).
+
+        Returns
+        -------
+        TaskRunner
+            The runner.
+
+        Raises
+        ------
+        DekerValidationError
+            If ``workers`` is not a positive int or ``executor`` is of another type.
+
+        """
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise DekerValidationError(f"workers must be a positive int or None, not {workers!r}")
+        if executor is None:
+            return cls("threads", None, True, workers or _default_workers())
+        if isinstance(executor, cf.Executor):
+            inner = getattr(executor, "_client", None)
+            if inner is not None and _looks_like_dask_client(inner):
+                # client.get_executor(...): submit through its client so that pure=False holds.
+                options = {
+                    k: v for k, v in dict(getattr(executor, "_kwargs", {}) or {}).items() if k != "pure"
+                }
+                return cls("dask", None, False, _dask_workers(inner), client=inner, submit_kwargs=options)
+            count = int(getattr(executor, "_max_workers", 0) or (os.cpu_count() or 1))
+            if isinstance(executor, cf.ThreadPoolExecutor):
+                return cls("threads", executor, False, count)
+            if isinstance(executor, cf.ProcessPoolExecutor):
+                return cls("processes", executor, False, count)
+            return cls("executor", executor, False, count)
+        if _looks_like_dask_client(executor):
+            return cls("dask", None, False, _dask_workers(executor), client=executor)
+        raise DekerValidationError(
+            f"executor must be None, a concurrent.futures.Executor (e.g. ThreadPoolExecutor) or a Dask "
+            f"distributed Client, not {type(executor).__module__}.{type(executor).__qualname__}"
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def kind(self) -> str:
+        """``"threads"``, ``"processes"``, ``"executor"`` (another Executor) or ``"dask"``."""
+        return self._kind
+
+    @property
+    def owns_executor(self) -> bool:
+        """Whether the runner created its executor (and shuts it down)."""
+        return self._owns
+
+    @property
+    def in_process(self) -> bool:
+        """Whether tasks run in this process (threads): they may then share memory with the caller."""
+        return self._kind == "threads"
+
+    @property
+    def workers(self) -> int:
+        """The best estimate of how many tasks run at the same time."""
+        if self._kind == "dask" and time.monotonic() - self._counted_at > _RECOUNT_SECONDS:
+            # Dask clusters scale: ask the scheduler again, at most every few seconds.
+            self._workers = _dask_workers(self._client, self._workers)
+            self._counted_at = time.monotonic()
+        return self._workers
+
+    def __repr__(self) -> str:
+        return f"TaskRunner(kind={self._kind!r}, workers={self._workers}, owns_executor={self._owns})"
+
+    # ------------------------------------------------------------------ execution
+    def _get_executor(self) -> cf.Executor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = cf.ThreadPoolExecutor(self._workers, thread_name_prefix="deker")
+            return self._executor
+
+    def run_all(
+        self, fn: Callable[..., R], calls: Sequence[tuple[Any, ...]], *, batch_size: int = 1
+    ) -> list[R | BaseException]:
+        """Run ``fn(*args)`` for every call and return each result or exception, in order.
+
+        A task's exception is returned in its place, never raised.  With ``batch_size > 1``
+        consecutive calls are grouped into one task (:func:`run_batch`).  A single call on an
+        in-process runner runs in the caller's thread.  If waiting is interrupted (e.g. by
+        ``KeyboardInterrupt``), the tasks not started yet are cancelled and the interruption
+        propagates.
+
+        Parameters
+        ----------
+        fn : callable
+            A module-level function (it must pickle for process and Dask executors).
+        calls : sequence of tuple
+            The positional arguments of each call.
+        batch_size : int
+            How many consecutive calls make one task.
+
+        Returns
+        -------
+        list
+            The result, or the raised exception, of every call.
+
+        """
+        calls = list(calls)
+        if not calls:
+            return []
+        if len(calls) == 1 and self.in_process:
+            try:
+                return [fn(*calls[0])]
+            except Exception as exc:
+                return [exc]
+        size = max(1, int(batch_size))
+        if self._kind == "dask":
+            return self._run_dask(fn, calls, size)
+        executor = self._get_executor()
+        if size == 1:
+            futures = [executor.submit(fn, *args) for args in calls]
+            return _gather(futures, lambda f: f.result(), lambda f: f.cancel())
+        batches = [calls[i : i + size] for i in range(0, len(calls), size)]
+        batch_futures = [executor.submit(run_batch, fn, batch) for batch in batches]
+        outcome = _gather(batch_futures, lambda f: f.result(), lambda f: f.cancel())
+        return _unbatch(outcome, batches)
+
+    def _run_dask(
+        self, fn: Callable[..., R], calls: list[tuple[Any, ...]], size: int
+    ) -> list[R | BaseException]:
+        client = self._client
+        calls = _scatter_large(client, calls)
+        kwargs = self._submit_kwargs
+        batches = [calls[i : i + size] for i in range(0, len(calls), size)]
+        futures: list[Any] = []
+        try:
+            if size == 1:
+                futures = [client.submit(fn, *args, **kwargs) for args in calls]
+            else:
+                futures = [client.submit(run_batch, fn, batch, **kwargs) for batch in batches]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        outcome = _gather(futures, lambda f: f.result(), lambda f: f.cancel())
+        return outcome if size == 1 else _unbatch(outcome, batches)
+
+    # ------------------------------------------------------------------ sizing
+    def suggest_batch_size(self, n_calls: int, bytes_per_call: int) -> int:
+        """Suggest how many calls to group into one task.
+
+        The rule: a task should move at least :data:`TARGET_TASK_BYTES` (4 MiB), so tiny tiles
+        are grouped, but there must stay at least ``4 * workers`` tasks so that every worker
+        has work; when the two conflict, the second wins (more, smaller tasks).
+
+        Parameters
+        ----------
+        n_calls : int
+            The number of calls of the operation.
+        bytes_per_call : int
+            The I/O size of one call (e.g. the bytes of one tile).
+
+        Returns
+        -------
+        int
+            A batch size ``>= 1``.
+
+        """
+        if n_calls <= 1:
+            return 1
+        by_bytes = max(1, -(-TARGET_TASK_BYTES // max(1, int(bytes_per_call))))
+        by_tasks = max(1, n_calls // (4 * self.workers))
+        return max(1, min(by_bytes, by_tasks))
+
+    # ------------------------------------------------------------------ lifetime
+    def shutdown(self, wait: bool = True) -> None:
+        """Shut the owned thread pool down (no-op for a user's executor or a Dask client).
+
+        Idempotent; the runner creates a new pool if it is used again.
+
+        Parameters
+        ----------
+        wait : bool
+            Wait for running tasks to finish.
+
+        """
+        if not self._owns:
+            return
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=wait, cancel_futures=not wait)
+
+
+def _dask_workers(client: Any, default: int = 1) -> int:
+    try:
+        counts = client.nthreads()
+        total = sum(int(n) for n in counts.values())
+    except Exception:  # duck typing: an unusual client only loses the estimate
+        return max(1, default)
+    return max(1, total)
+
+
+def _gather(futures: list[Any], result: Callable[[Any], Any], cancel: Callable[[Any], Any]) -> list[Any]:
+    out: list[Any] = []
+    try:
+        for future in futures:
+            try:
+                out.append(result(future))
+            except Exception as exc:  # a task's failure is a result
+                out.append(exc)
+    except BaseException:
+        for future in futures:
+            cancel(future)
+        raise
+    return out
+
+
+def _unbatch(outcome: list[Any], batches: list[list[tuple[Any, ...]]]) -> list[Any]:
+    out: list[Any] = []
+    for result, batch in zip(outcome, batches, strict=True):
+        if isinstance(result, BaseException):  # the whole batch task failed (e.g. did not unpickle)
+            out.extend([result] * len(batch))
+        else:
+            out.extend(value for _ok, value in result)
+    return out
+
+
+def _scatter_large(client: Any, calls: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Replace numpy arguments above :data:`SCATTER_THRESHOLD` by futures of scattered data."""
+    where = [
+        (i, j)
+        for i, args in enumerate(calls)
+        for j, arg in enumerate(args)
+        if isinstance(arg, np.ndarray) and arg.nbytes > SCATTER_THRESHOLD
+    ]
+    if not where:
+        return calls
+    futures = client.scatter([calls[i][j] for i, j in where], hash=False)
+    logger.debug("scattered %d large arguments to the Dask workers", len(where))
+    rows = [list(args) for args in calls]
+    for (i, j), future in zip(where, futures, strict=True):
+        rows[i][j] = future
+    return [tuple(row) for row in rows]

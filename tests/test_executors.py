@@ -1,0 +1,251 @@
+"""deker.executors: TaskRunner on an owned thread pool, a user's executors and a real Dask client."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from deker.errors import DekerValidationError
+from deker.executors import SCATTER_THRESHOLD, TARGET_TASK_BYTES, TaskRunner, run_batch
+
+# ----------------------------------------------------------------------------- module-level tasks
+
+
+def thread_id() -> int:
+    return threading.get_ident()
+
+
+def append_line(path: str, text: str) -> int:
+    with open(path, "a") as f:
+        f.write(text + "\n")
+    return len(text)
+
+
+def total(array: np.ndarray, extra: int) -> int:
+    return int(array.sum()) + extra
+
+
+def slow_or_interrupt(i: int, log: list[int]) -> int:
+    if i == 0:
+        raise KeyboardInterrupt
+    time.sleep(0.05)
+    log.append(i)
+    return i
+
+
+def _check_results(runner: TaskRunner, batch_size: int) -> None:
+    calls = [(i, 3) for i in range(-2, 9)]
+    results = runner.run_all(divmod, [(10, 0), *calls, (1, 0)], batch_size=batch_size)
+    assert isinstance(results[0], ZeroDivisionError) and isinstance(results[-1], ZeroDivisionError)
+    assert results[1:-1] == [divmod(*c) for c in calls]
+
+
+# ----------------------------------------------------------------------------- owned threads
+
+
+def test_owned_pool_is_lazy_and_reopens() -> None:
+    runner = TaskRunner.create()
+    assert (runner.kind, runner.owns_executor, runner.in_process) == ("threads", True, True)
+    assert runner.workers >= 5
+    assert runner._executor is None
+    assert runner.run_all(pow, []) == []
+    assert runner.run_all(pow, [(2, 3)]) == [8]  # a single call runs inline: still no pool
+    assert runner._executor is None
+    _check_results(runner, 1)
+    assert runner._executor is not None
+    runner.shutdown()
+    runner.shutdown()  # idempotent
+    assert runner._executor is None
+    _check_results(runner, 4)  # re-created lazily
+    runner.shutdown(wait=False)
+
+
+def test_single_call_inline_others_in_pool() -> None:
+    runner = TaskRunner.create(workers=2)
+    assert runner.workers == 2
+    try:
+        assert runner.run_all(thread_id, [()]) == [threading.get_ident()]
+        ids = runner.run_all(thread_id, [()] * 6)
+        assert threading.get_ident() not in ids
+        [error] = runner.run_all(divmod, [(1, 0)])
+        assert isinstance(error, ZeroDivisionError)
+    finally:
+        runner.shutdown()
+
+
+def test_interrupt_cancels_pending() -> None:
+    runner = TaskRunner.create(workers=1)
+    log: list[int] = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_all(slow_or_interrupt, [(i, log) for i in range(10)])
+    finally:
+        runner.shutdown()
+    assert len(log) <= 1  # at most the call already running when the interruption came
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
+def test_bad_workers(workers: Any) -> None:
+    with pytest.raises(DekerValidationError, match="workers"):
+        TaskRunner.create(None, workers)
+
+
+@pytest.mark.parametrize("executor", [object(), "threads", 4, cf.ThreadPoolExecutor])
+def test_bad_executor(executor: Any) -> None:
+    with pytest.raises(DekerValidationError, match=r"concurrent\.futures\.Executor") as info:
+        TaskRunner.create(executor)
+    assert type(executor).__qualname__ in str(info.value)
+
+
+# ----------------------------------------------------------------------------- user executors
+
+
+def test_user_thread_pool_not_shut_down() -> None:
+    with cf.ThreadPoolExecutor(3) as pool:
+        runner = TaskRunner.create(pool, workers=50)
+        assert (runner.kind, runner.owns_executor, runner.in_process) == ("threads", False, True)
+        assert runner.workers == 3
+        _check_results(runner, 1)
+        _check_results(runner, 5)
+        runner.shutdown()
+        assert pool.submit(pow, 2, 2).result() == 4
+
+
+@pytest.fixture(scope="module")
+def process_pool() -> Iterator[cf.ProcessPoolExecutor]:
+    with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+def test_process_pool(process_pool: cf.ProcessPoolExecutor) -> None:
+    runner = TaskRunner.create(process_pool)
+    assert (runner.kind, runner.owns_executor, runner.in_process) == ("processes", False, False)
+    assert runner.workers == 2
+    _check_results(runner, 1)
+    _check_results(runner, 3)
+    assert runner.run_all(pow, [(3, 2)]) == [9]  # one call still goes to the pool (no inline)
+    # a function that cannot be pickled fails per call, it does not raise
+    results = runner.run_all(lambda x: x, [(1,), (2,)])
+    assert all(isinstance(r, Exception) for r in results)
+    results = runner.run_all(lambda x: x, [(1,), (2,), (3,)], batch_size=2)
+    assert len(results) == 3 and all(isinstance(r, Exception) for r in results)
+    runner.shutdown()
+    assert process_pool.submit(pow, 2, 5).result() == 32
+
+
+def test_other_executor_kind() -> None:
+    class Inline(cf.Executor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+            future: cf.Future[Any] = cf.Future()
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except Exception as exc:
+                future.set_exception(exc)
+            return future
+
+    runner = TaskRunner.create(Inline())
+    assert (runner.kind, runner.in_process, runner.owns_executor) == ("executor", False, False)
+    _check_results(runner, 1)
+    _check_results(runner, 2)
+
+
+def test_run_batch() -> None:
+    out = run_batch(divmod, [(7, 2), (1, 0)])
+    assert out[0] == (True, (3, 1))
+    assert out[1][0] is False and isinstance(out[1][1], ZeroDivisionError)
+
+
+def test_suggest_batch_size() -> None:
+    runner = TaskRunner.create(workers=2)  # at least 8 tasks wanted
+    assert runner.suggest_batch_size(0, 10) == 1
+    assert runner.suggest_batch_size(1, 10) == 1
+    assert runner.suggest_batch_size(1000, TARGET_TASK_BYTES) == 1  # big tiles: one per task
+    assert runner.suggest_batch_size(1000, 1024) == 125  # tiny tiles: capped to keep 8 tasks
+    assert runner.suggest_batch_size(10_000, 1024) == 1250  # 4096 would leave 3 tasks: keep 8
+    assert runner.suggest_batch_size(100_000, 1024**2) == 4  # 4 MiB per task, plenty of tasks
+    assert runner.suggest_batch_size(10, 1) == 1
+    assert runner.suggest_batch_size(100, 0) == 12
+
+
+# ----------------------------------------------------------------------------- Dask
+
+
+@pytest.fixture(scope="module")
+def dask_client() -> Iterator[Any]:
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+def test_dask_results(dask_client: Any) -> None:
+    runner = TaskRunner.create(dask_client)
+    assert (runner.kind, runner.owns_executor, runner.in_process, runner.workers) == ("dask", False, False, 2)
+    _check_results(runner, 1)
+    _check_results(runner, 4)
+    runner.shutdown()
+    assert dask_client.submit(pow, 2, 2).result() == 4  # the client is not closed
+
+
+def test_dask_never_deduplicates(dask_client: Any, tmp_path: Path) -> None:
+    path = str(tmp_path / "log.txt")
+    runner = TaskRunner.create(dask_client)
+    assert runner.run_all(append_line, [(path, "x"), (path, "x")]) == [1, 1]
+    assert runner.run_all(append_line, [(path, "x"), (path, "x")], batch_size=1) == [1, 1]
+    assert runner.run_all(append_line, [(path, "x")] * 3, batch_size=2) == [1, 1, 1]
+    assert Path(path).read_text() == "x\n" * 7
+    # an executor from client.get_executor() defaults to pure=True: the runner overrides it
+    runner = TaskRunner.create(dask_client.get_executor())
+    assert runner.kind == "dask"
+    assert runner.run_all(append_line, [(path, "y"), (path, "y")]) == [1, 1]
+    assert Path(path).read_text().count("y") == 2
+
+
+def test_dask_scatters_large_arrays(dask_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    scattered: list[int] = []
+    original = dask_client.scatter
+
+    def spy(data: Any, **kwargs: Any) -> Any:
+        assert kwargs.get("hash") is False
+        scattered.extend(a.nbytes for a in data)
+        return original(data, **kwargs)
+
+    monkeypatch.setattr(dask_client, "scatter", spy)
+    runner = TaskRunner.create(dask_client)
+    big = np.ones(SCATTER_THRESHOLD // 8 + 1, dtype=np.float64)
+    small = np.ones(10, dtype=np.int64)
+    results = runner.run_all(total, [(big, 1), (small, 2), (big, 3)])
+    assert results == [big.size + 1, 12, big.size + 3]
+    assert scattered == [big.nbytes, big.nbytes]
+    results = runner.run_all(total, [(big, 0), (small, 0), ("bad", 0)], batch_size=2)
+    assert results[:2] == [big.size, 10] and isinstance(results[2], AttributeError)
+    assert len(scattered) == 3
+
+
+def test_dask_worker_processes() -> None:
+    # Tasks and batches pickle to separate worker processes (only builtins and deker run there).
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        runner = TaskRunner.create(client)
+        assert runner.workers == 1
+        _check_results(runner, 1)
+        _check_results(runner, 3)
+        big = np.arange(SCATTER_THRESHOLD // 8 + 1, dtype=np.int64)
+        assert runner.run_all(np.sum, [(big,), (big[:10],)], batch_size=2) == [big.sum(), 45]
