@@ -1,0 +1,377 @@
+"""Every path of a local storage (SPEC §2): collection files, the id fan-out, symlink folders.
+
+Paths of data files are always built from the id (SPEC §2.2), never from a symlink's target: a
+storage copied or mounted elsewhere has dangling absolute symlinks and must still work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from deker.errors import DekerValidationError
+
+__all__ = [
+    "ARRAY_DATA",
+    "ARRAY_EXT",
+    "ARRAY_SYMLINKS",
+    "COLLECTIONS_DIR",
+    "VARRAY_DATA",
+    "VARRAY_EXT",
+    "VARRAY_SYMLINKS",
+    "CollectionPaths",
+    "Kind",
+    "id_dir_parts",
+    "ids_in_dir",
+    "iter_ids",
+    "make_symlink",
+    "remove_empty_parents",
+    "remove_file_and_empty_parents",
+]
+
+COLLECTIONS_DIR = "collections"
+ARRAY_DATA = "array_data"
+ARRAY_SYMLINKS = "array_symlinks"
+VARRAY_DATA = "varray_data"
+VARRAY_SYMLINKS = "varray_symlinks"
+ARRAY_EXT = ".hdf5"
+VARRAY_EXT = ".json"
+
+Kind = str  # "array" or "varray" (checked at run time)
+
+_DATA_DIRS = {"array": ARRAY_DATA, "varray": VARRAY_DATA}
+_SYMLINK_DIRS = {"array": ARRAY_SYMLINKS, "varray": VARRAY_SYMLINKS}
+_EXTS = {"array": ARRAY_EXT, "varray": VARRAY_EXT}
+
+
+def id_dir_parts(array_id: str) -> tuple[str, ...]:
+    """Return the directory levels of an id's main directory (SPEC §2.2).
+
+    Each character before the first ``-`` is one level; the remainder (dashes included) is the
+    last level: ``"f61df9c1-c07a-48c3-bd57-8a470c80939a"`` gives
+    ``("f", "6", "1", "d", "f", "9", "c", "1", "c07a-48c3-bd57-8a470c80939a")``.
+
+    Parameters
+    ----------
+    array_id : str
+        An Array or VArray id (UUID formatted).
+
+    Returns
+    -------
+    tuple of str
+        The directory names, outermost first.
+
+    Raises
+    ------
+    DekerValidationError
+        If the id cannot name a directory (no ``-``, empty groups, ``/``, NUL, ``:`` or ``..``).
+
+    """
+    head, sep, rest = array_id.partition("-")
+    if (
+        not sep
+        or not head
+        or not rest
+        or rest in (".", "..")
+        or any(bad in array_id for bad in ("/", "\x00", ":"))
+        or "." in head
+    ):
+        raise DekerValidationError(f"Invalid id {array_id!r}: expected a UUID formatted string")
+    return (*head, rest)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in _DATA_DIRS:
+        raise DekerValidationError(f"Invalid storage kind {kind!r}: expected 'array' or 'varray'")
+
+
+@dataclass(frozen=True)
+class CollectionPaths:
+    """Paths of one collection.
+
+    Parameters
+    ----------
+    root : Path
+        The collections directory (``<storage path>/collections``).
+    name : str
+        The collection name.
+
+    """
+
+    root: Path
+    name: str
+
+    @property
+    def path(self) -> Path:
+        """The collection directory."""
+        return self.root / self.name
+
+    @property
+    def meta_file(self) -> Path:
+        """The collection metadata file ``<path>/<name>.json``."""
+        return self.path / f"{self.name}.json"
+
+    @property
+    def lock_file(self) -> Path:
+        """The collection lock file ``<root>/<name>.lock``."""
+        return self.root / f"{self.name}.lock"
+
+    def data_dir(self, kind: Kind) -> Path:
+        """Return ``array_data`` or ``varray_data`` of the collection.
+
+        Parameters
+        ----------
+        kind : {"array", "varray"}
+            Which objects.
+
+        Returns
+        -------
+        Path
+            The data root of that kind.
+
+        """
+        _check_kind(kind)
+        return self.path / _DATA_DIRS[kind]
+
+    def symlinks_dir(self, kind: Kind) -> Path:
+        """Return ``array_symlinks`` or ``varray_symlinks`` of the collection.
+
+        Parameters
+        ----------
+        kind : {"array", "varray"}
+            Which objects.
+
+        Returns
+        -------
+        Path
+            The symlink root of that kind.
+
+        """
+        _check_kind(kind)
+        return self.path / _SYMLINK_DIRS[kind]
+
+    def main_dir(self, kind: Kind, object_id: str) -> Path:
+        """Return the main directory of an id (the 8-level fan-out plus the remainder).
+
+        Parameters
+        ----------
+        kind : {"array", "varray"}
+            Which objects.
+        object_id : str
+            The id.
+
+        Returns
+        -------
+        Path
+            The directory that holds the object's file (and its lock files).
+
+        """
+        return self.data_dir(kind).joinpath(*id_dir_parts(object_id))
+
+    def main_file(self, kind: Kind, object_id: str) -> Path:
+        """Return the data file of an id (``<main_dir>/<id>.hdf5`` or ``.json``).
+
+        Parameters
+        ----------
+        kind : {"array", "varray"}
+            Which objects.
+        object_id : str
+            The id.
+
+        Returns
+        -------
+        Path
+            The data (Array) or metadata (VArray) file.
+
+        """
+        return self.main_dir(kind, object_id) / f"{object_id}{_EXTS[kind]}"
+
+    def symlink_dir(self, kind: Kind, components: Sequence[str]) -> Path:
+        """Return the symlink directory for already encoded primary-key components.
+
+        Components are joined textually (SPEC §2.5: a ``/`` inside a component makes extra
+        levels and an empty component collapses), but a component can never make the path
+        absolute.  Encoding values safely is the caller's business.
+
+        Parameters
+        ----------
+        kind : {"array", "varray"}
+            Which objects.
+        components : sequence of str
+            One encoded value per primary attribute, in schema order.
+
+        Returns
+        -------
+        Path
+            The directory that holds the symlink(s).
+
+        """
+        base = self.symlinks_dir(kind)
+        if not components:
+            return base
+        return Path(f"{base}/{'/'.join(components)}")
+
+    def symlink_file(self, kind: Kind, components: Sequence[str], object_id: str) -> Path:
+        """Return the symlink of an object (``<symlink_dir>/<id><ext>``).
+
+        Parameters
+        ----------
+        kind : {"array", "varray"}
+            Which objects.
+        components : sequence of str
+            Encoded primary-key values.
+        object_id : str
+            The id.
+
+        Returns
+        -------
+        Path
+            The symlink path.
+
+        """
+        return self.symlink_dir(kind, components) / f"{object_id}{_EXTS[kind]}"
+
+
+def ids_in_dir(directory: Path, ext: str) -> list[str]:
+    """Return the ids named by the entries ``<id><ext>`` of a symlink directory.
+
+    Links are not followed (they may dangle); sub-directories and lock files are skipped.
+
+    Parameters
+    ----------
+    directory : Path
+        A symlink directory.
+    ext : str
+        ``".hdf5"`` or ``".json"``.
+
+    Returns
+    -------
+    list of str
+        Sorted ids; empty if the directory does not exist.
+
+    """
+    found: list[str] = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                name = entry.name
+                if not name.endswith(ext) or name.startswith(".") or ":" in name or len(name) == len(ext):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    continue
+                found.append(name[: -len(ext)])
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found.sort()
+    return found
+
+
+def iter_ids(data_dir: Path, ext: str) -> Iterator[str]:
+    """Walk an id fan-out (``array_data`` or ``varray_data``) and yield the ids of its files.
+
+    Temporary files (names starting with ``.``), lock files and markers are skipped; each
+    directory's entries are visited in sorted order so the result is deterministic.
+
+    Parameters
+    ----------
+    data_dir : Path
+        The data root.
+    ext : str
+        The extension of the data files.
+
+    Yields
+    ------
+    str
+        One id per data file.
+
+    """
+    try:
+        with os.scandir(data_dir) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        name = entry.name
+        if name.startswith("."):
+            continue
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:  # pragma: no cover - vanished meanwhile
+            continue
+        if is_dir:
+            yield from iter_ids(Path(entry.path), ext)
+        elif name.endswith(ext) and ":" not in name and len(name) > len(ext):
+            yield name[: -len(ext)]
+
+
+def make_symlink(target: Path, link: Path) -> None:
+    """Create ``link`` pointing at the absolute form of ``target`` (parents created).
+
+    Parameters
+    ----------
+    target : Path
+        The file the link names.
+    link : Path
+        The link to create.
+
+    Raises
+    ------
+    FileExistsError
+        If ``link`` already exists.
+
+    """
+    absolute = os.path.abspath(target)
+    for attempt in range(5):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.symlink(absolute, link)
+            return
+        except FileNotFoundError:  # a concurrent cleanup removed an empty parent: make it again
+            if attempt == 4:
+                raise
+
+
+def remove_file_and_empty_parents(path: Path, stop_at: Path) -> None:
+    """Remove a file, then its parent directories while they are empty, never ``stop_at``.
+
+    A missing file is not an error.  Directories outside ``stop_at`` are never touched.
+
+    Parameters
+    ----------
+    path : Path
+        The file (or symlink) to remove.
+    stop_at : Path
+        The directory where the upward cleanup stops (e.g. ``array_data``).
+
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    remove_empty_parents(path.parent, stop_at)
+
+
+def remove_empty_parents(directory: Path, stop_at: Path) -> None:
+    """Remove ``directory`` and its ancestors while they are empty, stopping below ``stop_at``.
+
+    Parameters
+    ----------
+    directory : Path
+        The innermost directory to try.
+    stop_at : Path
+        An ancestor of ``directory`` that is never removed.
+
+    """
+    stop = Path(os.path.abspath(stop_at))
+    current = Path(os.path.abspath(directory))
+    if stop not in current.parents:
+        return
+    while current != stop:
+        try:
+            os.rmdir(current)
+        except FileNotFoundError:
+            pass
+        except OSError:  # not empty (or not removable): stop here
+            return
+        current = current.parent

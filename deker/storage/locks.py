@@ -1,0 +1,956 @@
+"""The lockfile protocol: deker 1.1.7's lock files (SPEC §3) without its races (SPEC §3.9).
+
+Every lock is a ``flock`` held on an open file description.  The kernel drops it when its
+holder dies (``kill -9`` included), so a lock file nobody holds a lock on is stale and is
+recovered without ``clear_locks``.  Every acquisition opens its own descriptor, so threads of
+one process exclude each other like processes do.
+
+Files, all in an array's main directory unless said otherwise:
+
+``<id>.lock`` (array mutex)
+    Stable per-array file, created on demand and kept while the array exists.  Readers hold
+    ``LOCK_SH``, writers ``LOCK_EX`` for the whole operation.
+``<id>.hdf5`` (the data file)
+    Writers also hold ``LOCK_EX`` on it: deker 1.1.7 readers probe it and 1.1.7 writers lock it.
+``<id>:dk2-<hex>:<pid>:<tid>.arrayreadlock`` (read marker)
+    Made by our readers so that deker 1.1.7 writers wait for them; held with ``LOCK_EX`` by its
+    owner.  1.1.7 markers (``<id>:<uuid4>:<pid>:<tid>``) hold no lock: they count as live while
+    a process with their pid, older than the marker, runs *on this host* (a heuristic used
+    only for 1.1.7 interoperability; a 1.1.7 reader on another host is not seen).
+``<id>.hdf5:<token>.varraylock`` (VArray write marker)
+    Made by :class:`VArrayWriteLock` for each tile it holds, held with ``LOCK_EX``; tile tasks
+    (maybe on other hosts) check it with :func:`tile_write_guard`.  1.1.7 markers carry a pid
+    instead of a token and are live while the data file is locked by someone else.
+``<md5(key)>.arrlock`` (creation lock, anywhere)
+    Serialises the creation of one object (see :func:`creation_lock`); removed on release.
+``<collections>/<name>.lock`` (collection lock)
+    Kept after release (integrity checks expect it).
+
+Markers are created under a temporary name, locked, then renamed into place, so a visible
+marker of ours is always locked while its owner lives.  Owner tokens never end in a digit
+(1.1.7 takes a marker ending in ``<its pid>.varraylock`` for its own).  Correctness never
+depends on pids or thread ids (they only appear in names for humans and for 1.1.7 markers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+
+from deker.errors import DekerLockError, DekerValidationError
+from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, id_dir_parts, remove_empty_parents
+
+__all__ = [
+    "CREATION_LOCK_EXT",
+    "LOCK_EXT",
+    "READ_LOCK_EXT",
+    "VARRAY_LOCK_EXT",
+    "LockInfo",
+    "LockSettings",
+    "VArrayWriteLock",
+    "array_read_lock",
+    "array_write_lock",
+    "clear_locks",
+    "collection_lock",
+    "creation_lock",
+    "list_locks",
+    "mutex_path",
+    "new_token",
+    "tile_read_guard",
+    "tile_write_guard",
+]
+
+logger = logging.getLogger(__name__)
+
+READ_LOCK_EXT = ".arrayreadlock"
+VARRAY_LOCK_EXT = ".varraylock"
+CREATION_LOCK_EXT = ".arrlock"
+LOCK_EXT = ".lock"
+OWN_READ_PREFIX = "dk2-"
+_TMP_EXT = ".tmp"
+
+KIND_READ = "array read lock"
+KIND_VARRAY = "varray write lock"
+KIND_CREATION = "array creation lock"
+KIND_MUTEX = "array mutex"
+KIND_COLLECTION = "collection lock"
+
+_TOKEN_RE = re.compile(r"^[a-z0-9-]{1,80}$")
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclass(frozen=True)
+class LockSettings:
+    """How long to wait for a lock and how often to look again.
+
+    Parameters
+    ----------
+    timeout : float
+        Seconds to wait before giving up with :class:`DekerLockError`.
+    interval : float
+        Longest pause between two attempts (attempts start about 1 ms apart and back off
+        exponentially up to ``interval``).
+
+    """
+
+    timeout: float = 60.0
+    interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.timeout >= 0:
+            raise DekerValidationError(f"Lock timeout must be >= 0 seconds, got {self.timeout!r}")
+        if not self.interval > 0:
+            raise DekerValidationError(f"Lock check interval must be > 0 seconds, got {self.interval!r}")
+
+
+def new_token() -> str:
+    """Return a new owner token (``[a-z0-9-]``, never ending in a digit).
+
+    Returns
+    -------
+    str
+        A unique token.
+
+    """
+    return f"{uuid.uuid4().hex}-t"
+
+
+def _check_token(token: str) -> None:
+    if not _TOKEN_RE.match(token) or token[-1].isdigit():
+        raise DekerValidationError(f"Invalid lock owner token {token!r}: use new_token()")
+
+
+def mutex_path(main_dir: Path, array_id: str) -> Path:
+    """Return the mutex file of an array (``<main_dir>/<id>.lock``).
+
+    Parameters
+    ----------
+    main_dir : Path
+        The array's main directory.
+    array_id : str
+        The array id.
+
+    Returns
+    -------
+    Path
+        The mutex file.
+
+    """
+    return main_dir / f"{array_id}{LOCK_EXT}"
+
+
+# --------------------------------------------------------------------------- low level
+
+
+class _Waiter:
+    """A deadline with exponential backoff sleeps."""
+
+    def __init__(self, settings: LockSettings) -> None:
+        self.settings = settings
+        self.deadline = time.monotonic() + settings.timeout
+        self._delay = 0.001
+
+    def sleep(self) -> bool:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(self._delay, remaining))
+        self._delay = min(self._delay * 2, self.settings.interval)
+        return True
+
+
+def _try_flock(fd: int, operation: int) -> bool:
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except PermissionError:  # some NFS setups answer EACCES for a conflict
+        return False
+    return True
+
+
+def _unlock_close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def _open_rw(path: Path, create: bool) -> int:
+    flags = os.O_RDWR | _O_CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        return os.open(path, flags, 0o666)
+    except PermissionError:
+        if create and not path.exists():
+            raise
+        return os.open(path, os.O_RDONLY | _O_CLOEXEC)
+
+
+def _held_by_someone(path: Path, operation: int = fcntl.LOCK_SH) -> bool | None:
+    """Whether someone holds a lock on ``path`` conflicting with ``operation``; None if missing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC) if operation == fcntl.LOCK_SH else _open_rw(path, False)
+    except FileNotFoundError:
+        return None
+    try:
+        if _try_flock(fd, operation):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    fst = os.fstat(fd)
+    return (st.st_ino, st.st_dev) == (fst.st_ino, fst.st_dev)
+
+
+def _timeout(what: str, path: Path, holder: str, settings: LockSettings) -> DekerLockError:
+    return DekerLockError(f"{what}: {path} is held by {holder}; gave up after {settings.timeout:g} s")
+
+
+def _acquire_file(
+    path: Path, operation: int, waiter: _Waiter, what: str, holder: str = "another deker reader or writer"
+) -> int:
+    """Lock a stable lock file, waiting; retry when the file was replaced or unlinked meanwhile."""
+    while True:
+        fd = _open_rw(path, create=True)
+        try:
+            while not _try_flock(fd, operation):
+                if not waiter.sleep():
+                    raise _timeout(what, path, holder, waiter.settings)
+            if _same_file(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        _unlock_close(fd)  # unlinked by its previous holder (deleted array, released creation lock)
+
+
+def _create_marker(path: Path) -> int:
+    """Create ``path`` already locked (temp file, ``LOCK_EX``, atomic rename); return its fd."""
+    for _ in range(10):
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{_TMP_EXT}")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # only a momentary probe can hold it: block
+            os.rename(tmp, path)
+            return fd
+        except FileNotFoundError:  # a lock cleaner removed the unlocked temp file: try again
+            os.close(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    raise DekerLockError(f"Cannot create lock marker {path}: its temporary file keeps vanishing")
+
+
+def _drop_marker(path: Path, fd: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # unlink while still locked: a visible marker of ours is always locked
+    _unlock_close(fd)
+
+
+def _legacy_owner_alive(pid: str, marker: Path) -> bool:
+    """Whether the deker 1.1.7 process that made ``marker`` still runs on this host.
+
+    The process with that pid must exist and be older than the marker (else the pid was
+    reused).  A 1.1.7 process on another host is not seen: its markers count as dead.
+    """
+    if not pid.isdigit() or int(pid) <= 0:
+        return False
+    try:
+        made = os.stat(marker).st_mtime
+        return bool(psutil.Process(int(pid)).create_time() <= made + 1.0)
+    except (FileNotFoundError, psutil.NoSuchProcess):
+        return False
+    except psutil.Error:  # e.g. access denied: it exists
+        return True
+
+
+def _data_file(main_dir: Path, array_id: str) -> Path:
+    return main_dir / f"{array_id}{ARRAY_EXT}"
+
+
+def _require(path: Path) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, "No such array file", str(path))
+
+
+def _object_file(main_dir: Path, array_id: str, ext: str | None) -> Path:
+    """Return the file a lock protects: ``<id><ext>``; by default ``.hdf5``, else ``.json``."""
+    if ext is not None:
+        return main_dir / f"{array_id}{ext}"
+    data = _data_file(main_dir, array_id)
+    if not os.path.exists(data):
+        meta = main_dir / f"{array_id}{VARRAY_EXT}"
+        if os.path.exists(meta):
+            return meta
+    return data
+
+
+def _cleanup_if_deleted(main_dir: Path, array_id: str, data: Path | None = None) -> None:
+    """Under an exclusive mutex: if the object is gone, remove its mutex and empty directories."""
+    if os.path.exists(data or _data_file(main_dir, array_id)):
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(mutex_path(main_dir, array_id))
+    try:
+        parts = id_dir_parts(array_id)
+    except DekerValidationError:
+        return
+    if main_dir.parts[-len(parts) :] == parts and len(main_dir.parts) > len(parts):
+        # only inside a real id fan-out: never touch directories of some other layout
+        remove_empty_parents(main_dir, main_dir.parents[len(parts) - 1])
+
+
+# --------------------------------------------------------------------------- markers
+
+
+@dataclass(frozen=True)
+class _Marker:
+    path: Path
+    kind: str
+    array_id: str
+    owner: str
+    legacy: bool  # written by deker 1.1.7 (liveness by pid heuristics)
+
+
+def _parse_marker(path: Path) -> _Marker | None:
+    name = path.name
+    if name.endswith(READ_LOCK_EXT):
+        parts = name[: -len(READ_LOCK_EXT)].split(":")
+        if len(parts) != 4:
+            return None
+        own = parts[1].startswith(OWN_READ_PREFIX)
+        return _Marker(path, KIND_READ, parts[0], parts[1] if own else parts[2], not own)
+    if name.endswith(VARRAY_LOCK_EXT):
+        head, sep, owner = name[: -len(VARRAY_LOCK_EXT)].rpartition(":")
+        if not sep or not head.endswith(ARRAY_EXT):
+            return None
+        return _Marker(path, KIND_VARRAY, head[: -len(ARRAY_EXT)], owner, owner.isdigit())
+    return None
+
+
+def _marker_alive(marker: _Marker) -> bool:
+    if not marker.legacy:
+        return bool(_held_by_someone(marker.path))
+    if marker.kind == KIND_READ:
+        return _legacy_owner_alive(marker.owner, marker.path)
+    return bool(_held_by_someone(marker.path.parent / f"{marker.array_id}{ARRAY_EXT}"))
+
+
+def _remove_if_stale(marker: _Marker) -> None:
+    """Remove a dead marker (ours: unlocked; 1.1.7: its pid is gone from this host)."""
+    if marker.legacy:
+        if _legacy_owner_alive(marker.owner, marker.path):
+            return  # its owner may still unlink it itself
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(marker.path)
+        return
+    try:
+        fd = os.open(marker.path, os.O_RDONLY | _O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        if _try_flock(fd, fcntl.LOCK_SH):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(marker.path)
+            logger.info("removed stale lock marker %s", marker.path)
+    finally:
+        _unlock_close(fd)
+
+
+def _live_foreign_markers(main_dir: Path, array_id: str, own: Path | None) -> list[_Marker]:
+    """Live markers of other owners on ``array_id``; stale ones are removed."""
+    prefixes = (f"{array_id}:", f"{array_id}{ARRAY_EXT}:")
+    live: list[_Marker] = []
+    try:
+        with os.scandir(main_dir) as entries:
+            names = [e.name for e in entries if e.name.startswith(prefixes)]
+    except FileNotFoundError:
+        return live
+    for name in names:
+        path = main_dir / name
+        if own is not None and path == own:
+            continue
+        marker = _parse_marker(path)
+        if marker is None or marker.array_id != array_id:
+            continue
+        if _marker_alive(marker):
+            live.append(marker)
+        else:
+            _remove_if_stale(marker)
+    return live
+
+
+def _wait_for_markers(
+    main_dir: Path, array_id: str, waiter: _Waiter, what: str, own: Path | None = None
+) -> None:
+    while True:
+        live = _live_foreign_markers(main_dir, array_id, own)
+        if not live:
+            return
+        if not waiter.sleep():
+            holders = ", ".join(
+                f"{m.kind} of {'deker 1.1.7 pid ' if m.legacy else ''}{m.owner}" for m in live
+            )
+            raise _timeout(what, live[0].path, holders, waiter.settings)
+
+
+def _lock_data_file(data: Path, waiter: _Waiter, what: str) -> int:
+    fd = _open_rw(data, create=False)
+    try:
+        while not _try_flock(fd, fcntl.LOCK_EX):
+            if not waiter.sleep():
+                raise _timeout(what, data, "a deker 1.1.7 process (flock on the data file)", waiter.settings)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+# --------------------------------------------------------------------------- array locks
+
+
+@contextlib.contextmanager
+def array_read_lock(
+    main_dir: Path, array_id: str, settings: LockSettings, *, ext: str | None = None
+) -> Iterator[None]:
+    """Hold the read lock of one array (shared with other readers, exclusive of writers).
+
+    Waits (up to ``settings.timeout``) for writers, for VArray writes holding the array and
+    for deker 1.1.7 writers; leaves a read marker that deker 1.1.7 writers wait for.
+
+    Parameters
+    ----------
+    main_dir : Path
+        The array's main directory.
+    array_id : str
+        The array id.
+    settings : LockSettings
+        Timeout and polling interval.
+    ext : str, optional
+        Extension of the protected file; by default ``.hdf5`` (an Array or tile), or
+        ``.json`` when only that exists (a VArray's metadata).
+
+    Yields
+    ------
+    None
+        While the lock is held.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the array's data file does not exist (or vanished while waiting).
+    DekerLockError
+        If the lock could not be taken in time (nothing stays locked).
+
+    """
+    data = _object_file(main_dir, array_id, ext)
+    _require(data)
+    what = f"Array {array_id} read lock"
+    waiter = _Waiter(settings)
+    with contextlib.ExitStack() as stack:
+        stack.callback(
+            _unlock_close, _acquire_file(mutex_path(main_dir, array_id), fcntl.LOCK_SH, waiter, what)
+        )
+        _require(data)
+        marker = main_dir / (
+            f"{array_id}:{OWN_READ_PREFIX}{uuid.uuid4().hex}:{os.getpid()}:{threading.get_native_id()}"
+            f"{READ_LOCK_EXT}"
+        )
+        while True:
+            marker_fd = _create_marker(marker)
+            if not _held_by_someone(data):  # no deker 1.1.7 writer / VArray write holds the file
+                break
+            _drop_marker(marker, marker_fd)
+            if not waiter.sleep():
+                raise _timeout(what, data, "a deker 1.1.7 writer (exclusive flock)", settings)
+        stack.callback(_drop_marker, marker, marker_fd)
+        yield
+
+
+@contextlib.contextmanager
+def array_write_lock(
+    main_dir: Path, array_id: str, settings: LockSettings, *, ext: str | None = None
+) -> Iterator[None]:
+    """Hold the write lock of one array (exclusive of readers and writers).
+
+    When the operation deleted the data file, the mutex and the empty directories are removed
+    on release.
+
+    Parameters
+    ----------
+    main_dir : Path
+        The array's main directory.
+    array_id : str
+        The array id.
+    settings : LockSettings
+        Timeout and polling interval.
+    ext : str, optional
+        Extension of the protected file; by default ``.hdf5`` (an Array or tile), or
+        ``.json`` when only that exists (a VArray's metadata).
+
+    Yields
+    ------
+    None
+        While the lock is held.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the array's data file does not exist (or vanished while waiting).
+    DekerLockError
+        If the lock could not be taken in time (nothing stays locked).
+
+    """
+    data = _object_file(main_dir, array_id, ext)
+    _require(data)
+    what = f"Array {array_id} write lock"
+    waiter = _Waiter(settings)
+    with contextlib.ExitStack() as stack:
+        stack.callback(
+            _unlock_close, _acquire_file(mutex_path(main_dir, array_id), fcntl.LOCK_EX, waiter, what)
+        )
+        stack.callback(_cleanup_if_deleted, main_dir, array_id, data)
+        _require(data)
+        stack.callback(_unlock_close, _lock_data_file(data, waiter, what))
+        _wait_for_markers(main_dir, array_id, waiter, what)
+        yield
+
+
+# --------------------------------------------------------------------------- VArray locks
+
+
+class VArrayWriteLock:
+    """The coordinator's lock on the tiles of one VArray update or clear.
+
+    Parameters
+    ----------
+    settings : LockSettings
+        Timeout and polling interval (one deadline per :meth:`acquire` / :meth:`extend`).
+    token : str
+        The operation's owner token (:func:`new_token`); tile tasks check it with
+        :func:`tile_write_guard`.
+
+    """
+
+    def __init__(self, settings: LockSettings, token: str) -> None:
+        _check_token(token)
+        self.settings = settings
+        self.token = token
+        self._held: dict[tuple[Path, str], contextlib.ExitStack] = {}
+        self._guard = threading.Lock()
+
+    def marker(self, main_dir: Path, tile_id: str) -> Path:
+        """Return the marker file this lock makes for a tile.
+
+        Parameters
+        ----------
+        main_dir : Path
+            The tile's main directory.
+        tile_id : str
+            The tile id.
+
+        Returns
+        -------
+        Path
+            ``<main_dir>/<tile_id>.hdf5:<token>.varraylock``.
+
+        """
+        return main_dir / f"{tile_id}{ARRAY_EXT}:{self.token}{VARRAY_LOCK_EXT}"
+
+    @property
+    def tiles(self) -> list[tuple[Path, str]]:
+        """The tiles held, in acquisition order."""
+        return list(self._held)
+
+    def acquire(self, tiles: Sequence[tuple[Path, str]]) -> list[tuple[Path, str]]:
+        """Lock tiles in the given order (the caller sorts them by grid position).
+
+        Tiles already held are skipped.  On timeout (or any error) everything this lock holds
+        is released before the error propagates.
+
+        Parameters
+        ----------
+        tiles : sequence of (Path, str)
+            ``(main_dir, tile_id)`` of each tile.
+
+        Returns
+        -------
+        list of (Path, str)
+            Tiles that do not exist (not locked).
+
+        Raises
+        ------
+        DekerLockError
+            If a tile stayed busy until the deadline; the message names it.
+
+        """
+        waiter = _Waiter(self.settings)
+        missing: list[tuple[Path, str]] = []
+        with self._guard:
+            try:
+                for main_dir, tile_id in tiles:
+                    key = (Path(main_dir), tile_id)
+                    if key in self._held:
+                        continue
+                    if not self._take(key[0], tile_id, waiter):
+                        missing.append(key)
+            except BaseException:
+                self._release_all()
+                raise
+        return missing
+
+    extend = acquire
+
+    def _take(self, main_dir: Path, tile_id: str, waiter: _Waiter) -> bool:
+        data = _data_file(main_dir, tile_id)
+        if not os.path.exists(data):
+            return False
+        what = f"VArray write lock on tile {tile_id}"
+        stack = contextlib.ExitStack()
+        try:
+            try:
+                mutex = _acquire_file(mutex_path(main_dir, tile_id), fcntl.LOCK_EX, waiter, what)
+            except FileNotFoundError:  # its directory vanished: deleted meanwhile
+                return False
+            stack.callback(_unlock_close, mutex)
+            stack.callback(_cleanup_if_deleted, main_dir, tile_id)
+            if not os.path.exists(data):
+                stack.close()
+                return False
+            stack.callback(_unlock_close, _lock_data_file(data, waiter, what))
+            marker = self.marker(main_dir, tile_id)
+            stack.callback(_drop_marker, marker, _create_marker(marker))
+            _wait_for_markers(main_dir, tile_id, waiter, what, own=marker)
+        except BaseException:
+            stack.close()
+            raise
+        self._held[(main_dir, tile_id)] = stack
+        return True
+
+    def _release_all(self) -> None:
+        held, self._held = self._held, {}
+        for stack in reversed(list(held.values())):
+            try:
+                stack.close()
+            except OSError:  # pragma: no cover - releasing must not stop at one tile
+                logger.exception("failed to release a tile lock")
+
+    def release(self) -> None:
+        """Release every tile (idempotent)."""
+        with self._guard:
+            self._release_all()
+
+    def __enter__(self) -> VArrayWriteLock:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        if getattr(self, "_held", None):  # forgotten without release(): do not keep tiles locked
+            with contextlib.suppress(Exception):
+                self._release_all()
+
+
+def _guard(main_dir: Path, tile_id: str, token: str, action: str) -> None:
+    _check_token(token)
+    marker = main_dir / f"{tile_id}{ARRAY_EXT}:{token}{VARRAY_LOCK_EXT}"
+    if not _held_by_someone(marker):
+        raise DekerLockError(
+            f"VArray lock lost: cannot {action} tile {tile_id}, its marker {marker} is missing or no "
+            "longer held by the operation's coordinator"
+        )
+
+
+@contextlib.contextmanager
+def tile_write_guard(main_dir: Path, tile_id: str, token: str) -> Iterator[None]:
+    """Check that the operation ``token`` still holds a tile before a task writes it.
+
+    The task may run in another process or on another host; it takes no lock itself.
+
+    Parameters
+    ----------
+    main_dir : Path
+        The tile's main directory.
+    tile_id : str
+        The tile id.
+    token : str
+        The coordinator's owner token.
+
+    Yields
+    ------
+    None
+        When the coordinator's marker is live.
+
+    Raises
+    ------
+    DekerLockError
+        If the marker is missing or nobody holds it ("lock lost").
+
+    """
+    _guard(main_dir, tile_id, token, "write")
+    yield
+
+
+@contextlib.contextmanager
+def tile_read_guard(main_dir: Path, tile_id: str, token: str) -> Iterator[None]:
+    """Check that the operation ``token`` still holds a tile before a task reads it.
+
+    Parameters
+    ----------
+    main_dir : Path
+        The tile's main directory.
+    tile_id : str
+        The tile id.
+    token : str
+        The coordinator's owner token.
+
+    Yields
+    ------
+    None
+        When the coordinator's marker is live.
+
+    Raises
+    ------
+    DekerLockError
+        If the marker is missing or nobody holds it ("lock lost").
+
+    """
+    _guard(main_dir, tile_id, token, "read")
+    yield
+
+
+# --------------------------------------------------------------------------- other locks
+
+
+@contextlib.contextmanager
+def creation_lock(lock_dir: Path, key: str, settings: LockSettings) -> Iterator[None]:
+    """Serialise the creation of one object (a primary key, a missing tile) across processes.
+
+    The lock file ``<lock_dir>/<md5(key)>.arrlock`` is removed on release.
+
+    Parameters
+    ----------
+    lock_dir : Path
+        Where the lock file lives (created if missing).
+    key : str
+        What is being created (e.g. the encoded primary key).
+    settings : LockSettings
+        Timeout and polling interval.
+
+    Yields
+    ------
+    None
+        While the lock is held.
+
+    Raises
+    ------
+    DekerLockError
+        If another creator held it until the deadline.
+
+    """
+    path = lock_dir / f"{hashlib.md5(key.encode(), usedforsecurity=False).hexdigest()}{CREATION_LOCK_EXT}"
+    waiter = _Waiter(settings)
+    what = f"Creation lock for {key!r}"
+    for attempt in range(5):
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = _acquire_file(path, fcntl.LOCK_EX, waiter, what, "another creator")
+            break
+        except FileNotFoundError:  # the directory was removed meanwhile
+            if attempt == 4:
+                raise
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        _unlock_close(fd)
+
+
+@contextlib.contextmanager
+def collection_lock(collections_root: Path, name: str, settings: LockSettings) -> Iterator[None]:
+    """Hold the lock of a collection (creation, clear); the file is kept afterwards.
+
+    Parameters
+    ----------
+    collections_root : Path
+        The collections directory.
+    name : str
+        The collection name.
+    settings : LockSettings
+        Timeout and polling interval.
+
+    Yields
+    ------
+    None
+        While the lock is held.
+
+    Raises
+    ------
+    DekerLockError
+        If another process held it until the deadline.
+
+    """
+    collections_root.mkdir(parents=True, exist_ok=True)
+    path = collections_root / f"{name}{LOCK_EXT}"
+    fd = _acquire_file(path, fcntl.LOCK_EX, _Waiter(settings), f"Collection {name} lock", "another client")
+    try:
+        yield
+    finally:
+        _unlock_close(fd)
+
+
+# --------------------------------------------------------------------------- inspection
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """One lock file found in a storage.
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+    kind : str
+        ``"array read lock"``, ``"varray write lock"``, ``"array creation lock"``,
+        ``"array mutex"`` or ``"collection lock"``.
+    array_id : str or None
+        The array (or tile) it concerns.
+    owner : str or None
+        Owner token, read-marker id or pid (deker 1.1.7 markers).
+    alive : bool
+        Whether its owner still holds it (for mutexes and collection locks: whether anyone
+        holds it now).
+
+    """
+
+    path: Path
+    kind: str
+    array_id: str | None
+    owner: str | None
+    alive: bool
+
+
+def _is_mutex(path: Path) -> bool:
+    stem = path.name[: -len(LOCK_EXT)]
+    try:
+        parts = id_dir_parts(stem)
+    except DekerValidationError:
+        return False
+    return path.parent.parts[-len(parts) :] == parts
+
+
+def _info(path: Path) -> LockInfo | None:
+    name = path.name
+    if name.startswith("."):
+        return None
+    marker = _parse_marker(path)
+    if marker is not None:
+        return LockInfo(path, marker.kind, marker.array_id, marker.owner, _marker_alive(marker))
+    busy = bool(_held_by_someone(path, fcntl.LOCK_EX))
+    if name.endswith(CREATION_LOCK_EXT):
+        return LockInfo(path, KIND_CREATION, None, None, busy)
+    if name.endswith(LOCK_EXT):
+        if _is_mutex(path):
+            return LockInfo(path, KIND_MUTEX, name[: -len(LOCK_EXT)], None, busy)
+        return LockInfo(path, KIND_COLLECTION, None, None, busy)
+    return None
+
+
+def list_locks(directory: Path) -> list[LockInfo]:
+    """List the lock files under ``directory`` (recursively, symlinks not followed).
+
+    Parameters
+    ----------
+    directory : Path
+        A storage, collections or collection directory.
+
+    Returns
+    -------
+    list of LockInfo
+        Sorted by path.
+
+    """
+    found: list[LockInfo] = []
+    for dirpath, _dirs, files in os.walk(directory):
+        for name in files:
+            if name.endswith((READ_LOCK_EXT, VARRAY_LOCK_EXT, CREATION_LOCK_EXT, LOCK_EXT)):
+                info = _info(Path(dirpath) / name)
+                if info is not None:
+                    found.append(info)
+    found.sort(key=lambda i: str(i.path))
+    return found
+
+
+def _stale_temp_markers(directory: Path) -> list[Path]:
+    stale = []
+    for dirpath, _dirs, files in os.walk(directory):
+        for name in files:
+            if (
+                name.startswith(".")
+                and name.endswith(_TMP_EXT)
+                and (READ_LOCK_EXT in name or VARRAY_LOCK_EXT in name)
+            ):
+                path = Path(dirpath) / name
+                if _held_by_someone(path) is False:
+                    stale.append(path)
+    return stale
+
+
+def clear_locks(directory: Path, *, force: bool = False) -> list[Path]:
+    """Remove dead read markers, VArray markers and creation locks under ``directory``.
+
+    Collection ``.lock`` files and array mutexes are never removed.
+
+    Parameters
+    ----------
+    directory : Path
+        A storage, collections or collection directory.
+    force : bool
+        Remove live ones too (breaks the protection of running operations).
+
+    Returns
+    -------
+    list of Path
+        The removed files, sorted.
+
+    """
+    removed: list[Path] = []
+    for info in list_locks(directory):
+        if info.kind in (KIND_READ, KIND_VARRAY, KIND_CREATION) and (force or not info.alive):
+            try:
+                os.unlink(info.path)
+            except FileNotFoundError:
+                continue
+            removed.append(info.path)
+    for path in _stale_temp_markers(directory):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed.append(path)
+    removed.sort(key=str)
+    return removed

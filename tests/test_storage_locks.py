@@ -1,0 +1,591 @@
+"""Tests of deker.storage.locks with real processes (no mocks)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deker.errors import DekerLockError, DekerValidationError
+from deker.storage import locks
+from deker.storage.layout import CollectionPaths
+from deker.storage.locks import LockSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+HELPER = Path(__file__).resolve().parent / "storage_helpers" / "lock_holder.py"
+FAST = LockSettings(timeout=2, interval=0.05)
+PROMPT = 0.5  # seconds: "proceeds promptly" (polling interval 0.05 s, slack for loaded machines)
+IDS = [
+    "f61df9c1-c07a-48c3-bd57-8a470c80939a",
+    "0a1b2c3d-0000-4000-8000-000000000001",
+    "0a1b2c3d-0000-4000-8000-000000000002",
+    "9e8d7c6b-0000-4000-8000-000000000003",
+]
+
+
+class Child:
+    """A helper process holding a lock, driven line by line."""
+
+    def __init__(self, mode: str, **args: Any) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HELPER), mode, json.dumps(args)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+        self.lines.put("<EOF>")
+
+    def expect(self, word: str, timeout: float = 15.0) -> str:
+        line = self.lines.get(timeout=timeout)
+        assert line.startswith(word), line
+        return line
+
+    def send(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+
+    def release(self) -> float:
+        self.send()
+        released = time.monotonic()
+        self.expect("RELEASED")
+        assert self.proc.wait(10) == 0
+        return released
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+
+
+@pytest.fixture
+def children() -> Any:
+    made: list[Child] = []
+
+    def make(mode: str, **args: Any) -> Child:
+        child = Child(mode, **args)
+        made.append(child)
+        return child
+
+    yield make
+    for child in made:
+        child.close()
+
+
+def make_array(tmp_path: Path, array_id: str = IDS[0]) -> tuple[Path, str]:
+    paths = CollectionPaths(tmp_path / "collections", "coll")
+    main_file = paths.main_file("array", array_id)
+    main_file.parent.mkdir(parents=True, exist_ok=True)
+    main_file.write_bytes(b"data")
+    return main_file.parent, array_id
+
+
+def flocked(path: Path, operation: int = fcntl.LOCK_EX) -> bool:
+    """Whether some other open file description holds a conflicting lock on ``path``."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def in_thread(func: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = func()
+        except BaseException as exc:
+            result["error"] = exc
+        result["at"] = time.monotonic()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def hold(ctx: Any) -> float:
+    with ctx:
+        return time.monotonic()
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def markers(main_dir: Path) -> list[str]:
+    return sorted(n for n in os.listdir(main_dir) if n.endswith((".arrayreadlock", ".varraylock")))
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_settings_and_token() -> None:
+    with pytest.raises(DekerValidationError):
+        LockSettings(timeout=-1)
+    with pytest.raises(DekerValidationError):
+        LockSettings(interval=0)
+    tokens = {locks.new_token() for _ in range(200)}
+    assert len(tokens) == 200
+    for token in tokens:
+        assert set(token) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
+        assert not token[-1].isdigit()
+    with pytest.raises(DekerValidationError):
+        locks.VArrayWriteLock(FAST, "1234")
+    with pytest.raises(DekerValidationError):
+        locks.VArrayWriteLock(FAST, "../x")
+
+
+def test_missing_array_raises_file_not_found(tmp_path: Path) -> None:
+    main_dir = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError), locks.array_read_lock(main_dir, IDS[0], FAST):
+        pass
+    with pytest.raises(FileNotFoundError), locks.array_write_lock(main_dir, IDS[0], FAST):
+        pass
+    assert not main_dir.exists()
+
+
+def test_read_lock_files_and_release(tmp_path: Path) -> None:
+    main_dir, aid = make_array(tmp_path)
+    with locks.array_read_lock(main_dir, aid, FAST):
+        names = markers(main_dir)
+        assert len(names) == 1
+        assert names[0].startswith(f"{aid}:{locks.OWN_READ_PREFIX}")
+        assert names[0].split(":")[2] == str(os.getpid())
+        assert flocked(main_dir / names[0])
+        assert flocked(locks.mutex_path(main_dir, aid))  # shared lock held
+        assert not flocked(main_dir / f"{aid}.hdf5", fcntl.LOCK_SH)
+    assert markers(main_dir) == []
+    assert not flocked(locks.mutex_path(main_dir, aid))
+
+
+def test_write_lock_holds_mutex_and_data_file(tmp_path: Path) -> None:
+    main_dir, aid = make_array(tmp_path)
+    with locks.array_write_lock(main_dir, aid, FAST):
+        assert flocked(main_dir / f"{aid}.hdf5", fcntl.LOCK_SH)  # what deker 1.1.7 readers probe
+        assert flocked(locks.mutex_path(main_dir, aid), fcntl.LOCK_SH)
+        assert markers(main_dir) == []
+    assert not flocked(main_dir / f"{aid}.hdf5")
+    assert locks.mutex_path(main_dir, aid).exists()  # stable mutex stays
+
+
+def test_threads_of_one_process_exclude_each_other(tmp_path: Path) -> None:
+    main_dir, aid = make_array(tmp_path)
+    with locks.array_write_lock(main_dir, aid, FAST):
+        thread, result = in_thread(lambda: hold(locks.array_read_lock(main_dir, aid, FAST)))
+        time.sleep(0.3)
+        assert "at" not in result
+        released = time.monotonic()
+    thread.join(5)
+    assert "error" not in result
+    assert result["value"] - released < PROMPT
+
+
+def test_delete_under_write_lock_cleans_mutex_and_dirs(tmp_path: Path) -> None:
+    main_dir, aid = make_array(tmp_path)
+    data_root = tmp_path / "collections" / "coll" / "array_data"
+    with locks.array_write_lock(main_dir, aid, FAST):
+        os.unlink(main_dir / f"{aid}.hdf5")
+    assert not main_dir.exists()
+    assert data_root.exists() and os.listdir(data_root) == []
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def test_writer_blocks_reader_until_release(tmp_path: Path, children: Any) -> None:
+    main_dir, aid = make_array(tmp_path)
+    writer = children("write", main_dir=str(main_dir), array_id=aid)
+    writer.expect("ACQUIRED")
+    thread, result = in_thread(lambda: hold(locks.array_read_lock(main_dir, aid, LockSettings(5, 0.05))))
+    time.sleep(0.4)
+    assert "at" not in result  # still waiting
+    released = writer.release()
+    thread.join(5)
+    assert "error" not in result, result
+    assert result["value"] - released < PROMPT  # proceeds promptly
+
+
+def test_readers_share(tmp_path: Path, children: Any) -> None:
+    main_dir, aid = make_array(tmp_path)
+    reader = children("read", main_dir=str(main_dir), array_id=aid)
+    reader.expect("ACQUIRED")
+    start = time.monotonic()
+    with locks.array_read_lock(main_dir, aid, FAST):
+        assert time.monotonic() - start < PROMPT
+        assert len(markers(main_dir)) == 2
+    reader.release()
+
+
+def test_writer_waits_for_writer_then_proceeds(tmp_path: Path, children: Any) -> None:
+    main_dir, aid = make_array(tmp_path)
+    first = children("write", main_dir=str(main_dir), array_id=aid)
+    first.expect("ACQUIRED")
+    thread, result = in_thread(lambda: hold(locks.array_write_lock(main_dir, aid, LockSettings(5, 0.05))))
+    time.sleep(0.4)
+    assert "at" not in result
+    released = first.release()
+    thread.join(5)
+    assert "error" not in result, result
+    assert result["value"] - released < PROMPT
+
+
+def test_writer_times_out_and_leaves_nothing_locked(tmp_path: Path, children: Any) -> None:
+    main_dir, aid = make_array(tmp_path)
+    reader = children("read", main_dir=str(main_dir), array_id=aid)
+    reader.expect("ACQUIRED")
+    start = time.monotonic()
+    with (
+        pytest.raises(DekerLockError) as info,
+        locks.array_write_lock(main_dir, aid, LockSettings(0.5, 0.05)),
+    ):
+        pass
+    assert 0.45 < time.monotonic() - start < 1.5
+    assert isinstance(info.value, TimeoutError)
+    assert str(locks.mutex_path(main_dir, aid)) in str(info.value)
+    assert not flocked(main_dir / f"{aid}.hdf5")  # our data-file lock is gone
+    reader.release()
+    # nothing of ours is left: another process writes at once
+    other = children("write", main_dir=str(main_dir), array_id=aid, timeout=0.3)
+    other.expect("ACQUIRED")
+    other.release()
+
+
+def test_reader_times_out_while_writer_holds(tmp_path: Path, children: Any) -> None:
+    main_dir, aid = make_array(tmp_path)
+    writer = children("write", main_dir=str(main_dir), array_id=aid)
+    writer.expect("ACQUIRED")
+    with pytest.raises(DekerLockError), locks.array_read_lock(main_dir, aid, LockSettings(0.3, 0.05)):
+        pass
+    assert markers(main_dir) == []
+    writer.release()
+
+
+def test_killed_writer_is_taken_over(tmp_path: Path, children: Any) -> None:
+    main_dir, aid = make_array(tmp_path)
+    writer = children("write", main_dir=str(main_dir), array_id=aid)
+    writer.expect("ACQUIRED")
+    writer.kill()
+    start = time.monotonic()
+    with locks.array_write_lock(main_dir, aid, FAST):
+        assert time.monotonic() - start < PROMPT
+
+
+def test_killed_reader_marker_is_stale_and_removed(tmp_path: Path, children: Any) -> None:
+    main_dir, aid = make_array(tmp_path)
+    reader = children("read", main_dir=str(main_dir), array_id=aid)
+    reader.expect("ACQUIRED")
+    reader.kill()
+    left = markers(main_dir)
+    assert len(left) == 1  # the file stays behind a dead process
+    info = locks.list_locks(main_dir)
+    assert [(i.kind, i.alive) for i in info if i.kind == "array read lock"] == [("array read lock", False)]
+    start = time.monotonic()
+    with locks.array_write_lock(main_dir, aid, FAST):  # no clear_locks needed
+        assert time.monotonic() - start < PROMPT
+    assert markers(main_dir) == []
+
+
+# --------------------------------------------------------------------------- VArray locks
+
+
+def tiles_of(tmp_path: Path, ids: list[str]) -> list[tuple[Path, str]]:
+    return [make_array(tmp_path, i) for i in ids]
+
+
+def test_varray_lock_intersecting_waits_then_proceeds(tmp_path: Path, children: Any) -> None:
+    a, b, c = tiles_of(tmp_path, IDS[:3])
+    token = locks.new_token()
+    first = children("varray", tiles=[[str(d), i] for d, i in (a, b)], token=token)
+    first.expect("ACQUIRED")
+    assert markers(b[0]) == [f"{b[1]}.hdf5:{token}.varraylock"]
+    assert flocked(b[0] / f"{b[1]}.hdf5", fcntl.LOCK_SH)
+    lock = locks.VArrayWriteLock(LockSettings(5, 0.05), locks.new_token())
+    thread, result = in_thread(lambda: lock.acquire([b, c]))
+    time.sleep(0.4)
+    assert "at" not in result
+    released = first.release()
+    thread.join(5)
+    assert result.get("value") == [], result
+    assert result["at"] - released < PROMPT
+    assert markers(b[0]) == [f"{b[1]}.hdf5:{lock.token}.varraylock"]
+    lock.release()
+    lock.release()  # idempotent
+    assert markers(b[0]) == [] and markers(c[0]) == []
+    assert not flocked(c[0] / f"{c[1]}.hdf5")
+
+
+def test_varray_lock_timeout_releases_everything(tmp_path: Path, children: Any) -> None:
+    a, b, c = tiles_of(tmp_path, IDS[:3])
+    first = children("varray", tiles=[[str(d), i] for d, i in (a, b)], token=locks.new_token())
+    first.expect("ACQUIRED")
+    lock = locks.VArrayWriteLock(LockSettings(0.5, 0.05), locks.new_token())
+    with pytest.raises(DekerLockError) as info:
+        lock.acquire([c, b])  # c is taken first, then b stays busy
+    assert b[1] in str(info.value)
+    assert lock.tiles == []
+    assert markers(c[0]) == []
+    assert not flocked(c[0] / f"{c[1]}.hdf5")
+    assert not flocked(locks.mutex_path(c[0], c[1]))
+    first.release()
+
+
+def test_varray_lock_disjoint_in_parallel(tmp_path: Path, children: Any) -> None:
+    a, b, c = tiles_of(tmp_path, IDS[:3])
+    first = children("varray", tiles=[[str(d), i] for d, i in (a,)], token=locks.new_token())
+    first.expect("ACQUIRED")
+    start = time.monotonic()
+    with locks.VArrayWriteLock(FAST, locks.new_token()) as lock:
+        assert lock.acquire([b, c]) == []
+        assert time.monotonic() - start < PROMPT
+        assert lock.tiles == [b, c]
+    first.release()
+
+
+def test_varray_lock_blocks_readers_and_writers(tmp_path: Path) -> None:
+    (a,) = tiles_of(tmp_path, IDS[:1])
+    with locks.VArrayWriteLock(FAST, locks.new_token()) as lock:
+        lock.acquire([a])
+        for make in (locks.array_read_lock, locks.array_write_lock):
+            with pytest.raises(DekerLockError), make(a[0], a[1], LockSettings(0.2, 0.05)):
+                pass
+
+
+def test_varray_lock_missing_tiles_and_extend(tmp_path: Path) -> None:
+    a, b = tiles_of(tmp_path, IDS[:2])
+    ghost = (tmp_path / "ghost", IDS[3])
+    with locks.VArrayWriteLock(FAST, locks.new_token()) as lock:
+        assert lock.acquire([a, ghost]) == [ghost]
+        assert lock.extend([a, b]) == []
+        assert lock.tiles == [a, b]
+    assert not ghost[0].exists()
+
+
+def test_tile_guard_across_processes(tmp_path: Path, children: Any) -> None:
+    (a,) = tiles_of(tmp_path, IDS[:1])
+    token = locks.new_token()
+    lock = locks.VArrayWriteLock(FAST, token)
+    lock.acquire([a])
+    good = children("guard", main_dir=str(a[0]), array_id=a[1], token=token)
+    bad = children("guard", main_dir=str(a[0]), array_id=a[1], token=locks.new_token())
+    good.expect("OK")
+    bad.expect("LOST")
+    with locks.tile_write_guard(a[0], a[1], token), locks.tile_read_guard(a[0], a[1], token):
+        pass  # a thread of the coordinator's own process
+    lock.release()
+    after = children("guard", main_dir=str(a[0]), array_id=a[1], token=token)
+    after.expect("LOST")
+    with pytest.raises(DekerLockError, match="lock lost"), locks.tile_write_guard(a[0], a[1], token):
+        pass
+
+
+def test_killed_varray_holder_is_stale(tmp_path: Path, children: Any) -> None:
+    (a,) = tiles_of(tmp_path, IDS[:1])
+    token = locks.new_token()
+    holder = children("varray", tiles=[[str(a[0]), a[1]]], token=token)
+    holder.expect("ACQUIRED")
+    holder.kill()
+    assert markers(a[0]) == [f"{a[1]}.hdf5:{token}.varraylock"]  # left behind
+    with pytest.raises(DekerLockError, match="lock lost"), locks.tile_write_guard(a[0], a[1], token):
+        pass
+    start = time.monotonic()
+    with locks.array_read_lock(a[0], a[1], FAST):
+        assert time.monotonic() - start < PROMPT
+    with locks.VArrayWriteLock(FAST, locks.new_token()) as lock:
+        lock.acquire([a])
+        assert time.monotonic() - start < PROMPT
+        assert markers(a[0]) == [lock.marker(*a).name]  # the stale one was removed
+
+
+# --------------------------------------------------------------------------- deker 1.1.7 interop
+
+
+def test_legacy_read_marker_liveness(tmp_path: Path) -> None:
+    main_dir, aid = make_array(tmp_path)
+    live = main_dir / f"{aid}:5f0c6a1e-0000-4000-8000-000000000000:{os.getpid()}:1.arrayreadlock"
+    dead = main_dir / f"{aid}:5f0c6a1e-0000-4000-8000-000000000001:{dead_pid()}:1.arrayreadlock"
+    live.touch()
+    dead.touch()
+    with (
+        pytest.raises(DekerLockError, match=r"deker 1\.1\.7"),
+        locks.array_write_lock(main_dir, aid, LockSettings(0.3, 0.05)),
+    ):
+        pass
+    assert not dead.exists()  # removed: its pid is gone
+    assert live.exists()  # left to its owner
+    thread, result = in_thread(lambda: hold(locks.array_write_lock(main_dir, aid, FAST)))
+    time.sleep(0.2)
+    assert "at" not in result
+    live.unlink()
+    gone = time.monotonic()
+    thread.join(5)
+    assert "error" not in result and result["value"] - gone < PROMPT
+    old = main_dir / f"{aid}:5f0c6a1e-0000-4000-8000-000000000002:{os.getpid()}:1.arrayreadlock"
+    old.touch()
+    os.utime(old, (time.time() - 100, time.time() - 100))
+    with locks.array_write_lock(main_dir, aid, FAST):  # older than our process: pid was reused
+        pass
+    assert not old.exists()
+
+
+def test_legacy_varray_marker_and_data_flock(tmp_path: Path) -> None:
+    """A deker 1.1.7 VArray write: exclusive flock on the data file plus a pid marker."""
+    main_dir, aid = make_array(tmp_path)
+    data = main_dir / f"{aid}.hdf5"
+    marker = main_dir / f"{aid}.hdf5:{os.getpid()}.varraylock"
+    fd = os.open(data, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    marker.touch()
+    info = [i for i in locks.list_locks(main_dir) if i.kind == "varray write lock"]
+    assert [(i.owner, i.alive) for i in info] == [(str(os.getpid()), True)]
+    thread, result = in_thread(lambda: hold(locks.array_read_lock(main_dir, aid, FAST)))
+    time.sleep(0.3)
+    assert "at" not in result
+    assert markers(main_dir) == [marker.name]  # the waiting reader removed its own marker
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    released = time.monotonic()
+    thread.join(5)
+    assert "error" not in result and result["value"] - released < PROMPT
+    assert not locks.list_locks(main_dir)[-1].alive
+
+
+# --------------------------------------------------------------------------- creation / collection
+
+
+def test_creation_lock_serialises_processes(tmp_path: Path, children: Any) -> None:
+    target = tmp_path / "created"
+    args = {"lock_dir": str(tmp_path / "locks"), "key": "{'vid': 'x', 'v_position': (0, 1)}", "wait_go": True}
+    first = children("creation", target=str(target), **args)
+    second = children("creation", target=str(target), **args)
+    time.sleep(1.0)  # both started and waiting for "go"
+    first.send()
+    second.send()
+    results = sorted([first.expect(""), second.expect("")])
+    assert results == ["CREATED", "EXISTS"]
+    assert first.proc.wait(10) == 0 and second.proc.wait(10) == 0
+    assert os.listdir(tmp_path / "locks") == []  # the .arrlock is removed on release
+
+
+def test_creation_lock_file_and_timeout(tmp_path: Path) -> None:
+    with locks.creation_lock(tmp_path, "key", FAST):
+        (lock_file,) = os.listdir(tmp_path)
+        assert lock_file.endswith(".arrlock") and len(lock_file) == 32 + 8
+        thread, result = in_thread(
+            lambda: hold(locks.creation_lock(tmp_path, "key", LockSettings(0.2, 0.05)))
+        )
+        thread.join(5)
+        assert isinstance(result.get("error"), DekerLockError)
+        with locks.creation_lock(tmp_path, "other key", FAST):  # other keys are independent
+            pass
+    assert os.listdir(tmp_path) == []
+
+
+def test_collection_lock_waits_and_is_kept(tmp_path: Path, children: Any) -> None:
+    root = tmp_path / "collections"
+    holder = children("collection", root=str(root), name="coll")
+    holder.expect("ACQUIRED")
+    thread, result = in_thread(lambda: hold(locks.collection_lock(root, "coll", LockSettings(5, 0.05))))
+    time.sleep(0.3)
+    assert "at" not in result
+    released = holder.release()
+    thread.join(5)
+    assert "error" not in result and result["value"] - released < PROMPT
+    assert (root / "coll.lock").exists()
+    with (
+        pytest.raises(DekerLockError),
+        locks.collection_lock(root, "coll", FAST),
+        locks.collection_lock(root, "coll", LockSettings(0.2, 0.05)),
+    ):
+        pass
+
+
+# --------------------------------------------------------------------------- list / clear
+
+
+def test_list_and_clear_locks(tmp_path: Path, children: Any) -> None:
+    a, b = tiles_of(tmp_path, IDS[:2])
+    root = tmp_path / "collections"
+    with locks.collection_lock(root, "coll", FAST):
+        pass
+    # dead: a killed reader of a, a dead deker 1.1.7 reader of b, an abandoned creation lock
+    reader = children("read", main_dir=str(a[0]), array_id=a[1])
+    reader.expect("ACQUIRED")
+    reader.kill()
+    # live: a VArray lock held by another process on b
+    token = locks.new_token()
+    holder = children("varray", tiles=[[str(b[0]), b[1]]], token=token)
+    holder.expect("ACQUIRED")
+    legacy = b[0] / f"{b[1]}:5f0c6a1e-0000-4000-8000-000000000000:{dead_pid()}:7.arrayreadlock"
+    legacy.touch()
+    (root / "coll" / f"{'0' * 32}.arrlock").touch()
+
+    info = {(i.kind, i.array_id, i.alive) for i in locks.list_locks(tmp_path)}
+    assert ("collection lock", None, False) in info
+    assert ("array mutex", b[1], True) in info
+    assert ("array mutex", a[1], False) in info
+    assert ("array read lock", a[1], False) in info
+    assert ("array read lock", b[1], False) in info
+    assert ("array creation lock", None, False) in info
+    assert ("varray write lock", b[1], True) in info
+    owners = {i.owner for i in locks.list_locks(tmp_path) if i.kind == "varray write lock"}
+    assert owners == {token}
+
+    removed = locks.clear_locks(tmp_path)
+    assert len(removed) == 3
+    assert all(p.suffix in (".arrayreadlock", ".arrlock") for p in removed)
+    kinds = sorted(i.kind for i in locks.list_locks(tmp_path))
+    assert kinds == ["array mutex", "array mutex", "collection lock", "varray write lock"]
+    assert locks.clear_locks(tmp_path) == []
+    removed = locks.clear_locks(tmp_path, force=True)
+    assert [p.name for p in removed] == [f"{b[1]}.hdf5:{token}.varraylock"]
+    assert (root / "coll.lock").exists()
+    holder.release()  # the owner copes with its vanished marker
+
+
+def test_varray_metadata_file_is_locked_when_no_hdf5(tmp_path: Path) -> None:
+    paths = CollectionPaths(tmp_path / "collections", "coll")
+    meta = paths.main_file("varray", IDS[0])
+    meta.parent.mkdir(parents=True)
+    meta.write_text("{}")
+    with locks.array_write_lock(meta.parent, IDS[0], FAST):
+        assert flocked(meta, fcntl.LOCK_SH)  # what deker 1.1.7's metadata lock takes
+        with (
+            pytest.raises(DekerLockError),
+            locks.array_read_lock(meta.parent, IDS[0], LockSettings(0.2, 0.05)),
+        ):
+            pass
+    with locks.array_read_lock(meta.parent, IDS[0], FAST, ext=".json"):
+        pass
+    with locks.array_write_lock(meta.parent, IDS[0], FAST):
+        meta.unlink()
+    assert not meta.parent.exists()
+    assert os.listdir(paths.data_dir("varray")) == []
