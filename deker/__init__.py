@@ -7,12 +7,13 @@ collections, which hold :class:`Array` objects (one HDF5 file each) or :class:`V
 
 from deker.arrays import Array, VArray
 from deker.client import Client
-from deker.collection import Collection, FilteredManager
+from deker.collection import Collection
+from deker.collection import FilteredManager as FilteredManager
 from deker.dimensions import Dimension, TimeDimension
 from deker.options import HDF5CompressionOpts, HDF5Options
 from deker.schemas import ArraySchema, AttributeSchema, DimensionSchema, TimeDimensionSchema, VArraySchema
 from deker.subset import Subset, VSubset
-from deker.types import Scale
+from deker.types import Scale as Scale
 
 __version__ = "2.0.0.dev0"
 

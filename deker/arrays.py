@@ -1,0 +1,368 @@
+"""Array and VArray handles.
+
+A handle is light: the storage context, the collection's metadata, the id and the attribute
+values.  It pickles (the context travels as its settings), so it can be sent to a worker.
+Data lives in files and is reached through subsets: ``array[key]`` returns a
+:class:`~deker.subset.Subset`, ``varray[key]`` a :class:`~deker.subset.VSubset`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deker.attributes import primary_key_components, process_custom_update
+from deker.context import StorageContext
+from deker.dimensions import Dimension, TimeDimension, build_dimensions
+from deker.errors import DekerInstanceNotExistsError
+from deker.indexing import normalize_key
+from deker.meta import CollectionMeta, encode_array_meta, meta_storage_dtype
+from deker.schemas import ArraySchema, VArraySchema
+from deker.sizes import check_memory
+from deker.storage import hdf5
+from deker.storage.layout import CollectionPaths
+from deker.storage.locks import VArrayWriteLock, array_write_lock, new_token
+from deker.store import (
+    array_schema_of,
+    create_tile,
+    delete_record,
+    file_spec,
+    read_record,
+    tile_ids,
+    write_varray_meta,
+)
+from deker.subset import Subset, VSubset
+from deker.tasks import FileSpec, clear_piece
+
+__all__ = ["Array", "VArray"]
+
+logger = logging.getLogger(__name__)
+
+
+def _json_ready(values: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if hasattr(value, "isoformat"):
+            out[key] = value.isoformat()
+        elif isinstance(value, tuple):
+            out[key] = list(value)
+        else:
+            out[key] = value
+    return out
+
+
+class _BaseArray:
+    _kind = "array"
+    _cls_name = "Array"
+
+    def __init__(
+        self,
+        ctx: StorageContext,
+        meta: CollectionMeta,
+        id_: str,
+        primary_attributes: Mapping[str, Any] | None = None,
+        custom_attributes: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._ctx = ctx
+        self._meta = meta
+        self._id = id_
+        self._primary = OrderedDict(primary_attributes or {})
+        self._custom: dict[str, Any] = OrderedDict(custom_attributes or {})
+        self._dims: tuple[Dimension | TimeDimension, ...] | None = None
+
+    # ----------------------------------------------------------------- identity
+    @property
+    def id(self) -> str:
+        """The id (a UUID string)."""
+        return self._id
+
+    @property
+    def collection(self) -> str:
+        """The name of the collection."""
+        return self._meta.name
+
+    @property
+    def schema(self) -> ArraySchema | VArraySchema:
+        """The schema of this object."""
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> type[np.generic]:
+        """Numpy scalar type of the data."""
+        return self.schema.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the array."""
+        return tuple(self.schema.shape)
+
+    @property
+    def named_shape(self) -> tuple[tuple[str, int], ...]:
+        """``(name, size)`` for every dimension."""
+        return tuple(self.schema.named_shape)
+
+    @property
+    def fill_value(self) -> Any:
+        """The value empty cells read as."""
+        return self.schema.fill_value
+
+    @property
+    def dimensions(self) -> tuple[Dimension | TimeDimension, ...]:
+        """The dimensions, with labels, scales and resolved time axes."""
+        if self._dims is None:
+            values = {**self._primary, **self._custom}
+            self._dims = build_dimensions(self.schema, values)
+        return self._dims
+
+    @property
+    def primary_attributes(self) -> OrderedDict[str, Any]:
+        """Primary attribute values, in schema order."""
+        return OrderedDict(self._primary)
+
+    @property
+    def custom_attributes(self) -> dict[str, Any]:
+        """Custom attribute values, in schema order."""
+        return OrderedDict(self._custom)
+
+    @property
+    def as_dict(self) -> dict[str, Any]:
+        """A plain description of the object."""
+        return {
+            "id": self.id,
+            "collection": self.collection,
+            "dimensions": tuple(d.as_dict for d in self.dimensions),
+            "shape": self.shape,
+            "named_shape": self.named_shape,
+            "primary_attributes": self.primary_attributes,
+            "custom_attributes": self.custom_attributes,
+        }
+
+    # ----------------------------------------------------------------- paths
+    @property
+    def _paths(self) -> CollectionPaths:
+        return CollectionPaths(self._ctx.root, self._meta.name)
+
+    @property
+    def _main_dir(self) -> Path:
+        return self._paths.main_dir(self._kind, self._id)
+
+    @property
+    def _main_file(self) -> Path:
+        return self._paths.main_file(self._kind, self._id)
+
+    @property
+    def _components(self) -> tuple[str, ...]:
+        return primary_key_components(self.schema, self._primary) if self._primary else ()
+
+    # ----------------------------------------------------------------- behaviour
+    def _selection(self, item: Any) -> Any:
+        self._ctx.check_open()
+        selection = normalize_key(item, self.shape, self.dimensions)
+        check_memory(selection.shape, np.dtype(self.dtype), self._ctx.memory_limit)
+        return selection
+
+    def read_meta(self) -> dict[str, Any]:
+        """Return the stored metadata: id, primary and custom attributes (JSON-ready values)."""
+        self._ctx.check_open()
+        array_id, primary, custom = read_record(
+            self._ctx.root, self._meta, self._kind, self._id, self._ctx.locks
+        )
+        return {
+            "id": array_id,
+            "primary_attributes": _json_ready(primary),
+            "custom_attributes": _json_ready(custom),
+        }
+
+    def _new_custom(self, attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+        return process_custom_update(
+            self.schema, self._primary, self._custom, attributes, kind=self._cls_name
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is type(self)
+            and isinstance(other, _BaseArray)
+            and other._id == self._id
+            and other._meta.name == self._meta.name
+            and other._ctx.settings.root == self._ctx.settings.root
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._id))
+
+    def __repr__(self) -> str:
+        text = f"{self._cls_name}(id={self._id!r}, collection={self.collection!r}"
+        if self._primary:
+            text += f", primary_attributes={dict(self._primary)}"
+        if self._custom:
+            text += f", custom_attributes={dict(self._custom)}"
+        return text + ")"
+
+    def __str__(self) -> str:
+        return f"{self._cls_name}({self._id})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self._ctx, self._meta, self._id, dict(self._primary), dict(self._custom)))
+
+
+class Array(_BaseArray):
+    """An N-d array stored in one HDF5 file.
+
+    Obtained from a collection (``collection.create(...)``, ``filter(...).last()``, iteration);
+    never built directly.
+    """
+
+    @property
+    def schema(self) -> ArraySchema:
+        """The collection's array schema (the tile schema in a VArray collection)."""
+        return array_schema_of(self._meta)
+
+    @property
+    def _dataset_kwargs(self) -> dict[str, Any]:
+        opts = self._meta.options
+        return dict(opts.h5py_dataset_kwargs(self.shape)) if opts is not None else {}
+
+    @property
+    def _vid(self) -> str | None:
+        value = self._primary.get("vid") if isinstance(self._meta.schema, VArraySchema) else None
+        return str(value) if value is not None else None
+
+    @property
+    def _v_position(self) -> tuple[int, ...] | None:
+        value = self._primary.get("v_position") if isinstance(self._meta.schema, VArraySchema) else None
+        return tuple(value) if value is not None else None
+
+    def __getitem__(self, item: Any) -> Subset:
+        """Return the subset selected by ``item`` (ints, slices, ``...``, labels, scale/time values)."""
+        return Subset(self, self._selection(item))
+
+    def update_custom_attributes(self, attributes: Mapping[str, Any]) -> None:
+        """Replace custom attribute values; unspecified ones keep their values.
+
+        Parameters
+        ----------
+        attributes : dict
+            New values by name.
+        """
+        self._ctx.check_open()
+        custom = self._new_custom(attributes)
+        payload = encode_array_meta(self._id, self._primary, custom)
+        try:
+            with array_write_lock(self._main_dir, self._id, self._ctx.locks):
+                hdf5.write_meta(self._main_file, payload, meta_storage_dtype(payload))
+        except FileNotFoundError as exc:
+            raise DekerInstanceNotExistsError(f"{self!r} was deleted") from exc
+        self._custom = custom
+        self._dims = None
+
+    def delete(self) -> None:
+        """Delete the array: its file, its symlink, and the directories they leave empty."""
+        self._ctx.check_open()
+        with array_write_lock(self._main_dir, self._id, self._ctx.locks):
+            delete_record(self._ctx.root, self._meta, "array", self._id, self._components)
+
+
+class VArray(_BaseArray):
+    """A virtual array tiled over many HDF5 files on a regular grid (``vgrid``).
+
+    Obtained from a VArray collection; never built directly.  Reads, updates and clears run
+    as per-tile tasks on the client's executor.
+    """
+
+    _kind = "varray"
+    _cls_name = "VArray"
+
+    @property
+    def schema(self) -> VArraySchema:
+        """The collection's VArray schema."""
+        schema = self._meta.schema
+        assert isinstance(schema, VArraySchema)
+        return schema
+
+    @property
+    def vgrid(self) -> tuple[int, ...]:
+        """Number of tiles along each dimension."""
+        return tuple(self.schema.vgrid)
+
+    @property
+    def arrays_shape(self) -> tuple[int, ...]:
+        """Shape of one tile."""
+        return tuple(self.schema.arrays_shape)
+
+    @property
+    def as_dict(self) -> dict[str, Any]:
+        """A plain description of the VArray (with its ``vgrid``)."""
+        return {**super().as_dict, "vgrid": self.vgrid}
+
+    def __getitem__(self, item: Any) -> VSubset:
+        """Return the subset selected by ``item`` (ints, slices, ``...``, labels, scale/time values)."""
+        return VSubset(self, self._selection(item))
+
+    # ------------------------------------------------------------- tile plumbing
+    def _check_exists(self) -> dict[str, Any]:
+        if not self._main_file.exists():
+            raise DekerInstanceNotExistsError(f"{self!r} was deleted")
+        return {**self._primary, **self._custom}
+
+    def _tile_ids(self) -> dict[tuple[int, ...], str]:
+        return tile_ids(self._ctx.root, self._meta, self._id)
+
+    def _create_tile(self, position: tuple[int, ...], values: Mapping[str, Any]) -> str:
+        return create_tile(self._ctx.root, self._meta, self._id, position, values, self._ctx.locks)
+
+    def _tile_spec(self, tile_id: str, position: tuple[int, ...] | None = None) -> FileSpec:
+        symlink = (self._id, "-".join(str(p) for p in position)) if position is not None else ()
+        return file_spec(self._ctx.settings.root, self._meta, tile_id, self._ctx.locks, symlink)
+
+    def _forget_tile(self, tile_id: str, position: tuple[int, ...]) -> None:
+        """Remove what a deleted tile leaves behind (its mutex file and empty directories)."""
+        components = (self._id, "-".join(str(p) for p in position))
+        delete_record(self._ctx.root, self._meta, "array", tile_id, components)
+
+    def _batch_size(self, n_calls: int) -> int:
+        tile_bytes = math.prod(self.arrays_shape) * np.dtype(self.dtype).itemsize
+        return int(self._ctx.runner.suggest_batch_size(n_calls, tile_bytes))
+
+    # ------------------------------------------------------------- public methods
+    def update_custom_attributes(self, attributes: Mapping[str, Any]) -> None:
+        """Replace custom attribute values; unspecified ones keep their values.
+
+        Parameters
+        ----------
+        attributes : dict
+            New values by name.
+        """
+        self._ctx.check_open()
+        self._check_exists()
+        custom = self._new_custom(attributes)
+        payload = encode_array_meta(self._id, self._primary, custom)
+        with array_write_lock(self._main_dir, self._id, self._ctx.locks):
+            write_varray_meta(self._ctx.root, self._meta, self._id, payload)
+        self._custom = custom
+        self._dims = None
+
+    def delete(self) -> None:
+        """Delete the VArray and all its tiles (under the tiles' write locks)."""
+        self._ctx.check_open()
+        tiles = sorted(self._tile_ids().items())
+        token = new_token()
+        if tiles:
+            with VArrayWriteLock(self._ctx.locks, token) as lock:
+                lock.acquire([(self._tile_spec(tid).main_dir, tid) for _, tid in tiles])
+                full = tuple(slice(0, s) for s in self.arrays_shape)
+                calls = [(self._tile_spec(tid, pos), full, True, token) for pos, tid in tiles]
+                results = self._ctx.runner.run_all(
+                    clear_piece, calls, batch_size=self._batch_size(len(calls))
+                )
+            for (pos, tid), res in zip(tiles, results, strict=True):
+                if isinstance(res, BaseException):
+                    raise res
+                self._forget_tile(tid, pos)
+        with array_write_lock(self._main_dir, self._id, self._ctx.locks):
+            delete_record(self._ctx.root, self._meta, "varray", self._id, self._components)

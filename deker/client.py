@@ -1,0 +1,375 @@
+"""The entry point: :class:`Client` opens a ``file://`` storage."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from deker.attributes import check_path_component
+from deker.collection import Collection
+from deker.context import ContextSettings, StorageContext
+from deker.errors import (
+    DekerClientError,
+    DekerCollectionAlreadyExistsError,
+    DekerCollectionNotExistsError,
+    DekerMemoryError,
+    DekerMetaDataError,
+    DekerStorageError,
+    DekerValidationError,
+)
+from deker.executors import TaskRunner
+from deker.log import set_logging_level
+from deker.meta import (
+    CURRENT_METADATA_VERSION,
+    CollectionMeta,
+    decode_collection_meta,
+    encode_collection_meta,
+)
+from deker.options import HDF5Options
+from deker.schemas import ArraySchema, VArraySchema
+from deker.sizes import check_memory, effective_memory_limit, human_size, parse_memory_limit
+from deker.storage.layout import COLLECTIONS_DIR, CollectionPaths
+from deker.storage.locks import LockSettings, clear_locks, collection_lock
+from deker.store import array_schema_of
+from deker.types import StorageSize
+
+__all__ = ["Client"]
+
+logger = logging.getLogger(__name__)
+
+_ADAPTER = "HDF5StorageAdapter"
+
+
+def _storage_path(uri: Any) -> Path:
+    if not isinstance(uri, str):
+        raise DekerValidationError(f"Invalid uri type: {type(uri)}; a 'file://' URI string is expected")
+    if not uri.strip():
+        raise DekerValidationError("Empty uri passed: give a storage URI such as 'file:///data/deker'")
+    parsed = urlparse(uri.strip())
+    if parsed.scheme != "file":
+        raise DekerClientError(
+            f"Invalid uri: {parsed.scheme or 'a URI without scheme'} is not supported; {uri} "
+            "(only 'file://' storages are, e.g. 'file:///data/deker')"
+        )
+    if parsed.netloc not in ("", "localhost"):
+        raise DekerValidationError(
+            f"Invalid uri {uri!r}: a file URI names no host; use 'file:///absolute/path'"
+        )
+    raw = unquote(parsed.path)
+    if not raw:
+        raise DekerValidationError(f"Invalid uri {uri!r}: it names no path")
+    path = Path(raw)
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    path = Path(os.path.normpath(path))
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise DekerValidationError(f"Invalid uri {uri!r}: {probe} is a file, not a directory")
+    return path
+
+
+def _check_number(name: str, value: Any, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DekerValidationError(
+            f"'{name}' setting has wrong type: {type(value).__name__}; a number of seconds"
+        )
+    if value < 0 or (positive and value == 0):
+        raise DekerValidationError(
+            f"'{name}' must be {'positive' if positive else 'non-negative'}; got {value}"
+        )
+    return float(value)
+
+
+class Client:
+    """Open a deker storage.
+
+    Parameters
+    ----------
+    uri : str
+        ``"file:///path/to/storage"`` (a relative ``file:path`` is made absolute).
+    executor : concurrent.futures.Executor or distributed.Client, optional
+        Runs the per-tile tasks of VArrays.  By default the client owns a thread pool of
+        ``workers`` threads.  A user executor is never shut down by deker; a Dask distributed
+        client runs the tasks on its workers (which must see the same filesystem).
+    workers : int, optional
+        Threads of the client's own pool (default ``cpu_count() + 4``).
+    write_lock_timeout : int, default 60
+        Seconds a writer (or reader) waits for a lock before :class:`DekerLockError`.
+    write_lock_check_interval : int, default 1
+        Longest pause between two lock checks, in seconds.
+    loglevel : str, default "ERROR"
+        Level of the ``deker`` loggers.
+    memory_limit : int or str, default 0
+        Bytes, or ``"512M"``, ``"4G"``...; ``<= 0`` means RAM + swap.
+    **kwargs
+        ``skip_collection_create_memory_check=True`` skips the memory check at collection creation.
+    """
+
+    def __init__(
+        self,
+        uri: str = "",
+        *,
+        executor: Any = None,
+        workers: int | None = None,
+        write_lock_timeout: int = 60,
+        write_lock_check_interval: int = 1,
+        loglevel: str = "ERROR",
+        memory_limit: int | str = 0,
+        **kwargs: Any,
+    ) -> None:
+        self._uri = uri
+        self._path = _storage_path(uri)
+        if not isinstance(loglevel, str):
+            raise DekerClientError(f"Unknown level: {loglevel!r}")
+        try:
+            set_logging_level(loglevel.upper())
+        except DekerValidationError as exc:
+            raise DekerClientError(f"Unknown level: {loglevel!r}") from exc
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise DekerValidationError(f"'workers' must be a positive int; got {workers!r}")
+        timeout = _check_number("write_lock_timeout", write_lock_timeout, positive=False)
+        interval = _check_number("write_lock_check_interval", write_lock_check_interval, positive=True)
+        skip = kwargs.pop("skip_collection_create_memory_check", False)
+        if not isinstance(skip, bool):
+            raise DekerValidationError(
+                "'skip_collection_create_memory_check' setting has wrong type: bool expected"
+            )
+        self._settings = ContextSettings(
+            root=str(self._path / COLLECTIONS_DIR),
+            locks=LockSettings(timeout=timeout, interval=interval),
+            memory_limit=effective_memory_limit(parse_memory_limit(memory_limit)),
+            skip_collection_create_memory_check=skip,
+        )
+        self._executor = executor
+        self._workers = workers
+        self._extra = kwargs
+        self._ctx: StorageContext | None = None
+        self._open()
+
+    # ------------------------------------------------------------------ state
+    def _open(self) -> None:
+        if self._ctx is not None and not self._ctx.is_closed:
+            return
+        try:
+            Path(self._settings.root).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DekerClientError(f"Cannot open storage {self._path}: {exc}") from exc
+        runner = TaskRunner.create(self._executor, self._workers)
+        self._ctx = StorageContext(self._settings, runner)
+        logger.debug("opened storage %s", self._path)
+
+    @property
+    def _context(self) -> StorageContext:
+        if self._ctx is None or self._ctx.is_closed:
+            raise DekerClientError("Client is closed")
+        return self._ctx
+
+    def _check_open(self) -> None:
+        if self._ctx is None or self._ctx.is_closed:
+            raise DekerClientError("Client is closed")
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the client is open."""
+        return self._ctx is not None and not self._ctx.is_closed
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the client is closed."""
+        return not self.is_open
+
+    @property
+    def meta_version(self) -> str:
+        """The metadata version this client writes (``"0.2"``)."""
+        return CURRENT_METADATA_VERSION
+
+    @property
+    def root_path(self) -> Path:
+        """The collections directory (``<storage>/collections``)."""
+        return Path(self._settings.root)
+
+    def close(self) -> None:
+        """Close the client (idempotent); its objects stop working, the client can be re-entered."""
+        if self._ctx is not None:
+            self._ctx.close()
+
+    def __enter__(self) -> Client:
+        self._open()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+    def __repr__(self) -> str:
+        return f"Client(uri={self._uri!r}, {'open' if self.is_open else 'closed'})"
+
+    # ------------------------------------------------------------ collections
+    def _paths(self, name: str) -> CollectionPaths:
+        return CollectionPaths(self.root_path, name)
+
+    def _create(self, meta: CollectionMeta) -> Collection:
+        ctx = self._context
+        paths = self._paths(meta.name)
+        with collection_lock(self.root_path, meta.name, ctx.locks):
+            if not ctx.settings.skip_collection_create_memory_check:
+                schema = array_schema_of(meta)
+                try:
+                    import numpy as np
+
+                    check_memory(tuple(schema.shape), np.dtype(schema.dtype), ctx.memory_limit)
+                except DekerMemoryError:
+                    try:
+                        os.unlink(paths.lock_file)
+                    except FileNotFoundError:
+                        pass
+                    raise
+            try:
+                paths.path.mkdir()
+            except FileExistsError as exc:
+                raise DekerCollectionAlreadyExistsError(f"Collection {meta.name} already exists") from exc
+            tmp = paths.path / f".{meta.name}.json.tmp"
+            tmp.write_text(encode_collection_meta(meta))
+            os.replace(tmp, paths.meta_file)
+        return Collection(ctx, meta)
+
+    def create_collection(
+        self,
+        name: str,
+        schema: ArraySchema | VArraySchema,
+        collection_options: HDF5Options | None = None,
+        storage_adapter_type: str | None = None,
+    ) -> Collection:
+        """Create a collection.
+
+        Parameters
+        ----------
+        name : str
+            A name usable as a directory name (no ``/``, not ``.``/``..``, not empty).
+        schema : ArraySchema or VArraySchema
+            The schema of its arrays or VArrays.
+        collection_options : HDF5Options, optional
+            Chunking and compression of every data file.
+        storage_adapter_type : str, optional
+            Only ``"HDF5StorageAdapter"`` exists.
+
+        Returns
+        -------
+        Collection
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise DekerValidationError(f"Collection invalid name: {name!r}; a non-empty string is expected")
+        check_path_component(name, "Collection name")
+        if not isinstance(schema, (ArraySchema, VArraySchema)):
+            raise DekerValidationError(
+                f"Invalid schema type: {type(schema)}; ArraySchema or VArraySchema expected"
+            )
+        if collection_options is not None and not isinstance(collection_options, HDF5Options):
+            raise DekerValidationError(
+                f"Invalid collection_options type: {type(collection_options)}; HDF5Options"
+            )
+        if storage_adapter_type not in (None, _ADAPTER):
+            raise DekerStorageError(f"There is no adapter for {storage_adapter_type}")
+        return self._create(CollectionMeta(name=name, schema=schema, options=collection_options))
+
+    def collection_from_dict(self, collection_data: dict[str, Any]) -> Collection:
+        """Create a collection on disk from its metadata dict (as ``Collection.as_dict`` gives)."""
+        meta = decode_collection_meta(collection_data)
+        check_path_component(meta.name, "Collection name")
+        return self._create(CollectionMeta(name=meta.name, schema=meta.schema, options=meta.options))
+
+    def _load(self, name: str) -> Collection | None:
+        path = self._paths(name).meta_file
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise DekerMetaDataError(f'Collection "{name}" metadata cannot be read: {exc}') from exc
+        return Collection(self._context, decode_collection_meta(text))
+
+    def get_collection(self, name: str) -> Collection | None:
+        """Return the collection named ``name``, or ``None``."""
+        self._check_open()
+        if not isinstance(name, str) or not name.strip():
+            raise DekerValidationError(f"Collection invalid name: {name!r}")
+        check_path_component(name, "Collection name")
+        return self._load(name)
+
+    def __iter__(self) -> Iterator[Collection]:
+        self._check_open()
+        for entry in sorted(os.scandir(self.root_path), key=lambda e: e.name):
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                coll = self._load(entry.name)
+            except DekerMetaDataError as exc:
+                logger.warning("skipping collection directory %s: %s", entry.path, exc)
+                continue
+            if coll is None:
+                logger.warning("skipping %s: it holds no %s.json", entry.path, entry.name)
+                continue
+            yield coll
+
+    def _collection_dir(self, name: str | None) -> Path:
+        if not name:
+            return self.root_path
+        check_path_component(name, "Collection name")
+        path = self._paths(name).path
+        if not path.is_dir():
+            raise DekerCollectionNotExistsError(f"Collection {name} does not exist")
+        return path
+
+    # ------------------------------------------------------------- operations
+    def calculate_storage_size(self, collection_name: str = "") -> StorageSize:
+        """Return the size of every file of the storage (or of one collection).
+
+        Parameters
+        ----------
+        collection_name : str, optional
+            Limit to this collection.
+        """
+        self._check_open()
+        base = self._collection_dir(collection_name)
+        total = 0
+        stack = [base]
+        while stack:
+            current = stack.pop()
+            try:
+                entries = list(os.scandir(current))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+        return StorageSize(total, human_size(total))
+
+    def clear_locks(self, collection_name: str | None = None, *, force: bool = False) -> list[Path]:
+        """Remove lock files whose owners are dead (all of them with ``force``).
+
+        Returns
+        -------
+        list of Path
+            The removed files.
+        """
+        self._check_open()
+        removed = clear_locks(self._collection_dir(collection_name), force=force)
+        for path in removed:
+            logger.info("removed lock %s", path)
+        return removed

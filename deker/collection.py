@@ -1,0 +1,295 @@
+"""Collections of Arrays or VArrays, and the managers that create, find and iterate them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from deker.arrays import Array, VArray
+from deker.attributes import normalize_filters, primary_key_components, process_attributes, validate_id
+from deker.context import StorageContext
+from deker.errors import DekerInstanceNotExistsError, DekerInvalidManagerCallError, DekerMetaDataError
+from deker.meta import CollectionMeta, collection_meta_as_dict
+from deker.options import HDF5Options
+from deker.schemas import ArraySchema, VArraySchema
+from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, CollectionPaths, iter_ids
+from deker.storage.locks import collection_lock
+from deker.store import array_schema_of, create_array, create_varray, find_by_primary, read_record
+
+__all__ = ["ArrayManager", "Collection", "DataManager", "FilteredManager", "VArrayManager"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Manager:
+    """Creates, finds and iterates the objects of one kind in a collection."""
+
+    _kind = "array"
+
+    def __init__(self, collection: Collection) -> None:
+        self._collection = collection
+
+    @property
+    def _schema(self) -> ArraySchema | VArraySchema:
+        meta = self._collection._meta
+        return meta.schema if self._kind == "varray" else array_schema_of(meta)
+
+    @property
+    def _cls(self) -> type[Array] | type[VArray]:
+        return VArray if self._kind == "varray" else Array
+
+    def _build(self, array_id: str, primary: dict[str, Any], custom: dict[str, Any]) -> Any:
+        return self._cls(self._collection._ctx, self._collection._meta, array_id, primary, custom)
+
+    def create(
+        self,
+        primary_attributes: dict[str, Any] | None = None,
+        custom_attributes: dict[str, Any] | None = None,
+        id_: str | None = None,
+    ) -> Any:
+        """Create an object with the given attributes (and optional id).
+
+        Parameters
+        ----------
+        primary_attributes : dict, optional
+            Values of the primary attributes (all are required when the schema has any).
+        custom_attributes : dict, optional
+            Values of custom attributes (missing ones are ``None``).
+        id_ : str, optional
+            A UUID string; a new uuid4 by default.
+
+        Returns
+        -------
+        Array or VArray
+            The new object.
+        """
+        coll = self._collection
+        coll._check()
+        cls_name = self._cls.__name__
+        if id_ is not None:
+            validate_id(id_, cls_name)
+        primary, custom = process_attributes(
+            self._schema, primary_attributes, custom_attributes, kind=cls_name
+        )
+        if self._kind == "array" and isinstance(coll._meta.schema, VArraySchema):
+            vid = primary.get("vid")
+            vpaths = coll._paths
+            if not isinstance(vid, str) or not vpaths.main_file("varray", vid).exists():
+                from deker.errors import DekerArrayError
+
+                raise DekerArrayError(f"VArray with id={vid} doesn't exist")
+        array_id = id_ or str(uuid.uuid4())
+        creator = create_varray if self._kind == "varray" else create_array
+        creator(coll._ctx.root, coll._meta, array_id, primary, custom, coll._ctx.locks)
+        return self._build(array_id, primary, custom)
+
+    def filter(self, filters: dict[str, Any]) -> FilteredManager:
+        """Return a lazy lookup by ``{"id": ...}`` or by every primary attribute."""
+        return FilteredManager(self, filters)
+
+    def _get(self, array_id: str) -> Any | None:
+        coll = self._collection
+        try:
+            array_id, primary, custom = read_record(
+                coll._ctx.root, coll._meta, self._kind, array_id, coll._ctx.locks
+            )
+        except DekerInstanceNotExistsError:
+            return None
+        return self._build(array_id, primary, custom)
+
+    def _find(self, filters: dict[str, Any]) -> Any | None:
+        coll = self._collection
+        coll._check()
+        query = normalize_filters(self._schema, filters)
+        if "id" in query and len(query) == 1:
+            return self._get(str(query["id"]))
+        components = primary_key_components(self._schema, query)
+        array_id = find_by_primary(coll._ctx.root, coll._meta, self._kind, components)
+        return None if array_id is None else self._get(array_id)
+
+    def __iter__(self) -> Iterator[Any]:
+        coll = self._collection
+        coll._check()
+        ext = VARRAY_EXT if self._kind == "varray" else ARRAY_EXT
+        for array_id in iter_ids(coll._paths.data_dir(self._kind), ext):
+            obj = self._get(array_id)
+            if obj is not None:
+                yield obj
+
+
+class ArrayManager(_Manager):
+    """``collection.arrays``: the Arrays of a collection (tiles, in a VArray collection)."""
+
+    _kind = "array"
+
+
+class VArrayManager(_Manager):
+    """``collection.varrays``: the VArrays of a VArray collection."""
+
+    _kind = "varray"
+
+
+class DataManager(_Manager):
+    """The collection's default manager: VArrays in a VArray collection, else Arrays."""
+
+    def __init__(self, collection: Collection) -> None:
+        super().__init__(collection)
+        self._kind = "varray" if isinstance(collection._meta.schema, VArraySchema) else "array"
+
+
+class FilteredManager:
+    """A lazy lookup; :meth:`first` and :meth:`last` run it.
+
+    Only exact matches exist (by id or by every primary attribute), so there is at most one
+    result and both methods return it (or ``None``).
+    """
+
+    def __init__(self, manager: _Manager, filters: dict[str, Any]) -> None:
+        self._manager = manager
+        self._filters = dict(filters)
+
+    def first(self) -> Any | None:
+        """Return the matching object, or ``None``."""
+        return self._manager._find(self._filters)
+
+    def last(self) -> Any | None:
+        """Return the matching object, or ``None``."""
+        return self._manager._find(self._filters)
+
+
+class Collection:
+    """A named set of Arrays or VArrays sharing one schema and HDF5 options.
+
+    Obtained from :class:`deker.Client` (``create_collection``, ``get_collection``,
+    iteration); never built directly.
+    """
+
+    def __init__(self, ctx: StorageContext, meta: CollectionMeta) -> None:
+        self._ctx = ctx
+        self._meta = meta
+        self._default = DataManager(self)
+
+    @property
+    def _paths(self) -> CollectionPaths:
+        return CollectionPaths(self._ctx.root, self._meta.name)
+
+    def _check(self) -> None:
+        self._ctx.check_open()
+        if not self._paths.path.is_dir():
+            raise DekerInstanceNotExistsError(f"Collection {self.name!r} does not exist (it was deleted)")
+
+    @property
+    def name(self) -> str:
+        """The collection name."""
+        return self._meta.name
+
+    @property
+    def path(self) -> Path:
+        """The collection directory."""
+        return self._paths.path
+
+    @property
+    def options(self) -> HDF5Options | None:
+        """HDF5 options applied to every data file (tiles included)."""
+        return self._meta.options
+
+    @property
+    def array_schema(self) -> ArraySchema:
+        """Schema of the Arrays (in a VArray collection: the derived tile schema)."""
+        return array_schema_of(self._meta)
+
+    @property
+    def varray_schema(self) -> VArraySchema | None:
+        """Schema of the VArrays, or ``None`` in an Array collection."""
+        schema = self._meta.schema
+        return schema if isinstance(schema, VArraySchema) else None
+
+    @property
+    def as_dict(self) -> dict[str, Any]:
+        """The stored metadata of the collection."""
+        return collection_meta_as_dict(self._meta)
+
+    @property
+    def arrays(self) -> ArrayManager:
+        """Manager of the Arrays (tiles, in a VArray collection)."""
+        return ArrayManager(self)
+
+    @property
+    def varrays(self) -> VArrayManager:
+        """Manager of the VArrays.
+
+        Raises
+        ------
+        DekerInvalidManagerCallError
+            In an Array collection.
+        """
+        if self.varray_schema is None:
+            raise DekerInvalidManagerCallError(
+                "``.varrays`` in `Arrays` collection is unavailable; use ``.arrays`` instead"
+            )
+        return VArrayManager(self)
+
+    def create(
+        self,
+        primary_attributes: dict[str, Any] | None = None,
+        custom_attributes: dict[str, Any] | None = None,
+        id_: str | None = None,
+    ) -> Any:
+        """Create a VArray (VArray collection) or an Array, see :meth:`ArrayManager.create`."""
+        return self._default.create(primary_attributes, custom_attributes, id_)
+
+    def filter(self, filters: dict[str, Any]) -> FilteredManager:
+        """Find by ``{"id": ...}`` or by every primary attribute (values coerced to the schema)."""
+        return self._default.filter(filters)
+
+    def clear(self) -> None:
+        """Delete every array of the collection, keeping the collection and its metadata."""
+        self._check()
+        with collection_lock(self._ctx.root, self.name, self._ctx.locks):
+            for entry in os.scandir(self.path):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                elif entry.name != self._paths.meta_file.name:
+                    os.unlink(entry.path)
+
+    def delete(self) -> None:
+        """Delete the collection with everything in it (deleting twice is harmless)."""
+        self._ctx.check_open()
+        shutil.rmtree(self.path, ignore_errors=True)
+        try:
+            os.unlink(self._paths.lock_file)
+        except FileNotFoundError:
+            pass
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._default)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Collection) and other._meta == self._meta and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        text = f"Collection(name={self.name}, array_schema={self.array_schema!r}"
+        if self.varray_schema is not None:
+            text += f", varray_schema={self.varray_schema!r}"
+        return text + ")"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def collection_meta_from(mapping: Mapping[str, Any]) -> CollectionMeta:
+    """Decode collection metadata (re-exported helper for the client)."""
+    from deker.meta import decode_collection_meta
+
+    try:
+        return decode_collection_meta(mapping)
+    except DekerMetaDataError:
+        raise

@@ -1,0 +1,271 @@
+"""Per-file work, as module-level functions over small picklable specs.
+
+These functions are what a VArray operation sends to its executor (a thread pool, a process
+pool, or Dask workers on other hosts).  Each call receives only plain values: a
+:class:`FileSpec` (storage-relative location, id, shape, dtype, fill value, HDF5 creation
+options, lock settings), bounds inside the file, data, and the owner token of the operation's
+lock.  A task opens its file itself, checks that the token still owns it, works, and closes.
+Nothing here refers to a client, a collection, an open file or a lock object.
+
+A worker may see the storage at another path than the coordinator (the same filesystem
+mounted elsewhere): :func:`resolve_root` maps the coordinator's path with the
+``DEKER_ROOT_MAP`` environment variable of the worker (``"/coordinator/path=/worker/path"``,
+several pairs separated by ``;``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deker.errors import DekerInstanceNotExistsError
+from deker.storage import hdf5
+from deker.storage.layout import ARRAY_EXT, CollectionPaths, remove_file_and_empty_parents
+from deker.storage.locks import LockSettings, array_read_lock, tile_read_guard, tile_write_guard
+
+__all__ = [
+    "FileSpec",
+    "clear_piece",
+    "read_piece",
+    "read_piece_into",
+    "resolve_root",
+    "write_piece",
+]
+
+logger = logging.getLogger(__name__)
+
+Bounds = tuple[int | slice, ...]
+
+
+@lru_cache(maxsize=64)
+def _root_map(raw: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in raw.split(";"):
+        if "=" in item:
+            src, dst = item.split("=", 1)
+            pairs.append((src.rstrip("/"), dst.rstrip("/")))
+    return tuple(pairs)
+
+
+def resolve_root(root: str) -> Path:
+    """Return the collections directory as this process sees it.
+
+    Parameters
+    ----------
+    root : str
+        The path the coordinator uses.
+
+    Returns
+    -------
+    Path
+        ``root`` itself, or its remapped form when ``DEKER_ROOT_MAP`` names a prefix of it.
+    """
+    raw = os.environ.get("DEKER_ROOT_MAP", "")
+    if raw:
+        for src, dst in _root_map(raw):
+            if root == src or root.startswith(src + "/"):
+                return Path(dst + root[len(src) :])
+    return Path(root)
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """Everything a task needs to reach and interpret one array (or tile) file.
+
+    Parameters
+    ----------
+    root : str
+        Collections directory as the coordinator sees it.
+    collection : str
+        Collection name.
+    array_id : str
+        Id of the array or tile.
+    shape : tuple of int
+        Shape of the array stored in the file.
+    dtype : str
+        Numpy dtype string of the data.
+    fill_value : Any
+        The fill value of the collection.
+    dataset_kwargs : dict
+        h5py creation options of the ``data`` dataset.
+    locks : LockSettings
+        Lock timing used when the task locks by itself.
+    symlink : tuple of str
+        Symlink components of the file (used when a task deletes the file).
+    """
+
+    root: str
+    collection: str
+    array_id: str
+    shape: tuple[int, ...]
+    dtype: str
+    fill_value: Any
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
+    locks: LockSettings = field(default_factory=LockSettings)
+    symlink: tuple[str, ...] = ()
+
+    @property
+    def paths(self) -> CollectionPaths:
+        """Paths of the collection, resolved in this process."""
+        return CollectionPaths(resolve_root(self.root), self.collection)
+
+    @property
+    def main_dir(self) -> Path:
+        """Directory of the data file."""
+        return self.paths.main_dir("array", self.array_id)
+
+    @property
+    def main_file(self) -> Path:
+        """The data file."""
+        return self.paths.main_file("array", self.array_id)
+
+
+def _fill_piece(spec: FileSpec, bounds: Bounds) -> np.ndarray:
+    shape = tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
+    return np.full(shape, spec.fill_value, dtype=np.dtype(spec.dtype))
+
+
+def read_piece(spec: FileSpec, bounds: Bounds, token: str | None = None) -> np.ndarray:
+    """Read ``bounds`` of one file and return the piece.
+
+    Parameters
+    ----------
+    spec : FileSpec
+        The file.
+    bounds : tuple
+        Normalised bounds inside the file.
+    token : str, optional
+        Owner token when the calling operation already holds the file's lock.
+
+    Returns
+    -------
+    numpy.ndarray
+        The piece; fill values if the file no longer exists (a concurrent clear removed it).
+    """
+    guard = (
+        tile_read_guard(spec.main_dir, spec.array_id, token)
+        if token
+        else array_read_lock(spec.main_dir, spec.array_id, spec.locks)
+    )
+    try:
+        with guard:
+            return hdf5.read_region(spec.main_file, bounds, np.dtype(spec.dtype), spec.fill_value)
+    except FileNotFoundError:
+        return _fill_piece(spec, bounds)
+
+
+def read_piece_into(
+    spec: FileSpec, bounds: Bounds, out: np.ndarray, out_index: tuple[slice, ...], token: str | None = None
+) -> None:
+    """Read ``bounds`` of one file straight into ``out[out_index]`` (threads only).
+
+    Parameters
+    ----------
+    spec : FileSpec
+        The file.
+    bounds : tuple
+        Normalised bounds inside the file.
+    out : numpy.ndarray
+        The caller's output buffer.
+    out_index : tuple of slice
+        Where the piece goes in ``out``.
+    token : str, optional
+        Owner token when the calling operation already holds the file's lock.
+    """
+    guard = (
+        tile_read_guard(spec.main_dir, spec.array_id, token)
+        if token
+        else array_read_lock(spec.main_dir, spec.array_id, spec.locks)
+    )
+    target = out[out_index]
+    try:
+        with guard:
+            if isinstance(target, np.ndarray) and target.flags.c_contiguous and target.base is not None:
+                hdf5.read_region(spec.main_file, bounds, np.dtype(spec.dtype), spec.fill_value, out=target)
+                return
+            out[out_index] = hdf5.read_region(spec.main_file, bounds, np.dtype(spec.dtype), spec.fill_value)
+    except FileNotFoundError:
+        out[out_index] = spec.fill_value
+
+
+def write_piece(spec: FileSpec, bounds: Bounds, data: Any, token: str) -> None:
+    """Write ``data`` into ``bounds`` of one file under the operation's lock.
+
+    Idempotent: running it twice (a retried Dask task) leaves the same content.
+
+    Parameters
+    ----------
+    spec : FileSpec
+        The file.
+    bounds : tuple
+        Normalised bounds inside the file.
+    data : numpy.ndarray or numpy scalar
+        The piece, already of the file's dtype and of the selection's shape (or a scalar).
+    token : str
+        Owner token of the lock the coordinator holds on this file.
+    """
+    with tile_write_guard(spec.main_dir, spec.array_id, token):
+        try:
+            hdf5.write_region(spec.main_file, bounds, data, spec.shape, spec.fill_value, spec.dataset_kwargs)
+        except FileNotFoundError as exc:
+            raise DekerInstanceNotExistsError(
+                f"Tile file {spec.main_file} vanished during the write"
+            ) from exc
+
+
+def clear_piece(spec: FileSpec, bounds: Bounds, full: bool, token: str) -> bool:
+    """Reset ``bounds`` of one file to the fill value; remove the file when ``full``.
+
+    Parameters
+    ----------
+    spec : FileSpec
+        The file.
+    bounds : tuple
+        Normalised bounds inside the file.
+    full : bool
+        The bounds cover the whole file: delete the file and its symlink.
+    token : str
+        Owner token of the lock the coordinator holds on this file.
+
+    Returns
+    -------
+    bool
+        Whether the file was deleted.
+    """
+    with tile_write_guard(spec.main_dir, spec.array_id, token):
+        if full:
+            delete_files(spec)
+            return True
+        try:
+            hdf5.clear_region(spec.main_file, bounds, spec.shape, spec.fill_value)
+        except FileNotFoundError:
+            pass
+        return False
+
+
+def delete_files(spec: FileSpec) -> None:
+    """Remove the data file of ``spec`` and its symlink (locks are the caller's business).
+
+    Parameters
+    ----------
+    spec : FileSpec
+        The file.
+    """
+    paths = spec.paths
+    try:
+        os.unlink(spec.main_file)
+    except FileNotFoundError:
+        pass
+    link = paths.symlink_file("array", spec.symlink, spec.array_id)
+    remove_file_and_empty_parents(link, paths.symlinks_dir("array"))
+
+
+def tile_file_name(array_id: str) -> str:
+    """Return the data file name of an id."""
+    return f"{array_id}{ARRAY_EXT}"

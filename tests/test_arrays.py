@@ -1,0 +1,138 @@
+"""Array and VArray handles: properties, attributes, pickling, deletion."""
+
+from __future__ import annotations
+
+import pickle
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deker import (
+    ArraySchema,
+    AttributeSchema,
+    Client,
+    DimensionSchema,
+    TimeDimensionSchema,
+    VArraySchema,
+)
+from deker.errors import DekerInstanceNotExistsError, DekerValidationError
+
+
+@pytest.fixture()
+def client(tmp_path: Path):
+    with Client(f"file://{tmp_path}", write_lock_timeout=5) as c:
+        yield c
+
+
+def timed_schema(cls: type = ArraySchema, **extra: object):
+    return cls(
+        dtype=np.float32,
+        dimensions=[
+            TimeDimensionSchema(name="t", size=4, start_value="$start", step=timedelta(hours=1)),
+            DimensionSchema(name="band", size=2, labels=["red", "nir"]),
+            DimensionSchema(name="x", size=6, scale={"start_value": 0.0, "step": 0.1}),
+        ],
+        attributes=[
+            AttributeSchema(name="k", dtype=int, primary=True),
+            AttributeSchema(name="start", dtype=datetime, primary=False),
+            AttributeSchema(name="tag", dtype=str, primary=False),
+            AttributeSchema(name="extra", dtype=tuple, primary=False),
+        ],
+        **extra,
+    )
+
+
+START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def test_properties(client: Client) -> None:
+    coll = client.create_collection("c", timed_schema())
+    arr = coll.create({"k": 1}, {"start": START, "tag": "a"})
+    assert arr.shape == (4, 2, 6)
+    assert arr.named_shape == (("t", 4), ("band", 2), ("x", 6))
+    assert arr.dtype is np.float32
+    assert np.isnan(arr.fill_value)
+    assert arr.collection == "c"
+    assert arr.primary_attributes == {"k": 1}
+    assert arr.custom_attributes == {"start": START, "tag": "a", "extra": None}
+    assert [d.name for d in arr.dimensions] == ["t", "band", "x"]
+    assert arr.as_dict["id"] == arr.id
+    meta = arr.read_meta()
+    assert meta["custom_attributes"]["start"] == "2024-01-01T00:00:00+00:00"
+    assert str(arr) == f"Array({arr.id})"
+    assert repr(arr).startswith(f"Array(id={arr.id!r}, collection='c', primary_attributes=")
+
+
+def test_partial_custom_update_keeps_others(client: Client) -> None:
+    coll = client.create_collection("c", timed_schema())
+    arr = coll.create({"k": 1}, {"start": START, "tag": "a", "extra": (1, "x")})
+    arr.update_custom_attributes({"tag": "b"})
+    again = coll.filter({"k": 1}).last()
+    assert again is not None
+    assert again.custom_attributes == {"start": START, "tag": "b", "extra": (1, "x")}
+    later = START + timedelta(days=1)
+    arr.update_custom_attributes({"start": later})
+    assert arr.dimensions[0].start_value == later
+    with pytest.raises(DekerValidationError):
+        arr.update_custom_attributes({})
+    with pytest.raises(DekerValidationError):
+        arr.update_custom_attributes({"k": 3})
+    with pytest.raises(DekerValidationError):
+        arr.update_custom_attributes({"start": None})
+
+
+def test_varray_properties_and_custom_update(client: Client) -> None:
+    coll = client.create_collection("v", timed_schema(VArraySchema, vgrid=(2, 1, 3)))
+    v = coll.create({"k": 7}, {"start": START})
+    assert v.vgrid == (2, 1, 3) and v.arrays_shape == (2, 2, 2)
+    assert v.as_dict["vgrid"] == (2, 1, 3)
+    v.update_custom_attributes({"tag": "z"})
+    again = coll.filter({"k": 7}).last()
+    assert again is not None and again.custom_attributes["tag"] == "z"
+    assert again.custom_attributes["start"] == START
+
+
+def test_tile_time_offset_is_the_real_tile_start(client: Client) -> None:
+    coll = client.create_collection("v", timed_schema(VArraySchema, vgrid=(2, 1, 3)))
+    v = coll.create({"k": 7}, {"start": START})
+    v[3, 0, 5].update(np.float32(1))
+    tile = coll.arrays.filter({"vid": v.id, "v_position": (1, 0, 2)}).last()
+    assert tile is not None
+    assert tile.custom_attributes["parent.start"] == START + timedelta(hours=2)  # SPEC §8 item 7 fixed
+    assert tile.dimensions[0].start_value == START + timedelta(hours=2)
+
+
+def test_pickle_roundtrip(client: Client) -> None:
+    coll = client.create_collection("c", timed_schema())
+    arr = coll.create({"k": 1}, {"start": START})
+    arr[0, "red", :].update(np.arange(6, dtype=np.float32))
+    clone = pickle.loads(pickle.dumps(arr))
+    assert clone == arr
+    np.testing.assert_array_equal(clone[0, 0, :].read(), np.arange(6, dtype=np.float32))
+
+
+def test_delete_array(client: Client) -> None:
+    coll = client.create_collection("c", timed_schema())
+    arr = coll.create({"k": 1}, {"start": START})
+    arr[:].update(np.zeros(arr.shape, dtype=np.float32))
+    arr.delete()
+    assert coll.filter({"k": 1}).last() is None
+    with pytest.raises(DekerInstanceNotExistsError):
+        arr[:].read()
+    assert not any(p.is_file() for p in (coll.path / "array_data").rglob("*"))
+    assert not any((coll.path / "array_symlinks").rglob("*"))
+    coll.create({"k": 1}, {"start": START})  # the key is free again
+
+
+def test_delete_varray_removes_tiles(client: Client) -> None:
+    coll = client.create_collection("v", timed_schema(VArraySchema, vgrid=(2, 1, 3)))
+    v = coll.create({"k": 7}, {"start": START})
+    v[:].update(np.ones(v.shape, dtype=np.float32))
+    assert len(list(coll.arrays)) == 6
+    v.delete()
+    assert list(coll.arrays) == [] and list(coll.varrays) == []
+    assert not [p for p in coll.path.rglob("*") if p.is_file() and p.name != "v.json"]
+    with pytest.raises(DekerInstanceNotExistsError):
+        v[:].read()

@@ -1,0 +1,192 @@
+"""Subsets of Arrays: read, update (upsert, broadcasting, dtype rules), clear, describe, xarray."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from deker import ArraySchema, AttributeSchema, Client, DimensionSchema, HDF5Options, TimeDimensionSchema
+from deker.errors import DekerArrayError, DekerArrayTypeError, DekerMemoryError, DekerSubsetError
+from deker.subset import prepare_update_data
+
+
+@pytest.fixture()
+def client(tmp_path: Path):
+    with Client(f"file://{tmp_path}", write_lock_timeout=5) as c:
+        yield c
+
+
+def make(client: Client, dtype: type = np.float64, shape: tuple[int, ...] = (6, 5), **kw: object):
+    dims = [DimensionSchema(name=f"d{i}", size=s) for i, s in enumerate(shape)]
+    coll = client.create_collection("c", ArraySchema(dtype=dtype, dimensions=dims, **kw))
+    return coll.create()
+
+
+def test_empty_reads_fill_and_scalar(client: Client) -> None:
+    arr = make(client, np.int16)
+    data = arr[:].read()
+    assert data.shape == (6, 5) and (data == np.iinfo(np.int16).min).all()
+    cell = arr[1, 2].read()
+    assert isinstance(cell, np.int16)
+
+
+def test_upsert_broadcast_and_oracle(client: Client) -> None:
+    arr = make(client)
+    oracle = np.full((6, 5), np.nan)
+    arr[1:4, 2:].update(np.arange(9.0).reshape(3, 3))
+    oracle[1:4, 2:] = np.arange(9.0).reshape(3, 3)
+    arr[0].update(7.0)
+    oracle[0] = 7.0
+    arr[:, 1].update(np.arange(6.0))
+    oracle[:, 1] = np.arange(6.0)
+    arr[4:, :].update(np.arange(5.0))  # a row broadcast over two rows
+    oracle[4:, :] = np.arange(5.0)
+    arr[..., -1].update([1, 2, 3, 4, 5, 6])  # a list of Python ints into float64
+    oracle[..., -1] = [1, 2, 3, 4, 5, 6]
+    np.testing.assert_array_equal(arr[:].read(), oracle)
+    np.testing.assert_array_equal(arr[-3:, ::1].read(), oracle[-3:])
+    np.testing.assert_array_equal(arr[..., 2].read(), oracle[..., 2])
+
+
+def test_first_partial_write_does_not_write_everything(client: Client) -> None:
+    coll = client.create_collection(
+        "big",
+        ArraySchema(
+            dtype=np.float32,
+            dimensions=[DimensionSchema(name="y", size=1024), DimensionSchema(name="x", size=1024)],
+        ),
+        HDF5Options(chunks=(64, 64)),
+    )
+    arr = coll.create()
+    arr[0:64, 0:64].update(np.ones((64, 64), dtype=np.float32))
+    with h5py.File(arr._main_file, "r", locking=False) as f:
+        assert f["data"].id.get_storage_size() == 64 * 64 * 4
+        assert int(f["empty_cells"][()]) == 1024 * 1024 - 64 * 64
+    assert np.isnan(arr[100, 100].read())
+
+
+@pytest.mark.parametrize(
+    ("dtype", "data", "exc"),
+    [
+        (np.int32, None, DekerArrayError),
+        (np.int32, "text", DekerArrayTypeError),
+        (np.int32, 7.5, DekerArrayTypeError),
+        (np.int8, 300, DekerArrayTypeError),
+        (np.int32, [1.5, 2], DekerArrayTypeError),
+        (np.int32, np.zeros(3, dtype=np.int64), DekerArrayTypeError),
+        (np.int32, np.zeros(4, dtype=np.int32), IndexError),
+        (np.int32, True, DekerArrayTypeError),
+        (np.int32, {"a": 1}, DekerArrayTypeError),
+    ],
+)
+def test_bad_update_data(dtype: type, data: object, exc: type[Exception]) -> None:
+    with pytest.raises(exc):
+        prepare_update_data(data, np.dtype(dtype), (3,))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "data"),
+    [
+        (np.int32, [1, 2, 3]),
+        (np.uint8, (1, 2, 255)),
+        (np.float32, [0.5, 1, 2]),
+        (np.int32, 7.0),
+        (np.complex64, [1j, 2, 3]),
+        (np.float16, 1),
+    ],
+)
+def test_accepted_update_data(dtype: type, data: object) -> None:
+    out = prepare_update_data(data, np.dtype(dtype), (3,))
+    assert out.dtype == np.dtype(dtype) and out.shape == (3,)
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.float16,
+        np.float32,
+        np.float64,
+        np.longdouble,
+        np.complex64,
+        np.complex128,
+        np.clongdouble,
+    ],
+)
+def test_dtype_roundtrip(client: Client, dtype: type) -> None:
+    arr = make(client, dtype, (4, 3))
+    data = (np.arange(12) % 7).reshape(4, 3).astype(dtype)
+    arr[:].update(data)
+    np.testing.assert_array_equal(arr[:].read(), data)
+    arr[1:3, 1].clear()
+    data[1:3, 1] = arr.fill_value
+    np.testing.assert_array_equal(arr[:].read(), data)
+
+
+def test_clear_never_loses_data_outside_bounds(client: Client) -> None:
+    arr = make(client, np.float64, (10,))
+    arr[0:2].update(np.array([1.0, 2.0]))
+    arr[5:10].clear()  # already empty: deker 1.1.7 deleted the whole dataset here
+    np.testing.assert_array_equal(arr[0:2].read(), [1.0, 2.0])
+    arr[0:2].clear()
+    with h5py.File(arr._main_file, "r", locking=False) as f:
+        assert "data" not in f and int(f["empty_cells"][()]) == 10
+
+
+def test_memory_limit_on_getitem(tmp_path: Path) -> None:
+    with Client(f"file://{tmp_path}", memory_limit="1K", skip_collection_create_memory_check=True) as client:
+        arr = make(client, np.float64, (100, 100))
+        arr[0:10, 0:10].read()
+        with pytest.raises(DekerMemoryError):
+            arr[:, :]
+
+
+def test_describe_and_xarray(client: Client) -> None:
+    coll = client.create_collection(
+        "w",
+        ArraySchema(
+            dtype=np.float32,
+            dimensions=[
+                TimeDimensionSchema(name="t", size=3, start_value="$dt", step=timedelta(hours=1)),
+                DimensionSchema(name="y", size=4, scale={"start_value": 0.1, "step": 0.1, "name": "lat"}),
+                DimensionSchema(name="w", size=3, labels=["a", "b", "c"]),
+            ],
+            attributes=[AttributeSchema(name="dt", dtype=datetime, primary=True)],
+        ),
+    )
+    dt = datetime(2023, 1, 1, tzinfo=timezone.utc)
+    arr = coll.create({"dt": dt})
+    arr[:].update(np.arange(36, dtype=np.float32).reshape(3, 4, 3))
+    sub = arr[1, 1:3, -1]
+    described = sub.describe()
+    assert described["t"] == [dt + timedelta(hours=1)]
+    assert described["y"] == [0.2, 0.3]
+    assert described["w"] == ["c"]
+    with pytest.raises(IndexError):
+        arr[0.3]  # a float on a time axis is a timestamp: this one is out of range
+    xr = sub.read_xarray()
+    assert xr.shape == (1, 2, 1) and list(xr.dims) == ["t", "y", "w"]
+    assert xr.attrs["primary_attributes"]["dt"] == dt
+    np.testing.assert_array_equal(xr.values.ravel(), arr[1, 1:3, 2].read())
+    with pytest.raises(DekerSubsetError):
+        arr[0, 0, 0].read_xarray()
+    # a 0.1-step scale is addressable by value (SPEC §8 item 5 fixed)
+    assert arr[:, 0.3, "b"].read().tolist() == arr[:, 2, 1].read().tolist()
+
+
+def test_repr_and_str(client: Client) -> None:
+    arr = make(client)
+    sub = arr[1:3, 0]
+    assert repr(sub) == f"Subset(bounds=[1:3, 0], shape=(2,), array={arr.id})"
+    assert str(arr[:]) == f"Array({arr.id})[:]"
