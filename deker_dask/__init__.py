@@ -1,0 +1,1 @@
+"""Deker on Dask: lazy dask arrays over deker arrays and storing dask arrays into VArrays."""

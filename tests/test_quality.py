@@ -1,0 +1,48 @@
+"""Static checks as tests: ruff (lint and format), mypy (strict on the packages), import-linter.
+
+They run in the suite so that the README's single test command (and CI) covers them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TARGETS = [p for p in ("deker", "deker_dask", "tests", "examples", "benchmarks") if (ROOT / p).exists()]
+
+
+def _tool(name: str) -> str:
+    path = BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: install the 'test' extra")
+    return found
+
+
+def _run(*cmd: str) -> None:
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_ruff_check() -> None:
+    _run(_tool("ruff"), "check", *TARGETS)
+
+
+def test_ruff_format() -> None:
+    _run(_tool("ruff"), "format", "--check", *TARGETS)
+
+
+def test_mypy_strict() -> None:
+    _run(_tool("mypy"))
+
+
+def test_import_layers() -> None:
+    _run(_tool("lint-imports"))
