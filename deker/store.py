@@ -23,6 +23,7 @@ from deker.attributes import primary_key_components
 from deker.errors import (
     DekerArrayError,
     DekerInstanceNotExistsError,
+    DekerLockError,
     DekerMetaDataError,
     DekerStorageError,
     DekerValidationError,
@@ -244,6 +245,8 @@ def read_record(root: Path, meta: CollectionMeta, kind: Kind, array_id: str, loc
         raise DekerInstanceNotExistsError(
             f"{'VArray' if kind == 'varray' else 'Array'} {array_id} does not exist in collection {meta.name}"
         ) from exc
+    except DekerLockError:
+        raise  # a TimeoutError, hence an OSError: not a storage fault
     except OSError as exc:
         raise DekerStorageError(f"Cannot read {path}: {exc}") from exc
     return _decode(meta, kind, payload, path)
