@@ -30,7 +30,7 @@ from deker.meta import (
     decode_collection_meta,
     encode_collection_meta,
 )
-from deker.options import HDF5Options
+from deker.options import HDF5Options, check_fill_value_supported
 from deker.schemas import ArraySchema, VArraySchema
 from deker.sizes import check_memory, effective_memory_limit, human_size, parse_memory_limit
 from deker.storage.layout import COLLECTIONS_DIR, CollectionPaths
@@ -225,6 +225,8 @@ class Client:
     def _create(self, meta: CollectionMeta) -> Collection:
         ctx = self._context
         paths = self._paths(meta.name)
+        schema_of_arrays = array_schema_of(meta)
+        check_fill_value_supported(meta.options, schema_of_arrays.dtype, schema_of_arrays.fill_value)
         with collection_lock(self.root_path, meta.name, ctx.locks):
             if not ctx.settings.skip_collection_create_memory_check:
                 schema = array_schema_of(meta)

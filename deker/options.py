@@ -21,9 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from deker.errors import DekerValidationError
 
-__all__ = ["HDF5CompressionOpts", "HDF5Options"]
+__all__ = ["LOSSY_NAN_UNSAFE_FILTERS", "HDF5CompressionOpts", "HDF5Options", "check_fill_value_supported"]
 
 logger = logging.getLogger(__name__)
 
@@ -293,3 +295,43 @@ def _compression_from_dict(data: Mapping[str, Any]) -> HDF5CompressionOpts:
     except (TypeError, ValueError) as exc:
         raise DekerValidationError(f"Unknown stored compression {name!r}") from exc
     return HDF5CompressionOpts(filter_id, tuple(options) or None)
+
+
+#: HDF5 filter ids of the lossy floating-point compressors shipped by hdf5plugin (ZFP, SZ, SZ3,
+#: SPERR).  They cannot store NaN: SZ3 crashes the process on a chunk holding NaN, ZFP returns
+#: garbage in its place, SZ reports a corrupt chunk (checked with hdf5plugin 7.1).
+LOSSY_NAN_UNSAFE_FILTERS: dict[int, str] = {32013: "ZFP", 32017: "SZ", 32024: "SZ3", 32028: "SPERR"}
+
+
+def check_fill_value_supported(options: HDF5Options | None, dtype: Any, fill_value: Any) -> None:
+    """Refuse a lossy filter that cannot store the NaN fill value of a float collection.
+
+    Empty cells of a chunk hold the fill value, so such a filter would crash or corrupt the
+    first partially written chunk.
+
+    Parameters
+    ----------
+    options : HDF5Options or None
+        The collection options.
+    dtype : numpy dtype-like
+        The collection dtype.
+    fill_value : Any
+        The collection fill value.
+
+    Raises
+    ------
+    DekerValidationError
+        If the filter is one of :data:`LOSSY_NAN_UNSAFE_FILTERS` and the fill value is NaN.
+    """
+    if options is None or options.compression_opts is None:
+        return
+    compression = options.compression_opts.compression
+    name = LOSSY_NAN_UNSAFE_FILTERS.get(compression) if isinstance(compression, int) else None
+    if name is None or np.dtype(dtype).kind not in "fc":
+        return
+    if fill_value is None or bool(np.isnan(np.asarray(fill_value)).any()):
+        raise DekerValidationError(
+            f"The {name} filter (HDF5 filter {compression}) cannot store NaN, the fill value of this "
+            "collection: give the schema a finite fill_value (e.g. fill_value=-9999.0) or use a "
+            "lossless filter"
+        )
