@@ -23,6 +23,7 @@ from deker.errors import (
     DekerValidationError,
 )
 from deker.executors import TaskRunner
+from deker.integrity import IntegrityReport, check_integrity
 from deker.log import set_logging_level
 from deker.meta import (
     CURRENT_METADATA_VERSION,
@@ -33,8 +34,10 @@ from deker.meta import (
 from deker.options import HDF5Options, check_fill_value_supported
 from deker.schemas import ArraySchema, VArraySchema
 from deker.sizes import check_memory, effective_memory_limit, human_size, parse_memory_limit
+from deker.storage.inspection import tree_size
 from deker.storage.layout import COLLECTIONS_DIR, CollectionPaths
-from deker.storage.locks import LockSettings, clear_locks, collection_lock
+from deker.storage.lockinfo import LockInfo, clear_locks, list_locks
+from deker.storage.locks import LockSettings, collection_lock
 from deker.store import array_schema_of
 from deker.types import StorageSize
 
@@ -340,38 +343,107 @@ class Client:
     def calculate_storage_size(self, collection_name: str = "") -> StorageSize:
         """Return the size of every file of the storage (or of one collection).
 
+        Every regular file counts: data files and tiles, VArray metadata, collection metadata,
+        lock files.  Symlinks are not followed (the file they name is counted once, where it
+        lives).  Unlike deker 1.1.7 this prints and warns nothing.
+
         Parameters
         ----------
         collection_name : str, optional
-            Limit to this collection.
+            Limit to this collection (its directory).
+
+        Returns
+        -------
+        StorageSize
+            ``(bytes, human)``, e.g. ``StorageSize(5697, "5.56 KB")``.
+
+        Raises
+        ------
+        DekerCollectionNotExistsError
+            If ``collection_name`` names no collection.
         """
         self._check_open()
-        base = self._collection_dir(collection_name)
-        total = 0
-        stack = [base]
-        while stack:
-            current = stack.pop()
-            try:
-                entries = list(os.scandir(current))
-            except FileNotFoundError:
-                continue
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    total += entry.stat(follow_symlinks=False).st_size
+        total = tree_size(self._collection_dir(collection_name))
         return StorageSize(total, human_size(total))
+
+    def check_integrity(
+        self,
+        level: int = 1,
+        stop_on_error: bool = True,
+        to_file: bool | str | os.PathLike[str] = False,
+        collection: str | None = None,
+        *,
+        progress: bool | None = None,
+    ) -> IntegrityReport:
+        """Check the storage and print the report (found errors, or that there are none).
+
+        Levels are cumulative: 1 collections (metadata, collection locks); 2 Arrays, tiles and
+        VArrays open with valid metadata, no lock left behind by a dead process; 3 symlinks,
+        misplaced or temporary files, orphan tiles; 4 every stored value is read.  Levels 2-4
+        run one task per data file on the client's executor (Dask workers too).
+
+        Parameters
+        ----------
+        level : {1, 2, 3, 4}
+            How deep to check.
+        stop_on_error : bool, default True
+            Raise :class:`~deker.errors.DekerIntegrityError` at the first problem; otherwise
+            check everything and report all problems.
+        to_file : bool, str or Path, default False
+            Also write the report: ``True`` writes
+            ``./deker_integrity_report_<YYYY-MM-DDTHH:MM:SS>.txt``, a path writes there (its
+            directory must exist).
+        collection : str, optional
+            Check only this collection.
+        progress : bool, optional
+            Progress bar on stderr; by default only when stderr is a terminal.
+
+        Returns
+        -------
+        IntegrityReport
+            The problems found, also as data (deker 1.1.7 returned ``None``).
+
+        Raises
+        ------
+        DekerIntegrityError
+            With ``stop_on_error``, at the first problem (the message is the report).
+        DekerCollectionNotExistsError
+            If ``collection`` names no collection.
+        """
+        self._check_open()
+        return check_integrity(
+            self._context, level, stop_on_error, to_file, collection, progress=progress, echo=True
+        )
+
+    def list_locks(self, collection_name: str | None = None) -> list[LockInfo]:
+        """List the lock files of the storage (or of one collection) with their owners and state.
+
+        Returns
+        -------
+        list of LockInfo
+            Each with ``path``, ``kind``, ``array_id``, ``owner``, ``alive`` and ``stale``.
+        """
+        self._check_open()
+        return list_locks(self._collection_dir(collection_name))
 
     def clear_locks(self, collection_name: str | None = None, *, force: bool = False) -> list[Path]:
         """Remove lock files whose owners are dead (all of them with ``force``).
 
+        Read markers, VArray write markers and creation locks left behind by dead processes
+        are removed; those of running operations are kept unless ``force`` (which breaks the
+        protection of those operations).  Collection locks and array mutexes are never removed.
+
+        Parameters
+        ----------
+        collection_name : str, optional
+            Limit to this collection.
+        force : bool, default False
+            Remove live locks too.
+
         Returns
         -------
         list of Path
-            The removed files.
+            The removed files (each is also logged at INFO level).
         """
         self._check_open()
-        removed = clear_locks(self._collection_dir(collection_name), force=force)
-        for path in removed:
-            logger.info("removed lock %s", path)
-        return removed
+        return clear_locks(self._collection_dir(collection_name), force=force)

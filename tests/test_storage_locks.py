@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from deker.errors import DekerLockError, DekerValidationError
-from deker.storage import locks
+from deker.storage import lockinfo, locks
 from deker.storage.layout import CollectionPaths
 from deker.storage.locks import LockSettings
 
@@ -306,7 +306,7 @@ def test_killed_reader_marker_is_stale_and_removed(tmp_path: Path, children: Any
     reader.kill()
     left = markers(main_dir)
     assert len(left) == 1  # the file stays behind a dead process
-    info = locks.list_locks(main_dir)
+    info = lockinfo.list_locks(main_dir)
     assert [(i.kind, i.alive) for i in info if i.kind == "array read lock"] == [("array read lock", False)]
     start = time.monotonic()
     with locks.array_write_lock(main_dir, aid, FAST):  # no clear_locks needed
@@ -464,7 +464,7 @@ def test_legacy_varray_marker_and_data_flock(tmp_path: Path) -> None:
     fd = os.open(data, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
     marker.touch()
-    info = [i for i in locks.list_locks(main_dir) if i.kind == "varray write lock"]
+    info = [i for i in lockinfo.list_locks(main_dir) if i.kind == "varray write lock"]
     assert [(i.owner, i.alive) for i in info] == [(str(os.getpid()), True)]
     thread, result = in_thread(lambda: hold(locks.array_read_lock(main_dir, aid, FAST)))
     time.sleep(0.3)
@@ -475,7 +475,7 @@ def test_legacy_varray_marker_and_data_flock(tmp_path: Path) -> None:
     released = time.monotonic()
     thread.join(5)
     assert "error" not in result and result["value"] - released < PROMPT
-    assert not locks.list_locks(main_dir)[-1].alive
+    assert not lockinfo.list_locks(main_dir)[-1].alive
 
 
 # --------------------------------------------------------------------------- creation / collection
@@ -526,49 +526,6 @@ def test_collection_lock_waits_and_is_kept(tmp_path: Path, children: Any) -> Non
         locks.collection_lock(root, "coll", LockSettings(0.2, 0.05)),
     ):
         pass
-
-
-# --------------------------------------------------------------------------- list / clear
-
-
-def test_list_and_clear_locks(tmp_path: Path, children: Any) -> None:
-    a, b = tiles_of(tmp_path, IDS[:2])
-    root = tmp_path / "collections"
-    with locks.collection_lock(root, "coll", FAST):
-        pass
-    # dead: a killed reader of a, a dead deker 1.1.7 reader of b, an abandoned creation lock
-    reader = children("read", main_dir=str(a[0]), array_id=a[1])
-    reader.expect("ACQUIRED")
-    reader.kill()
-    # live: a VArray lock held by another process on b
-    token = locks.new_token()
-    holder = children("varray", tiles=[[str(b[0]), b[1]]], token=token)
-    holder.expect("ACQUIRED")
-    legacy = b[0] / f"{b[1]}:5f0c6a1e-0000-4000-8000-000000000000:{dead_pid()}:7.arrayreadlock"
-    legacy.touch()
-    (root / "coll" / f"{'0' * 32}.arrlock").touch()
-
-    info = {(i.kind, i.array_id, i.alive) for i in locks.list_locks(tmp_path)}
-    assert ("collection lock", None, False) in info
-    assert ("array mutex", b[1], True) in info
-    assert ("array mutex", a[1], False) in info
-    assert ("array read lock", a[1], False) in info
-    assert ("array read lock", b[1], False) in info
-    assert ("array creation lock", None, False) in info
-    assert ("varray write lock", b[1], True) in info
-    owners = {i.owner for i in locks.list_locks(tmp_path) if i.kind == "varray write lock"}
-    assert owners == {token}
-
-    removed = locks.clear_locks(tmp_path)
-    assert len(removed) == 3
-    assert all(p.suffix in (".arrayreadlock", ".arrlock") for p in removed)
-    kinds = sorted(i.kind for i in locks.list_locks(tmp_path))
-    assert kinds == ["array mutex", "array mutex", "collection lock", "varray write lock"]
-    assert locks.clear_locks(tmp_path) == []
-    removed = locks.clear_locks(tmp_path, force=True)
-    assert [p.name for p in removed] == [f"{b[1]}.hdf5:{token}.varraylock"]
-    assert (root / "coll.lock").exists()
-    holder.release()  # the owner copes with its vanished marker
 
 
 def test_varray_metadata_file_is_locked_when_no_hdf5(tmp_path: Path) -> None:

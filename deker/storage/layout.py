@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,8 @@ __all__ = [
     "ARRAY_EXT",
     "ARRAY_SYMLINKS",
     "COLLECTIONS_DIR",
+    "JOURNAL_SUFFIX",
+    "TEMP_SUFFIX",
     "VARRAY_DATA",
     "VARRAY_EXT",
     "VARRAY_SYMLINKS",
@@ -27,9 +31,12 @@ __all__ = [
     "id_dir_parts",
     "ids_in_dir",
     "iter_ids",
+    "journal_file_name",
+    "leftover_target",
     "make_symlink",
     "remove_empty_parents",
     "remove_file_and_empty_parents",
+    "temp_file_name",
 ]
 
 COLLECTIONS_DIR = "collections"
@@ -41,6 +48,16 @@ ARRAY_EXT = ".hdf5"
 VARRAY_EXT = ".json"
 
 Kind = str  # "array" or "varray" (checked at run time)
+
+# Crash-safe writes (deker.storage.atomic) work next to their target file ``<name>``:
+#   ``.<name>.<32 hex>.tmp``  a new version being built (flock-held by its writer while alive);
+#   ``.<name>.journal``        the undo journal of an in-place change (flock-held while alive).
+# A leftover temp file is garbage (delete it when nobody holds a flock on it).  A leftover
+# journal means an interrupted in-place write: it must be rolled back (atomic.recover), never
+# just deleted, or the target keeps a half-written state.
+TEMP_SUFFIX = ".tmp"
+JOURNAL_SUFFIX = ".journal"
+_LEFTOVER_RE = re.compile(r"^\.(?P<target>.+?)(?:\.(?P<nonce>[0-9a-f]{32})\.tmp|\.journal)$")
 
 _DATA_DIRS = {"array": ARRAY_DATA, "varray": VARRAY_DATA}
 _SYMLINK_DIRS = {"array": ARRAY_SYMLINKS, "varray": VARRAY_SYMLINKS}
@@ -81,6 +98,62 @@ def id_dir_parts(array_id: str) -> tuple[str, ...]:
     ):
         raise DekerValidationError(f"Invalid id {array_id!r}: expected a UUID formatted string")
     return (*head, rest)
+
+
+def temp_file_name(target_name: str) -> str:
+    """Return a new temporary file name for a version of ``target_name`` (``.<name>.<hex>.tmp``).
+
+    Parameters
+    ----------
+    target_name : str
+        The name of the file the temporary file will replace or become.
+
+    Returns
+    -------
+    str
+        A unique hidden name in the same directory.
+
+    """
+    return f".{target_name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+
+
+def journal_file_name(target_name: str) -> str:
+    """Return the undo-journal name of ``target_name`` (``.<name>.journal``).
+
+    Parameters
+    ----------
+    target_name : str
+        The name of the file changed in place.
+
+    Returns
+    -------
+    str
+        The hidden journal name in the same directory.
+
+    """
+    return f".{target_name}{JOURNAL_SUFFIX}"
+
+
+def leftover_target(name: str) -> tuple[str, str] | None:
+    """Classify a file name left by a crash-safe write.
+
+    Parameters
+    ----------
+    name : str
+        A file name.
+
+    Returns
+    -------
+    tuple of (str, str) or None
+        ``("temp", target name)`` for ``.<target>.<32 hex>.tmp``, ``("journal", target name)``
+        for ``.<target>.journal``, ``None`` for any other name (lock-marker temporaries
+        ``.<marker>.<12 hex>.tmp`` included).
+
+    """
+    match = _LEFTOVER_RE.match(name)
+    if match is None:
+        return None
+    return ("temp" if match.group("nonce") else "journal", match.group("target"))
 
 
 def _check_kind(kind: str) -> None:

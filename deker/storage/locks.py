@@ -48,25 +48,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import psutil
-
 from deker.errors import DekerLockError, DekerValidationError
 from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, id_dir_parts, remove_empty_parents
+from deker.storage.lockinfo import (
+    _O_CLOEXEC,
+    _TMP_EXT,
+    CREATION_LOCK_EXT,
+    LOCK_EXT,
+    OWN_READ_PREFIX,
+    READ_LOCK_EXT,
+    VARRAY_LOCK_EXT,
+    _held_by_someone,
+    _legacy_owner_alive,
+    _Marker,
+    _marker_alive,
+    _open_rw,
+    _parse_marker,
+    _try_flock,
+)
 
 __all__ = [
     "CREATION_LOCK_EXT",
     "LOCK_EXT",
     "READ_LOCK_EXT",
     "VARRAY_LOCK_EXT",
-    "LockInfo",
     "LockSettings",
     "VArrayWriteLock",
     "array_read_lock",
     "array_write_lock",
-    "clear_locks",
     "collection_lock",
     "creation_lock",
-    "list_locks",
     "mutex_path",
     "new_token",
     "tile_read_guard",
@@ -75,21 +86,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-READ_LOCK_EXT = ".arrayreadlock"
-VARRAY_LOCK_EXT = ".varraylock"
-CREATION_LOCK_EXT = ".arrlock"
-LOCK_EXT = ".lock"
-OWN_READ_PREFIX = "dk2-"
-_TMP_EXT = ".tmp"
-
-KIND_READ = "array read lock"
-KIND_VARRAY = "varray write lock"
-KIND_CREATION = "array creation lock"
-KIND_MUTEX = "array mutex"
-KIND_COLLECTION = "collection lock"
-
 _TOKEN_RE = re.compile(r"^[a-z0-9-]{1,80}$")
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 @dataclass(frozen=True)
@@ -172,45 +169,10 @@ class _Waiter:
         return True
 
 
-def _try_flock(fd: int, operation: int) -> bool:
-    try:
-        fcntl.flock(fd, operation | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except PermissionError:  # some NFS setups answer EACCES for a conflict
-        return False
-    return True
-
-
 def _unlock_close(fd: int) -> None:
     with contextlib.suppress(OSError):
         fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
-
-
-def _open_rw(path: Path, create: bool) -> int:
-    flags = os.O_RDWR | _O_CLOEXEC | (os.O_CREAT if create else 0)
-    try:
-        return os.open(path, flags, 0o666)
-    except PermissionError:
-        if create and not path.exists():
-            raise
-        return os.open(path, os.O_RDONLY | _O_CLOEXEC)
-
-
-def _held_by_someone(path: Path, operation: int = fcntl.LOCK_SH) -> bool | None:
-    """Whether someone holds a lock on ``path`` conflicting with ``operation``; None if missing."""
-    try:
-        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC) if operation == fcntl.LOCK_SH else _open_rw(path, False)
-    except FileNotFoundError:
-        return None
-    try:
-        if _try_flock(fd, operation):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return False
-        return True
-    finally:
-        os.close(fd)
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -269,23 +231,6 @@ def _drop_marker(path: Path, fd: int) -> None:
     _unlock_close(fd)
 
 
-def _legacy_owner_alive(pid: str, marker: Path) -> bool:
-    """Whether the deker 1.1.7 process that made ``marker`` still runs on this host.
-
-    The process with that pid must exist and be older than the marker (else the pid was
-    reused).  A 1.1.7 process on another host is not seen: its markers count as dead.
-    """
-    if not pid.isdigit() or int(pid) <= 0:
-        return False
-    try:
-        made = os.stat(marker).st_mtime
-        return bool(psutil.Process(int(pid)).create_time() <= made + 1.0)
-    except (FileNotFoundError, psutil.NoSuchProcess):
-        return False
-    except psutil.Error:  # e.g. access denied: it exists
-        return True
-
-
 def _data_file(main_dir: Path, array_id: str) -> Path:
     return main_dir / f"{array_id}{ARRAY_EXT}"
 
@@ -320,42 +265,6 @@ def _cleanup_if_deleted(main_dir: Path, array_id: str, data: Path | None = None)
     if main_dir.parts[-len(parts) :] == parts and len(main_dir.parts) > len(parts):
         # only inside a real id fan-out: never touch directories of some other layout
         remove_empty_parents(main_dir, main_dir.parents[len(parts) - 1])
-
-
-# --------------------------------------------------------------------------- markers
-
-
-@dataclass(frozen=True)
-class _Marker:
-    path: Path
-    kind: str
-    array_id: str
-    owner: str
-    legacy: bool  # written by deker 1.1.7 (liveness by pid heuristics)
-
-
-def _parse_marker(path: Path) -> _Marker | None:
-    name = path.name
-    if name.endswith(READ_LOCK_EXT):
-        parts = name[: -len(READ_LOCK_EXT)].split(":")
-        if len(parts) != 4:
-            return None
-        own = parts[1].startswith(OWN_READ_PREFIX)
-        return _Marker(path, KIND_READ, parts[0], parts[1] if own else parts[2], not own)
-    if name.endswith(VARRAY_LOCK_EXT):
-        head, sep, owner = name[: -len(VARRAY_LOCK_EXT)].rpartition(":")
-        if not sep or not head.endswith(ARRAY_EXT):
-            return None
-        return _Marker(path, KIND_VARRAY, head[: -len(ARRAY_EXT)], owner, owner.isdigit())
-    return None
-
-
-def _marker_alive(marker: _Marker) -> bool:
-    if not marker.legacy:
-        return bool(_held_by_someone(marker.path))
-    if marker.kind == KIND_READ:
-        return _legacy_owner_alive(marker.owner, marker.path)
-    return bool(_held_by_someone(marker.path.parent / f"{marker.array_id}{ARRAY_EXT}"))
 
 
 def _remove_if_stale(marker: _Marker) -> None:
@@ -823,134 +732,3 @@ def collection_lock(collections_root: Path, name: str, settings: LockSettings) -
         yield
     finally:
         _unlock_close(fd)
-
-
-# --------------------------------------------------------------------------- inspection
-
-
-@dataclass(frozen=True)
-class LockInfo:
-    """One lock file found in a storage.
-
-    Parameters
-    ----------
-    path : Path
-        The file.
-    kind : str
-        ``"array read lock"``, ``"varray write lock"``, ``"array creation lock"``,
-        ``"array mutex"`` or ``"collection lock"``.
-    array_id : str or None
-        The array (or tile) it concerns.
-    owner : str or None
-        Owner token, read-marker id or pid (deker 1.1.7 markers).
-    alive : bool
-        Whether its owner still holds it (for mutexes and collection locks: whether anyone
-        holds it now).
-
-    """
-
-    path: Path
-    kind: str
-    array_id: str | None
-    owner: str | None
-    alive: bool
-
-
-def _is_mutex(path: Path) -> bool:
-    stem = path.name[: -len(LOCK_EXT)]
-    try:
-        parts = id_dir_parts(stem)
-    except DekerValidationError:
-        return False
-    return path.parent.parts[-len(parts) :] == parts
-
-
-def _info(path: Path) -> LockInfo | None:
-    name = path.name
-    if name.startswith("."):
-        return None
-    marker = _parse_marker(path)
-    if marker is not None:
-        return LockInfo(path, marker.kind, marker.array_id, marker.owner, _marker_alive(marker))
-    busy = bool(_held_by_someone(path, fcntl.LOCK_EX))
-    if name.endswith(CREATION_LOCK_EXT):
-        return LockInfo(path, KIND_CREATION, None, None, busy)
-    if name.endswith(LOCK_EXT):
-        if _is_mutex(path):
-            return LockInfo(path, KIND_MUTEX, name[: -len(LOCK_EXT)], None, busy)
-        return LockInfo(path, KIND_COLLECTION, None, None, busy)
-    return None
-
-
-def list_locks(directory: Path) -> list[LockInfo]:
-    """List the lock files under ``directory`` (recursively, symlinks not followed).
-
-    Parameters
-    ----------
-    directory : Path
-        A storage, collections or collection directory.
-
-    Returns
-    -------
-    list of LockInfo
-        Sorted by path.
-
-    """
-    found: list[LockInfo] = []
-    for dirpath, _dirs, files in os.walk(directory):
-        for name in files:
-            if name.endswith((READ_LOCK_EXT, VARRAY_LOCK_EXT, CREATION_LOCK_EXT, LOCK_EXT)):
-                info = _info(Path(dirpath) / name)
-                if info is not None:
-                    found.append(info)
-    found.sort(key=lambda i: str(i.path))
-    return found
-
-
-def _stale_temp_markers(directory: Path) -> list[Path]:
-    stale = []
-    for dirpath, _dirs, files in os.walk(directory):
-        for name in files:
-            if (
-                name.startswith(".")
-                and name.endswith(_TMP_EXT)
-                and (READ_LOCK_EXT in name or VARRAY_LOCK_EXT in name)
-            ):
-                path = Path(dirpath) / name
-                if _held_by_someone(path) is False:
-                    stale.append(path)
-    return stale
-
-
-def clear_locks(directory: Path, *, force: bool = False) -> list[Path]:
-    """Remove dead read markers, VArray markers and creation locks under ``directory``.
-
-    Collection ``.lock`` files and array mutexes are never removed.
-
-    Parameters
-    ----------
-    directory : Path
-        A storage, collections or collection directory.
-    force : bool
-        Remove live ones too (breaks the protection of running operations).
-
-    Returns
-    -------
-    list of Path
-        The removed files, sorted.
-
-    """
-    removed: list[Path] = []
-    for info in list_locks(directory):
-        if info.kind in (KIND_READ, KIND_VARRAY, KIND_CREATION) and (force or not info.alive):
-            try:
-                os.unlink(info.path)
-            except FileNotFoundError:
-                continue
-            removed.append(info.path)
-    for path in _stale_temp_markers(directory):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-            removed.append(path)
-    removed.sort(key=str)
-    return removed

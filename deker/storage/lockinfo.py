@@ -1,0 +1,311 @@
+"""Lock files as things on disk: their names, who owns them, whether the owner lives.
+
+:mod:`deker.storage.locks` takes and releases locks (the protocol); this module knows the
+lock file names (SPEC §3), probes ``flock`` state, and lists and cleans lock files.  A marker
+(read lock, VArray write lock, creation lock) is *stale* when its owner is dead, i.e. nobody
+holds the ``flock`` the owner took on it (deker 1.1.7 markers: its pid is gone from this
+host).  Stale markers are harmless for deker (they are recovered on the fly) but block deker
+1.1.7 processes until removed; :func:`clear_locks` removes them.  Array mutexes
+(``<id>.lock``) and collection locks (``<name>.lock``) are permanent files and are never
+removed here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from deker.errors import DekerValidationError
+from deker.storage.layout import ARRAY_EXT, id_dir_parts
+
+__all__ = [
+    "CREATION_LOCK_EXT",
+    "KIND_COLLECTION",
+    "KIND_CREATION",
+    "KIND_MUTEX",
+    "KIND_READ",
+    "KIND_VARRAY",
+    "LOCK_EXT",
+    "OWN_READ_PREFIX",
+    "READ_LOCK_EXT",
+    "REMOVABLE_KINDS",
+    "VARRAY_LOCK_EXT",
+    "LockInfo",
+    "clear_locks",
+    "is_locked",
+    "list_locks",
+]
+
+logger = logging.getLogger(__name__)
+
+READ_LOCK_EXT = ".arrayreadlock"
+VARRAY_LOCK_EXT = ".varraylock"
+CREATION_LOCK_EXT = ".arrlock"
+LOCK_EXT = ".lock"
+OWN_READ_PREFIX = "dk2-"
+_TMP_EXT = ".tmp"
+
+KIND_READ = "array read lock"
+KIND_VARRAY = "varray write lock"
+KIND_CREATION = "array creation lock"
+KIND_MUTEX = "array mutex"
+KIND_COLLECTION = "collection lock"
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+#: Kinds of lock files that only exist while an operation runs (removed when their owner died).
+REMOVABLE_KINDS = (KIND_READ, KIND_VARRAY, KIND_CREATION)
+
+_LOCK_SUFFIXES = (READ_LOCK_EXT, VARRAY_LOCK_EXT, CREATION_LOCK_EXT, LOCK_EXT)
+
+
+# --------------------------------------------------------------------------- low level
+
+
+def _try_flock(fd: int, operation: int) -> bool:
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except PermissionError:  # some NFS setups answer EACCES for a conflict
+        return False
+    return True
+
+
+def _open_rw(path: Path, create: bool) -> int:
+    flags = os.O_RDWR | _O_CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        return os.open(path, flags, 0o666)
+    except PermissionError:
+        if create and not path.exists():
+            raise
+        return os.open(path, os.O_RDONLY | _O_CLOEXEC)
+
+
+def _held_by_someone(path: Path, operation: int = fcntl.LOCK_SH) -> bool | None:
+    """Whether someone holds a lock on ``path`` conflicting with ``operation``; None if missing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC) if operation == fcntl.LOCK_SH else _open_rw(path, False)
+    except FileNotFoundError:
+        return None
+    try:
+        if _try_flock(fd, operation):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def _legacy_owner_alive(pid: str, marker: Path) -> bool:
+    """Whether the deker 1.1.7 process that made ``marker`` still runs on this host.
+
+    The process with that pid must exist and be older than the marker (else the pid was
+    reused).  A 1.1.7 process on another host is not seen: its markers count as dead.
+    """
+    if not pid.isdigit() or int(pid) <= 0:
+        return False
+    try:
+        made = os.stat(marker).st_mtime
+        return bool(psutil.Process(int(pid)).create_time() <= made + 1.0)
+    except (FileNotFoundError, psutil.NoSuchProcess):
+        return False
+    except psutil.Error:  # e.g. access denied: it exists
+        return True
+
+
+# --------------------------------------------------------------------------- markers
+
+
+@dataclass(frozen=True)
+class _Marker:
+    path: Path
+    kind: str
+    array_id: str
+    owner: str
+    legacy: bool  # written by deker 1.1.7 (liveness by pid heuristics)
+
+
+def _parse_marker(path: Path) -> _Marker | None:
+    name = path.name
+    if name.endswith(READ_LOCK_EXT):
+        parts = name[: -len(READ_LOCK_EXT)].split(":")
+        if len(parts) != 4:
+            return None
+        own = parts[1].startswith(OWN_READ_PREFIX)
+        return _Marker(path, KIND_READ, parts[0], parts[1] if own else parts[2], not own)
+    if name.endswith(VARRAY_LOCK_EXT):
+        head, sep, owner = name[: -len(VARRAY_LOCK_EXT)].rpartition(":")
+        if not sep or not head.endswith(ARRAY_EXT):
+            return None
+        return _Marker(path, KIND_VARRAY, head[: -len(ARRAY_EXT)], owner, owner.isdigit())
+    return None
+
+
+def _marker_alive(marker: _Marker) -> bool:
+    if not marker.legacy:
+        return bool(_held_by_someone(marker.path))
+    if marker.kind == KIND_READ:
+        return _legacy_owner_alive(marker.owner, marker.path)
+    return bool(_held_by_someone(marker.path.parent / f"{marker.array_id}{ARRAY_EXT}"))
+
+
+# --------------------------------------------------------------------------- listing
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """One lock file found in a storage.
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+    kind : str
+        ``"array read lock"``, ``"varray write lock"``, ``"array creation lock"``,
+        ``"array mutex"`` or ``"collection lock"``.
+    array_id : str or None
+        The array (or tile) it concerns.
+    owner : str or None
+        Owner token, read-marker id or pid (deker 1.1.7 markers).
+    alive : bool
+        Whether its owner still holds it (for mutexes and collection locks: whether anyone
+        holds it now).
+
+    """
+
+    path: Path
+    kind: str
+    array_id: str | None
+    owner: str | None
+    alive: bool
+
+    @property
+    def stale(self) -> bool:
+        """Whether this is a marker left behind by a dead owner (what :func:`clear_locks` removes)."""
+        return self.kind in REMOVABLE_KINDS and not self.alive
+
+
+def is_locked(path: Path) -> bool:
+    """Return whether some open file description holds a ``flock`` on ``path``.
+
+    Parameters
+    ----------
+    path : Path
+        Any file.
+
+    Returns
+    -------
+    bool
+        ``False`` also when the file does not exist.
+
+    """
+    return bool(_held_by_someone(path, fcntl.LOCK_EX))
+
+
+def _is_mutex(path: Path) -> bool:
+    stem = path.name[: -len(LOCK_EXT)]
+    try:
+        parts = id_dir_parts(stem)
+    except DekerValidationError:
+        return False
+    return path.parent.parts[-len(parts) :] == parts
+
+
+def _info(path: Path) -> LockInfo | None:
+    name = path.name
+    if name.startswith("."):
+        return None
+    marker = _parse_marker(path)
+    if marker is not None:
+        return LockInfo(path, marker.kind, marker.array_id, marker.owner, _marker_alive(marker))
+    if name.endswith(CREATION_LOCK_EXT):
+        return LockInfo(path, KIND_CREATION, None, None, is_locked(path))
+    if name.endswith(LOCK_EXT):
+        if _is_mutex(path):
+            return LockInfo(path, KIND_MUTEX, name[: -len(LOCK_EXT)], None, is_locked(path))
+        return LockInfo(path, KIND_COLLECTION, None, None, is_locked(path))
+    return None
+
+
+def list_locks(directory: Path) -> list[LockInfo]:
+    """List the lock files under ``directory`` (recursively, symlinks not followed).
+
+    Parameters
+    ----------
+    directory : Path
+        A storage, collections or collection directory.
+
+    Returns
+    -------
+    list of LockInfo
+        Sorted by path.
+
+    """
+    found: list[LockInfo] = []
+    for dirpath, _dirs, files in os.walk(directory):
+        for name in files:
+            if name.endswith(_LOCK_SUFFIXES):
+                info = _info(Path(dirpath) / name)
+                if info is not None:
+                    found.append(info)
+    found.sort(key=lambda i: str(i.path))
+    return found
+
+
+def _stale_temp_markers(directory: Path) -> list[Path]:
+    """Temporary marker files (``.<marker>.<hex>.tmp``) whose creator died before renaming them."""
+    stale = []
+    for dirpath, _dirs, files in os.walk(directory):
+        for name in files:
+            if (
+                name.startswith(".")
+                and name.endswith(_TMP_EXT)
+                and (READ_LOCK_EXT in name or VARRAY_LOCK_EXT in name)
+            ):
+                path = Path(dirpath) / name
+                if _held_by_someone(path) is False:
+                    stale.append(path)
+    return stale
+
+
+def clear_locks(directory: Path, *, force: bool = False) -> list[Path]:
+    """Remove dead read markers, VArray markers and creation locks under ``directory``.
+
+    Collection ``.lock`` files and array mutexes are never removed.
+
+    Parameters
+    ----------
+    directory : Path
+        A storage, collections or collection directory.
+    force : bool
+        Remove live ones too (breaks the protection of running operations).
+
+    Returns
+    -------
+    list of Path
+        The removed files, sorted.
+
+    """
+    removed: list[Path] = []
+    for info in list_locks(directory):
+        if info.kind in REMOVABLE_KINDS and (force or not info.alive):
+            try:
+                os.unlink(info.path)
+            except FileNotFoundError:
+                continue
+            removed.append(info.path)
+    for path in _stale_temp_markers(directory):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed.append(path)
+    removed.sort(key=str)
+    for path in removed:
+        logger.info("removed lock file %s", path)
+    return removed

@@ -1,0 +1,164 @@
+"""Tests of deker.storage.lockinfo: listing lock files and clearing stale ones, with real processes."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deker.storage import lockinfo, locks
+from deker.storage.layout import CollectionPaths
+from deker.storage.locks import LockSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+HELPER = Path(__file__).resolve().parent / "storage_helpers" / "lock_holder.py"
+FAST = LockSettings(timeout=2, interval=0.05)
+IDS = ["0a1b2c3d-0000-4000-8000-000000000001", "0a1b2c3d-0000-4000-8000-000000000002"]
+
+
+class Child:
+    """A helper process holding a lock, driven line by line."""
+
+    def __init__(self, mode: str, **args: Any) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HELPER), mode, json.dumps(args)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+        self.lines.put("<EOF>")
+
+    def expect(self, word: str, timeout: float = 15.0) -> str:
+        line = self.lines.get(timeout=timeout)
+        assert line.startswith(word), line
+        return line
+
+    def release(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        self.expect("RELEASED")
+        assert self.proc.wait(10) == 0
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+
+
+@pytest.fixture
+def children() -> Any:
+    made: list[Child] = []
+
+    def make(mode: str, **args: Any) -> Child:
+        child = Child(mode, **args)
+        made.append(child)
+        return child
+
+    yield make
+    for child in made:
+        child.close()
+
+
+def make_array(tmp_path: Path, array_id: str) -> tuple[Path, str]:
+    main_file = CollectionPaths(tmp_path / "collections", "coll").main_file("array", array_id)
+    main_file.parent.mkdir(parents=True, exist_ok=True)
+    main_file.write_bytes(b"data")
+    return main_file.parent, array_id
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.timeout(60)
+def test_list_and_clear_locks(tmp_path: Path, children: Any) -> None:
+    a, b = (make_array(tmp_path, i) for i in IDS)
+    root = tmp_path / "collections"
+    with locks.collection_lock(root, "coll", FAST):
+        pass
+    # dead: a killed reader of a, a dead deker 1.1.7 reader of b, an abandoned creation lock
+    reader = children("read", main_dir=str(a[0]), array_id=a[1])
+    reader.expect("ACQUIRED")
+    reader.kill()
+    # live: a VArray lock held by another process on b
+    token = locks.new_token()
+    holder = children("varray", tiles=[[str(b[0]), b[1]]], token=token)
+    holder.expect("ACQUIRED")
+    legacy = b[0] / f"{b[1]}:5f0c6a1e-0000-4000-8000-000000000000:{dead_pid()}:7.arrayreadlock"
+    legacy.touch()
+    (root / "coll" / f"{'0' * 32}.arrlock").touch()
+
+    found = lockinfo.list_locks(tmp_path)
+    info = {(i.kind, i.array_id, i.alive) for i in found}
+    assert ("collection lock", None, False) in info
+    assert ("array mutex", b[1], True) in info
+    assert ("array mutex", a[1], False) in info
+    assert ("array read lock", a[1], False) in info
+    assert ("array read lock", b[1], False) in info
+    assert ("array creation lock", None, False) in info
+    assert ("varray write lock", b[1], True) in info
+    assert {i.owner for i in found if i.kind == "varray write lock"} == {token}
+    assert sorted(i.kind for i in found if i.stale) == [
+        "array creation lock",
+        "array read lock",
+        "array read lock",
+    ]
+
+    removed = lockinfo.clear_locks(tmp_path)
+    assert len(removed) == 3
+    assert all(p.suffix in (".arrayreadlock", ".arrlock") for p in removed)
+    kinds = sorted(i.kind for i in lockinfo.list_locks(tmp_path))
+    assert kinds == ["array mutex", "array mutex", "collection lock", "varray write lock"]
+    assert lockinfo.clear_locks(tmp_path) == []
+    removed = lockinfo.clear_locks(tmp_path, force=True)
+    assert [p.name for p in removed] == [f"{b[1]}.hdf5:{token}.varraylock"]
+    assert (root / "coll.lock").exists()
+    holder.release()  # the owner copes with its vanished marker
+
+
+def test_is_locked_and_stale_temporary_markers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    main_dir, aid = make_array(tmp_path, IDS[0])
+    data = main_dir / f"{aid}.hdf5"
+    assert not lockinfo.is_locked(data) and not lockinfo.is_locked(main_dir / "missing")
+    dead = main_dir / f".{aid}:dk2-x:1:1.arrayreadlock.0123456789ab.tmp"  # creator died before the rename
+    busy = main_dir / f".{aid}:dk2-y:1:1.arrayreadlock.ba9876543210.tmp"  # creator is renaming it now
+    dead.touch()
+    busy.touch()
+    with open(busy, "rb") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        assert lockinfo.is_locked(busy) and not lockinfo.is_locked(dead)
+        assert lockinfo.list_locks(tmp_path) == []  # temporary names are not locks yet
+        with caplog.at_level(logging.INFO, logger="deker.storage.lockinfo"):
+            assert lockinfo.clear_locks(tmp_path) == [dead]
+        assert f"removed lock file {dead}" in caplog.text
+    assert busy.exists() and not dead.exists()
+    with locks.array_write_lock(main_dir, aid, FAST):
+        (held,) = lockinfo.list_locks(tmp_path)
+        assert (held.kind, held.alive, held.stale) == ("array mutex", True, False)
+        assert lockinfo.is_locked(data)
