@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from deker.errors import DekerLockError, DekerValidationError
@@ -450,7 +451,9 @@ def test_legacy_read_marker_liveness(tmp_path: Path) -> None:
     assert "error" not in result and result["value"] - gone < PROMPT
     old = main_dir / f"{aid}:5f0c6a1e-0000-4000-8000-000000000002:{os.getpid()}:1.arrayreadlock"
     old.touch()
-    os.utime(old, (time.time() - 100, time.time() - 100))
+    # older than this process (which may have run for minutes already): its pid was reused
+    before_us = psutil.Process().create_time() - 60
+    os.utime(old, (before_us, before_us))
     with locks.array_write_lock(main_dir, aid, FAST):  # older than our process: pid was reused
         pass
     assert not old.exists()
