@@ -1,5 +1,6 @@
-"""VArrays end to end, under three executors: the client's own thread pool, a user
-``ProcessPoolExecutor`` (every task must pickle) and a user ``ThreadPoolExecutor(1)``.
+"""VArrays end to end, under four executors: the client's own thread pool, a user
+``ProcessPoolExecutor`` (every task must pickle), a user ``ThreadPoolExecutor(1)`` and a Dask
+``distributed.Client`` of the session's LocalCluster (tasks run on its worker processes).
 
 numpy is the oracle: random shapes, vgrids and sequences of update / clear / read give the
 same content as the same operations on a numpy array.
@@ -21,10 +22,12 @@ from deker import Client, DimensionSchema, HDF5CompressionOpts, HDF5Options, VAr
 from deker.errors import DekerInstanceNotExistsError, DekerVSubsetError
 
 
-@pytest.fixture(scope="module", params=["own-threads", "processes", "one-thread"])
+@pytest.fixture(scope="module", params=["own-threads", "processes", "one-thread", "dask-cluster"])
 def executor(request: pytest.FixtureRequest) -> Iterator[Executor | None]:
     if request.param == "own-threads":
         yield None
+    elif request.param == "dask-cluster":  # a distributed.Client of the session's LocalCluster
+        yield request.getfixturevalue("dask_cluster_client")
     elif request.param == "processes":
         with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
             yield pool

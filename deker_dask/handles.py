@@ -1,0 +1,224 @@
+"""What deker_dask needs to know about deker objects, in one place.
+
+deker's handles (:class:`~deker.Array`, :class:`~deker.VArray`, their subsets, collections)
+keep their storage context and collection metadata private.  This module is the only one of
+deker_dask that reaches into them; everything else works on the plain :class:`Target` it
+returns and on :class:`~deker.tasks.FileSpec` values, which pickle to any worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from deker.arrays import Array, VArray
+from deker.collection import Collection
+from deker.errors import DekerInstanceNotExistsError, DekerValidationError
+from deker.meta import CollectionMeta
+from deker.storage.layout import CollectionPaths
+from deker.storage.locks import LockSettings
+from deker.store import file_spec, tile_ids
+from deker.subset import Subset, VSubset
+from deker.tasks import FileSpec
+
+__all__ = ["Bounds", "FileVersion", "Target", "collection_items", "resolve", "selection_shape"]
+
+logger = logging.getLogger(__name__)
+
+Bounds = tuple[int | slice, ...]
+#: ``(mtime_ns, ctime_ns, size, inode)`` of a file: changes whenever deker writes the file.
+FileVersion = tuple[int, int, int, int]
+
+
+def selection_shape(bounds: Bounds) -> tuple[int, ...]:
+    """Return the shape of normalised ``bounds`` (integer-indexed dimensions dropped)."""
+    return tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
+
+
+def _stat(path: os.PathLike[str] | str) -> FileVersion | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A stored object and a region of it, as plain values.
+
+    Parameters
+    ----------
+    obj : Array or VArray
+        The handle.
+    bounds : tuple
+        Normalised bounds of the region (the whole object for an Array or VArray).
+    """
+
+    obj: Array | VArray
+    bounds: Bounds
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def is_varray(self) -> bool:
+        """Whether the object is a VArray."""
+        return isinstance(self.obj, VArray)
+
+    @property
+    def root(self) -> str:
+        """The collections directory as the coordinator sees it (workers may remap it)."""
+        return str(self.obj._ctx.settings.root)
+
+    @property
+    def meta(self) -> CollectionMeta:
+        """The collection metadata."""
+        return self.obj._meta
+
+    @property
+    def locks(self) -> LockSettings:
+        """Lock timing of the client that opened the object."""
+        return self.obj._ctx.locks
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the region (integer-indexed dimensions dropped)."""
+        return selection_shape(self.bounds)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Numpy dtype of the data."""
+        return np.dtype(self.obj.dtype)
+
+    @property
+    def fill_value(self) -> Any:
+        """The value empty cells read as."""
+        return self.obj.fill_value
+
+    @property
+    def tile_shape(self) -> tuple[int, ...]:
+        """Shape of one file: a VArray's tile, or the whole Array."""
+        if isinstance(self.obj, VArray):
+            return tuple(self.obj.arrays_shape)
+        return tuple(self.obj.shape)
+
+    @property
+    def hdf5_chunks(self) -> tuple[int, ...] | None:
+        """The HDF5 chunk shape the collection declares (clipped to a file), if it is explicit."""
+        options = self.meta.options
+        chunks = options.chunks if options is not None else None
+        if not isinstance(chunks, tuple):
+            return None
+        return tuple(max(1, min(int(c), s)) for c, s in zip(chunks, self.tile_shape, strict=True))
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Primary and custom attribute values (time axes of VArray tiles start from them)."""
+        return {**self.obj.primary_attributes, **self.obj.custom_attributes}
+
+    def check(self) -> None:
+        """Raise if the client is closed or the object was deleted."""
+        self.obj._ctx.check_open()
+        if not self.obj._main_file.exists():
+            raise DekerInstanceNotExistsError(f"{self.obj!r} was deleted")
+
+    # ------------------------------------------------------------------ files
+    def array_spec(self) -> FileSpec:
+        """Return the :class:`FileSpec` of an Array's data file."""
+        obj = self.obj
+        return file_spec(self.root, self.meta, obj.id, self.locks, obj._components)
+
+    def files(self) -> tuple[dict[tuple[int, ...], FileSpec], tuple[Any, ...]]:
+        """Return the existing data files by grid position, and their data version.
+
+        Returns
+        -------
+        files : dict
+            ``{position: FileSpec}`` of every existing tile (``{(0, ...): spec}`` for an Array).
+        version : tuple
+            ``(position, id, FileVersion)`` of each file: it changes when a file is written,
+            created or deleted.
+        """
+        obj = self.obj
+        if isinstance(obj, VArray):
+            found = tile_ids(obj._ctx.root, self.meta, obj.id)
+            paths = CollectionPaths(obj._ctx.root, self.meta.name)
+            files: dict[tuple[int, ...], FileSpec] = {}
+            version = []
+            for pos in sorted(found):
+                tid = found[pos]
+                stat = _stat(paths.main_file("array", tid))
+                if stat is None:  # deleted since the listing
+                    continue
+                files[pos] = file_spec(self.root, self.meta, tid, self.locks)
+                version.append((pos, tid, stat))
+            return files, tuple(version)
+        stat = _stat(obj._main_file)
+        if stat is None:
+            raise DekerInstanceNotExistsError(f"{obj!r} was deleted")
+        origin = (0,) * len(obj.shape)
+        return {origin: self.array_spec()}, ((origin, obj.id, stat),)
+
+    def identity(self) -> tuple[Any, ...]:
+        """Storage location and id, for names and tokens."""
+        return (self.root, self.meta.name, type(self.obj).__name__, self.obj.id)
+
+
+def resolve(obj: Any) -> Target:
+    """Return the :class:`Target` of an Array, VArray, Subset or VSubset.
+
+    Parameters
+    ----------
+    obj : Array, VArray, Subset or VSubset
+        What to read or write.
+
+    Returns
+    -------
+    Target
+        The object and its region.
+
+    Raises
+    ------
+    DekerValidationError
+        If ``obj`` is of another type.
+    """
+    if isinstance(obj, (Array, VArray)):
+        return Target(obj, tuple(slice(0, s) for s in obj.shape))
+    if isinstance(obj, (Subset, VSubset)):
+        return Target(obj._array, tuple(obj.bounds))
+    raise DekerValidationError(
+        f"Expected a deker Array, VArray, Subset or VSubset, not {type(obj).__module__}."
+        f"{type(obj).__qualname__}"
+    )
+
+
+def collection_items(collection: Collection) -> list[Array | VArray]:
+    """Return the Arrays (or VArrays) of a collection, ordered by primary attributes, then id.
+
+    Parameters
+    ----------
+    collection : Collection
+        The collection.
+
+    Returns
+    -------
+    list
+        The handles.
+    """
+    if not isinstance(collection, Collection):
+        raise DekerValidationError(f"Expected a deker Collection, not {type(collection).__qualname__}")
+    items: list[Array | VArray] = list(collection)
+    items.sort(key=lambda a: (tuple(_sortable(v) for v in a.primary_attributes.values()), a.id))
+    return items
+
+
+def _sortable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return (1, 0.0)
+    if isinstance(value, (list, tuple)):
+        return (0, tuple(_sortable(v) for v in value))
+    return (0, value)

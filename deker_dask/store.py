@@ -1,0 +1,159 @@
+"""Write a dask array into a VArray, VSubset, Array or Subset.
+
+The plan (built on the client, no data moves):
+
+- **VArray targets.**  The source is rechunked onto the tile grid of the target region (a
+  no-op when its chunks already follow the tiles; otherwise dask combines the blocks that share
+  a tile first).  Then each touched tile gets exactly one task,
+  :func:`deker_dask.tasks.store_tile`, which creates the tile if it is missing (race-free,
+  under deker's creation lock), takes that tile's write lock with a token of its own, writes
+  and releases.  There is no global lock: two stores, or a store and a ``VSubset.update``,
+  touching one tile wait for each other on that tile only (up to the lock timeout of the
+  client that opened the target, then :class:`~deker.errors.DekerLockError`).
+- **Array targets.**  An Array is one file: its blocks are written by a chain of tasks, one
+  after the other, each under the Array's write lock, so they never wait for each other and
+  only one block needs to be in memory at a time.
+
+Task keys are unique to each call (never cached or merged by the scheduler); each task can
+run again after a worker died and leaves the same content.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+
+from deker.errors import DekerArrayTypeError, DekerValidationError
+from deker.tiling import tile_pieces
+from deker_dask.geometry import chunks_of, grid, regions
+from deker_dask.handles import Target, resolve
+from deker_dask.tasks import VArrayTarget, finish, store_array_block, store_tile
+
+__all__ = ["store"]
+
+logger = logging.getLogger(__name__)
+
+
+def _source(source: Any, target: Target) -> da.Array:
+    src: da.Array = source if isinstance(source, da.Array) else da.asarray(source)  # type: ignore[no-untyped-call]
+    if any(math.isnan(c) for dim in src.chunks for c in dim):
+        raise DekerValidationError(
+            "The source has unknown chunk sizes: call compute_chunk_sizes() on it before storing it"
+        )
+    if tuple(src.shape) != target.shape:
+        raise DekerValidationError(
+            f"Cannot store an array of shape {tuple(src.shape)} into {target.obj!r} region of shape "
+            f"{target.shape}: the shapes must be equal"
+        )
+    dtype = target.dtype
+    if src.dtype != dtype:
+        if not np.can_cast(src.dtype, dtype, casting="safe"):
+            raise DekerArrayTypeError(
+                f"Cannot store {src.dtype} data into a {dtype} array without changing values: "
+                f"convert it first (source.astype({dtype.name!r}))"
+            )
+        src = src.astype(dtype)  # type: ignore[no-untyped-call]
+    return src
+
+
+def _plan_varray(src: da.Array, target: Target, name: str) -> tuple[da.Array, dict[Any, Any], list[Any]]:
+    tile = target.tile_shape
+    g = grid(target.bounds, tile)
+    chunks = chunks_of(g)
+    if tuple(src.chunks) != chunks:
+        src = src.rechunk(chunks)  # type: ignore[no-untyped-call]
+    obj = target.obj
+    info = VArrayTarget(
+        root=target.root, meta=target.meta, vid=obj.id, values=target.values, locks=target.locks
+    )
+    dsk: dict[Any, Any] = {}
+    keys: list[Any] = []
+    for index, region in regions(g):
+        (piece,) = tile_pieces(region, tile)
+        key = (name, *piece.position)
+        dsk[key] = (store_tile, info, piece.position, piece.local, (src.name, *index))
+        keys.append(key)
+    return src, dsk, keys
+
+
+def _plan_array(src: da.Array, target: Target, name: str) -> tuple[da.Array, dict[Any, Any], list[Any]]:
+    spec = target.array_spec()
+    slice_dims = [d for d, b in enumerate(target.bounds) if isinstance(b, slice)]
+    offsets = [np.cumsum((0, *c)) for c in src.chunks]
+    dsk: dict[Any, Any] = {}
+    keys: list[Any] = []
+    previous: Any = None
+    for n, index in enumerate(np.ndindex(*src.numblocks)):
+        bounds: list[int | slice] = list(target.bounds)
+        for axis, d in enumerate(slice_dims):
+            start = target.bounds[d].start  # type: ignore[union-attr]
+            lo, hi = offsets[axis][index[axis]], offsets[axis][index[axis] + 1]
+            bounds[d] = slice(int(start + lo), int(start + hi))
+        key = (name, n)
+        dsk[key] = (store_array_block, spec, tuple(bounds), (src.name, *index), previous)
+        keys.append(key)
+        previous = key
+    return src, dsk, keys
+
+
+def store(source: Any, target: Any, *, compute: bool = True, **compute_kwargs: Any) -> Delayed | None:
+    """Write a dask array into a deker VArray, VSubset, Array or Subset of the same shape.
+
+    Parameters
+    ----------
+    source : dask.array.Array or array-like
+        The data (a numpy array is wrapped); its dtype must cast safely to the target's.
+    target : VArray, VSubset, Array or Subset
+        Where to write; its shape (integer-indexed dimensions dropped) must equal the source's.
+    compute : bool, default True
+        Write now (with the current dask scheduler, or ``compute_kwargs``); otherwise return a
+        :class:`dask.delayed.Delayed` that writes when computed and yields the number of cells
+        written (blocks of fill values for absent tiles write nothing).
+    **compute_kwargs
+        Passed to :func:`dask.compute` (e.g. ``scheduler=``).
+
+    Returns
+    -------
+    dask.delayed.Delayed or None
+        The delayed write when ``compute`` is False.
+
+    Raises
+    ------
+    DekerValidationError
+        If the shapes differ or the source has unknown chunk sizes.
+    DekerArrayTypeError
+        If the source dtype does not cast safely to the target's.
+    DekerInstanceNotExistsError
+        If the target was deleted (now, or while tasks ran).
+    DekerLockError
+        If another writer kept a tile (or the Array) locked longer than the lock timeout.
+    """
+    tgt = resolve(target)
+    tgt.check()
+    src = _source(source, tgt)
+    token = uuid.uuid4().hex
+    name = f"deker-store-{token}"
+    done = f"deker-store-done-{token}"
+    if math.prod(tgt.shape) == 0:
+        dsk: dict[Any, Any] = {}
+        keys: list[Any] = []
+    elif tgt.is_varray:
+        src, dsk, keys = _plan_varray(src, tgt, name)
+    else:
+        src, dsk, keys = _plan_array(src, tgt, name)
+    dsk[done] = (finish, keys)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[src])  # type: ignore[list-item]
+    delayed = Delayed(done, graph, layer=name)  # type: ignore[no-untyped-call]
+    logger.debug("store into %r: %d write tasks", tgt.obj, len(keys))
+    if not compute:
+        return delayed
+    dask.compute(delayed, **compute_kwargs)  # type: ignore[attr-defined,no-untyped-call]
+    return None

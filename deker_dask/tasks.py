@@ -1,0 +1,268 @@
+"""The functions deker_dask puts in Dask graphs: module-level, over plain picklable values.
+
+A worker needs nothing but the installed packages: unpickling a task imports this module,
+which imports :mod:`deker.tasks` and :mod:`deker.storage.hdf5` (registering the hdf5plugin
+filters); every HDF5 file is opened with HDF5 file locking off; locks are deker's lockfiles,
+taken by the task itself.
+
+Reads (:func:`fill_chunk`, :func:`read_region`, :func:`read_chunk`) return numpy arrays.
+Writes (:func:`store_tile`, :func:`store_array_block`) are idempotent: a task that runs twice
+(a retry after a worker died) leaves the same content, and holds no lock when it ends, however
+it ends (a killed worker's locks are dropped by the kernel and recovered by the next writer).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deker.errors import DekerInstanceNotExistsError, DekerLockError
+from deker.meta import CollectionMeta
+from deker.storage import hdf5
+from deker.storage.layout import ARRAY_EXT, CollectionPaths, ids_in_dir
+from deker.storage.locks import LockSettings, VArrayWriteLock, array_write_lock, new_token
+from deker.store import create_tile, file_spec
+from deker.tasks import FileSpec, read_piece, read_piece_into, resolve_root, write_piece
+
+__all__ = [
+    "Part",
+    "VArrayTarget",
+    "fill_chunk",
+    "finish",
+    "read_chunk",
+    "read_region",
+    "store_array_block",
+    "store_tile",
+]
+
+logger = logging.getLogger(__name__)
+
+Bounds = tuple[int | slice, ...]
+#: One file's share of a chunk: the file, the bounds inside it, where it goes in the chunk.
+Part = tuple[FileSpec, Bounds, tuple[Any, ...]]
+
+_CREATE_ATTEMPTS = 5
+
+
+# ----------------------------------------------------------------------------- reads
+
+
+def fill_chunk(shape: tuple[int, ...], dtype: str, fill_value: Any) -> np.ndarray:
+    """Return a chunk of fill values (an absent tile: no I/O).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The chunk shape.
+    dtype : str
+        The numpy dtype string.
+    fill_value : Any
+        The fill value.
+
+    Returns
+    -------
+    numpy.ndarray
+        A new array full of ``fill_value``.
+    """
+    return np.full(shape, fill_value, dtype=np.dtype(dtype))
+
+
+def read_region(spec: FileSpec, bounds: Bounds) -> np.ndarray:
+    """Read ``bounds`` of one file under its read lock (a chunk that is one file's piece).
+
+    Parameters
+    ----------
+    spec : FileSpec
+        The file.
+    bounds : tuple
+        Normalised bounds inside the file.
+
+    Returns
+    -------
+    numpy.ndarray
+        The piece (fill values if the file vanished meanwhile).
+    """
+    return np.asarray(read_piece(spec, bounds))
+
+
+def read_chunk(shape: tuple[int, ...], dtype: str, fill_value: Any, parts: Sequence[Part]) -> np.ndarray:
+    """Assemble a chunk from pieces of several files; cells no part covers are fill.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The chunk shape.
+    dtype : str
+        The numpy dtype string.
+    fill_value : Any
+        The fill value.
+    parts : sequence of (FileSpec, bounds, out index)
+        The existing files' pieces and where each goes in the chunk.
+
+    Returns
+    -------
+    numpy.ndarray
+        The chunk.
+    """
+    dt = np.dtype(dtype)
+    covered = sum(
+        math.prod(b.stop - b.start for b in bounds if isinstance(b, slice)) for _, bounds, _ in parts
+    )
+    out = np.empty(shape, dtype=dt) if covered >= math.prod(shape) else np.full(shape, fill_value, dt)
+    for spec, bounds, index in parts:
+        read_piece_into(spec, bounds, out, index)
+    return out
+
+
+# ----------------------------------------------------------------------------- writes
+
+
+@dataclass(frozen=True)
+class VArrayTarget:
+    """What a store task needs to create and write the tiles of one VArray.
+
+    Parameters
+    ----------
+    root : str
+        Collections directory as the coordinator sees it.
+    meta : CollectionMeta
+        The collection metadata.
+    vid : str
+        The VArray id.
+    values : dict
+        The VArray's attribute values (tile time axes start from them).
+    locks : LockSettings
+        Lock timing of the coordinator's client.
+    """
+
+    root: str
+    meta: CollectionMeta
+    vid: str
+    values: dict[str, Any] = field(default_factory=dict)
+    locks: LockSettings = field(default_factory=LockSettings)
+
+    def paths(self) -> CollectionPaths:
+        """Return the collection paths as this process sees them."""
+        return CollectionPaths(resolve_root(self.root), self.meta.name)
+
+    def existing_tile(self, position: tuple[int, ...]) -> str | None:
+        """Return the id of the tile at ``position`` if it exists."""
+        paths = self.paths()
+        components = (self.vid, "-".join(str(p) for p in position))
+        for tid in ids_in_dir(paths.symlink_dir("array", components), ARRAY_EXT):
+            if paths.main_file("array", tid).exists():
+                return tid
+        return None
+
+
+def _as_block(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
+    block = np.ascontiguousarray(np.asarray(data), dtype=dtype)
+    if block.shape != shape:
+        raise ValueError(f"A block of shape {block.shape} was produced for a region of shape {shape}")
+    return block
+
+
+def _all_fill(block: np.ndarray, fill_value: Any) -> bool:
+    return hdf5.count_fill(block, fill_value) == block.size
+
+
+def store_tile(target: VArrayTarget, position: tuple[int, ...], local: Bounds, data: Any) -> int:
+    """Write one tile's block of a store: create the tile if missing, lock it, write, unlock.
+
+    The tile is locked with a token of this task's own; a task that runs again (a retry) takes
+    a new one.  A block that holds only fill values for a tile that does not exist writes
+    nothing (the tile reads as fill already).
+
+    Parameters
+    ----------
+    target : VArrayTarget
+        The VArray.
+    position : tuple of int
+        The tile's grid position.
+    local : tuple
+        Normalised bounds inside the tile.
+    data : array-like
+        The block (converted to the VArray dtype, which must not change values).
+
+    Returns
+    -------
+    int
+        The number of cells written (0 when nothing had to be written).
+
+    Raises
+    ------
+    DekerInstanceNotExistsError
+        If the VArray was deleted.
+    DekerLockError
+        If another writer kept the tile locked longer than the lock timeout.
+    """
+    schema = target.meta.schema
+    dtype = np.dtype(schema.dtype)
+    shape = tuple(b.stop - b.start for b in local if isinstance(b, slice))
+    block = _as_block(data, dtype, shape)
+    paths = target.paths()
+    if not paths.main_file("varray", target.vid).exists():
+        raise DekerInstanceNotExistsError(
+            f"VArray {target.vid} does not exist in collection {target.meta.name}"
+        )
+    tid = target.existing_tile(position)
+    if tid is None and _all_fill(block, schema.fill_value):
+        return 0
+    for _attempt in range(_CREATE_ATTEMPTS):
+        if tid is None:
+            tid = create_tile(paths.root, target.meta, target.vid, position, target.values, target.locks)
+        spec = file_spec(target.root, target.meta, tid, target.locks)
+        token = new_token()
+        with VArrayWriteLock(target.locks, token) as lock:
+            if lock.acquire([(spec.main_dir, tid)]):
+                tid = None  # a concurrent clear deleted the tile: create it again
+                continue
+            write_piece(spec, local, block, token)
+            return int(block.size)
+    raise DekerLockError(
+        f"Tile {position} of VArray {target.vid} was deleted {_CREATE_ATTEMPTS} times while this store "
+        "tried to write it; another job keeps clearing it"
+    )
+
+
+def store_array_block(spec: FileSpec, bounds: Bounds, data: Any, previous: Any = None) -> int:
+    """Write one block into an Array's file under the Array's write lock.
+
+    An Array is one file: its blocks are chained (``previous`` is the result of the block
+    written before) so that they never wait for each other's lock.
+
+    Parameters
+    ----------
+    spec : FileSpec
+        The Array's file.
+    bounds : tuple
+        Normalised bounds inside the file.
+    data : array-like
+        The block.
+    previous : Any
+        Ignored: the dependency on the previous block's task.
+
+    Returns
+    -------
+    int
+        The number of cells written.
+    """
+    dtype = np.dtype(spec.dtype)
+    shape = tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
+    block = _as_block(data, dtype, shape)
+    try:
+        with array_write_lock(spec.main_dir, spec.array_id, spec.locks):
+            hdf5.write_region(spec.main_file, bounds, block, spec.shape, spec.fill_value, spec.dataset_kwargs)
+    except FileNotFoundError as exc:
+        raise DekerInstanceNotExistsError(f"Array {spec.array_id} was deleted: {spec.main_file}") from exc
+    return int(block.size)
+
+
+def finish(counts: Sequence[int]) -> int:
+    """Return the total number of cells a store wrote (the last task of a store graph)."""
+    return int(sum(counts))

@@ -1,0 +1,132 @@
+"""Helpers of the Dask tests (importable by the test modules and by workers: ``tests/dask`` is on
+their ``sys.path``)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from deker import Client, DimensionSchema, HDF5Options, VArraySchema
+
+LOCK_PATTERNS = ("*.varraylock", "*.arrayreadlock", "*.arrlock", "*.tmp")
+
+
+def lock_files(path: Path) -> list[Path]:
+    """Every lock marker, creation lock or temporary file left under ``path``."""
+    return sorted(p for pattern in LOCK_PATTERNS for p in path.rglob(pattern))
+
+
+def held(path: Path) -> bool:
+    """Whether some process holds a ``flock`` on ``path`` (False if it does not exist)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def legacy_read_marker(main_dir: Path, array_id: str) -> Iterator[Path]:
+    """Hold a deker 1.1.7 style read marker (``<id>:<uuid4>:<pid>:<tid>.arrayreadlock``) on a file.
+
+    deker treats it as a live reader while this process runs: a writer that already holds the
+    file's lock waits for the marker to go, so a test can keep a write "in the middle".
+    """
+    marker = main_dir / f"{array_id}:{uuid.uuid4()}:{os.getpid()}:{threading.get_native_id()}.arrayreadlock"
+    marker.touch()
+    try:
+        yield marker
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
+
+
+def holder_of(path: Path, pids: dict[str, int]) -> str | None:
+    """The address of the worker (``{address: pid}``) whose process has ``path`` open, if any."""
+    for address, pid in pids.items():
+        with contextlib.suppress(psutil.Error):
+            if any(f.path == str(path) for f in psutil.Process(pid).open_files()):
+                return address
+    return None
+
+
+def executing_keys(dask_worker: Any) -> list[Any]:
+    """The keys a worker is executing now (run with ``client.run``)."""
+    return [ts.key for ts in list(dask_worker.state.executing)]
+
+
+def keys_executing(client: Any) -> set[Any]:
+    """The keys being executed on any worker of ``client``."""
+    return {key for keys in client.run(executing_keys).values() for key in keys}
+
+
+def task_functions(array: Any) -> list[Any]:
+    """The function of every task of a dask collection's graph."""
+    out = []
+    for task in dict(array.__dask_graph__()).values():
+        func = getattr(task, "func", None)
+        if func is None and isinstance(task, tuple) and task and callable(task[0]):
+            func = task[0]
+        out.append(func)
+    return out
+
+
+def task_args(array: Any, fn: Callable[..., Any]) -> list[tuple[Any, ...]]:
+    """The arguments of the tasks of ``array`` that call ``fn``."""
+    out = []
+    for task in dict(array.__dask_graph__()).values():
+        if isinstance(task, tuple) and task and task[0] is fn:
+            out.append(task[1:])
+        elif getattr(task, "func", None) is fn:
+            out.append(tuple(getattr(a, "value", a) for a in task.args))
+    return out
+
+
+def varray(
+    client: Client,
+    shape: tuple[int, ...],
+    vgrid: tuple[int, ...],
+    dtype: Any = np.float32,
+    name: str = "v",
+    options: HDF5Options | None = None,
+) -> Any:
+    """A new VArray in a new collection."""
+    dims = [DimensionSchema(name=f"d{i}", size=s) for i, s in enumerate(shape)]
+    coll = client.create_collection(name, VArraySchema(dtype=dtype, dimensions=dims, vgrid=vgrid), options)
+    return coll.create()
+
+
+def tile_dir(v: Any, position: tuple[int, ...]) -> tuple[Path, str]:
+    """The main directory and id of the tile of ``v`` at ``position`` (it must exist)."""
+    tid = v._tile_ids()[position]
+    return v._tile_spec(tid).main_dir, tid

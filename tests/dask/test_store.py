@@ -1,0 +1,165 @@
+"""deker_dask.store: dask arrays written into VArrays / Arrays equal numpy, whatever their chunks.
+
+Computed on the session's LocalCluster of worker processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pytest
+from dask.delayed import Delayed
+from dask_helpers import lock_files, task_args, varray
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import deker_dask
+from deker import ArraySchema, Client, DimensionSchema, HDF5Options
+from deker.errors import DekerArrayTypeError, DekerInstanceNotExistsError, DekerValidationError
+from deker_dask.tasks import store_array_block, store_tile
+
+
+def source(
+    shape: tuple[int, ...], chunks: Any, dtype: Any = np.float32, seed: int = 0
+) -> tuple[Any, np.ndarray]:
+    data = np.random.default_rng(seed).integers(0, 1000, size=shape).astype(dtype)
+    return da.from_array(data, chunks=chunks), data
+
+
+def test_misaligned_chunks_store_exactly(storage: Client, cluster: Any) -> None:
+    v = varray(storage, (20, 18), (4, 3))  # tiles of (5, 6)
+    oracle = np.full((20, 18), np.nan, dtype=np.float32)
+    src, data = source((20, 18), (7, 4))
+    deker_dask.store(src, v, scheduler=cluster)
+    oracle[:] = data
+    np.testing.assert_array_equal(v[:].read(), oracle)
+    src, data = source((14, 13), (3, 5), seed=1)
+    deker_dask.store(src, v[3:17, 2:15], scheduler=cluster)
+    oracle[3:17, 2:15] = data
+    src, data = source((16,), 5, seed=2)
+    deker_dask.store(src, v[4, 1:17], scheduler=cluster)  # an integer-indexed dimension
+    oracle[4, 1:17] = data
+    np.testing.assert_array_equal(v[:].read(), oracle)
+    np.testing.assert_array_equal(deker_dask.to_dask(v).compute(scheduler=cluster), oracle)
+    assert not lock_files(storage.root_path)
+
+
+def test_one_task_per_tile_with_unique_keys(storage: Client, cluster: Any) -> None:
+    v = varray(storage, (12, 12), (3, 3))  # tiles of (4, 4)
+    src, data = source((10, 7), (3, 3))
+    first = deker_dask.store(src, v[1:11, 2:9], compute=False)
+    second = deker_dask.store(src, v[1:11, 2:9], compute=False)
+    assert isinstance(first, Delayed) and isinstance(second, Delayed)
+    calls = task_args(first, store_tile)
+    positions = sorted(call[1] for call in calls)
+    assert positions == [(i, j) for i in range(3) for j in range(3)]  # each touched tile once
+    first_keys = {
+        k for k in dict(first.__dask_graph__()) if isinstance(k, tuple) and k[0].startswith("deker-store")
+    }
+    second_keys = {
+        k for k in dict(second.__dask_graph__()) if isinstance(k, tuple) and k[0].startswith("deker-store")
+    }
+    assert len(first_keys) == 9 and not first_keys & second_keys  # never merged by the scheduler
+    assert not v._tile_ids()  # nothing written before compute
+    assert first.compute(scheduler=cluster) == 70
+    assert second.compute(scheduler=cluster) == 70  # a repeated store runs again
+    expected = np.full((12, 12), np.nan, dtype=np.float32)
+    expected[1:11, 2:9] = data
+    np.testing.assert_array_equal(v[:].read(), expected)
+
+
+def test_fill_blocks_create_no_tiles(storage: Client, cluster: Any) -> None:
+    v = varray(storage, (8, 8), (2, 2), dtype=np.int32)
+    data = np.full((8, 8), v.fill_value, dtype=np.int32)
+    data[0, 0] = 5
+    deker_dask.store(da.from_array(data, chunks=4), v, scheduler=cluster)
+    assert set(v._tile_ids()) == {(0, 0)}
+    np.testing.assert_array_equal(v[:].read(), data)
+    # fill values over an existing tile are written (they clear it)
+    deker_dask.store(da.full((8, 8), v.fill_value, dtype=np.int32, chunks=4), v, scheduler=cluster)
+    np.testing.assert_array_equal(v[:].read(), np.full((8, 8), v.fill_value, dtype=np.int32))
+
+
+def test_store_into_arrays(storage: Client, cluster: Any) -> None:
+    dims = [DimensionSchema(name="x", size=9), DimensionSchema(name="y", size=10)]
+    coll = storage.create_collection(
+        "a", ArraySchema(dtype=np.int64, dimensions=dims), HDF5Options(chunks=(3, 3))
+    )
+    arr = coll.create()
+    src, data = source((9, 10), (4, 3), dtype=np.int64)
+    delayed = deker_dask.store(src, arr, compute=False)
+    assert delayed is not None
+    assert len(task_args(delayed, store_array_block)) == 3 * 4  # one chained task per block
+    assert delayed.compute(scheduler=cluster) == 90
+    np.testing.assert_array_equal(arr[:].read(), data)
+    src, part = source((5,), 2, dtype=np.int32, seed=3)  # int32 casts safely to int64
+    deker_dask.store(src, arr[2:7, 4], scheduler=cluster)
+    data[2:7, 4] = part
+    np.testing.assert_array_equal(arr[:].read(), data)
+    assert not lock_files(storage.root_path)
+
+
+def test_store_validation(storage: Client) -> None:
+    v = varray(storage, (4, 4), (2, 2), dtype=np.int16)
+    with pytest.raises(DekerValidationError, match="shape"):
+        deker_dask.store(da.zeros((4, 3), dtype=np.int16), v)
+    with pytest.raises(DekerArrayTypeError):
+        deker_dask.store(da.zeros((4, 4), dtype=np.float64), v)
+    unknown = da.zeros((4, 4), dtype=np.int16, chunks=2)
+    unknown = unknown[unknown[:, 0] == 0]
+    with pytest.raises(DekerValidationError, match="unknown chunk"):
+        deker_dask.store(unknown, v[0:4])
+    deker_dask.store(np.ones((2, 4), dtype=np.int16), v[1:3], scheduler="sync")  # numpy is wrapped
+    np.testing.assert_array_equal(v[1:3].read(), np.ones((2, 4), dtype=np.int16))
+    later = deker_dask.store(da.ones((4, 4), dtype=np.int16, chunks=2), v, compute=False)
+    assert later is not None
+    v.delete()
+    with pytest.raises(DekerInstanceNotExistsError):
+        later.compute(scheduler="sync")
+    with pytest.raises(DekerInstanceNotExistsError):
+        deker_dask.store(da.ones((4, 4), dtype=np.int16), v)
+
+
+@st.composite
+def store_case(draw: st.DrawFn) -> tuple[Any, ...]:
+    ndim = draw(st.integers(1, 3))
+    vgrid = tuple(draw(st.integers(1, 3)) for _ in range(ndim))
+    tile = tuple(draw(st.integers(1, 4)) for _ in range(ndim))
+    shape = tuple(g * t for g, t in zip(vgrid, tile, strict=True))
+    key = []
+    for size in shape:
+        if size > 1 and draw(st.booleans()) and ndim > 1 and not any(isinstance(k, int) for k in key):
+            key.append(draw(st.integers(0, size - 1)))
+            continue
+        a = draw(st.integers(0, size - 1))
+        key.append(slice(a, draw(st.integers(a + 1, size))))
+    sub_shape = tuple(k.stop - k.start for k in key if isinstance(k, slice))
+    chunks = tuple(draw(st.integers(1, max(1, s))) for s in sub_shape)
+    per_chunk = tuple(draw(st.integers(1, 2)) for _ in range(ndim))
+    return shape, vgrid, tuple(key), chunks, per_chunk
+
+
+@settings(max_examples=10, deadline=None)
+@given(case=store_case())
+def test_random_store_and_read_match_numpy(
+    tmp_path_factory: pytest.TempPathFactory, dask_cluster_client: Any, case: tuple[Any, ...]
+) -> None:
+    shape, vgrid, key, chunks, per_chunk = case
+    root: Path = tmp_path_factory.mktemp("hyp")
+    with Client(f"file://{root}") as client:
+        v = varray(client, shape, vgrid, dtype=np.int32)
+        oracle = np.full(shape, v.fill_value, dtype=np.int32)
+        base = np.arange(int(np.prod(shape)), dtype=np.int32).reshape(shape)
+        v[:].update(base)
+        oracle[:] = base
+        region = oracle[key]
+        data = (np.arange(region.size, dtype=np.int32) * 3 - 7).reshape(region.shape)
+        deker_dask.store(da.from_array(data, chunks=chunks), v[key], scheduler=dask_cluster_client)
+        oracle[key] = data
+        lazy = deker_dask.to_dask(v, tiles_per_chunk=per_chunk)
+        np.testing.assert_array_equal(lazy.compute(scheduler=dask_cluster_client), oracle)
+        np.testing.assert_array_equal(deker_dask.to_dask(v[key]).compute(scheduler=dask_cluster_client), data)
+        assert not lock_files(root)

@@ -1,0 +1,242 @@
+"""deker_dask.to_dask / to_xarray / from_collection: lazy arrays equal what deker reads (and numpy).
+
+Graph-level properties (chunks, names, which tasks read files) are checked on the graph; data
+is computed on the session's LocalCluster of worker processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+from dask_helpers import task_args, task_functions, varray
+from distributed import get_task_stream
+
+import deker_dask
+from deker import (
+    ArraySchema,
+    AttributeSchema,
+    Client,
+    DimensionSchema,
+    HDF5Options,
+    TimeDimensionSchema,
+    VArraySchema,
+)
+from deker.errors import DekerInstanceNotExistsError, DekerSubsetError, DekerValidationError
+from deker_dask.tasks import fill_chunk, read_chunk, read_region
+
+READS = (read_region, read_chunk)
+
+
+def filled(v: Any, oracle: np.ndarray, key: Any, seed: int) -> None:
+    data = (
+        (np.arange(oracle[key].size, dtype=np.int64) + seed).astype(oracle.dtype).reshape(oracle[key].shape)
+    )
+    v[key].update(data)
+    oracle[key] = data
+
+
+def test_varray_chunks_values_and_workers(storage: Client, cluster: Any) -> None:
+    v = varray(storage, (12, 16), (3, 4))
+    oracle = np.full((12, 16), np.nan, dtype=np.float32)
+    filled(v, oracle, (slice(2, 9), slice(3, 12)), 1)
+    arr = deker_dask.to_dask(v)
+    assert (arr.shape, arr.dtype, arr.chunks) == ((12, 16), np.float32, ((4, 4, 4), (4, 4, 4, 4)))
+    with get_task_stream(client=cluster) as stream:
+        np.testing.assert_array_equal(arr.compute(scheduler=cluster), oracle)
+    ran = {record["key"]: record["worker"] for record in stream.data if record["key"][0] == arr.name}
+    assert set(ran) == {k for row in arr.__dask_keys__() for k in row}  # one task per tile
+    assert set(ran.values()) <= set(cluster.scheduler_info()["workers"])
+    # subsets: chunks follow the tile grid, integer dimensions drop like read()
+    for key in [np.s_[1:11, 5:15], np.s_[5, 2:13], np.s_[3:12, 7], np.s_[4:8, 4:8]]:
+        sub = deker_dask.to_dask(v[key])
+        assert sub.shape == oracle[key].shape
+        np.testing.assert_array_equal(sub.compute(scheduler=cluster), oracle[key])
+    assert deker_dask.to_dask(v[1:11, 5:15]).chunks == ((3, 4, 3), (3, 4, 3))
+    # several tiles per chunk
+    big = deker_dask.to_dask(v, tiles_per_chunk=(2, 3))
+    assert big.chunks == ((8, 4), (12, 4))
+    np.testing.assert_array_equal(big.compute(scheduler=cluster), oracle)
+    np.testing.assert_array_equal(
+        deker_dask.to_dask(v[3:10, 1:15], tiles_per_chunk=2).compute(), oracle[3:10, 1:15]
+    )
+    # a single cell
+    assert deker_dask.to_dask(v[3, 4]).compute() == oracle[3, 4]
+
+
+def test_absent_tiles_are_not_read(storage: Client, cluster: Any) -> None:
+    v = varray(storage, (12, 16), (3, 4), dtype=np.int32)
+    oracle = np.full((12, 16), v.fill_value, dtype=np.int32)
+    filled(v, oracle, (slice(0, 4), slice(0, 4)), 10)
+    filled(v, oracle, (slice(9, 11), slice(13, 15)), 20)
+    existing = {tid for tid in v._tile_ids().values()}
+    assert len(existing) == 2
+    arr = deker_dask.to_dask(v)
+    funcs = task_functions(arr)
+    assert len(funcs) == 12
+    assert sum(f in READS for f in funcs) == 2 and funcs.count(fill_chunk) == 10
+    assert {args[0].array_id for args in task_args(arr, read_region)} == existing
+    total = arr.sum()
+    assert int(total.compute(scheduler=cluster)) == int(oracle.sum(dtype=np.int64))
+    # Write 7 into every absent tile: the graph built before never looks at them.
+    present = set(v._tile_ids())
+    after = oracle.copy()
+    for i, j in itertools.product(range(3), range(4)):
+        if (i, j) not in present:
+            v[4 * i : 4 * i + 4, 4 * j : 4 * j + 4].update(np.int32(7))
+            after[4 * i : 4 * i + 4, 4 * j : 4 * j + 4] = 7
+    assert int(total.compute(scheduler=cluster)) == int(oracle.sum(dtype=np.int64))
+    again = deker_dask.to_dask(v)
+    assert again.name != arr.name
+    assert task_functions(again).count(fill_chunk) == 0
+    np.testing.assert_array_equal(again.compute(scheduler=cluster), after)
+
+
+def test_names_are_deterministic_and_follow_writes(storage: Client) -> None:
+    v = varray(storage, (8, 8), (2, 2))
+    first = deker_dask.to_dask(v).name
+    assert deker_dask.to_dask(v).name == first
+    assert first.startswith("deker-varray-")
+    assert deker_dask.to_dask(v[0:4]).name != first
+    assert deker_dask.to_dask(v, tiles_per_chunk=2).name != first
+    v[0:4, 0:4].update(np.float32(1))  # creates a tile
+    second = deker_dask.to_dask(v).name
+    assert second != first
+    v[0:2, 0:2].update(np.float32(2))  # writes into the existing tile
+    assert deker_dask.to_dask(v).name != second
+    assert deker_dask.to_dask(v, name=False).name != deker_dask.to_dask(v, name=False).name
+    assert deker_dask.to_dask(v, name="mine").name == "mine"
+    with pytest.raises(DekerValidationError):
+        deker_dask.to_dask(v, name=3)  # type: ignore[arg-type]
+
+
+def test_array_chunks(storage: Client, cluster: Any) -> None:
+    dims = [DimensionSchema(name="x", size=10), DimensionSchema(name="y", size=12)]
+    coll = storage.create_collection(
+        "a", ArraySchema(dtype=np.float64, dimensions=dims), HDF5Options(chunks=(2, 4))
+    )
+    arr = coll.create()
+    data = np.arange(120, dtype=np.float64).reshape(10, 12)
+    arr[:].update(data)
+    whole = deker_dask.to_dask(arr)
+    assert whole.chunks == ((10,), (12,))
+    np.testing.assert_array_equal(whole.compute(scheduler=cluster), data)
+    three = deker_dask.to_dask(arr, chunks=3)  # rounded to whole HDF5 chunks: (4, 4)
+    assert three.chunks == ((4, 4, 2), (4, 4, 4))
+    np.testing.assert_array_equal(three.compute(scheduler=cluster), data)
+    sub = deker_dask.to_dask(arr[3:9, 5], chunks=(2, 4))
+    assert sub.chunks == ((1, 2, 2, 1),)  # aligned on the file's HDF5 chunks
+    np.testing.assert_array_equal(sub.compute(), data[3:9, 5])
+    with dask.config.set({"array.chunk-size": "200B"}):  # too big for one chunk: auto, HDF5-aligned
+        auto = deker_dask.to_dask(arr)
+    assert len(auto.chunks[0]) > 1 and all(c % 2 == 0 for c in auto.chunks[0][:-1])
+    assert all(c % 4 == 0 for c in auto.chunks[1][:-1])
+    np.testing.assert_array_equal(auto.compute(), data)
+    with pytest.raises(DekerValidationError, match="tiles_per_chunk"):
+        deker_dask.to_dask(arr, tiles_per_chunk=2)
+    v = varray(storage, (4, 4), (2, 2), name="v")
+    with pytest.raises(DekerValidationError, match="tiles_per_chunk"):
+        deker_dask.to_dask(v, chunks=2)
+    with pytest.raises(DekerValidationError):
+        deker_dask.to_dask(v, tiles_per_chunk=(1, 0))
+    with pytest.raises(DekerValidationError):
+        deker_dask.to_dask(np.zeros(3))
+    arr.delete()
+    with pytest.raises(DekerInstanceNotExistsError):
+        deker_dask.to_dask(arr)
+
+
+def labelled_varray(storage: Client) -> Any:
+    schema = VArraySchema(
+        dtype=np.float32,
+        dimensions=[
+            TimeDimensionSchema(name="time", size=6, start_value="$start", step=timedelta(hours=1)),
+            DimensionSchema(name="lat", size=4, scale={"start_value": 10.0, "step": -0.5}),
+            DimensionSchema(name="var", size=3, labels=["t", "p", "q"]),
+        ],
+        attributes=[
+            AttributeSchema(name="start", dtype=datetime, primary=True),
+            AttributeSchema(name="note", dtype=str, primary=False),
+        ],
+        vgrid=(2, 2, 1),
+    )
+    coll = storage.create_collection("lab", schema)
+    v = coll.create({"start": datetime(2024, 5, 1, tzinfo=timezone.utc)}, {"note": "x"})
+    v[:].update(np.arange(72, dtype=np.float32).reshape(6, 4, 3))
+    return v
+
+
+def test_to_xarray_matches_read_xarray(storage: Client, cluster: Any) -> None:
+    v = labelled_varray(storage)
+    for key in [np.s_[:], np.s_[1:5, 1:4, "p"], np.s_[2, :, :], np.s_["2024-05-01T03:00:00", 10.0, :]]:
+        sub = v[key]
+        lazy = deker_dask.to_xarray(sub)
+        assert lazy.chunks is not None  # dask-backed
+        xr.testing.assert_identical(lazy.compute(scheduler=cluster), sub.read_xarray())
+    whole = deker_dask.to_xarray(v)
+    xr.testing.assert_identical(whole.compute(scheduler=cluster), v[:].read_xarray())
+    with pytest.raises(DekerSubsetError):
+        deker_dask.to_xarray(v[0, 0, 0])
+
+
+def test_from_collection_of_arrays(storage: Client, cluster: Any) -> None:
+    schema = ArraySchema(
+        dtype=np.float32,
+        dimensions=[
+            TimeDimensionSchema(name="time", size=4, start_value="$day", step=timedelta(hours=6)),
+            DimensionSchema(name="x", size=5),
+        ],
+        attributes=[AttributeSchema(name="day", dtype=datetime, primary=True)],
+    )
+    coll = storage.create_collection("days", schema)
+    days = [datetime(2024, 1, d, tzinfo=timezone.utc) for d in (3, 1, 2)]
+    for day in days:  # created out of order
+        a = coll.create({"day": day})
+        a[:].update(np.full((4, 5), day.day, dtype=np.float32))
+    stacked = deker_dask.from_collection(coll)
+    assert stacked.shape == (3, 4, 5) and stacked.chunks[0] == (3,)  # small arrays: one batch
+    expected = np.stack([np.full((4, 5), d, dtype=np.float32) for d in (1, 2, 3)])
+    np.testing.assert_array_equal(stacked.compute(scheduler=cluster), expected)
+    assert deker_dask.from_collection(coll, arrays_per_chunk=2).chunks[0] == (2, 1)
+    labelled = deker_dask.to_xarray(coll, arrays_per_chunk=1)
+    assert labelled.dims == ("day", "time", "x")
+    assert list(labelled["day"].values) == [np.datetime64(f"2024-01-0{d}T00:00", "ns") for d in (1, 2, 3)]
+    assert labelled["time_values"].shape == (3, 4)  # each array's time axis starts at its day
+    assert labelled["time_values"].values[2, 1] == np.datetime64("2024-01-03T06:00", "ns")
+    mean = labelled.mean(dim=("time", "x")).compute(scheduler=cluster)
+    np.testing.assert_array_equal(mean.values, [1.0, 2.0, 3.0])
+    assert list(mean["day"].values) == list(labelled["day"].values)
+
+
+def test_from_collection_of_varrays(storage: Client, cluster: Any) -> None:
+    schema = VArraySchema(
+        dtype=np.int16,
+        dimensions=[DimensionSchema(name="y", size=6), DimensionSchema(name="x", size=4)],
+        attributes=[AttributeSchema(name="run", dtype=int, primary=True)],
+        vgrid=(3, 2),
+        fill_value=-1,
+    )
+    coll = storage.create_collection("runs", schema)
+    expected = []
+    for run in (2, 0, 1):
+        v = coll.create({"run": run})
+        oracle = np.full((6, 4), -1, dtype=np.int16)
+        filled(v, oracle, (slice(0, 2 + run * 2), slice(0, 2)), run * 100)
+        expected.append((run, oracle))
+    stacked = deker_dask.from_collection(coll, arrays_per_chunk=2)
+    assert stacked.chunks == ((2, 1), (2, 2, 2), (2, 2))
+    # runs 0 and 1 share chunks: 4 of their 6 tile positions have no tile in either; run 2 has 3
+    funcs = task_functions(stacked)
+    assert funcs.count(fill_chunk) == 4 + 3 and funcs.count(read_chunk) == 2 + 3
+    want = np.stack([o for _, o in sorted(expected, key=lambda t: t[0])])
+    np.testing.assert_array_equal(stacked.compute(scheduler=cluster), want)
+    labelled = deker_dask.to_xarray(coll)
+    assert list(labelled["run"].values) == [0, 1, 2]
+    np.testing.assert_array_equal(labelled.values, want)
+    empty = storage.create_collection("none", schema)
+    assert deker_dask.from_collection(empty).shape == (0, 6, 4)
