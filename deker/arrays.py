@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,10 @@ import numpy as np
 from deker.attributes import primary_key_components, process_custom_update
 from deker.context import StorageContext
 from deker.dimensions import Dimension, TimeDimension, build_dimensions
-from deker.errors import DekerInstanceNotExistsError
+from deker.errors import DekerBaseApplicationError, DekerInstanceNotExistsError
 from deker.indexing import normalize_key
 from deker.meta import CollectionMeta, encode_array_meta, meta_storage_dtype
-from deker.schemas import ArraySchema, VArraySchema
+from deker.schemas import ArraySchema, TimeDimensionSchema, VArraySchema
 from deker.sizes import check_memory
 from deker.storage import hdf5
 from deker.storage.layout import CollectionPaths
@@ -38,7 +38,7 @@ from deker.store import (
     write_varray_meta,
 )
 from deker.subset import Subset, VSubset
-from deker.tasks import FileSpec, clear_piece
+from deker.tasks import FileSpec, clear_piece, storage_errors
 
 __all__ = ["Array", "VArray"]
 
@@ -68,13 +68,43 @@ class _BaseArray:
         id_: str,
         primary_attributes: Mapping[str, Any] | None = None,
         custom_attributes: Mapping[str, Any] | None = None,
+        *,
+        lazy_custom: bool = False,
     ) -> None:
         self._ctx = ctx
         self._meta = meta
         self._id = id_
         self._primary = OrderedDict(primary_attributes or {})
-        self._custom: dict[str, Any] = OrderedDict(custom_attributes or {})
+        # ``lazy_custom``: found by primary key, whose values are the query's: the custom values
+        # are read from the file when first needed (a lookup then opens no file).
+        self._custom_values: dict[str, Any] | None = (
+            None if lazy_custom else OrderedDict(custom_attributes or {})
+        )
         self._dims: tuple[Dimension | TimeDimension, ...] | None = None
+
+    @property
+    def _custom(self) -> dict[str, Any]:
+        if self._custom_values is None:
+            _id, _primary, custom = read_record(
+                self._ctx.root, self._meta, self._kind, self._id, self._ctx.locks
+            )
+            self._custom_values = OrderedDict(custom)
+        return self._custom_values
+
+    @_custom.setter
+    def _custom(self, value: dict[str, Any]) -> None:
+        self._custom_values = value
+
+    def _dimension_values(self) -> dict[str, Any]:
+        """Return the attribute values the time axes start from (custom ones read only if named)."""
+        named = {
+            d.start_value[1:]
+            for d in self.schema.dimensions
+            if isinstance(d, TimeDimensionSchema) and isinstance(d.start_value, str)
+        }
+        if named <= set(self._primary):
+            return dict(self._primary)
+        return {**self._primary, **self._custom}
 
     # ----------------------------------------------------------------- identity
     @property
@@ -116,8 +146,7 @@ class _BaseArray:
     def dimensions(self) -> tuple[Dimension | TimeDimension, ...]:
         """The dimensions, with labels, scales and resolved time axes."""
         if self._dims is None:
-            values = {**self._primary, **self._custom}
-            self._dims = build_dimensions(self.schema, values)
+            self._dims = build_dimensions(self.schema, self._dimension_values())
         return self._dims
 
     @property
@@ -150,11 +179,17 @@ class _BaseArray:
 
     @property
     def _main_dir(self) -> Path:
-        return self._paths.main_dir(self._kind, self._id)
+        found: Path | None = self.__dict__.get("_main_dir_cached")
+        if found is None:  # the id never changes: build the path once (pathlib is slow)
+            found = self.__dict__["_main_dir_cached"] = self._paths.main_dir(self._kind, self._id)
+        return found
 
     @property
     def _main_file(self) -> Path:
-        return self._paths.main_file(self._kind, self._id)
+        found: Path | None = self.__dict__.get("_main_file_cached")
+        if found is None:
+            found = self.__dict__["_main_file_cached"] = self._paths.main_file(self._kind, self._id)
+        return found
 
     @property
     def _components(self) -> tuple[str, ...]:
@@ -200,15 +235,32 @@ class _BaseArray:
         text = f"{self._cls_name}(id={self._id!r}, collection={self.collection!r}"
         if self._primary:
             text += f", primary_attributes={dict(self._primary)}"
-        if self._custom:
-            text += f", custom_attributes={dict(self._custom)}"
+        try:
+            custom = self._custom
+        except DekerBaseApplicationError:  # a lazily read array deleted or damaged meanwhile
+            custom = {}
+        if custom:
+            text += f", custom_attributes={dict(custom)}"
         return text + ")"
 
     def __str__(self) -> str:
         return f"{self._cls_name}({self._id})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self._ctx, self._meta, self._id, dict(self._primary), dict(self._custom)))
+        custom = None if self._custom_values is None else dict(self._custom_values)
+        return (_rebuild, (type(self), self._ctx, self._meta, self._id, dict(self._primary), custom))
+
+
+def _rebuild(
+    cls: type[_BaseArray],
+    ctx: StorageContext,
+    meta: CollectionMeta,
+    id_: str,
+    primary: dict[str, Any],
+    custom: dict[str, Any] | None,
+) -> _BaseArray:
+    """Unpickle a handle (its custom attributes stay unread if they were)."""
+    return cls(ctx, meta, id_, primary, custom, lazy_custom=custom is None)
 
 
 class Array(_BaseArray):
@@ -254,7 +306,7 @@ class Array(_BaseArray):
         custom = self._new_custom(attributes)
         payload = encode_array_meta(self._id, self._primary, custom)
         try:
-            with array_write_lock(self._main_dir, self._id, self._ctx.locks):
+            with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
                 hdf5.write_meta(self._main_file, payload, meta_storage_dtype(payload))
         except FileNotFoundError as exc:
             raise DekerInstanceNotExistsError(f"{self!r} was deleted") from exc
@@ -264,7 +316,7 @@ class Array(_BaseArray):
     def delete(self) -> None:
         """Delete the array: its file, its symlink, and the directories they leave empty."""
         self._ctx.check_open()
-        with array_write_lock(self._main_dir, self._id, self._ctx.locks):
+        with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
             delete_record(self._ctx.root, self._meta, "array", self._id, self._components)
 
 
@@ -310,8 +362,8 @@ class VArray(_BaseArray):
             raise DekerInstanceNotExistsError(f"{self!r} was deleted")
         return {**self._primary, **self._custom}
 
-    def _tile_ids(self) -> dict[tuple[int, ...], str]:
-        return tile_ids(self._ctx.root, self._meta, self._id)
+    def _tile_ids(self, positions: Iterable[tuple[int, ...]] | None = None) -> dict[tuple[int, ...], str]:
+        return tile_ids(self._ctx.root, self._meta, self._id, positions)
 
     def _create_tile(self, position: tuple[int, ...], values: Mapping[str, Any]) -> str:
         return create_tile(self._ctx.root, self._meta, self._id, position, values, self._ctx.locks)
@@ -342,7 +394,7 @@ class VArray(_BaseArray):
         self._check_exists()
         custom = self._new_custom(attributes)
         payload = encode_array_meta(self._id, self._primary, custom)
-        with array_write_lock(self._main_dir, self._id, self._ctx.locks):
+        with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
             write_varray_meta(self._ctx.root, self._meta, self._id, payload)
         self._custom = custom
         self._dims = None
@@ -353,8 +405,10 @@ class VArray(_BaseArray):
         tiles = sorted(self._tile_ids().items())
         token = new_token()
         if tiles:
-            with VArrayWriteLock(self._ctx.locks, token) as lock:
-                lock.acquire([(self._tile_spec(tid).main_dir, tid) for _, tid in tiles])
+            with storage_errors(self._main_file), VArrayWriteLock(self._ctx.locks, token) as lock:
+                missing = lock.acquire([(self._tile_spec(tid).main_dir, tid) for _, tid in tiles])
+                gone = {tid for _, tid in missing}  # deleted by a concurrent clear meanwhile
+                tiles = [(pos, tid) for pos, tid in tiles if tid not in gone]
                 full = tuple(slice(0, s) for s in self.arrays_shape)
                 calls = [(self._tile_spec(tid, pos), full, True, token) for pos, tid in tiles]
                 results = self._ctx.runner.run_all(
@@ -364,5 +418,5 @@ class VArray(_BaseArray):
                 if isinstance(res, BaseException):
                     raise res
                 self._forget_tile(tid, pos)
-        with array_write_lock(self._main_dir, self._id, self._ctx.locks):
+        with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
             delete_record(self._ctx.root, self._meta, "varray", self._id, self._components)

@@ -110,7 +110,13 @@ class _Manager:
             return self._get(str(query["id"]))
         components = primary_key_components(self._schema, query)
         array_id = find_by_primary(coll._ctx.root, coll._meta, self._kind, components)
-        return None if array_id is None else self._get(array_id)
+        if array_id is None:
+            return None
+        if self._kind == "array":
+            # The key's values are the primary attributes (in schema order, typed); the custom
+            # ones are read from the file when first used, so a lookup opens no HDF5 file.
+            return self._cls(coll._ctx, coll._meta, array_id, query, None, lazy_custom=True)
+        return self._get(array_id)
 
     def __iter__(self) -> Iterator[Any]:
         coll = self._collection
@@ -173,14 +179,12 @@ class Collection:
         self._ctx = ctx
         self._meta = meta
         self._default = DataManager(self)
-
-    @property
-    def _paths(self) -> CollectionPaths:
-        return CollectionPaths(self._ctx.root, self._meta.name)
+        self._paths = CollectionPaths(ctx.root, meta.name)
+        self._dir = str(self._paths.path)
 
     def _check(self) -> None:
         self._ctx.check_open()
-        if not self._paths.path.is_dir():
+        if not os.path.isdir(self._dir):
             raise DekerInstanceNotExistsError(f"Collection {self.name!r} does not exist (it was deleted)")
 
     @property

@@ -107,6 +107,11 @@ def effective_memory_limit(limit: int) -> int:
     return total if limit <= 0 or limit >= total else int(limit)
 
 
+# Results up to this size skip the free-memory probe (psutil reads /proc: ~0.3 ms per call);
+# the memory_limit still applies to them.
+_UNCHECKED_BYTES = 4 * 1024 * 1024
+
+
 def _available_memory() -> int:
     return int(psutil.virtual_memory().available) + int(psutil.swap_memory().free)
 
@@ -127,12 +132,14 @@ def check_memory(shape: Sequence[int], dtype: Any, limit: int) -> None:
     ------
     DekerMemoryError
         If ``itemsize * prod(shape)`` exceeds ``min(limit, available RAM + free swap)``, the free
-        memory being measured now.
+        memory being measured now (results of at most 4 MiB are checked against ``limit`` only).
 
     """
     np_dtype = np.dtype(dtype)
     dims = tuple(int(s) for s in shape)
     needed = np_dtype.itemsize * math.prod(dims)
+    if needed <= _UNCHECKED_BYTES and (limit <= 0 or needed <= limit):
+        return  # asking the kernel costs more than the read of a small subset itself
     available = _available_memory()
     allowed = available if limit <= 0 else min(int(limit), available)
     if needed <= allowed:

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,17 +36,18 @@ from deker.meta import (
     meta_storage_dtype,
 )
 from deker.schemas import ArraySchema, TimeDimensionSchema, VArraySchema, tile_schema
-from deker.storage import hdf5
+from deker.storage import atomic, hdf5
 from deker.storage.layout import (
     ARRAY_EXT,
     VARRAY_EXT,
     CollectionPaths,
+    id_dir_parts,
     ids_in_dir,
     make_symlink,
     remove_file_and_empty_parents,
 )
 from deker.storage.locks import array_read_lock, creation_lock
-from deker.tasks import FileSpec
+from deker.tasks import FileSpec, storage_errors
 
 __all__ = [
     "ArrayRecord",
@@ -103,22 +104,24 @@ def _key_lock_name(kind: Kind, components: tuple[str, ...]) -> str:
 
 
 def _write_json_atomically(path: Path, text: bytes, *, exclusive: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    # temp file in the same directory, fsync, rename (link when exclusive), fsync the directory
+    atomic.write_bytes(path, text, exclusive=exclusive)
+
+
+def _unlink(path: Path) -> None:
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if exclusive:
-            os.link(tmp, path)
-        else:
-            os.replace(tmp, path)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _make_link(main_file: Path, link: Path) -> bool:
+    """Make the symlink of a new object; ``False`` if a link of that id is already there."""
+    try:
+        make_symlink(main_file, link)
+    except FileExistsError:  # left by an interrupted creation of this id, or a racing one
+        return False
+    return True
 
 
 def _create_record(
@@ -135,21 +138,31 @@ def _create_record(
     link = paths.symlink_file(kind, components, array_id)
 
     def create() -> None:
+        # Symlink first, main file second: an interrupted creation leaves only a symlink naming
+        # a missing file, which every lookup treats as absent (crash safety, RELIABILITY.md).
         if main_file.exists():
             raise DekerArrayError(f"File {main_file} already exists: an object with id {array_id} is stored")
+        made = _make_link(main_file, link)
         try:
             write(main_file)
         except FileExistsError as exc:
+            if made and has_primary:  # the key's link is ours alone (creation lock)
+                _unlink(link)
             raise DekerArrayError(f"File {main_file} already exists") from exc
-        make_symlink(main_file, link)
+        except BaseException:
+            if made and not main_file.exists():
+                _unlink(link)
+            raise
 
     if not has_primary:
-        create()
+        with storage_errors(main_file):
+            create()
         return
-    with creation_lock(paths.path, _key_lock_name(kind, components), locks):
-        existing = ids_in_dir(
-            paths.symlink_dir(kind, components), ARRAY_EXT if kind == "array" else VARRAY_EXT
-        )
+    with storage_errors(main_file), creation_lock(paths.path, _key_lock_name(kind, components), locks):
+        linked = ids_in_dir(paths.symlink_dir(kind, components), ARRAY_EXT if kind == "array" else VARRAY_EXT)
+        existing = [i for i in linked if paths.main_file(kind, i).exists()]
+        for stale in set(linked) - set(existing):  # an interrupted creation or deletion
+            _unlink(paths.symlink_file(kind, components, stale))
         if existing:
             raise DekerValidationError(
                 f"File {paths.symlink_dir(kind, components)} already exists: an object with these primary "
@@ -259,13 +272,8 @@ def find_by_primary(root: Path, meta: CollectionMeta, kind: Kind, components: tu
     for array_id in ids:
         if paths.main_file(kind, array_id).exists():
             return array_id
-    if ids:
-        from deker.errors import DekerBrokenSymlinkError
-
-        raise DekerBrokenSymlinkError(
-            f"Symlink {paths.symlink_file(kind, components, ids[0])} names id {ids[0]}, whose data file "
-            f"{paths.main_file(kind, ids[0])} does not exist; run check_integrity"
-        )
+    # A symlink naming a missing file is what an interrupted (or running) creation or deletion
+    # leaves: the object does not exist (the next creation of this key removes the link).
     return None
 
 
@@ -274,12 +282,11 @@ def delete_record(
 ) -> None:
     """Remove the main file of an object, its symlink and the empty directories they leave."""
     paths = CollectionPaths(root, meta.name)
-    remove_file_and_empty_parents(paths.symlink_file(kind, components, array_id), paths.symlinks_dir(kind))
     main = paths.main_file(kind, array_id)
-    try:
-        os.unlink(main)
-    except FileNotFoundError:
-        pass
+    # Main file first: an interrupted deletion leaves a symlink naming a missing file (absent).
+    _unlink(main)
+    atomic.discard_leftovers(main)
+    remove_file_and_empty_parents(paths.symlink_file(kind, components, array_id), paths.symlinks_dir(kind))
     for leftover in (main.parent / f"{array_id}.lock",):
         try:
             os.unlink(leftover)
@@ -288,25 +295,43 @@ def delete_record(
     remove_file_and_empty_parents(main.parent / ".none", paths.data_dir(kind))
 
 
-def tile_ids(root: Path, meta: CollectionMeta, vid: str) -> dict[tuple[int, ...], str]:
-    """Map the grid position of every existing tile of a VArray to the tile id."""
+def tile_ids(
+    root: Path, meta: CollectionMeta, vid: str, positions: Iterable[tuple[int, ...]] | None = None
+) -> dict[tuple[int, ...], str]:
+    """Map the grid position of every existing tile of a VArray to the tile id.
+
+    With ``positions``, only those tiles are looked for (a small read touching a few tiles of a
+    big grid does not list the whole grid).
+    """
     paths = CollectionPaths(root, meta.name)
     base = paths.symlink_dir("array", (vid,))
     found: dict[tuple[int, ...], str] = {}
-    try:
-        entries = list(os.scandir(base))
-    except FileNotFoundError:
-        return found
-    for entry in entries:
+    if positions is not None:
+        wanted = [(tuple(p), os.path.join(base, "-".join(map(str, p)))) for p in positions]
+    else:
         try:
-            position = tuple(int(x) for x in entry.name.split("-"))
-        except ValueError:
-            continue
-        for tid in ids_in_dir(Path(entry.path), ARRAY_EXT):
-            if paths.main_file("array", tid).exists():
+            with os.scandir(base) as it:
+                listed = [(entry.name, entry.path) for entry in it]
+        except FileNotFoundError:
+            return found
+        wanted = []
+        for name, entry_path in listed:
+            try:
+                wanted.append((tuple(int(x) for x in name.split("-")), entry_path))
+            except ValueError:
+                continue
+    for position, folder in wanted:
+        for tid in ids_in_dir(Path(folder), ARRAY_EXT):
+            if os.path.exists(_main_file_str(paths, tid)):
                 found[position] = tid
                 break
     return found
+
+
+def _main_file_str(paths: CollectionPaths, object_id: str, kind: Kind = "array") -> str:
+    """Return the main file of an id as a string (pathlib's joins cost more than the lookups)."""
+    ext = ARRAY_EXT if kind == "array" else VARRAY_EXT
+    return os.path.join(paths.data_dir(kind), *id_dir_parts(object_id), f"{object_id}{ext}")
 
 
 def tile_custom_attributes(
@@ -347,6 +372,7 @@ def create_tile(
         for tid in ids_in_dir(paths.symlink_dir("array", components), ARRAY_EXT):
             if paths.main_file("array", tid).exists():
                 return tid
+            _unlink(paths.symlink_file("array", components, tid))  # an interrupted creation or deletion
         tid = str(uuid.uuid4())
         primary = {"vid": vid, "v_position": tuple(position)}
         custom = tile_custom_attributes(vschema, varray_values, position)
@@ -354,8 +380,13 @@ def create_tile(
         payload = encode_array_meta(tid, primary, custom)
         total = int(np.prod(schema.shape, dtype=np.int64))
         main = paths.main_file("array", tid)
-        hdf5.create_array_file(main, payload, meta_storage_dtype(payload), total)
-        make_symlink(main, paths.symlink_file("array", components, tid))
+        link = paths.symlink_file("array", components, tid)
+        make_symlink(main, link)  # first: an interrupted creation leaves a link to nothing (absent)
+        try:
+            hdf5.create_array_file(main, payload, meta_storage_dtype(payload), total)
+        except BaseException:
+            _unlink(link)
+            raise
         return tid
 
 

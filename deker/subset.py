@@ -22,6 +22,7 @@ from deker.errors import (
     DekerArrayError,
     DekerArrayTypeError,
     DekerInstanceNotExistsError,
+    DekerLockError,
     DekerSubsetError,
     DekerVSubsetError,
 )
@@ -29,7 +30,7 @@ from deker.indexing import Selection, bounds_to_str
 from deker.sizes import check_memory
 from deker.storage import hdf5
 from deker.storage.locks import VArrayWriteLock, array_read_lock, array_write_lock, new_token
-from deker.tasks import clear_piece, read_piece, read_piece_into, write_piece
+from deker.tasks import clear_piece, read_piece, read_piece_into, storage_errors, write_piece
 from deker.tiling import TilePiece, tile_pieces
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 __all__ = ["Subset", "VSubset", "prepare_update_data"]
 
 logger = logging.getLogger(__name__)
+
+# Attempts to lock the tiles of an update or clear while concurrent clears delete them.
+_LOCK_ROUNDS = 100
 
 
 def _is_scalar(data: Any) -> bool:
@@ -247,7 +251,7 @@ class Subset(_SubsetBase):
         main_dir, main_file = self._main()
         dtype = self._np_dtype()
         try:
-            with array_read_lock(main_dir, self._array.id, self._array._ctx.locks):
+            with storage_errors(main_file), array_read_lock(main_dir, self._array.id, self._array._ctx.locks):
                 data = hdf5.read_region(main_file, self.bounds, dtype, self.fill_value)
         except FileNotFoundError as exc:
             raise DekerInstanceNotExistsError(f"{self._array!r} was deleted") from exc
@@ -264,7 +268,10 @@ class Subset(_SubsetBase):
         prepared = prepare_update_data(data, self._np_dtype(), self.shape)
         main_dir, main_file = self._main()
         try:
-            with array_write_lock(main_dir, self._array.id, self._array._ctx.locks):
+            with (
+                storage_errors(main_file),
+                array_write_lock(main_dir, self._array.id, self._array._ctx.locks),
+            ):
                 hdf5.write_region(
                     main_file,
                     self.bounds,
@@ -280,7 +287,10 @@ class Subset(_SubsetBase):
         """Reset the region to the fill value."""
         main_dir, main_file = self._main()
         try:
-            with array_write_lock(main_dir, self._array.id, self._array._ctx.locks):
+            with (
+                storage_errors(main_file),
+                array_write_lock(main_dir, self._array.id, self._array._ctx.locks),
+            ):
                 hdf5.clear_region(main_file, self.bounds, self._array.shape, self.fill_value)
         except FileNotFoundError as exc:
             raise DekerInstanceNotExistsError(f"{self._array!r} was deleted") from exc
@@ -306,6 +316,41 @@ class VSubset(_SubsetBase):
     def _pieces(self) -> list[TilePiece]:
         return tile_pieces(self.bounds, self._array.arrays_shape)
 
+    def _lock_tiles(
+        self, lock: VArrayWriteLock, pieces: list[TilePiece], values: dict[str, Any] | None
+    ) -> dict[tuple[int, ...], str]:
+        """Lock the existing tiles of ``pieces`` (creating missing ones when ``values`` is given).
+
+        A tile deleted by a concurrent clear between the listing and its lock is not locked:
+        then everything is released and the tiles are listed (and created) again, so that the
+        locks are always taken in grid order (no deadlock) and every task finds its tile held.
+        """
+        varray = self._array
+        for _ in range(_LOCK_ROUNDS):
+            tiles = varray._tile_ids(p.position for p in pieces)
+            if values is not None:
+                missing = [p.position for p in pieces if p.position not in tiles]
+                runner = varray._ctx.runner
+                if len(missing) > 1 and runner.in_process:  # each creation waits on its own files
+                    made: list[Any] = runner.run_all(varray._create_tile, [(pos, values) for pos in missing])
+                else:
+                    made = [varray._create_tile(pos, values) for pos in missing]
+                for position, tid in zip(missing, made, strict=True):
+                    if isinstance(tid, BaseException):
+                        raise tid
+                    tiles[position] = tid
+            wanted = [
+                (varray._tile_spec(tiles[p.position]).main_dir, tiles[p.position])
+                for p in pieces
+                if p.position in tiles
+            ]
+            if not lock.acquire(wanted):
+                return tiles
+            lock.release()
+        raise DekerLockError(
+            f"{self}: concurrent clears deleted its tiles {_LOCK_ROUNDS} times while it tried to lock them"
+        )
+
     def read(self) -> Any:
         """Read the region; absent tiles read as fill without being created.
 
@@ -317,9 +362,10 @@ class VSubset(_SubsetBase):
         varray._check_exists()
         dtype = self._np_dtype()
         out = np.empty(self.shape, dtype=dtype)
-        tiles = varray._tile_ids()
+        pieces = self._pieces()
+        tiles = varray._tile_ids(p.position for p in pieces)
         todo: list[tuple[TilePiece, str]] = []
-        for piece in self._pieces():
+        for piece in pieces:
             tid = tiles.get(piece.position)
             if tid is None:
                 out[piece.out] = self.fill_value
@@ -363,18 +409,15 @@ class VSubset(_SubsetBase):
         ctx.check_open()
         values = varray._check_exists()
         pieces = self._pieces()
-        tiles = varray._tile_ids()
-        for piece in pieces:
-            if piece.position not in tiles:
-                tiles[piece.position] = varray._create_tile(piece.position, values)
         token = new_token()
-        with VArrayWriteLock(ctx.locks, token) as lock:
-            lock.acquire([(varray._tile_spec(tiles[p.position]).main_dir, tiles[p.position]) for p in pieces])
+        with storage_errors(varray._main_file), VArrayWriteLock(ctx.locks, token) as lock:
+            tiles = self._lock_tiles(lock, pieces, values)
             calls = []
+            in_process = ctx.runner.in_process
             for p in pieces:
                 chunk = prepared if isinstance(prepared, np.generic) else prepared[p.out]
-                if isinstance(chunk, np.ndarray) and not chunk.flags.c_contiguous:
-                    chunk = np.ascontiguousarray(chunk)
+                if isinstance(chunk, np.ndarray) and not chunk.flags.c_contiguous and not in_process:
+                    chunk = np.ascontiguousarray(chunk)  # (threads copy their own piece, in parallel)
                 calls.append((varray._tile_spec(tiles[p.position]), p.local, chunk, token))
             results = ctx.runner.run_all(write_piece, calls, batch_size=varray._batch_size(len(calls)))
         failures = [
@@ -390,13 +433,13 @@ class VSubset(_SubsetBase):
         ctx = varray._ctx
         ctx.check_open()
         varray._check_exists()
-        tiles = varray._tile_ids()
-        pieces = [p for p in self._pieces() if p.position in tiles]
-        if not pieces:
+        every = self._pieces()
+        if not varray._tile_ids(p.position for p in every):
             return
         token = new_token()
-        with VArrayWriteLock(ctx.locks, token) as lock:
-            lock.acquire([(varray._tile_spec(tiles[p.position]).main_dir, tiles[p.position]) for p in pieces])
+        with storage_errors(varray._main_file), VArrayWriteLock(ctx.locks, token) as lock:
+            tiles = self._lock_tiles(lock, every, None)
+            pieces = [p for p in every if p.position in tiles]
             calls = [
                 (varray._tile_spec(tiles[p.position], p.position), p.local, p.full, token) for p in pieces
             ]

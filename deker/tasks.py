@@ -15,8 +15,10 @@ several pairs separated by ``;``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,13 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from deker.errors import DekerInstanceNotExistsError
-from deker.storage import hdf5
+from deker.errors import DekerBaseApplicationError, DekerInstanceNotExistsError, DekerStorageError
+from deker.storage import atomic, hdf5
 from deker.storage.layout import ARRAY_EXT, CollectionPaths, remove_file_and_empty_parents
 from deker.storage.locks import LockSettings, array_read_lock, tile_read_guard, tile_write_guard
 
 __all__ = [
     "FileSpec",
+    "storage_errors",
     "clear_piece",
     "read_piece",
     "read_piece_into",
@@ -41,6 +44,37 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Bounds = tuple[int | slice, ...]
+
+
+@contextlib.contextmanager
+def storage_errors(path: Path | str) -> Iterator[None]:
+    """Turn an operating-system error met while working on ``path`` into a deker error.
+
+    :class:`DekerStorageError` names the file (a directory or FIFO where a file should be,
+    a file that may not be written or removed, a full disk...).  ``FileNotFoundError`` (the
+    callers turn it into "deleted") and deker's own errors pass unchanged.
+
+    Parameters
+    ----------
+    path : Path or str
+        The file (or directory) the work is about.
+
+    Yields
+    ------
+    None
+        While the work runs.
+
+    Raises
+    ------
+    DekerStorageError
+        For any other ``OSError``.
+    """
+    try:
+        yield
+    except (DekerBaseApplicationError, FileNotFoundError):
+        raise
+    except OSError as exc:
+        raise DekerStorageError(f"Cannot work on {path}: {exc}") from exc
 
 
 @lru_cache(maxsize=64)
@@ -154,7 +188,7 @@ def read_piece(spec: FileSpec, bounds: Bounds, token: str | None = None) -> np.n
         else array_read_lock(spec.main_dir, spec.array_id, spec.locks)
     )
     try:
-        with guard:
+        with storage_errors(spec.main_file), guard:
             return hdf5.read_region(spec.main_file, bounds, np.dtype(spec.dtype), spec.fill_value)
     except FileNotFoundError:
         return _fill_piece(spec, bounds)
@@ -185,8 +219,8 @@ def read_piece_into(
     )
     target = out[out_index]
     try:
-        with guard:
-            if isinstance(target, np.ndarray) and target.flags.c_contiguous and target.base is not None:
+        with storage_errors(spec.main_file), guard:
+            if isinstance(target, np.ndarray) and target.base is not None:  # a view of ``out``
                 hdf5.read_region(spec.main_file, bounds, np.dtype(spec.dtype), spec.fill_value, out=target)
                 return
             out[out_index] = hdf5.read_region(spec.main_file, bounds, np.dtype(spec.dtype), spec.fill_value)
@@ -210,7 +244,7 @@ def write_piece(spec: FileSpec, bounds: Bounds, data: Any, token: str) -> None:
     token : str
         Owner token of the lock the coordinator holds on this file.
     """
-    with tile_write_guard(spec.main_dir, spec.array_id, token):
+    with storage_errors(spec.main_file), tile_write_guard(spec.main_dir, spec.array_id, token):
         try:
             hdf5.write_region(spec.main_file, bounds, data, spec.shape, spec.fill_value, spec.dataset_kwargs)
         except FileNotFoundError as exc:
@@ -238,7 +272,7 @@ def clear_piece(spec: FileSpec, bounds: Bounds, full: bool, token: str) -> bool:
     bool
         Whether the file was deleted.
     """
-    with tile_write_guard(spec.main_dir, spec.array_id, token):
+    with storage_errors(spec.main_file), tile_write_guard(spec.main_dir, spec.array_id, token):
         if full:
             delete_files(spec)
             return True
@@ -258,10 +292,12 @@ def delete_files(spec: FileSpec) -> None:
         The file.
     """
     paths = spec.paths
+    main = spec.main_file
     try:
-        os.unlink(spec.main_file)
+        os.unlink(main)  # first: an interrupted deletion leaves a symlink naming nothing (absent)
     except FileNotFoundError:
         pass
+    atomic.discard_leftovers(main)
     link = paths.symlink_file("array", spec.symlink, spec.array_id)
     remove_file_and_empty_parents(link, paths.symlinks_dir("array"))
 

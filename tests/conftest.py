@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -19,6 +21,19 @@ settings.register_profile(
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Options of tests/stress/: ``--soak`` runs the torture and crash tests for long."""
+    parser.addoption(
+        "--soak", action="store_true", default=False, help="run tests/stress/ in soak (long) mode"
+    )
+    parser.addoption(
+        "--soak-seconds",
+        type=float,
+        default=300.0,
+        help="with --soak: seconds for each stress test (default 300)",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +54,30 @@ def legacy_storage(tmp_path_factory: pytest.TempPathFactory, fixtures_dir: Path)
     with tarfile.open(fixtures_dir / "deker-1.1.7-storage.tar.gz") as tar:
         tar.extractall(dest, filter="tar") if hasattr(tarfile, "data_filter") else tar.extractall(dest)
     return dest / "storage"
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The one ``distributed.LocalCluster`` of the session: 2 worker processes, 1 thread each.
+
+    Shared by every test that needs a Dask cluster (starting one costs seconds).  Tests must
+    leave it as they found it: two live workers.
+    """
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        local_directory=str(tmp_path_factory.mktemp("dask-workers")),
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def dask_cluster_client(dask_cluster: Any) -> Iterator[Any]:
+    """A ``distributed.Client`` of :func:`dask_cluster` (not the default scheduler: pass it explicitly)."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.Client(dask_cluster, set_as_default=False) as client:
+        client.wait_for_workers(2, timeout=60)
+        yield client

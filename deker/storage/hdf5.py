@@ -13,15 +13,26 @@ whole dataset is checked (in bounded slabs) and the true count is stored instead
 Every file is opened with ``locking=False``: concurrency is the lockfile protocol's business
 (:mod:`deker.storage.locks`).  Importing this module imports :mod:`hdf5plugin` so compressed
 datasets (Zstd, ...) can be read and written; it changes no environment variable.
+
+Crash safety (:mod:`deker.storage.atomic`): a file is never left half-written.  A creation, and
+a write or clear covering every cell of a file that holds data, build a complete new file
+under a temporary name and rename it into place (the old data is neither read nor copied).
+Every other change (partial writes and clears, the first write into a file without data,
+metadata updates) is made in place under an undo journal, which saves the bytes it overwrites
+first, so only the touched bytes are rewritten.  Writers (who hold the array's exclusive
+lock) first deal with what an interrupted write left (roll back a journal, delete temporary
+files); readers read the old version through a stale journal until then.  A file lacking its
+``meta`` or ``empty_cells`` dataset is refused for writing (HDF5 opens an empty file in mode
+``"r+"`` as a new one).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +40,9 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the compression filters with HDF5)
 import numpy as np
 
-from deker.errors import DekerStorageError
+from deker.errors import DekerBaseApplicationError, DekerStorageError
+from deker.storage import atomic, rawio, templates
+from deker.storage.layout import ensure_dir
 
 __all__ = [
     "clear_region",
@@ -56,22 +69,127 @@ _EXPAND_SCALAR_CELLS = 1 << 22
 _SCAN_CELLS = 1 << 22
 
 
+def _missing(path: Path, exc: BaseException | None = None) -> FileNotFoundError:
+    err = FileNotFoundError(2, "No such array file", str(path))
+    if exc is not None:
+        err.__cause__ = exc
+    return err
+
+
 @contextmanager
-def _open(path: Path, mode: str) -> Iterator[h5py.File]:
-    """Open ``path`` with HDF5 file locking off; map damage to :class:`DekerStorageError`."""
+def _handle(source: Path | io.RawIOBase, path: Path, mode: str) -> Iterator[h5py.File]:
+    """Open ``source`` (the file or a file object over it) with h5py; map damage to errors."""
     try:
-        handle = h5py.File(path, mode, locking=False)
+        handle = h5py.File(source, mode, locking=False)
     except FileNotFoundError:
         raise
     except OSError as exc:
         if not os.path.exists(path):
-            raise FileNotFoundError(2, "No such array file", str(path)) from exc
+            raise _missing(path, exc) from exc
         raise DekerStorageError(f"Cannot open array file {path}: {exc}") from exc
+    if mode == "r+" and (META not in handle or EMPTY_CELLS not in handle):
+        handle.close()  # e.g. an empty file, which HDF5 opens as a new one in mode "r+"
+        raise DekerStorageError(
+            f"Array file {path} is damaged: it lacks its '{META}' or '{EMPTY_CELLS}' dataset"
+        )
     try:
         with handle:
             yield handle
     except (KeyError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
         raise DekerStorageError(f"Array file {path} is damaged or incomplete: {exc}") from exc
+
+
+@contextmanager
+def _open(path: Path, mode: str) -> Iterator[h5py.File]:
+    """Open ``path`` for reading (mode ``"r"``), as it was before any interrupted write."""
+    assert mode == "r"
+    try:
+        view = atomic.old_version(path)
+    except PermissionError as exc:
+        raise DekerStorageError(f"Cannot open array file {path}: {exc}") from exc
+    if view is None:
+        with _handle(path, path, "r") as handle:
+            yield handle
+        return
+    with view, _handle(view, path, "r") as handle:
+        yield handle
+
+
+@contextmanager
+def _write_errors(path: Path) -> Iterator[None]:
+    """Map OS errors of a write (a read-only or immutable file, a full disk...) to deker errors."""
+    try:
+        yield
+    except (DekerBaseApplicationError, FileNotFoundError):
+        raise
+    except OSError as exc:
+        raise DekerStorageError(f"Cannot write array file {path}: {exc}") from exc
+
+
+@contextmanager
+def _modify(path: Path) -> Iterator[h5py.File]:
+    """Open ``path`` for an all-or-nothing change in place (the caller holds its write lock).
+
+    Through an undo journal (:mod:`deker.storage.journal`): the bytes it overwrites are saved
+    first, and a change that does not finish is rolled back.  A change that writes nothing
+    costs nothing more than opening the file.
+    """
+    with _write_errors(path):
+        try:
+            atomic.clean_leftovers(path)
+        except FileNotFoundError as exc:
+            raise _missing(path, exc) from exc
+        with atomic.journaled(path) as journal, _handle(journal, path, "r+") as handle:
+            yield handle
+
+
+def _create_data(
+    handle: h5py.File,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    fill_value: Any,
+    kwargs: Mapping[str, Any],
+) -> h5py.Dataset:
+    return handle.create_dataset(
+        DATA, shape=shape, dtype=dtype, fillvalue=np.asarray(fill_value, dtype=dtype)[()], **dict(kwargs)
+    )
+
+
+def _write_whole(
+    path: Path,
+    values: np.ndarray | None,
+    empty_cells: int,
+    shape: tuple[int, ...],
+    fill_value: Any,
+    dataset_kwargs: Mapping[str, Any],
+) -> None:
+    """Give every cell of ``path`` new content (the caller holds its write lock).
+
+    ``values`` is the whole array of ``shape`` (or a scalar to broadcast), ``None`` when every
+    cell is fill (no ``data`` dataset).  A file without data gets it appended in place (under
+    the journal, which then saves only a little metadata); a file with data is written anew
+    with its old metadata and renamed over the old one, whose data is neither read nor saved.
+    """
+    stored_meta: np.ndarray | None = None
+    with _modify(path) as handle:
+        if DATA in handle:
+            meta = handle[META]
+            stored_meta = np.array(meta[()], dtype=meta.dtype)  # then write a new file, below
+        elif values is not None:
+            handle[EMPTY_CELLS][()] = np.int64(empty_cells)
+            _create_data(handle, shape, values.dtype, fill_value, dataset_kwargs)[...] = _expand(
+                values, shape
+            )
+    if stored_meta is None:
+        return
+    with _write_errors(path), atomic.replacing(path) as tmp, _handle(tmp, path, "w") as handle:
+        handle.create_dataset(META, data=stored_meta)
+        handle.create_dataset(EMPTY_CELLS, data=np.int64(empty_cells))
+        if values is not None:
+            dataset = _create_data(handle, shape, values.dtype, fill_value, dataset_kwargs)
+            dataset[...] = _expand(values, shape)
 
 
 def _selection_shape(bounds: Bounds) -> tuple[int, ...]:
@@ -108,17 +226,32 @@ def count_fill(values: np.ndarray | np.generic, fill_value: Any) -> int:
         fill = complex(fill_value)
         mask = _nan_equal(arr.real, fill.real) & _nan_equal(arr.imag, fill.imag)
     elif arr.dtype.kind == "f":
-        mask = _nan_equal(arr, float(fill_value))
+        fill = float(fill_value)
+        if math.isnan(fill) and arr.size and not np.isnan(np.min(arr)):
+            return 0  # NaN propagates through min: none here (one pass, no mask allocated)
+        mask = _nan_equal(arr, fill)
     else:
         mask = np.asarray(arr == fill_value)
     return int(np.count_nonzero(mask))
 
 
-def create_array_file(path: Path, meta: bytes, meta_dtype: str, total_cells: int) -> None:
-    """Create an array file holding ``meta`` and ``empty_cells`` only (no ``data``).
+def create_array_file(
+    path: Path,
+    meta: bytes,
+    meta_dtype: str,
+    total_cells: int,
+    *,
+    data: np.ndarray | np.generic | None = None,
+    shape: tuple[int, ...] | None = None,
+    fill_value: Any = None,
+    dataset_kwargs: Mapping[str, Any] | None = None,
+) -> None:
+    """Create an array file holding ``meta`` and ``empty_cells`` (and ``data`` if given).
 
-    The file is written under a temporary name in the same directory and linked into place
-    atomically: readers never see a half-written file, and creation fails if ``path`` exists.
+    The file is written under a temporary name in the same directory, flushed, and linked into
+    place atomically: readers never see a half-written file, and creation fails if ``path``
+    exists.  With ``data`` the new file already holds the whole array: a first write that
+    covers every cell costs one file instead of a creation and a rewrite.
 
     Parameters
     ----------
@@ -130,6 +263,15 @@ def create_array_file(path: Path, meta: bytes, meta_dtype: str, total_cells: int
         Its HDF5 type, ``"S<n>"`` (SPEC §2.4).
     total_cells : int
         The number of cells of the array (initial ``empty_cells``).
+    data : numpy.ndarray or numpy scalar, optional
+        Every cell's value (an array of ``shape``, or a scalar to broadcast), already of the
+        array's dtype.
+    shape : tuple of int, optional
+        The shape of the array (required with ``data``).
+    fill_value : Any, optional
+        The fill value (required with ``data``).
+    dataset_kwargs : Mapping, optional
+        h5py creation options of ``data``.
 
     Raises
     ------
@@ -137,27 +279,34 @@ def create_array_file(path: Path, meta: bytes, meta_dtype: str, total_cells: int
         If ``path`` already exists.
 
     """
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    values: np.ndarray | None = None
+    empty = total_cells
+    if data is not None:
+        if shape is None:
+            raise ValueError("create_array_file: 'shape' is required with 'data'")
+        arr = np.asarray(data)
+        fill = count_fill(arr, fill_value) * (total_cells if arr.ndim == 0 else 1)
+        if fill < total_cells:
+            values, empty = (arr if arr.ndim == 0 else arr.reshape(shape)), fill
+    image = templates.empty_array_image(meta, meta_dtype, empty) if values is None else None
     for attempt in range(5):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(path.parent)
         try:
-            with h5py.File(tmp, "w", locking=False) as handle:
+            atomic.discard_leftovers(path)  # of an earlier file of that name: never to apply
+            if image is not None:  # the bytes h5py would write, from a per-process template
+                with atomic.replacing(path, exclusive=True) as tmp:
+                    tmp.write_bytes(image)
+                return
+            with atomic.replacing(path, exclusive=True) as tmp, h5py.File(tmp, "w", locking=False) as handle:
                 handle.create_dataset(META, data=np.array(meta, dtype=meta_dtype))
-                handle.create_dataset(EMPTY_CELLS, data=np.int64(total_cells))
-            break
+                handle.create_dataset(EMPTY_CELLS, data=np.int64(empty))
+                if values is not None and shape is not None:
+                    dataset = _create_data(handle, shape, values.dtype, fill_value, dataset_kwargs or {})
+                    dataset[...] = _expand(values, shape)
+            return
         except FileNotFoundError:  # a concurrent cleanup removed the empty parent: retry
-            if attempt == 4:
+            if attempt == 4 or os.path.exists(path.parent):
                 raise
-        except OSError:
-            if attempt == 4 or path.parent.exists():
-                with suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-    try:
-        os.link(tmp, path)
-    finally:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def read_meta(path: Path) -> bytes:
@@ -181,7 +330,8 @@ def read_meta(path: Path) -> bytes:
 def write_meta(path: Path, meta: bytes, meta_dtype: str) -> None:
     """Replace the ``meta`` of an array file.
 
-    The dataset is rewritten in place when its type is unchanged, else re-created.
+    The dataset is rewritten in place when its type is unchanged, else re-created; either way
+    all or nothing (undo journal).
 
     Parameters
     ----------
@@ -194,7 +344,7 @@ def write_meta(path: Path, meta: bytes, meta_dtype: str) -> None:
 
     """
     value = np.array(meta, dtype=meta_dtype)
-    with _open(path, "r+") as handle:
+    with _modify(path) as handle:
         current = handle.get(META)
         if current is not None and current.dtype == value.dtype and current.shape == ():
             current[()] = value
@@ -271,8 +421,13 @@ def read_region(
 
     """
     shape = _selection_shape(bounds)
+    if math.prod(shape):  # the file's layout known and unchanged: no HDF5 open (rawio)
+        cached = rawio.read_cached(path, bounds, np.dtype(dtype), fill_value, out)
+        if cached is not None:
+            return cached
     with _open(path, "r") as handle:
         dataset = handle.get(DATA)
+        rawio.remember(path, handle, dataset)
         if dataset is None:
             if out is None:
                 return np.full(shape, fill_value, dtype=np.dtype(dtype))
@@ -283,7 +438,13 @@ def read_region(
                 return np.empty(shape, dtype=dataset.dtype)
             return out
         if out is None:
+            if math.prod(shape) * np.dtype(dtype).itemsize >= rawio.MIN_BYTES:
+                raw = np.empty(shape, dtype=dataset.dtype)
+                if rawio.read_region_into(handle, dataset, bounds, raw):
+                    return raw
             return np.asarray(dataset[bounds])
+        if out.shape == shape and rawio.read_region_into(handle, dataset, bounds, out):
+            return out
         if (
             out.shape == shape
             and out.dtype == dataset.dtype
@@ -370,9 +531,16 @@ def write_region(
     cells = math.prod(sel_shape)
     total = math.prod(shape)
     value = np.asarray(data)
-    with _open(path, "r+") as handle:
-        if cells == 0:
-            return
+    if cells == 0:
+        if not os.path.exists(path):
+            raise _missing(path)
+        return
+    if cells == total:  # a whole new version: the old data is neither read nor journaled
+        new_fill = count_fill(value, fill_value) * (cells if value.ndim == 0 else 1)
+        whole = None if new_fill >= total else (value if value.ndim == 0 else value.reshape(shape))
+        _write_whole(path, whole, min(new_fill, total), shape, fill_value, dataset_kwargs)
+        return
+    with _modify(path) as handle:
         new_fill = count_fill(value, fill_value) * (cells if value.ndim == 0 else 1)
         dataset = handle.get(DATA)
         empty = int(handle[EMPTY_CELLS][()])
@@ -381,28 +549,20 @@ def write_region(
         else:
             old_fill = _old_fill(dataset, bounds, empty, cells, total, fill_value)
         new_empty = min(max(empty - old_fill + new_fill, 0), total)
-        if new_empty >= total and (dataset is None or cells == total):
-            if dataset is not None:
-                del handle[DATA]
-            handle[EMPTY_CELLS][()] = np.int64(total)
-            return
+        if new_empty >= total and dataset is None:
+            return  # only fill written where nothing is stored: nothing changes
         if dataset is None:
-            dataset = handle.create_dataset(
-                DATA,
-                shape=shape,
-                dtype=value.dtype,
-                fillvalue=np.asarray(fill_value, dtype=value.dtype)[()],
-                **dict(dataset_kwargs),
-            )
+            dataset = _create_data(handle, shape, value.dtype, fill_value, dataset_kwargs)
         dataset[bounds] = _expand(value, sel_shape)
-        _store(handle, dataset, new_empty, total, cells == total, fill_value)
+        _store(handle, dataset, new_empty, total, False, fill_value)
 
 
 def clear_region(path: Path, bounds: Bounds, shape: tuple[int, ...], fill_value: Any) -> None:
     """Reset a region of an array file to the fill value, keeping ``empty_cells`` exact.
 
     Nothing outside ``bounds`` changes.  A clear of the whole array, or one that leaves every
-    cell empty, deletes ``data``.
+    cell empty, deletes ``data`` (a whole clear writes a new file without it, which also
+    gives its space back).
 
     Parameters
     ----------
@@ -419,15 +579,14 @@ def clear_region(path: Path, bounds: Bounds, shape: tuple[int, ...], fill_value:
     sel_shape = _selection_shape(bounds)
     cells = math.prod(sel_shape)
     total = math.prod(shape)
-    with _open(path, "r+") as handle:
+    if cells == total and total > 0:
+        _write_whole(path, None, total, shape, fill_value, {})
+        return
+    with _modify(path) as handle:
         dataset = handle.get(DATA)
         if dataset is None or cells == 0:
             return
         empty = int(handle[EMPTY_CELLS][()])
-        if cells == total:
-            del handle[DATA]
-            handle[EMPTY_CELLS][()] = np.int64(total)
-            return
         # Read the region unless the counter proves it holds no fill (a legacy counter may
         # over-estimate, so "all empty" is never trusted here).
         old_fill = 0 if empty <= 0 else count_fill(dataset[bounds], fill_value)

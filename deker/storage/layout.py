@@ -28,6 +28,7 @@ __all__ = [
     "VARRAY_SYMLINKS",
     "CollectionPaths",
     "Kind",
+    "ensure_dir",
     "id_dir_parts",
     "ids_in_dir",
     "iter_ids",
@@ -242,7 +243,7 @@ class CollectionPaths:
             The directory that holds the object's file (and its lock files).
 
         """
-        return self.data_dir(kind).joinpath(*id_dir_parts(object_id))
+        return Path(os.path.join(self.data_dir(kind), *id_dir_parts(object_id)))  # one Path: pathlib is slow
 
     def main_file(self, kind: Kind, object_id: str) -> Path:
         """Return the data file of an id (``<main_dir>/<id>.hdf5`` or ``.json``).
@@ -398,12 +399,36 @@ def make_symlink(target: Path, link: Path) -> None:
     """
     absolute = os.path.abspath(target)
     for attempt in range(5):
-        link.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(link.parent)
         try:
             os.symlink(absolute, link)
             return
         except FileNotFoundError:  # a concurrent cleanup removed an empty parent: make it again
             if attempt == 4:
+                raise
+
+
+def ensure_dir(directory: Path) -> None:
+    """Create ``directory`` and its parents, despite concurrent removals of empty directories.
+
+    Deletions remove the directories they leave empty (:func:`remove_empty_parents`); another
+    process may remove an ancestor while ``mkdir -p`` runs, which makes it fail with
+    :class:`FileNotFoundError` (or with :class:`FileExistsError`, when the directory is removed
+    between pathlib's ``mkdir`` and its ``is_dir`` check).  This retries; the caller still
+    retries its own file operation if the directory vanishes again before it uses it.
+
+    Parameters
+    ----------
+    directory : Path
+        The directory to create (existing is fine).
+
+    """
+    for attempt in range(20):
+        try:
+            os.makedirs(directory, exist_ok=True)
+            return
+        except (FileNotFoundError, FileExistsError):  # FileExistsError: a file is there, or a race
+            if attempt == 19:
                 raise
 
 

@@ -40,6 +40,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import threading
 import time
 import uuid
@@ -48,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from deker.errors import DekerLockError, DekerValidationError
+from deker.errors import DekerLockError, DekerStorageError, DekerValidationError
 from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, id_dir_parts, remove_empty_parents
 from deker.storage.lockinfo import (
     _O_CLOEXEC,
@@ -236,8 +237,14 @@ def _data_file(main_dir: Path, array_id: str) -> Path:
 
 
 def _require(path: Path) -> None:
-    if not os.path.exists(path):
-        raise FileNotFoundError(2, "No such array file", str(path))
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(2, "No such array file", str(path)) from None
+    except OSError as exc:
+        raise DekerStorageError(f"Cannot access {path}: {exc}") from exc
+    if not stat.S_ISREG(mode):  # a directory or a FIFO (opening it could block forever)
+        raise DekerStorageError(f"{path} is not a regular file: the storage is damaged, run check_integrity")
 
 
 def _object_file(main_dir: Path, array_id: str, ext: str | None) -> Path:

@@ -1,0 +1,382 @@
+"""Direct reads of contiguous, unfiltered HDF5 datasets with ``preadv``, and their layout cache.
+
+A contiguous dataset without filters stores its cells as one C-ordered block of native bytes at
+a fixed offset of the file.  Reading a region of it through HDF5 costs the library's selection
+machinery, an intermediate buffer when the destination is not contiguous, and h5py's global
+lock, which lets one thread of a process do HDF5 work at a time.  :func:`read_region_into`
+instead asks HDF5 only where the block is, then reads the region's contiguous runs straight
+into the caller's array with ``os.preadv`` (one system call for up to ``IOV_MAX`` runs, without
+the GIL), so threads reading different files run in parallel.
+
+Opening a file with h5py costs more than reading a small region of it.  :func:`remember` keeps
+the layout of a file read through HDF5 (data offset, shape, dtype, or "no data"), keyed by the
+file's identity and change stamps (device, inode, size, modification and change times in
+nanoseconds); :func:`read_cached` then reads the next regions of that file with ``os.open``,
+``fstat`` and ``preadv`` alone, and falls back (``None``) as soon as any stamp differs.  Every
+change of an array file (an in-place write under the journal, a new version renamed over it)
+changes its stamps.  Only files whose last change is older than :data:`SETTLED_NS` are
+remembered, so that a later change, even within the same tick of the filesystem's clock, cannot
+leave the stamps equal (the "racily clean" rule of git's index; this assumes file times at
+least as fine as one second, as ext4, XFS, btrfs and NFS have).  Callers hold the file's read
+lock, so no writer works on it meanwhile; a file with an undo journal (an interrupted write,
+read through its old version) is never read from the cache.
+
+Anything this module does not handle (chunked or compressed datasets, byte-swapped or
+non-numeric types, another HDF5 driver, a destination whose rows are not contiguous) makes the
+caller read through HDF5 as before.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import h5py
+import numpy as np
+
+from deker.storage.journal import journal_path
+
+__all__ = [
+    "MIN_BYTES",
+    "SETTLED_NS",
+    "contiguous_offset",
+    "forget",
+    "read_cached",
+    "read_region_into",
+    "remember",
+]
+
+logger = logging.getLogger(__name__)
+
+Bounds = tuple[int | slice, ...]
+
+try:
+    _IOV_MAX = max(16, min(1024, int(os.sysconf("SC_IOV_MAX"))))
+except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+    _IOV_MAX = 16
+# Between two runs of a region, gaps up to this many bytes are read into a scratch buffer in the
+# same system call rather than skipped with another call.
+_MAX_GAP = 64 * 1024
+_HAS_PREADV = hasattr(os, "preadv")
+#: Smaller regions are read through HDF5 (unless the layout is cached): inspecting the layout
+#: costs more than it saves.
+MIN_BYTES = 64 * 1024
+#: Files changed less than this long ago (nanoseconds) are not remembered.
+SETTLED_NS = 1_000_000_000
+_MAX_LAYOUTS = 16384
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def contiguous_offset(dataset: h5py.Dataset) -> int | None:
+    """Return the file offset of a dataset's cells when they are one native C-ordered block.
+
+    Parameters
+    ----------
+    dataset : h5py.Dataset
+        An open dataset.
+
+    Returns
+    -------
+    int or None
+        The offset, or ``None`` when the dataset is chunked, filtered, external, not allocated,
+        or of a type whose stored bytes are not numpy's (non-numeric, other byte order).
+
+    """
+    dtype = dataset.dtype
+    if dtype.kind not in "iufc" or not dtype.isnative or dataset.chunks is not None:
+        return None
+    dsid = dataset.id
+    dcpl = dsid.get_create_plist()
+    if dcpl.get_layout() != h5py.h5d.CONTIGUOUS or dcpl.get_nfilters() or dcpl.get_external_count():
+        return None
+    if dsid.get_type().get_size() != dtype.itemsize:
+        return None
+    offset = dsid.get_offset()
+    if offset is None or dsid.get_storage_size() != dataset.size * dtype.itemsize:
+        return None
+    return int(offset)
+
+
+def _runs(
+    bounds: Bounds, shape: tuple[int, ...], out: np.ndarray
+) -> tuple[np.ndarray, list[Any], int] | None:
+    """Split a region into runs of cells that are consecutive both in the file and in ``out``.
+
+    Returns the cell index (in the file) of the start of every run, the run destinations (byte
+    memoryviews into ``out``, in the file's C order) and the run length in cells; ``None`` if
+    ``out`` does not match.
+    """
+    ndim = len(shape)
+    lengths = [b.stop - b.start if isinstance(b, slice) else 1 for b in bounds]
+    starts = [b.start if isinstance(b, slice) else b for b in bounds]
+    axis_of: dict[int, int] = {}  # file dimension -> axis of ``out``
+    for d, b in enumerate(bounds):
+        if isinstance(b, slice):
+            axis_of[d] = len(axis_of)
+    if out.ndim != len(axis_of) or math.prod(lengths) != out.size:
+        return None
+    itemsize = out.dtype.itemsize
+    # The run covers file dimensions k..ndim-1: every one after k read whole (consecutive in
+    # the file), and all of them consecutive in ``out`` too.  Take the smallest such k.
+    k = ndim - 1
+    expect = itemsize
+    if k in axis_of:
+        if lengths[k] > 1 and out.strides[axis_of[k]] != itemsize:
+            return None
+        expect = itemsize * lengths[k]
+    while k > 0 and lengths[k] == shape[k]:
+        d = k - 1
+        if d in axis_of and lengths[d] > 1 and out.strides[axis_of[d]] != expect:
+            break
+        expect *= lengths[d]
+        k = d
+    run = math.prod(lengths[k:])
+    run_bytes = run * itemsize
+    lead = [axis_of[d] for d in range(k) if d in axis_of and lengths[d] > 1]
+    dests: list[Any]
+    if not lead:  # one run: ``out`` is contiguous (its other axes have length 1)
+        if not out.flags.c_contiguous:
+            return None
+        dests = [out.data.cast("B")]
+    elif len(lead) == 1 or all(
+        out.strides[a] == out.strides[b] * out.shape[b] for a, b in itertools.pairwise(lead)
+    ):
+        # One stride walks the runs: slice one flat view of their whole extent (cheap).
+        count = math.prod(lengths[:k])
+        stride = out.strides[lead[-1]]
+        if stride < run_bytes or stride % itemsize:
+            return None
+        span = (count - 1) * stride + run_bytes
+        flat = np.lib.stride_tricks.as_strided(
+            out, shape=(span // itemsize,), strides=(itemsize,), writeable=True
+        )
+        whole = flat.data.cast("B")
+        dests = [whole[o : o + run_bytes] for o in range(0, span, stride)]
+    else:
+        index: list[Any] = [slice(None)] * out.ndim
+        dests = []
+        for combo in np.ndindex(*[out.shape[a] for a in lead]):
+            for axis, value in zip(lead, combo, strict=True):
+                index[axis] = value
+            key = (*index, Ellipsis)
+            dests.append(out[key].data.cast("B"))
+    file_strides = [math.prod(shape[d + 1 :]) for d in range(ndim)]
+    base = sum(s * st for s, st in zip(starts, file_strides, strict=True))
+    if k == 0:
+        return np.asarray([base], dtype=np.int64), dests, run
+    grid = np.indices(lengths[:k]).reshape(k, -1)  # C order: the last leading axis varies fastest
+    return base + np.asarray(file_strides[:k], dtype=np.int64) @ grid, dests, run
+
+
+def _read_exact(fd: int, views: list[Any], offset: int, size: int) -> bool:
+    # A short read (end of file) makes the caller read through HDF5, which reports the damage.
+    return bool(os.preadv(fd, views, offset) == size)
+
+
+def _read_runs(fd: int, offset: int, shape: tuple[int, ...], bounds: Bounds, out: np.ndarray) -> bool:
+    """Read ``bounds`` of the block at ``offset`` (cells of ``shape``) from ``fd`` into ``out``."""
+    plan = _runs(bounds, shape, out)
+    if plan is None:
+        return False
+    cells, dests, run = plan
+    itemsize = out.dtype.itemsize
+    run_bytes = run * itemsize
+    positions = offset + cells * itemsize
+    n = len(dests)
+    step = int(positions[1] - positions[0]) if n > 1 else run_bytes
+    if n == 1 or (step >= run_bytes and bool((np.diff(positions) == step).all())):
+        # Evenly spaced runs (the usual case): each call reads one stretch of the file, the
+        # gaps between runs going to a scratch buffer when they are small.
+        gap = step - run_bytes
+        if gap <= _MAX_GAP:
+            filler = memoryview(bytearray(gap)) if gap else None
+            per_call = _IOV_MAX // 2 if gap else _IOV_MAX
+            for first in range(0, n, per_call):
+                chunk = dests[first : first + per_call]
+                if filler is not None:
+                    views = [part for dest in chunk for part in (dest, filler)][:-1]
+                else:
+                    views = chunk
+                size = (len(chunk) - 1) * step + run_bytes
+                if not _read_exact(fd, views, int(positions[first]), size):
+                    return False
+            return True
+    for pos, dest in zip(positions.tolist(), dests, strict=True):  # one call per run
+        if not _read_exact(fd, [dest], pos, run_bytes):
+            return False
+    return True
+
+
+def read_region_into(handle: h5py.File, dataset: h5py.Dataset, bounds: Bounds, out: np.ndarray) -> bool:
+    """Read ``dataset[bounds]`` into ``out`` with ``preadv`` when the layout allows it.
+
+    Parameters
+    ----------
+    handle : h5py.File
+        The open file of ``dataset`` (its descriptor is used).
+    dataset : h5py.Dataset
+        The dataset.
+    bounds : tuple of int or slice
+        Normalised bounds (one per dimension, slices with step 1, in range).
+    out : numpy.ndarray
+        The destination, of the selection's shape and the dataset's dtype; it may be a view
+        into a bigger array (its rows must then be contiguous).
+
+    Returns
+    -------
+    bool
+        ``True`` when ``out`` holds the region; ``False`` when nothing was read and the caller
+        must read through HDF5 (also for regions under :data:`MIN_BYTES`).
+
+    """
+    if not _HAS_PREADV or out.nbytes < MIN_BYTES or out.dtype != dataset.dtype or not out.flags.writeable:
+        return False
+    if len(bounds) != dataset.ndim or handle.driver != "sec2":
+        return False
+    offset = contiguous_offset(dataset)
+    if offset is None:
+        return False
+    fd = handle.id.get_vfd_handle()
+    if not isinstance(fd, int):
+        return False
+    return _read_runs(fd, offset, tuple(int(s) for s in dataset.shape), bounds, out)
+
+
+# ------------------------------------------------------------------------------ layout cache
+
+
+class _Layout(NamedTuple):
+    stamp: tuple[int, int, int, int, int]  # device, inode, size, mtime_ns, ctime_ns
+    offset: int | None  # None: the file has no data (every cell is the fill value)
+    shape: tuple[int, ...]
+    dtype: np.dtype  # type: ignore[type-arg]
+
+
+_layouts: OrderedDict[str, _Layout] = OrderedDict()
+_layouts_lock = threading.Lock()
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def forget(path: Path | str | None = None) -> None:
+    """Drop the remembered layout of ``path`` (of every file when ``None``).
+
+    Parameters
+    ----------
+    path : Path or str, optional
+        A data file.
+
+    """
+    with _layouts_lock:
+        if path is None:
+            _layouts.clear()
+        else:
+            _layouts.pop(str(path), None)
+
+
+def remember(path: Path, handle: h5py.File, dataset: h5py.Dataset | None) -> None:
+    """Keep the layout of ``path``, just opened by h5py, when the file has settled.
+
+    Nothing is kept for a file changed less than :data:`SETTLED_NS` ago, for a layout
+    :func:`contiguous_offset` refuses, or for a file read through a journal's old version.
+
+    Parameters
+    ----------
+    path : Path
+        The data file.
+    handle : h5py.File
+        Its open handle (sec2 driver: its descriptor is used).
+    dataset : h5py.Dataset or None
+        Its ``data`` dataset, ``None`` when it has none.
+
+    """
+    if not _HAS_PREADV or handle.driver != "sec2":
+        return
+    fd = handle.id.get_vfd_handle()
+    if not isinstance(fd, int):
+        return
+    st = os.fstat(fd)
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < SETTLED_NS:
+        return
+    if dataset is None:
+        layout = _Layout(_stamp(st), None, (), np.dtype("u1"))
+    else:
+        offset = contiguous_offset(dataset)
+        if offset is None:
+            return
+        layout = _Layout(_stamp(st), offset, tuple(int(s) for s in dataset.shape), dataset.dtype)
+    with _layouts_lock:
+        _layouts[str(path)] = layout
+        _layouts.move_to_end(str(path))
+        while len(_layouts) > _MAX_LAYOUTS:
+            _layouts.popitem(last=False)
+
+
+def read_cached(
+    path: Path,
+    bounds: Bounds,
+    dtype: np.dtype,
+    fill_value: Any,
+    out: np.ndarray | None = None,  # type: ignore[type-arg]
+) -> np.ndarray | None:
+    """Read a region with the remembered layout of ``path``, without HDF5.
+
+    The caller holds the file's read lock.
+
+    Parameters
+    ----------
+    path : Path
+        The data file.
+    bounds : tuple of int or slice
+        Normalised bounds, in range, not empty.
+    dtype : numpy.dtype
+        The array dtype (the fill value's type when the file has no data).
+    fill_value : Any
+        The fill value.
+    out : numpy.ndarray, optional
+        The destination (shape of the selection); else a new array is returned.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The region (``out`` itself when given); ``None`` when the layout is unknown or stale,
+        the file has a journal, or anything else is unusual: then read through HDF5.
+
+    """
+    key = str(path)
+    layout = _layouts.get(key)
+    if layout is None:
+        return None
+    try:
+        fd = os.open(key, os.O_RDONLY | _O_CLOEXEC)
+    except OSError:  # missing or unreadable: the HDF5 path reports it
+        return None
+    try:
+        if _stamp(os.fstat(fd)) != layout.stamp or os.path.lexists(journal_path(path)):
+            forget(key)
+            return None
+        shape = tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
+        if layout.offset is None:
+            if out is None:
+                return np.full(shape, fill_value, dtype=dtype)
+            out[...] = fill_value
+            return out
+        if len(bounds) != len(layout.shape) or np.dtype(dtype) != layout.dtype:
+            return None
+        target = np.empty(shape, dtype=layout.dtype) if out is None else out
+        if target.shape != shape or target.dtype != layout.dtype or not target.flags.writeable:
+            return None
+        if not _read_runs(fd, layout.offset, layout.shape, bounds, target):
+            return None
+        return target
+    finally:
+        os.close(fd)

@@ -1,0 +1,31 @@
+"""Fixtures of the stress tests: short in CI, long with ``--soak`` (options in tests/conftest.py)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from stress_support import Budget, Summary  # type: ignore[import-not-found]
+
+
+@pytest.fixture
+def budget(request: pytest.FixtureRequest) -> Budget:
+    """Short durations in CI; ``--soak`` / ``--soak-seconds`` for long runs."""
+    soak = bool(request.config.getoption("--soak"))
+    return Budget(soak, float(request.config.getoption("--soak-seconds")))
+
+
+@pytest.fixture
+def summary(request: pytest.FixtureRequest, record_property: Any) -> Iterator[Summary]:
+    """Collects what a stress run did; printed, recorded, and appended to $DEKER_STRESS_REPORT."""
+    item = Summary(request.node.name)
+    yield item
+    text = item.line()
+    record_property("stress", text)
+    print(text)
+    report = os.environ.get("DEKER_STRESS_REPORT")
+    if report:
+        with open(report, "a") as fh:
+            fh.write(text + "\n")

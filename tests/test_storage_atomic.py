@@ -1,0 +1,485 @@
+"""Tests of deker.storage.atomic and deker.storage.journal: crash-safe writes.
+
+A crash is simulated two ways.  In-process, an :class:`UndoJournal` is abandoned at a chosen
+point with its descriptors closed and nothing else done: that is exactly the state a killed
+process leaves (the kernel keeps every completed write and drops the process's ``flock``s).
+Across processes, a child writing through the real code path kills itself with ``SIGKILL`` at
+the k-th write the journal (or the temp file) receives.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import random
+import signal
+import stat
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deker.errors import DekerLockError
+from deker.storage import atomic, hdf5, journal
+from deker.storage.layout import journal_file_name, leftover_target, temp_file_name
+from deker.storage.locks import LockSettings
+
+CTX = mp.get_context("forkserver")
+CTX.set_forkserver_preload(["deker", "deker.storage.hdf5", "numpy", "h5py"])
+FAST = LockSettings(timeout=5, interval=0.01)
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _ops_strategy(size: int) -> st.SearchStrategy[list[tuple[str, int, int]]]:
+    write = st.tuples(st.just("w"), st.integers(0, size + 64), st.integers(1, 300))
+    trunc = st.tuples(st.just("t"), st.integers(0, size + 64), st.just(0))
+    return st.lists(st.one_of(write, write, trunc), min_size=1, max_size=12)
+
+
+def _payload(i: int, n: int) -> bytes:
+    return bytes((i * 31 + k) % 251 for k in range(n))
+
+
+def _apply_model(model: bytearray, op: tuple[str, int, int], i: int) -> None:
+    kind, offset, n = op
+    if kind == "w":
+        if offset > len(model):
+            model.extend(b"\0" * (offset - len(model)))
+        model[offset : offset + n] = _payload(i, n)
+    else:
+        del model[offset:]
+        if offset > len(model):
+            model.extend(b"\0" * (offset - len(model)))
+
+
+def _apply(j: journal.UndoJournal, op: tuple[str, int, int], i: int) -> None:
+    kind, offset, n = op
+    if kind == "w":
+        j.seek(offset)
+        j.write(_payload(i, n))
+    else:
+        j.truncate(offset)
+
+
+def _die(j: journal.UndoJournal) -> None:
+    """Leave the journal as a killed process would: descriptors closed, nothing undone."""
+    j._close_fds(remove_journal=False)
+
+
+class _CrashAfterSave(journal.UndoJournal):
+    """Dies right after the old bytes of a write are journaled, before the write itself."""
+
+    fuse = -1
+
+    def _save(self, start: int, end: int) -> None:
+        super()._save(start, end)
+        self.fuse -= 1
+        if self.fuse == 0:
+            raise _Died
+
+
+class _Died(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- names
+
+
+def test_leftover_names() -> None:
+    assert leftover_target(temp_file_name("a.hdf5"))[0:2] == ("temp", "a.hdf5")  # type: ignore[index]
+    assert leftover_target(journal_file_name("a.hdf5")) == ("journal", "a.hdf5")
+    assert leftover_target(".x.hdf5:tok-t.varraylock.0123456789ab.tmp") is None  # a lock marker's temp
+    assert leftover_target("a.hdf5") is None
+    assert leftover_target(".coll.json.tmp") is None
+
+
+# --------------------------------------------------------------------------- new versions
+
+
+def test_replacing_puts_the_new_version_in_place(tmp_path: Path) -> None:
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o640)
+    with atomic.replacing(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".f.bin.")
+        assert atomic.is_held(tmp) is True  # its writer holds it while it works
+        tmp.write_bytes(b"new content")
+        assert target.read_bytes() == b"old"
+    assert target.read_bytes() == b"new content"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # permissions kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_replacing_failure_leaves_the_target_alone(tmp_path: Path) -> None:
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic.replacing(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("boom")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_exclusive_creation(tmp_path: Path) -> None:
+    target = tmp_path / "f.bin"
+    atomic.write_bytes(target, b"one", exclusive=True)
+    with pytest.raises(FileExistsError):
+        atomic.write_bytes(target, b"two", exclusive=True)
+    assert target.read_bytes() == b"one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_flushing_to_disk_is_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``DEKER_FSYNC=1`` adds fsync calls (power-loss safety); writes are atomic either way."""
+    monkeypatch.delenv("DEKER_FSYNC", raising=False)
+    assert not atomic.durable()
+    monkeypatch.setenv("DEKER_FSYNC", "1")
+    assert atomic.durable()
+    atomic.write_bytes(tmp_path / "f", b"x")
+    with journal.journaled(tmp_path / "f") as j:
+        j.seek(0)
+        j.write(b"y")
+    assert (tmp_path / "f").read_bytes() == b"y"
+    monkeypatch.setenv("DEKER_FSYNC", "0")
+    assert not atomic.durable()
+
+
+# --------------------------------------------------------------------------- journal
+
+
+@settings(max_examples=60)
+@given(
+    initial=st.binary(min_size=0, max_size=700),
+    ops=_ops_strategy(700),
+    data=st.data(),
+)
+def test_journal_commit_rollback_and_crash(
+    tmp_path_factory: Any, initial: bytes, ops: Any, data: Any
+) -> None:
+    """Commit gives the new bytes; rollback, recovery and the old-version view give the old."""
+    tmp = tmp_path_factory.mktemp("j")
+    target = tmp / "f.bin"
+    expected = bytearray(initial)
+    for i, op in enumerate(ops):
+        _apply_model(expected, op, i)
+
+    # commit
+    target.write_bytes(initial)
+    with journal.journaled(target) as j:
+        for i, op in enumerate(ops):
+            _apply(j, op, i)
+    assert target.read_bytes() == bytes(expected)
+    assert not journal.journal_path(target).exists()
+
+    # rollback on error
+    target.write_bytes(initial)
+    with pytest.raises(_Died), journal.journaled(target) as j:
+        for i, op in enumerate(ops):
+            _apply(j, op, i)
+        raise _Died
+    assert target.read_bytes() == initial
+    assert not journal.journal_path(target).exists()
+
+    # crash after op k (or right after the journal saved op k's old bytes)
+    k = data.draw(st.integers(0, len(ops) - 1))
+    after_save = data.draw(st.booleans())
+    target.write_bytes(initial)
+    j = _CrashAfterSave(target)
+    j.fuse = k + 1 if after_save else -1
+    try:
+        for i, op in enumerate(ops[: k + 1]):
+            _apply(j, op, i)
+    except _Died:
+        pass
+    _die(j)
+    view = journal.old_version(target)
+    if view is None:  # nothing old was overwritten yet (only appends): the file reads as before
+        with open(target, "rb") as fh:
+            assert fh.read()[: len(initial)] == initial
+    else:
+        with view:
+            assert view.read() == initial
+    journal.recover(target)
+    assert target.read_bytes()[: len(initial)] == initial
+    if view is not None:
+        assert target.read_bytes() == initial
+    assert not journal.journal_path(target).exists()
+
+
+def test_torn_and_corrupt_journal_records_end_the_journal(tmp_path: Path) -> None:
+    target = tmp_path / "f.bin"
+    initial = bytes(range(200))
+    target.write_bytes(initial)
+    j = journal.UndoJournal(target)
+    for i, offset in enumerate((10, 50, 90)):
+        j.seek(offset)
+        j.write(bytes([255 - i]) * 5)
+    _die(j)
+    jpath = journal.journal_path(target)
+    full = jpath.read_bytes()
+    record = journal._RECORD.size + 5
+    # A torn fourth record (its write never happened): everything before it is applied.
+    with open(jpath, "ab") as fh:
+        fh.write(journal._RECORD.pack(150, 5, 0)[:7])
+    assert journal.recover(target)
+    assert target.read_bytes() == initial
+    # A record failing its checksum ends the journal too.
+    target.write_bytes(initial)
+    bad = bytearray(full)
+    bad[-1] ^= 0xFF  # last byte of the third record's old bytes
+    jpath.write_bytes(bytes(bad))
+    with open(target, "r+b") as fh:  # the first two writes happened, the third did not
+        fh.seek(10)
+        fh.write(b"\x01" * 5)
+        fh.seek(50)
+        fh.write(b"\x02" * 5)
+    assert journal.recover(target)
+    assert target.read_bytes() == initial
+    assert len(full) == journal._HEADER.size + 3 * record
+
+
+def test_journal_with_broken_header_is_dropped(tmp_path: Path) -> None:
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"intact")
+    journal.journal_path(target).write_bytes(b"DKUN")  # died while writing the header
+    assert journal.old_version(target) is None
+    assert journal.recover(target)
+    assert target.read_bytes() == b"intact"
+    assert not journal.journal_path(target).exists()
+
+
+def test_a_live_journal_is_never_touched(tmp_path: Path) -> None:
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"0123456789")
+    j = journal.UndoJournal(target)
+    j.seek(0)
+    j.write(b"xx")
+    with pytest.raises(DekerLockError):
+        journal.recover(target)
+    with pytest.raises(DekerLockError):
+        journal.old_version(target)
+    assert atomic.find_leftovers(tmp_path)[0].alive
+    j.rollback()
+    assert target.read_bytes() == b"0123456789"
+
+
+def test_big_overwrite_is_journaled_in_bounded_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "_PIECE", 1000)
+    target = tmp_path / "f.bin"
+    initial = os.urandom(10_000)
+    target.write_bytes(initial)
+    j = journal.UndoJournal(target)
+    j.seek(500)
+    j.write(b"\0" * 8000)
+    assert len(j._records) == 8
+    _die(j)
+    with journal.old_version(target) as view:  # type: ignore[union-attr]
+        view.seek(1234)
+        assert view.read(4000) == initial[1234:5234]
+    journal.recover(target)
+    assert target.read_bytes() == initial
+
+
+# --------------------------------------------------------------------------- leftovers
+
+
+def test_leftovers_are_found_and_cleaned(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "f.hdf5"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    stale_tmp = target.with_name(temp_file_name(target.name))
+    stale_tmp.write_bytes(b"half a new version")
+    j = journal.UndoJournal(target)
+    j.seek(0)
+    j.write(b"new")
+    _die(j)
+    found = atomic.find_leftovers(tmp_path)
+    assert sorted((f.kind, f.path, f.target, f.alive) for f in found) == [
+        ("journal", journal.journal_path(target), target, False),
+        ("temp", stale_tmp, target, False),
+    ]
+    assert target.read_bytes() == b"new"  # torn until rolled back
+    assert sorted(atomic.clean_leftovers(target)) == sorted([stale_tmp, journal.journal_path(target)])
+    assert target.read_bytes() == b"old"
+    assert atomic.find_leftovers(tmp_path) == []
+
+
+def test_clean_storage_rolls_back_under_the_write_lock(tmp_path: Path) -> None:
+    main = tmp_path / "c" / "array_data" / "f" / "6" / "1" / "d" / "f" / "9" / "c" / "1"
+    array_id = "f61df9c1-c07a-48c3-bd57-8a470c80939a"
+    main = main / array_id[9:]
+    main.mkdir(parents=True)
+    target = main / f"{array_id}.hdf5"
+    target.write_bytes(b"old content")
+    j = journal.UndoJournal(target)
+    j.seek(0)
+    j.write(b"NEW")
+    _die(j)
+    gone = main / "gone.hdf5"  # a journal whose file was deleted meanwhile
+    gone.write_bytes(b"x")
+    j2 = journal.UndoJournal(gone)
+    j2.seek(0)
+    j2.write(b"y")
+    _die(j2)
+    os.unlink(gone)
+    live_tmp, fd = atomic._new_temp(main / "other.hdf5")
+    try:
+        done = atomic.clean_storage(tmp_path, FAST)
+        assert sorted(done) == sorted([journal.journal_path(target), journal.journal_path(gone)])
+        assert target.read_bytes() == b"old content"
+        assert live_tmp.exists()  # its writer lives
+    finally:
+        os.close(fd)
+    assert atomic.clean_storage(tmp_path, FAST) == [live_tmp]
+
+
+def test_discard_before_creation(tmp_path: Path) -> None:
+    """A journal of an earlier file of the same name is never applied to a new one."""
+    target = tmp_path / "f.hdf5"
+    target.write_bytes(b"first file")
+    j = journal.UndoJournal(target)
+    j.seek(0)
+    j.write(b"XX")
+    _die(j)
+    os.unlink(target)  # deleted; the journal stayed (the deletion died before removing it)
+    hdf5.create_array_file(target, b'{"id": 1}', "S50", 4)
+    assert not journal.journal_path(target).exists()
+    assert hdf5.read_meta(target) == b'{"id": 1}'
+
+
+# --------------------------------------------------------------------------- hdf5 paths
+
+META = b'{"id": "f61df9c1-c07a-48c3-bd57-8a470c80939a", "primary_attributes": {}, "custom_attributes": {}}'
+META_DTYPE = f"S{len(META) + 33}"
+BIG = (400, 400)  # 1.28 MB of float64: beyond the copy limit, changed under the journal
+
+
+def _big_file(path: Path, with_data: bool = True) -> np.ndarray:
+    hdf5.create_array_file(path, META, META_DTYPE, math.prod(BIG))
+    values = np.arange(math.prod(BIG), dtype=np.float64).reshape(BIG)
+    if with_data:
+        hdf5.write_region(path, (slice(0, BIG[0]), slice(0, BIG[1])), values, BIG, np.nan, {})
+    return values
+
+
+def test_which_changes_are_in_place(tmp_path: Path) -> None:
+    """Partial changes and first writes change the file in place (journal); a whole write over
+    stored data writes a new file, renamed into place; no leftovers either way."""
+    path = tmp_path / "a.hdf5"
+    hdf5.create_array_file(path, META, META_DTYPE, math.prod(BIG))
+    inode = path.stat().st_ino
+    values = np.arange(math.prod(BIG), dtype=np.float64).reshape(BIG)
+    full = (slice(0, BIG[0]), slice(0, BIG[1]))
+    hdf5.write_region(path, full, values, BIG, np.nan, {})  # first write: appended in place
+    assert path.stat().st_ino == inode
+    hdf5.write_region(path, (slice(3, 5), slice(0, 7)), np.zeros((2, 7)), BIG, np.nan, {})
+    hdf5.clear_region(path, (slice(6, 7), slice(0, 7)), BIG, np.nan)
+    hdf5.write_meta(path, META, META_DTYPE)
+    assert path.stat().st_ino == inode
+    values[3:5, 0:7] = 0
+    values[6, 0:7] = np.nan
+    np.testing.assert_array_equal(hdf5.read_region(path, full, np.float64, np.nan), values)
+    hdf5.write_region(path, full, values + 1, BIG, np.nan, {})  # over stored data: a new file
+    assert path.stat().st_ino != inode
+    np.testing.assert_array_equal(hdf5.read_region(path, full, np.float64, np.nan), values + 1)
+    assert hdf5.read_meta(path) == META
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.hdf5"]
+
+
+def test_first_partial_write_of_a_new_file_writes_only_what_hdf5_needs(tmp_path: Path) -> None:
+    """The journal saves only overwritten old bytes: a first write appends and saves metadata."""
+    path = tmp_path / "big.hdf5"
+    _big_file(path, with_data=False)
+    with journal.journaled(path) as j, h5py.File(j, "r+", locking=False) as f:
+        d = f.create_dataset("data", shape=(4000, 4000), dtype="f8", fillvalue=np.nan, chunks=(100, 100))
+        d[0:100, 0:100] = 1.0
+        saved = sum(n for _o, n, _p in j._records)
+    assert saved < 10_000  # metadata only, not the 128 MB dataset nor its first chunk
+
+
+def child_crash_in_journal(path: str, op: str, kill_at: int) -> None:
+    """Run one change of a big array file; SIGKILL itself at the ``kill_at``-th journal write."""
+    calls = [0]
+    real_write = journal.UndoJournal.write
+
+    def write(self: journal.UndoJournal, data: Any) -> int:
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_write(self, data)
+
+    journal.UndoJournal.write = write  # type: ignore[method-assign]
+    p = Path(path)
+    if op == "update":
+        hdf5.write_region(p, (slice(10, 300), slice(5, 395)), np.full((290, 390), -1.0), BIG, np.nan, {})
+    elif op == "clear":
+        hdf5.clear_region(p, (slice(0, 200), slice(0, 400)), BIG, np.nan)
+    elif op == "meta":
+        hdf5.write_meta(p, META.replace(b"{}}", b'{"x": 1}}') + b" " * 500, f"S{len(META) + 600}")
+    os.kill(os.getpid(), signal.SIGKILL)  # "crash" right after the commit too
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("op", ["update", "clear", "meta"])
+def test_killed_in_the_middle_of_a_journaled_change(tmp_path: Path, op: str) -> None:
+    """Whatever write a process dies at, the file reads old (or, after the commit, new) content."""
+    rng = random.Random(f"crash-{op}")
+    path = tmp_path / "a.hdf5"
+    values = _big_file(path)
+    calls = []
+    real_write = journal.UndoJournal.write
+
+    def count(self: journal.UndoJournal, data: Any) -> int:
+        calls.append(1)
+        return real_write(self, data)
+
+    probe = tmp_path / "probe.hdf5"
+    _big_file(probe)
+    journal.UndoJournal.write = count  # type: ignore[method-assign]
+    try:
+        if op == "update":
+            hdf5.write_region(
+                probe, (slice(10, 300), slice(5, 395)), np.full((290, 390), -1.0), BIG, np.nan, {}
+            )
+        elif op == "clear":
+            hdf5.clear_region(probe, (slice(0, 200), slice(0, 400)), BIG, np.nan)
+        else:
+            hdf5.write_meta(probe, META.replace(b"{}}", b'{"x": 1}}') + b" " * 500, f"S{len(META) + 600}")
+    finally:
+        journal.UndoJournal.write = real_write  # type: ignore[method-assign]
+    n = len(calls)
+    assert n >= 2
+    new = values.copy()
+    if op == "update":
+        new[10:300, 5:395] = -1.0
+    elif op == "clear":
+        new[0:200] = np.nan
+    points = sorted({1, 2, n, n + 1, *rng.sample(range(1, n + 1), min(4, n))})
+    full = (slice(0, 400), slice(0, 400))
+    for k in points:
+        original = path.read_bytes()
+        proc = CTX.Process(target=child_crash_in_journal, args=(str(path), op, k))
+        proc.start()
+        proc.join(60)
+        assert proc.exitcode == -signal.SIGKILL
+        committed = k > n
+        got = hdf5.read_region(path, full, np.float64, np.nan)  # readers see old or new, never torn
+        np.testing.assert_array_equal(got, new if committed else values)
+        meta = hdf5.read_meta(path)
+        assert (meta != META) == (committed and op == "meta")
+        hdf5.write_region(path, (slice(0, 1), slice(0, 1)), np.array([[7.0]]), BIG, np.nan, {})  # recovers
+        assert not journal.journal_path(path).exists()
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+        got = hdf5.read_region(path, full, np.float64, np.nan)
+        expect = (new if committed else values).copy()
+        expect[0, 0] = 7.0
+        np.testing.assert_array_equal(got, expect)
+        path.write_bytes(original)  # the next kill point starts from the same old file
