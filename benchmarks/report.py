@@ -1,0 +1,358 @@
+"""Tables, the chart and the results section of docs/PERFORMANCE.md, from the runner's records.
+
+The chart is a PNG drawn with matplotlib when it is installed, else an SVG written by hand
+(matplotlib is not a dependency of this project).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+BEGIN = "<!-- results:begin (written by `python -m benchmarks --write-docs`; do not edit by hand) -->"
+END = "<!-- results:end -->"
+_BLOCK = re.compile(r"<!-- results:begin.*?-->.*?<!-- results:end -->", re.S)
+
+
+# ------------------------------------------------------------------------------ cells
+
+
+def _seconds(value: float) -> str:
+    if value >= 10:
+        return f"{value:.1f} s"
+    if value >= 0.1:
+        return f"{value:.2f} s"
+    if value >= 0.001:
+        return f"{value * 1000:.1f} ms"
+    return f"{value * 1e6:.0f} µs"
+
+
+def _cell(item: dict[str, Any], label: str, markdown: bool) -> str:
+    if f"{label}_s" not in item:
+        return "-"
+    if f"{label}_memory_ratio" in item:
+        return f"{item[f'{label}_memory_ratio']:.2f}x output"
+    if f"{label}_rate" in item:
+        return f"{item[f'{label}_rate']:,.0f}/s"
+    text = _seconds(item[f"{label}_s"])
+    if markdown and f"{label}_mib_s" in item:
+        text += f" ({item[f'{label}_mib_s']:,.0f} MiB/s)"
+    if f"{label}_stored_mib" in item and item["name"].endswith("write"):
+        text += f", {item[f'{label}_stored_mib']:.1f} MiB stored"
+    return text
+
+
+def _vs_h5py(item: dict[str, Any]) -> str:
+    ratio = item.get("time_vs_h5py")
+    if ratio is None:
+        return "-"
+    if "deker_memory_ratio" in item:
+        return "-"
+    if "deker_rate" in item:
+        return f"{1 / ratio:.2f}x rate"
+    return f"{ratio:.2f}x time"
+
+
+def _vs_legacy(item: dict[str, Any]) -> str:
+    speedup = item.get("speedup_vs_legacy")
+    if speedup is None:
+        return "-"
+    if "deker_memory_ratio" in item:
+        return "-"
+    return f"{speedup:.1f}x faster" if speedup >= 1 else f"{1 / speedup:.1f}x slower"
+
+
+def _met(item: dict[str, Any]) -> str:
+    if "met" not in item or item["met"] is None:
+        return ""
+    return "yes" if item["met"] else "**NO**"
+
+
+def _columns(item: dict[str, Any], markdown: bool) -> list[str]:
+    return [
+        item["scenario"],
+        item["what"],
+        _cell(item, "deker", markdown),
+        _cell(item, "h5py", markdown),
+        _vs_h5py(item),
+        _cell(item, "legacy", markdown),
+        _vs_legacy(item),
+        item.get("target", ""),
+        _met(item).replace("**", "") if not markdown else _met(item),
+    ]
+
+
+HEADER = ["", "step", "deker", "raw h5py", "deker vs h5py", "deker 1.1.7", "deker vs 1.1.7", "target", "met"]
+
+
+def text_table(summary: Sequence[dict[str, Any]]) -> str:
+    """A fixed-width table of every step (for the terminal)."""
+    rows = [HEADER] + [_columns(item, markdown=False) for item in summary]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
+    """The same table in Markdown."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for item in summary:
+        lines.append("| " + " | ".join(_columns(item, markdown=True)) + " |")
+    return "\n".join(lines)
+
+
+def _extras_table(rows: Sequence[dict[str, Any]]) -> str:
+    extras = [r for r in rows if r.get("kind") == "extra"]
+    if not extras:
+        return "_The Dask and storage-size suites did not run (`--only` without `g`, or modules absent)._"
+    lines = ["| suite | measurement | how | result |", "|---|---|---|---|"]
+    for r in extras:
+        if "error" in r:
+            lines.append(f"| {r['suite']} | {r.get('name', '')} | | ERROR: {html.escape(str(r['error']))} |")
+            continue
+        how = r.get("path", "")
+        where = r.get("executor") or r.get("scheduler")
+        if where:
+            how = f"{how} on {where}" if how else where
+        if "mib_per_s" in r:
+            result = f"{r['mib']:.0f} MiB in {_seconds(r['seconds'])} ({r['mib_per_s']:,.0f} MiB/s)"
+        elif "ms_per_tile" in r:
+            result = f"{r['ms_per_tile']:.2f} ms per tile ({r['tiles']} tiles)"
+            if "dask_ms_per_trivial_task" in r:
+                result += f"; dask alone {r['dask_ms_per_trivial_task']:.2f} ms per trivial task"
+        elif "files_per_second" in r:
+            result = f"{r['files']:,} arrays in {_seconds(r['seconds'])} ({r['files_per_second']:,} arrays/s)"
+        else:
+            result = ", ".join(
+                f"{k}={v}" for k, v in r.items() if k not in ("scenario", "suite", "kind", "name")
+            )
+        lines.append(f"| {r['suite']} | {r.get('name', '')} | {how.replace('|', '/')} | {result} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ chart
+
+
+def _chart_rows(
+    summary: Sequence[dict[str, Any]],
+) -> list[tuple[str, float | None, float | None, float | None]]:
+    """(label, deker time ratio, 1.1.7 time ratio, target as a time ratio) of every timed step."""
+    out = []
+    for item in summary:
+        if "time_vs_h5py" not in item or "deker_memory_ratio" in item:
+            continue
+        target = None
+        if item.get("target") and "h5py" in item["target"]:
+            limit = float(re.findall(r"[\d.]+", item["target"])[0])
+            target = 1 / limit if "deker_rate" in item else limit
+        out.append(
+            (
+                f"({item['scenario']}) {item['what']}",
+                item["time_vs_h5py"],
+                item.get("legacy_time_vs_h5py"),
+                target,
+            )
+        )
+    return out
+
+
+def write_chart(summary: Sequence[dict[str, Any]], folder: Path) -> Path:
+    """Draw the time of every step relative to raw h5py; return the file written."""
+    rows = _chart_rows(summary)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        path = folder / "performance.svg"
+        path.write_text(_svg(rows))
+        return path
+    path = folder / "performance.png"
+    _png(rows, path)
+    return path
+
+
+def _png(rows: list[tuple[str, float | None, float | None, float | None]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
+    ys = list(range(len(rows)))[::-1]
+    ax.barh([y + 0.18 for y in ys], [r[1] or 0 for r in rows], height=0.36, color="#2b6cb0", label="deker")
+    if any(r[2] for r in rows):
+        ax.barh(
+            [y - 0.18 for y in ys],
+            [r[2] or 0 for r in rows],
+            height=0.36,
+            color="#bbbbbb",
+            label="deker 1.1.7",
+        )
+    for y, r in zip(ys, rows, strict=True):
+        if r[3]:
+            ax.plot([r[3], r[3]], [y - 0.45, y + 0.45], color="#c53030", linewidth=2)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yticks(ys, [r[0] for r in rows])
+    ax.set_xlabel("time relative to raw h5py (log scale; 1 = raw h5py, lower is better; red: target)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _svg(rows: list[tuple[str, float | None, float | None, float | None]]) -> str:
+    label_w, plot_w, right, top, row_h = 330, 520, 90, 50, 34
+    width = label_w + plot_w + right
+    height = top + row_h * len(rows) + 70
+    values = [v for r in rows for v in (r[1], r[2], r[3]) if v]
+    lo = min([0.5, *values]) if values else 0.5
+    hi = max([2.0, *values]) if values else 2.0
+    lo_exp, hi_exp = math.floor(math.log10(lo) * 3) / 3, math.ceil(math.log10(hi) * 3) / 3
+
+    def x(value: float) -> float:
+        value = max(value, 10**lo_exp)
+        return label_w + plot_w * (math.log10(value) - lo_exp) / (hi_exp - lo_exp)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="14" font-weight="bold">'
+        "Time relative to raw h5py (log scale; 1 = raw h5py; lower is better)</text>",
+    ]
+    ticks = [
+        t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500) if lo_exp <= math.log10(t) <= hi_exp
+    ]
+    bottom = top + row_h * len(rows)
+    for t in ticks:
+        color = "#000" if t == 1 else "#ddd"
+        parts.append(f'<line x1="{x(t):.1f}" y1="{top - 6}" x2="{x(t):.1f}" y2="{bottom}" stroke="{color}"/>')
+        parts.append(f'<text x="{x(t):.1f}" y="{bottom + 16}" text-anchor="middle">{t:g}x</text>')
+    for i, (label, ours, old, target) in enumerate(rows):
+        y = top + i * row_h
+        parts.append(
+            f'<text x="{label_w - 8}" y="{y + row_h / 2 + 4:.1f}" text-anchor="end">'
+            f"{html.escape(label)}</text>"
+        )
+        for value, dy, color, name in ((ours, 5, "#2b6cb0", "deker"), (old, 18, "#aaaaaa", "deker 1.1.7")):
+            if not value:
+                continue
+            x0, x1 = x(10**lo_exp), x(value)
+            parts.append(
+                f'<rect x="{x0:.1f}" y="{y + dy}" width="{max(1.0, x1 - x0):.1f}" height="11" fill="{color}">'
+                f"<title>{name}: {value:.2f}x</title></rect>"
+            )
+            parts.append(f'<text x="{x1 + 4:.1f}" y="{y + dy + 10}" font-size="10">{value:.2f}x</text>')
+        if target:
+            parts.append(
+                f'<line x1="{x(target):.1f}" y1="{y + 2}" x2="{x(target):.1f}" y2="{y + row_h - 3}" '
+                'stroke="#c53030" stroke-width="2.5"/>'
+            )
+    legend_y = bottom + 36
+    parts += [
+        f'<rect x="{label_w}" y="{legend_y}" width="12" height="11" fill="#2b6cb0"/>',
+        f'<text x="{label_w + 18}" y="{legend_y + 10}">deker (this checkout)</text>',
+        f'<rect x="{label_w + 170}" y="{legend_y}" width="12" height="11" fill="#aaaaaa"/>',
+        f'<text x="{label_w + 188}" y="{legend_y + 10}">deker 1.1.7</text>',
+        f'<line x1="{label_w + 290}" y1="{legend_y - 1}" x2="{label_w + 290}" y2="{legend_y + 12}" '
+        'stroke="#c53030" stroke-width="2.5"/>',
+        f'<text x="{label_w + 298}" y="{legend_y + 10}">target of issue 6</text>',
+        "</svg>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------------------ docs
+
+
+def results_section(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], chart: Path) -> str:
+    """The generated part of docs/PERFORMANCE.md."""
+    info = next((r for r in rows if r.get("kind") == "machine"), {})
+    total = next((r for r in rows if r.get("kind") == "total"), {})
+    legacy = any("legacy_s" in s for s in summary)
+    sizes = info.get("sizes", {})
+    lines = [
+        BEGIN,
+        "",
+        f"Run of {info.get('date', '?')}: `{info.get('command', 'python -m benchmarks')}`, "
+        f"{sizes.get('reps', '?')} repetitions per step (medians shown), "
+        f"whole run {total.get('seconds', '?')} s, "
+        "warm cache.",
+        "",
+        "| machine | |",
+        "|---|---|",
+    ]
+    for key, label in (
+        ("cpu", "CPU"),
+        ("cores", "cores"),
+        ("ram_gib", "RAM (GiB)"),
+        ("disk", "disk of the temporary storage"),
+        ("os", "OS"),
+        ("python", "Python"),
+        ("numpy", "numpy"),
+        ("h5py", "h5py"),
+        ("hdf5", "HDF5"),
+        ("hdf5plugin", "hdf5plugin"),
+        ("deker", "deker (this checkout)"),
+    ):
+        lines.append(f"| {label} | {info.get(key, '?')} |")
+    if legacy:
+        lines.append("| deker 1.1.7 | numpy 1.26 in its own virtual environment, same h5py and HDF5 |")
+    lines += ["", markdown_table(summary), ""]
+    missed = [s for s in summary if s.get("met") is False]
+    met = [s for s in summary if s.get("met") is True]
+    lines.append(f"Targets met: {len(met)} of {len(met) + len(missed)}.")
+    if missed:
+        lines.append(
+            "Missed: " + "; ".join(f"({s['scenario']}) {s['what']} ({s['target']})" for s in missed) + "."
+        )
+    if not legacy:
+        lines.append(
+            "deker 1.1.7 was not run (`--legacy`): creation and lookup targets use the absolute rates."
+        )
+    errors = [r for r in rows if "error" in r]
+    for r in errors:
+        lines.append(f"ERROR in scenario {r.get('scenario')}: {html.escape(str(r['error']))}")
+    tiled = [s for s in summary if "h5py_tiles_s" in s]
+    if tiled:
+        lines += [
+            "",
+            "Reference: raw h5py doing the I/O of deker's layout (one file per tile, the 64 tile files "
+            "opened one after the other, windows opening every tile they touch):",
+            "",
+            "| step | raw h5py, 64 tile files | vs raw h5py, one file | deker vs the tile files |",
+            "|---|---|---|---|",
+        ]
+        for s in tiled:
+            lines.append(
+                f"| ({s['scenario']}) {s['what']} | {_cell(s, 'h5py_tiles', True)} | "
+                f"{s.get('h5py_tiles_time_vs_h5py', 0):.2f}x time | "
+                f"{s.get('time_vs_h5py_tiles', 0):.2f}x time |"
+            )
+    lines += ["", f"![time relative to raw h5py per step]({chart.name})", "", "Scenario (g), the Dask and"]
+    lines[-1] += f" storage-size suites (size_scale {_extras_scale(rows)}):"
+    lines += ["", _extras_table(rows), "", END]
+    return "\n".join(lines)
+
+
+def _extras_scale(rows: Sequence[dict[str, Any]]) -> str:
+    scales = {r.get("size_scale") for r in rows if r.get("kind") == "extra"}
+    return ", ".join(str(s) for s in sorted(s for s in scales if s is not None)) or "-"
+
+
+def update_docs(
+    path: Path, rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], chart: Path
+) -> None:
+    """Replace the results section of ``path`` (appended when the page has none)."""
+    section = results_section(rows, summary, chart)
+    text = path.read_text() if path.exists() else "# Performance\n"
+    if _BLOCK.search(text):
+        text = _BLOCK.sub(lambda _m: section, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n## Latest results\n\n" + section + "\n"
+    path.write_text(text)

@@ -1,0 +1,149 @@
+"""Smoke tests of the benchmark runner: every scenario runs at a tiny size and checks its data.
+
+The speed targets themselves live in benchmarks/ (``python -m benchmarks``), never here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import report, runner, scenarios
+
+ROOT = Path(__file__).resolve().parents[1]
+LEGACY = ROOT / ".venv-legacy"
+SMOKE = replace(scenarios.TINY, reps=1)
+
+
+@pytest.mark.timeout(120)
+def test_every_scenario_runs_and_verifies(tmp_path: Path) -> None:
+    rows = scenarios.run_scenarios(tmp_path, SMOKE)
+    assert not [r for r in rows if "error" in r], rows
+    names = {(r["scenario"], r["name"], r["engine"]) for r in rows}
+    for name in runner.STEPS:
+        scenario = next(r["scenario"] for r in rows if r["name"] == name)
+        assert {(scenario, name, "deker"), (scenario, name, "h5py")} <= names, name
+    assert all(r["verified"] and len(r["runs"]) == SMOKE.reps and r["median"] > 0 for r in rows)
+    memory = [r for r in rows if r["name"] == "varray_read_peak_memory"]
+    assert all(r["memory_ratio"] > 0 for r in memory)
+    stored = [r for r in rows if r["name"] == "zstd_varray_write"]
+    assert all(r["stored_bytes"] > 0 for r in stored)
+    assert not list(tmp_path.iterdir())  # every scenario removes its files
+
+
+def test_a_failing_scenario_is_reported_and_the_others_run(tmp_path: Path) -> None:
+    broken = replace(SMOKE, vgrid=3)  # 256 is not a multiple of 3: the VArray schema is refused
+    rows = scenarios.run_scenarios(tmp_path, broken, only="ab")
+    errors = [r for r in rows if "error" in r]
+    assert [r["scenario"] for r in errors] == ["b"]
+    assert {r["name"] for r in rows if r.get("scenario") == "a"} >= {"array_first_write", "array_row_reads"}
+
+
+def test_verification_catches_wrong_data() -> None:
+    first, second = scenarios.pattern((64, 64), np.float32, 0), scenarios.pattern((64, 64), np.float32, 1)
+    assert not np.array_equal(first, second)  # every rewrite and region write changes the data
+    with pytest.raises(AssertionError, match="verification failed"):
+        scenarios.check(np.array_equal(first, second), "a read")
+
+
+def test_windows_cross_tile_borders() -> None:
+    sizes = scenarios.QUICK
+    tile = sizes.varray_side // sizes.vgrid
+    for y, x in scenarios._windows(sizes):
+        for start in (y, x):
+            assert start // tile != (start + sizes.window - 1) // tile  # two tiles on each axis
+            assert 0 <= start <= sizes.varray_side - sizes.window
+
+
+def test_summary_targets_and_docs(tmp_path: Path) -> None:
+    def row(name: str, engine: str, median: float, **extra: object) -> dict[str, object]:
+        return {
+            "scenario": "b",
+            "name": name,
+            "engine": engine,
+            "median": median,
+            "ops": 1,
+            "verified": True,
+            **extra,
+        }
+
+    rows = [
+        row("varray_first_write", "deker", 0.12, bytes=1 << 20),
+        row("varray_first_write", "h5py", 0.10, bytes=1 << 20),
+        row("varray_window_reads", "deker", 2.0, ops=200),
+        row("varray_window_reads", "h5py", 1.0, ops=200),
+        {**row("array_create", "deker", 1.0, ops=3000), "scenario": "d"},
+        {**row("array_create", runner.LEGACY, 1.0, ops=500), "scenario": "d"},
+    ]
+    summary = {s["name"]: s for s in runner.summarize(rows)}
+    assert summary["varray_first_write"]["met"] is True  # 1.2x <= 1.3x
+    assert summary["varray_window_reads"]["met"] is False  # 0.5x rate < 0.6x
+    assert summary["array_create"]["speedup_vs_legacy"] == 6.0 and summary["array_create"]["met"] is True
+    table = report.text_table(list(summary.values()))
+    assert "0.50x rate" in table and "1.20x time" in table and "6.0x faster" in table
+    chart = report.write_chart(list(summary.values()), tmp_path)
+    assert chart.exists() and chart.stat().st_size > 500
+    page = tmp_path / "PERFORMANCE.md"
+    page.write_text("# Performance\n\nmethod text\n")
+    report.update_docs(page, rows, list(summary.values()), chart)
+    report.update_docs(page, rows, list(summary.values()), chart)  # replaced, not appended twice
+    text = page.read_text()
+    assert text.count(report.END) == 1 and "method text" in text and "**NO**" in text
+
+
+@pytest.mark.timeout(180)
+def test_command_line_quick_subset(tmp_path: Path) -> None:
+    out = tmp_path / "run.jsonl"
+    code = runner.main(
+        ["--sizes", "tiny", "--reps", "1", "--only", "a", "--out", str(out), "--tmpdir", str(tmp_path)]
+    )
+    assert code == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0]["kind"] == "machine" and lines[0]["cores"] == os.cpu_count()
+    assert {r["name"] for r in lines if r.get("kind") == "summary"} == {
+        "array_first_write",
+        "array_rewrite",
+        "array_full_read",
+        "array_row_reads",
+    }
+    assert runner.main(["--from-json", str(out)]) == 0
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not (LEGACY / "bin" / "python").exists(), reason="no deker 1.1.7 venv at .venv-legacy")
+def test_legacy_run_uses_deker_117(tmp_path: Path) -> None:
+    rows = runner.run_legacy(LEGACY, tmp_path / "legacy", SMOKE, "a")
+    assert rows and all(r["engine"] == runner.LEGACY and r["engine_version"] == "1.1.7" for r in rows)
+    assert all(r["verified"] for r in rows)
+
+
+def test_scenarios_module_runs_as_a_script(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "scenarios.py"),
+            "run",
+            "--root",
+            str(tmp_path / "r"),
+            "--sizes",
+            "tiny",
+            "--reps",
+            "1",
+            "--only",
+            "d",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert rows[0]["kind"] == "meta" and {r["name"] for r in rows[1:]} >= {"array_create", "lookup_by_key"}
