@@ -81,3 +81,20 @@ def dask_cluster_client(dask_cluster: Any) -> Iterator[Any]:
     with distributed.Client(dask_cluster, set_as_default=False) as client:
         client.wait_for_workers(2, timeout=60)
         yield client
+
+
+@pytest.fixture
+def children() -> Any:
+    """Start lock-holding helper processes (``children(mode, **args)``); all are killed at the end."""
+    from storage_helpers.children import Child
+
+    made: list[Child] = []
+
+    def make(mode: str, **args: Any) -> Child:
+        child = Child(mode, **args)
+        made.append(child)
+        return child
+
+    yield make
+    for child in made:
+        child.close()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -22,8 +19,6 @@ from deker.storage import lockinfo, locks
 from deker.storage.layout import CollectionPaths
 from deker.storage.locks import LockSettings
 
-ROOT = Path(__file__).resolve().parents[1]
-HELPER = Path(__file__).resolve().parent / "storage_helpers" / "lock_holder.py"
 FAST = LockSettings(timeout=2, interval=0.05)
 PROMPT = 0.5  # seconds: "proceeds promptly" (polling interval 0.05 s, slack for loaded machines)
 IDS = [
@@ -32,68 +27,6 @@ IDS = [
     "0a1b2c3d-0000-4000-8000-000000000002",
     "9e8d7c6b-0000-4000-8000-000000000003",
 ]
-
-
-class Child:
-    """A helper process holding a lock, driven line by line."""
-
-    def __init__(self, mode: str, **args: Any) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HELPER), mode, json.dumps(args)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-        self.lines.put("<EOF>")
-
-    def expect(self, word: str, timeout: float = 15.0) -> str:
-        line = self.lines.get(timeout=timeout)
-        assert line.startswith(word), line
-        return line
-
-    def send(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("\n")
-        self.proc.stdin.flush()
-
-    def release(self) -> float:
-        self.send()
-        released = time.monotonic()
-        self.expect("RELEASED")
-        assert self.proc.wait(10) == 0
-        return released
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.kill()
-
-
-@pytest.fixture
-def children() -> Any:
-    made: list[Child] = []
-
-    def make(mode: str, **args: Any) -> Child:
-        child = Child(mode, **args)
-        made.append(child)
-        return child
-
-    yield make
-    for child in made:
-        child.close()
 
 
 def make_array(tmp_path: Path, array_id: str = IDS[0]) -> tuple[Path, str]:
