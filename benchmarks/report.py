@@ -1,7 +1,7 @@
 """Tables, the chart and the results section of docs/PERFORMANCE.md, from the runner's records.
 
-The chart is a PNG drawn with matplotlib when it is installed, else an SVG written by hand
-(matplotlib is not a dependency of this project).
+The chart is a PNG drawn and encoded by :mod:`benchmarks.png` (standard library and numpy only;
+matplotlib is not a dependency of this project).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from benchmarks import png
 
 BEGIN = "<!-- results:begin (written by `python -m benchmarks --write-docs`; do not edit by hand) -->"
 END = "<!-- results:end -->"
@@ -162,109 +164,99 @@ def _chart_rows(
 
 
 def write_chart(summary: Sequence[dict[str, Any]], folder: Path) -> Path:
-    """Draw the time of every step relative to raw h5py; return the file written."""
-    rows = _chart_rows(summary)
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        path = folder / "performance.svg"
-        path.write_text(_svg(rows))
-        return path
-    path = folder / "performance.png"
-    _png(rows, path)
+    """Draw the time of every step relative to raw h5py as ``folder / "performance.png"``.
+
+    The PNG is drawn and encoded by :mod:`benchmarks.png` (no plotting library); a chart of an
+    earlier version (``performance.svg``) in ``folder`` is removed.
+
+    Parameters
+    ----------
+    summary : sequence of dict
+        The step summaries of the runner (``runner.summarize``).
+    folder : pathlib.Path
+        Where to write the chart.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
+    path = _draw_chart(_chart_rows(summary)).save(folder / "performance.png")
+    (folder / "performance.svg").unlink(missing_ok=True)
     return path
 
 
-def _png(rows: list[tuple[str, float | None, float | None, float | None]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
-    ys = list(range(len(rows)))[::-1]
-    ax.barh([y + 0.18 for y in ys], [r[1] or 0 for r in rows], height=0.36, color="#2b6cb0", label="deker")
-    if any(r[2] for r in rows):
-        ax.barh(
-            [y - 0.18 for y in ys],
-            [r[2] or 0 for r in rows],
-            height=0.36,
-            color="#bbbbbb",
-            label="deker 1.1.7",
-        )
-    for y, r in zip(ys, rows, strict=True):
-        if r[3]:
-            ax.plot([r[3], r[3]], [y - 0.45, y + 0.45], color="#c53030", linewidth=2)
-    ax.axvline(1.0, color="black", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_yticks(ys, [r[0] for r in rows])
-    ax.set_xlabel("time relative to raw h5py (log scale; 1 = raw h5py, lower is better; red: target)")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+_BLUE = png.hex_color("#2b6cb0")
+_GREY = png.hex_color("#aaaaaa")
+_RED = png.hex_color("#c53030")
+_GRID = png.hex_color("#dddddd")
+_BLACK = (0, 0, 0)
+_TEXT = png.hex_color("#222222")
+_TITLE = "Time relative to raw h5py (log scale; 1 = raw h5py; lower is better)"
+_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
-def _svg(rows: list[tuple[str, float | None, float | None, float | None]]) -> str:
-    label_w, plot_w, right, top, row_h = 330, 520, 90, 50, 34
+def _draw_chart(rows: list[tuple[str, float | None, float | None, float | None]]) -> png.Canvas:
+    label_w, plot_w, right, top, row_h, bar_h = 330, 520, 90, 50, 34, 11
+    label_w = max(label_w, max((png.text_size(r[0])[0] + 20 for r in rows), default=0))
     width = label_w + plot_w + right
-    height = top + row_h * len(rows) + 70
+    width = max(width, png.text_size(_TITLE, 2)[0] + 40)
+    bottom = top + row_h * len(rows)
+    height = bottom + 70
     values = [v for r in rows for v in (r[1], r[2], r[3]) if v]
-    lo = min([0.5, *values]) if values else 0.5
-    hi = max([2.0, *values]) if values else 2.0
+    lo = min([0.5, *values])
+    hi = max([2.0, *values])
     lo_exp, hi_exp = math.floor(math.log10(lo) * 3) / 3, math.ceil(math.log10(hi) * 3) / 3
 
-    def x(value: float) -> float:
+    def x(value: float) -> int:
         value = max(value, 10**lo_exp)
-        return label_w + plot_w * (math.log10(value) - lo_exp) / (hi_exp - lo_exp)
+        return round(label_w + plot_w * (math.log10(value) - lo_exp) / (hi_exp - lo_exp))
 
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="14" font-weight="bold">'
-        "Time relative to raw h5py (log scale; 1 = raw h5py; lower is better)</text>",
-    ]
-    ticks = [
-        t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500) if lo_exp <= math.log10(t) <= hi_exp
-    ]
-    bottom = top + row_h * len(rows)
+    canvas = png.Canvas(width, height)
+    canvas.text_center(width // 2, 12, _TITLE, _TEXT, scale=2)
+    ticks = [t for t in _TICKS if lo_exp <= math.log10(t) <= hi_exp]
     for t in ticks:
-        color = "#000" if t == 1 else "#ddd"
-        parts.append(f'<line x1="{x(t):.1f}" y1="{top - 6}" x2="{x(t):.1f}" y2="{bottom}" stroke="{color}"/>')
-        parts.append(f'<text x="{x(t):.1f}" y="{bottom + 16}" text-anchor="middle">{t:g}x</text>')
+        if t != 1:
+            canvas.vline(x(t), top - 6, bottom, _GRID)
+        canvas.text_center(x(t), bottom + 8, f"{t:g}x", _TEXT)
+    canvas.hline(bottom, label_w, label_w + plot_w, _GRID)
     for i, (label, ours, old, target) in enumerate(rows):
         y = top + i * row_h
-        parts.append(
-            f'<text x="{label_w - 8}" y="{y + row_h / 2 + 4:.1f}" text-anchor="end">'
-            f"{html.escape(label)}</text>"
-        )
-        for value, dy, color, name in ((ours, 5, "#2b6cb0", "deker"), (old, 18, "#aaaaaa", "deker 1.1.7")):
+        canvas.text_right(label_w - 10, y + row_h // 2 - 4, label, _TEXT)
+        # vertical marks drawn over this row: a value printed across one moves past it
+        marks = sorted([x(1)] + ([x(target)] if target else []))
+        for value, dy, color in ((ours, 5, _BLUE), (old, 18, _GREY)):
             if not value:
                 continue
-            x0, x1 = x(10**lo_exp), x(value)
-            parts.append(
-                f'<rect x="{x0:.1f}" y="{y + dy}" width="{max(1.0, x1 - x0):.1f}" height="11" fill="{color}">'
-                f"<title>{name}: {value:.2f}x</title></rect>"
-            )
-            parts.append(f'<text x="{x1 + 4:.1f}" y="{y + dy + 10}" font-size="10">{value:.2f}x</text>')
+            x0 = x(10**lo_exp)
+            x1 = max(x0 + 1, x(value))
+            canvas.fill_rect(x0, y + dy, x1, y + dy + bar_h, color)
+            text = f"{value:.2f}x"
+            left = x1 + 4
+            for mark in marks:
+                if left - 3 <= mark + 1 and mark - 1 <= left + png.text_size(text)[0] + 1:
+                    left = mark + 5
+            canvas.text(left, y + dy + 2, text, _TEXT)
+    if 1 in ticks:
+        canvas.vline(x(1), top - 6, bottom, _BLACK)
+    for i, (_label, _ours, _old, target) in enumerate(rows):
         if target:
-            parts.append(
-                f'<line x1="{x(target):.1f}" y1="{y + 2}" x2="{x(target):.1f}" y2="{y + row_h - 3}" '
-                'stroke="#c53030" stroke-width="2.5"/>'
-            )
-    legend_y = bottom + 36
-    parts += [
-        f'<rect x="{label_w}" y="{legend_y}" width="12" height="11" fill="#2b6cb0"/>',
-        f'<text x="{label_w + 18}" y="{legend_y + 10}">deker (this checkout)</text>',
-        f'<rect x="{label_w + 170}" y="{legend_y}" width="12" height="11" fill="#aaaaaa"/>',
-        f'<text x="{label_w + 188}" y="{legend_y + 10}">deker 1.1.7</text>',
-        f'<line x1="{label_w + 290}" y1="{legend_y - 1}" x2="{label_w + 290}" y2="{legend_y + 12}" '
-        'stroke="#c53030" stroke-width="2.5"/>',
-        f'<text x="{label_w + 298}" y="{legend_y + 10}">target of issue 6</text>',
-        "</svg>",
-    ]
-    return "\n".join(parts) + "\n"
+            y = top + i * row_h
+            canvas.vline(x(target) - 1, y + 2, y + row_h - 3, _RED, width=3)
+    _legend(canvas, label_w, bottom + 36, any(r[2] for r in rows), any(r[3] for r in rows))
+    return canvas
+
+
+def _legend(canvas: png.Canvas, left: int, y: int, legacy: bool, targets: bool) -> None:
+    entries = [(_BLUE, "deker (this checkout)")]
+    if legacy:
+        entries.append((_GREY, "deker 1.1.7"))
+    for color, text in entries:
+        canvas.fill_rect(left, y, left + 12, y + 11, color)
+        left = canvas.text(left + 18, y + 2, text, _TEXT)[2] + 30
+    if targets:
+        canvas.vline(left + 4, y - 1, y + 12, _RED, width=3)
+        canvas.text(left + 14, y + 2, "target of issue 6", _TEXT)
 
 
 # ------------------------------------------------------------------------------ docs
