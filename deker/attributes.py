@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only (schemas is a sibling layer)
     from deker.schemas import ArraySchema, AttributeSchema, VArraySchema
 
 __all__ = [
+    "check_collection_name",
     "check_path_component",
     "normalize_filters",
     "primary_key_components",
@@ -43,6 +44,8 @@ __all__ = [
 
 #: The longest file name (in UTF-8 bytes) most file systems accept.
 MAX_COMPONENT_BYTES = 255
+# ``<name>.json`` and ``<name>.lock`` must be valid file names.
+MAX_COLLECTION_NAME_BYTES = MAX_COMPONENT_BYTES - len(".json")
 
 
 # --------------------------------------------------------------------------------------------- ids
@@ -380,7 +383,30 @@ def normalize_filters(schema: ArraySchema | VArraySchema, filters: Mapping[str, 
 
 
 # -------------------------------------------------------------------------------------------- paths
-def check_path_component(text: str, what: str) -> str:
+def check_collection_name(name: str) -> str:
+    """Check a collection name: a path component whose ``.json`` and ``.lock`` names fit too.
+
+    Parameters
+    ----------
+    name : str
+        The candidate name.
+
+    Returns
+    -------
+    str
+        The name.
+
+    Raises
+    ------
+    DekerValidationError
+        As :func:`check_path_component`, with at most :data:`MAX_COLLECTION_NAME_BYTES` bytes
+        (the collection's files ``<name>.json`` and ``<name>.lock`` are one name each).
+
+    """
+    return check_path_component(name, "Collection name", MAX_COLLECTION_NAME_BYTES)
+
+
+def check_path_component(text: str, what: str, max_bytes: int = MAX_COMPONENT_BYTES) -> str:
     """Check that a text can be used as one directory or file name.
 
     Parameters
@@ -389,6 +415,8 @@ def check_path_component(text: str, what: str) -> str:
         The candidate component (a collection name, a primary-key value).
     what : str
         What the text is, for the message (``"Collection name"``).
+    max_bytes : int
+        The longest allowed UTF-8 encoding (a file name holds at most 255 bytes).
 
     Returns
     -------
@@ -399,7 +427,7 @@ def check_path_component(text: str, what: str) -> str:
     ------
     DekerValidationError
         If the text is not a string, is empty or blank, is ``.`` or ``..``, contains ``/`` or a
-        NUL character, or is longer than 255 bytes in UTF-8.
+        NUL character, or is longer than ``max_bytes`` bytes in UTF-8.
 
     """
     if not isinstance(text, str):
@@ -417,9 +445,9 @@ def check_path_component(text: str, what: str) -> str:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise DekerValidationError(f"{what} {text!r} cannot be encoded in UTF-8; remove surrogates") from exc
-    if size > MAX_COMPONENT_BYTES:
+    if size > max_bytes:
         raise DekerValidationError(
-            f"{what} is {size} bytes long in UTF-8; at most {MAX_COMPONENT_BYTES} bytes are allowed, "
+            f"{what} is {size} bytes long in UTF-8; at most {max_bytes} bytes are allowed, "
             "use a shorter value"
         )
     return text

@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from deker.attributes import check_path_component
+from deker.attributes import check_collection_name
 from deker.collection import Collection
 from deker.context import ContextSettings, StorageContext
 from deker.errors import (
@@ -34,8 +34,9 @@ from deker.meta import (
 from deker.options import HDF5Options, check_fill_value_supported
 from deker.schemas import ArraySchema, VArraySchema
 from deker.sizes import check_memory, effective_memory_limit, human_size, parse_memory_limit
+from deker.storage.atomic import build_directory, clean_storage
 from deker.storage.inspection import tree_size
-from deker.storage.layout import COLLECTIONS_DIR, CollectionPaths
+from deker.storage.layout import COLLECTIONS_DIR, CollectionPaths, is_scratch_dir_name
 from deker.storage.lockinfo import LockInfo, clear_locks, list_locks
 from deker.storage.locks import LockSettings, collection_lock
 from deker.store import array_schema_of
@@ -227,6 +228,10 @@ class Client:
 
     def _create(self, meta: CollectionMeta) -> Collection:
         ctx = self._context
+        if is_scratch_dir_name(meta.name):
+            raise DekerValidationError(
+                f"Collection name {meta.name!r} has the form of deker's scratch directories; choose another"
+            )
         paths = self._paths(meta.name)
         schema_of_arrays = array_schema_of(meta)
         check_fill_value_supported(meta.options, schema_of_arrays.dtype, schema_of_arrays.fill_value)
@@ -243,13 +248,18 @@ class Client:
                     except FileNotFoundError:
                         pass
                     raise
+            # The directory appears with its metadata inside, at once: a crash leaves no
+            # collection directory without metadata behind (which would block the name).
+            payload = encode_collection_meta(meta).encode()
             try:
-                paths.path.mkdir()
+                build_directory(paths.root, meta.name, {paths.meta_file.name: payload})
             except FileExistsError as exc:
+                if paths.path.is_dir() and not paths.meta_file.exists():
+                    raise DekerCollectionAlreadyExistsError(
+                        f"Collection {meta.name} cannot be created: {paths.path} exists and holds files "
+                        f"but no metadata file {paths.meta_file.name}; move that directory away first"
+                    ) from exc
                 raise DekerCollectionAlreadyExistsError(f"Collection {meta.name} already exists") from exc
-            tmp = paths.path / f".{meta.name}.json.tmp"
-            tmp.write_text(encode_collection_meta(meta))
-            os.replace(tmp, paths.meta_file)
         return Collection(ctx, meta)
 
     def create_collection(
@@ -278,7 +288,7 @@ class Client:
         """
         if not isinstance(name, str) or not name.strip():
             raise DekerValidationError(f"Collection invalid name: {name!r}; a non-empty string is expected")
-        check_path_component(name, "Collection name")
+        check_collection_name(name)
         if not isinstance(schema, (ArraySchema, VArraySchema)):
             raise DekerValidationError(
                 f"Invalid schema type: {type(schema)}; ArraySchema or VArraySchema expected"
@@ -294,7 +304,7 @@ class Client:
     def collection_from_dict(self, collection_data: dict[str, Any]) -> Collection:
         """Create a collection on disk from its metadata dict (as ``Collection.as_dict`` gives)."""
         meta = decode_collection_meta(collection_data)
-        check_path_component(meta.name, "Collection name")
+        check_collection_name(meta.name)
         return self._create(CollectionMeta(name=meta.name, schema=meta.schema, options=meta.options))
 
     def _load(self, name: str) -> Collection | None:
@@ -305,20 +315,24 @@ class Client:
             return None
         except OSError as exc:
             raise DekerMetaDataError(f'Collection "{name}" metadata cannot be read: {exc}') from exc
-        return Collection(self._context, decode_collection_meta(text))
+        try:
+            meta = decode_collection_meta(text)
+        except DekerMetaDataError as exc:
+            raise DekerMetaDataError(f'Collection "{name}" metadata file {path} is invalid: {exc}') from exc
+        return Collection(self._context, meta)
 
     def get_collection(self, name: str) -> Collection | None:
         """Return the collection named ``name``, or ``None``."""
         self._check_open()
         if not isinstance(name, str) or not name.strip():
             raise DekerValidationError(f"Collection invalid name: {name!r}")
-        check_path_component(name, "Collection name")
+        check_collection_name(name)
         return self._load(name)
 
     def __iter__(self) -> Iterator[Collection]:
         self._check_open()
         for entry in sorted(os.scandir(self.root_path), key=lambda e: e.name):
-            if not entry.is_dir(follow_symlinks=False):
+            if not entry.is_dir(follow_symlinks=False) or is_scratch_dir_name(entry.name):
                 continue
             try:
                 coll = self._load(entry.name)
@@ -333,7 +347,7 @@ class Client:
     def _collection_dir(self, name: str | None) -> Path:
         if not name:
             return self.root_path
-        check_path_component(name, "Collection name")
+        check_collection_name(name)
         path = self._paths(name).path
         if not path.is_dir():
             raise DekerCollectionNotExistsError(f"Collection {name} does not exist")
@@ -427,11 +441,15 @@ class Client:
         return list_locks(self._collection_dir(collection_name))
 
     def clear_locks(self, collection_name: str | None = None, *, force: bool = False) -> list[Path]:
-        """Remove lock files whose owners are dead (all of them with ``force``).
+        """Remove lock files whose owners are dead (all of them with ``force``), and crash leftovers.
 
         Read markers, VArray write markers and creation locks left behind by dead processes
         are removed; those of running operations are kept unless ``force`` (which breaks the
         protection of those operations).  Collection locks and array mutexes are never removed.
+        What killed writers left is cleaned too (``force`` does not change that): undo journals
+        of interrupted in-place writes are rolled back (under each array's write lock, waiting
+        for it like a writer), temporary files are deleted, and so are the scratch directories
+        of interrupted collection creations and deletions (unchanged for 10 s).
 
         Parameters
         ----------
@@ -443,7 +461,12 @@ class Client:
         Returns
         -------
         list of Path
-            The removed files (each is also logged at INFO level).
+            The removed files, journals rolled back and scratch directories, sorted (each is
+            also logged at INFO level).
         """
         self._check_open()
-        return clear_locks(self._collection_dir(collection_name), force=force)
+        directory = self._collection_dir(collection_name)
+        removed = clean_storage(directory, self._context.locks)
+        removed += clear_locks(directory, force=force)
+        removed.sort(key=str)
+        return removed

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -13,17 +12,32 @@ from typing import Any
 from deker.arrays import Array, VArray
 from deker.attributes import normalize_filters, primary_key_components, process_attributes, validate_id
 from deker.context import StorageContext
-from deker.errors import DekerInstanceNotExistsError, DekerInvalidManagerCallError, DekerMetaDataError
+from deker.errors import DekerFilterError, DekerInstanceNotExistsError, DekerInvalidManagerCallError
 from deker.meta import CollectionMeta, collection_meta_as_dict
 from deker.options import HDF5Options
 from deker.schemas import ArraySchema, VArraySchema
-from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, CollectionPaths, iter_ids
+from deker.storage.atomic import empty_directory, remove_tree
+from deker.storage.layout import (
+    ARRAY_DATA,
+    ARRAY_EXT,
+    ARRAY_SYMLINKS,
+    VARRAY_DATA,
+    VARRAY_EXT,
+    VARRAY_SYMLINKS,
+    CollectionPaths,
+    iter_ids,
+)
 from deker.storage.locks import collection_lock
 from deker.store import array_schema_of, create_array, create_varray, find_by_primary, read_record
 
 __all__ = ["ArrayManager", "Collection", "DataManager", "FilteredManager", "VArrayManager"]
 
 logger = logging.getLogger(__name__)
+
+# What Collection.clear removes first: without ``varray_data`` (VArrays) or ``array_data``
+# (Arrays) nothing else is reachable, so a crash after the first rename leaves a cleared
+# collection with unreachable leftovers the next clear removes.
+_CLEAR_ORDER = (VARRAY_DATA, ARRAY_DATA, VARRAY_SYMLINKS, ARRAY_SYMLINKS)
 
 
 class _Manager:
@@ -156,6 +170,11 @@ class FilteredManager:
     """
 
     def __init__(self, manager: _Manager, filters: dict[str, Any]) -> None:
+        if not isinstance(filters, Mapping):
+            raise DekerFilterError(
+                f"Filters shall be a dict such as {{'id': ...}} or {{<primary attribute>: <value>, ...}}, "
+                f"got {type(filters).__name__}"
+            )
         self._manager = manager
         self._filters = dict(filters)
 
@@ -252,19 +271,24 @@ class Collection:
         return self._default.filter(filters)
 
     def clear(self) -> None:
-        """Delete every array of the collection, keeping the collection and its metadata."""
+        """Delete every array of the collection, keeping the collection and its metadata.
+
+        The data directories are renamed away one by one (the one listing the arrays first),
+        then deleted: a crash leaves every array either whole or gone.
+        """
         self._check()
         with collection_lock(self._ctx.root, self.name, self._ctx.locks):
-            for entry in os.scandir(self.path):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                elif entry.name != self._paths.meta_file.name:
-                    os.unlink(entry.path)
+            empty_directory(self.path, keep=self._paths.meta_file.name, first=_CLEAR_ORDER)
 
     def delete(self) -> None:
-        """Delete the collection with everything in it (deleting twice is harmless)."""
+        """Delete the collection with everything in it (deleting twice is harmless).
+
+        The collection directory is renamed away at once, then deleted: a crash leaves the
+        whole collection or nothing of it (plus a hidden scratch directory that
+        :meth:`deker.Client.clear_locks` deletes).
+        """
         self._ctx.check_open()
-        shutil.rmtree(self.path, ignore_errors=True)
+        remove_tree(self.path)
         try:
             os.unlink(self._paths.lock_file)
         except FileNotFoundError:
@@ -287,13 +311,3 @@ class Collection:
 
     def __str__(self) -> str:
         return self.name
-
-
-def collection_meta_from(mapping: Mapping[str, Any]) -> CollectionMeta:
-    """Decode collection metadata (re-exported helper for the client)."""
-    from deker.meta import decode_collection_meta
-
-    try:
-        return decode_collection_meta(mapping)
-    except DekerMetaDataError:
-        raise

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from deker.attributes import check_path_component, primary_key_components
+from deker.attributes import check_collection_name, primary_key_components
 from deker.context import StorageContext
 from deker.errors import (
     DekerCollectionNotExistsError,
@@ -47,6 +47,7 @@ from deker.errors import (
 )
 from deker.meta import CollectionMeta, decode_array_meta, decode_collection_meta, deserialize_attributes
 from deker.schemas import ArraySchema, VArraySchema
+from deker.storage.atomic import SCRATCH_MIN_AGE, find_scratch_dirs
 from deker.storage.inspection import (
     ArrayFileCheck,
     inspect_array_file,
@@ -54,7 +55,7 @@ from deker.storage.inspection import (
     scan_symlink_tree,
     stale_leftovers,
 )
-from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, CollectionPaths
+from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, CollectionPaths, is_scratch_dir_name
 from deker.storage.lockinfo import KIND_CREATION, KIND_READ, KIND_VARRAY, list_locks
 from deker.storage.locks import LockSettings, array_read_lock
 from deker.store import array_schema_of
@@ -346,7 +347,9 @@ class _Checker:
             entries = sorted(os.scandir(self.root), key=lambda e: e.name)
         except FileNotFoundError:
             entries = []
-        dirs = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        dirs = [
+            e.name for e in entries if e.is_dir(follow_symlinks=False) and not is_scratch_dir_name(e.name)
+        ]
         locks = {e.name[: -len(".lock")] for e in entries if e.name.endswith(".lock") and e.is_file()}
         names = [only] if only is not None else dirs
         self.rec.report.collections = list(names)
@@ -382,6 +385,14 @@ class _Checker:
             msg = f"Collection with lock {name} not found: {lock} names no collection directory"
             self.add(1, "collection-lock-orphan", heading, msg, lock)
         self.name = ""
+        heading = "Collections interrupted operations:"
+        for path in find_scratch_dirs(self.root, SCRATCH_MIN_AGE):
+            if only is None or path.parent.name == only:
+                msg = (
+                    f"Directory {path} was left by an interrupted collection creation, deletion or clear "
+                    "(it can be deleted; client.clear_locks does)"
+                )
+                self.add(1, "scratch-dir", heading, msg, path)
         return metas
 
     # ---------------------------------------------------------------- level 2
@@ -668,7 +679,7 @@ def check_integrity(
     if collection is not None:
         if not isinstance(collection, str):
             raise DekerValidationError(f"collection shall be a collection name; got {collection!r}")
-        check_path_component(collection, "Collection name")
+        check_collection_name(collection)
         if not CollectionPaths(ctx.root, collection).path.is_dir():
             raise DekerCollectionNotExistsError(f"Collection {collection} does not exist")
     report = IntegrityReport(level=level)

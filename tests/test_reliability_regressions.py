@@ -198,22 +198,20 @@ def test_leftovers_of_a_deleted_file_are_not_applied_to_a_new_one(tmp_path: Path
     assert hdf5.read_meta(target) == b'{"id": 1}'
 
 
-@pytest.mark.xfail(strict=True, reason="defect in collection.py: filter() of a non-dict leaks TypeError")
-def test_filter_of_a_non_dict_is_a_deker_error(clients: Any) -> None:
-    """Defect (test_fuzz_api): ``filter(None)`` / ``filter(5)`` raise a raw TypeError (deker
+@pytest.mark.parametrize("bad", [None, 5, "id", ["id"]])
+def test_filter_of_a_non_dict_is_a_deker_error(clients: Any, bad: Any) -> None:
+    """Defect (test_fuzz_api): ``filter(None)`` / ``filter(5)`` raised a raw TypeError (deker
     1.1.7 raised TypeError/AttributeError); a DekerFilterError saying a dict is expected is
-    what the API documents.  Not fixed here (collection.py belongs to another change).
+    what the API documents.  Fixed in ``FilteredManager``.
     """
     _root, one, _two = clients
-    with pytest.raises(DekerFilterError):
-        one.get_collection("a").filter(None).last()  # type: ignore[arg-type]
+    with pytest.raises(DekerFilterError, match="shall be a dict"):
+        one.get_collection("a").filter(bad).last()
 
 
-@pytest.mark.xfail(strict=True, reason="defect in client.py: the metadata error does not name the file")
 def test_broken_collection_metadata_error_names_the_file(clients: Any) -> None:
-    """Defect (test_damaged_storage): garbage in ``<name>.json`` gives a DekerMetaDataError
-    that does not say which file is broken.  Not fixed here (client.py belongs to another
-    change).
+    """Defect (test_damaged_storage): garbage in ``<name>.json`` gave a DekerMetaDataError
+    that did not say which file is broken.  Fixed in ``Client._load``.
     """
     root, one, _two = clients
     (root / "collections" / "a" / "a.json").write_text("{garbage")
@@ -276,16 +274,23 @@ def test_symlink_creation_survives_a_directory_removed_during_mkdir(
     assert done and (link_dir / "x.hdf5").is_symlink()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect in client.py/attributes.py: names of 251-255 bytes are accepted"
-)
-def test_collection_name_that_makes_too_long_file_names_is_rejected(clients: Any) -> None:
-    """Defect (test_fuzz_api): a collection name of 251 to 255 bytes passes validation (one
+@pytest.mark.parametrize("size", [251, 255])
+def test_collection_name_that_makes_too_long_file_names_is_rejected(clients: Any, size: int) -> None:
+    """Defect (test_fuzz_api): a collection name of 251 to 255 bytes passed validation (one
     path component is at most 255 bytes), but ``<name>.json`` and ``<name>.lock`` are longer,
-    so creation fails with a raw ``OSError`` (ENAMETOOLONG) instead of DekerValidationError.
-    Not fixed here (client.py / attributes.py belong to other changes).
+    so creation failed with a raw ``OSError`` (ENAMETOOLONG) instead of DekerValidationError.
+    Fixed: ``attributes.check_collection_name`` allows 250 bytes, which still works.
     """
-    _root, one, _two = clients
+    root, one, _two = clients
     schema = ArraySchema(dtype=np.float64, dimensions=[DimensionSchema("x", 2)])
-    with pytest.raises(DekerValidationError):
-        one.create_collection("a" * 255, schema)
+    before = sorted(p.name for p in (root / "collections").iterdir())
+    with pytest.raises(DekerValidationError, match="at most 250 bytes"):
+        one.create_collection("a" * size, schema)
+    with pytest.raises(DekerValidationError, match="at most 250 bytes"):
+        one.get_collection("é" * (size // 2 + 1))
+    assert sorted(p.name for p in (root / "collections").iterdir()) == before
+    array = one.create_collection("b" * 250, schema).create()
+    array[:].update(np.arange(2.0))
+    again = one.get_collection("b" * 250)
+    assert again is not None
+    np.testing.assert_array_equal(next(iter(again))[:].read(), [0.0, 1.0])

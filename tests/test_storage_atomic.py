@@ -483,3 +483,91 @@ def test_killed_in_the_middle_of_a_journaled_change(tmp_path: Path, op: str) -> 
         expect[0, 0] = 7.0
         np.testing.assert_array_equal(got, expect)
         path.write_bytes(original)  # the next kill point starts from the same old file
+
+
+# ------------------------------------------------------------------------------ directories
+
+
+def _tree(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_build_directory_appears_whole_and_never_overwrites(tmp_path: Path) -> None:
+    atomic.build_directory(tmp_path, "c", {"c.json": b"{}", "other": b"x" * 100_000})
+    assert (tmp_path / "c" / "c.json").read_bytes() == b"{}"
+    assert (tmp_path / "c" / "other").read_bytes() == b"x" * 100_000
+    assert _tree(tmp_path) == ["c", "c/c.json", "c/other"]  # no scratch directory left
+    with pytest.raises(FileExistsError):
+        atomic.build_directory(tmp_path, "c", {"c.json": b"new"})
+    assert (tmp_path / "c" / "c.json").read_bytes() == b"{}"
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(FileExistsError):
+        atomic.build_directory(tmp_path, "f", {"x": b""})
+    assert _tree(tmp_path) == ["c", "c/c.json", "c/other", "f"]
+    (tmp_path / "empty").mkdir()  # what an interrupted mkdir-first creation left
+    atomic.build_directory(tmp_path, "empty", {"e.json": b"1"})
+    assert (tmp_path / "empty" / "e.json").read_bytes() == b"1"
+
+
+def test_build_directory_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*_args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "rename", fail)
+    with pytest.raises(OSError, match="No space"):
+        atomic.build_directory(tmp_path, "c", {"c.json": b"{}"})
+    assert _tree(tmp_path) == []
+
+
+def test_remove_tree_renames_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "c" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "c" / "a" / "b" / "f").write_text("x")
+    assert atomic.remove_tree(tmp_path / "c") is True
+    assert _tree(tmp_path) == []
+    assert atomic.remove_tree(tmp_path / "c") is False
+    # A crash after the rename (simulated: the deletion never runs) leaves the whole tree
+    # under a scratch name and nothing under the old name; clean_storage deletes it later.
+    (tmp_path / "d" / "x").mkdir(parents=True)
+    monkeypatch.setattr(atomic.shutil, "rmtree", lambda *_a, **_k: None)
+    atomic.remove_tree(tmp_path / "d")
+    monkeypatch.undo()
+    assert not (tmp_path / "d").exists()
+    scratch = atomic.find_scratch_dirs(tmp_path)
+    assert [p.name.endswith(".trash") for p in scratch] == [True]
+    assert (scratch[0] / "x").is_dir()
+    assert atomic.find_scratch_dirs(tmp_path, min_age=60) == []  # too young: may be running
+    monkeypatch.setattr(atomic, "SCRATCH_MIN_AGE", 0.0)
+    assert atomic.clean_storage(tmp_path, FAST) == scratch
+    assert _tree(tmp_path) == []
+
+
+def test_empty_directory_moves_the_entries_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    coll = tmp_path / "c"
+    for name in ("array_data", "array_symlinks", "varray_data", "varray_symlinks"):
+        (coll / name / "x").mkdir(parents=True)
+    (coll / "c.json").write_text("{}")
+    (coll / "stray.lock").write_text("")
+    moved: list[str] = []
+    real_rename = os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        moved.append(Path(src).name)
+        if len(moved) == 2:
+            raise KeyboardInterrupt  # the process dies after the first entry went
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    order = ("varray_data", "array_data", "varray_symlinks", "array_symlinks")
+    with pytest.raises(KeyboardInterrupt):
+        atomic.empty_directory(coll, keep="c.json", first=order)
+    monkeypatch.undo()
+    assert moved == ["varray_data", "array_data"]
+    left = sorted(p.name for p in coll.iterdir() if not p.name.endswith(".trash"))
+    assert left == ["array_data", "array_symlinks", "c.json", "stray.lock", "varray_symlinks"]
+    atomic.empty_directory(coll, keep="c.json", first=order)  # the next clear finishes the job
+    assert sorted(p.name for p in coll.iterdir() if not p.name.endswith(".trash")) == ["c.json"]
+    atomic.empty_directory(coll, keep="c.json")  # nothing to do
+    # the scratch directory of the interrupted clear is found three levels down, not in data trees
+    (coll / "array_data" / f".{'0' * 32}.trash").mkdir(parents=True)
+    found = atomic.find_scratch_dirs(tmp_path)
+    assert len(found) == 1 and found[0].parent == coll

@@ -40,15 +40,24 @@ journal orders the steps.  Power loss and kernel crashes do need flushes; settin
 environment variable ``DEKER_FSYNC=1`` in a process makes every step above flush the file and
 its directory (it is read at each write, never set by deker; set it on Dask workers too).
 That costs waiting for the disk: about the time to write the data once more.
+
+**Directories** (collections) are built and removed by renames too (:func:`build_directory`,
+:func:`remove_tree`, :func:`empty_directory`): a new tree is assembled under a hidden
+``.<32 hex>.new`` name and renamed to its name; a tree to delete is first renamed to a hidden
+``.<32 hex>.trash`` name, then deleted.  A crash leaves the whole old tree or none of it
+visible; the scratch directory left behind is deleted by :func:`clean_storage`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
+import shutil
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,20 +73,42 @@ from deker.storage.journal import (
     old_version,
     recover,
 )
-from deker.storage.layout import ARRAY_EXT, ensure_dir, leftover_target, temp_file_name
+from deker.storage.layout import (
+    ARRAY_DATA,
+    ARRAY_EXT,
+    ARRAY_SYMLINKS,
+    VARRAY_DATA,
+    VARRAY_SYMLINKS,
+    ensure_dir,
+    is_scratch_dir_name,
+    leftover_target,
+    scratch_dir_name,
+    temp_file_name,
+    walk_storage,
+)
 from deker.storage.locks import LockSettings, array_write_lock
 
+# Directories that hold arrays, never scratch directories (not searched for them).
+_DATA_TREES = frozenset((ARRAY_DATA, ARRAY_SYMLINKS, VARRAY_DATA, VARRAY_SYMLINKS))
+# Scratch directories younger than this (seconds) may belong to a running operation.
+SCRATCH_MIN_AGE = 10.0
+
 __all__ = [
+    "SCRATCH_MIN_AGE",
     "Leftover",
     "UndoJournal",
     "clean_leftovers",
+    "build_directory",
     "clean_storage",
     "discard_leftovers",
+    "empty_directory",
+    "find_scratch_dirs",
     "durable",
     "find_leftovers",
     "fsync_dir",
     "fsync_file",
     "is_held",
+    "remove_tree",
     "journal_path",
     "journaled",
     "old_version",
@@ -217,7 +248,7 @@ def find_leftovers(directory: Path) -> list[Leftover]:
 
     """
     found = []
-    for dirpath, _dirs, files in os.walk(directory):
+    for dirpath, files in walk_storage(directory):
         for name in files:
             what = leftover_target(name)
             if what is None:
@@ -320,11 +351,12 @@ def discard_leftovers(target: Path) -> list[Path]:
 
 
 def clean_storage(directory: Path, settings: LockSettings) -> list[Path]:
-    """Deal with every stale leftover under ``directory`` (what ``clear_locks`` should call).
+    """Deal with every stale leftover under ``directory`` (``Client.clear_locks`` calls it).
 
-    Temporary files nobody holds are deleted.  A stale journal is rolled back under its
-    array's write lock (waiting for it like any writer); the journal of a file that no longer
-    exists is just deleted.  Live ones (their writer still works) are left alone.
+    Temporary files nobody holds are deleted, and so are scratch directories of collection
+    creations and deletions unchanged for :data:`SCRATCH_MIN_AGE` seconds.  A stale journal is
+    rolled back under its array's write lock (waiting for it like any writer); the journal of a
+    file that no longer exists is just deleted.  Live ones (their writer still works) are left alone.
 
     Parameters
     ----------
@@ -358,7 +390,181 @@ def clean_storage(directory: Path, settings: LockSettings) -> list[Path]:
                     done.append(item.path)
         except FileNotFoundError:  # the file is gone: its journal has nothing to restore
             done.extend(discard_leftovers(item.target))
+    for scratch in find_scratch_dirs(directory, SCRATCH_MIN_AGE):
+        shutil.rmtree(scratch, ignore_errors=True)
+        done.append(scratch)
     done.sort(key=str)
     for path in done:
         logger.info("removed the leftover %s of an interrupted write", path)
     return done
+
+
+# ------------------------------------------------------------------------------ directories
+
+
+def build_directory(parent: Path, name: str, files: dict[str, bytes]) -> None:
+    """Create ``parent / name`` holding ``files``, all at once (a crash leaves no part of it).
+
+    The tree is written under a scratch name, flushed (with ``DEKER_FSYNC=1``), then renamed
+    to ``name``.  An existing *empty* directory ``name`` is replaced (the leftover of an
+    interrupted creation of deker 1.1.7, which created the directory first).
+
+    Parameters
+    ----------
+    parent : Path
+        The directory to create it in (created if missing).
+    name : str
+        The new directory's name.
+    files : dict of str to bytes
+        File names and contents to put in it.
+
+    Raises
+    ------
+    FileExistsError
+        If ``parent / name`` exists and is not an empty directory (nothing is changed).
+
+    """
+    ensure_dir(parent)
+    scratch = parent / scratch_dir_name("new")
+    os.mkdir(scratch)
+    try:
+        for file_name, payload in files.items():
+            fd = os.open(scratch / file_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view) :]
+                fsync_file(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(scratch)
+        try:
+            os.rename(scratch, parent / name)
+        except OSError as exc:
+            if isinstance(exc, (FileExistsError, IsADirectoryError, NotADirectoryError)) or exc.errno in (
+                errno.ENOTEMPTY,
+                errno.EEXIST,
+            ):
+                raise FileExistsError(f"{parent / name} already exists") from exc
+            raise
+        fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
+def remove_tree(path: Path) -> bool:
+    """Delete the directory tree ``path``: renamed away at once, then deleted.
+
+    Parameters
+    ----------
+    path : Path
+        The directory.
+
+    Returns
+    -------
+    bool
+        ``False`` if it did not exist.
+
+    """
+    trash = path.parent / scratch_dir_name("trash")
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        return False
+    fsync_dir(path.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
+
+
+def empty_directory(path: Path, keep: str, first: tuple[str, ...] = ()) -> None:
+    """Delete everything in directory ``path`` except the entry named ``keep``.
+
+    The entries are renamed one by one into a scratch directory inside ``path``, then that is
+    deleted: the entries named in ``first`` go first (pass the ones whose absence makes the
+    rest unreachable, e.g. ``varray_data`` before the tiles of ``array_data``), so that a crash
+    at any point leaves each entry either whole or gone.
+
+    Parameters
+    ----------
+    path : Path
+        The directory to empty.
+    keep : str
+        The name of the entry to keep.
+    first : tuple of str
+        Entry names to move first, in this order.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+
+    """
+    with os.scandir(path) as entries:
+        names = sorted(
+            (e.name for e in entries if e.name != keep and not is_scratch_dir_name(e.name)),
+            key=lambda n: (first.index(n) if n in first else len(first), n),
+        )
+    if not names:
+        return
+    trash = path / scratch_dir_name("trash")
+    os.mkdir(trash)
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path / name, trash / name)
+    fsync_dir(path)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def find_scratch_dirs(directory: Path, min_age: float = 0.0) -> list[Path]:
+    """List the scratch directories under ``directory``, outside the data trees.
+
+    Scratch directories (``.<32 hex>.trash``, ``.<32 hex>.new``) sit in the collections
+    directory (collection creations and deletions) and in collection directories (clears):
+    the search goes at most three levels deep (from a storage, a collections or a collection
+    directory) and does not enter data, symlink or scratch trees.
+
+    Parameters
+    ----------
+    directory : Path
+        A storage, collections or collection directory.
+    min_age : float
+        Seconds since the directory's last status change (its rename): younger ones may belong
+        to an operation still running.
+
+    Returns
+    -------
+    list of Path
+        Sorted.
+
+    """
+    found = []
+    now = time.time()
+    level = [directory]
+    for _depth in range(3):
+        below = []
+        for parent in level:
+            for path in _subdirs(parent):
+                if path.name in _DATA_TREES:
+                    continue
+                if not is_scratch_dir_name(path.name):
+                    below.append(path)
+                    continue
+                try:
+                    changed = os.lstat(path).st_ctime
+                except FileNotFoundError:
+                    continue
+                if now - changed >= min_age:
+                    found.append(path)
+        level = below
+    found.sort(key=str)
+    return found
+
+
+def _subdirs(directory: Path) -> list[Path]:
+    """List the directories in ``directory`` (symlinks not followed)."""
+    try:
+        with os.scandir(directory) as entries:
+            return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []

@@ -29,7 +29,13 @@ import hdf5plugin  # noqa: F401  (registers the compression filters with HDF5)
 import numpy as np
 
 from deker.errors import DekerValidationError
-from deker.storage.layout import JOURNAL_SUFFIX, TEMP_SUFFIX, id_dir_parts, leftover_target
+from deker.storage.layout import (
+    JOURNAL_SUFFIX,
+    TEMP_SUFFIX,
+    id_dir_parts,
+    is_scratch_dir_name,
+    leftover_target,
+)
 from deker.storage.lockinfo import (
     CREATION_LOCK_EXT,
     LOCK_EXT,
@@ -143,7 +149,8 @@ def _walk_files(directory: Path) -> Iterator[tuple[tuple[str, ...], os.DirEntry[
             except FileNotFoundError:  # pragma: no cover - vanished meanwhile
                 continue
             if is_dir:
-                subdirs.append((entry.path, (*rel, entry.name)))
+                if not is_scratch_dir_name(entry.name):
+                    subdirs.append((entry.path, (*rel, entry.name)))
             else:
                 yield rel, entry
         stack.extend(reversed(subdirs))

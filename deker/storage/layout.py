@@ -31,13 +31,16 @@ __all__ = [
     "ensure_dir",
     "id_dir_parts",
     "ids_in_dir",
+    "is_scratch_dir_name",
     "iter_ids",
     "journal_file_name",
     "leftover_target",
     "make_symlink",
     "remove_empty_parents",
     "remove_file_and_empty_parents",
+    "scratch_dir_name",
     "temp_file_name",
+    "walk_storage",
 ]
 
 COLLECTIONS_DIR = "collections"
@@ -59,6 +62,13 @@ Kind = str  # "array" or "varray" (checked at run time)
 TEMP_SUFFIX = ".tmp"
 JOURNAL_SUFFIX = ".journal"
 _LEFTOVER_RE = re.compile(r"^\.(?P<target>.+?)(?:\.(?P<nonce>[0-9a-f]{32})\.tmp|\.journal)$")
+
+# Whole directories are replaced or removed by renames, so that a crash leaves the old state or
+# the new one: a new collection is built as ``.<32 hex>.new`` and renamed to its name; a deleted
+# collection (or the data of a cleared one) is first renamed to ``.<32 hex>.trash``, then
+# deleted.  Such scratch directories hold nothing anyone reads: tree walks skip them, and
+# ``atomic.clean_storage`` deletes the ones a crash left behind.
+_SCRATCH_DIR_RE = re.compile(r"^\.[0-9a-f]{32}\.(?:trash|new)$")
 
 _DATA_DIRS = {"array": ARRAY_DATA, "varray": VARRAY_DATA}
 _SYMLINK_DIRS = {"array": ARRAY_SYMLINKS, "varray": VARRAY_SYMLINKS}
@@ -155,6 +165,64 @@ def leftover_target(name: str) -> tuple[str, str] | None:
     if match is None:
         return None
     return ("temp" if match.group("nonce") else "journal", match.group("target"))
+
+
+def scratch_dir_name(purpose: str) -> str:
+    """Return a new hidden scratch directory name (``.<32 hex>.trash`` or ``.<32 hex>.new``).
+
+    Parameters
+    ----------
+    purpose : {"trash", "new"}
+        ``"trash"`` for a tree being deleted, ``"new"`` for a tree being built.
+
+    Returns
+    -------
+    str
+        A unique name, recognised by :func:`is_scratch_dir_name`.
+
+    """
+    if purpose not in ("trash", "new"):
+        raise ValueError(f"purpose shall be 'trash' or 'new', got {purpose!r}")
+    return f".{uuid.uuid4().hex}.{purpose}"
+
+
+def is_scratch_dir_name(name: str) -> bool:
+    """Return whether ``name`` is a scratch directory of a directory rename (see above).
+
+    Parameters
+    ----------
+    name : str
+        A directory entry name.
+
+    Returns
+    -------
+    bool
+        ``True`` for ``.<32 hex>.trash`` and ``.<32 hex>.new``.
+
+    """
+    return _SCRATCH_DIR_RE.match(name) is not None
+
+
+def walk_storage(directory: Path) -> Iterator[tuple[str, list[str]]]:
+    """Yield ``(directory path, file names)`` under ``directory``, skipping scratch directories.
+
+    Like :func:`os.walk` (top-down, symlinks to directories not followed, vanished directories
+    skipped) except that the trees of :func:`is_scratch_dir_name` directories are not entered.
+
+    Parameters
+    ----------
+    directory : Path
+        Where to start.
+
+    Yields
+    ------
+    tuple of (str, list of str)
+        A directory and the names of the non-directory entries in it.
+
+    """
+    for dirpath, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if not is_scratch_dir_name(d)]
+        yield dirpath, files
 
 
 def _check_kind(kind: str) -> None:

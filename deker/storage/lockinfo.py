@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from deker.errors import DekerValidationError
-from deker.storage.layout import ARRAY_EXT, id_dir_parts
+from deker.storage.layout import ARRAY_EXT, id_dir_parts, walk_storage
 
 __all__ = [
     "CREATION_LOCK_EXT",
@@ -249,7 +249,7 @@ def list_locks(directory: Path) -> list[LockInfo]:
 
     """
     found: list[LockInfo] = []
-    for dirpath, _dirs, files in os.walk(directory):
+    for dirpath, files in walk_storage(directory):
         for name in files:
             if name.endswith(_LOCK_SUFFIXES):
                 info = _info(Path(dirpath) / name)
@@ -262,7 +262,7 @@ def list_locks(directory: Path) -> list[LockInfo]:
 def _stale_temp_markers(directory: Path) -> list[Path]:
     """Temporary marker files (``.<marker>.<hex>.tmp``) whose creator died before renaming them."""
     stale = []
-    for dirpath, _dirs, files in os.walk(directory):
+    for dirpath, files in walk_storage(directory):
         for name in files:
             if (
                 name.startswith(".")
