@@ -208,3 +208,55 @@ def test_storage_size_and_unknown_collection(tmp_path: Path) -> None:
             client.calculate_storage_size("nope")
         with pytest.raises(DekerCollectionNotExistsError):
             client.clear_locks("nope")
+
+
+def _killed_mid_update(uri: str) -> None:
+    """Start a partial update of the Array and die (SIGKILL) after its first journal record."""
+    import signal
+
+    from deker.storage import journal
+
+    real_write = journal.UndoJournal.write
+
+    def write(self: journal.UndoJournal, data: object) -> int:
+        result = real_write(self, data)  # type: ignore[arg-type]
+        os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    journal.UndoJournal.write = write  # type: ignore[method-assign]
+    with Client(uri) as client:
+        coll = client.get_collection("j")
+        assert coll is not None
+        next(iter(coll))[10:20].update(np.full((10, 64), -1.0))
+
+
+def test_clear_locks_rolls_back_what_a_killed_writer_left(tmp_path: Path) -> None:
+    import multiprocessing as mp
+
+    from deker.storage import atomic
+
+    uri = f"file://{tmp_path}"
+    values = np.arange(64 * 64, dtype=np.float64).reshape(64, 64)
+    with Client(uri) as client:
+        dims = [DimensionSchema("y", 64), DimensionSchema("x", 64)]
+        schema = ArraySchema(dtype=np.float64, dimensions=dims)
+        array = client.create_collection("j", schema).create()
+        array[:].update(values)
+        array[0, 0].update(0.5)  # a first in-place write: the data block now exists
+        values[0, 0] = 0.5
+    proc = mp.get_context("spawn").Process(target=_killed_mid_update, args=(uri,))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == -9
+    journals = [left.path for left in atomic.find_leftovers(tmp_path) if left.kind == "journal"]
+    assert len(journals) == 1
+    with Client(uri) as client:
+        coll = client.get_collection("j")
+        assert coll is not None
+        array = next(iter(coll))
+        np.testing.assert_array_equal(array[:].read(), values)  # readers see the old version
+        assert client.clear_locks() == journals  # rolled back, then removed
+        assert not journals[0].exists()
+        assert client.clear_locks() == []
+        np.testing.assert_array_equal(array[:].read(), values)
+        assert client.check_integrity(4, stop_on_error=False).problems == []
