@@ -30,7 +30,7 @@ from deker.storage.layout import CollectionPaths
 from deker.storage.locks import VArrayWriteLock, array_write_lock, new_token
 from deker.store import (
     array_schema_of,
-    create_tile,
+    create_tile_with,
     delete_record,
     file_spec,
     read_record,
@@ -365,8 +365,11 @@ class VArray(_BaseArray):
     def _tile_ids(self, positions: Iterable[tuple[int, ...]] | None = None) -> dict[tuple[int, ...], str]:
         return tile_ids(self._ctx.root, self._meta, self._id, positions)
 
-    def _create_tile(self, position: tuple[int, ...], values: Mapping[str, Any]) -> str:
-        return create_tile(self._ctx.root, self._meta, self._id, position, values, self._ctx.locks)
+    def _create_tile(
+        self, position: tuple[int, ...], values: Mapping[str, Any], data: Any = None
+    ) -> tuple[str, bool]:
+        """Create the tile at ``position`` if missing (with ``data`` in it); see ``create_tile_with``."""
+        return create_tile_with(self._ctx.root, self._meta, self._id, position, values, self._ctx.locks, data)
 
     def _tile_spec(self, tile_id: str, position: tuple[int, ...] | None = None) -> FileSpec:
         symlink = (self._id, "-".join(str(p) for p in position)) if position is not None else ()

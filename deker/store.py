@@ -54,6 +54,7 @@ __all__ = [
     "array_schema_of",
     "create_array",
     "create_tile",
+    "create_tile_with",
     "create_varray",
     "delete_record",
     "file_spec",
@@ -363,7 +364,46 @@ def create_tile(
     varray_values: Mapping[str, Any],
     locks: Any,
 ) -> str:
-    """Return the id of the tile at ``position``, creating it if missing (race-free)."""
+    """Return the id of the tile at ``position``, creating it (without data) if missing."""
+    return create_tile_with(root, meta, vid, position, varray_values, locks, None)[0]
+
+
+def create_tile_with(
+    root: Path,
+    meta: CollectionMeta,
+    vid: str,
+    position: tuple[int, ...],
+    varray_values: Mapping[str, Any],
+    locks: Any,
+    data: np.ndarray | np.generic | None,
+) -> tuple[str, bool]:
+    """Return the id of the tile at ``position``, creating it if missing (race-free).
+
+    Parameters
+    ----------
+    root : Path
+        The collections directory.
+    meta : CollectionMeta
+        The VArray collection.
+    vid : str
+        The VArray id.
+    position : tuple of int
+        The tile's grid position.
+    varray_values : Mapping
+        The VArray's attribute values (for the tile's custom attributes).
+    locks : LockSettings
+        Lock timeout and polling interval.
+    data : numpy.ndarray or numpy scalar, optional
+        Every cell of the tile (of its dtype, shaped like the tile, or a scalar): a tile
+        created here holds it at once, one file written once instead of a creation and a
+        rewrite.  Not written into a tile that exists already.
+
+    Returns
+    -------
+    tuple of (str, bool)
+        The tile id, and whether this call created the tile with ``data``.
+
+    """
     vschema = meta.schema
     assert isinstance(vschema, VArraySchema)
     paths = CollectionPaths(root, meta.name)
@@ -371,7 +411,7 @@ def create_tile(
     with creation_lock(paths.path, _key_lock_name("array", components), locks):
         for tid in ids_in_dir(paths.symlink_dir("array", components), ARRAY_EXT):
             if paths.main_file("array", tid).exists():
-                return tid
+                return tid, False
             _unlink(paths.symlink_file("array", components, tid))  # an interrupted creation or deletion
         tid = str(uuid.uuid4())
         primary = {"vid": vid, "v_position": tuple(position)}
@@ -383,11 +423,23 @@ def create_tile(
         link = paths.symlink_file("array", components, tid)
         make_symlink(main, link)  # first: an interrupted creation leaves a link to nothing (absent)
         try:
-            hdf5.create_array_file(main, payload, meta_storage_dtype(payload), total)
+            if data is None:
+                hdf5.create_array_file(main, payload, meta_storage_dtype(payload), total)
+            else:
+                hdf5.create_array_file(
+                    main,
+                    payload,
+                    meta_storage_dtype(payload),
+                    total,
+                    data=data,
+                    shape=tuple(schema.shape),
+                    fill_value=schema.fill_value,
+                    dataset_kwargs=_options_kwargs(meta, tuple(schema.shape)),
+                )
         except BaseException:
             _unlink(link)
             raise
-        return tid
+        return tid, data is not None
 
 
 def json_dumps(value: Any) -> str:

@@ -317,35 +317,56 @@ class VSubset(_SubsetBase):
         return tile_pieces(self.bounds, self._array.arrays_shape)
 
     def _lock_tiles(
-        self, lock: VArrayWriteLock, pieces: list[TilePiece], values: dict[str, Any] | None
-    ) -> dict[tuple[int, ...], str]:
+        self,
+        lock: VArrayWriteLock,
+        pieces: list[TilePiece],
+        values: dict[str, Any] | None,
+        payloads: dict[tuple[int, ...], Any] | None = None,
+    ) -> tuple[dict[tuple[int, ...], str], set[tuple[int, ...]]]:
         """Lock the existing tiles of ``pieces`` (creating missing ones when ``values`` is given).
 
-        A tile deleted by a concurrent clear between the listing and its lock is not locked:
-        then everything is released and the tiles are listed (and created) again, so that the
-        locks are always taken in grid order (no deadlock) and every task finds its tile held.
+        A missing tile with an entry in ``payloads`` (its every cell) is created holding it:
+        that tile is written already and is neither locked nor returned for writing.  A tile
+        deleted by a concurrent clear between the listing and its lock is not locked: then
+        everything is released and the tiles are listed (and created) again, so that the locks
+        are always taken in grid order (no deadlock) and every task finds its tile held.
+
+        Returns
+        -------
+        tuple of (dict, set)
+            The ids of the locked tiles by position, and the positions created with their data.
         """
         varray = self._array
+        written: set[tuple[int, ...]] = set()
         for _ in range(_LOCK_ROUNDS):
             tiles = varray._tile_ids(p.position for p in pieces)
             if values is not None:
-                missing = [p.position for p in pieces if p.position not in tiles]
+                missing = [
+                    p.position for p in pieces if p.position not in tiles and p.position not in written
+                ]
+                args = [(pos, values, (payloads or {}).get(pos)) for pos in missing]
                 runner = varray._ctx.runner
                 if len(missing) > 1 and runner.in_process:  # each creation waits on its own files
-                    made: list[Any] = runner.run_all(varray._create_tile, [(pos, values) for pos in missing])
+                    made: list[Any] = runner.run_all(varray._create_tile, args)
                 else:
-                    made = [varray._create_tile(pos, values) for pos in missing]
-                for position, tid in zip(missing, made, strict=True):
-                    if isinstance(tid, BaseException):
-                        raise tid
-                    tiles[position] = tid
+                    made = [varray._create_tile(*arg) for arg in args]
+                for position, result in zip(missing, made, strict=True):
+                    if isinstance(result, BaseException):
+                        raise result
+                    tid, filled = result
+                    if filled:
+                        written.add(position)
+                    else:
+                        tiles[position] = tid
+            for position in written:
+                tiles.pop(position, None)
             wanted = [
                 (varray._tile_spec(tiles[p.position]).main_dir, tiles[p.position])
                 for p in pieces
                 if p.position in tiles
             ]
             if not lock.acquire(wanted):
-                return tiles
+                return tiles, written
             lock.release()
         raise DekerLockError(
             f"{self}: concurrent clears deleted its tiles {_LOCK_ROUNDS} times while it tried to lock them"
@@ -410,18 +431,26 @@ class VSubset(_SubsetBase):
         values = varray._check_exists()
         pieces = self._pieces()
         token = new_token()
+        in_process = ctx.runner.in_process
+
+        def chunk_of(piece: TilePiece) -> Any:
+            return prepared if isinstance(prepared, np.generic) else prepared[piece.out]
+
+        # With threads, a missing tile covered entirely is created holding its data (one file
+        # written once); elsewhere the data is written by the tile tasks, on the workers.
+        payloads = {p.position: chunk_of(p) for p in pieces if p.full} if in_process else None
         with storage_errors(varray._main_file), VArrayWriteLock(ctx.locks, token) as lock:
-            tiles = self._lock_tiles(lock, pieces, values)
+            tiles, written = self._lock_tiles(lock, pieces, values, payloads)
+            todo = [p for p in pieces if p.position not in written]
             calls = []
-            in_process = ctx.runner.in_process
-            for p in pieces:
-                chunk = prepared if isinstance(prepared, np.generic) else prepared[p.out]
+            for p in todo:
+                chunk = chunk_of(p)
                 if isinstance(chunk, np.ndarray) and not chunk.flags.c_contiguous and not in_process:
                     chunk = np.ascontiguousarray(chunk)  # (threads copy their own piece, in parallel)
                 calls.append((varray._tile_spec(tiles[p.position]), p.local, chunk, token))
             results = ctx.runner.run_all(write_piece, calls, batch_size=varray._batch_size(len(calls)))
         failures = [
-            (p.position, r) for p, r in zip(pieces, results, strict=True) if isinstance(r, BaseException)
+            (p.position, r) for p, r in zip(todo, results, strict=True) if isinstance(r, BaseException)
         ]
         _raise_group(
             f"Updating {self} failed in {len(failures)} tile(s); the other tiles were written", failures
@@ -438,7 +467,7 @@ class VSubset(_SubsetBase):
             return
         token = new_token()
         with storage_errors(varray._main_file), VArrayWriteLock(ctx.locks, token) as lock:
-            tiles = self._lock_tiles(lock, every, None)
+            tiles, _written = self._lock_tiles(lock, every, None)
             pieces = [p for p in every if p.position in tiles]
             calls = [
                 (varray._tile_spec(tiles[p.position], p.position), p.local, p.full, token) for p in pieces

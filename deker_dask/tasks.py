@@ -26,7 +26,7 @@ from deker.meta import CollectionMeta
 from deker.storage import hdf5
 from deker.storage.layout import ARRAY_EXT, CollectionPaths, ids_in_dir
 from deker.storage.locks import LockSettings, VArrayWriteLock, array_write_lock, new_token
-from deker.store import create_tile, file_spec
+from deker.store import array_schema_of, create_tile_with, file_spec
 from deker.tasks import FileSpec, read_piece, read_piece_into, resolve_root, write_piece
 
 __all__ = [
@@ -213,9 +213,21 @@ def store_tile(target: VArrayTarget, position: tuple[int, ...], local: Bounds, d
     tid = target.existing_tile(position)
     if tid is None and _all_fill(block, schema.fill_value):
         return 0
+    whole = all(isinstance(b, slice) for b in local) and shape == tuple(array_schema_of(target.meta).shape)
     for _attempt in range(_CREATE_ATTEMPTS):
         if tid is None:
-            tid = create_tile(paths.root, target.meta, target.vid, position, target.values, target.locks)
+            # a missing tile that the block covers is created holding it: one file written once
+            tid, filled = create_tile_with(
+                paths.root,
+                target.meta,
+                target.vid,
+                position,
+                target.values,
+                target.locks,
+                block if whole else None,
+            )
+            if filled:
+                return int(block.size)
         spec = file_spec(target.root, target.meta, tid, target.locks)
         token = new_token()
         with VArrayWriteLock(target.locks, token) as lock:

@@ -20,6 +20,8 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deker import (
     ArraySchema,
@@ -185,6 +187,99 @@ def test_template_files_are_the_bytes_h5py_writes(tmp_path: Path, length: int) -
     hdf5.create_array_file(made, meta, dtype, 12345)
     assert made.read_bytes() == image
     assert hdf5.read_meta(made) == meta and hdf5.read_empty_cells(made) == 12345
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    dtype=st.sampled_from(
+        ["int8", "uint16", "int32", "int64", "float16", "float32", "float64", "complex64", "complex128"]
+    ),
+    shape=st.lists(st.integers(1, 9), min_size=1, max_size=3).map(tuple),
+    fill=st.sampled_from([0, -1, 7, float("nan")]),
+    extra=st.integers(0, 60),
+    seed=st.integers(0, 2**16),
+)
+def test_data_templates_make_what_h5py_reads_as_written(
+    tmp_path_factory: pytest.TempPathFactory,
+    dtype: str,
+    shape: tuple[int, ...],
+    fill: float,
+    extra: int,
+    seed: int,
+) -> None:
+    """A file built from a data template reads back (with h5py) exactly like one h5py wrote."""
+    np_dtype = np.dtype(dtype)
+    if np_dtype.kind in "iu" and fill != fill:  # NaN fill exists for inexact dtypes only
+        fill = -1
+    if np_dtype.kind == "u" and fill == -1:
+        fill = 7
+    folder = tmp_path_factory.mktemp("tpl")
+    rng = np.random.default_rng(seed)
+    values = (rng.integers(-50, 50, size=shape) * 1.5).astype(np_dtype)
+    meta = b'{"id": "' + b"m" * extra + b'"}'
+    meta_dtype = f"S{len(meta) + extra % 7}"
+    parts = templates.data_array_parts(meta, meta_dtype, 3, shape, np_dtype, fill)
+    assert parts is not None
+    made = folder / "made.hdf5"
+    made.write_bytes(parts[0] + np.ascontiguousarray(values).tobytes() + parts[1])
+    by_h5py = folder / "h5py.hdf5"
+    with h5py.File(by_h5py, "w", locking=False) as handle:
+        handle.create_dataset("meta", data=np.array(meta, dtype=meta_dtype))
+        handle.create_dataset("empty_cells", data=np.int64(3))
+        handle.create_dataset("data", data=values, fillvalue=np.asarray(fill, dtype=np_dtype)[()])
+    with h5py.File(made, "r") as a, h5py.File(by_h5py, "r") as b:
+        assert bytes(a["meta"][()]) == bytes(b["meta"][()]) == meta
+        assert a["meta"].dtype == b["meta"].dtype
+        assert a["empty_cells"][()] == 3
+        assert a["data"].dtype == b["data"].dtype and a["data"].shape == shape
+        assert a["data"].chunks is None and a["data"].compression is None
+        np.testing.assert_array_equal(a["data"][...], values)
+        assert np.array_equal(
+            np.asarray(a["data"].fillvalue), np.asarray(b["data"].fillvalue), equal_nan=True
+        )
+    got = hdf5.read_region(made, tuple(slice(0, n) for n in shape), np_dtype, fill)
+    assert np.array_equal(got, values)
+
+
+def test_data_templates_decline_what_they_cannot_write(tmp_path: Path) -> None:
+    assert templates.data_array_parts(b"{}", "S4", 0, (3,), np.dtype(bool), False) is None  # an HDF5 enum
+    assert templates.data_array_parts(b"{}", "S4", 0, (3,), np.dtype(">f8"), 0.0) is None  # not native
+    assert templates.data_array_parts(b"{}", "S4", 0, (0, 3), np.dtype("f8"), 0.0) is None  # no cells
+    assert templates.data_array_parts(b"{}", "S4", 0, (3,), np.dtype("i4"), float("nan")) is None
+    assert templates.data_array_parts(b"{}" * 4, "S4", 0, (3,), np.dtype("f8"), 0.0) is None  # meta too long
+
+
+def test_full_tiles_of_a_new_varray_are_created_with_their_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing tile covered entirely is written once, at its creation; others as before."""
+    writes: list[Any] = []
+    real = hdf5.write_region
+
+    def counting(path: Path, bounds: Any, *args: Any, **kwargs: Any) -> None:
+        writes.append(bounds)
+        real(path, bounds, *args, **kwargs)
+
+    monkeypatch.setattr(hdf5, "write_region", counting)
+    schema = VArraySchema(
+        dtype=np.float32, dimensions=[DimensionSchema("y", 8), DimensionSchema("x", 12)], vgrid=(2, 3)
+    )
+    values = np.arange(96, dtype=np.float32).reshape(8, 12)
+    with Client(f"file://{tmp_path}") as client:
+        varray = client.create_collection("v", schema).create()
+        varray[0:4, :].update(values[0:4])  # three whole tiles, all missing
+        assert writes == []
+        coll = client.get_collection("v")
+        assert coll is not None
+        assert sorted(tile_ids(client._context.root, coll._meta, varray.id)) == [(0, 0), (0, 1), (0, 2)]
+        # tiles of 4 x 4: (0, 0) and (0, 1) exist (written in part), (1, 0) is missing and
+        # covered, (1, 1) is missing and written in part: created empty, then written
+        varray[2:8, 0:6].update(values[2:8, 0:6] + 1)
+        assert len(writes) == 3
+        varray[:].update(values)  # (1, 2) is created with its data; the five others are written
+        assert len(writes) == 8
+        np.testing.assert_array_equal(varray[:].read(), values)
+        assert client.check_integrity(4, stop_on_error=False).problems == []
 
 
 def _meta_collection(client: Client) -> Any:

@@ -571,3 +571,48 @@ def test_empty_directory_moves_the_entries_in_order(tmp_path: Path, monkeypatch:
     (coll / "array_data" / f".{'0' * 32}.trash").mkdir(parents=True)
     found = atomic.find_scratch_dirs(tmp_path)
     assert len(found) == 1 and found[0].parent == coll
+
+
+def child_crash_in_first_write(path: str, kill_at: int) -> None:
+    """Write every cell of a file without data; SIGKILL itself at the ``kill_at``-th pwrite."""
+    calls = [0]
+    real = os.pwrite
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(fd, data, offset)
+
+    os.pwrite = pwrite  # type: ignore[assignment]
+    values = np.arange(math.prod(BIG), dtype=np.float64).reshape(BIG) + 0.5
+    hdf5.write_region(Path(path), (slice(0, BIG[0]), slice(0, BIG[1])), values, BIG, np.nan, {})
+    os.kill(os.getpid(), signal.SIGKILL)  # and right after the commit
+
+
+@pytest.mark.timeout(120)
+def test_killed_during_a_first_write_of_every_cell(tmp_path: Path) -> None:
+    """The first write of a whole file (template bytes around the data, in place under the
+    journal) leaves the file without data, or with all of it, wherever the process dies."""
+    path = tmp_path / "a.hdf5"
+    _big_file(path, with_data=False)
+    original = path.read_bytes()
+    new = np.arange(math.prod(BIG), dtype=np.float64).reshape(BIG) + 0.5
+    full = (slice(0, BIG[0]), slice(0, BIG[1]))
+    outcomes = set()
+    for k in (1, 2, 3, 4, 6, 1000):
+        proc = CTX.Process(target=child_crash_in_first_write, args=(str(path), k))
+        proc.start()
+        proc.join(60)
+        assert proc.exitcode == -signal.SIGKILL
+        got = hdf5.read_region(path, full, np.float64, np.nan)
+        committed = not np.isnan(got).all()
+        outcomes.add(committed)
+        if committed:
+            np.testing.assert_array_equal(got, new)
+        assert hdf5.has_data(path) == committed
+        hdf5.write_region(path, (slice(0, 1), slice(0, 1)), np.array([[7.0]]), BIG, np.nan, {})  # recovers
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+        assert hdf5.read_region(path, (0, 0), np.float64, np.nan) == 7.0
+        path.write_bytes(original)
+    assert outcomes == {False, True}

@@ -172,6 +172,13 @@ def _write_whole(
     the journal, which then saves only a little metadata); a file with data is written anew
     with its old metadata and renamed over the old one, whose data is neither read nor saved.
     """
+    if (
+        values is not None
+        and values.ndim
+        and not dataset_kwargs
+        and _write_whole_fast(path, values, empty_cells, shape, fill_value)
+    ):
+        return
     stored_meta: np.ndarray | None = None
     with _modify(path) as handle:
         if DATA in handle:
@@ -190,6 +197,76 @@ def _write_whole(
         if values is not None:
             dataset = _create_data(handle, shape, values.dtype, fill_value, dataset_kwargs)
             dataset[...] = _expand(values, shape)
+
+
+def _write_parts(fd: int, head: bytes, values: np.ndarray, tail: bytes) -> None:
+    """Write ``head``, the bytes of ``values`` and ``tail`` at the start of the open file ``fd``.
+
+    One ``pwritev`` (repeated if the kernel writes less), which releases the GIL: the files of
+    several threads are written at the same time.
+    """
+    body = memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+    pieces = [v for v in (memoryview(head), body, memoryview(tail)) if len(v)]
+    offset = 0
+    while pieces:
+        written = os.pwritev(fd, pieces, offset)
+        offset += written
+        while written:  # drop what was written (a large write may stop early)
+            step = min(written, len(pieces[0]))
+            pieces[0] = pieces[0][step:]
+            written -= step
+            if not len(pieces[0]):
+                pieces.pop(0)
+
+
+def _write_new_file(tmp: Path, head: bytes, values: np.ndarray, tail: bytes) -> None:
+    fd = os.open(tmp, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        _write_parts(fd, head, values, tail)
+    finally:
+        os.close(fd)
+
+
+def _write_whole_fast(
+    path: Path, values: np.ndarray, empty_cells: int, shape: tuple[int, ...], fill_value: Any
+) -> bool:
+    """Give every cell of ``path`` new content without HDF5 writing the data.
+
+    The new content is the per-process template of its metadata type, shape, dtype and fill
+    value (:func:`deker.storage.templates.data_array_parts`) around the data.  A file without
+    data (a few KiB) is overwritten in place under the undo journal, which saves those few KiB
+    (the data is appended); a file with data gets a new version renamed over it, whose old
+    data is neither read nor saved.  (Renaming over a file makes ext4 start writing the new
+    file to disk at once, which costs as much as writing it: an overwrite in place of a file
+    without data avoids that for first writes.)  Returns ``False`` (nothing done) when no
+    template fits: then h5py writes.
+    """
+    with _write_errors(path):
+        try:
+            atomic.clean_leftovers(path)
+        except FileNotFoundError as exc:
+            raise _missing(path, exc) from exc
+        with _open(path, "r") as handle:
+            if EMPTY_CELLS not in handle:
+                raise KeyError(f"no '{EMPTY_CELLS}' dataset")
+            meta = handle[META]
+            meta_bytes, meta_dtype, had_data = bytes(meta[()]), meta.dtype.str, DATA in handle
+        parts = templates.data_array_parts(
+            meta_bytes, meta_dtype, empty_cells, shape, values.dtype, fill_value
+        )
+        if parts is None:
+            return False
+        head, tail = parts
+        if had_data:
+            with atomic.replacing(path) as tmp:
+                _write_new_file(tmp, head, values, tail)
+            return True
+        with atomic.journaled(path) as journal:
+            journal.write(head)
+            journal.write(memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
+            journal.write(tail)
+            journal.truncate()
+    return True
 
 
 def _selection_shape(bounds: Bounds) -> tuple[int, ...]:
@@ -289,6 +366,9 @@ def create_array_file(
         if fill < total_cells:
             values, empty = (arr if arr.ndim == 0 else arr.reshape(shape)), fill
     image = templates.empty_array_image(meta, meta_dtype, empty) if values is None else None
+    parts = None
+    if values is not None and values.ndim and shape is not None and not dataset_kwargs:
+        parts = templates.data_array_parts(meta, meta_dtype, empty, shape, values.dtype, fill_value)
     for attempt in range(5):
         ensure_dir(path.parent)
         try:
@@ -296,6 +376,10 @@ def create_array_file(
             if image is not None:  # the bytes h5py would write, from a per-process template
                 with atomic.replacing(path, exclusive=True) as tmp:
                     tmp.write_bytes(image)
+                return
+            if parts is not None and values is not None:
+                with atomic.replacing(path, exclusive=True) as tmp:
+                    _write_new_file(tmp, parts[0], values, parts[1])
                 return
             with atomic.replacing(path, exclusive=True) as tmp, h5py.File(tmp, "w", locking=False) as handle:
                 handle.create_dataset(META, data=np.array(meta, dtype=meta_dtype))
