@@ -147,3 +147,14 @@ def test_scenarios_module_runs_as_a_script(tmp_path: Path) -> None:
     )
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert rows[0]["kind"] == "meta" and {r["name"] for r in rows[1:]} >= {"array_create", "lookup_by_key"}
+
+
+def test_atomic_write_costs_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks/bench_atomic.py`` (the cost table of docs/RELIABILITY.md) keeps working."""
+    from benchmarks import bench_atomic
+
+    rows = bench_atomic.main(1)
+    names = [row["measurement"] for row in rows]
+    assert "tile: create holding all its data" in names and "update the metadata of an Array" in names
+    assert all(row["seconds"] > 0 and row["fsync_seconds"] > 0 for row in rows)
+    assert "| operation | time | with `DEKER_FSYNC=1` |" in capsys.readouterr().out
