@@ -27,7 +27,7 @@ from deker.storage import hdf5
 from deker.storage.layout import ARRAY_EXT, CollectionPaths, ids_in_dir
 from deker.storage.locks import LockSettings, VArrayWriteLock, array_write_lock, new_token
 from deker.store import array_schema_of, create_tile_with, file_spec
-from deker.tasks import FileSpec, read_piece, read_piece_into, resolve_root, write_piece
+from deker.tasks import Bounds, FileSpec, read_piece, read_piece_into, resolve_root, write_piece
 
 __all__ = [
     "Part",
@@ -42,7 +42,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Bounds = tuple[int | slice, ...]
 #: One file's share of a chunk: the file, the bounds inside it, where it goes in the chunk.
 Part = tuple[FileSpec, Bounds, tuple[Any, ...]]
 

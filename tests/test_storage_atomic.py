@@ -616,3 +616,33 @@ def test_killed_during_a_first_write_of_every_cell(tmp_path: Path) -> None:
         assert hdf5.read_region(path, (0, 0), np.float64, np.nan) == 7.0
         path.write_bytes(original)
     assert outcomes == {False, True}
+
+
+def test_replacing_swaps_names_instead_of_renaming_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new version is swapped with the old one (renameat2 exchange: no rename over a file,
+    which makes ext4 write the file to disk at once); without the exchange it is renamed."""
+    target = tmp_path / "a.hdf5"
+    target.write_bytes(b"old")
+    assert atomic._exchange(tmp_path / "missing", target) is False
+    inode = target.stat().st_ino
+    with atomic.replacing(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and target.stat().st_ino != inode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.hdf5"]
+    if atomic._renameat2 is not False:  # Linux: a death between the swap and the unlink
+        real_unlink = os.unlink
+        monkeypatch.setattr(os, "unlink", lambda p, *a, **k: None)
+        with atomic.replacing(target) as tmp:
+            tmp.write_bytes(b"newer")
+        monkeypatch.setattr(os, "unlink", real_unlink)
+        (left,) = [p for p in tmp_path.iterdir() if p.name != "a.hdf5"]
+        assert leftover_target(left.name) == ("temp", "a.hdf5") and left.read_bytes() == b"new"
+        assert target.read_bytes() == b"newer"
+        assert atomic.clean_leftovers(target) == [left]  # the old version is garbage
+    monkeypatch.setattr(atomic, "_renameat2", False)  # systems without the exchange
+    with atomic.replacing(target) as tmp:
+        tmp.write_bytes(b"newest")
+    assert target.read_bytes() == b"newest"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.hdf5"]

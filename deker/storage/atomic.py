@@ -51,6 +51,7 @@ visible; the scratch directory left behind is deleted by :func:`clean_storage`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import logging
@@ -61,6 +62,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from deker.storage.journal import (
     UndoJournal,
@@ -173,6 +175,8 @@ def replacing(target: Path, *, exclusive: bool = False) -> Iterator[Path]:
         fsync_file(fd)
         if exclusive:
             os.link(tmp, target)
+        elif _exchange(tmp, target):
+            os.unlink(tmp)  # now the old version
         else:
             os.replace(tmp, target)
         fsync_dir(target.parent)
@@ -180,6 +184,46 @@ def replacing(target: Path, *, exclusive: bool = False) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # after a rename it is gone; after a link it is a second name
         os.close(fd)
+
+
+_RENAME_EXCHANGE = 2  # renameat2(2) flag: swap two existing names atomically
+_AT_FDCWD = -100
+_renameat2: Any = None  # the libc function once looked up; False where it cannot be used
+
+
+def _exchange(new: Path, target: Path) -> bool:
+    """Swap ``new`` and the existing ``target`` atomically (Linux ``renameat2``); ``False`` if not done.
+
+    A rename over an existing file makes ext4 (``auto_da_alloc``, on by default) start writing
+    the renamed file to disk at once, which costs about as much as writing it: an exchange
+    leaves the old version under the temporary name, to be unlinked, and writes nothing.  Where
+    the system has no ``renameat2`` or the filesystem does not support the exchange (and when
+    ``target`` does not exist) nothing is done and the caller renames.
+    """
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+            _renameat2.argtypes = [
+                ctypes.c_int,
+                ctypes.c_char_p,
+                ctypes.c_int,
+                ctypes.c_char_p,
+                ctypes.c_uint,
+            ]
+            _renameat2.restype = ctypes.c_int
+        except (AttributeError, OSError):
+            _renameat2 = False
+    if _renameat2 is False:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(new), _AT_FDCWD, os.fsencode(target), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        logger.debug("renameat2(RENAME_EXCHANGE) unsupported for %s (%s): renaming", target, os.strerror(err))
+    elif err != errno.ENOENT:
+        raise OSError(err, os.strerror(err), str(target))
+    return False
 
 
 def write_bytes(target: Path, data: bytes, *, exclusive: bool = False) -> None:
