@@ -6,10 +6,11 @@ operation:
 
 **New version, then rename** (:func:`replacing`, :func:`write_bytes`).  The new content is
 written to ``.<name>.<32 hex>.tmp`` in the same directory, flushed (``fsync``, see below),
-then renamed over the target (``os.replace``; ``os.link`` for an exclusive creation) and the
-directory is flushed.  The rename is atomic: a reader sees the old file or the new one.  Used
-for creations, JSON metadata, and writes or clears covering every cell of a file that holds
-data.  Cost: writing the new file, and freeing the old one.
+then put in place and the directory is flushed: swapped with the target
+(``renameat2(RENAME_EXCHANGE)``, Linux) and the old version unlinked, else renamed over it
+(``os.replace``); ``os.link`` for an exclusive creation.  Each step is atomic: a reader sees the
+old file or the new one.  Used for creations, JSON metadata, and writes or clears covering
+every cell of a file that holds data.  Cost: writing the new file, and freeing the old one.
 
 **Undo journal** (:func:`journaled`, :mod:`deker.storage.journal`), for every other change
 (partial writes and clears, the first write into a file without data, metadata updates).
