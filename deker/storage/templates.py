@@ -31,6 +31,7 @@ import tempfile
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import h5py
@@ -90,23 +91,32 @@ def empty_array_image(meta: bytes, meta_dtype: str, empty_cells: int) -> bytes |
         The whole file, or ``None`` when no template can be made (write it with h5py).
 
     """
-    with _lock:  # builds are serialised too: HDF5 refuses two open in-memory files of one name
-        if meta_dtype in _cache:
-            template = _cache[meta_dtype]
-            _cache.move_to_end(meta_dtype)
-        else:
-            template = _cache[meta_dtype] = _build(meta_dtype)
-            while len(_cache) > _MAX_TEMPLATES:
-                _cache.popitem(last=False)
+    template = _cached(_cache, meta_dtype, lambda: _build(meta_dtype), _MAX_TEMPLATES)
     if template is None or len(meta) > template.meta_size:
         return None
-    image = bytearray(template.image)
-    image[template.meta_offset : template.meta_offset + template.meta_size] = meta.ljust(
-        template.meta_size, b"\0"
-    )
+    return _patched(template.image, template, meta, empty_cells)
+
+
+def _cached(cache: OrderedDict[Any, Any], key: Any, build: Callable[[], Any], limit: int) -> Any:
+    """Return ``cache[key]``, building it first if missing (least recently used dropped)."""
+    with _lock:  # builds are serialised too: HDF5 refuses two open in-memory files of one name
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        value = cache[key] = build()
+        while len(cache) > limit:
+            cache.popitem(last=False)
+        return value
+
+
+def _patched(image: bytes, template: _Template | _DataTemplate, meta: bytes, empty_cells: int) -> bytes:
+    """Return ``image`` with the template's ``meta`` and ``empty_cells`` values replaced."""
+    out = bytearray(image)
+    start, stop = template.meta_offset, template.meta_offset + template.meta_size
+    out[start:stop] = meta.ljust(template.meta_size, b"\0")
     count = np.array(empty_cells, dtype=template.count_dtype).tobytes()
-    image[template.count_offset : template.count_offset + len(count)] = count
-    return bytes(image)
+    out[template.count_offset : template.count_offset + len(count)] = count
+    return bytes(out)
 
 
 class _DataTemplate(NamedTuple):
@@ -217,20 +227,9 @@ def data_array_parts(
     except (TypeError, ValueError, OverflowError):
         return None
     key = (meta_dtype, tuple(shape), dtype.str, fill.tobytes())
-    with _lock:
-        if key in _data_cache:
-            template = _data_cache[key]
-            _data_cache.move_to_end(key)
-        else:
-            template = _data_cache[key] = _build_data(meta_dtype, tuple(shape), dtype, fill)
-            while len(_data_cache) > _MAX_DATA_TEMPLATES:
-                _data_cache.popitem(last=False)
+    template = _cached(
+        _data_cache, key, lambda: _build_data(meta_dtype, tuple(shape), dtype, fill), _MAX_DATA_TEMPLATES
+    )
     if template is None or len(meta) > template.meta_size:
         return None
-    head = bytearray(template.head)
-    head[template.meta_offset : template.meta_offset + template.meta_size] = meta.ljust(
-        template.meta_size, b"\0"
-    )
-    count = np.array(empty_cells, dtype=template.count_dtype).tobytes()
-    head[template.count_offset : template.count_offset + len(count)] = count
-    return bytes(head), template.tail
+    return _patched(template.head, template, meta, empty_cells), template.tail
