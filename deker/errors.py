@@ -200,8 +200,17 @@ class DekerVSubsetError(DekerSubsetError, DekerExceptionGroup, ExceptionGroup): 
 
     def derive(self, excs: Sequence[BaseException]) -> DekerVSubsetError:  # type: ignore[override]
         """Return a group of the same kind holding ``excs`` (used by ``except*``)."""
-        positions = [self.tiles[self.exceptions.index(e)] for e in excs if e in self.exceptions]
-        return DekerVSubsetError(self.message, list(excs), positions if len(positions) == len(excs) else None)
+        # ``excs`` is a subsequence of ``exceptions`` in order; one exception object may stand
+        # for several tiles (a batch task that failed as a whole), so match by position.
+        positions: list[tuple[int, ...]] = []
+        start = 0
+        for exc in excs:
+            found = next((i for i in range(start, len(self.exceptions)) if self.exceptions[i] is exc), None)
+            if found is None or found >= len(self.tiles):
+                return DekerVSubsetError(self.message, list(excs), None)
+            positions.append(self.tiles[found])
+            start = found + 1
+        return DekerVSubsetError(self.message, list(excs), positions)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (DekerVSubsetError, (self.message, list(self.exceptions), self.tiles))

@@ -158,3 +158,11 @@ def test_atomic_write_costs_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert "tile: create holding all its data" in names and "update the metadata of an Array" in names
     assert all(row["seconds"] > 0 and row["fsync_seconds"] > 0 for row in rows)
     assert "| operation | time | with `DEKER_FSYNC=1` |" in capsys.readouterr().out
+
+
+def test_creation_floor_runs() -> None:
+    """``benchmarks/bench_create_floor.py`` (cited in docs/PERFORMANCE.md) keeps working."""
+    from benchmarks import bench_create_floor
+
+    result = bench_create_floor.measure(20)
+    assert result["count"] == 20 and result["rate"] > 0

@@ -182,6 +182,8 @@ def _read_exact(fd: int, views: list[Any], offset: int, size: int) -> bool:
 
 def _read_runs(fd: int, offset: int, shape: tuple[int, ...], bounds: Bounds, out: np.ndarray) -> bool:
     """Read ``bounds`` of the block at ``offset`` (cells of ``shape``) from ``fd`` into ``out``."""
+    if out.size == 0:
+        return True  # an empty region: nothing to read
     plan = _runs(bounds, shape, out)
     if plan is None:
         return False

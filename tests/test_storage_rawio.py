@@ -1,0 +1,350 @@
+"""deker/storage/rawio.py: ``preadv`` reads of contiguous datasets and the layout cache.
+
+tests/test_fast_paths.py compares ``read_region_into`` with h5py on h5py-made files (with
+``MIN_BYTES`` lowered) and follows the cache through Array updates.  Here, on files made by
+:mod:`deker.storage.hdf5` and with the module's real thresholds: ``contiguous_offset`` (the
+bytes at the offset are the data, byte for byte; every refusal: chunked, compressed, external,
+unallocated, byte-swapped, bool), ``read_region_into`` as a hypothesis property against numpy
+(int indices and slices, fresh and padded destinations, refusals below ``MIN_BYTES``, rows not
+contiguous, wrong dtype, read-only, another driver), and ``remember``/``read_cached``/``forget``
+as a hypothesis property on settled files (waited for once, ``SETTLED_NS`` untouched), plus
+the cases where the cache must answer ``None``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deker.storage import hdf5, rawio
+from deker.storage.journal import journal_path
+
+Bounds = tuple[Any, ...]
+
+FILES = {
+    # name: (shape, dtype)
+    "big": ((12, 24, 64), np.float64),  # 147 KiB: regions above and below MIN_BYTES
+    "four": ((5, 7, 9, 11), np.int16),
+    "cplx": ((30, 40), np.complex64),
+    "mutable": ((10, 10), np.float32),
+}
+FILL = -7
+
+
+def _values(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    n = int(np.prod(shape))
+    values = (np.arange(n) * 3 % 1001 - 500).astype(dtype).reshape(shape)
+    if np.dtype(dtype).kind == "c":
+        values = values + 1j * values[::-1].reshape(shape)
+    return values.astype(dtype)
+
+
+def _full(shape: tuple[int, ...]) -> Bounds:
+    return tuple(slice(0, n) for n in shape)
+
+
+def _deker_file(
+    path: Path, shape: tuple[int, ...], dtype: Any, kwargs: dict[str, Any] | None = None
+) -> np.ndarray:
+    """An array file made the way deker makes them, holding every cell."""
+    values = _values(shape, dtype)
+    hdf5.create_array_file(path, b'{"id": "t"}', "S11", int(np.prod(shape)))
+    hdf5.write_region(path, _full(shape), values, shape, FILL, kwargs or {})
+    return values
+
+
+def _settle(paths: list[Path]) -> None:
+    newest = max(max(os.stat(p).st_mtime_ns, os.stat(p).st_ctime_ns) for p in paths)
+    while time.time_ns() - newest < rawio.SETTLED_NS + 10_000_000:
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def settled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Path, np.ndarray]]]:
+    """Deker files (plus one without data), left alone until they count as settled."""
+    folder = tmp_path_factory.mktemp("rawio")
+    made = {name: (folder / f"{name}.hdf5", None) for name in FILES}
+    out: dict[str, tuple[Path, np.ndarray]] = {}
+    for name, (shape, dtype) in FILES.items():
+        path = made[name][0]
+        out[name] = (path, _deker_file(path, shape, dtype))
+    empty = folder / "empty.hdf5"
+    hdf5.create_array_file(empty, b'{"id": "e"}', "S11", 60)
+    out["empty"] = (empty, np.full((6, 10), FILL, dtype=np.float32))
+    chunked = folder / "chunked.hdf5"
+    out["chunked"] = (chunked, _deker_file(chunked, (4, 4), np.float64, {"chunks": (2, 4)}))
+    spare = folder / "spare.hdf5"
+    out["spare"] = (spare, _deker_file(spare, (4, 4), np.float64))
+    _settle([p for p, _ in out.values()])
+    rawio.forget()
+    for path, _values in out.values():
+        with h5py.File(path, "r", locking=False) as handle:
+            rawio.remember(path, handle, handle.get("data"))
+    yield out
+    rawio.forget()
+
+
+def _bounds(shape: tuple[int, ...]) -> st.SearchStrategy[Bounds]:
+    axes = []
+    for n in shape:
+        index = st.integers(0, n - 1)
+        span = st.integers(0, n - 1).flatmap(
+            lambda s, n=n: st.integers(s + 1, n).map(lambda e, s=s: slice(s, e))
+        )
+        axes.append(st.one_of(index, span, span))
+    return st.tuples(*axes)
+
+
+def _shape_of(bounds: Bounds) -> tuple[int, ...]:
+    return tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
+
+
+def _padded(shape: tuple[int, ...], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A view of ``shape`` inside a bigger zeroed array (1 cell before, 2 after, on every axis)."""
+    big = np.zeros(tuple(n + 3 for n in shape), dtype=dtype)
+    return big, big[(*(slice(1, 1 + n) for n in shape), Ellipsis)]  # 0-d: still a view
+
+
+def _outside_is_zero(big: np.ndarray, shape: tuple[int, ...]) -> bool:
+    mask = np.ones(big.shape, dtype=bool)
+    mask[tuple(slice(1, 1 + n) for n in shape)] = False
+    return not big[mask].any()
+
+
+# ------------------------------------------------------------------------------ contiguous_offset
+
+
+def test_contiguous_offset_points_at_the_data_bytes(tmp_path: Path) -> None:
+    for name, (shape, dtype) in FILES.items():
+        path = tmp_path / f"{name}.hdf5"
+        values = _deker_file(path, shape, dtype)
+        with h5py.File(path, "r", locking=False) as handle:
+            offset = rawio.contiguous_offset(handle["data"])
+        assert offset is not None
+        raw = path.read_bytes()
+        assert raw[offset : offset + values.nbytes] == np.ascontiguousarray(values).tobytes(), name
+
+
+def test_contiguous_offset_refusals(tmp_path: Path) -> None:
+    shape = (16, 16)
+    _deker_file(tmp_path / "chunked.hdf5", shape, np.float32, {"chunks": (4, 16)})
+    _deker_file(tmp_path / "gzip.hdf5", shape, np.float32, {"chunks": (8, 8), "compression": "gzip"})
+    with h5py.File(tmp_path / "other.hdf5", "w") as handle:
+        handle.create_dataset("unallocated", shape=shape, dtype=np.float64)  # never written
+        handle.create_dataset("swapped", data=np.ones(shape, dtype=">f8"))
+        handle.create_dataset("bool", data=np.ones(shape, dtype=bool))
+        handle.create_dataset("text", data=np.array([b"ab", b"cd"]))
+        handle.create_dataset(
+            "external", shape=shape, dtype=np.int32, external=[(str(tmp_path / "ext.bin"), 0, 16 * 16 * 4)]
+        )
+        handle.create_dataset("plain", data=np.ones(shape, dtype="<f8"))
+    refused = {}
+    for name in ("chunked", "gzip"):
+        with h5py.File(tmp_path / f"{name}.hdf5", "r") as handle:
+            refused[name] = rawio.contiguous_offset(handle["data"])
+    with h5py.File(tmp_path / "other.hdf5", "r") as handle:
+        for name in ("unallocated", "swapped", "bool", "text", "external"):
+            refused[name] = rawio.contiguous_offset(handle[name])
+        assert rawio.contiguous_offset(handle["plain"]) is not None
+    assert refused == dict.fromkeys(refused)
+
+
+# ------------------------------------------------------------------------------ read_region_into
+
+
+@settings(max_examples=120, deadline=None)
+@given(data=st.data())
+def test_read_region_into_equals_numpy(settled: dict[str, tuple[Path, np.ndarray]], data: Any) -> None:
+    name = data.draw(st.sampled_from(["big", "four", "cplx"]))
+    path, values = settled[name]
+    bounds = data.draw(_bounds(values.shape))
+    shape = _shape_of(bounds)
+    want = values[bounds]
+    nbytes = int(np.prod(shape)) * values.itemsize
+    with h5py.File(path, "r", locking=False) as handle:
+        dataset = handle["data"]
+        fresh = np.zeros(shape, dtype=values.dtype)
+        done = rawio.read_region_into(handle, dataset, bounds, fresh)
+        assert done is (nbytes >= rawio.MIN_BYTES)
+        if done:
+            np.testing.assert_array_equal(fresh, want)
+        else:
+            assert not fresh.any()  # nothing read below MIN_BYTES
+        big, view = _padded(shape, values.dtype)
+        done = rawio.read_region_into(handle, dataset, bounds, view)
+        assert done is (nbytes >= rawio.MIN_BYTES)
+        if done:
+            np.testing.assert_array_equal(view, want)
+        assert _outside_is_zero(big, shape)
+
+
+def test_read_region_into_refusals(settled: dict[str, tuple[Path, np.ndarray]], tmp_path: Path) -> None:
+    path, values = settled["big"]
+    whole = _full(values.shape)
+    with h5py.File(path, "r", locking=False) as handle:
+        dataset = handle["data"]
+        cases = {
+            "small": (np.zeros((2, 64), np.float64), (0, slice(0, 2), slice(0, 64))),
+            "empty": (np.zeros((0, 64), np.float64), (0, slice(3, 3), slice(0, 64))),
+            "fortran": (np.zeros(values.shape, np.float64, order="F"), whole),
+            "rows-not-contiguous": (np.zeros((12, 24, 128), np.float64)[:, :, ::2], whole),
+            "dtype": (np.zeros(values.shape, np.float32), whole),
+            "bounds-count": (np.zeros((24, 64), np.float64), (slice(0, 24), slice(0, 64))),
+        }
+        for name, (out, bounds) in cases.items():
+            assert rawio.read_region_into(handle, dataset, bounds, out) is False, name
+            assert not out.any(), name
+        readonly = np.zeros(values.shape, np.float64)
+        readonly.flags.writeable = False
+        assert rawio.read_region_into(handle, dataset, whole, readonly) is False
+        out = np.zeros(values.shape, np.float64)
+        assert rawio.read_region_into(handle, dataset, whole, out) is True  # the same call, allowed
+        np.testing.assert_array_equal(out, values)
+    with h5py.File(path, "r", driver="core", backing_store=False) as handle:  # not sec2
+        out = np.zeros(values.shape, np.float64)
+        assert rawio.read_region_into(handle, handle["data"], whole, out) is False
+        assert not out.any()
+    chunked = tmp_path / "chunked.hdf5"
+    _deker_file(chunked, (12, 24, 64), np.float64, {"chunks": (1, 24, 64)})
+    with h5py.File(chunked, "r") as handle:
+        out = np.zeros(values.shape, np.float64)
+        assert rawio.read_region_into(handle, handle["data"], whole, out) is False
+        assert not out.any()
+
+
+def test_read_region_into_returns_a_bool_for_empty_regions_at_any_threshold(
+    settled: dict[str, tuple[Path, np.ndarray]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``MIN_BYTES`` is a public tunable; lowering it must not turn empty regions into crashes.
+
+    Defect found by this test: with ``MIN_BYTES = 0`` an empty region raised IndexError,
+    ValueError or TypeError; ``_read_runs`` now returns at once for an empty output.
+    """
+    monkeypatch.setattr(rawio, "MIN_BYTES", 0)
+    path, values = settled["big"]
+    with h5py.File(path, "r", locking=False) as handle:
+        for bounds in ((slice(0, 12), 3, slice(5, 5)), (1, slice(3, 3), 2), _full((0, 0, 0))):
+            out = np.zeros(_shape_of(bounds), dtype=values.dtype)
+            assert rawio.read_region_into(handle, handle["data"], bounds, out) in (True, False)
+
+
+# ------------------------------------------------------------------------------ layout cache
+
+
+@settings(max_examples=120, deadline=None)
+@given(data=st.data())
+def test_read_cached_equals_numpy(settled: dict[str, tuple[Path, np.ndarray]], data: Any) -> None:
+    name = data.draw(st.sampled_from(["big", "four", "cplx", "empty"]))
+    path, values = settled[name]
+    bounds = data.draw(_bounds(values.shape))
+    shape = _shape_of(bounds)
+    want = values[bounds]
+    got = rawio.read_cached(path, bounds, values.dtype, FILL)
+    assert got is not None
+    assert got.shape == shape and got.dtype == values.dtype
+    np.testing.assert_array_equal(got, want)
+    big, view = _padded(shape, values.dtype)
+    assert rawio.read_cached(path, bounds, values.dtype, FILL, out=view) is view
+    np.testing.assert_array_equal(view, want)
+    assert _outside_is_zero(big, shape)
+
+
+def test_read_cached_refuses_what_does_not_fit(settled: dict[str, tuple[Path, np.ndarray]]) -> None:
+    path, values = settled["cplx"]
+    bounds = (slice(2, 5), slice(0, 40))
+    assert rawio.read_cached(path, bounds, np.complex128, FILL) is None  # another dtype
+    assert rawio.read_cached(path, (slice(2, 5),), np.complex64, FILL) is None  # bounds count
+    assert rawio.read_cached(path, bounds, np.complex64, FILL, out=np.zeros((3, 39), np.complex64)) is None
+    assert rawio.read_cached(path, bounds, np.complex64, FILL, out=np.zeros((3, 40), np.complex128)) is None
+    readonly = np.zeros((3, 40), np.complex64)
+    readonly.flags.writeable = False
+    assert rawio.read_cached(path, bounds, np.complex64, FILL, out=readonly) is None
+    fortran = np.zeros((3, 40), np.complex64, order="F")
+    assert rawio.read_cached(path, bounds, np.complex64, FILL, out=fortran) is None
+    assert not fortran.any()
+    got = rawio.read_cached(path, bounds, np.complex64, FILL)  # still remembered after refusals
+    assert got is not None
+    np.testing.assert_array_equal(got, values[bounds])
+    assert rawio.read_cached(path.with_name("unknown.hdf5"), bounds, np.complex64, FILL) is None
+
+
+def test_a_file_without_data_is_all_fill(settled: dict[str, tuple[Path, np.ndarray]]) -> None:
+    path, _values = settled["empty"]
+    got = rawio.read_cached(path, (slice(1, 3), 4), np.dtype(np.int8), 5)
+    assert got is not None and got.dtype == np.int8 and got.tolist() == [5, 5]
+    out = np.zeros((2, 3), np.float32)
+    assert rawio.read_cached(path, (slice(0, 2), slice(0, 3)), np.float32, 2.5, out=out) is out
+    assert out.tolist() == [[2.5] * 3] * 2
+
+
+def test_changes_and_journals_make_the_cache_forget(settled: dict[str, tuple[Path, np.ndarray]]) -> None:
+    path, values = settled["mutable"]
+    bounds = (slice(0, 10), slice(0, 10))
+    got = rawio.read_cached(path, bounds, np.float32, FILL)
+    assert got is not None and np.array_equal(got, values)
+    journal_path(path).write_bytes(b"")  # an interrupted write: read through HDF5 instead
+    try:
+        assert rawio.read_cached(path, bounds, np.float32, FILL) is None
+    finally:
+        journal_path(path).unlink()
+    assert rawio.read_cached(path, bounds, np.float32, FILL) is None  # forgotten, not just skipped
+    with h5py.File(path, "r", locking=False) as handle:
+        rawio.remember(path, handle, handle["data"])
+    assert rawio.read_cached(path, bounds, np.float32, FILL) is not None
+    hdf5.write_region(path, (3, slice(0, 10)), np.zeros(10, np.float32), (10, 10), FILL, {})
+    assert rawio.read_cached(path, bounds, np.float32, FILL) is None  # the stamps changed
+    with h5py.File(path, "r", locking=False) as handle:
+        rawio.remember(path, handle, handle["data"])  # changed just now: not settled, not kept
+    assert rawio.read_cached(path, bounds, np.float32, FILL) is None
+
+
+def test_remember_keeps_only_what_it_can_serve(
+    settled: dict[str, tuple[Path, np.ndarray]], tmp_path: Path
+) -> None:
+    """Fresh files are never kept, settled chunked ones neither; ``forget`` drops entries."""
+    fresh = tmp_path / "fresh.hdf5"
+    _deker_file(fresh, (4, 4), np.float64)
+    with h5py.File(fresh, "r", locking=False) as handle:
+        rawio.remember(fresh, handle, handle["data"])
+    assert rawio.read_cached(fresh, (1, slice(0, 4)), np.float64, FILL) is None
+    chunked = settled["chunked"][0]  # settled, remembered by the fixture: refused all the same
+    assert rawio.read_cached(chunked, (1, slice(0, 4)), np.float64, FILL) is None
+    spare, values = settled["spare"]
+    rawio.forget(str(spare))
+    assert rawio.read_cached(spare, (1, slice(0, 4)), np.float64, FILL) is None
+    with h5py.File(spare, "r", driver="core", backing_store=False) as handle:
+        rawio.remember(spare, handle, handle["data"])  # not sec2: not kept
+    assert rawio.read_cached(spare, (1, slice(0, 4)), np.float64, FILL) is None
+    with h5py.File(spare, "r", locking=False) as handle:
+        rawio.remember(spare, handle, handle["data"])
+    got = rawio.read_cached(spare, (1, slice(0, 4)), np.float64, FILL)
+    assert got is not None and np.array_equal(got, values[1])
+    rawio.forget(tmp_path / "never-seen.hdf5")  # no error
+    rawio.forget()
+    assert rawio.read_cached(spare, (1, slice(0, 4)), np.float64, FILL) is None  # everything dropped
+    for path, _values in settled.values():  # put the module's entries back
+        with h5py.File(path, "r", locking=False) as handle:
+            rawio.remember(path, handle, handle.get("data"))
+
+
+def test_public_names_and_constants() -> None:
+    assert sorted(rawio.__all__) == [
+        "MIN_BYTES",
+        "SETTLED_NS",
+        "contiguous_offset",
+        "forget",
+        "read_cached",
+        "read_region_into",
+        "remember",
+    ]
+    assert rawio.MIN_BYTES == 64 * 1024
+    assert rawio.SETTLED_NS == 1_000_000_000
