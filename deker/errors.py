@@ -113,6 +113,11 @@ class DekerInvalidManagerCallError(DekerBaseApplicationError, AttributeError):
 class DekerMemoryError(DekerBaseApplicationError, MemoryError):
     """The operation would need more memory than the client's limit allows."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Explicit, so that picklers that rebuild exceptions with ``cls.__new__(cls)`` (tblib,
+        # which distributed installs) call the class instead: MemoryError refuses that.
+        return (type(self), self.args)
+
 
 class DekerStorageError(DekerBaseApplicationError):
     """The storage (adapter) cannot serve the request, or a stored file is unusable."""

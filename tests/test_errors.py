@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import multiprocessing as mp
 import pickle
+import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -302,3 +303,28 @@ def test_errors_cross_a_process_boundary() -> None:
             futures["not-exists"].result()
         with pytest.raises(DekerExceptionGroup, match=r"legacy; exceptions:\n\n1\) one\n2\) two $"):
             futures["legacy"].result()
+
+
+def test_every_error_pickles_where_distributed_changed_exception_pickling() -> None:
+    """Defect found by the suite's order: once ``distributed`` is imported, tblib rebuilds
+    exceptions with ``cls.__new__(cls)``, which MemoryError refuses, so a DekerMemoryError could
+    not come back from a Dask worker.  Checked in a fresh interpreter, where nothing else ran."""
+    code = (
+        "import pickle, distributed, deker.errors as e\n"
+        "bad = []\n"
+        "for name in e.__all__:\n"
+        "    cls = getattr(e, name)\n"
+        "    if name in ('DekerExceptionGroup', 'DekerVSubsetError'):\n"
+        "        continue\n"
+        "    exc = cls(f'{name} message')\n"
+        "    again = pickle.loads(pickle.dumps(exc))\n"
+        "    if type(again) is not cls or str(again) != str(exc):\n"
+        "        bad.append(name)\n"
+        "group = e.DekerVSubsetError('m', [e.DekerMemoryError('x')], [(1,)])\n"
+        "again = pickle.loads(pickle.dumps(group))\n"
+        "assert again.tiles == ((1,),) and type(again.exceptions[0]) is e.DekerMemoryError\n"
+        "print(bad)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
