@@ -306,11 +306,12 @@ def test_errors_cross_a_process_boundary() -> None:
 
 
 def test_every_error_pickles_where_distributed_changed_exception_pickling() -> None:
-    """Defect found by the suite's order: once ``distributed`` is imported, tblib rebuilds
-    exceptions with ``cls.__new__(cls)``, which MemoryError refuses, so a DekerMemoryError could
-    not come back from a Dask worker.  Checked in a fresh interpreter, where nothing else ran."""
+    """Defect found by the suite's order: once ``dask.multiprocessing`` is imported after deker
+    (or distributed reports a failed task), tblib rebuilds exceptions with ``cls.__new__(cls)``,
+    which MemoryError refuses, so a DekerMemoryError could not come back from a Dask worker.
+    Checked in a fresh interpreter, where nothing else ran."""
     code = (
-        "import pickle, distributed, deker.errors as e\n"
+        "import pickle, deker.errors as e, dask.multiprocessing\n"
         "bad = []\n"
         "for name in e.__all__:\n"
         "    cls = getattr(e, name)\n"
