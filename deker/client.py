@@ -37,7 +37,7 @@ from deker.sizes import check_memory, effective_memory_limit, human_size, parse_
 from deker.storage.atomic import build_directory, clean_storage
 from deker.storage.inspection import tree_size
 from deker.storage.layout import COLLECTIONS_DIR, CollectionPaths, is_scratch_dir_name
-from deker.storage.lockinfo import LockInfo, clear_locks, list_locks
+from deker.storage.lockinfo import LockInfo, clear_locks, list_locks, remove_orphan_collection_locks
 from deker.storage.locks import LockSettings, collection_lock
 from deker.store import array_schema_of
 from deker.types import StorageSize
@@ -445,11 +445,13 @@ class Client:
 
         Read markers, VArray write markers and creation locks left behind by dead processes
         are removed; those of running operations are kept unless ``force`` (which breaks the
-        protection of those operations).  Collection locks and array mutexes are never removed.
+        protection of those operations).  Locks of existing collections and array mutexes are never
+        removed.
         What killed writers left is cleaned too (``force`` does not change that): undo journals
         of interrupted in-place writes are rolled back (under each array's write lock, waiting
         for it like a writer), temporary files are deleted, and so are the scratch directories
-        of interrupted collection creations and deletions (unchanged for 10 s).
+        of interrupted collection creations and deletions (unchanged for 10 s), and, for the
+        whole storage, collection lock files that name no collection and nobody holds.
 
         Parameters
         ----------
@@ -468,5 +470,7 @@ class Client:
         directory = self._collection_dir(collection_name)
         removed = clean_storage(directory, self._context.locks)
         removed += clear_locks(directory, force=force)
+        if directory == self.root_path:
+            removed += remove_orphan_collection_locks(directory)
         removed.sort(key=str)
         return removed

@@ -382,7 +382,10 @@ class _Checker:
         for name in sorted(locks - set(dirs)) if only is None else ():
             self.name = name
             lock = CollectionPaths(self.root, name).lock_file
-            msg = f"Collection with lock {name} not found: {lock} names no collection directory"
+            msg = (
+                f"Collection with lock {name} not found: {lock} names no collection directory "
+                "(left by an interrupted creation or deletion; client.clear_locks removes it)"
+            )
             self.add(1, "collection-lock-orphan", heading, msg, lock)
         self.name = ""
         heading = "Collections interrupted operations:"

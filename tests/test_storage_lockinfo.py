@@ -98,3 +98,23 @@ def test_is_locked_and_stale_temporary_markers(tmp_path: Path, caplog: pytest.Lo
         (held,) = lockinfo.list_locks(tmp_path)
         assert (held.kind, held.alive, held.stale) == ("array mutex", True, False)
         assert lockinfo.is_locked(data)
+
+
+def test_orphan_collection_locks_are_removed_unless_held(tmp_path: Path) -> None:
+    """A crash between a collection's directory and its lock leaves ``<name>.lock`` alone."""
+    import fcntl
+    import os
+
+    (tmp_path / "kept").mkdir()
+    for name in ("kept", "orphan", "held"):
+        (tmp_path / f"{name}.lock").touch()
+    (tmp_path / "notes.txt").touch()
+    fd = os.open(tmp_path / "held.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a creation at work holds its lock
+        assert lockinfo.remove_orphan_collection_locks(tmp_path) == [tmp_path / "orphan.lock"]
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["held.lock", "kept", "kept.lock", "notes.txt"]
+    assert lockinfo.remove_orphan_collection_locks(tmp_path) == [tmp_path / "held.lock"]
+    assert lockinfo.remove_orphan_collection_locks(tmp_path / "missing") == []

@@ -38,6 +38,7 @@ __all__ = [
     "VARRAY_LOCK_EXT",
     "LockInfo",
     "clear_locks",
+    "remove_orphan_collection_locks",
     "is_locked",
     "list_locks",
 ]
@@ -273,6 +274,52 @@ def _stale_temp_markers(directory: Path) -> list[Path]:
                 if _held_by_someone(path) is False:
                     stale.append(path)
     return stale
+
+
+def remove_orphan_collection_locks(collections_dir: Path) -> list[Path]:
+    """Remove the collection locks ``<name>.lock`` that name no collection and nobody holds.
+
+    An interrupted ``create_collection`` (killed before its directory appeared) or
+    ``Collection.delete`` (killed between removing the directory and its lock) leaves one.  Each
+    is locked first (without waiting): a running creation holds its lock, so a lock taken here
+    belongs to no running operation, and it is removed only if the directory is still absent.
+
+    Parameters
+    ----------
+    collections_dir : Path
+        The collections directory of a storage.
+
+    Returns
+    -------
+    list of Path
+        The removed lock files, sorted.
+
+    """
+    removed: list[Path] = []
+    try:
+        with os.scandir(collections_dir) as entries:
+            names = [
+                e.name for e in entries if e.name.endswith(LOCK_EXT) and e.is_file(follow_symlinks=False)
+            ]
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        path = collections_dir / name
+        if (collections_dir / name[: -len(LOCK_EXT)]).is_dir():
+            continue
+        try:
+            fd = _open_rw(path, False)
+        except FileNotFoundError:
+            continue
+        try:
+            if _try_flock(fd, fcntl.LOCK_EX) and not (collections_dir / name[: -len(LOCK_EXT)]).is_dir():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    removed.append(path)
+        finally:
+            os.close(fd)  # releases the lock
+    removed.sort(key=str)
+    return removed
 
 
 def clear_locks(directory: Path, *, force: bool = False) -> list[Path]:
