@@ -53,7 +53,6 @@ __all__ = [
     "ArrayRecord",
     "array_schema_of",
     "create_array",
-    "create_tile",
     "create_tile_with",
     "create_varray",
     "delete_record",
@@ -356,18 +355,6 @@ def tile_custom_attributes(
     return custom
 
 
-def create_tile(
-    root: Path,
-    meta: CollectionMeta,
-    vid: str,
-    position: tuple[int, ...],
-    varray_values: Mapping[str, Any],
-    locks: Any,
-) -> str:
-    """Return the id of the tile at ``position``, creating it (without data) if missing."""
-    return create_tile_with(root, meta, vid, position, varray_values, locks, None)[0]
-
-
 def create_tile_with(
     root: Path,
     meta: CollectionMeta,
@@ -423,19 +410,16 @@ def create_tile_with(
         link = paths.symlink_file("array", components, tid)
         make_symlink(main, link)  # first: an interrupted creation leaves a link to nothing (absent)
         try:
-            if data is None:
-                hdf5.create_array_file(main, payload, meta_storage_dtype(payload), total)
-            else:
-                hdf5.create_array_file(
-                    main,
-                    payload,
-                    meta_storage_dtype(payload),
-                    total,
-                    data=data,
-                    shape=tuple(schema.shape),
-                    fill_value=schema.fill_value,
-                    dataset_kwargs=_options_kwargs(meta, tuple(schema.shape)),
-                )
+            hdf5.create_array_file(
+                main,
+                payload,
+                meta_storage_dtype(payload),
+                total,
+                data=data,
+                shape=tuple(schema.shape),
+                fill_value=schema.fill_value,
+                dataset_kwargs=_options_kwargs(meta, tuple(schema.shape)),
+            )
         except BaseException:
             _unlink(link)
             raise

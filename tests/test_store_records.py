@@ -10,7 +10,7 @@ or id (nothing left behind), an interrupted creation's dangling link ignored and
 ``read_record`` (typed attributes; missing, damaged JSON, non-HDF5 file), ``write_varray_meta``,
 ``find_by_primary``, ``delete_record`` (every file and emptied directory gone, neighbours
 untouched), ``tile_custom_attributes`` (the tile-size factor of SPEC §8 item 7),
-``create_tile``/``create_tile_with``/``tile_ids`` (idempotent, data written only at creation),
+``create_tile_with``/``tile_ids`` (idempotent, data written only at creation),
 and creation races between real forkserver processes: one winner per key or tile.
 """
 
@@ -52,7 +52,6 @@ from deker.storage.locks import LockSettings
 from deker.store import (
     array_schema_of,
     create_array,
-    create_tile,
     create_tile_with,
     create_varray,
     delete_record,
@@ -327,8 +326,10 @@ def test_tiles_are_created_once_and_listed(storage: Storage) -> None:
     create_varray(storage.root, storage.var_meta, vid, {"start": T0}, {}, LOCKS)
     values = {"start": T0}
     assert tile_ids(storage.root, storage.var_meta, vid) == {}
-    tid = create_tile(storage.root, storage.var_meta, vid, (1, 2), values, LOCKS)
-    assert create_tile(storage.root, storage.var_meta, vid, (1, 2), values, LOCKS) == tid  # idempotent
+    tid = create_tile_with(storage.root, storage.var_meta, vid, (1, 2), values, LOCKS, None)[0]
+    assert (
+        create_tile_with(storage.root, storage.var_meta, vid, (1, 2), values, LOCKS, None)[0] == tid
+    )  # idempotent
     assert tile_ids(storage.root, storage.var_meta, vid) == {(1, 2): tid}
     link = storage.var_paths.symlink_file("array", (vid, "1-2"), tid)
     assert os.readlink(link) == str(storage.var_paths.main_file("array", tid))
@@ -369,7 +370,7 @@ def test_a_dangling_tile_link_is_replaced(storage: Storage) -> None:
     link.symlink_to(storage.var_paths.main_file("array", ghost))
     (link.parent.parent / "not-a-position").mkdir()  # ignored by the listing
     assert tile_ids(storage.root, storage.var_meta, vid) == {}
-    tid = create_tile(storage.root, storage.var_meta, vid, (0, 0), {"start": T0}, LOCKS)
+    tid = create_tile_with(storage.root, storage.var_meta, vid, (0, 0), {"start": T0}, LOCKS, None)[0]
     assert tid != ghost and not os.path.lexists(link)
     assert tile_ids(storage.root, storage.var_meta, vid) == {(0, 0): tid}
 

@@ -327,18 +327,8 @@ def clean_leftovers(target: Path) -> list[Path]:
 
     """
     handled: list[Path] = []
-    prefix = f".{target.name}."
-    try:
-        with os.scandir(target.parent) as entries:
-            names = [e.name for e in entries if e.name.startswith(prefix)]
-    except FileNotFoundError:
-        return handled
-    for name in names:
-        what = leftover_target(name)
-        if what is None or what[1] != target.name:
-            continue
-        path = target.parent / name
-        if what[0] == "journal":
+    for kind, path in _leftovers_of(target):
+        if kind == "journal":
             if recover(target):
                 handled.append(path)
         elif is_held(path) is False or _same_inode(path, target):
@@ -348,6 +338,22 @@ def clean_leftovers(target: Path) -> list[Path]:
                 os.unlink(path)
                 handled.append(path)
     return handled
+
+
+def _leftovers_of(target: Path) -> list[tuple[str, Path]]:
+    """``(kind, path)`` of the temporary files and journal of ``target`` in its directory."""
+    prefix = f".{target.name}."
+    try:
+        with os.scandir(target.parent) as entries:
+            names = [e.name for e in entries if e.name.startswith(prefix)]
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        what = leftover_target(name)
+        if what is not None and what[1] == target.name:
+            found.append((what[0], target.parent / name))
+    return found
 
 
 def _same_inode(a: Path, b: Path) -> bool:
@@ -377,17 +383,7 @@ def discard_leftovers(target: Path) -> list[Path]:
 
     """
     removed: list[Path] = []
-    prefix = f".{target.name}."
-    try:
-        with os.scandir(target.parent) as entries:
-            names = [e.name for e in entries if e.name.startswith(prefix)]
-    except FileNotFoundError:
-        return removed
-    for name in names:
-        what = leftover_target(name)
-        if what is None or what[1] != target.name:
-            continue
-        path = target.parent / name
+    for _kind, path in _leftovers_of(target):
         if is_held(path) is False:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)

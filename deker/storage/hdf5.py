@@ -199,14 +199,18 @@ def _write_whole(
             dataset[...] = _expand(values, shape)
 
 
+def _raw_bytes(values: np.ndarray) -> memoryview:
+    """Return the bytes of ``values`` in C order (a copy only when it is not contiguous)."""
+    return memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+
+
 def _write_parts(fd: int, head: bytes, values: np.ndarray, tail: bytes) -> None:
     """Write ``head``, the bytes of ``values`` and ``tail`` at the start of the open file ``fd``.
 
     One ``pwritev`` (repeated if the kernel writes less), which releases the GIL: the files of
     several threads are written at the same time.
     """
-    body = memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-    pieces = [v for v in (memoryview(head), body, memoryview(tail)) if len(v)]
+    pieces = [v for v in (memoryview(head), _raw_bytes(values), memoryview(tail)) if len(v)]
     offset = 0
     while pieces:
         written = os.pwritev(fd, pieces, offset)
@@ -263,7 +267,7 @@ def _write_whole_fast(
             return True
         with atomic.journaled(path) as journal:
             journal.write(head)
-            journal.write(memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
+            journal.write(_raw_bytes(values))
             journal.write(tail)
             journal.truncate()
     return True

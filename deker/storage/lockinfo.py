@@ -304,15 +304,15 @@ def remove_orphan_collection_locks(collections_dir: Path) -> list[Path]:
     except FileNotFoundError:
         return removed
     for name in names:
-        path = collections_dir / name
-        if (collections_dir / name[: -len(LOCK_EXT)]).is_dir():
+        path, collection_dir = collections_dir / name, collections_dir / name[: -len(LOCK_EXT)]
+        if collection_dir.is_dir():
             continue
         try:
             fd = _open_rw(path, False)
         except FileNotFoundError:
             continue
         try:
-            if _try_flock(fd, fcntl.LOCK_EX) and not (collections_dir / name[: -len(LOCK_EXT)]).is_dir():
+            if _try_flock(fd, fcntl.LOCK_EX) and not collection_dir.is_dir():
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                     removed.append(path)
