@@ -366,10 +366,12 @@ class VArray(_BaseArray):
         return tile_ids(self._ctx.root, self._meta, self._id, positions)
 
     def _create_tile(
-        self, position: tuple[int, ...], values: Mapping[str, Any], data: Any = None
+        self, position: tuple[int, ...], values: Mapping[str, Any], data: Any = None, claim: Any = None
     ) -> tuple[str, bool]:
         """Create the tile at ``position`` if missing (with ``data`` in it); see ``create_tile_with``."""
-        return create_tile_with(self._ctx.root, self._meta, self._id, position, values, self._ctx.locks, data)
+        return create_tile_with(
+            self._ctx.root, self._meta, self._id, position, values, self._ctx.locks, data, claim
+        )
 
     def _tile_spec(self, tile_id: str, position: tuple[int, ...] | None = None) -> FileSpec:
         symlink = (self._id, "-".join(str(p) for p in position)) if position is not None else ()

@@ -8,11 +8,13 @@ works unchanged) and are written for compatibility with deker 1.1.7.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -363,6 +365,7 @@ def create_tile_with(
     varray_values: Mapping[str, Any],
     locks: Any,
     data: np.ndarray | np.generic | None,
+    claim: Callable[[Path, str], AbstractContextManager[None]] | None = None,
 ) -> tuple[str, bool]:
     """Return the id of the tile at ``position``, creating it if missing (race-free).
 
@@ -384,6 +387,11 @@ def create_tile_with(
         Every cell of the tile (of its dtype, shaped like the tile, or a scalar): a tile
         created here holds it at once, one file written once instead of a creation and a
         rewrite.  Not written into a tile that exists already.
+    claim : callable, optional
+        ``claim(main_dir, tile_id)``, a context manager entered around the creation of a new
+        tile before anything of it is published (:meth:`VArrayWriteLock.claiming
+        <deker.storage.locks.VArrayWriteLock.claiming>`): the creator holds the tile from its
+        first moment, so nobody can write it in between.  Not entered for a tile that exists.
 
     Returns
     -------
@@ -408,21 +416,22 @@ def create_tile_with(
         total = int(np.prod(schema.shape, dtype=np.int64))
         main = paths.main_file("array", tid)
         link = paths.symlink_file("array", components, tid)
-        make_symlink(main, link)  # first: an interrupted creation leaves a link to nothing (absent)
-        try:
-            hdf5.create_array_file(
-                main,
-                payload,
-                meta_storage_dtype(payload),
-                total,
-                data=data,
-                shape=tuple(schema.shape),
-                fill_value=schema.fill_value,
-                dataset_kwargs=_options_kwargs(meta, tuple(schema.shape)),
-            )
-        except BaseException:
-            _unlink(link)
-            raise
+        with claim(main.parent, tid) if claim is not None else contextlib.nullcontext():
+            make_symlink(main, link)  # first: an interrupted creation leaves a link to nothing (absent)
+            try:
+                hdf5.create_array_file(
+                    main,
+                    payload,
+                    meta_storage_dtype(payload),
+                    total,
+                    data=data,
+                    shape=tuple(schema.shape),
+                    fill_value=schema.fill_value,
+                    dataset_kwargs=_options_kwargs(meta, tuple(schema.shape)),
+                )
+            except BaseException:
+                _unlink(link)
+                raise
         return tid, data is not None
 
 

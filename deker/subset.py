@@ -34,6 +34,8 @@ from deker.tasks import clear_piece, read_piece, read_piece_into, storage_errors
 from deker.tiling import TilePiece, tile_pieces
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import xarray
 
     from deker.arrays import Array, VArray
@@ -323,13 +325,18 @@ class VSubset(_SubsetBase):
         values: dict[str, Any] | None,
         payloads: dict[tuple[int, ...], Any] | None = None,
     ) -> tuple[dict[tuple[int, ...], str], set[tuple[int, ...]]]:
-        """Lock the existing tiles of ``pieces`` (creating missing ones when ``values`` is given).
+        """Lock the tiles of ``pieces``, creating the missing ones when ``values`` is given.
 
-        A missing tile with an entry in ``payloads`` (its every cell) is created holding it:
-        that tile is written already and is neither locked nor returned for writing.  A tile
-        deleted by a concurrent clear between the listing and its lock is not locked: then
-        everything is released and the tiles are listed (and created) again, so that the locks
-        are always taken in grid order (no deadlock) and every task finds its tile held.
+        Two-phase locking, so that an update is isolated: the existing tiles are locked in
+        grid order (no deadlock), then the missing ones are created, each held by ``lock``
+        from before anyone can find it (:meth:`VArrayWriteLock.claiming`); every tile stays
+        held until the operation ends.  A missing tile with an entry in ``payloads`` (its
+        every cell) is created holding it: it is written already and not returned for writing.
+
+        A tile created by someone else after the listing is locked without waiting; if it is
+        busy, everything is released and the tiles are listed again (tiles this round created
+        holding their data are then written again by the tasks).  So is a tile deleted by a
+        concurrent clear before its lock.
 
         Returns
         -------
@@ -337,40 +344,47 @@ class VSubset(_SubsetBase):
             The ids of the locked tiles by position, and the positions created with their data.
         """
         varray = self._array
-        written: set[tuple[int, ...]] = set()
-        for _ in range(_LOCK_ROUNDS):
+        for _ in range(_LOCK_ROUNDS + len(pieces)):
             tiles = varray._tile_ids(p.position for p in pieces)
-            if values is not None:
-                missing = [
-                    p.position for p in pieces if p.position not in tiles and p.position not in written
-                ]
-                args = [(pos, values, (payloads or {}).get(pos)) for pos in missing]
-                runner = varray._ctx.runner
-                if len(missing) > 1 and runner.in_process:  # each creation waits on its own files
-                    made: list[Any] = runner.run_all(varray._create_tile, args)
-                else:
-                    made = [varray._create_tile(*arg) for arg in args]
-                for position, result in zip(missing, made, strict=True):
-                    if isinstance(result, BaseException):
-                        raise result
-                    tid, filled = result
-                    if filled:
-                        written.add(position)
-                    else:
-                        tiles[position] = tid
+            existing = [self._tile_key(tiles[p.position]) for p in pieces if p.position in tiles]
+            if lock.acquire(existing):  # some vanished: a concurrent clear
+                lock.release()
+                continue
+            missing = [p.position for p in pieces if p.position not in tiles]
+            if values is None or not missing:
+                return tiles, set()
+            args = [(pos, values, (payloads or {}).get(pos), lock.claiming) for pos in missing]
+            runner = varray._ctx.runner
+            if len(missing) > 1 and runner.in_process:  # each creation waits on its own files
+                made: list[Any] = runner.run_all(varray._create_tile, args)
+            else:
+                made = [varray._create_tile(*arg) for arg in args]
+            written: set[tuple[int, ...]] = set()
+            others: list[tuple[Path, str]] = []
+            for position, result in zip(missing, made, strict=True):
+                if isinstance(result, BaseException):
+                    raise result
+                tid, filled = result
+                tiles[position] = tid
+                if not lock.holds(*self._tile_key(tid)):
+                    others.append(self._tile_key(tid))  # created by someone else meanwhile
+                elif filled:
+                    written.add(position)
+            try:
+                if others and lock.acquire(others, wait=False):
+                    lock.release()  # deleted again by a concurrent clear
+                    continue
+            except DekerLockError:  # busy: everything was released; start over
+                continue
             for position in written:
-                tiles.pop(position, None)
-            wanted = [
-                (varray._tile_spec(tiles[p.position]).main_dir, tiles[p.position])
-                for p in pieces
-                if p.position in tiles
-            ]
-            if not lock.acquire(wanted):
-                return tiles, written
-            lock.release()
+                del tiles[position]
+            return tiles, written
         raise DekerLockError(
-            f"{self}: concurrent clears deleted its tiles {_LOCK_ROUNDS} times while it tried to lock them"
+            f"{self}: concurrent writers and clears kept changing its tiles while it tried to lock them"
         )
+
+    def _tile_key(self, tile_id: str) -> tuple[Path, str]:
+        return self._array._tile_spec(tile_id).main_dir, tile_id
 
     def read(self) -> Any:
         """Read the region; absent tiles read as fill without being created.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,61 @@ def test_delete_after_a_concurrent_clear_deleted_a_tile(
     mine.delete()
     assert one.get_collection("v").filter({"name": "v"}).last() is None
     assert list(one.get_collection("v").arrays) == []
+
+
+def test_concurrent_first_updates_are_isolated(clients: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect (docs/concurrency.md example, in a CI run): two updates of one whole VArray
+    whose tiles did not exist yet could leave a mix of both values.  Each created some tiles
+    holding its data without keeping them locked, then locked and overwrote the tiles the
+    other had created.  Fixed: a creator holds a new tile from before it is published
+    until its operation ends (two-phase locking); a tile someone else created meanwhile is
+    locked without waiting, or everything is released and locked again in grid order.
+
+    Here update A (value 1) creates tile (0, 0) first and update B (value 2) tile (1, 1),
+    then each meets the other's tile; whatever the order after that, one value must win.
+    """
+    _root, one, two = clients
+    first = {1.0: (0, 0), 2.0: (1, 1)}
+    firsts_done = threading.Event()
+    made: list[float] = []
+    guard = threading.Lock()
+    real = VArray._create_tile
+
+    def create(self: VArray, position: tuple[int, ...], values: Any, data: Any = None, *extra: Any) -> Any:
+        value = float(np.asarray(data).flat[0])
+        if position != first[value]:
+            assert firsts_done.wait(10), "the other update never created its first tile"
+            return real(self, position, values, data, *extra)
+        result = real(self, position, values, data, *extra)
+        with guard:
+            made.append(value)
+            if len(made) == 2:
+                firsts_done.set()
+        return result
+
+    monkeypatch.setattr(VArray, "_create_tile", create)
+    mine = one.get_collection("v").create({"name": "v"})
+    theirs = two.get_collection("v").filter({"name": "v"}).last()
+    errors: list[BaseException] = []
+
+    def update(varray: VArray, value: float) -> None:
+        try:
+            varray[:].update(np.full((4, 4), value))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=update, args=(mine, 1.0)),
+        threading.Thread(target=update, args=(theirs, 2.0)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors
+    assert sorted(made) == [1.0, 2.0]
+    values = np.unique(mine[:].read())
+    assert len(values) == 1, f"a mix of both updates: {mine[:].read()}"
 
 
 def test_fifo_instead_of_a_data_file_does_not_hang(clients: Any) -> None:

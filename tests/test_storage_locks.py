@@ -323,6 +323,56 @@ def test_varray_lock_missing_tiles_and_extend(tmp_path: Path) -> None:
     assert not ghost[0].exists()
 
 
+def test_varray_lock_claims_a_new_tile_before_it_exists(tmp_path: Path) -> None:
+    paths = CollectionPaths(tmp_path / "collections", "coll")
+    main_dir = paths.main_file("array", IDS[0]).parent  # not created yet
+    other = locks.VArrayWriteLock(LockSettings(0.2, 0.05), locks.new_token())
+    with locks.VArrayWriteLock(FAST, locks.new_token()) as lock:
+        with lock.claiming(main_dir, IDS[0]):
+            assert flocked(locks.mutex_path(main_dir, IDS[0]))  # held before the data file exists
+            assert markers(main_dir) == [lock.marker(main_dir, IDS[0]).name]
+            assert not lock.holds(main_dir, IDS[0])
+            (main_dir / f"{IDS[0]}.hdf5").write_bytes(b"data")  # the creation
+        assert lock.holds(main_dir, IDS[0])
+        assert lock.tiles == [(main_dir, IDS[0])]
+        assert flocked(main_dir / f"{IDS[0]}.hdf5")
+        with pytest.raises(DekerLockError, match=IDS[0]):
+            other.acquire([(main_dir, IDS[0])])
+        with locks.tile_write_guard(main_dir, IDS[0], lock.token):
+            pass
+    assert not flocked(main_dir / f"{IDS[0]}.hdf5")
+    assert markers(main_dir) == []
+    assert other.acquire([(main_dir, IDS[0])]) == []
+    other.release()
+
+
+def test_varray_lock_failed_claim_leaves_nothing(tmp_path: Path) -> None:
+    paths = CollectionPaths(tmp_path / "collections", "coll")
+    main_dir = paths.main_file("array", IDS[0]).parent
+    with locks.VArrayWriteLock(FAST, locks.new_token()) as lock:
+        with pytest.raises(OSError, match="disk full"), lock.claiming(main_dir, IDS[0]):
+            raise OSError("disk full")
+        assert lock.tiles == []
+    assert not main_dir.exists()  # mutex, marker and the empty id directories are gone
+
+
+def test_varray_lock_without_waiting(tmp_path: Path, children: Any) -> None:
+    a, b, c = tiles_of(tmp_path, IDS[:3])
+    first = children("varray", tiles=[[str(b[0]), b[1]]], token=locks.new_token())
+    first.expect("ACQUIRED")
+    lock = locks.VArrayWriteLock(LockSettings(30, 0.05), locks.new_token())
+    lock.acquire([c])
+    start = time.monotonic()
+    with pytest.raises(DekerLockError, match=b[1]):
+        lock.acquire([a, b], wait=False)  # b is busy: fails at once, out of order allowed
+    assert time.monotonic() - start < PROMPT
+    assert lock.tiles == []  # everything released, c included
+    assert lock.acquire([c, a], wait=False) == []
+    assert lock.holds(*a) and lock.holds(*c) and not lock.holds(*b)
+    lock.release()
+    first.release()
+
+
 def test_tile_guard_across_processes(tmp_path: Path, children: Any) -> None:
     (a,) = tiles_of(tmp_path, IDS[:1])
     token = locks.new_token()

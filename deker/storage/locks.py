@@ -50,7 +50,7 @@ from pathlib import Path
 from types import TracebackType
 
 from deker.errors import DekerLockError, DekerStorageError, DekerValidationError
-from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, id_dir_parts, remove_empty_parents
+from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, ensure_dir, id_dir_parts, remove_empty_parents
 from deker.storage.lockinfo import (
     _O_CLOEXEC,
     _TMP_EXT,
@@ -500,7 +500,74 @@ class VArrayWriteLock:
         """The tiles held, in acquisition order."""
         return list(self._held)
 
-    def acquire(self, tiles: Sequence[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    def holds(self, main_dir: Path, tile_id: str) -> bool:
+        """Return whether this lock holds a tile.
+
+        Parameters
+        ----------
+        main_dir : Path
+            The tile's main directory.
+        tile_id : str
+            The tile id.
+
+        Returns
+        -------
+        bool
+            True while the tile is held.
+
+        """
+        with self._guard:
+            return (Path(main_dir), tile_id) in self._held
+
+    @contextlib.contextmanager
+    def claiming(self, main_dir: Path, tile_id: str) -> Iterator[None]:
+        """Hold a tile that the body creates, from before anyone can find it.
+
+        The tile's mutex and marker are taken before the body runs (the tile id must be new,
+        its files not yet published), its data file once the body has created it.  Nobody
+        waits on a tile that does not exist yet, so this never waits on another operation and
+        may run out of grid order without risking a deadlock.  If the body fails, the tile is
+        released.
+
+        Parameters
+        ----------
+        main_dir : Path
+            The new tile's main directory (created if missing).
+        tile_id : str
+            The new tile's id.
+
+        Yields
+        ------
+        None
+            The body creates the tile's data file.
+
+        """
+        main_dir = Path(main_dir)
+        waiter = _Waiter(self.settings)
+        what = f"VArray write lock on new tile {tile_id}"
+        stack = contextlib.ExitStack()
+        try:
+            for attempt in range(5):
+                ensure_dir(main_dir)
+                try:
+                    mutex = _acquire_file(mutex_path(main_dir, tile_id), fcntl.LOCK_EX, waiter, what)
+                    break
+                except FileNotFoundError:  # a concurrent cleanup removed the empty directory
+                    if attempt == 4:
+                        raise
+            stack.callback(_unlock_close, mutex)
+            stack.callback(_cleanup_if_deleted, main_dir, tile_id)
+            marker = self.marker(main_dir, tile_id)
+            stack.callback(_drop_marker, marker, _create_marker(marker))
+            yield
+            stack.callback(_unlock_close, _lock_data_file(_data_file(main_dir, tile_id), waiter, what))
+        except BaseException:
+            stack.close()
+            raise
+        with self._guard:
+            self._held[(main_dir, tile_id)] = stack
+
+    def acquire(self, tiles: Sequence[tuple[Path, str]], *, wait: bool = True) -> list[tuple[Path, str]]:
         """Lock tiles in the given order (the caller sorts them by grid position).
 
         Tiles already held are skipped.  On timeout (or any error) everything this lock holds
@@ -510,6 +577,9 @@ class VArrayWriteLock:
         ----------
         tiles : sequence of (Path, str)
             ``(main_dir, tile_id)`` of each tile.
+        wait : bool, default True
+            False tries each tile once (no waiting, so tiles may be taken out of grid order):
+            a busy tile raises :class:`DekerLockError` at once, with everything released.
 
         Returns
         -------
@@ -522,7 +592,7 @@ class VArrayWriteLock:
             If a tile stayed busy until the deadline; the message names it.
 
         """
-        waiter = _Waiter(self.settings)
+        waiter = _Waiter(self.settings if wait else LockSettings(0.0, self.settings.interval))
         missing: list[tuple[Path, str]] = []
         with self._guard:
             try:
