@@ -326,6 +326,22 @@ def results_section(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, 
                 f"{s.get('h5py_tiles_time_vs_h5py', 0):.2f}x time | "
                 f"{s.get('time_vs_h5py_tiles', 0):.2f}x time |"
             )
+    floored = [s for s in summary if "os_tiles_s" in s]
+    if floored:
+        lines += [
+            "",
+            "Floor of deker's layout: the same 64 tile files read straight into the output with "
+            "`os.preadv`, one thread per core, data offsets known in advance (no HDF5, no locks):",
+            "",
+            "| step | os.preadv, 64 tile files | vs raw h5py, one file | deker vs this floor |",
+            "|---|---|---|---|",
+        ]
+        for s in floored:
+            lines.append(
+                f"| ({s['scenario']}) {s['what']} | {_cell(s, 'os_tiles', True)} | "
+                f"{s.get('os_tiles_time_vs_h5py', 0):.2f}x time | "
+                f"{s.get('time_vs_os_tiles', 0):.2f}x time |"
+            )
     lines += ["", f"![time relative to raw h5py per step]({chart.name})", "", "Scenario (g), the Dask and"]
     lines[-1] += f" storage-size suites (size_scale {_extras_scale(rows)}):"
     lines += ["", _extras_table(rows), "", END]

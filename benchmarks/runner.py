@@ -204,8 +204,15 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         step = STEPS[name]
         ours, raw, old = engines.get("deker"), engines.get("h5py"), engines.get(LEGACY)
         item: dict[str, Any] = {"kind": "summary", "scenario": scenario, "name": name, "what": step.what}
-        tiles = engines.get("h5py_tiles")
-        for label, row in (("deker", ours), ("h5py", raw), ("legacy", old), ("h5py_tiles", tiles)):
+        tiles, floor = engines.get("h5py_tiles"), engines.get("os_tiles")
+        labelled = (
+            ("deker", ours),
+            ("h5py", raw),
+            ("legacy", old),
+            ("h5py_tiles", tiles),
+            ("os_tiles", floor),
+        )
+        for label, row in labelled:
             if row is None:
                 continue
             item[f"{label}_s"] = row["median"]
@@ -225,6 +232,10 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             item["time_vs_h5py_tiles"] = round(_per_op(ours) / _per_op(tiles), 3)
         if raw and tiles:
             item["h5py_tiles_time_vs_h5py"] = round(_per_op(tiles) / _per_op(raw), 3)
+        if ours and floor:
+            item["time_vs_os_tiles"] = round(_per_op(ours) / _per_op(floor), 3)
+        if raw and floor:
+            item["os_tiles_time_vs_h5py"] = round(_per_op(floor) / _per_op(raw), 3)
         if ours and old:
             item["speedup_vs_legacy"] = round(_per_op(old) / _per_op(ours), 2)
         if old and raw:

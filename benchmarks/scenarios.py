@@ -38,6 +38,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -359,6 +360,44 @@ def _h5_tiles_read(folder: Path, sizes: Sizes) -> np.ndarray:
     return out
 
 
+def _tile_offsets(folder: Path, sizes: Sizes) -> dict[tuple[int, int], int]:
+    """The file offset of every tile file's (contiguous) data, found with h5py before timing."""
+    offsets = {}
+    for (i, j), _sel in _tiles(sizes):
+        with h5py.File(folder / f"{i}-{j}.h5", "r") as handle:
+            offset = handle["data"].id.get_offset()
+            if offset is None:
+                raise RuntimeError(f"tile {i}-{j}: the data of a new contiguous dataset has no offset")
+            offsets[(i, j)] = int(offset)
+    return offsets
+
+
+def _os_tiles_read(folder: Path, sizes: Sizes, offsets: dict[tuple[int, int], int]) -> np.ndarray:
+    """The floor of deker's layout: every tile's bytes read straight into the output.
+
+    ``os.preadv`` of the tile's rows into the rows of the output, one thread per core, the data
+    offsets known in advance: no HDF5, no locks, no metadata.
+    """
+    side = sizes.varray_side
+    out = np.empty((side, side), dtype=np.float32)
+    iov_max = 1024
+
+    def read_tile(item: tuple[tuple[int, int], tuple[slice, slice]]) -> None:
+        (i, j), sel = item
+        rows = [memoryview(row).cast("B") for row in out[sel]]
+        fd = os.open(folder / f"{i}-{j}.h5", os.O_RDONLY)
+        try:
+            position = offsets[(i, j)]
+            for k in range(0, len(rows), iov_max):
+                position += os.preadv(fd, rows[k : k + iov_max], position)
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        list(pool.map(read_tile, _tiles(sizes)))
+    return out
+
+
 def _h5_tiles_window(folder: Path, sizes: Sizes, y: int, x: int) -> np.ndarray:
     tile, win = sizes.varray_side // sizes.vgrid, sizes.window
     out = np.empty((win, win), dtype=np.float32)
@@ -405,8 +444,18 @@ def scenario_b(root: Path, sizes: Sizes, engines: Sequence[str]) -> list[dict[st
                     made[engine].append(folder)
                     seconds, _ = timed(lambda f=folder: _h5_tiles_create(f, data, sizes))
                 rec.add("varray_first_write", engine, seconds, bytes=nbytes, ops=1, tiles=sizes.vgrid**2)
+        floors = {
+            rep: _tile_offsets(made["h5py_tiles"][rep], sizes) for rep in range(len(made["h5py_tiles"]))
+        }
         for rep in range(sizes.reps):
-            for engine in engines:
+            for engine in (*engines, "os_tiles") if floors else engines:
+                if engine == "os_tiles":  # the floor: the same tile files, no HDF5 and no locks
+                    folder = made["h5py_tiles"][rep]
+                    seconds, got = timed(lambda f=folder, o=floors[rep]: _os_tiles_read(f, sizes, o))
+                    check(np.array_equal(got, data), "os.preadv read of the tile files")
+                    del got
+                    rec.add("varray_full_read", engine, seconds, bytes=nbytes, ops=1, verified=True)
+                    continue
                 target = made[engine][rep]
                 if engine == "deker":
                     seconds, got = timed(lambda t=target: t[:].read())

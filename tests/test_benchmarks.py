@@ -36,6 +36,7 @@ def test_every_scenario_runs_and_verifies(tmp_path: Path) -> None:
     stored = [r for r in rows if r["name"] == "zstd_varray_write"]
     assert all(r["stored_bytes"] > 0 for r in stored)
     assert not list(tmp_path.iterdir())  # every scenario removes its files
+    assert ("b", "varray_full_read", "os_tiles") in names  # the floor of the tiled layout
 
 
 def test_a_failing_scenario_is_reported_and_the_others_run(tmp_path: Path) -> None:
@@ -77,6 +78,9 @@ def test_summary_targets_and_docs(tmp_path: Path) -> None:
     rows = [
         row("varray_first_write", "deker", 0.12, bytes=1 << 20),
         row("varray_first_write", "h5py", 0.10, bytes=1 << 20),
+        row("varray_full_read", "deker", 0.30, bytes=1 << 20),
+        row("varray_full_read", "h5py", 0.10, bytes=1 << 20),
+        row("varray_full_read", "os_tiles", 0.12, bytes=1 << 20),
         row("varray_window_reads", "deker", 2.0, ops=200),
         row("varray_window_reads", "h5py", 1.0, ops=200),
         {**row("array_create", "deker", 1.0, ops=3000), "scenario": "d"},
@@ -96,6 +100,8 @@ def test_summary_targets_and_docs(tmp_path: Path) -> None:
     report.update_docs(page, rows, list(summary.values()), chart)  # replaced, not appended twice
     text = page.read_text()
     assert text.count(report.END) == 1 and "method text" in text and "**NO**" in text
+    assert summary["varray_full_read"]["time_vs_os_tiles"] == 2.5
+    assert "| (b) VArray: full read | 0.12 s (8 MiB/s) | 1.20x time | 2.50x time |" in text
 
 
 @pytest.mark.timeout(180)

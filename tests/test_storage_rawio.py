@@ -187,6 +187,48 @@ def test_read_region_into_equals_numpy(settled: dict[str, tuple[Path, np.ndarray
         assert _outside_is_zero(big, shape)
 
 
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+@pytest.mark.parametrize(("scratch", "copy_below"), [(1000, 1 << 30), (4096, 1 << 30), (1 << 20, 0)])
+def test_both_ways_of_reading_short_runs_equal_numpy(
+    settled: dict[str, tuple[Path, np.ndarray]], scratch: int, copy_below: int, data: Any
+) -> None:
+    """Evenly spaced runs go through the scratch buffer (in several stretches when it is
+    smaller than the region, down to one run per stretch) or, with ``_COPY_BELOW`` 0,
+    straight into the destination with one vector per run: both equal numpy."""
+    name = data.draw(st.sampled_from(["big", "four", "cplx"]))
+    path, values = settled[name]
+    bounds = data.draw(_bounds(values.shape))
+    shape = _shape_of(bounds)
+    with pytest.MonkeyPatch.context() as patch, h5py.File(path, "r", locking=False) as handle:
+        patch.setattr(rawio, "_SCRATCH_BYTES", scratch)
+        patch.setattr(rawio, "_COPY_BELOW", copy_below)
+        patch.setattr(rawio, "MIN_BYTES", 0)
+        big, view = _padded(shape, values.dtype)
+        assert rawio.read_region_into(handle, handle["data"], bounds, view) is True
+        np.testing.assert_array_equal(view, values[bounds])
+        assert _outside_is_zero(big, shape)
+
+
+def test_a_short_file_is_refused_through_the_scratch_buffer(tmp_path: Path) -> None:
+    """A data block cut short by a damaged file: the scratch path reads less and says so."""
+    path = tmp_path / "cut.hdf5"
+    values = _deker_file(path, (64, 512), np.float64)  # rows of 4 KiB, 256 KiB in all
+    with h5py.File(path, "r", locking=False) as handle:
+        offset = rawio.contiguous_offset(handle["data"])
+    assert offset is not None
+    os.truncate(path, offset + values.nbytes - 100)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        out = np.zeros((64, 1024), np.float64)[:, 100:612]  # rows in a wider array: the scratch path
+        assert rawio._read_runs(fd, offset, values.shape, _full(values.shape), out) is False
+        head = np.zeros((32, 1024), np.float64)[:, :512]
+        assert rawio._read_runs(fd, offset, values.shape, (slice(0, 32), slice(0, 512)), head) is True
+        np.testing.assert_array_equal(head, values[:32])
+    finally:
+        os.close(fd)
+
+
 def test_read_region_into_refusals(settled: dict[str, tuple[Path, np.ndarray]], tmp_path: Path) -> None:
     path, values = settled["big"]
     whole = _full(values.shape)

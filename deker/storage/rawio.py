@@ -35,6 +35,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -72,6 +73,11 @@ MIN_BYTES = 64 * 1024
 SETTLED_NS = 1_000_000_000
 _MAX_LAYOUTS = 16384
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# Evenly spaced runs shorter than this are read in whole stretches into a per-thread scratch
+# buffer of _SCRATCH_BYTES, then copied out (see _read_through_scratch).
+_COPY_BELOW = 256 * 1024
+_SCRATCH_BYTES = 1024 * 1024
+_local = threading.local()
 
 
 def contiguous_offset(dataset: h5py.Dataset) -> int | None:
@@ -104,14 +110,17 @@ def contiguous_offset(dataset: h5py.Dataset) -> int | None:
     return int(offset)
 
 
-def _runs(
-    bounds: Bounds, shape: tuple[int, ...], out: np.ndarray
-) -> tuple[np.ndarray, list[Any], int] | None:
+class _Plan(NamedTuple):
+    cells: np.ndarray  # the cell index (in the file) of the start of every run, in file order
+    dests: Callable[[], list[Any]]  # builds the run destinations (byte memoryviews into ``out``)
+    run: int  # run length in cells
+    grid: np.ndarray | None  # ``out`` seen as (runs, run) when one stride walks the runs
+
+
+def _runs(bounds: Bounds, shape: tuple[int, ...], out: np.ndarray) -> _Plan | None:
     """Split a region into runs of cells that are consecutive both in the file and in ``out``.
 
-    Returns the cell index (in the file) of the start of every run, the run destinations (byte
-    memoryviews into ``out``, in the file's C order) and the run length in cells; ``None`` if
-    ``out`` does not match.
+    ``None`` if ``out`` does not match.
     """
     ndim = len(shape)
     lengths = [b.stop - b.start if isinstance(b, slice) else 1 for b in bounds]
@@ -140,11 +149,12 @@ def _runs(
     run = math.prod(lengths[k:])
     run_bytes = run * itemsize
     lead = [axis_of[d] for d in range(k) if d in axis_of and lengths[d] > 1]
-    dests: list[Any]
+    grid: np.ndarray | None = None
+    dests: Callable[[], list[Any]]
     if not lead:  # one run: ``out`` is contiguous (its other axes have length 1)
         if not out.flags.c_contiguous:
             return None
-        dests = [out.data.cast("B")]
+        dests = lambda: [out.data.cast("B")]  # noqa: E731
     elif len(lead) == 1 or all(
         out.strides[a] == out.strides[b] * out.shape[b] for a, b in itertools.pairwise(lead)
     ):
@@ -154,25 +164,35 @@ def _runs(
         if stride < run_bytes or stride % itemsize:
             return None
         span = (count - 1) * stride + run_bytes
-        flat = np.lib.stride_tricks.as_strided(
-            out, shape=(span // itemsize,), strides=(itemsize,), writeable=True
+        grid = np.lib.stride_tricks.as_strided(
+            out, shape=(count, run), strides=(stride, itemsize), writeable=True
         )
-        whole = flat.data.cast("B")
-        dests = [whole[o : o + run_bytes] for o in range(0, span, stride)]
+
+        def dests() -> list[Any]:
+            flat = np.lib.stride_tricks.as_strided(
+                out, shape=(span // itemsize,), strides=(itemsize,), writeable=True
+            )
+            whole = flat.data.cast("B")
+            return [whole[o : o + run_bytes] for o in range(0, span, stride)]
+
     else:
-        index: list[Any] = [slice(None)] * out.ndim
-        dests = []
-        for combo in np.ndindex(*[out.shape[a] for a in lead]):
-            for axis, value in zip(lead, combo, strict=True):
-                index[axis] = value
-            key = (*index, Ellipsis)
-            dests.append(out[key].data.cast("B"))
+
+        def dests() -> list[Any]:
+            index: list[Any] = [slice(None)] * out.ndim
+            views = []
+            for combo in np.ndindex(*[out.shape[a] for a in lead]):
+                for axis, value in zip(lead, combo, strict=True):
+                    index[axis] = value
+                key = (*index, Ellipsis)
+                views.append(out[key].data.cast("B"))
+            return views
+
     file_strides = [math.prod(shape[d + 1 :]) for d in range(ndim)]
     base = sum(s * st for s, st in zip(starts, file_strides, strict=True))
     if k == 0:
-        return np.asarray([base], dtype=np.int64), dests, run
-    grid = np.indices(lengths[:k]).reshape(k, -1)  # C order: the last leading axis varies fastest
-    return base + np.asarray(file_strides[:k], dtype=np.int64) @ grid, dests, run
+        return _Plan(np.asarray([base], dtype=np.int64), dests, run, grid)
+    index_grid = np.indices(lengths[:k]).reshape(k, -1)  # C order: the last leading axis varies fastest
+    return _Plan(base + np.asarray(file_strides[:k], dtype=np.int64) @ index_grid, dests, run, grid)
 
 
 def _read_exact(fd: int, views: list[Any], offset: int, size: int) -> bool:
@@ -187,16 +207,18 @@ def _read_runs(fd: int, offset: int, shape: tuple[int, ...], bounds: Bounds, out
     plan = _runs(bounds, shape, out)
     if plan is None:
         return False
-    cells, dests, run = plan
     itemsize = out.dtype.itemsize
-    run_bytes = run * itemsize
-    positions = offset + cells * itemsize
-    n = len(dests)
+    run_bytes = plan.run * itemsize
+    positions = offset + plan.cells * itemsize
+    n = len(positions)
     step = int(positions[1] - positions[0]) if n > 1 else run_bytes
     if n == 1 or (step >= run_bytes and bool((np.diff(positions) == step).all())):
         # Evenly spaced runs (the usual case): each call reads one stretch of the file, the
         # gaps between runs going to a scratch buffer when they are small.
         gap = step - run_bytes
+        if plan.grid is not None and n > 1 and run_bytes < _COPY_BELOW and gap <= _MAX_GAP:
+            return _read_through_scratch(fd, int(positions[0]), step, plan.grid)
+        dests = plan.dests()
         if gap <= _MAX_GAP:
             filler = memoryview(bytearray(gap)) if gap else None
             per_call = _IOV_MAX // 2 if gap else _IOV_MAX
@@ -210,9 +232,43 @@ def _read_runs(fd: int, offset: int, shape: tuple[int, ...], bounds: Bounds, out
                 if not _read_exact(fd, views, int(positions[first]), size):
                     return False
             return True
+    else:
+        dests = plan.dests()
     for pos, dest in zip(positions.tolist(), dests, strict=True):  # one call per run
         if not _read_exact(fd, [dest], pos, run_bytes):
             return False
+    return True
+
+
+def _scratch() -> np.ndarray:
+    buffer: np.ndarray | None = getattr(_local, "scratch", None)
+    if buffer is None or buffer.size < _SCRATCH_BYTES:
+        buffer = _local.scratch = np.empty(_SCRATCH_BYTES, dtype=np.uint8)
+    return buffer
+
+
+def _read_through_scratch(fd: int, position: int, step: int, grid: np.ndarray) -> bool:
+    """Read evenly spaced short runs: whole stretches of the file, then one numpy copy each.
+
+    ``grid`` is the destination seen as (runs, run length); the runs start ``step`` bytes
+    apart in the file from ``position``.  Scattering a stretch over many small buffers
+    (``preadv`` with one vector per run) costs the kernel more than reading it contiguously
+    into a per-thread scratch buffer that stays in the CPU cache and copying its rows out
+    (numpy copies without the GIL).
+    """
+    scratch = _scratch()
+    count, run = grid.shape
+    run_bytes = run * grid.dtype.itemsize
+    rows = max(1, _SCRATCH_BYTES // step)
+    for first in range(0, count, rows):
+        last = min(count, first + rows)
+        size = (last - first - 1) * step + run_bytes
+        if os.preadv(fd, [scratch.data[:size]], position + first * step) != size:
+            return False  # a short read (end of file): the caller reads through HDF5
+        source = np.lib.stride_tricks.as_strided(
+            scratch.view(grid.dtype), shape=(last - first, run), strides=(step, grid.dtype.itemsize)
+        )
+        grid[first:last] = source
     return True
 
 
