@@ -254,7 +254,15 @@ class Subset(_SubsetBase):
         dtype = self._np_dtype()
         try:
             with storage_errors(main_file), array_read_lock(main_dir, self._array.id, self._array._ctx.locks):
-                data = hdf5.read_region(main_file, self.bounds, dtype, self.fill_value)
+                arr = self._array
+                data = hdf5.read_region(
+                    main_file,
+                    self.bounds,
+                    dtype,
+                    self.fill_value,
+                    file_shape=tuple(arr.shape),
+                    dataset_kwargs=arr._dataset_kwargs,
+                )
         except FileNotFoundError as exc:
             raise DekerInstanceNotExistsError(f"{self._array!r} was deleted") from exc
         return data[()] if self.shape == () else data

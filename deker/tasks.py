@@ -189,9 +189,21 @@ def read_piece(spec: FileSpec, bounds: Bounds, token: str | None = None) -> np.n
     )
     try:
         with storage_errors(spec.main_file), guard:
-            return hdf5.read_region(spec.main_file, bounds, np.dtype(spec.dtype), spec.fill_value)
+            return _read(spec, bounds)
     except FileNotFoundError:
         return _fill_piece(spec, bounds)
+
+
+def _read(spec: FileSpec, bounds: Bounds, out: np.ndarray | None = None) -> np.ndarray:
+    return hdf5.read_region(
+        spec.main_file,
+        bounds,
+        np.dtype(spec.dtype),
+        spec.fill_value,
+        out,
+        file_shape=spec.shape,
+        dataset_kwargs=spec.dataset_kwargs,
+    )
 
 
 def read_piece_into(
@@ -221,9 +233,9 @@ def read_piece_into(
     try:
         with storage_errors(spec.main_file), guard:
             if isinstance(target, np.ndarray) and target.base is not None:  # a view of ``out``
-                hdf5.read_region(spec.main_file, bounds, np.dtype(spec.dtype), spec.fill_value, out=target)
+                _read(spec, bounds, target)
                 return
-            out[out_index] = hdf5.read_region(spec.main_file, bounds, np.dtype(spec.dtype), spec.fill_value)
+            out[out_index] = _read(spec, bounds)
     except FileNotFoundError:
         out[out_index] = spec.fill_value
 

@@ -378,6 +378,70 @@ def test_remember_keeps_only_what_it_can_serve(
             rawio.remember(path, handle, handle.get("data"))
 
 
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_read_templated_equals_numpy_on_new_files(
+    tmp_path_factory: pytest.TempPathFactory, data: Any
+) -> None:
+    """Files written whole are read without HDF5 while they are new (not settled)."""
+    shape, dtype = data.draw(st.sampled_from([((12, 24, 64), np.float64), ((5, 7, 9, 11), np.int16)]))
+    values = _values(shape, dtype)
+    path = tmp_path_factory.mktemp("templated") / "new.hdf5"
+    meta = b'{"id": "n"}'
+    hdf5.create_array_file(
+        path, meta, f"S{len(meta) + 33}", values.size, data=values, shape=shape, fill_value=FILL
+    )
+    bounds = data.draw(_bounds(shape))
+    got = rawio.read_templated(path, bounds, shape, np.dtype(dtype), FILL)
+    assert got is not None
+    np.testing.assert_array_equal(got, values[bounds])
+    big, view = _padded(_shape_of(bounds), dtype)
+    assert rawio.read_templated(path, bounds, shape, np.dtype(dtype), FILL, view) is view
+    np.testing.assert_array_equal(view, values[bounds])
+    assert _outside_is_zero(big, _shape_of(bounds))
+
+
+def test_read_templated_refusals(settled: dict[str, tuple[Path, np.ndarray]], tmp_path: Path) -> None:
+    values = _values((12, 24, 64), np.float64)
+    path = tmp_path / "new.hdf5"
+    meta = b'{"id": "n"}'
+    hdf5.create_array_file(
+        path, meta, f"S{len(meta) + 33}", values.size, data=values, shape=values.shape, fill_value=FILL
+    )
+    whole = _full(values.shape)
+    dt = np.dtype(np.float64)
+    assert rawio.read_templated(path, whole, values.shape, dt, FILL) is not None
+    journal_path(path).write_bytes(b"")  # an interrupted write: only HDF5 (through the journal)
+    assert rawio.read_templated(path, whole, values.shape, dt, FILL) is None
+    journal_path(path).unlink()
+    assert rawio.read_templated(tmp_path / "missing.hdf5", whole, values.shape, dt, FILL) is None
+    assert rawio.read_templated(path, whole, (12, 24), dt, FILL) is None  # bounds of another shape
+    assert rawio.read_templated(path, whole, values.shape, dt, FILL, np.zeros((2, 2))) is None
+    assert rawio.read_templated(path, whole, values.shape, np.dtype(np.float32), FILL) is None
+    written_by_h5py = settled["big"][0]  # created empty, data written through h5py
+    assert rawio.read_templated(written_by_h5py, whole, values.shape, dt, FILL) is None
+    empty = settled["empty"][0]
+    assert rawio.read_templated(empty, _full((6, 10)), (6, 10), np.dtype(np.float32), FILL) is None
+
+
+def test_read_templated_remembers_settled_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    values = _values((12, 24, 64), np.float64)
+    path = tmp_path / "whole.hdf5"
+    meta = b'{"id": "s"}'
+    hdf5.create_array_file(
+        path, meta, f"S{len(meta) + 33}", values.size, data=values, shape=values.shape, fill_value=FILL
+    )
+    dt, row = np.dtype(np.float64), (3, 4, slice(0, 64))
+    assert rawio.read_templated(path, _full(values.shape), values.shape, dt, FILL) is not None
+    assert rawio.read_cached(path, row, dt, FILL) is None  # new: not remembered
+    monkeypatch.setattr(rawio, "SETTLED_NS", 0)
+    assert rawio.read_templated(path, _full(values.shape), values.shape, dt, FILL) is not None
+    got = rawio.read_cached(path, row, dt, FILL)  # settled: remembered, head not read again
+    assert got is not None
+    np.testing.assert_array_equal(got, values[row])
+    rawio.forget(path)
+
+
 def test_public_names_and_constants() -> None:
     assert sorted(rawio.__all__) == [
         "MIN_BYTES",
@@ -386,6 +450,7 @@ def test_public_names_and_constants() -> None:
         "forget",
         "read_cached",
         "read_region_into",
+        "read_templated",
         "remember",
     ]
     assert rawio.MIN_BYTES == 64 * 1024

@@ -199,5 +199,90 @@ def test_data_parts_refusals(dtype: str, shape: tuple[int, ...], fill: Any, why:
     assert data_array_parts(b"{}", "S4", 0, shape, np.dtype(dtype), fill) is None, why
 
 
+def _whole_file(path: Path, meta: bytes, values: np.ndarray, fill: Any) -> None:
+    """An array file written whole, the way deker writes it (from the data template)."""
+    hdf5.create_array_file(
+        path, meta, f"S{len(meta) + 33}", values.size, data=values, shape=values.shape, fill_value=fill
+    )
+
+
+def _offset(path: Path, shape: tuple[int, ...], dtype: Any, fill: Any) -> int | None:
+    with open(path, "rb") as fh:
+        return templates.template_data_offset(fh.fileno(), path.stat().st_size, shape, np.dtype(dtype), fill)
+
+
+@pytest.mark.parametrize("meta_length", [2, 40, 117, 1000])
+def test_template_data_offset_finds_the_data_of_whole_files(tmp_path: Path, meta_length: int) -> None:
+    """Whatever the metadata length (its type is worked out from the file size), and whether
+    or not this process has the template yet, the offset is HDF5's own."""
+    values = np.arange(600, dtype=np.float32).reshape(20, 30)
+    path = tmp_path / "whole.hdf5"
+    _whole_file(path, b"x" * meta_length, values, np.nan)
+    templates._data_cache.clear()  # a reader that never wrote such a file builds the templates
+    offset = _offset(path, (20, 30), np.float32, np.nan)
+    with h5py.File(path, "r", locking=False) as handle:
+        assert offset == rawio.contiguous_offset(handle["data"])
+    assert offset is not None
+    assert path.read_bytes()[offset : offset + values.nbytes] == values.tobytes()
+    assert _offset(path, (20, 30), np.float32, np.nan) == offset  # cached templates: same answer
+
+
+def test_template_data_offset_refuses_every_other_file(tmp_path: Path) -> None:
+    values = np.arange(600, dtype=np.float32).reshape(20, 30)
+    meta = b'{"id": "t", "primary_attributes": {}, "custom_attributes": {}}'
+
+    def fresh(name: str) -> Path:
+        path = tmp_path / f"{name}.hdf5"
+        _whole_file(path, meta, values, np.nan)
+        return path
+
+    assert _offset(fresh("good"), (20, 30), np.float32, np.nan) is not None
+    same_type = fresh("meta-same-type")
+    hdf5.write_meta(same_type, meta.replace(b'"t"', b'"u"'), f"S{len(meta) + 33}")
+    assert _offset(same_type, (20, 30), np.float32, np.nan) is not None  # only the value changed
+    longer = fresh("meta-longer")
+    hdf5.write_meta(longer, meta + b" " * 50, f"S{len(meta) + 83}")  # re-created elsewhere
+    assert _offset(longer, (20, 30), np.float32, np.nan) is None
+    with h5py.File(fresh("attribute"), "r+", locking=False) as handle:
+        handle["data"].attrs["x"] = 1
+    assert _offset(tmp_path / "attribute.hdf5", (20, 30), np.float32, np.nan) is None
+    grown = fresh("grown")
+    with open(grown, "ab") as fh:
+        fh.write(b"\0")
+    assert _offset(grown, (20, 30), np.float32, np.nan) is None
+    flipped = fresh("flipped")
+    raw = bytearray(flipped.read_bytes())
+    raw[100] ^= 0xFF  # inside the HDF5 structures before the data block
+    flipped.write_bytes(bytes(raw))
+    assert _offset(flipped, (20, 30), np.float32, np.nan) is None
+    partial = tmp_path / "partial.hdf5"  # created empty, then a region written through h5py
+    hdf5.create_array_file(partial, meta, f"S{len(meta) + 33}", values.size)
+    hdf5.write_region(partial, (slice(0, 2), slice(0, 30)), values[:2], (20, 30), np.nan, {})
+    assert _offset(partial, (20, 30), np.float32, np.nan) is None
+    chunked = tmp_path / "chunked.hdf5"
+    hdf5.create_array_file(
+        chunked,
+        meta,
+        f"S{len(meta) + 33}",
+        values.size,
+        data=values,
+        shape=(20, 30),
+        fill_value=np.nan,
+        dataset_kwargs={"chunks": (10, 10)},
+    )
+    assert _offset(chunked, (20, 30), np.float32, np.nan) is None
+    good = tmp_path / "good.hdf5"
+    for shape, dtype, fill in [
+        ((30, 20), np.float32, np.nan),
+        ((20, 30), np.int32, 0),
+        ((20, 30), np.float32, 0.0),
+    ]:
+        assert _offset(good, shape, dtype, fill) is None, (shape, dtype, fill)
+    empty = tmp_path / "tiny.hdf5"
+    empty.write_bytes(b"")
+    assert _offset(empty, (20, 30), np.float32, np.nan) is None
+    assert _offset(good, (20, 30), np.bool_, False) is None  # no template for this dtype
+
+
 def test_public_names() -> None:
-    assert templates.__all__ == ["data_array_parts", "empty_array_image"]
+    assert templates.__all__ == ["data_array_parts", "empty_array_image", "template_data_offset"]

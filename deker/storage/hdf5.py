@@ -484,6 +484,9 @@ def read_region(
     dtype: np.dtype[Any] | type | str,
     fill_value: Any,
     out: np.ndarray | None = None,
+    *,
+    file_shape: tuple[int, ...] | None = None,
+    dataset_kwargs: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """Read a region of an array file.
 
@@ -500,6 +503,13 @@ def read_region(
         The fill value, returned where nothing is stored.
     out : numpy.ndarray, optional
         Where to put the result (shape of the selection); read into directly when possible.
+    file_shape : tuple of int, optional
+        The shape of the array in the file: with it, a file written whole from a template is
+        read without HDF5 even while it is new (:func:`rawio.read_templated
+        <deker.storage.rawio.read_templated>`).
+    dataset_kwargs : Mapping, optional
+        The ``data`` creation options of the collection; files with options (chunks,
+        compression) are never written from a template, so they are not looked at.
 
     Returns
     -------
@@ -511,6 +521,8 @@ def read_region(
     shape = _selection_shape(bounds)
     if math.prod(shape):  # the file's layout known and unchanged: no HDF5 open (rawio)
         cached = rawio.read_cached(path, bounds, np.dtype(dtype), fill_value, out)
+        if cached is None and file_shape is not None and not dataset_kwargs:
+            cached = rawio.read_templated(path, bounds, file_shape, np.dtype(dtype), fill_value, out)
         if cached is not None:
             return cached
     with _open(path, "r") as handle:

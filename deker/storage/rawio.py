@@ -21,6 +21,13 @@ least as fine as one second, as ext4, XFS, btrfs and NFS have).  Callers hold th
 lock, so no writer works on it meanwhile; a file with an undo journal (an interrupted write,
 read through its old version) is never read from the cache.
 
+Files written whole from a template (:mod:`deker.storage.templates`) are read without HDF5
+even while they are new: :func:`read_templated` verifies the bytes around the data block
+against the template, every time until the file has settled (then its layout is remembered).
+Regions made of many short runs evenly spaced in the file (a tile's rows inside a bigger
+output) are read in whole stretches into a per-thread scratch buffer and copied out by numpy,
+which costs less than one ``preadv`` vector per run.
+
 Anything this module does not handle (chunked or compressed datasets, byte-swapped or
 non-numeric types, another HDF5 driver, a destination whose rows are not contiguous) makes the
 caller read through HDF5 as before.
@@ -42,6 +49,7 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
+from deker.storage import templates
 from deker.storage.journal import journal_path
 
 __all__ = [
@@ -51,6 +59,7 @@ __all__ = [
     "forget",
     "read_cached",
     "read_region_into",
+    "read_templated",
     "remember",
 ]
 
@@ -363,7 +372,7 @@ def remember(path: Path, handle: h5py.File, dataset: h5py.Dataset | None) -> Non
     if not isinstance(fd, int):
         return
     st = os.fstat(fd)
-    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < SETTLED_NS:
+    if not _settled(st):
         return
     if dataset is None:
         layout = _Layout(_stamp(st), None, (), np.dtype("u1"))
@@ -372,6 +381,14 @@ def remember(path: Path, handle: h5py.File, dataset: h5py.Dataset | None) -> Non
         if offset is None:
             return
         layout = _Layout(_stamp(st), offset, tuple(int(s) for s in dataset.shape), dataset.dtype)
+    _keep(path, layout)
+
+
+def _settled(st: os.stat_result) -> bool:
+    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= SETTLED_NS
+
+
+def _keep(path: Path, layout: _Layout) -> None:
     with _layouts_lock:
         _layouts[str(path)] = layout
         _layouts.move_to_end(str(path))
@@ -435,6 +452,69 @@ def read_cached(
             return None
         if not _read_runs(fd, layout.offset, layout.shape, bounds, target):
             return None
+        return target
+    finally:
+        os.close(fd)
+
+
+def read_templated(
+    path: Path,
+    bounds: Bounds,
+    file_shape: tuple[int, ...],
+    dtype: np.dtype,  # type: ignore[type-arg]
+    fill_value: Any,
+    out: np.ndarray | None = None,  # type: ignore[type-arg]
+) -> np.ndarray | None:
+    """Read a region of a file written whole from a template, without HDF5.
+
+    Files that deker wrote holding a whole array (:func:`deker.storage.templates.data_array_parts`)
+    have a known layout, verified byte for byte by
+    :func:`~deker.storage.templates.template_data_offset` (everything but the data block and two
+    values), so they are read at once, even before they count as settled for the layout cache.
+    The caller holds the file's read lock.
+
+    Parameters
+    ----------
+    path : Path
+        The data file.
+    bounds : tuple of int or slice
+        Normalised bounds, in range, not empty.
+    file_shape : tuple of int
+        The shape of the array stored in the file.
+    dtype : numpy.dtype
+        The array dtype.
+    fill_value : Any
+        The fill value.
+    out : numpy.ndarray, optional
+        The destination (shape of the selection); else a new array is returned.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The region (``out`` itself when given); ``None`` when the file is not such a file, has
+        a journal, or anything else is unusual: then read through HDF5.
+
+    """
+    dtype = np.dtype(dtype)
+    if not _HAS_PREADV or len(bounds) != len(file_shape):
+        return None
+    shape = tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
+    target = np.empty(shape, dtype=dtype) if out is None else out
+    if target.shape != shape or target.dtype != dtype or not target.flags.writeable:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    except OSError:  # missing or unreadable: the HDF5 path reports it
+        return None
+    try:
+        if os.path.lexists(journal_path(path)):
+            return None
+        st = os.fstat(fd)
+        offset = templates.template_data_offset(fd, st.st_size, file_shape, dtype, fill_value)
+        if offset is None or not _read_runs(fd, offset, file_shape, bounds, target):
+            return None
+        if _settled(st):  # the next reads need not look at the head again
+            _keep(path, _Layout(_stamp(st), offset, tuple(file_shape), dtype))
         return target
     finally:
         os.close(fd)

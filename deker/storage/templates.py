@@ -20,6 +20,11 @@ allocated at creation and never filled (so its size costs nothing); markers writ
 both ends of the block check that the values are stored as they are in memory.  Writing the
 three parts with one ``pwritev`` needs neither HDF5 nor the GIL, so the tiles of a VArray are
 written in parallel.
+
+Reads use the same templates backwards (:func:`template_data_offset`): a file that is, byte
+for byte, a template's head and tail around a data block (the two values aside) has that
+template's layout, so its data is read at once without opening it with HDF5, even while it is
+too new for the layout cache of :mod:`deker.storage.rawio`.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
-__all__ = ["data_array_parts", "empty_array_image"]
+__all__ = ["data_array_parts", "empty_array_image", "template_data_offset"]
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +224,15 @@ def data_array_parts(
         file with h5py).
 
     """
+    template = _data_template(meta_dtype, shape, dtype, fill_value)
+    if template is None or len(meta) > template.meta_size:
+        return None
+    return _patched(template.head, template, meta, empty_cells), template.tail
+
+
+def _data_template(
+    meta_dtype: str, shape: tuple[int, ...], dtype: np.dtype[Any], fill_value: Any
+) -> _DataTemplate | None:
     dtype = np.dtype(dtype)
     if dtype.kind not in _PLAIN_KINDS or not dtype.isnative or not shape or 0 in shape:
         return None
@@ -227,9 +241,69 @@ def data_array_parts(
     except (TypeError, ValueError, OverflowError):
         return None
     key = (meta_dtype, tuple(shape), dtype.str, fill.tobytes())
-    template = _cached(
+    template: _DataTemplate | None = _cached(
         _data_cache, key, lambda: _build_data(meta_dtype, tuple(shape), dtype, fill), _MAX_DATA_TEMPLATES
     )
-    if template is None or len(meta) > template.meta_size:
+    return template
+
+
+#: The metadata type of the template that tells how the head's length depends on the type.
+_PROBE_META = "S64"
+
+
+def template_data_offset(
+    fd: int, file_size: int, shape: tuple[int, ...], dtype: np.dtype[Any], fill_value: Any
+) -> int | None:
+    """Return where the data block of a file written from a data template starts, verified.
+
+    A file written by :func:`data_array_parts` (and not changed by HDF5 since) is the
+    template's head, the data block and the template's tail, byte for byte, except for the
+    values of ``meta`` and ``empty_cells``.  The metadata type (``S<n>``) is worked out from
+    the file's size, the head and tail are read and compared with the template of that type,
+    everything but those two values; only if they are equal is the data block's offset
+    returned.  So a file changed in any other way (another layout, datasets rewritten or
+    moved by HDF5, attributes added, a different size) gives ``None``: read it through HDF5.
+
+    Parameters
+    ----------
+    fd : int
+        The file, open for reading; the caller holds its read lock.
+    file_size : int
+        Its size in bytes.
+    shape : tuple of int
+        The array's shape.
+    dtype : numpy.dtype
+        The array's dtype.
+    fill_value : Any
+        The array's fill value.
+
+    Returns
+    -------
+    int or None
+        The offset of the data block, or ``None``.
+
+    """
+    dtype = np.dtype(dtype)
+    probe = _data_template(_PROBE_META, shape, dtype, fill_value)
+    if probe is None:
         return None
-    return _patched(template.head, template, meta, empty_cells), template.tail
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = file_size - nbytes - len(probe.tail) - (len(probe.head) - probe.meta_size)
+    if size <= 0:
+        return None
+    template = _data_template(f"S{size}", shape, dtype, fill_value)
+    if template is None or len(template.head) + nbytes + len(template.tail) != file_size:
+        return None
+    head = bytearray(os.pread(fd, len(template.head), 0))
+    if len(head) != len(template.head):
+        return None
+    for start, stop in (
+        (template.meta_offset, template.meta_offset + template.meta_size),
+        (template.count_offset, template.count_offset + template.count_dtype.itemsize),
+    ):
+        head[start:stop] = template.head[start:stop]  # the two values may differ
+    if head != template.head:
+        return None
+    if template.tail and os.pread(fd, len(template.tail), len(template.head) + nbytes) != template.tail:
+        return None
+    return len(template.head)
