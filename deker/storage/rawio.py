@@ -396,6 +396,19 @@ def _keep(path: Path, layout: _Layout) -> None:
             _layouts.popitem(last=False)
 
 
+def _target(
+    shape: tuple[int, ...],
+    dtype: np.dtype,  # type: ignore[type-arg]
+    out: np.ndarray | None,  # type: ignore[type-arg]
+) -> np.ndarray | None:  # type: ignore[type-arg]
+    """Return the array to read into: ``out`` if it fits (else ``None``), or a new one."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if out.shape != shape or out.dtype != dtype or not out.flags.writeable:
+        return None
+    return out
+
+
 def read_cached(
     path: Path,
     bounds: Bounds,
@@ -447,10 +460,8 @@ def read_cached(
             return out
         if len(bounds) != len(layout.shape) or np.dtype(dtype) != layout.dtype:
             return None
-        target = np.empty(shape, dtype=layout.dtype) if out is None else out
-        if target.shape != shape or target.dtype != layout.dtype or not target.flags.writeable:
-            return None
-        if not _read_runs(fd, layout.offset, layout.shape, bounds, target):
+        target = _target(shape, layout.dtype, out)
+        if target is None or not _read_runs(fd, layout.offset, layout.shape, bounds, target):
             return None
         return target
     finally:
@@ -498,9 +509,8 @@ def read_templated(
     dtype = np.dtype(dtype)
     if not _HAS_PREADV or len(bounds) != len(file_shape):
         return None
-    shape = tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
-    target = np.empty(shape, dtype=dtype) if out is None else out
-    if target.shape != shape or target.dtype != dtype or not target.flags.writeable:
+    target = _target(tuple(b.stop - b.start for b in bounds if isinstance(b, slice)), dtype, out)
+    if target is None:
         return None
     try:
         fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)

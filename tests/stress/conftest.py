@@ -29,3 +29,14 @@ def summary(request: pytest.FixtureRequest, record_property: Any) -> Iterator[Su
     if report:
         with open(report, "a") as fh:
             fh.write(text + "\n")
+
+
+@pytest.fixture
+def dask_scheduler(request: pytest.FixtureRequest) -> str | None:
+    """The address of the session's Dask cluster, or None when distributed is not installed."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        return None
+    address: str = request.getfixturevalue("dask_cluster").scheduler_address
+    return address

@@ -282,17 +282,11 @@ def _check(entries: list[dict[str, Any]], final: np.ndarray, end_ns: int) -> tup
 
 
 def test_concurrent_writers_clears_and_readers(
-    tmp_path: Path, budget: Budget, summary: Summary, request: pytest.FixtureRequest
+    tmp_path: Path, budget: Budget, summary: Summary, dask_scheduler: str | None
 ) -> None:
     """Writer 0 runs its tile tasks on the session's Dask cluster (when distributed is installed)."""
     root = tmp_path / "storage"
     writers = 6 if budget.soak else 4
-    try:
-        import distributed  # noqa: F401
-
-        scheduler: str | None = request.getfixturevalue("dask_cluster").scheduler_address
-    except ImportError:
-        scheduler = None
     seconds = budget.scaled(20.0)
     with Client(f"file://{root}") as client:
         schema = VArraySchema(
@@ -308,7 +302,7 @@ def test_concurrent_writers_clears_and_readers(
     for i in range(writers):
         ready = CTX.Event()
         log = tmp_path / f"log{i}.jsonl"
-        args = (str(root), i, 1000 + i, seconds, str(log), ready, go, scheduler if i == 0 else None)
+        args = (str(root), i, 1000 + i, seconds, str(log), ready, go, dask_scheduler if i == 0 else None)
         proc = CTX.Process(target=torture_worker, args=args)
         proc.start()
         procs.append(proc)
@@ -328,7 +322,7 @@ def test_concurrent_writers_clears_and_readers(
     leftovers = leftover_lock_files(root)
     summary.values.update(
         writers=writers,
-        dask_writer=scheduler is not None,
+        dask_writer=dask_scheduler is not None,
         operations=len(entries),
         problems=len(problems),
         leftovers=len(leftovers),

@@ -109,17 +109,11 @@ def order_problems(final: np.ndarray, writes: list[tuple[int, int, int, int, int
 
 
 def test_concurrent_multi_tile_updates_are_isolated(
-    tmp_path: Path, budget: Budget, summary: Summary, request: pytest.FixtureRequest
+    tmp_path: Path, budget: Budget, summary: Summary, dask_scheduler: str | None
 ) -> None:
     """Writer 0 runs its tile tasks on the session's Dask cluster (when distributed is installed)."""
     root = tmp_path / "storage"
     writers = 4
-    try:
-        import distributed  # noqa: F401
-
-        scheduler: str | None = request.getfixturevalue("dask_cluster").scheduler_address
-    except ImportError:
-        scheduler = None
     seconds = budget.scaled(12.0)
     with Client(f"file://{root}") as client:
         schema = VArraySchema(
@@ -135,7 +129,7 @@ def test_concurrent_multi_tile_updates_are_isolated(
         procs = [
             CTX.Process(
                 target=isolation_writer,
-                args=(str(root), i, 500 + i, barrier, rounds[i], out, scheduler if i == 0 else None),
+                args=(str(root), i, 500 + i, barrier, rounds[i], out, dask_scheduler if i == 0 else None),
             )
             for i in range(writers)
         ]
@@ -167,7 +161,7 @@ def test_concurrent_multi_tile_updates_are_isolated(
     leftovers = leftover_lock_files(root)
     summary.values.update(
         writers=writers,
-        dask_writer=scheduler is not None,
+        dask_writer=dask_scheduler is not None,
         rounds=number,
         fresh_rounds=fresh,
         problems=len(problems),
