@@ -260,8 +260,7 @@ class Subset(_SubsetBase):
                     self.bounds,
                     dtype,
                     self.fill_value,
-                    file_shape=tuple(arr.shape),
-                    dataset_kwargs=arr._dataset_kwargs,
+                    file_shape=None if arr._dataset_kwargs else tuple(arr.shape),  # see read_region
                 )
         except FileNotFoundError as exc:
             raise DekerInstanceNotExistsError(f"{self._array!r} was deleted") from exc
@@ -374,8 +373,9 @@ class VSubset(_SubsetBase):
                     raise result
                 tid, filled = result
                 tiles[position] = tid
-                if not lock.holds(*self._tile_key(tid)):
-                    others.append(self._tile_key(tid))  # created by someone else meanwhile
+                key = self._tile_key(tid)
+                if not lock.holds(*key):
+                    others.append(key)  # created by someone else meanwhile
                 elif filled:
                     written.add(position)
             try:

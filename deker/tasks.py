@@ -201,8 +201,7 @@ def _read(spec: FileSpec, bounds: Bounds, out: np.ndarray | None = None) -> np.n
         np.dtype(spec.dtype),
         spec.fill_value,
         out,
-        file_shape=spec.shape,
-        dataset_kwargs=spec.dataset_kwargs,
+        file_shape=None if spec.dataset_kwargs else spec.shape,  # options: never from a template
     )
 
 

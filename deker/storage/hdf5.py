@@ -486,7 +486,6 @@ def read_region(
     out: np.ndarray | None = None,
     *,
     file_shape: tuple[int, ...] | None = None,
-    dataset_kwargs: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """Read a region of an array file.
 
@@ -504,12 +503,10 @@ def read_region(
     out : numpy.ndarray, optional
         Where to put the result (shape of the selection); read into directly when possible.
     file_shape : tuple of int, optional
-        The shape of the array in the file: with it, a file written whole from a template is
-        read without HDF5 even while it is new (:func:`rawio.read_templated
+        The shape of the array in the file, given when the file may have been written whole
+        from a template (its collection has no chunking or compression options): such a
+        file is read without HDF5 even while it is new (:func:`rawio.read_templated
         <deker.storage.rawio.read_templated>`).
-    dataset_kwargs : Mapping, optional
-        The ``data`` creation options of the collection; files with options (chunks,
-        compression) are never written from a template, so they are not looked at.
 
     Returns
     -------
@@ -521,7 +518,7 @@ def read_region(
     shape = _selection_shape(bounds)
     if math.prod(shape):  # the file's layout known and unchanged: no HDF5 open (rawio)
         cached = rawio.read_cached(path, bounds, np.dtype(dtype), fill_value, out)
-        if cached is None and file_shape is not None and not dataset_kwargs:
+        if cached is None and file_shape is not None:
             cached = rawio.read_templated(path, bounds, file_shape, np.dtype(dtype), fill_value, out)
         if cached is not None:
             return cached
