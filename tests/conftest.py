@@ -20,7 +20,7 @@ settings.register_profile(
 )
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "deker117"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -38,9 +38,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """The folder of deker 1.1.7 fixtures (``../shared/fixtures``)."""
+    """The folder of deker 1.1.7 fixtures (``tests/fixtures/deker117``, see its ``regenerate.py``)."""
     if not (FIXTURES / "manifest.json").exists():
-        pytest.fail(f"fixtures not found at {FIXTURES}")
+        pytest.fail(f"fixtures not found at {FIXTURES}: restore them from git or run regenerate.py there")
     return FIXTURES
 
 
@@ -51,9 +51,24 @@ def legacy_storage(tmp_path_factory: pytest.TempPathFactory, fixtures_dir: Path)
     Session-scoped and shared: tests must treat it as read-only (copy it to write).
     """
     dest = tmp_path_factory.mktemp("legacy")
-    with tarfile.open(fixtures_dir / "deker-1.1.7-storage.tar.gz") as tar:
+    with tarfile.open(fixtures_dir / "storage.tar.gz") as tar:
         tar.extractall(dest, filter="tar") if hasattr(tarfile, "data_filter") else tar.extractall(dest)
     return dest / "storage"
+
+
+@pytest.fixture(scope="session")
+def legacy_python() -> Path:
+    """The python of the throwaway deker 1.1.7 venv (``tests/legacy/venv.py``), built on first use.
+
+    Skips, with the reason, where it cannot be built (no package registry).
+    """
+    from legacy.venv import LegacyUnavailable
+    from legacy.venv import legacy_python as build
+
+    try:
+        return build()
+    except LegacyUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ import pytest
 from benchmarks import report, runner, scenarios
 
 ROOT = Path(__file__).resolve().parents[1]
-LEGACY = ROOT / ".venv-legacy"
 SMOKE = replace(scenarios.TINY, reps=1)
 
 
@@ -123,9 +122,8 @@ def test_command_line_quick_subset(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.skipif(not (LEGACY / "bin" / "python").exists(), reason="no deker 1.1.7 venv at .venv-legacy")
-def test_legacy_run_uses_deker_117(tmp_path: Path) -> None:
-    rows = runner.run_legacy(LEGACY, tmp_path / "legacy", SMOKE, "a")
+def test_legacy_run_uses_deker_117(tmp_path: Path, legacy_python: Path) -> None:
+    rows = runner.run_legacy(legacy_python.parents[1], tmp_path / "legacy", SMOKE, "a")
     assert rows and all(r["engine"] == runner.LEGACY and r["engine_version"] == "1.1.7" for r in rows)
     assert all(r["verified"] for r in rows)
 

@@ -1,15 +1,15 @@
 """A storage written by this project reads identically in deker 1.1.7 (installed in a throwaway
 virtual environment: ``deker==1.1.7 'numpy<2'``), and passes its ``check_integrity(4)``.
 
-The legacy venv is built once in ``.venv-legacy`` beside the checkout (git-ignored); building it
-needs PyPI.  This is the only test that runs the reference implementation.
+The legacy venv is built once in a cache folder outside the checkout (``tests/legacy/venv.py``,
+the ``legacy_python`` fixture); building it needs PyPI, and the test skips with the reason where
+it cannot be built.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -30,28 +30,6 @@ from deker import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-LEGACY = ROOT / ".venv-legacy"
-PROBE = (
-    "import importlib.metadata as m, deker, hdf5plugin; assert m.version('deker') == '1.1.7', deker.__file__"
-)
-
-
-def legacy_python() -> Path:
-    """Return the python of a venv with deker 1.1.7 (run from outside the checkout)."""
-    python = LEGACY / "bin" / "python"
-    probe = [str(python), "-c", PROBE]
-    if python.exists() and subprocess.run(probe, capture_output=True, cwd=LEGACY).returncode == 0:
-        return python
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(LEGACY)], check=True)
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "deker==1.1.7", "numpy<2", "hdf5plugin"],
-        check=True,
-        timeout=900,
-    )
-    subprocess.run(probe, check=True, cwd=LEGACY)
-    return python
-
-
 def write_storage(root: Path) -> dict[str, np.ndarray]:
     expected: dict[str, np.ndarray] = {}
     day = datetime(2023, 3, 1, tzinfo=timezone.utc)
@@ -140,8 +118,8 @@ def write_storage(root: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_deker_117_reads_what_we_write(tmp_path: Path) -> None:
-    python = legacy_python()
+def test_deker_117_reads_what_we_write(tmp_path: Path, legacy_python: Path) -> None:
+    python = legacy_python
     storage = tmp_path / "storage"
     expected = write_storage(storage)
     out = tmp_path / "out"

@@ -46,3 +46,17 @@ def test_mypy_strict() -> None:
 
 def test_import_layers() -> None:
     _run(_tool("lint-imports"))
+
+
+def test_the_suite_needs_nothing_beside_the_checkout() -> None:
+    # A fresh clone alone must pass: no test, helper or CI script may read the project's
+    # reference folder beside the checkout (``../shared``), nor anything else outside it.
+    offenders = []
+    for base in ("tests", ".ci"):
+        for path in sorted((ROOT / base).rglob("*")):
+            if path.is_file() and path.suffix in {".py", ".sh", ""} and path.stat().st_size < 1_000_000:
+                text = path.read_text(errors="replace")
+                if "../shared" in text or '"shared"' in text or "parent / \"shared\"" in text:
+                    offenders.append(str(path.relative_to(ROOT)))
+    offenders.remove("tests/test_quality.py")
+    assert not offenders, f"these read files from beside the checkout: {offenders}"
