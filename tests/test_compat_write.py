@@ -30,6 +30,8 @@ from deker import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
 def write_storage(root: Path) -> dict[str, np.ndarray]:
     expected: dict[str, np.ndarray] = {}
     day = datetime(2023, 3, 1, tzinfo=timezone.utc)

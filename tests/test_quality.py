@@ -56,7 +56,7 @@ def test_the_suite_needs_nothing_beside_the_checkout() -> None:
         for path in sorted((ROOT / base).rglob("*")):
             if path.is_file() and path.suffix in {".py", ".sh", ""} and path.stat().st_size < 1_000_000:
                 text = path.read_text(errors="replace")
-                if "../shared" in text or '"shared"' in text or "parent / \"shared\"" in text:
+                if "../shared" in text or '"shared"' in text or 'parent / "shared"' in text:
                     offenders.append(str(path.relative_to(ROOT)))
     offenders.remove("tests/test_quality.py")
     assert not offenders, f"these read files from beside the checkout: {offenders}"
