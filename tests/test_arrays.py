@@ -153,7 +153,7 @@ def test_every_method_of_a_deleted_object_says_it_was_deleted(
         "read_meta": obj.read_meta,
     }
     for name, call in calls.items():
-        with pytest.raises(DekerInstanceNotExistsError, match="deleted|does not exist"):
+        with pytest.raises(DekerInstanceNotExistsError, match=r"deleted|does not exist"):
             call()
         assert not [p for p in coll.path.rglob("*") if p.is_file() and p.name != "c.json"], name
     coll.create({"k": 1}, {"start": START})  # the key is free

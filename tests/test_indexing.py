@@ -291,7 +291,7 @@ def test_array_keys_compared_with_deker_117(tmp_path: Path) -> None:
         # (float32 coordinates); deker 1.1.7 raised IndexError for 0.5000001
         assert arr[:, 0.5000001, :].bounds == arr[:, 0.5, :].bounds == (slice(0, 3), 1, slice(0, 5))
         assert arr[:, np.float32(1.1) - np.float32(0.1), :].bounds == arr[:, 1.0, :].bounds
-        with pytest.raises(IndexError, match="y has no index for 0.50001"):
+        with pytest.raises(IndexError, match=r"y has no index for 0\.50001"):
             arr[:, 0.50001, :]
         # as deker 1.1.7: a float on a dimension without a scale is an IndexError naming it,
         # alone, in a slice or among other coordinates
