@@ -314,10 +314,19 @@ class Array(_BaseArray):
         self._dims = None
 
     def delete(self) -> None:
-        """Delete the array: its file, its symlink, and the directories they leave empty."""
+        """Delete the array: its file, its symlink, and the directories they leave empty.
+
+        Raises
+        ------
+        DekerInstanceNotExistsError
+            If the array was deleted already (through this handle or another).
+        """
         self._ctx.check_open()
-        with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
-            delete_record(self._ctx.root, self._meta, "array", self._id, self._components)
+        try:
+            with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
+                delete_record(self._ctx.root, self._meta, "array", self._id, self._components)
+        except FileNotFoundError as exc:
+            raise DekerInstanceNotExistsError(f"{self!r} was deleted") from exc
 
 
 class VArray(_BaseArray):
@@ -405,8 +414,15 @@ class VArray(_BaseArray):
         self._dims = None
 
     def delete(self) -> None:
-        """Delete the VArray and all its tiles (under the tiles' write locks)."""
+        """Delete the VArray and all its tiles (under the tiles' write locks).
+
+        Raises
+        ------
+        DekerInstanceNotExistsError
+            If the VArray was deleted already (through this handle or another).
+        """
         self._ctx.check_open()
+        self._check_exists()
         tiles = sorted(self._tile_ids().items())
         token = new_token()
         if tiles:
@@ -423,5 +439,8 @@ class VArray(_BaseArray):
                 if isinstance(res, BaseException):
                     raise res
                 self._forget_tile(tid, pos)
-        with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
-            delete_record(self._ctx.root, self._meta, "varray", self._id, self._components)
+        try:
+            with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
+                delete_record(self._ctx.root, self._meta, "varray", self._id, self._components)
+        except FileNotFoundError as exc:  # deleted by another handle meanwhile
+            raise DekerInstanceNotExistsError(f"{self!r} was deleted") from exc

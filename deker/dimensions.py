@@ -293,7 +293,10 @@ class Dimension(_BaseDimension):
                     raise IndexError(f"{self._where(value)}: {self._name} has no label {value!r}")
                 return pos
             if self._scale is None:
-                raise IndexError(f"{self._where(value)}: {self._name} has no scale")
+                raise IndexError(
+                    f"{self._where(value)}: {self._name} has no scale "
+                    "(a float addresses a scale coordinate or a float label; a position is an int)"
+                )
             return self._scale_index(number, value, stop)
         if isinstance(value, datetime):
             raise IndexError(f"{self._where(value)}: datetimes index time dimensions only")

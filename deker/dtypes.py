@@ -100,6 +100,7 @@ _EXTRA_READ_NAMES: dict[str, type[np.generic]] = {
 }
 
 _PYTHON_TO_NUMPY: dict[type, type[np.generic]] = {int: np.int64, float: np.float64, complex: np.complex128}
+_PYTHON_NAMES: dict[str, type] = {t.__name__: t for t in _PYTHON_TO_NUMPY}
 
 _NAME_OF: dict[type, str] = {}
 for _name, _type in _NUMPY_ENUM:
@@ -185,12 +186,15 @@ def name_to_dtype(name: str) -> type[np.generic]:
     """Return the numpy scalar type a stored name (``"numpy.<name>"``) stands for.
 
     Every name deker 1.1.7 could write is accepted, including those numpy 2 removed
-    (``numpy.cfloat``, ``numpy.complex_``, ``numpy.longfloat``, ``numpy.clongfloat``...).
+    (``numpy.cfloat``, ``numpy.complex_``, ``numpy.longfloat``, ``numpy.clongfloat``...).  As in
+    deker 1.1.7, the ``numpy.`` prefix may be left out, and the builtin names ``int``, ``float``
+    and ``complex`` (with or without it) stand for ``numpy.int64``, ``numpy.float64`` and
+    ``numpy.complex128``.
 
     Parameters
     ----------
     name : str
-        The stored name.
+        The stored name, e.g. ``"numpy.float32"``, ``"float32"`` or ``"int"``.
 
     Returns
     -------
@@ -202,9 +206,21 @@ def name_to_dtype(name: str) -> type[np.generic]:
     DekerValidationError
         If the name is unknown.
     """
-    if isinstance(name, str) and name.startswith(_PREFIX) and name[len(_PREFIX) :] in _TYPE_OF:
-        return _TYPE_OF[name[len(_PREFIX) :]]
-    raise DekerValidationError(f"Unknown dtype name {name!r}: expected 'numpy.<numeric type name>'")
+    bare = _bare(name)
+    if bare in _PYTHON_NAMES:
+        return _PYTHON_TO_NUMPY[_PYTHON_NAMES[bare]]
+    if bare in _TYPE_OF:
+        return _TYPE_OF[bare]
+    raise DekerValidationError(
+        f"Unknown dtype name {name!r}: expected 'int', 'float', 'complex' or 'numpy.<numeric type name>'"
+    )
+
+
+def _bare(name: object) -> str:
+    """Return ``name`` without its ``numpy.`` prefix ("" for a non-string)."""
+    if not isinstance(name, str):
+        return ""
+    return name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
 
 
 def default_fill_value(dtype: object) -> np.generic:
@@ -261,6 +277,9 @@ def attribute_dtype_to_name(dtype: object) -> str:
 def attribute_name_to_dtype(name: str) -> type:
     """Return the attribute type a stored name stands for (the reverse of :func:`attribute_dtype_to_name`).
 
+    As for :func:`name_to_dtype`, a ``numpy.`` prefix before a plain name is ignored (deker
+    1.1.7 looked both up in one table): ``"numpy.int"`` is ``int``.
+
     Parameters
     ----------
     name : str
@@ -276,8 +295,9 @@ def attribute_name_to_dtype(name: str) -> type:
     DekerValidationError
         If the name is unknown.
     """
-    if isinstance(name, str) and name in _PLAIN_ATTRIBUTE_TYPES:
-        return _PLAIN_ATTRIBUTE_TYPES[name]
+    bare = _bare(name)
+    if bare in _PLAIN_ATTRIBUTE_TYPES:
+        return _PLAIN_ATTRIBUTE_TYPES[bare]
     return name_to_dtype(name)
 
 

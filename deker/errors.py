@@ -38,6 +38,7 @@ __all__ = [
     "DekerMetaDataError",
     "DekerStorageError",
     "DekerSubsetError",
+    "DekerTaskError",
     "DekerValidationError",
     "DekerVSubsetError",
 ]
@@ -127,6 +128,14 @@ class DekerBrokenSymlinkError(DekerStorageError):
     """A symlink of the storage points at nothing and its target cannot be derived."""
 
 
+class DekerTaskError(DekerBaseApplicationError):
+    """A failure known only by its description, such as a formatted traceback.
+
+    deker 1.1.7 callers built :class:`DekerVSubsetError` from strings; each string becomes one
+    of these in the group, and its ``str`` is the string itself.
+    """
+
+
 def _render(message: str, items: Sequence[object]) -> str:
     lines = "\n".join(f"{i}) {item}" for i, item in enumerate(items, start=1))
     return f"{message}; exceptions:\n\n{lines} "
@@ -152,6 +161,10 @@ class DekerExceptionGroup(DekerBaseApplicationError):
         return _render(self.message, self.exceptions)
 
 
+def _as_exceptions(items: Sequence[object]) -> list[BaseException]:
+    return [x if isinstance(x, BaseException) else DekerTaskError(str(x)) for x in items]
+
+
 class DekerVSubsetError(DekerSubsetError, DekerExceptionGroup, ExceptionGroup):  # type: ignore[misc]
     """Some tile tasks of a VArray operation failed.
 
@@ -163,8 +176,10 @@ class DekerVSubsetError(DekerSubsetError, DekerExceptionGroup, ExceptionGroup): 
     ----------
     message : str
         What failed.
-    exceptions : sequence of Exception
-        The exceptions raised by the failed tile tasks.
+    exceptions : sequence of Exception or str
+        The exceptions raised by the failed tile tasks (at least one).  A string (deker 1.1.7
+        callers passed formatted tracebacks) or any other non-exception item becomes a
+        :class:`DekerTaskError` holding its text.
     tiles : sequence of tuple of int, optional
         The grid position of the tile of each exception.
     """
@@ -172,19 +187,19 @@ class DekerVSubsetError(DekerSubsetError, DekerExceptionGroup, ExceptionGroup): 
     def __new__(
         cls,
         message: str,
-        exceptions: Sequence[BaseException],
+        exceptions: Sequence[BaseException | str],
         tiles: Sequence[tuple[int, ...]] | None = None,
     ) -> DekerVSubsetError:
         """Build the group from the tile exceptions (``ExceptionGroup`` needs them here)."""
-        return super().__new__(cls, message, list(exceptions))  # type: ignore[no-any-return,call-arg]
+        return super().__new__(cls, message, _as_exceptions(exceptions))  # type: ignore[no-any-return,call-arg]
 
     def __init__(
         self,
         message: str,
-        exceptions: Sequence[BaseException],
+        exceptions: Sequence[BaseException | str],
         tiles: Sequence[tuple[int, ...]] | None = None,
     ) -> None:
-        ExceptionGroup.__init__(self, message, list(exceptions))
+        ExceptionGroup.__init__(self, message, _as_exceptions(exceptions))
         self.tiles: tuple[tuple[int, ...], ...] = tuple(tiles or ())
 
     @property
@@ -200,7 +215,9 @@ class DekerVSubsetError(DekerSubsetError, DekerExceptionGroup, ExceptionGroup): 
         items = []
         for i, exc in enumerate(self.exceptions):
             where = f"tile {self.tiles[i]}: " if i < len(self.tiles) else ""
-            items.append(f"{where}{type(exc).__name__}: {exc}")
+            items.append(
+                f"{where}{exc}" if type(exc) is DekerTaskError else f"{where}{type(exc).__name__}: {exc}"
+            )
         return _render(self.message, items)
 
     def derive(self, excs: Sequence[BaseException]) -> DekerVSubsetError:  # type: ignore[override]

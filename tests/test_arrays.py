@@ -126,6 +126,39 @@ def test_delete_array(client: Client) -> None:
     coll.create({"k": 1}, {"start": START})  # the key is free again
 
 
+@pytest.mark.parametrize("kind", ["array", "varray"])
+@pytest.mark.parametrize("deleted_by", ["this handle", "another handle"])
+def test_every_method_of_a_deleted_object_says_it_was_deleted(
+    client: Client, kind: str, deleted_by: str
+) -> None:
+    """Defect: a second ``delete()`` raised a raw ``FileNotFoundError`` from the lock layer
+    (deker 1.1.7 silently did nothing); every method now raises DekerInstanceNotExistsError."""
+    extra = {"vgrid": (2, 1, 3)} if kind == "varray" else {}
+    coll = client.create_collection(
+        "c", timed_schema(VArraySchema if kind == "varray" else ArraySchema, **extra)
+    )
+    obj = coll.create({"k": 1}, {"start": START})
+    obj[:].update(np.ones(obj.shape, dtype=np.float32))
+    subset = obj[0]
+    target = coll.filter({"k": 1}).last() if deleted_by == "another handle" else obj
+    assert target is not None
+    target.delete()
+    calls = {
+        "delete": obj.delete,
+        "read": lambda: obj[:].read(),
+        "clear": lambda: obj[:].clear(),
+        "update": lambda: obj[:].update(np.zeros(obj.shape, dtype=np.float32)),
+        "update of an older subset": lambda: subset.update(np.float32(2)),
+        "update_custom_attributes": lambda: obj.update_custom_attributes({"tag": "x"}),
+        "read_meta": obj.read_meta,
+    }
+    for name, call in calls.items():
+        with pytest.raises(DekerInstanceNotExistsError, match=r"deleted|does not exist"):
+            call()
+        assert not [p for p in coll.path.rglob("*") if p.is_file() and p.name != "c.json"], name
+    coll.create({"k": 1}, {"start": START})  # the key is free
+
+
 def test_delete_varray_removes_tiles(client: Client) -> None:
     coll = client.create_collection("v", timed_schema(VArraySchema, vgrid=(2, 1, 3)))
     v = coll.create({"k": 7}, {"start": START})

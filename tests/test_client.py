@@ -154,6 +154,45 @@ def test_collection_from_dict_roundtrip(tmp_path: Path) -> None:
             client.collection_from_dict({k: v for k, v in data.items() if k != "metadata_version"})
 
 
+def test_collection_from_dict_takes_the_builtin_dtype_names_of_deker_117(tmp_path: Path) -> None:
+    """deker 1.1.7 wrote ``"int"``/``"float"`` for attribute types and accepted them (with or
+    without ``numpy.``, like any numpy name without it) for the array dtype too."""
+    base = {
+        "type": "array",
+        "schema": {
+            "dimensions": [{"name": "x", "size": 3, "labels": None, "scale": None, "type": "generic"}],
+            "dtype": "int",
+            "attributes": [{"name": "k", "primary": True, "dtype": "int"}],
+            "fill_value": None,
+        },
+        "options": None,
+        "storage_adapter": "HDF5StorageAdapter",
+        "metadata_version": "0.2",
+    }
+    expected = {
+        "int": np.int64,
+        "float": np.float64,
+        "complex": np.complex128,
+        "numpy.int": np.int64,
+        "numpy.float": np.float64,
+        "float32": np.float32,
+        "numpy.float32": np.float32,
+    }
+    with Client(f"file://{tmp_path}") as client:
+        for i, (name, dtype) in enumerate(expected.items()):
+            data = {**base, "name": f"c{i}", "schema": {**base["schema"], "dtype": name}}  # type: ignore[dict-item]
+            coll = client.collection_from_dict(data)
+            assert coll.array_schema.dtype is dtype
+            assert coll.array_schema.attributes[0].dtype is int
+            assert client.get_collection(f"c{i}").array_schema.dtype is dtype  # type: ignore[union-attr]
+            stored = (client.root_path / f"c{i}" / f"c{i}.json").read_text()
+            assert f'"dtype": "numpy.{dtype.__name__ if dtype is not np.complex128 else "cfloat"}"' in stored
+        for bad in ("bool", "str", "string", "datetime", "numpy.bool_", "float65"):
+            data = {**base, "name": "bad", "schema": {**base["schema"], "dtype": bad}}  # type: ignore[dict-item]
+            with pytest.raises(DekerMetaDataError, match="Unknown dtype name"):
+                client.collection_from_dict(data)
+
+
 def test_garbage_metadata(tmp_path: Path) -> None:
     with Client(f"file://{tmp_path}") as client:
         client.create_collection("c", schema())

@@ -134,7 +134,28 @@ def test_legacy_names_are_read(name: str, dtype: type) -> None:
     assert name_to_dtype(f"numpy.{name}") is dtype
 
 
-@pytest.mark.parametrize("bad", ["float64", "numpy.bool_", "numpy.str_", "numpy.", "numpy.foo", "", "int"])
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [
+        ("int", np.int64),
+        ("float", np.float64),
+        ("complex", np.complex128),
+        ("numpy.int", np.int64),
+        ("numpy.float", np.float64),
+        ("numpy.complex", np.complex128),
+        ("float64", np.float64),
+        ("cfloat", np.complex128),
+        ("uint", np.uint64),
+    ],
+)
+def test_names_deker_117_accepted_without_the_prefix(name: str, dtype: type) -> None:
+    """deker 1.1.7 looked a name up without its ``numpy.`` prefix, builtin names included."""
+    assert name_to_dtype(name) is dtype
+
+
+@pytest.mark.parametrize(
+    "bad", ["numpy.bool_", "bool", "numpy.str_", "string", "datetime", "tuple", "numpy.", "numpy.foo", ""]
+)
 def test_unknown_names_rejected(bad: str) -> None:
     with pytest.raises(DekerValidationError, match="Unknown dtype name"):
         name_to_dtype(bad)
@@ -173,6 +194,12 @@ ATTRIBUTE_NAMES = [
     (np.complex128, "numpy.cfloat"),
     (np.float64, "numpy.float64"),
 ]
+
+
+def test_attribute_names_with_a_numpy_prefix_are_plain_types() -> None:
+    assert attribute_name_to_dtype("numpy.int") is int  # as deker 1.1.7 read it
+    assert attribute_name_to_dtype("numpy.string") is str
+    assert attribute_name_to_dtype("float32") is np.float32
 
 
 @pytest.mark.parametrize(("dtype", "name"), ATTRIBUTE_NAMES)

@@ -49,6 +49,7 @@ from deker.errors import (
     DekerMetaDataError,
     DekerStorageError,
     DekerSubsetError,
+    DekerTaskError,
     DekerValidationError,
     DekerVSubsetError,
 )
@@ -76,6 +77,7 @@ DOCUMENTED_BASES: dict[type[BaseException], tuple[type[BaseException], ...]] = {
     DekerStorageError: (DekerBaseApplicationError,),
     DekerBrokenSymlinkError: (DekerStorageError,),
     DekerExceptionGroup: (DekerBaseApplicationError,),
+    DekerTaskError: (DekerBaseApplicationError,),
 }
 
 # Builtins a class must NOT be (catching them must not swallow deker errors by accident).
@@ -86,6 +88,7 @@ NOT_BUILTINS: dict[type[BaseException], tuple[type[BaseException], ...]] = {
     DekerStorageError: (OSError, ValueError),
     DekerInstanceNotExistsError: (OSError, KeyError, LookupError),
     DekerExceptionGroup: (BaseExceptionGroup,),
+    DekerTaskError: (BaseExceptionGroup, ValueError, OSError),
     DekerCollectionError: (KeyError, OSError),
     DekerBaseApplicationError: (ValueError, OSError, RuntimeError),
 }
@@ -100,7 +103,7 @@ def test_all_names_every_exception_class_and_nothing_else() -> None:
         if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == "deker.errors"
     }
     assert set(errors.__all__) == defined
-    assert len(errors.__all__) == len(set(errors.__all__)) == 21
+    assert len(errors.__all__) == len(set(errors.__all__)) == 22
     assert {getattr(errors, n) for n in errors.__all__} == set(DOCUMENTED_BASES)
 
 
@@ -182,6 +185,27 @@ def test_vsubset_error_is_an_exception_group_with_tiles() -> None:
     untiled = DekerVSubsetError("read failed", [OSError("disk")])
     assert untiled.tiles == ()
     assert str(untiled) == "read failed; exceptions:\n\n1) OSError: disk "
+
+
+def test_vsubset_error_built_the_deker_117_way_from_strings() -> None:
+    """deker 1.1.7 callers pass formatted tracebacks: the group holds them as DekerTaskErrors."""
+    exc = DekerVSubsetError("VArray update failed", ["Traceback (...)\nValueError: a", "OSError: b"])
+    assert str(exc) == (
+        "VArray update failed; exceptions:\n\n1) Traceback (...)\nValueError: a\n2) OSError: b "
+    )  # what deker 1.1.7 printed
+    assert exc.message == "VArray update failed" and exc.tiles == ()
+    assert [type(e) for e in exc.exceptions] == [DekerTaskError, DekerTaskError]
+    assert [str(e) for e in exc.exceptions] == ["Traceback (...)\nValueError: a", "OSError: b"]
+    assert isinstance(exc, ExceptionGroup)
+    mixed = DekerVSubsetError("read failed", [KeyError("k"), "text"], [(0,), (1,)])
+    assert str(mixed) == "read failed; exceptions:\n\n1) tile (0,): KeyError: 'k'\n2) tile (1,): text "
+    texts, real = mixed.split(DekerTaskError)
+    assert texts is not None and texts.tiles == ((1,),)
+    assert real is not None and real.tiles == ((0,),)
+    for protocol in (2, pickle.HIGHEST_PROTOCOL):
+        back = pickle.loads(pickle.dumps(mixed, protocol=protocol))
+        assert type(back) is DekerVSubsetError and str(back) == str(mixed) and back.tiles == mixed.tiles
+        assert [type(e) for e in back.exceptions] == [KeyError, DekerTaskError]
 
 
 _EXCEPT_STAR = """

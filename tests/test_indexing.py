@@ -1,9 +1,14 @@
-"""deker.indexing: user keys -> normalised bounds, checked against numpy with hypothesis."""
+"""deker.indexing: user keys -> normalised bounds, checked against numpy with hypothesis.
+
+Also, through ``array[key]`` of a real array, the cases where deker 1.1.7 behaved otherwise
+(each kept on purpose, see docs/migration.md) or where its message is kept.
+"""
 
 from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from deker import ArraySchema, Client, DimensionSchema, Scale
 from deker.indexing import (
     INVALID_INDEX_MESSAGE,
     Selection,
@@ -264,3 +270,35 @@ def test_selection_properties() -> None:
 )
 def test_bounds_to_str(bounds: tuple[Any, ...], shape: tuple[int, ...], text: str) -> None:
     assert bounds_to_str(bounds, shape) == text
+
+
+# ------------------------------------------------------------- through the public API
+def test_array_keys_compared_with_deker_117(tmp_path: Path) -> None:
+    with Client(f"file://{tmp_path}") as client:
+        dims = [
+            DimensionSchema("layers", 3),
+            DimensionSchema("y", 4, scale=Scale(0.0, 0.5)),
+            DimensionSchema("z", 5, labels=["a", "b", "c", "d", "e"]),
+        ]
+        arr = client.create_collection("c", ArraySchema(dtype=float, dimensions=dims)).create()
+        arr[:].update(np.arange(60.0).reshape(3, 4, 5))
+        expected = np.arange(60.0).reshape(3, 4, 5)
+        # deviation (migration.md row 5): an ellipsis may stand for no axis, as in numpy;
+        # deker 1.1.7 raised IndexError("tuple index out of range")
+        for key in [(0, slice(None), slice(None), ...), (..., 0, slice(None), slice(None))]:
+            np.testing.assert_array_equal(arr[key].read(), expected[key])
+        # deviation (migration.md row 8): within 10**-6 of a step of a grid point is that point
+        # (float32 coordinates); deker 1.1.7 raised IndexError for 0.5000001
+        assert arr[:, 0.5000001, :].bounds == arr[:, 0.5, :].bounds == (slice(0, 3), 1, slice(0, 5))
+        assert arr[:, np.float32(1.1) - np.float32(0.1), :].bounds == arr[:, 1.0, :].bounds
+        with pytest.raises(IndexError, match=r"y has no index for 0\.50001"):
+            arr[:, 0.50001, :]
+        # as deker 1.1.7: a float on a dimension without a scale is an IndexError naming it,
+        # alone, in a slice or among other coordinates
+        for key in [1.0, (1.0, 0.5, "a"), slice(0.0, 1.0), (0.5, 0.5, "a")]:
+            with pytest.raises(
+                IndexError, match=r"^Dimension layers wrong indexing: .*: layers has no scale"
+            ):
+                arr[key]
+        with pytest.raises(IndexError, match="z has no scale"):
+            arr[0, 0, 1.0]

@@ -60,12 +60,27 @@ def test_attribute_schema_invalid(args: tuple[Any, ...], match: str) -> None:
 
 
 def test_schemas_are_frozen() -> None:
+    """deviation (docs/migration.md): deker 1.1.7's schemas took any attribute assignment
+    unchecked; here every schema is immutable (``FrozenInstanceError``, an ``AttributeError``)."""
     attr = AttributeSchema("a", int, True)
     with pytest.raises(dataclasses.FrozenInstanceError):
         attr.name = "b"  # type: ignore[misc]
     schema = ArraySchema(dtype=float, dimensions=dims2())
     with pytest.raises(dataclasses.FrozenInstanceError):
         schema.dtype = np.int8  # type: ignore[misc]
+    assert issubclass(dataclasses.FrozenInstanceError, AttributeError)
+    cases: list[tuple[Any, str, Any]] = [
+        (DimensionSchema("x", 3), "size", 5),
+        (TimeDimensionSchema("t", 3, datetime(2023, 1, 1, tzinfo=UTC), HOUR), "step", 2 * HOUR),
+        (schema, "fill_value", 5.0),
+        (VArraySchema(dtype=float, dimensions=[DimensionSchema("x", 4)], vgrid=(2,)), "vgrid", (4,)),
+        (attr, "primary", False),
+    ]
+    for obj, name, value in cases:
+        before = getattr(obj, name)
+        with pytest.raises(AttributeError):
+            setattr(obj, name, value)
+        assert getattr(obj, name) is before
 
 
 # ------------------------------------------------------------------------------ DimensionSchema
@@ -151,8 +166,10 @@ def test_unknown_scale_key_is_still_a_value_error() -> None:
 
 # -------------------------------------------------------------------------- TimeDimensionSchema
 def test_time_dimension_normalises_start() -> None:
+    # a naive start (datetime or ISO string) is UTC, as deker 1.1.7 took it
     naive = TimeDimensionSchema("t", 3, datetime(2023, 1, 1), HOUR)
     assert naive.start_value == datetime(2023, 1, 1, tzinfo=UTC)
+    assert TimeDimensionSchema("t", 3, "2023-01-01T00:00:00", HOUR) == naive
     offset = TimeDimensionSchema("t", 3, "2023-01-01T03:00:00+03:00", HOUR)
     assert offset.start_value == datetime(2023, 1, 1, tzinfo=UTC)
     assert offset.start_value.tzinfo is UTC  # type: ignore[union-attr]

@@ -1,6 +1,8 @@
-"""deker/types.py: ``Scale``, ``StorageSize``, ``IndexLabels`` and ``to_utc``.
+"""deker/types/: ``Scale``, ``StorageSize``, ``IndexLabels`` and ``to_utc``, and deker 1.1.7's import
+paths ``deker.types.public.classes`` and ``deker.types.private.shell``.
 
-Covered: the public names, the NamedTuples' fields, defaults and pickling, ``IndexLabels``
+Covered: the public names, the 1.1.7 paths (the same objects, not copies), ``IndexLabels``'s
+``repr``/``str`` as 1.1.7 printed them, the NamedTuples' fields, defaults and pickling, ``IndexLabels``
 validation (empty, mixed types, bools, NaN, duplicates after int-to-float conversion) with
 its messages, label lookups both ways (hypothesis against ``list.index``), and ``to_utc`` for
 every accepted input kind (naive, aware, ISO strings with ``Z``/``z``/offsets, POSIX numbers)
@@ -30,6 +32,44 @@ def test_public_names() -> None:
     import deker
 
     assert deker.Scale is Scale  # re-exported at the top level
+
+
+def test_deker_117_import_path_of_the_value_types() -> None:
+    """Code written for deker 1.1.7 imports the value types from ``deker.types.public.classes``."""
+    import deker
+    from deker.types.public import classes
+    from deker.types.public.classes import IndexLabels as LegacyLabels
+    from deker.types.public.classes import Scale as LegacyScale
+    from deker.types.public.classes import StorageSize as LegacySize
+
+    assert classes.__all__ == ["IndexLabels", "Scale", "StorageSize"]  # what 1.1.7 defined there
+    assert LegacyScale is Scale is deker.Scale
+    assert LegacySize is StorageSize and LegacyLabels is IndexLabels
+    assert isinstance(LegacyScale(0.0, 1.0), Scale)
+
+
+def test_deker_117_shell_module_re_exports_the_session_names() -> None:
+    import deker
+    from deker.log import set_logging_level
+    from deker.types.private import shell
+
+    assert shell.__all__ == (
+        "Client",
+        "DimensionSchema",
+        "TimeDimensionSchema",
+        "ArraySchema",
+        "AttributeSchema",
+        "VArraySchema",
+        "Scale",
+        "set_logging_level",
+    )
+    for name in shell.__all__[:-1]:
+        assert getattr(shell, name) is getattr(deker, name)
+    assert shell.set_logging_level is set_logging_level
+    assert shell.shell_completions == tuple(f"{name}(" for name in shell.__all__)
+    namespace: dict[str, Any] = {}
+    exec("from deker.types.private.shell import *", namespace)
+    assert set(namespace) - {"__builtins__"} == set(shell.__all__)
 
 
 def test_scale_fields_defaults_and_pickle() -> None:
@@ -83,6 +123,13 @@ def test_index_to_name() -> None:
     assert labels.index_to_name(-4) is None
     assert labels.index_to_name("a") is None  # type: ignore[arg-type]
     assert labels.index_to_name(1.0) is None  # type: ignore[arg-type]
+
+
+def test_index_labels_repr_names_the_class_like_deker_117() -> None:
+    assert repr(IndexLabels(["a", "b"])) == "IndexLabels(('a', 'b'))"
+    assert repr(IndexLabels([1, 2.5])) == "IndexLabels((1.0, 2.5))"
+    assert str(IndexLabels(["a", "b"])) == "('a', 'b')"  # str stays the tuple's
+    assert eval(repr(IndexLabels(["x"])), {"IndexLabels": IndexLabels}) == IndexLabels(["x"])
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,9 @@
 
 Also :func:`to_utc`, the one conversion of time values used everywhere (naive datetimes are
 UTC, ISO-8601 strings and POSIX timestamps are accepted).
+
+deker 1.1.7 kept these classes in ``deker.types.public.classes``; that path re-exports them
+(the same objects), and ``deker.types.private.shell`` re-exports the names 1.1.7's shell used.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ class StorageSize(NamedTuple):
 class IndexLabels(tuple):  # type: ignore[type-arg]
     """The labels of a dimension, in index order.
 
-    Labels are all strings or all floats, and unique.
+    Labels are all strings or all floats, and unique.  ``repr`` names the class
+    (``IndexLabels(('a', 'b'))``), ``str`` is the plain tuple's, as in deker 1.1.7.
     """
 
     def __new__(cls, labels: Iterable[Any]) -> IndexLabels:
@@ -67,6 +71,12 @@ class IndexLabels(tuple):  # type: ignore[type-arg]
             raise DekerValidationError(f"Labels shall be unique; got {list(items)!r}")
         self = super().__new__(cls, items)
         return self
+
+    def __repr__(self) -> str:
+        return f"IndexLabels({tuple(self)!r})"
+
+    def __str__(self) -> str:
+        return tuple.__repr__(self)
 
     @property
     def first(self) -> Any:
