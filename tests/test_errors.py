@@ -47,8 +47,11 @@ from deker.errors import (
     DekerLockError,
     DekerMemoryError,
     DekerMetaDataError,
+    DekerShapeError,
     DekerStorageError,
     DekerSubsetError,
+    DekerUnknownFilterError,
+    DekerURIError,
     DekerValidationError,
     DekerVSubsetError,
 )
@@ -59,6 +62,7 @@ DOCUMENTED_BASES: dict[type[BaseException], tuple[type[BaseException], ...]] = {
     DekerClientError: (DekerBaseApplicationError, RuntimeError),
     DekerArrayError: (DekerBaseApplicationError,),
     DekerArrayTypeError: (DekerArrayError, TypeError),
+    DekerShapeError: (DekerArrayError, IndexError),
     DekerSubsetError: (DekerArrayError,),
     DekerVSubsetError: (DekerSubsetError, DekerExceptionGroup, ExceptionGroup),
     DekerCollectionError: (DekerBaseApplicationError,),
@@ -67,7 +71,9 @@ DOCUMENTED_BASES: dict[type[BaseException], tuple[type[BaseException], ...]] = {
     DekerInvalidSchemaError: (DekerBaseApplicationError, ValueError),
     DekerMetaDataError: (DekerInvalidSchemaError, ValueError),
     DekerFilterError: (DekerBaseApplicationError, ValueError),
+    DekerUnknownFilterError: (DekerFilterError, ValueError, NotImplementedError),
     DekerValidationError: (DekerBaseApplicationError, ValueError),
+    DekerURIError: (DekerClientError, DekerValidationError, RuntimeError, ValueError),
     DekerIntegrityError: (DekerBaseApplicationError,),
     DekerLockError: (DekerBaseApplicationError, TimeoutError, OSError),
     DekerInstanceNotExistsError: (DekerBaseApplicationError,),
@@ -100,7 +106,7 @@ def test_all_names_every_exception_class_and_nothing_else() -> None:
         if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == "deker.errors"
     }
     assert set(errors.__all__) == defined
-    assert len(errors.__all__) == len(set(errors.__all__)) == 21
+    assert len(errors.__all__) == len(set(errors.__all__)) == 24
     assert {getattr(errors, n) for n in errors.__all__} == set(DOCUMENTED_BASES)
 
 
