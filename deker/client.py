@@ -419,7 +419,14 @@ class Client:
         *,
         progress: bool | None = None,
     ) -> IntegrityReport:
-        """Check the storage and print the report (found errors, or that there are none).
+        """Check the storage, print the report as deker 1.1.7 did, and return it.
+
+        Printed on stdout, as in deker 1.1.7: ``Integrity check found no errors``, or the
+        problems grouped under headings (``Collection <name> arrays integrity errors:`` then
+        one ``\t- <problem>`` line each), then ``Integrity check logged ... in <path>`` when
+        ``to_file`` wrote it.  Returned: the same report as an :class:`IntegrityReport`
+        (``ok``, ``problems``, ``text``, ``as_dict()``), where 1.1.7 returned ``None``.  With
+        ``stop_on_error`` the first problem raises instead, and nothing is printed.
 
         Levels are cumulative: 1 collections (metadata, collection locks); 2 Arrays, tiles and
         VArrays open with valid metadata, no lock left behind by a dead process; 3 symlinks,
