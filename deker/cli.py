@@ -173,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
         "size",
         "size of the storage (or of one collection): every file, metadata and lock files included",
     )
-    size.add_argument("name", metavar="NAME", nargs="?", help="only this collection (needs STORAGE before it)")
+    size.add_argument(
+        "name", metavar="NAME", nargs="?", help="only this collection (needs STORAGE before it)"
+    )
     size.add_argument("--collection", metavar="NAME", dest="collection", help="only this collection")
     locks = command("locks", "list lock files; --clear removes those left by dead processes", _LOCKS_HELP)
     locks.add_argument("--collection", metavar="NAME", help="only this collection")
@@ -469,7 +471,7 @@ _TOP_OPTIONS_WITH_VALUE = ("--loglevel",)
 
 def _conventional_order(argv: list[str]) -> list[str]:
     """Return ``argv`` with ``STORAGE COMMAND`` (the older order) turned into ``COMMAND STORAGE``."""
-    positions = []
+    positions: list[int] = []
     i = 0
     while i < len(argv) and len(positions) < 2:
         arg = argv[i]

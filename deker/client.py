@@ -419,7 +419,7 @@ class Client:
         *,
         progress: bool | None = None,
     ) -> IntegrityReport:
-        """Check the storage, print the report as deker 1.1.7 did, and return it.
+        r"""Check the storage, print the report as deker 1.1.7 did, and return it.
 
         Printed on stdout, as in deker 1.1.7: ``Integrity check found no errors``, or the
         problems grouped under headings (``Collection <name> arrays integrity errors:`` then

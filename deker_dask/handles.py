@@ -122,7 +122,7 @@ class Target:
         return {**self.obj.primary_attributes, **self.obj.custom_attributes}
 
     def session(self) -> Session:
-        """The session every task of a graph over this object carries (closed client: tasks raise)."""
+        """Return the session every task of a graph over this object carries (tasks raise once closed)."""
         return Session(self.obj._ctx)
 
     def check(self) -> None:

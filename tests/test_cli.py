@@ -25,7 +25,9 @@ HELPER = Path(__file__).resolve().parent / "storage_helpers" / "lock_holder.py"
 pytestmark = pytest.mark.timeout(120)
 
 
-def deker(*args: str, cwd: Path | None = None, storage_env: str | None = None) -> subprocess.CompletedProcess[str]:
+def deker(
+    *args: str, cwd: Path | None = None, storage_env: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``deker ARGS``; ``DEKER_STORAGE`` is unset unless ``storage_env`` gives it."""
     if not DEKER.exists():
         pytest.fail(f"{DEKER} is missing: install the package (pip install -e .)")

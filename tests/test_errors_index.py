@@ -123,25 +123,35 @@ def test_error_index(env: dict[str, Any], case: str, exc: type[BaseException], c
 
 def test_messages_name_what_is_wrong(env: dict[str, Any]) -> None:
     """Filters, primary-attribute updates and update shapes: a Deker error that is the 1.1.7 builtin."""
-    for coll, filters in ((env["plain"], {"nope": 1}), (env["keyed"], {"nope": 1}), (env["keyed"], {"k": 1, "zz": 2})):
+    for coll, filters in (
+        (env["plain"], {"nope": 1}),
+        (env["keyed"], {"nope": 1}),
+        (env["keyed"], {"k": 1, "zz": 2}),
+    ):
         with pytest.raises(DekerUnknownFilterError) as info:
             coll.filter(filters).last()
         assert isinstance(info.value, NotImplementedError) and isinstance(info.value, DekerFilterError)
         key = "'nope'" if "nope" in filters else "'zz'"
         assert f"Unknown filter key {key}: not an attribute of the schema" in str(info.value)
-    assert "has no primary attributes: filter by {'id': ...}" in _message(lambda: env["plain"].filter({"nope": 1}).last())
+    assert "has no primary attributes: filter by {'id': ...}" in _message(
+        lambda: env["plain"].filter({"nope": 1}).last()
+    )
     assert "every primary attribute ['k']" in _message(lambda: env["keyed"].filter({"nope": 1}).last())
-    with pytest.raises(NotImplementedError, match="non primary attributes"):  # 1.1.7's, for a custom attribute
+    with pytest.raises(
+        NotImplementedError, match="non primary attributes"
+    ):  # 1.1.7's, for a custom attribute
         env["keyed"].filter({"dt": datetime(2024, 1, 1)}).last()
     array = env["keyed"].create({"k": 1})
-    with pytest.raises(DekerValidationError, match=r"Primary attributes cannot change: \['k'\] identifies the Array"):
+    with pytest.raises(
+        DekerValidationError, match=r"Primary attributes cannot change: \['k'\] identifies the Array"
+    ):
         array.update_custom_attributes({"k": 2})
     assert array.primary_attributes == {"k": 1}
     tiles = env["client"].create_collection(
         "kv",
         VArraySchema(dtype=float, dimensions=DIMS, vgrid=(2,), attributes=[AttributeSchema("k", int, True)]),
     )
-    with pytest.raises(DekerValidationError, match="Primary attributes cannot change: .* the VArray"):
+    with pytest.raises(DekerValidationError, match=r"Primary attributes cannot change: .* the VArray"):
         tiles.create({"k": 1}).update_custom_attributes({"k": 2})
     for subset in (env["array"][:], env["tiles"].create()[:]):
         with pytest.raises(DekerShapeError, match=r"Invalid data shape: \(3,\); \(4,\) expected") as shape:
@@ -152,7 +162,7 @@ def test_messages_name_what_is_wrong(env: dict[str, Any]) -> None:
 def _message(call: Callable[[], Any]) -> str:
     try:
         call()
-    except Exception as exc:  # noqa: BLE001 - the message is what is tested
+    except Exception as exc:  # the message is what is tested
         return str(exc)
     raise AssertionError("no exception")
 

@@ -18,7 +18,12 @@ from hypothesis import strategies as st
 
 import deker_dask
 from deker import ArraySchema, Client, DimensionSchema, HDF5Options
-from deker.errors import DekerArrayTypeError, DekerClientError, DekerInstanceNotExistsError, DekerValidationError
+from deker.errors import (
+    DekerArrayTypeError,
+    DekerClientError,
+    DekerInstanceNotExistsError,
+    DekerValidationError,
+)
 from deker_dask.tasks import store_array_block, store_tile
 
 

@@ -248,7 +248,9 @@ def test_computing_after_close_raises_like_every_object(tmp_path: Any, cluster: 
     v = varray(client, (8, 8), (2, 2))
     oracle = np.full((8, 8), np.nan, dtype=np.float32)
     filled(v, oracle, (slice(0, 4), slice(0, 4)), 1)  # one tile exists, three read as fill
-    coll = client.create_collection("plain", ArraySchema(dtype=np.float64, dimensions=[DimensionSchema("n", 3)]))
+    coll = client.create_collection(
+        "plain", ArraySchema(dtype=np.float64, dimensions=[DimensionSchema("n", 3)])
+    )
     array = coll.create()
     array[:].update(np.arange(3.0))
     lazies = [
