@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deker.dtypes import is_attribute_dtype
-from deker.errors import DekerFilterError, DekerValidationError
+from deker.errors import DekerUnknownFilterError, DekerValidationError
 from deker.types import to_utc
 
 if TYPE_CHECKING:  # pragma: no cover - typing only (schemas is a sibling layer)
@@ -260,6 +260,12 @@ def process_custom_update(
     _check_mapping(update)
     if not update:
         raise DekerValidationError("No attributes passed for update")
+    fixed = [a.name for a in (schema.attributes or ()) if a.primary and a.name in update]
+    if fixed:
+        raise DekerValidationError(
+            f"Primary attributes cannot change: {fixed} identif{'y' if len(fixed) > 1 else 'ies'} the "
+            f"{kind}; only custom attributes can be updated (create a new {kind} for other key values)"
+        )
     custom_names = {a.name for a in (schema.attributes or ()) if not a.primary}
     merged = {name: value for name, value in current_custom.items() if name in custom_names}
     merged.update(update)
@@ -355,8 +361,9 @@ def normalize_filters(schema: ArraySchema | VArraySchema, filters: Mapping[str, 
     ------
     DekerValidationError
         If the id is not a UUID string or a value cannot be converted to its dtype.
-    DekerFilterError
-        If a key is not an attribute of the schema.
+    DekerUnknownFilterError
+        If a key is neither ``id`` nor an attribute of the schema (the message names it); it
+        is a :class:`DekerFilterError` and a :class:`NotImplementedError`.
     NotImplementedError
         If the schema has no primary attributes, a primary value is missing or ``None``, or a
         custom attribute is used.
@@ -369,14 +376,22 @@ def normalize_filters(schema: ArraySchema | VArraySchema, filters: Mapping[str, 
     attributes: tuple[AttributeSchema, ...] = tuple(schema.attributes or ())
     primary = [a for a in attributes if a.primary]
     not_implemented = "Filtering by non primary attributes is not implemented yet"
+    known = {a.name for a in attributes}
+    unknown = [key for key in filters if key not in known]
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        keys = [a.name for a in primary]
+        hint = (
+            f"filter by {{'id': ...}} or by every primary attribute {keys}"
+            if primary
+            else "the schema has no primary attributes: filter by {'id': ...}"
+        )
+        raise DekerUnknownFilterError(
+            f"Unknown filter key{'s' if len(unknown) > 1 else ''} {names}: not an attribute of the "
+            f"schema; {hint}"
+        )
     if not primary:
         raise NotImplementedError(not_implemented)
-    known = {a.name for a in attributes}
-    extra = [key for key in filters if key not in known]
-    if extra:
-        raise DekerFilterError(
-            f"Some arguments don't exist in schema: {extra}; filter by id or by every primary attribute"
-        )
     if any(filters.get(a.name) is None for a in primary) or len(filters) != len(primary):
         raise NotImplementedError(not_implemented)
     return {a.name: _coerce_filter_value(a, filters[a.name]) for a in primary}

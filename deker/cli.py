@@ -1,9 +1,11 @@
 """The ``deker`` command: look after a storage from a shell.
 
-Usage: ``deker [--json] [--loglevel LEVEL] STORAGE COMMAND [options]`` (also ``python -m
-deker``).  ``STORAGE`` is a ``file://`` URI or a directory path.  Commands: ``ls``, ``info
-NAME``, ``check``, ``size [NAME]``, ``locks``; ``deker --help`` and ``deker S COMMAND --help``
-explain them.  Tables are for humans; ``--json`` prints one JSON document for scripts.
+Usage: ``deker [--json] [--loglevel LEVEL] COMMAND [STORAGE] [options]`` (also ``python -m
+deker``).  ``STORAGE`` is a ``file://`` URI or a directory path; without it, the environment
+variable ``DEKER_STORAGE`` names the storage.  The command never creates a storage.
+Commands: ``ls``, ``info NAME``, ``check``, ``size [NAME]``, ``locks``; ``deker --help`` and
+``deker COMMAND --help`` explain them.  The older order ``deker STORAGE COMMAND`` still works.
+Tables are for humans; ``--json`` prints one JSON document for scripts.
 
 Exit status: 0 all well; 1 the storage has problems (integrity problems, unreadable
 collection metadata, stale locks left); 2 bad command line; 3 the command could not run (not
@@ -20,16 +22,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import unquote, urlparse
 
 from deker.client import Client
 from deker.collection import Collection
 from deker.errors import DekerBaseApplicationError, DekerMetaDataError
 from deker.integrity import check_integrity
-from deker.storage.layout import ARRAY_EXT, COLLECTIONS_DIR, VARRAY_EXT, iter_ids
+from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, iter_ids
 from deker.storage.lockinfo import LockInfo
 
-__all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "build_parser", "main"]
+__all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "STORAGE_ENV", "build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,10 @@ _DESCRIPTION = """\
 Look after a deker storage: list its collections, show one, check its integrity, measure it,
 and list or clear lock files left behind by dead processes.
 
-STORAGE is the storage as a client opens it: a file:// URI (file:///data/deker) or a
-directory path (/data/deker); it must already hold a 'collections' directory.
+STORAGE is the storage: a file:// URI (file:///data/deker) or a directory path (/data/deker)
+that already holds a 'collections' directory (the command never creates a storage).  Without
+STORAGE, the environment variable DEKER_STORAGE names it.  The older order
+'deker STORAGE COMMAND' still works.
 """
 
 _EPILOG = """\
@@ -58,11 +61,11 @@ exit status:
   130  interrupted
 
 examples:
-  deker /data/deker ls
-  deker file:///data/deker info weather
-  deker /data/deker check --level 4 --to-file report.txt
-  deker --json /data/deker size weather
-  deker /data/deker locks --clear
+  deker ls /data/deker
+  deker info file:///data/deker weather
+  deker check /data/deker --level 4 --to-file report.txt
+  deker --json size /data/deker weather
+  export DEKER_STORAGE=/data/deker; deker locks --clear
 """
 
 _CHECK_HELP = """\
@@ -87,6 +90,12 @@ locks) are listed unless --all, which adds the permanent per-array mutexes and c
 lock files.  --clear removes the stale ones; with --force also live ones (this breaks the
 protection of operations running now: stop them first).
 """
+
+
+_STORAGE_HELP = "file:// URI or directory path (default: $DEKER_STORAGE)"
+
+#: The environment variable that names the storage when the command line does not.
+STORAGE_ENV = "DEKER_STORAGE"
 
 
 class _JsonFlag(argparse.Action):
@@ -122,8 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="level of deker's log messages on stderr: DEBUG, INFO, WARNING (default), ERROR",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.add_argument("storage", metavar="STORAGE", help="file:// URI or directory path of the storage")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, summary: str, description: str | None = None) -> argparse.ArgumentParser:
         sub = commands.add_parser(
@@ -132,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=description or summary,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        sub.add_argument("storage", metavar="STORAGE", nargs="?", help=_STORAGE_HELP)
         sub.add_argument("--json", action=_JsonFlag, default=argparse.SUPPRESS, help="print JSON")
         return sub
 
@@ -164,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
         "size",
         "size of the storage (or of one collection): every file, metadata and lock files included",
     )
-    size.add_argument("name", metavar="NAME", nargs="?", help="only this collection")
+    size.add_argument(
+        "name", metavar="NAME", nargs="?", help="only this collection (needs STORAGE before it)"
+    )
+    size.add_argument("--collection", metavar="NAME", dest="collection", help="only this collection")
     locks = command("locks", "list lock files; --clear removes those left by dead processes", _LOCKS_HELP)
     locks.add_argument("--collection", metavar="NAME", help="only this collection")
     locks.add_argument("--all", action="store_true", help="also list array mutexes and collection lock files")
@@ -207,20 +219,11 @@ def _dump(document: Any, out: TextIO) -> None:
 # ------------------------------------------------------------------------------------- commands
 
 
-def _storage_dir(text: str) -> Path:
-    if text.startswith("file:"):
-        parsed = urlparse(text)
-        if parsed.netloc not in ("", "localhost"):
-            raise _Failure(f"{text}: a file URI names no host; use file:///absolute/path")
-        path = Path(unquote(parsed.path))
-    elif "://" in text:
-        raise _Failure(f"{text}: only file:// storages can be looked after with this command")
-    else:
-        path = Path(text)
-    path = path.expanduser().absolute()
-    if not (path / COLLECTIONS_DIR).is_dir():
-        raise _Failure(f"{path} is not a deker storage: it has no '{COLLECTIONS_DIR}' directory")
-    return path
+def _storage_uri(text: str) -> str:
+    """Return the client URI of STORAGE: URIs as they are, plain paths converted."""
+    if text.startswith("file:") or "://" in text:
+        return text
+    return Path(os.path.normpath(Path(text).expanduser().absolute())).as_uri()
 
 
 def _count(directory: Path, ext: str) -> int:
@@ -379,11 +382,14 @@ def _check(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _size(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    if args.name is not None:
-        _collection(client, args.name)
-    size = client.calculate_storage_size(args.name or "")
+    if args.name is not None and args.collection is not None and args.name != args.collection:
+        raise _Failure(f"two collections given: {args.name} and --collection {args.collection}")
+    name = args.name if args.name is not None else args.collection
+    if name is not None:
+        _collection(client, name)
+    size = client.calculate_storage_size(name or "")
     if args.json:
-        _dump({"collection": args.name, "bytes": size.bytes, "human": size.human}, out)
+        _dump({"collection": name, "bytes": size.bytes, "human": size.human}, out)
     else:
         out.write(f"{size.human} ({size.bytes} bytes)\n")
     return EXIT_OK
@@ -439,7 +445,7 @@ def _locks(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         elif not args.clear:
             out.write("no lock files\n")
         if stale:
-            out.write(f"{stale} stale lock file(s): remove them with 'deker {args.storage} locks --clear'\n")
+            out.write(f"{stale} stale lock file(s): remove them with 'deker locks --clear {args.storage}'\n")
     return EXIT_PROBLEMS if stale else EXIT_OK
 
 
@@ -460,28 +466,69 @@ def _configure_logging() -> None:
     deker_logger.propagate = False
 
 
+_TOP_OPTIONS_WITH_VALUE = ("--loglevel",)
+
+
+def _conventional_order(argv: list[str]) -> list[str]:
+    """Return ``argv`` with ``STORAGE COMMAND`` (the older order) turned into ``COMMAND STORAGE``."""
+    positions: list[int] = []
+    i = 0
+    while i < len(argv) and len(positions) < 2:
+        arg = argv[i]
+        if arg == "--":
+            break
+        if arg.startswith("-"):
+            i += 2 if arg in _TOP_OPTIONS_WITH_VALUE else 1
+            continue
+        positions.append(i)
+        i += 1
+    if len(positions) == 2 and argv[positions[0]] not in _COMMANDS and argv[positions[1]] in _COMMANDS:
+        first, second = positions
+        argv = list(argv)
+        argv[first], argv[second] = argv[second], argv[first]
+    return argv
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(_conventional_order(list(sys.argv[1:] if argv is None else argv)))
+    if args.command is None:
+        parser.error(
+            "missing COMMAND and STORAGE: write 'deker COMMAND STORAGE', e.g. 'deker ls /data/deker' "
+            f"(commands: {', '.join(_COMMANDS)})"
+        )
+    if args.storage is None:
+        args.storage = os.environ.get(STORAGE_ENV) or None
+        if args.storage is None:
+            parser.error(
+                f"missing STORAGE: write 'deker {args.command} STORAGE' (a file:// URI or a directory "
+                f"path), or set {STORAGE_ENV}"
+            )
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``deker`` command.
 
     Parameters
     ----------
     argv : sequence of str, optional
-        The arguments (default: ``sys.argv[1:]``).
+        The arguments (default: ``sys.argv[1:]``).  ``COMMAND STORAGE`` and the older
+        ``STORAGE COMMAND`` are both accepted; without STORAGE, ``$DEKER_STORAGE`` is used.
 
     Returns
     -------
     int
         The exit status (see the module docstring).
     """
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     out = sys.stdout
     try:
         level = str(args.loglevel).upper()
         if logging.getLevelName(level) == f"Level {level}":
             raise _Failure(f"unknown log level {args.loglevel!r}: use DEBUG, INFO, WARNING or ERROR")
         _configure_logging()
-        storage = _storage_dir(args.storage)
-        with Client(storage.as_uri(), loglevel=level) as client:
+        with Client(_storage_uri(args.storage), create=False, loglevel=level) as client:
             return _COMMANDS[args.command](client, args, out)
     except KeyboardInterrupt:
         sys.stderr.write("deker: interrupted\n")

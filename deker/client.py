@@ -20,6 +20,7 @@ from deker.errors import (
     DekerMemoryError,
     DekerMetaDataError,
     DekerStorageError,
+    DekerURIError,
     DekerValidationError,
 )
 from deker.executors import TaskRunner
@@ -49,33 +50,46 @@ logger = logging.getLogger(__name__)
 _ADAPTER = "HDF5StorageAdapter"
 
 
+#: How a storage URI is written, for error messages.
+URI_RULE = (
+    "a storage URI is 'file://' followed by an absolute path ('file:///data/deker'), or 'file:' "
+    "followed by a path relative to the working directory ('file:data/deker')"
+)
+
+
+def _suggest(path: str) -> str:
+    return Path(os.path.normpath(Path(path).expanduser().absolute())).as_uri()
+
+
 def _storage_path(uri: Any) -> Path:
+    """Return the absolute storage directory a URI names (the one rule of :class:`Client`)."""
     if not isinstance(uri, str):
-        raise DekerValidationError(f"Invalid uri type: {type(uri)}; a 'file://' URI string is expected")
-    if not uri.strip():
-        raise DekerValidationError("Empty uri passed: give a storage URI such as 'file:///data/deker'")
-    parsed = urlparse(uri.strip())
+        raise DekerURIError(f"Invalid uri type: {type(uri).__name__}; {URI_RULE}")
+    text = uri.strip()
+    if not text:
+        raise DekerURIError(f"Empty uri passed; {URI_RULE}")
+    parsed = urlparse(text)
+    if parsed.scheme == "":
+        raise DekerURIError(f"Invalid uri {uri!r}: it has no scheme; write {_suggest(text)!r} ({URI_RULE})")
     if parsed.scheme != "file":
-        raise DekerClientError(
-            f"Invalid uri: {parsed.scheme or 'a URI without scheme'} is not supported; {uri} "
-            "(only 'file://' storages are, e.g. 'file:///data/deker')"
+        raise DekerURIError(
+            f"Invalid uri {uri!r}: {parsed.scheme} is not supported, only file:// storages are; "
+            "mount the storage and write 'file:///<mount point>/<path>'"
         )
     if parsed.netloc not in ("", "localhost"):
-        raise DekerValidationError(
-            f"Invalid uri {uri!r}: a file URI names no host; use 'file:///absolute/path'"
+        raise DekerURIError(
+            f"Invalid uri {uri!r}: {parsed.netloc!r} would be a host name, and file URIs name no host; "
+            f"write {_suggest(unquote(parsed.netloc + parsed.path))!r} ({URI_RULE})"
         )
     raw = unquote(parsed.path)
     if not raw:
-        raise DekerValidationError(f"Invalid uri {uri!r}: it names no path")
-    path = Path(raw)
-    if not path.is_absolute():
-        path = Path.cwd() / path
-    path = Path(os.path.normpath(path))
+        raise DekerURIError(f"Invalid uri {uri!r}: it names no path; {URI_RULE}")
+    path = Path(os.path.normpath(Path(raw).absolute()))
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise DekerValidationError(f"Invalid uri {uri!r}: {probe} is a file, not a directory")
+        raise DekerURIError(f"Invalid uri {uri!r}: {probe} is a file, not a directory")
     return path
 
 
@@ -97,7 +111,13 @@ class Client:
     Parameters
     ----------
     uri : str
-        ``"file:///path/to/storage"`` (a relative ``file:path`` is made absolute).
+        ``"file:///path/to/storage"``, or ``"file:path"`` relative to the working directory
+        (made absolute).  Anything else raises :class:`~deker.errors.DekerURIError` saying
+        what to write instead.
+    create : bool, default True
+        Create the storage (its ``collections`` directory) if it does not exist, as deker
+        1.1.7 always did.  ``False`` refuses: a mistyped path raises
+        :class:`~deker.errors.DekerClientError` naming it instead of creating an empty storage.
     executor : concurrent.futures.Executor or distributed.Client, optional
         Runs the per-tile tasks of VArrays.  By default the client owns a thread pool of
         ``workers`` threads.  A user executor is never shut down by deker; a Dask distributed
@@ -120,6 +140,7 @@ class Client:
         self,
         uri: str = "",
         *,
+        create: bool = True,
         executor: Any = None,
         workers: int | None = None,
         write_lock_timeout: int = 60,
@@ -130,6 +151,9 @@ class Client:
     ) -> None:
         self._uri = uri
         self._path = _storage_path(uri)
+        if not isinstance(create, bool):
+            raise DekerValidationError(f"'create' must be a bool; got {create!r}")
+        self._create_storage = create
         if not isinstance(loglevel, str):
             raise DekerClientError(f"Unknown level: {loglevel!r}")
         try:
@@ -161,8 +185,14 @@ class Client:
     def _open(self) -> None:
         if self._ctx is not None and not self._ctx.is_closed:
             return
+        root = Path(self._settings.root)
+        if not self._create_storage and not root.is_dir():
+            raise DekerClientError(
+                f"No deker storage at {self._path}: it has no '{COLLECTIONS_DIR}' directory "
+                "(nothing was created)"
+            )
         try:
-            Path(self._settings.root).mkdir(parents=True, exist_ok=True)
+            root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DekerClientError(f"Cannot open storage {self._path}: {exc}") from exc
         runner = TaskRunner.create(self._executor, self._workers)
@@ -389,7 +419,14 @@ class Client:
         *,
         progress: bool | None = None,
     ) -> IntegrityReport:
-        """Check the storage and print the report (found errors, or that there are none).
+        r"""Check the storage, print the report as deker 1.1.7 did, and return it.
+
+        Printed on stdout, as in deker 1.1.7: ``Integrity check found no errors``, or the
+        problems grouped under headings (``Collection <name> arrays integrity errors:`` then
+        one ``\t- <problem>`` line each), then ``Integrity check logged ... in <path>`` when
+        ``to_file`` wrote it.  Returned: the same report as an :class:`IntegrityReport`
+        (``ok``, ``problems``, ``text``, ``as_dict()``), where 1.1.7 returned ``None``.  With
+        ``stop_on_error`` the first problem raises instead, and nothing is printed.
 
         Levels are cumulative: 1 collections (metadata, collection locks); 2 Arrays, tiles and
         VArrays open with valid metadata, no lock left behind by a dead process; 3 symlinks,

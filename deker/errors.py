@@ -36,9 +36,12 @@ __all__ = [
     "DekerLockError",
     "DekerMemoryError",
     "DekerMetaDataError",
+    "DekerShapeError",
     "DekerStorageError",
     "DekerSubsetError",
     "DekerTaskError",
+    "DekerURIError",
+    "DekerUnknownFilterError",
     "DekerValidationError",
     "DekerVSubsetError",
 ]
@@ -58,6 +61,13 @@ class DekerArrayError(DekerBaseApplicationError):
 
 class DekerArrayTypeError(DekerArrayError, TypeError):
     """Data given to an update has a type or dtype the array cannot store."""
+
+
+class DekerShapeError(DekerArrayError, IndexError):
+    """Data given to an update has a shape that does not broadcast to the region's.
+
+    It is an :class:`IndexError`, what deker 1.1.7 raised for a wrong shape.
+    """
 
 
 class DekerSubsetError(DekerArrayError):
@@ -91,8 +101,24 @@ class DekerFilterError(DekerBaseApplicationError, ValueError):
     """A filter names attributes the schema does not have."""
 
 
+class DekerUnknownFilterError(DekerFilterError, NotImplementedError):
+    """A filter names keys that are neither ``id`` nor attributes of the schema.
+
+    It is also a :class:`NotImplementedError`, what deker 1.1.7 raised for such filters in
+    collections without primary attributes.
+    """
+
+
 class DekerValidationError(DekerBaseApplicationError, ValueError):
     """Input (a schema, an attribute, a name, an id, a URI, a size) is not valid."""
+
+
+class DekerURIError(DekerClientError, DekerValidationError):
+    """A storage URI is not one deker can open; the message says what to write instead.
+
+    It is a :class:`DekerClientError` (what deker 1.1.7 raised for every bad URI) and a
+    :class:`DekerValidationError` (a :class:`ValueError`).
+    """
 
 
 class DekerIntegrityError(DekerBaseApplicationError):

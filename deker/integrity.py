@@ -452,8 +452,9 @@ class _Checker:
     def _array_result(
         self, meta: CollectionMeta, source: Path, array_id: str, result: ArrayFileCheck | BaseException
     ) -> _Record | None:
-        what = "tiles" if meta.kind == "varray" else "arrays"
-        heading = f"Collection {meta.name} {what} initialization errors:"
+        # deker 1.1.7's heading; naming the kind ("tiles") read "Collection tiles tiles ..." for
+        # a collection named like it
+        heading = f"Collection {meta.name} (V)Arrays initialization errors:"
         if isinstance(result, BaseException):
             msg = f"Array {array_id} could not be checked: {result!r}"
             self.add(2, "array-metadata", heading, msg, source)

@@ -23,6 +23,7 @@ from deker.errors import (
     DekerArrayTypeError,
     DekerInstanceNotExistsError,
     DekerLockError,
+    DekerShapeError,
     DekerSubsetError,
     DekerVSubsetError,
 )
@@ -79,8 +80,8 @@ def prepare_update_data(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...])
         ``data`` is None.
     DekerArrayTypeError
         The type or dtype cannot be stored without changing values.
-    IndexError
-        The shape does not broadcast to the subset's shape.
+    DekerShapeError
+        The shape does not broadcast to the subset's shape (an :class:`IndexError`).
     """
     if data is None:
         raise DekerArrayError("Updating data shall not be None")
@@ -131,7 +132,7 @@ def prepare_update_data(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...])
     try:
         return np.broadcast_to(arr, shape)
     except ValueError as exc:
-        raise IndexError(
+        raise DekerShapeError(
             f"Invalid data shape: {arr.shape}; {shape} expected (or a shape that broadcasts)"
         ) from exc
 

@@ -40,7 +40,7 @@ from deker.tasks import FileSpec
 from deker.tiling import tile_pieces
 from deker_dask.geometry import chunks_of, grid, regions
 from deker_dask.handles import Bounds, Target, collection_items, resolve, selection_shape
-from deker_dask.tasks import Part, fill_chunk, read_chunk, read_region
+from deker_dask.tasks import Part, Session, fill_chunk, read_chunk, read_region
 
 __all__ = ["TARGET_CHUNK_BYTES", "from_collection", "to_dask"]
 
@@ -63,13 +63,18 @@ def _parts(files: Files, region: Bounds, tile: tuple[int, ...], prefix: tuple[in
 
 
 def _task(
-    shape: tuple[int, ...], dtype: np.dtype[Any], fill: Any, parts: list[Part], stacked: bool
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    fill: Any,
+    parts: list[Part],
+    stacked: bool,
+    session: Session,
 ) -> tuple[Any, ...]:
     if not parts:
-        return (fill_chunk, shape, dtype.str, fill)
+        return (fill_chunk, shape, dtype.str, fill, session)
     if not stacked and len(parts) == 1 and selection_shape(parts[0][1]) == shape:
-        return (read_region, parts[0][0], parts[0][1])
-    return (read_chunk, shape, dtype.str, fill, tuple(parts))
+        return (read_region, parts[0][0], parts[0][1], session)
+    return (read_chunk, shape, dtype.str, fill, tuple(parts), session)
 
 
 def _meta(ndim: int, dtype: np.dtype[Any]) -> np.ndarray:
@@ -162,10 +167,12 @@ def _build(
     kind = "varray" if target.is_varray else "array"
     key = _name(f"deker-{kind}", name, target.identity(), bounds, steps, version)
     dtype, fill, tile = target.dtype, target.fill_value, target.tile_shape
+    session = target.session()
     dsk: dict[Any, Any] = {}
     for index, region in regions(g):
         chunk_key = (key, *index)
-        dsk[chunk_key] = _task(selection_shape(region), dtype, fill, _parts(files, region, tile), False)
+        parts = _parts(files, region, tile)
+        dsk[chunk_key] = _task(selection_shape(region), dtype, fill, parts, False, session)
     graph = HighLevelGraph.from_collections(key, dsk, dependencies=())
     chunk_shape = chunks_of(g)
     return da.Array(  # type: ignore[no-untyped-call]
@@ -215,6 +222,9 @@ def to_dask(
         If ``obj`` is not a deker array or subset, or an option does not apply to it.
     DekerInstanceNotExistsError
         If the object was deleted.
+    DekerClientError
+        If the client is closed; also when the array is computed after the client that made
+        it was closed (a graph already submitted to a cluster while it was open completes).
     """
     return _build(resolve(obj), tiles_per_chunk, chunks, name)
 
@@ -297,6 +307,7 @@ def stack(
     versions = [(t.identity(), v) for t, (_, v) in zip(targets, listing, strict=True)]
     key = _name("deker-collection", name, first.root, collection.name, steps, group, versions)
     fill, tile = first.fill_value, first.tile_shape
+    session = first.session()
     dsk: dict[Any, Any] = {}
     starts = range(0, len(items), group)
     for block, i0 in enumerate(starts):
@@ -307,7 +318,7 @@ def stack(
                 parts.extend(_parts(listing[k][0], region, tile, (k - i0,)))
             shape_ = (len(members), *selection_shape(region))
             chunk_key = (key, block, *index)
-            dsk[chunk_key] = _task(shape_, dtype, fill, parts, True)
+            dsk[chunk_key] = _task(shape_, dtype, fill, parts, True, session)
     lead = tuple(min(group, len(items) - i0) for i0 in starts)
     graph = HighLevelGraph.from_collections(key, dsk, dependencies=())
     all_chunks = (lead, *cell_chunks)

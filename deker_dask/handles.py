@@ -25,6 +25,7 @@ from deker.storage.locks import LockSettings
 from deker.store import file_spec, tile_ids
 from deker.subset import Subset, VSubset
 from deker.tasks import FileSpec
+from deker_dask.tasks import Session
 
 __all__ = ["Bounds", "FileVersion", "Target", "collection_items", "resolve", "selection_shape"]
 
@@ -119,6 +120,10 @@ class Target:
     def values(self) -> dict[str, Any]:
         """Primary and custom attribute values (time axes of VArray tiles start from them)."""
         return {**self.obj.primary_attributes, **self.obj.custom_attributes}
+
+    def session(self) -> Session:
+        """Return the session every task of a graph over this object carries (tasks raise once closed)."""
+        return Session(self.obj._ctx)
 
     def check(self) -> None:
         """Raise if the client is closed or the object was deleted."""

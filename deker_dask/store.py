@@ -65,6 +65,7 @@ def _source(source: Any, target: Target) -> da.Array:
 
 
 def _plan_varray(src: da.Array, target: Target, name: str) -> tuple[da.Array, dict[Any, Any], list[Any]]:
+    session = target.session()
     tile = target.tile_shape
     g = grid(target.bounds, tile)
     chunks = chunks_of(g)
@@ -79,13 +80,14 @@ def _plan_varray(src: da.Array, target: Target, name: str) -> tuple[da.Array, di
     for index, region in regions(g):
         (piece,) = tile_pieces(region, tile)
         key = (name, *piece.position)
-        dsk[key] = (store_tile, info, piece.position, piece.local, (src.name, *index))
+        dsk[key] = (store_tile, info, piece.position, piece.local, (src.name, *index), session)
         keys.append(key)
     return src, dsk, keys
 
 
 def _plan_array(src: da.Array, target: Target, name: str) -> tuple[da.Array, dict[Any, Any], list[Any]]:
     spec = target.array_spec()
+    session = target.session()
     slice_dims = [d for d, b in enumerate(target.bounds) if isinstance(b, slice)]
     offsets = [np.cumsum((0, *c)) for c in src.chunks]
     dsk: dict[Any, Any] = {}
@@ -98,7 +100,7 @@ def _plan_array(src: da.Array, target: Target, name: str) -> tuple[da.Array, dic
             lo, hi = offsets[axis][index[axis]], offsets[axis][index[axis] + 1]
             bounds[d] = slice(int(start + lo), int(start + hi))
         key = (name, n)
-        dsk[key] = (store_array_block, spec, tuple(bounds), (src.name, *index), previous)
+        dsk[key] = (store_array_block, spec, tuple(bounds), (src.name, *index), previous, session)
         keys.append(key)
         previous = key
     return src, dsk, keys
@@ -135,6 +137,8 @@ def store(source: Any, target: Any, *, compute: bool = True, **compute_kwargs: A
         If the target was deleted (now, or while tasks ran).
     DekerLockError
         If another writer kept a tile (or the Array) locked longer than the lock timeout.
+    DekerClientError
+        If the client is closed, now or when the delayed write is computed.
     """
     tgt = resolve(target)
     tgt.check()

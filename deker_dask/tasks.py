@@ -5,6 +5,10 @@ which imports :mod:`deker.tasks` and :mod:`deker.storage.hdf5` (registering the 
 filters); every HDF5 file is opened with HDF5 file locking off; locks are deker's lockfiles,
 taken by the task itself.
 
+Every task carries the :class:`Session` of the client its graph was built from: a graph
+computed after that client was closed raises :class:`~deker.errors.DekerClientError`, like
+every other object of the client.
+
 Reads (:func:`fill_chunk`, :func:`read_region`, :func:`read_chunk`) return numpy arrays.
 Writes (:func:`store_tile`, :func:`store_array_block`) are idempotent: a task that runs twice
 (a retry after a worker died) leaves the same content, and holds no lock when it ends, however
@@ -21,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from deker.errors import DekerInstanceNotExistsError, DekerLockError
+from deker.context import StorageContext
+from deker.errors import DekerClientError, DekerInstanceNotExistsError, DekerLockError
 from deker.meta import CollectionMeta
 from deker.storage import hdf5
 from deker.storage.layout import ARRAY_EXT, CollectionPaths, ids_in_dir
@@ -31,6 +36,7 @@ from deker.tasks import Bounds, FileSpec, read_piece, read_piece_into, resolve_r
 
 __all__ = [
     "Part",
+    "Session",
     "VArrayTarget",
     "fill_chunk",
     "finish",
@@ -48,10 +54,63 @@ Part = tuple[FileSpec, Bounds, tuple[Any, ...]]
 _CREATE_ATTEMPTS = 5
 
 
+# ----------------------------------------------------------------------------- session
+
+
+class Session:
+    """Whether the client a graph was built from is still open, as every task of it sees it.
+
+    In the process of the client (the ``sync`` and ``threads`` schedulers) it asks the
+    client's context each time.  Pickled (a graph submitted to a distributed cluster or to the
+    ``processes`` scheduler), it carries the state of that moment, in the process that submits
+    the graph: workers never see the client, and a graph submitted while the client is open
+    runs to its end there.
+
+    Parameters
+    ----------
+    ctx : StorageContext, optional
+        The client's context; ``None`` for a copy on a worker.
+    closed : bool, default False
+        The state recorded when this copy was pickled.
+    """
+
+    __slots__ = ("_closed", "_ctx")
+
+    def __init__(self, ctx: StorageContext | None = None, closed: bool = False) -> None:
+        self._ctx = ctx
+        self._closed = closed
+
+    @property
+    def closed(self) -> bool:
+        """Whether the client was closed (when this copy was made, for a pickled copy)."""
+        return self._closed or (self._ctx is not None and self._ctx.is_closed)
+
+    def check(self) -> None:
+        """Raise :class:`DekerClientError` ``"Client is closed"`` if the client was closed."""
+        if self.closed:
+            raise DekerClientError("Client is closed")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Session, (None, self.closed))
+
+    def __dask_tokenize__(self) -> Any:
+        return ("deker_dask.Session", self.closed)
+
+    def __repr__(self) -> str:
+        return f"Session({'closed' if self.closed else 'open'})"
+
+
+def _check(session: Session | None) -> None:
+    if session is not None:
+        session.check()
+
+
 # ----------------------------------------------------------------------------- reads
 
 
-def fill_chunk(shape: tuple[int, ...], dtype: str, fill_value: Any) -> np.ndarray:
+def fill_chunk(
+    shape: tuple[int, ...], dtype: str, fill_value: Any, session: Session | None = None
+) -> np.ndarray:
     """Return a chunk of fill values (an absent tile: no I/O).
 
     Parameters
@@ -62,16 +121,19 @@ def fill_chunk(shape: tuple[int, ...], dtype: str, fill_value: Any) -> np.ndarra
         The numpy dtype string.
     fill_value : Any
         The fill value.
+    session : Session, optional
+        The client's session (the task raises if the client was closed).
 
     Returns
     -------
     numpy.ndarray
         A new array full of ``fill_value``.
     """
+    _check(session)
     return np.full(shape, fill_value, dtype=np.dtype(dtype))
 
 
-def read_region(spec: FileSpec, bounds: Bounds) -> np.ndarray:
+def read_region(spec: FileSpec, bounds: Bounds, session: Session | None = None) -> np.ndarray:
     """Read ``bounds`` of one file under its read lock (a chunk that is one file's piece).
 
     Parameters
@@ -80,16 +142,25 @@ def read_region(spec: FileSpec, bounds: Bounds) -> np.ndarray:
         The file.
     bounds : tuple
         Normalised bounds inside the file.
+    session : Session, optional
+        The client's session (the task raises if the client was closed).
 
     Returns
     -------
     numpy.ndarray
         The piece (fill values if the file vanished meanwhile).
     """
+    _check(session)
     return np.asarray(read_piece(spec, bounds))
 
 
-def read_chunk(shape: tuple[int, ...], dtype: str, fill_value: Any, parts: Sequence[Part]) -> np.ndarray:
+def read_chunk(
+    shape: tuple[int, ...],
+    dtype: str,
+    fill_value: Any,
+    parts: Sequence[Part],
+    session: Session | None = None,
+) -> np.ndarray:
     """Assemble a chunk from pieces of several files; cells no part covers are fill.
 
     Parameters
@@ -102,12 +173,15 @@ def read_chunk(shape: tuple[int, ...], dtype: str, fill_value: Any, parts: Seque
         The fill value.
     parts : sequence of (FileSpec, bounds, out index)
         The existing files' pieces and where each goes in the chunk.
+    session : Session, optional
+        The client's session (the task raises if the client was closed).
 
     Returns
     -------
     numpy.ndarray
         The chunk.
     """
+    _check(session)
     dt = np.dtype(dtype)
     covered = sum(
         math.prod(b.stop - b.start for b in bounds if isinstance(b, slice)) for _, bounds, _ in parts
@@ -170,7 +244,13 @@ def _all_fill(block: np.ndarray, fill_value: Any) -> bool:
     return hdf5.count_fill(block, fill_value) == block.size
 
 
-def store_tile(target: VArrayTarget, position: tuple[int, ...], local: Bounds, data: Any) -> int:
+def store_tile(
+    target: VArrayTarget,
+    position: tuple[int, ...],
+    local: Bounds,
+    data: Any,
+    session: Session | None = None,
+) -> int:
     """Write one tile's block of a store: create the tile if missing, lock it, write, unlock.
 
     The tile is locked with a token of this task's own; a task that runs again (a retry) takes
@@ -187,6 +267,8 @@ def store_tile(target: VArrayTarget, position: tuple[int, ...], local: Bounds, d
         Normalised bounds inside the tile.
     data : array-like
         The block (converted to the VArray dtype, which must not change values).
+    session : Session, optional
+        The client's session (the task raises if the client was closed).
 
     Returns
     -------
@@ -200,6 +282,7 @@ def store_tile(target: VArrayTarget, position: tuple[int, ...], local: Bounds, d
     DekerLockError
         If another writer kept the tile locked longer than the lock timeout.
     """
+    _check(session)
     schema = target.meta.schema
     dtype = np.dtype(schema.dtype)
     shape = tuple(b.stop - b.start for b in local if isinstance(b, slice))
@@ -241,7 +324,9 @@ def store_tile(target: VArrayTarget, position: tuple[int, ...], local: Bounds, d
     )
 
 
-def store_array_block(spec: FileSpec, bounds: Bounds, data: Any, previous: Any = None) -> int:
+def store_array_block(
+    spec: FileSpec, bounds: Bounds, data: Any, previous: Any = None, session: Session | None = None
+) -> int:
     """Write one block into an Array's file under the Array's write lock.
 
     An Array is one file: its blocks are chained (``previous`` is the result of the block
@@ -257,12 +342,15 @@ def store_array_block(spec: FileSpec, bounds: Bounds, data: Any, previous: Any =
         The block.
     previous : Any
         Ignored: the dependency on the previous block's task.
+    session : Session, optional
+        The client's session (the task raises if the client was closed).
 
     Returns
     -------
     int
         The number of cells written.
     """
+    _check(session)
     dtype = np.dtype(spec.dtype)
     shape = tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
     block = _as_block(data, dtype, shape)

@@ -21,7 +21,7 @@ from deker.attributes import (
     process_custom_update,
     validate_id,
 )
-from deker.errors import DekerFilterError, DekerValidationError
+from deker.errors import DekerFilterError, DekerUnknownFilterError, DekerValidationError
 from deker.schemas import ArraySchema, AttributeSchema, DimensionSchema, TimeDimensionSchema
 
 UTC = timezone.utc
@@ -175,7 +175,7 @@ CURRENT = process_attributes(FULL, GOOD_PRIMARY, {"c": 1.5, "dt": T0, "tup": (1,
         (None, "No attributes passed for update"),
         ({}, "No attributes passed for update"),
         ([("c", 1.0)], "Invalid attributes type"),
-        ({"a": 2}, "shall not have same names"),
+        ({"a": 2}, r"Primary attributes cannot change: \['a'\] identifies the Array"),
         ({"zz": 2}, "not listed in schema"),
         ({"c": 2}, 'Custom attribute "c" invalid type'),
         ({"dt": None}, '"dt" cannot be None'),
@@ -235,10 +235,10 @@ def test_filter_by_id() -> None:
 @pytest.mark.parametrize(
     ("schema", "filters", "exc", "match"),
     [
-        (NO_ATTRS, {"a": 1}, NotImplementedError, "not implemented yet"),
+        (NO_ATTRS, {"a": 1}, DekerUnknownFilterError, "Unknown filter key 'a': not an attribute"),
         (CUSTOM_ONLY, {"c": 1.0}, NotImplementedError, "not implemented yet"),
-        (FILTER_SCHEMA, {**FILTER, "nope": 1}, DekerFilterError, "don't exist in schema"),
-        (FILTER_SCHEMA, {"nope": 1}, DekerFilterError, "don't exist in schema"),
+        (FILTER_SCHEMA, {**FILTER, "nope": 1}, DekerUnknownFilterError, "Unknown filter key 'nope'"),
+        (FILTER_SCHEMA, {"nope": 1, "zz": 2}, DekerFilterError, "Unknown filter keys 'nope', 'zz'"),
         (
             FILTER_SCHEMA,
             {k: v for k, v in FILTER.items() if k != "q"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from deker.errors import (
     DekerMemoryError,
     DekerMetaDataError,
     DekerStorageError,
+    DekerURIError,
     DekerValidationError,
 )
 
@@ -47,19 +49,48 @@ def test_relative_uri_is_made_absolute(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 @pytest.mark.parametrize(
-    ("uri", "exc"),
+    ("uri", "says"),
     [
-        ("", DekerValidationError),
-        ("   ", DekerValidationError),
-        (42, DekerValidationError),
-        ("http://host/x", DekerClientError),
-        ("/plain/path", DekerClientError),
-        ("file://otherhost/x", DekerValidationError),
+        ("", "Empty uri"),
+        ("   ", "Empty uri"),
+        (42, "Invalid uri type: int"),
+        ("http://host/x", "only file:// storages are"),
+        ("/plain/path", "write 'file:///plain/path'"),
+        ("rel", "write 'file://{cwd}/rel'"),
+        ("file://rel", "write 'file://{cwd}/rel'"),
+        ("file://otherhost/x", "write 'file://{cwd}/otherhost/x'"),
+        ("file://", "it names no path"),
     ],
 )
-def test_bad_uri(uri: object, exc: type[Exception]) -> None:
-    with pytest.raises(exc):
+def test_bad_uri(uri: object, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rule, one error type (a DekerClientError as in 1.1.7, and a ValueError), saying what to write."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DekerURIError) as info:
         Client(uri)  # type: ignore[arg-type]
+    assert isinstance(info.value, DekerClientError) and isinstance(info.value, DekerValidationError)
+    assert isinstance(info.value, ValueError)
+    assert says.format(cwd=tmp_path) in str(info.value)
+    assert "file:///data/deker" in str(info.value) or "file:///" in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # nothing was created
+
+
+def test_create_false_refuses_a_missing_storage(tmp_path: Path) -> None:
+    typo = tmp_path / "stroage"
+    with pytest.raises(DekerClientError, match=f"No deker storage at {typo}: it has no 'collections'"):
+        Client(typo.as_uri(), create=False)
+    assert not typo.exists()
+    with Client((tmp_path / "storage").as_uri()) as client:  # the default creates, as in 1.1.7
+        client.create_collection("c", schema())
+    with Client((tmp_path / "storage").as_uri(), create=False) as client:
+        assert client.get_collection("c") is not None
+    client.close()
+    (tmp_path / "storage" / "collections" / "c" / "c.json").unlink()
+    shutil.rmtree(tmp_path / "storage")
+    with pytest.raises(DekerClientError, match="No deker storage"):
+        client.__enter__()  # re-opening does not re-create it either
+    assert not (tmp_path / "storage").exists()
+    with pytest.raises(DekerValidationError, match="'create' must be a bool"):
+        Client((tmp_path / "x").as_uri(), create="no")  # type: ignore[arg-type]
 
 
 def test_uri_through_a_file(tmp_path: Path) -> None:

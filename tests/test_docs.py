@@ -224,14 +224,14 @@ out = {}
 for command in json.loads(sys.argv[1]):
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer), contextlib.suppress(SystemExit):
-        build_parser().parse_args(["--help"] if not command else ["STORAGE", command, "--help"])
+        build_parser().parse_args(["--help"] if not command else [command, "--help"])
     out[command] = buffer.getvalue()
 print(json.dumps(out))
 """
 
 
 def deker_help(commands: list[str]) -> dict[str, str]:
-    """Return ``deker [STORAGE COMMAND] --help`` of each command, at the reference width."""
+    """Return ``deker [COMMAND] --help`` of each command, at the reference width."""
     import json
 
     env = _env()

@@ -47,9 +47,12 @@ from deker.errors import (
     DekerLockError,
     DekerMemoryError,
     DekerMetaDataError,
+    DekerShapeError,
     DekerStorageError,
     DekerSubsetError,
     DekerTaskError,
+    DekerUnknownFilterError,
+    DekerURIError,
     DekerValidationError,
     DekerVSubsetError,
 )
@@ -60,6 +63,7 @@ DOCUMENTED_BASES: dict[type[BaseException], tuple[type[BaseException], ...]] = {
     DekerClientError: (DekerBaseApplicationError, RuntimeError),
     DekerArrayError: (DekerBaseApplicationError,),
     DekerArrayTypeError: (DekerArrayError, TypeError),
+    DekerShapeError: (DekerArrayError, IndexError),
     DekerSubsetError: (DekerArrayError,),
     DekerVSubsetError: (DekerSubsetError, DekerExceptionGroup, ExceptionGroup),
     DekerCollectionError: (DekerBaseApplicationError,),
@@ -68,7 +72,9 @@ DOCUMENTED_BASES: dict[type[BaseException], tuple[type[BaseException], ...]] = {
     DekerInvalidSchemaError: (DekerBaseApplicationError, ValueError),
     DekerMetaDataError: (DekerInvalidSchemaError, ValueError),
     DekerFilterError: (DekerBaseApplicationError, ValueError),
+    DekerUnknownFilterError: (DekerFilterError, ValueError, NotImplementedError),
     DekerValidationError: (DekerBaseApplicationError, ValueError),
+    DekerURIError: (DekerClientError, DekerValidationError, RuntimeError, ValueError),
     DekerIntegrityError: (DekerBaseApplicationError,),
     DekerLockError: (DekerBaseApplicationError, TimeoutError, OSError),
     DekerInstanceNotExistsError: (DekerBaseApplicationError,),
@@ -103,7 +109,7 @@ def test_all_names_every_exception_class_and_nothing_else() -> None:
         if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == "deker.errors"
     }
     assert set(errors.__all__) == defined
-    assert len(errors.__all__) == len(set(errors.__all__)) == 22
+    assert len(errors.__all__) == len(set(errors.__all__)) == 25
     assert {getattr(errors, n) for n in errors.__all__} == set(DOCUMENTED_BASES)
 
 

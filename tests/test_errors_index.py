@@ -25,8 +25,10 @@ from deker.errors import (
     DekerInstanceNotExistsError,
     DekerInvalidManagerCallError,
     DekerMemoryError,
+    DekerShapeError,
     DekerStorageError,
     DekerSubsetError,
+    DekerUnknownFilterError,
     DekerValidationError,
 )
 
@@ -89,7 +91,8 @@ CASES: list[tuple[str, type[BaseException], Callable[[dict[str, Any]], Any]]] = 
     # deviation: deker 1.1.7 raises a raw KeyError; a missing primary value is a validation error
     ("primary only in custom attributes", DekerValidationError, lambda e: e["keyed"].create(None, {"k": 2})),
     ("same id stored", DekerArrayError, lambda e: e["plain"].create(id_=e["array"].id)),
-    ("filter without id or primary", NotImplementedError, lambda e: e["plain"].filter({"x": 1}).last()),
+    # deviation: also a DekerFilterError naming the key (1.1.7: a bare NotImplementedError)
+    ("filter without id or primary", DekerUnknownFilterError, lambda e: e["plain"].filter({"x": 1}).last()),
     (
         "filter with a None primary value",
         NotImplementedError,
@@ -105,7 +108,8 @@ CASES: list[tuple[str, type[BaseException], Callable[[dict[str, Any]], Any]]] = 
     ("update with None", DekerArrayError, lambda e: e["array"][:].update(None)),
     ("update with a wrong type", DekerArrayTypeError, lambda e: e["array"][:].update("abc")),
     ("update with a lossy dtype", DekerArrayTypeError, lambda e: e["array"][:].update(np.ones(4) * 1j)),
-    ("update with a wrong shape", IndexError, lambda e: e["array"][:].update(np.ones(3))),
+    # deviation: a DekerShapeError, still the IndexError of 1.1.7
+    ("update with a wrong shape", DekerShapeError, lambda e: e["array"][:].update(np.ones(3))),
     ("scalar subset to xarray", DekerSubsetError, lambda e: e["array"][1].read_xarray()),
 ]
 
@@ -115,6 +119,52 @@ def test_error_index(env: dict[str, Any], case: str, exc: type[BaseException], c
     with pytest.raises(exc) as info:
         call(env)
     assert str(info.value), f"{case}: the message must say what to fix"
+
+
+def test_messages_name_what_is_wrong(env: dict[str, Any]) -> None:
+    """Filters, primary-attribute updates and update shapes: a Deker error that is the 1.1.7 builtin."""
+    for coll, filters in (
+        (env["plain"], {"nope": 1}),
+        (env["keyed"], {"nope": 1}),
+        (env["keyed"], {"k": 1, "zz": 2}),
+    ):
+        with pytest.raises(DekerUnknownFilterError) as info:
+            coll.filter(filters).last()
+        assert isinstance(info.value, NotImplementedError) and isinstance(info.value, DekerFilterError)
+        key = "'nope'" if "nope" in filters else "'zz'"
+        assert f"Unknown filter key {key}: not an attribute of the schema" in str(info.value)
+    assert "has no primary attributes: filter by {'id': ...}" in _message(
+        lambda: env["plain"].filter({"nope": 1}).last()
+    )
+    assert "every primary attribute ['k']" in _message(lambda: env["keyed"].filter({"nope": 1}).last())
+    with pytest.raises(
+        NotImplementedError, match="non primary attributes"
+    ):  # 1.1.7's, for a custom attribute
+        env["keyed"].filter({"dt": datetime(2024, 1, 1)}).last()
+    array = env["keyed"].create({"k": 1})
+    with pytest.raises(
+        DekerValidationError, match=r"Primary attributes cannot change: \['k'\] identifies the Array"
+    ):
+        array.update_custom_attributes({"k": 2})
+    assert array.primary_attributes == {"k": 1}
+    tiles = env["client"].create_collection(
+        "kv",
+        VArraySchema(dtype=float, dimensions=DIMS, vgrid=(2,), attributes=[AttributeSchema("k", int, True)]),
+    )
+    with pytest.raises(DekerValidationError, match=r"Primary attributes cannot change: .* the VArray"):
+        tiles.create({"k": 1}).update_custom_attributes({"k": 2})
+    for subset in (env["array"][:], env["tiles"].create()[:]):
+        with pytest.raises(DekerShapeError, match=r"Invalid data shape: \(3,\); \(4,\) expected") as shape:
+            subset.update(np.ones(3))
+        assert isinstance(shape.value, IndexError) and isinstance(shape.value, DekerArrayError)
+
+
+def _message(call: Callable[[], Any]) -> str:
+    try:
+        call()
+    except Exception as exc:  # the message is what is tested
+        return str(exc)
+    raise AssertionError("no exception")
 
 
 def test_deleted_objects_and_closed_client(env: dict[str, Any]) -> None:

@@ -18,7 +18,12 @@ from hypothesis import strategies as st
 
 import deker_dask
 from deker import ArraySchema, Client, DimensionSchema, HDF5Options
-from deker.errors import DekerArrayTypeError, DekerInstanceNotExistsError, DekerValidationError
+from deker.errors import (
+    DekerArrayTypeError,
+    DekerClientError,
+    DekerInstanceNotExistsError,
+    DekerValidationError,
+)
 from deker_dask.tasks import store_array_block, store_tile
 
 
@@ -163,3 +168,25 @@ def test_random_store_and_read_match_numpy(
         np.testing.assert_array_equal(lazy.compute(scheduler=dask_cluster_client), oracle)
         np.testing.assert_array_equal(deker_dask.to_dask(v[key]).compute(scheduler=dask_cluster_client), data)
         assert not lock_files(root)
+
+
+def test_delayed_store_after_close_writes_nothing(tmp_path: Path, cluster: Any) -> None:
+    client = Client((tmp_path / "s").as_uri())
+    v = varray(client, (4, 4), (2, 2))
+    coll = client.create_collection("a", ArraySchema(dtype=np.float32, dimensions=[DimensionSchema("n", 4)]))
+    array = coll.create()
+    pending = [
+        deker_dask.store(np.ones((4, 4), np.float32), v, compute=False),
+        deker_dask.store(np.ones(4, np.float32), array, compute=False),
+    ]
+    client.close()
+    for delayed in pending:
+        for scheduler in ("sync", cluster):
+            with pytest.raises(DekerClientError, match="Client is closed"):
+                delayed.compute(scheduler=scheduler)
+    with Client((tmp_path / "s").as_uri()) as again:
+        for name in ("v", "a"):
+            coll_ = again.get_collection(name)
+            assert coll_ is not None
+            (obj,) = list(coll_)
+            assert np.isnan(obj[:].read()).all()  # nothing was written

@@ -27,7 +27,7 @@ from deker import (
     TimeDimensionSchema,
     VArraySchema,
 )
-from deker.errors import DekerInstanceNotExistsError, DekerSubsetError, DekerValidationError
+from deker.errors import DekerClientError, DekerInstanceNotExistsError, DekerSubsetError, DekerValidationError
 from deker_dask.tasks import fill_chunk, read_chunk, read_region
 
 READS = (read_region, read_chunk)
@@ -240,3 +240,39 @@ def test_from_collection_of_varrays(storage: Client, cluster: Any) -> None:
     np.testing.assert_array_equal(labelled.values, want)
     empty = storage.create_collection("none", schema)
     assert deker_dask.from_collection(empty).shape == (0, 6, 4)
+
+
+def test_computing_after_close_raises_like_every_object(tmp_path: Any, cluster: Any) -> None:
+    """docs/quickstart.md: after close() every object of the client stops working; lazy arrays too."""
+    client = Client((tmp_path / "s").as_uri())
+    v = varray(client, (8, 8), (2, 2))
+    oracle = np.full((8, 8), np.nan, dtype=np.float32)
+    filled(v, oracle, (slice(0, 4), slice(0, 4)), 1)  # one tile exists, three read as fill
+    coll = client.create_collection(
+        "plain", ArraySchema(dtype=np.float64, dimensions=[DimensionSchema("n", 3)])
+    )
+    array = coll.create()
+    array[:].update(np.arange(3.0))
+    lazies = [
+        deker_dask.to_dask(v),
+        deker_dask.to_dask(v[1:7, 5]),
+        deker_dask.to_dask(array),
+        deker_dask.from_collection(coll),
+        deker_dask.to_xarray(v),
+    ]
+    # while the client is open, the graph runs on the workers, which never had the client
+    np.testing.assert_array_equal(lazies[0].compute(scheduler=cluster), oracle)
+    submitted = cluster.compute(lazies[2] * 2)  # submitted while open: it completes
+    client.close()
+    np.testing.assert_array_equal(submitted.result(), np.arange(3.0) * 2)
+    for lazy in [*lazies, lazies[0] + 1, lazies[0][4:, 4:]]:  # derived arrays too, absent tiles too
+        for scheduler in ("sync", "threads", cluster):
+            with pytest.raises(DekerClientError, match="Client is closed"):
+                lazy.compute(scheduler=scheduler)
+    with Client((tmp_path / "s").as_uri()) as again:  # re-opening does not revive them (1.1.7 rule)
+        with pytest.raises(DekerClientError, match="Client is closed"):
+            lazies[0].compute(scheduler="sync")
+        fresh = again.get_collection("v")
+        assert fresh is not None
+        (v2,) = list(fresh)
+        np.testing.assert_array_equal(deker_dask.to_dask(v2).compute(scheduler=cluster), oracle)
