@@ -112,7 +112,9 @@ def test_no_object_of_a_written_file_records_a_time(tmp_path: Path) -> None:
     h5py's ``create_dataset`` turns that off; the data template made its ``data`` dataset with
     the low-level API, whose default is on, so its head depended on the clock: another process
     (or this one a second later) built other bytes, and ``template_data_offset`` refused the
-    files of every process but the writer.  Every kind of file deker writes is checked here.
+    files of every process but the writer.  That made two tests below fail now and then on a
+    loaded machine (the other-process bytes, and the offset found after the cache is cleared).
+    Every kind of file deker writes is checked here.
     """
     meta = b'{"id": "times"}'
     values = np.arange(12, dtype=np.float64).reshape(3, 4)
