@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only (schemas is a sibling layer)
     from deker.schemas import ArraySchema, AttributeSchema, VArraySchema
 
 __all__ = [
+    "canonical_key_components",
     "check_collection_name",
     "check_new_collection_name",
     "check_path_component",
@@ -594,6 +595,35 @@ def _signed_zero_variants(value: Any, limit: int) -> Iterator[Any]:
             yield tuple(items)
     else:
         yield value
+
+
+def canonical_key_components(
+    schema: ArraySchema | VArraySchema, primary: Mapping[str, Any]
+) -> tuple[str, ...]:
+    """Return the components of a key as stored now: :func:`primary_key_components` without ``-0.0``.
+
+    Equal keys give equal components, however they were stored (deker 1.1.7 kept ``-0.0``).
+
+    Parameters
+    ----------
+    schema : ArraySchema or VArraySchema
+        The schema of the arrays.
+    primary : Mapping
+        The primary attribute values, as stored.
+
+    Returns
+    -------
+    tuple of str
+        The components of the key once its ``-0.0`` are ``0.0``.
+
+    Raises
+    ------
+    DekerValidationError
+        As :func:`primary_key_components`.
+
+    """
+    canonical = {name: _without_negative_zero(value) for name, value in primary.items()}
+    return primary_key_components(schema, canonical)
 
 
 def equal_key_components(
