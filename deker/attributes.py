@@ -13,13 +13,21 @@ same exception classes.  Deviations (SPEC §8.8, §8.15):
   components (no ``/``, NUL, ``.``/``..``, blank or over-long values).
 - Ids must be canonical UUID strings (8-4-4-4-12 groups); deker 1.1.7 only checked the length
   and the number of groups.
+- A primary key is one key for values that compare equal: ``-0.0`` becomes ``0.0`` (in floats,
+  complex parts and tuple elements, at creation and in filters), so both name the array of
+  ``0.0``, stored where deker 1.1.7 looks for ``0.0``.  Keys 1.1.7 stored with a ``-0.0`` are
+  still found (:func:`equal_key_components`).  NaN keys are one key, as in 1.1.7 (every NaN
+  is spelt ``nan``).
+- New collections cannot be named ``<x>.lock``: that is the lock file of a collection ``<x>``
+  (:func:`check_new_collection_name`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +41,11 @@ if TYPE_CHECKING:  # pragma: no cover - typing only (schemas is a sibling layer)
     from deker.schemas import ArraySchema, AttributeSchema, VArraySchema
 
 __all__ = [
+    "canonical_key_components",
     "check_collection_name",
+    "check_new_collection_name",
     "check_path_component",
+    "equal_key_components",
     "normalize_filters",
     "primary_key_components",
     "process_attributes",
@@ -125,6 +136,19 @@ def _convert(attr: AttributeSchema, value: Any) -> Any:
     return dtype(value)
 
 
+def _without_negative_zero(value: Any) -> Any:
+    """Return ``value`` with every ``-0.0`` (of a float, a complex part, a tuple element) as ``0.0``.
+
+    ``-0.0 == 0.0``, so they are one primary key; ``x + 0`` is ``x`` for every other float
+    (NaN and infinities included) and keeps the type.
+    """
+    if isinstance(value, (float, complex, np.floating, np.complexfloating)):
+        return value + type(value)(0)
+    if isinstance(value, tuple):
+        return tuple(_without_negative_zero(item) for item in value)
+    return value
+
+
 def _check_mapping(value: Any) -> None:
     if value is not None and not isinstance(value, Mapping):
         raise DekerValidationError(
@@ -204,7 +228,7 @@ def process_attributes(
                     f'Key attribute "{name}" invalid type: {type(value).__name__}; '
                     f"expected {attr.dtype.__name__}"
                 )
-            out_primary[name] = _convert(attr, value)
+            out_primary[name] = _without_negative_zero(_convert(attr, value))
         else:
             value = custom.get(name)
             if value is None:
@@ -316,6 +340,10 @@ def _coerce_tuple(value: Any) -> tuple[Any, ...]:
 
 
 def _coerce_filter_value(attr: AttributeSchema, value: Any) -> Any:
+    return _without_negative_zero(_coerce_filter_value_as_given(attr, value))
+
+
+def _coerce_filter_value_as_given(attr: AttributeSchema, value: Any) -> Any:
     dtype = attr.dtype
     try:
         if dtype is datetime:
@@ -421,6 +449,45 @@ def check_collection_name(name: str) -> str:
     return check_path_component(name, "Collection name", MAX_COLLECTION_NAME_BYTES)
 
 
+def check_new_collection_name(name: str) -> str:
+    """Check the name of a collection to create: :func:`check_collection_name`, not ``<x>.lock``.
+
+    The lock file of a collection ``x`` is ``<collections>/x.lock`` (SPEC §2.1), the directory
+    of a collection ``x.lock`` would be the same path: whichever came second failed (deker
+    1.1.7 raised a raw ``IsADirectoryError`` or a false "already exists" and left a stray
+    ``x.lock.lock``).  So names ending with ``.lock`` (in any case: some file systems do not
+    tell case apart) are refused before anything is written.  Existing collections of such a
+    name (a storage deker 1.1.7 wrote) are still opened.
+
+    Parameters
+    ----------
+    name : str
+        The candidate name.
+
+    Returns
+    -------
+    str
+        The name.
+
+    Raises
+    ------
+    DekerValidationError
+        As :func:`check_collection_name`, or if the name ends with ``.lock``.
+
+    """
+    check_collection_name(name)
+    if name.lower().endswith(_LOCK_SUFFIX):
+        raise DekerValidationError(
+            f"Collection name {name!r} ends with {_LOCK_SUFFIX!r}: such names are the lock files "
+            f"of collections (the lock of a collection {name[: -len(_LOCK_SUFFIX)]!r} has that path); "
+            "choose another name"
+        )
+    return name
+
+
+_LOCK_SUFFIX = ".lock"
+
+
 def check_path_component(text: str, what: str, max_bytes: int = MAX_COMPONENT_BYTES) -> str:
     """Check that a text can be used as one directory or file name.
 
@@ -520,3 +587,97 @@ def primary_key_components(schema: ArraySchema | VArraySchema, primary: Mapping[
         text = _component(attr.name, primary[attr.name])
         out.append(check_path_component(text, f'Primary attribute "{attr.name}" value'))
     return tuple(out)
+
+
+#: The most other spellings :func:`equal_key_components` gives for one key.
+MAX_EQUAL_KEY_SPELLINGS = 64
+
+
+def _signed_zero_variants(value: Any, limit: int) -> Iterator[Any]:
+    """Yield ``value`` (first) and values equal to it with some zeros as ``-0.0`` (``limit`` in all)."""
+    if isinstance(value, (float, np.floating)):
+        yield value
+        if value == 0 and limit > 1:
+            yield -value
+    elif isinstance(value, (complex, np.complexfloating)):
+        kind = type(value)
+        parts = [[p, -p] if p == 0 else [p] for p in (float(value.real), float(value.imag))]
+        for real, imag in itertools.islice(itertools.product(*parts), limit):
+            yield kind(complex(real, imag))
+    elif isinstance(value, tuple):
+        choices = [list(_signed_zero_variants(item, limit)) for item in value]
+        for items in itertools.islice(itertools.product(*choices), limit):
+            yield tuple(items)
+    else:
+        yield value
+
+
+def canonical_key_components(
+    schema: ArraySchema | VArraySchema, primary: Mapping[str, Any]
+) -> tuple[str, ...]:
+    """Return the components of a key as stored now: :func:`primary_key_components` without ``-0.0``.
+
+    Equal keys give equal components, however they were stored (deker 1.1.7 kept ``-0.0``).
+
+    Parameters
+    ----------
+    schema : ArraySchema or VArraySchema
+        The schema of the arrays.
+    primary : Mapping
+        The primary attribute values, as stored.
+
+    Returns
+    -------
+    tuple of str
+        The components of the key once its ``-0.0`` are ``0.0``.
+
+    Raises
+    ------
+    DekerValidationError
+        As :func:`primary_key_components`.
+
+    """
+    canonical = {name: _without_negative_zero(value) for name, value in primary.items()}
+    return primary_key_components(schema, canonical)
+
+
+def equal_key_components(
+    schema: ArraySchema | VArraySchema, primary: Mapping[str, Any]
+) -> list[tuple[str, ...]]:
+    """Return the other symlink directories where deker 1.1.7 may have stored an equal key.
+
+    Keys are stored without ``-0.0`` (:func:`process_attributes`), but deker 1.1.7 (and this
+    package before) wrote ``str(-0.0)``, ``"-0.0"``: such an object is found there, and a new
+    equal key is refused while it exists.
+
+    Parameters
+    ----------
+    schema : ArraySchema or VArraySchema
+        The schema of the arrays.
+    primary : Mapping
+        The (processed) primary attribute values, without ``-0.0``.
+
+    Returns
+    -------
+    list of tuple of str
+        The components (as :func:`primary_key_components`) of every equal key spelt with some
+        ``-0.0``, at most :data:`MAX_EQUAL_KEY_SPELLINGS`; empty when the key holds no float
+        zero (the usual case).
+
+    """
+    names = [a.name for a in schema.attributes or () if a.primary]
+    if not names or any(name not in primary for name in names):
+        return []
+    limit = MAX_EQUAL_KEY_SPELLINGS + 1
+    variants = [list(_signed_zero_variants(primary[name], limit)) for name in names]
+    if all(len(v) == 1 for v in variants):
+        return []  # no float zero in the key
+    canonical = tuple(_component(name, v[0]) for name, v in zip(names, variants, strict=True))
+    out: list[tuple[str, ...]] = []
+    for values in itertools.islice(itertools.product(*variants), 1, None):
+        spelling = tuple(_component(name, value) for name, value in zip(names, values, strict=True))
+        if spelling != canonical and spelling not in out:
+            out.append(spelling)
+            if len(out) == MAX_EQUAL_KEY_SPELLINGS:
+                break
+    return out

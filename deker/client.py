@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from deker.attributes import check_collection_name
+from deker.attributes import check_collection_name, check_new_collection_name
 from deker.collection import Collection
 from deker.context import ContextSettings, StorageContext
 from deker.errors import (
@@ -262,7 +262,14 @@ class Client:
             raise DekerValidationError(
                 f"Collection name {meta.name!r} has the form of deker's scratch directories; choose another"
             )
+        check_new_collection_name(meta.name)
         paths = self._paths(meta.name)
+        if paths.lock_file.is_dir():  # a collection "<name>.lock" that deker 1.1.7 made
+            raise DekerValidationError(
+                f"Collection {meta.name} cannot be created in this storage: its lock file {paths.lock_file} "
+                f"is a directory (the collection {paths.lock_file.name!r} of deker 1.1.7, or a stray one); "
+                "choose another name"
+            )
         schema_of_arrays = array_schema_of(meta)
         check_fill_value_supported(meta.options, schema_of_arrays.dtype, schema_of_arrays.fill_value)
         with collection_lock(self.root_path, meta.name, ctx.locks):
@@ -304,7 +311,8 @@ class Client:
         Parameters
         ----------
         name : str
-            A name usable as a directory name (no ``/``, not ``.``/``..``, not empty).
+            A name usable as a directory name (no ``/``, not ``.``/``..``, not empty), not
+            ending with ``.lock`` (the lock file of a collection ``x`` is ``x.lock``).
         schema : ArraySchema or VArraySchema
             The schema of its arrays or VArrays.
         collection_options : HDF5Options, optional

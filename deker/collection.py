@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from deker.arrays import Array, VArray
-from deker.attributes import normalize_filters, primary_key_components, process_attributes, validate_id
+from deker.attributes import (
+    equal_key_components,
+    normalize_filters,
+    primary_key_components,
+    process_attributes,
+    validate_id,
+)
 from deker.context import StorageContext
 from deker.errors import DekerFilterError, DekerInstanceNotExistsError, DekerInvalidManagerCallError
 from deker.meta import CollectionMeta, collection_meta_as_dict
@@ -125,6 +131,12 @@ class _Manager:
         components = primary_key_components(self._schema, query)
         array_id = find_by_primary(coll._ctx.root, coll._meta, self._kind, components)
         if array_id is None:
+            # An equal key that deker 1.1.7 stored spelt with a -0.0: its metadata holds the
+            # -0.0 (and its path is built from it), so the object is read, not built from ``query``.
+            for other in equal_key_components(self._schema, query):
+                array_id = find_by_primary(coll._ctx.root, coll._meta, self._kind, other)
+                if array_id is not None:
+                    return self._get(array_id)
             return None
         if self._kind == "array":
             # The key's values are the primary attributes (in schema order, typed); the custom

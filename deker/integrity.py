@@ -9,7 +9,8 @@ Four cumulative levels; each runs everything the lower ones do:
    dead process (live locks of running operations are not problems).
 3. **paths**: every object has exactly its symlink, pointing at its own data file (a symlink
    naming the right file under another storage root, as after copying a storage, is fine);
-   no extra symlinks or files in the symlink trees; no duplicate primary keys; no data file
+   no extra symlinks or files in the symlink trees; no duplicate primary keys (equal keys
+   in other folders too: ``-0.0`` and ``0.0``, which deker 1.1.7 kept apart); no data file
    outside its id's place; no tile of a missing VArray or outside the grid; no temporary file
    or undo journal left by an interrupted write (``.<name>.<hex>.tmp``, ``.<name>.journal``:
    nobody holds its ``flock`` and it has not changed for 10 s).
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from deker.attributes import check_collection_name, primary_key_components
+from deker.attributes import canonical_key_components, check_collection_name, primary_key_components
 from deker.context import StorageContext
 from deker.errors import (
     DekerCollectionNotExistsError,
@@ -299,6 +300,7 @@ class _Record:
     array_id: str
     primary: dict[str, Any]
     components: tuple[str, ...] | None  # None: the symlink place cannot be computed
+    key: tuple[str, ...] | None = None  # the key without -0.0: equal keys, equal values
 
 
 def _progress_enabled(progress: bool | None) -> bool:
@@ -419,11 +421,13 @@ class _Checker:
         primary = deserialize_attributes(raw["primary_attributes"], primary_attrs)
         deserialize_attributes(raw["custom_attributes"], [a for a in schema.attributes if not a.primary])
         components: tuple[str, ...] | None
+        key: tuple[str, ...] | None
         try:
             components = primary_key_components(schema, primary) if primary_attrs else ()
+            key = canonical_key_components(schema, primary) if primary_attrs else None
         except DekerValidationError:
-            components = None
-        return _Record(array_id, primary, components)
+            components = key = None
+        return _Record(array_id, primary, components, key)
 
     def varray_records(
         self, meta: CollectionMeta, paths: CollectionPaths
@@ -535,6 +539,16 @@ class _Checker:
             if len(ids) > 1 and directory != paths.symlinks_dir(kind):
                 msg = f"{label}s {', '.join(sorted(ids))} have the same primary attributes ({directory})"
                 self.add(3, "duplicate-primary-key", heading, msg, directory)
+        by_key: dict[tuple[str, ...], list[str]] = {}
+        for array_id, record in records.items():
+            if record.key is not None and record.components is not None:
+                by_key.setdefault(record.key, []).append(array_id)
+        for ids in by_key.values():
+            places = sorted({paths.symlink_dir(kind, records[i].components or ()) for i in ids})
+            if len(places) > 1:  # equal keys spelt apart (0.0 and -0.0, as deker 1.1.7 stored them)
+                where = ", ".join(str(p) for p in places)
+                msg = f"{label}s {', '.join(sorted(ids))} have equal primary attributes ({where})"
+                self.add(3, "duplicate-primary-key", heading, msg, places[0])
         for entry in scan_symlink_tree(paths.symlinks_dir(kind)):
             if entry.path in expected:
                 continue

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from deker.attributes import primary_key_components
+from deker.attributes import equal_key_components, primary_key_components
 from deker.errors import (
     DekerArrayError,
     DekerInstanceNotExistsError,
@@ -134,8 +134,13 @@ def _create_record(
     has_primary: bool,
     write: Any,
     locks: Any,
+    equal_keys: Sequence[tuple[str, ...]] = (),
 ) -> None:
-    """Create the main file with ``write(path)`` and its symlink, race-free on the primary key."""
+    """Create the main file with ``write(path)`` and its symlink, race-free on the primary key.
+
+    ``equal_keys`` are the other spellings of an equal key (``-0.0`` for ``0.0``) where deker
+    1.1.7 may have stored one: an object there refuses the key too.
+    """
     main_file = paths.main_file(kind, array_id)
     link = paths.symlink_file(kind, components, array_id)
 
@@ -165,9 +170,16 @@ def _create_record(
         existing = [i for i in linked if paths.main_file(kind, i).exists()]
         for stale in set(linked) - set(existing):  # an interrupted creation or deletion
             _unlink(paths.symlink_file(kind, components, stale))
+        taken = paths.symlink_dir(kind, components)
+        for other in equal_keys if not existing else ():
+            found = ids_in_dir(paths.symlink_dir(kind, other), ARRAY_EXT if kind == "array" else VARRAY_EXT)
+            existing = [i for i in found if paths.main_file(kind, i).exists()]
+            if existing:
+                taken = paths.symlink_dir(kind, other)
+                break
         if existing:
             raise DekerValidationError(
-                f"File {paths.symlink_dir(kind, components)} already exists: an object with these primary "
+                f"File {taken} already exists: an object with these primary "
                 f"attributes is stored (id {existing[0]}); primary attributes must be unique"
             )
         create()
@@ -191,7 +203,8 @@ def create_array(
     def write(path: Path) -> None:
         hdf5.create_array_file(path, payload, meta_storage_dtype(payload), total)
 
-    _create_record(paths, "array", array_id, components, bool(primary), write, locks)
+    equal = equal_key_components(schema, primary) if primary else []
+    _create_record(paths, "array", array_id, components, bool(primary), write, locks, equal)
     return components
 
 
@@ -211,7 +224,8 @@ def create_varray(
     def write(path: Path) -> None:
         _write_json_atomically(path, payload, exclusive=True)
 
-    _create_record(paths, "varray", array_id, components, bool(primary), write, locks)
+    equal = equal_key_components(meta.schema, primary) if primary else []
+    _create_record(paths, "varray", array_id, components, bool(primary), write, locks, equal)
     return components
 
 

@@ -1,4 +1,9 @@
-"""Tests of deker.attributes: attribute rules, custom updates, filters, ids and path components."""
+"""Tests of deker.attributes: attribute rules, custom updates, filters, ids and path components.
+
+Also: primary keys without ``-0.0`` (one key for values that compare equal, stored as deker
+1.1.7 stored ``0.0``), the other spellings of such a key (``equal_key_components``), NaN keys,
+and names of new collections (``check_new_collection_name``: not ``<x>.lock``).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from deker.attributes import (
+    MAX_EQUAL_KEY_SPELLINGS,
+    check_new_collection_name,
     check_path_component,
+    equal_key_components,
     normalize_filters,
     primary_key_components,
     process_attributes,
@@ -425,3 +433,104 @@ def test_check_path_component_is_one_safe_component(text: str) -> None:
         joined = root / result
         assert joined.parent == root and joined.name == text
         assert len(text.encode("utf-8")) <= 255 and "\x00" not in text
+
+
+# ------------------------------------------------------------------------ signed zeros, NaN keys
+ZERO_KEYS = make_schema(
+    AttributeSchema("q", float, True),
+    AttributeSchema("z", complex, True),
+    AttributeSchema("tup", tuple, True),
+    AttributeSchema("f4", np.float32, True),
+    AttributeSchema("note", float, False),
+)
+
+
+def _signs(value: Any) -> Any:
+    """The sign bits of every float inside ``value``, to tell ``-0.0`` from ``0.0``."""
+    if isinstance(value, (tuple, list)):
+        return type(value)(_signs(v) for v in value)
+    if isinstance(value, (complex, np.complexfloating)):
+        return (np.signbit(value.real), np.signbit(value.imag))
+    if isinstance(value, (float, np.floating)):
+        return bool(np.signbit(value))
+    return value
+
+
+def test_negative_zeros_of_a_primary_key_become_zeros() -> None:
+    primary, custom = process_attributes(
+        ZERO_KEYS,
+        {
+            "q": -0.0,
+            "z": complex(-0.0, -0.0),
+            "tup": (-0.0, (1, np.float64(-0.0)), "s"),
+            "f4": np.float32(-0.0),
+        },
+        {"note": -0.0},
+    )
+    assert primary == {"q": 0.0, "z": 0j, "tup": (0.0, (1, 0.0), "s"), "f4": 0.0}
+    assert _signs(list(primary.values())) == [False, (False, False), (False, (1, False), "s"), False]
+    assert type(primary["f4"]) is np.float32 and type(primary["tup"][1][1]) is np.float64  # types kept
+    assert np.signbit(custom["note"])  # a custom value is not a key: kept as given
+    assert primary_key_components(ZERO_KEYS, primary) == ("0.0", "0j", "(0.0, (1, 0.0), 's')", "0.0")
+    other, _ = process_attributes(
+        ZERO_KEYS, {"q": 0.0, "z": 0j, "tup": (0.0, (1, 0.0), "s"), "f4": np.float32(0)}, {}
+    )
+    assert primary_key_components(ZERO_KEYS, other) == primary_key_components(ZERO_KEYS, primary)
+
+
+def test_filter_values_lose_their_negative_zeros() -> None:
+    query = normalize_filters(ZERO_KEYS, {"q": -0.0, "z": complex(1, -0.0), "tup": [-0.0], "f4": -0})
+    assert _signs(list(query.values())) == [False, (False, False), (False,), False]
+    assert primary_key_components(ZERO_KEYS, query) == ("0.0", "(1+0j)", "(0.0,)", "0.0")
+
+
+def test_other_values_are_unchanged() -> None:
+    values = {"q": float("-inf"), "z": complex(-1.5, float("nan")), "tup": (-2.0, None), "f4": np.float32(-3)}
+    primary, _ = process_attributes(ZERO_KEYS, values, {})
+    assert primary["q"] == float("-inf") and primary["tup"] == (-2.0, None) and primary["f4"] == -3
+    assert primary["z"].real == -1.5 and np.isnan(primary["z"].imag)
+    assert equal_key_components(ZERO_KEYS, {"q": 1.0, "z": 2 + 3j, "tup": (1.5,), "f4": np.float32(2)}) == []
+
+
+def test_nan_keys_are_one_key() -> None:
+    """``nan != nan``, yet every NaN is spelt ``nan``: a NaN key names one array (as in 1.1.7)."""
+    schema = make_schema(AttributeSchema("q", float, True))
+    spellings = set()
+    for nan in (float("nan"), -float("nan"), np.float64("nan"), float(np.float32("nan"))):
+        primary, _ = process_attributes(schema, {"q": nan}, {})
+        spellings.add(primary_key_components(schema, primary))
+        spellings.add(primary_key_components(schema, normalize_filters(schema, {"q": nan})))
+        assert equal_key_components(schema, primary) == []
+    assert spellings == {("nan",)}
+
+
+def test_equal_key_components_are_the_spellings_with_negative_zeros() -> None:
+    schema = make_schema(AttributeSchema("q", float, True), AttributeSchema("k", int, True))
+    assert equal_key_components(schema, {"q": 0.0, "k": 0}) == [("-0.0", "0")]
+    assert equal_key_components(schema, {"q": 1.0, "k": 0}) == []
+    assert equal_key_components(schema, {"q": 0.0}) == []  # incomplete key: nothing to look for
+    primary, _ = process_attributes(
+        ZERO_KEYS, {"q": 0.0, "z": 1j, "tup": (0.0, 5.0), "f4": np.float32(1)}, {}
+    )
+    found = equal_key_components(ZERO_KEYS, primary)
+    assert len(found) == 2 * 2 * 2 - 1 and len(set(found)) == len(found)
+    assert ("0.0", "1j", "(0.0, 5.0)", "1.0") not in found  # the key's own spelling is not repeated
+    assert ("-0.0", "(-0+1j)", "(-0.0, 5.0)", "1.0") in found
+    many, _ = process_attributes(ZERO_KEYS, {"q": 0.0, "z": 0j, "tup": (0.0,) * 40, "f4": np.float32(0)}, {})
+    assert len(equal_key_components(ZERO_KEYS, many)) == MAX_EQUAL_KEY_SPELLINGS  # bounded
+
+
+@pytest.mark.parametrize("name", ["c.lock", "x.LOCK", "a.b.Lock", ".lock"])
+def test_new_collection_names_ending_with_lock_are_refused(name: str) -> None:
+    with pytest.raises(DekerValidationError, match=r"ends with '\.lock'.*lock files of collections"):
+        check_new_collection_name(name)
+
+
+@pytest.mark.parametrize("name", ["c", "lock", "c.locks", "c.lock.json", "clock", "c-lock"])
+def test_other_new_collection_names_are_accepted(name: str) -> None:
+    assert check_new_collection_name(name) == name
+
+
+def test_new_collection_names_follow_the_component_rules_too() -> None:
+    with pytest.raises(DekerValidationError, match="'/'"):
+        check_new_collection_name("a/b")

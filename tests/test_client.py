@@ -1,7 +1,12 @@
-"""Client: construction, URIs, settings validation, collections, open/close life cycle."""
+"""Client: construction, URIs, settings validation, collections, open/close life cycle.
+
+Also: a new collection cannot be named ``<x>.lock`` (the lock file of a collection ``x``), in
+either order of creation; a collection of such a name that deker 1.1.7 made still opens.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -148,6 +153,68 @@ def test_bad_collection_names(tmp_path: Path, name: object) -> None:
         with pytest.raises(DekerValidationError):
             client.create_collection(name, schema())  # type: ignore[arg-type]
         assert sorted(p.name for p in client.root_path.iterdir()) == []
+
+
+def _entries(client: Client) -> list[str]:
+    return sorted(p.name for p in client.root_path.iterdir())
+
+
+@pytest.mark.parametrize("first", ["c", "c.lock"])
+@pytest.mark.parametrize("name", ["c.lock", "c.LOCK"])
+def test_collection_names_of_lock_files_are_refused(tmp_path: Path, first: str, name: str) -> None:
+    """A collection ``c.lock`` would be the lock file of ``c``: refused before anything is written.
+
+    (The old code gave ``IsADirectoryError`` or a false "already exists" and a stray
+    ``c.lock.lock``, depending on which came first.)
+    """
+    with Client(f"file://{tmp_path}") as client:
+        if first == "c":
+            client.create_collection("c", schema())
+        before = _entries(client)
+        with pytest.raises(DekerValidationError, match=r"ends with '\.lock'"):
+            client.create_collection(name, schema())
+        data = {**client.create_collection("d", schema()).as_dict, "name": name}
+        with pytest.raises(DekerValidationError, match=r"ends with '\.lock'"):
+            client.collection_from_dict(data)
+        assert _entries(client) == sorted([*before, "d", "d.lock"])
+        if first == "c.lock":
+            client.create_collection("c", schema())  # the name is still free, nothing stray
+            assert _entries(client) == ["c", "c.lock", "d", "d.lock"]
+
+
+def _as_deker_117_made(client: Client, made: str, name: str) -> None:
+    """Rename collection ``made`` to ``name`` as deker 1.1.7 would have laid it out (SPEC §2.1).
+
+    (``<root>/<name>/<name>.json`` naming it, ``<root>/<name>.lock``; the test of
+    ``test_compat_read.py`` reads storages 1.1.7 itself wrote.)
+    """
+    root = client.root_path
+    (root / made).rename(root / name)
+    meta_file = root / name / f"{made}.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.unlink()
+    (root / name / f"{name}.json").write_text(json.dumps({**meta, "name": name}))
+    (root / f"{made}.lock").rename(root / f"{name}.lock")
+
+
+def test_a_collection_named_like_a_lock_file_by_deker_117_still_opens(tmp_path: Path) -> None:
+    with Client(f"file://{tmp_path}") as client:
+        coll = client.create_collection("tmp", schema())
+        arr = coll.create()
+        arr[:].update(np.arange(4, dtype=np.float32))
+        _as_deker_117_made(client, "tmp", "c.lock")
+        assert _entries(client) == ["c.lock", "c.lock.lock"]
+        legacy = client.get_collection("c.lock")
+        assert legacy is not None and [c.name for c in client] == ["c.lock"]
+        assert list(legacy.filter({"id": arr.id}).last()[:].read()) == [0, 1, 2, 3]
+        with pytest.raises(DekerValidationError, match=r"lock file .*c\.lock is a directory"):
+            client.create_collection("c", schema())  # its lock file would be that directory
+        assert _entries(client) == ["c.lock", "c.lock.lock"]  # nothing written
+        legacy.clear()
+        legacy.delete()
+        assert _entries(client) == []
+        client.create_collection("c", schema())
+        assert _entries(client) == ["c", "c.lock"]
 
 
 def test_bad_schema_and_adapter(tmp_path: Path) -> None:

@@ -1,9 +1,17 @@
-"""Collections: creation of arrays, lookups, iteration, managers, clear and delete."""
+"""Collections: creation of arrays, lookups, iteration, managers, clear and delete.
+
+Keys that compare equal are one key: ``0.0`` and ``-0.0`` (stored as ``0.0``, where deker
+1.1.7 looks for it), every NaN; an equal key deker 1.1.7 stored spelt ``-0.0`` is found and
+blocks a new one until it is deleted.
+"""
 
 from __future__ import annotations
 
+import math
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +24,8 @@ from deker.errors import (
     DekerInvalidManagerCallError,
     DekerValidationError,
 )
+from deker.storage.locks import LockSettings
+from deker.store import create_array, create_varray
 
 
 @pytest.fixture()
@@ -132,3 +142,95 @@ def test_repr(client: Client) -> None:
     )
     assert str(coll) == "v"
     assert repr(coll).startswith("Collection(name=v, array_schema=") and "varray_schema=" in repr(coll)
+
+
+WHEN = datetime(2024, 5, 1, tzinfo=timezone.utc)
+
+
+def _key_dirs(coll: Any, kind: str = "array") -> list[str]:
+    return sorted(p.name for p in (coll.path / f"{kind}_symlinks").iterdir())
+
+
+@pytest.mark.parametrize(("first", "second"), [(-0.0, 0.0), (0.0, -0.0)])
+def test_zero_and_negative_zero_are_one_key(client: Client, first: float, second: float) -> None:
+    coll = client.create_collection("c", keyed_schema())
+    arr = coll.create({"q": first, "when": WHEN})
+    assert arr.primary_attributes["q"] == 0.0 and math.copysign(1, arr.primary_attributes["q"]) == 1
+    assert _key_dirs(coll) == ["0.0"]  # where deker 1.1.7 looks for 0.0
+    with pytest.raises(DekerValidationError, match="primary attributes must be unique"):
+        coll.create({"q": second, "when": WHEN})
+    assert [a.id for a in coll] == [arr.id] and _key_dirs(coll) == ["0.0"]
+    for value in (0.0, -0.0, 0, -0):
+        assert coll.filter({"q": value, "when": WHEN}).last() == arr
+    again = client.get_collection("c")
+    assert again is not None
+    stored = again.filter({"q": -0.0, "when": WHEN}).last()
+    assert stored is not None and math.copysign(1, stored.primary_attributes["q"]) == 1  # read back
+
+
+def test_zero_keys_of_varrays(client: Client) -> None:
+    coll = client.create_collection(
+        "v",
+        VArraySchema(
+            dtype=np.int32,
+            dimensions=[DimensionSchema(name="x", size=4)],
+            vgrid=(2,),
+            attributes=[AttributeSchema(name="z", dtype=complex, primary=True)],
+        ),
+    )
+    varray = coll.create({"z": complex(-0.0, -0.0)})
+    assert _key_dirs(coll, "varray") == ["0j"]
+    with pytest.raises(DekerValidationError, match="primary attributes must be unique"):
+        coll.create({"z": 0j})
+    assert coll.filter({"z": complex(0.0, -0.0)}).last() == varray
+
+
+def test_nan_is_one_key(client: Client) -> None:
+    """``nan != nan``; deker 1.1.7 spelt every NaN ``nan``, so a NaN key names one array."""
+    coll = client.create_collection("c", keyed_schema())
+    arr = coll.create({"q": float("nan"), "when": WHEN})
+    assert _key_dirs(coll) == ["nan"]
+    with pytest.raises(DekerValidationError, match="primary attributes must be unique"):
+        coll.create({"q": -float("nan"), "when": WHEN})
+    found = coll.filter({"q": np.float64("nan"), "when": WHEN}).last()
+    assert found == arr and math.isnan(found.primary_attributes["q"])
+
+
+@pytest.mark.parametrize("kind", ["array", "varray"])
+def test_a_negative_zero_key_that_deker_117_stored_is_found(client: Client, kind: str) -> None:
+    """deker 1.1.7 stored ``-0.0`` as given: metadata ``-0.0``, key directory ``-0.0``.
+
+    (The store's own creation with an unprocessed ``-0.0`` writes exactly that.)  Both lookups
+    find it, an equal key is refused while it exists, and its deletion removes its directory.
+    """
+    if kind == "array":
+        coll = client.create_collection("c", keyed_schema())
+        create: Any = create_array
+    else:
+        schema = VArraySchema(
+            dtype=np.float32,
+            dimensions=[DimensionSchema(name="x", size=3)],
+            vgrid=(1,),
+            attributes=[
+                AttributeSchema(name="q", dtype=float, primary=True),
+                AttributeSchema("when", datetime, True),
+            ],
+        )
+        coll = client.create_collection("c", schema)
+        create = create_varray
+    legacy_id = str(uuid.uuid4())
+    create(client.root_path, coll._meta, legacy_id, {"q": -0.0, "when": WHEN}, {}, LockSettings(timeout=5))
+    assert _key_dirs(coll, kind) == ["-0.0"]
+    for value in (0.0, -0.0):
+        found = coll.filter({"q": value, "when": WHEN}).last()
+        assert found is not None and found.id == legacy_id
+        assert math.copysign(1, found.primary_attributes["q"]) == -1  # as stored
+    with pytest.raises(
+        DekerValidationError, match=r"/-0\.0/2024-05-01T00:00:00\+00:00 already exists.*must be unique"
+    ):
+        coll.create({"q": 0.0, "when": WHEN})
+    assert _key_dirs(coll, kind) == ["-0.0"]  # nothing left by the refusal
+    found.delete()
+    assert not (coll.path / f"{kind}_symlinks").exists() or _key_dirs(coll, kind) == []
+    new = coll.create({"q": -0.0, "when": WHEN})
+    assert _key_dirs(coll, kind) == ["0.0"] and coll.filter({"q": -0.0, "when": WHEN}).last() == new

@@ -47,6 +47,8 @@ from deker.integrity import IntegrityReport, report_file_name
 from deker.log import set_logging_level
 from deker.storage.inspection import _verify_blocks, tree_size
 from deker.storage.layout import CollectionPaths
+from deker.storage.locks import LockSettings
+from deker.store import create_array
 
 HELPER = Path(__file__).resolve().parent / "storage_helpers" / "lock_holder.py"
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,6 +309,35 @@ def test_each_level_finds_exactly_its_damage(
             if check_level >= level:
                 assert not report.ok
                 assert report.text.startswith(report.problems[0].heading + "\n\t- ")
+
+
+def test_equal_keys_spelt_apart_are_duplicates(tmp_path: Path) -> None:
+    """deker 1.1.7 stored ``-0.0`` and ``0.0`` as two keys (two arrays); they are one key now."""
+    schema = ArraySchema(
+        dtype=np.int8, dimensions=[DimensionSchema("x", 2)], attributes=[AttributeSchema("q", float, True)]
+    )
+    with Client(tmp_path.as_uri()) as client:
+        coll = client.create_collection("zeros", schema)
+        legacy = str(uuid.uuid4())  # stored as 1.1.7 stored it: metadata and folder "-0.0"
+        create_array(client.root_path, coll._meta, legacy, {"q": -0.0}, {}, LockSettings(timeout=5))
+        for level in (1, 2, 3, 4):  # one -0.0 key alone is sound
+            assert client.check_integrity(level, stop_on_error=False, progress=False).ok
+        # and a second array of key 0.0 beside it, as 1.1.7 stored it (refused here now: made
+        # with another key, then moved to folder "0.0" with its metadata saying 0.0)
+        new = coll.create({"q": 5.0}).id
+        links = coll.path / "array_symlinks"
+        (links / "5.0").rename(links / "0.0")
+        payload = {"id": new, "primary_attributes": {"q": 0.0}, "custom_attributes": {}}
+        rewrite_meta(
+            CollectionPaths(client.root_path, "zeros").main_file("array", new), json.dumps(payload).encode()
+        )
+        for level in (1, 2):
+            assert client.check_integrity(level, stop_on_error=False, progress=False).ok
+        report = client.check_integrity(3, stop_on_error=False, progress=False)
+        assert kinds(report) == Counter({"duplicate-primary-key": 1})
+        message = report.problems[0].message
+        assert "equal primary attributes" in message and legacy in message and new in message
+        assert "array_symlinks/-0.0" in message and "array_symlinks/0.0" in message
 
 
 def test_report_text_groups_problems_under_headings(storage: Storage) -> None:

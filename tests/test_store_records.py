@@ -11,7 +11,8 @@ or id (nothing left behind), an interrupted creation's dangling link ignored and
 ``find_by_primary``, ``delete_record`` (every file and emptied directory gone, neighbours
 untouched), ``tile_custom_attributes`` (the tile-size factor of SPEC §8 item 7),
 ``create_tile_with``/``tile_ids`` (idempotent, data written only at creation),
-and creation races between real forkserver processes: one winner per key or tile.
+and creation races between real forkserver processes: one winner per key or tile; a key
+stored under another spelling of an equal key (``-0.0`` for ``0.0``) refuses it.
 """
 
 from __future__ import annotations
@@ -195,6 +196,27 @@ def test_a_second_object_with_the_same_key_or_id_is_refused(storage: Storage) ->
     ):
         create_array(storage.root, storage.arr_meta, first, {"k": 2, "day": T0}, {}, LOCKS)
     assert _tree(storage.arr_paths.path) == before  # no link made for the refused key
+
+
+def test_an_equal_key_under_another_spelling_is_refused(storage: Storage) -> None:
+    """``equal_keys``: an object stored under ``-0.0`` (as deker 1.1.7 did) refuses key ``0.0``."""
+    schema = ArraySchema(
+        dtype=np.int8,
+        dimensions=[DimensionSchema("x", 2)],
+        attributes=[AttributeSchema("q", float, primary=True), AttributeSchema("k", int, primary=True)],
+    )
+    meta = storage.client.create_collection("zeros", schema)._meta
+    paths = CollectionPaths(storage.root, "zeros")
+    first = str(uuid.uuid4())
+    assert create_array(storage.root, meta, first, {"q": -0.0, "k": 0}, {}, LOCKS) == ("-0.0", "0")
+    before = _tree(paths.path)
+    with pytest.raises(DekerValidationError, match=rf"-0\.0/0 already exists: .*\(id {first}\)"):
+        create_array(storage.root, meta, str(uuid.uuid4()), {"q": 0.0, "k": 0}, {}, LOCKS)
+    assert _tree(paths.path) == before
+    assert find_by_primary(storage.root, meta, "array", ("0.0", "0")) is None
+    assert find_by_primary(storage.root, meta, "array", ("-0.0", "0")) == first
+    other = str(uuid.uuid4())  # another key is not blocked
+    assert create_array(storage.root, meta, other, {"q": 0.0, "k": 1}, {}, LOCKS) == ("0.0", "1")
 
 
 def test_a_dangling_link_of_an_interrupted_creation_is_ignored_then_replaced(storage: Storage) -> None:

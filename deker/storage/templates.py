@@ -2,7 +2,9 @@
 
 A new array file (no ``data`` yet) holds only the ``meta`` and ``empty_cells`` datasets
 (:mod:`deker.storage.hdf5`).  Files of the same metadata length are byte for byte the same
-except for those two values: HDF5 stores no names, times or random ids in them.  Building one
+except for those two values: HDF5 stores no names or random ids in them, nor times (h5py
+turns off the times of its datasets; the data template, made with the low-level API, turns them
+off itself), so a template is the same in every process at any time.  Building one
 with h5py costs about a millisecond (most of the time of creating an array); copying an image
 and patching two fields costs microseconds.
 
@@ -154,6 +156,11 @@ def _build_data(
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
             dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
             dcpl.set_fill_value(fill)
+            # HDF5's own default (unlike h5py's ``create_dataset``) records the creation and
+            # modification times, to the second, in the dataset's object header: the head
+            # would then depend on the clock (templates of two processes, or of one process
+            # a second apart, would differ and not verify each other's files).
+            dcpl.set_obj_track_times(False)
             space = h5py.h5s.create_simple(shape)
             tid = h5py.h5t.py_create(dtype, logical=True)
             data = h5py.Dataset(h5py.h5d.create(handle.id, b"data", tid, space, dcpl=dcpl))
