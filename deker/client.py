@@ -161,12 +161,16 @@ class Client:
     def _open(self) -> None:
         if self._ctx is not None and not self._ctx.is_closed:
             return
+        root = Path(self._settings.root)
+        created = not root.is_dir()
         try:
-            Path(self._settings.root).mkdir(parents=True, exist_ok=True)
+            root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DekerClientError(f"Cannot open storage {self._path}: {exc}") from exc
         runner = TaskRunner.create(self._executor, self._workers)
         self._ctx = StorageContext(self._settings, runner)
+        if created:  # a new storage gets its identity file (deker.storage.identity) at once
+            self._ctx.ensure_storage_id()
         logger.debug("opened storage %s", self._path)
 
     @property
@@ -233,6 +237,7 @@ class Client:
                 f"Collection name {meta.name!r} has the form of deker's scratch directories; choose another"
             )
         paths = self._paths(meta.name)
+        ctx.ensure_storage_id()  # a storage made by deker 1.1.7 gets its identity file at its first write
         schema_of_arrays = array_schema_of(meta)
         check_fill_value_supported(meta.options, schema_of_arrays.dtype, schema_of_arrays.fill_value)
         with collection_lock(self.root_path, meta.name, ctx.locks):

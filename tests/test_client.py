@@ -19,6 +19,7 @@ from deker.errors import (
     DekerStorageError,
     DekerValidationError,
 )
+from deker.storage.identity import STORAGE_ID_FILE
 
 
 def schema(size: int = 4) -> ArraySchema:
@@ -116,7 +117,7 @@ def test_bad_collection_names(tmp_path: Path, name: object) -> None:
     with Client(f"file://{tmp_path}") as client:
         with pytest.raises(DekerValidationError):
             client.create_collection(name, schema())  # type: ignore[arg-type]
-        assert sorted(p.name for p in client.root_path.iterdir()) == []
+        assert sorted(p.name for p in client.root_path.iterdir()) == [STORAGE_ID_FILE]  # made at open
 
 
 def test_bad_schema_and_adapter(tmp_path: Path) -> None:

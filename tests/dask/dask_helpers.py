@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+from distributed import WorkerPlugin
 
 from deker import Client, DimensionSchema, HDF5Options, VArraySchema
 
@@ -130,3 +131,41 @@ def tile_dir(v: Any, position: tuple[int, ...]) -> tuple[Path, str]:
     """The main directory and id of the tile of ``v`` at ``position`` (it must exist)."""
     tid = v._tile_ids()[position]
     return v._tile_spec(tid).main_dir, tid
+
+
+class BlockTask(WorkerPlugin):  # type: ignore[misc]
+    """A Dask worker plugin that freezes the first worker to start a task whose key begins with
+    ``prefix``, until the test kills that worker (or creates ``<folder>/release``).
+
+    The first worker to create ``<folder>/armed`` wins; it writes its pid to ``<folder>/blocked``
+    and stops in the transition of that task to ``executing``: the task (and the data scattered
+    to that worker) is "in the middle" for as long as the test wants.  Register it with
+    ``client.register_plugin(BlockTask(folder, "write_piece"), name=...)``.
+    """
+
+    idempotent = False
+
+    def __init__(self, folder: str, prefix: str) -> None:
+        self.folder = folder
+        self.prefix = prefix
+
+    def setup(self, worker: Any) -> None:
+        self.worker = worker
+
+    def teardown(self, worker: Any) -> None:
+        pass
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        name = key if isinstance(key, str) else str(key[0] if isinstance(key, tuple) else key)
+        if finish != "executing" or not name.startswith(self.prefix):
+            return
+        folder = Path(self.folder)
+        try:
+            fd = os.open(folder / "armed", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        (folder / "blocked.tmp").write_text(str(os.getpid()))
+        os.rename(folder / "blocked.tmp", folder / "blocked")
+        while not (folder / "release").exists():  # until the test kills this process
+            time.sleep(0.01)
