@@ -137,7 +137,7 @@ class BlockTask(WorkerPlugin):  # type: ignore[misc]
     """A Dask worker plugin that freezes the first worker to start a task whose key begins with
     ``prefix``, until the test kills that worker (or creates ``<folder>/release``).
 
-    The first worker to create ``<folder>/armed`` wins; it writes its pid to ``<folder>/blocked``
+    The first worker to create ``<folder>/armed`` wins; it writes its name to ``<folder>/blocked``
     and stops in the transition of that task to ``executing``: the task (and the data scattered
     to that worker) is "in the middle" for as long as the test wants.  Register it with
     ``client.register_plugin(BlockTask(folder, "write_piece"), name=...)``.
@@ -165,7 +165,7 @@ class BlockTask(WorkerPlugin):  # type: ignore[misc]
         except FileExistsError:
             return
         os.close(fd)
-        (folder / "blocked.tmp").write_text(str(os.getpid()))
+        (folder / "blocked.tmp").write_text(str(self.worker.name))
         os.rename(folder / "blocked.tmp", folder / "blocked")
         while not (folder / "release").exists():  # until the test kills this process
             time.sleep(0.01)
