@@ -25,12 +25,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
-from dask_helpers import wait_for
+from dask_helpers import BlockTask, wait_for
 from distributed import Client as DaskClient
 
 HERE = Path(__file__).resolve().parent
@@ -229,3 +231,31 @@ class HostCluster:
             _stop(proc)
         for log in self._logs:
             log.close()
+
+
+def kill_during(cluster: HostCluster, action: Callable[[], None], hook: Path) -> BaseException | None:
+    """Run ``action`` (a VArray update) in a thread; SIGKILL the worker that starts its first tile
+    write (frozen there by :class:`~dask_helpers.BlockTask`); return what the action raised."""
+    hook.mkdir()
+    client = cluster.client
+    client.register_plugin(BlockTask(str(hook), "write_piece"), name="block-write")
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            action()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        victim = wait_for(
+            lambda: (hook / "blocked").exists() and (hook / "blocked").read_text(), "a blocked tile task"
+        )
+        cluster.kill(victim)
+    finally:
+        thread.join(240)
+        client.unregister_worker_plugin("block-write")
+    assert not thread.is_alive()
+    return errors[0] if errors else None

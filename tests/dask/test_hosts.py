@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import pytest
-from dask_helpers import BlockTask, lock_files, varray, wait_for
-from hosts import HostCluster, namespaces_unavailable
+from dask_helpers import lock_files, varray
+from hosts import HostCluster, kill_during, namespaces_unavailable
 
 import deker_dask
 from deker import Client
@@ -139,33 +138,6 @@ def test_varray_scenarios_across_hosts(hosts2: Hosts) -> None:
     assert not lock_files(hosts2.storage)
 
 
-def _kill_mid_update(hosts: Hosts, v: Any, data: Any, hook: Path) -> BaseException | None:
-    """Run ``v[:].update(data)``, SIGKILL the worker that starts the first tile write, wait."""
-    hook.mkdir()
-    client = hosts.client
-    client.register_plugin(BlockTask(str(hook), "write_piece"), name="block-write")
-    errors: list[BaseException] = []
-
-    def update() -> None:
-        try:
-            v[:].update(data)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=update)
-    thread.start()
-    try:
-        victim = wait_for(
-            lambda: (hook / "blocked").exists() and (hook / "blocked").read_text(), "a blocked task"
-        )
-        hosts.cluster.kill(victim)
-    finally:
-        thread.join(240)
-        client.unregister_worker_plugin("block-write")
-    assert not thread.is_alive()
-    return errors[0] if errors else None
-
-
 @pytest.mark.parametrize("kind", ["large", "scalar"])
 def test_worker_killed_mid_update_runs_its_tasks_again(hosts2: Hosts, kind: str, tmp_path: Path) -> None:
     with Client(hosts2.storage.as_uri(), executor=hosts2.client, write_lock_timeout=120) as client:
@@ -178,7 +150,7 @@ def test_worker_killed_mid_update_runs_its_tasks_again(hosts2: Hosts, kind: str,
         else:
             data = np.float32(3.25)
             expected = np.full(SHAPE, data)
-        error = _kill_mid_update(hosts2, v, data, tmp_path / "hook")
+        error = kill_during(hosts2.cluster, lambda: v[:].update(data), tmp_path / "hook")
         assert error is None, f"the update failed although Dask could run its tasks again: {error!r}"
         np.testing.assert_array_equal(v[:].read(), expected)
     assert not lock_files(hosts2.storage)
@@ -226,10 +198,6 @@ def test_a_worker_without_the_storage_reads_no_fill(hosts2: Hosts, blind_worker:
         v = varray(local, (6, 8), (2, 2), name=hosts2.name("blind"))
         data = np.arange(48, dtype=np.float32).reshape(6, 8)
         v[:].update(data)
-    with pytest.raises(
-        DekerClientError, match=rf"{blind_worker} \(host .*, pid \d+\): does not see the storage"
-    ):
-        deker_dask.check_workers(hosts2.client, hosts2.storage)
     on_blind = hosts2.client.get_executor(workers=[blind_worker], allow_other_workers=False)
     with Client(hosts2.storage.as_uri(), executor=on_blind) as client:
         v = _only_varray(client, v)
@@ -249,6 +217,10 @@ def test_a_worker_without_the_storage_reads_no_fill(hosts2: Hosts, blind_worker:
             v[:].clear()
         with pytest.raises(DekerStorageError, match=pattern):
             raise info.value.exceptions[0]
+    with pytest.raises(
+        DekerClientError, match=rf"{blind_worker} \(host .*, pid \d+\): does not see the storage"
+    ):
+        deker_dask.check_workers(hosts2.client, hosts2.storage)
     with Client(hosts2.storage.as_uri()) as local:
         (again,) = list(local.get_collection(v.collection).varrays)
         np.testing.assert_array_equal(again[:].read(), data)  # nothing changed
