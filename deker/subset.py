@@ -168,8 +168,7 @@ def compact_for_transport(chunk: Any) -> Any:
         index = tuple(slice(0, 1) if step == 0 else slice(None) for step in chunk.strides)
         small = np.ascontiguousarray(chunk[index])
         if small.size == 1:
-            scalar: np.generic = small.reshape(())[()]
-            return scalar
+            return small.dtype.type(small.reshape(-1)[0])
         return small
     if not chunk.flags.c_contiguous:
         return np.ascontiguousarray(chunk)
@@ -506,12 +505,14 @@ class VSubset(_SubsetBase):
             tiles, written = self._lock_tiles(lock, pieces, values, payloads)
             todo = [p for p in pieces if p.position not in written]
             calls = []
+            task: Any = write_piece
             for p in todo:
-                chunk = chunk_of(p)
+                chunk = piece = chunk_of(p)
                 if not in_process:  # (threads copy their own piece, in parallel)
-                    chunk = compact_for_transport(chunk)
+                    chunk = compact_for_transport(piece)
+                    if isinstance(chunk, np.ndarray) and chunk.shape != np.shape(piece):
+                        task = write_piece_broadcast  # distinct values only: broadcast on arrival
                 calls.append((varray._tile_spec(tiles[p.position]), p.local, chunk, token))
-            task = write_piece if in_process else write_piece_broadcast
             results = ctx.runner.run_all(task, calls, batch_size=varray._batch_size(len(calls)))
         failures = [
             (p.position, r) for p, r in zip(todo, results, strict=True) if isinstance(r, BaseException)

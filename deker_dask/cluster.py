@@ -105,12 +105,12 @@ def worker_report(storage_root: str | None = None, storage_id: str | None = None
         local = deker.tasks.resolve_root(str(storage_root))
         report["storage"] = str(local)
         report["storage_visible"] = local.is_dir()
+        found: str | None = None
+        problem: str | None = None
         try:
             found = read_storage_id(local)
         except OSError as exc:
-            found, problem = None, f"its identity file cannot be read ({exc})"
-        else:
-            problem = None
+            problem = f"its identity file cannot be read ({exc})"
         report["storage_id"] = found
         if problem is None:
             if not local.is_dir():
