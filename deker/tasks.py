@@ -43,6 +43,7 @@ __all__ = [
     "resolve_root",
     "write_piece",
     "check_storage",
+    "check_storage_at",
     "process_name",
     "write_piece_broadcast",
 ]
@@ -216,15 +217,35 @@ def check_storage(spec: FileSpec) -> None:
     DekerStorageError
         If this process does not see the storage; the message names the process and the path.
     """
-    root = resolve_root(spec.root)
-    key = (str(root), "" if spec.storage_id else spec.collection, spec.storage_id)
+    check_storage_at(spec.root, spec.collection, spec.storage_id)
+
+
+def check_storage_at(root: str, collection: str, storage_id: str | None = None) -> None:
+    """:func:`check_storage` for a storage root (as the coordinator names it) and a collection.
+
+    Parameters
+    ----------
+    root : str
+        The collections directory as the coordinator sees it.
+    collection : str
+        The collection the work is about.
+    storage_id : str, optional
+        The storage id the coordinator knows (None: check the collection's metadata file).
+
+    Raises
+    ------
+    DekerStorageError
+        If this process does not see the storage; the message names the process and the path.
+    """
+    local = resolve_root(root)
+    key = (str(local), "" if storage_id else collection, storage_id)
     if key in _SEEN_STORAGES:
         return
-    problem = storage_problem(root, spec.storage_id, spec.collection)
+    problem = storage_problem(local, storage_id, collection)
     if problem is not None:
-        mapped = f" (mapped from {spec.root} by DEKER_ROOT_MAP)" if str(root) != spec.root else ""
+        mapped = f" (mapped from {root} by DEKER_ROOT_MAP)" if str(local) != root else ""
         raise DekerStorageError(
-            f"{process_name()} does not see the storage at {root}{mapped}: {problem}; mount the shared "
+            f"{process_name()} does not see the storage at {local}{mapped}: {problem}; mount the shared "
             "filesystem there, or map the path with DEKER_ROOT_MAP"
         )
     _SEEN_STORAGES.add(key)

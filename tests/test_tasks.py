@@ -104,6 +104,7 @@ def test_public_names() -> None:
             "resolve_root",
             "write_piece",
             "check_storage",
+            "check_storage_at",
             "process_name",
             "write_piece_broadcast",
         ]

@@ -217,6 +217,15 @@ def test_a_worker_without_the_storage_reads_no_fill(hosts2: Hosts, blind_worker:
             v[:].clear()
         with pytest.raises(DekerStorageError, match=pattern):
             raise info.value.exceptions[0]
+    # deker_dask too: lazy reads and stores computed on that worker
+    with Client(hosts2.storage.as_uri()) as local:
+        v = _only_varray(local, v)
+        only = {"workers": [blind_worker], "allow_other_workers": False}
+        with pytest.raises(DekerStorageError, match=pattern):
+            deker_dask.to_dask(v).compute(scheduler=hosts2.client, **only)
+        source = da.from_array(np.zeros((6, 8), dtype=np.float32), chunks=(2, 2))
+        with pytest.raises(DekerStorageError, match=pattern):
+            deker_dask.store(source, v, scheduler=hosts2.client, **only)
     with pytest.raises(
         DekerClientError, match=rf"{blind_worker} \(host .*, pid \d+\): does not see the storage"
     ):
