@@ -134,20 +134,22 @@ def tile_dir(v: Any, position: tuple[int, ...]) -> tuple[Path, str]:
 
 
 class BlockTask(WorkerPlugin):  # type: ignore[misc]
-    """A Dask worker plugin that freezes the first worker to start a task whose key begins with
+    """A Dask worker plugin that freezes a worker when it starts a task whose key begins with
     ``prefix``, until the test kills that worker (or creates ``<folder>/release``).
 
-    The first worker to create ``<folder>/armed`` wins; it writes its name to ``<folder>/blocked``
-    and stops in the transition of that task to ``executing``: the task (and the data scattered
-    to that worker) is "in the middle" for as long as the test wants.  Register it with
+    It does so ``times`` times in all, across workers: the n-th freeze belongs to the worker that
+    creates ``<folder>/armed<n>``; it writes its name to ``<folder>/blocked<n>`` and stops in the
+    transition of the task to ``executing``, so that the task (and the data scattered to that
+    worker) stays "in the middle" for as long as the test wants.  Register it with
     ``client.register_plugin(BlockTask(folder, "write_piece"), name=...)``.
     """
 
     idempotent = False
 
-    def __init__(self, folder: str, prefix: str) -> None:
+    def __init__(self, folder: str, prefix: str, times: int = 1) -> None:
         self.folder = folder
         self.prefix = prefix
+        self.times = times
 
     def setup(self, worker: Any) -> None:
         self.worker = worker
@@ -160,12 +162,14 @@ class BlockTask(WorkerPlugin):  # type: ignore[misc]
         if finish != "executing" or not name.startswith(self.prefix):
             return
         folder = Path(self.folder)
-        try:
-            fd = os.open(folder / "armed", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+        for n in range(self.times):
+            try:
+                fd = os.open(folder / f"armed{n}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                continue
+            os.close(fd)
+            (folder / f"blocked{n}.tmp").write_text(str(self.worker.name))
+            os.rename(folder / f"blocked{n}.tmp", folder / f"blocked{n}")
+            while not (folder / "release").exists():  # until the test kills this process
+                time.sleep(0.01)
             return
-        os.close(fd)
-        (folder / "blocked.tmp").write_text(str(self.worker.name))
-        os.rename(folder / "blocked.tmp", folder / "blocked")
-        while not (folder / "release").exists():  # until the test kills this process
-            time.sleep(0.01)

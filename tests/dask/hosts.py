@@ -251,7 +251,7 @@ def kill_during(cluster: HostCluster, action: Callable[[], None], hook: Path) ->
     thread.start()
     try:
         victim = wait_for(
-            lambda: (hook / "blocked").exists() and (hook / "blocked").read_text(), "a blocked tile task"
+            lambda: (hook / "blocked0").exists() and (hook / "blocked0").read_text(), "a blocked tile task"
         )
         cluster.kill(victim)
     finally:

@@ -14,22 +14,25 @@ coordinator's PID.  The ``plain`` variant runs the same tests with ordinary work
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
 
 import dask.array as da
 import numpy as np
 import pytest
-from dask_helpers import lock_files, varray
+from dask_helpers import BlockTask, lock_files, varray, wait_for
 from hosts import HostCluster, kill_during, namespaces_unavailable
 
 import deker_dask
 from deker import Client
 from deker.errors import DekerClientError, DekerStorageError, DekerVSubsetError
-from deker.executors import SCATTER_THRESHOLD
+from deker.executors import DASK_RESUBMITS, SCATTER_THRESHOLD
 from deker.storage.identity import STORAGE_ID_FILE
 
 pytestmark = pytest.mark.timeout(300)
@@ -153,6 +156,45 @@ def test_worker_killed_mid_update_runs_its_tasks_again(hosts2: Hosts, kind: str,
         error = kill_during(hosts2.cluster, lambda: v[:].update(data), tmp_path / "hook")
         assert error is None, f"the update failed although Dask could run its tasks again: {error!r}"
         np.testing.assert_array_equal(v[:].read(), expected)
+    assert not lock_files(hosts2.storage)
+
+
+def test_tasks_lost_again_and_again_fail_the_update(hosts2: Hosts, tmp_path: Path, caplog: Any) -> None:
+    # One worker at a time: each kill loses all the scattered data.  After the first try and
+    # DASK_RESUBMITS more, the update fails with the cancellations, having re-sent the data.
+    caplog.set_level(logging.WARNING, logger="deker.executors")
+    cluster = hosts2.cluster
+    cluster.stop_worker(next(iter(cluster.workers)))
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    cluster.client.register_plugin(BlockTask(str(hook), "write_piece", DASK_RESUBMITS + 1), name="block-all")
+    errors: list[BaseException] = []
+    with Client(hosts2.storage.as_uri(), executor=cluster.client, write_lock_timeout=120) as client:
+        v = varray(client, SHAPE, VGRID, name=hosts2.name("lost"))
+        data = np.random.default_rng(3).random(SHAPE, dtype=np.float32)
+
+        def update() -> None:
+            try:
+                v[:].update(data)
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=update)
+        thread.start()
+        try:
+            for n in range(DASK_RESUBMITS + 1):
+                blocked = hook / f"blocked{n}"
+                cluster.kill(wait_for(lambda b=blocked: b.exists() and b.read_text(), f"freeze {n}"))
+                hosts2.add_worker()
+        finally:
+            thread.join(240)
+            cluster.client.unregister_worker_plugin("block-all")
+        assert not thread.is_alive()
+    (error,) = errors
+    assert isinstance(error, DekerVSubsetError)
+    assert error.exceptions and all(isinstance(e, CancelledError) for e in error.exceptions)
+    again = [r for r in caplog.records if "submitting them again" in r.getMessage()]
+    assert len(again) == DASK_RESUBMITS
     assert not lock_files(hosts2.storage)
 
 
