@@ -271,7 +271,14 @@ class TaskRunner:
         outcome: list[Any] = [None] * len(units)
         pending = list(range(len(units)))
         for attempt in range(DASK_RESUBMITS + 1):
-            results, keys = self._submit_and_gather(fn, [units[i] for i in pending], size)
+            try:
+                results, keys = self._submit_and_gather(fn, [units[i] for i in pending], size)
+            except Exception as exc:
+                if attempt == 0:
+                    raise
+                # e.g. the Dask client was closed meanwhile: the lost calls keep their errors
+                logger.warning("could not submit %d lost Dask tasks again: %s", len(pending), exc)
+                break
             for i, result in zip(pending, results, strict=True):
                 outcome[i] = result
             lost_at = [n for n, result in enumerate(results) if _is_lost(result)]
@@ -430,11 +437,16 @@ def _wait_until_not_running(client: Any, keys: list[Any]) -> None:
     started = time.monotonic()
     deadline = started + LOST_TASK_WAIT_SECONDS
     delay = 0.02
+    failures = 0
     while True:
         try:
             found = client.run(keys_running, keys, on_error="ignore")
-        except Exception as exc:  # a worker went away while asked: ask again
-            logger.debug("asking the workers which lost tasks still run failed: %s", exc)
+            failures = 0
+        except Exception as exc:  # a worker went away while asked: ask again, a few times
+            failures += 1
+            if failures > 10:
+                logger.warning("cannot ask the Dask workers which lost tasks still run: %s", exc)
+                return
             found = {"?": keys}
         if not any(found.values()):
             return
