@@ -271,7 +271,13 @@ def read_piece(spec: FileSpec, bounds: Bounds, token: str | None = None) -> np.n
     Returns
     -------
     numpy.ndarray
-        The piece; fill values if the file no longer exists (a concurrent clear removed it).
+        The piece; fill values if the file no longer exists (a concurrent clear removed it),
+        once :func:`check_storage` has shown that this process sees the storage.
+
+    Raises
+    ------
+    DekerStorageError
+        If the file is missing because this process does not see the storage (a failed mount).
     """
     guard = (
         tile_read_guard(spec.main_dir, spec.array_id, token)

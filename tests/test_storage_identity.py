@@ -68,7 +68,8 @@ def test_a_117_storage_gets_one_at_the_first_write_not_at_a_read(
                 obj[:].read()
         assert client._context.storage_id is None
         assert not (root / STORAGE_ID_FILE).exists()  # readers write nothing
-        client.create_collection("new", _schema())
+        coll = next(c for c in client if not c.array_schema.attributes)
+        coll.create()  # a write: the storage gets its identity
         found = read_storage_id(root)
         assert found is not None and client._context.storage_id == found
 
