@@ -283,6 +283,7 @@ def test_a_lost_dask_task_is_sent_again_after_its_copy_ended(
                 decided.set()
 
     handler = Seen()
+    caplog.set_level(logging.WARNING, logger="deker.executors")  # whatever a client set before
     logging.getLogger("deker.executors").addHandler(handler)
     runner = TaskRunner.create(dask_client)
     out: list[Any] = []
