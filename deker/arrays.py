@@ -384,7 +384,8 @@ class VArray(_BaseArray):
 
     def _tile_spec(self, tile_id: str, position: tuple[int, ...] | None = None) -> FileSpec:
         symlink = (self._id, "-".join(str(p) for p in position)) if position is not None else ()
-        return file_spec(self._ctx.settings.root, self._meta, tile_id, self._ctx.locks, symlink)
+        ctx = self._ctx
+        return file_spec(ctx.settings.root, self._meta, tile_id, ctx.locks, symlink, ctx.storage_id)
 
     def _forget_tile(self, tile_id: str, position: tuple[int, ...]) -> None:
         """Remove what a deleted tile leaves behind (its mutex file and empty directories)."""

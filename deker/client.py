@@ -191,12 +191,15 @@ class Client:
                 f"No deker storage at {self._path}: it has no '{COLLECTIONS_DIR}' directory "
                 "(nothing was created)"
             )
+        created = not root.is_dir()
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DekerClientError(f"Cannot open storage {self._path}: {exc}") from exc
         runner = TaskRunner.create(self._executor, self._workers)
         self._ctx = StorageContext(self._settings, runner)
+        if created:  # a new storage gets its identity file (deker.storage.identity) at once
+            self._ctx.ensure_storage_id()
         logger.debug("opened storage %s", self._path)
 
     @property
@@ -270,6 +273,7 @@ class Client:
                 f"is a directory (the collection {paths.lock_file.name!r} of deker 1.1.7, or a stray one); "
                 "choose another name"
             )
+        ctx.ensure_storage_id()  # a storage made by deker 1.1.7 gets its identity file at its first write
         schema_of_arrays = array_schema_of(meta)
         check_fill_value_supported(meta.options, schema_of_arrays.dtype, schema_of_arrays.fill_value)
         with collection_lock(self.root_path, meta.name, ctx.locks):

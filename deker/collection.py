@@ -105,6 +105,7 @@ class _Manager:
                 raise DekerArrayError(f"VArray with id={vid} doesn't exist")
         array_id = id_ or str(uuid.uuid4())
         creator = create_varray if self._kind == "varray" else create_array
+        coll._ctx.ensure_storage_id()  # (a storage of deker 1.1.7 gets its identity at its first write)
         creator(coll._ctx.root, coll._meta, array_id, primary, custom, coll._ctx.locks)
         return self._build(array_id, primary, custom)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from deker.errors import DekerClientError
 from deker.executors import TaskRunner
+from deker.storage.identity import ensure_storage_id, read_storage_id
 from deker.storage.locks import LockSettings
 
 __all__ = ["ContextSettings", "StorageContext"]
@@ -62,11 +63,50 @@ class StorageContext:
         self._runner = runner
         self._closed = False
         self._lock = threading.Lock()
+        self._storage_id: str | None = None
+        self._storage_id_read = False
 
     @property
     def root(self) -> Path:
         """The collections directory."""
         return Path(self.settings.root)
+
+    @property
+    def storage_id(self) -> str | None:
+        """The id of the storage (None: a storage without an identity file, e.g. deker 1.1.7's).
+
+        Read once, when first asked (tasks carry it to prove they see this storage).
+        """
+        if not self._storage_id_read:
+            try:
+                found = read_storage_id(self.root)
+            except OSError:
+                found = None
+            with self._lock:
+                self._storage_id = self._storage_id or found
+                self._storage_id_read = True
+        return self._storage_id
+
+    def ensure_storage_id(self) -> str | None:
+        """Give the storage an identity file if it has none (before this client first writes it).
+
+        Returns
+        -------
+        str or None
+            The id; None if the file can be neither read nor made (a read-only storage: the write
+            that follows reports its own error).
+        """
+        current = self.storage_id
+        if current is not None:
+            return current
+        try:
+            made = ensure_storage_id(self.root)
+        except OSError as exc:
+            logger.debug("storage %s has no identity file and cannot get one: %s", self.root, exc)
+            return None
+        with self._lock:
+            self._storage_id = made
+        return made
 
     @property
     def locks(self) -> LockSettings:

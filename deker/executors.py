@@ -28,7 +28,15 @@ import numpy as np
 
 from deker.errors import DekerValidationError
 
-__all__ = ["SCATTER_THRESHOLD", "TARGET_TASK_BYTES", "TaskRunner", "run_batch"]
+__all__ = [
+    "DASK_RESUBMITS",
+    "LOST_TASK_WAIT_SECONDS",
+    "SCATTER_THRESHOLD",
+    "TARGET_TASK_BYTES",
+    "TaskRunner",
+    "keys_running",
+    "run_batch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +46,11 @@ R = TypeVar("R")
 SCATTER_THRESHOLD = 1024 * 1024
 #: A batch of small tile calls aims at about this much I/O per task.
 TARGET_TASK_BYTES = 4 * 1024 * 1024
+#: How many times the tasks lost with a Dask worker (or with the data scattered to it) are
+#: submitted again, their data scattered again, before their calls fail.
+DASK_RESUBMITS = 3
+#: How long the copies of lost tasks still running on live workers are waited for.
+LOST_TASK_WAIT_SECONDS = 600.0
 _RECOUNT_SECONDS = 10.0
 
 
@@ -253,22 +266,58 @@ class TaskRunner:
     def _run_dask(
         self, fn: Callable[..., R], calls: list[tuple[Any, ...]], size: int
     ) -> list[R | BaseException]:
+        # One unit per task: a call, or a batch of consecutive calls run by run_batch.
+        units = [calls[i : i + size] for i in range(0, len(calls), size)]
+        outcome: list[Any] = [None] * len(units)
+        pending = list(range(len(units)))
+        for attempt in range(DASK_RESUBMITS + 1):
+            try:
+                results, keys = self._submit_and_gather(fn, [units[i] for i in pending], size)
+            except Exception as exc:
+                if attempt == 0:
+                    raise
+                # e.g. the Dask client was closed meanwhile: the lost calls keep their errors
+                logger.warning("could not submit %d lost Dask tasks again: %s", len(pending), exc)
+                break
+            for i, result in zip(pending, results, strict=True):
+                outcome[i] = result
+            lost_at = [n for n, result in enumerate(results) if _is_lost(result)]
+            lost = [pending[n] for n in lost_at]
+            if not lost or attempt == DASK_RESUBMITS:
+                break
+            logger.warning(
+                "%d of %d Dask tasks were lost with a worker (or with the data scattered to it): "
+                "submitting them again with their data (attempt %d of %d)",
+                len(lost), len(units), attempt + 2, DASK_RESUBMITS + 1,
+            )  # fmt: skip
+            # A copy of a lost task may still run on a live worker (Dask cannot stop a thread):
+            # let it end before its call is sent again.
+            _wait_until_not_running(self._client, [keys[n] for n in lost_at])
+            pending = lost
+        return outcome if size == 1 else _unbatch(outcome, units)
+
+    def _submit_and_gather(
+        self, fn: Callable[..., Any], units: list[list[tuple[Any, ...]]], size: int
+    ) -> tuple[list[Any], list[Any]]:
         client = self._client
-        calls = _scatter_large(client, calls)
         kwargs = self._submit_kwargs
-        batches = [calls[i : i + size] for i in range(0, len(calls), size)]
+        flat = _scatter_large(client, [args for unit in units for args in unit])  # anew each attempt
         futures: list[Any] = []
         try:
-            if size == 1:
-                futures = [client.submit(fn, *args, **kwargs) for args in calls]
-            else:
-                futures = [client.submit(run_batch, fn, batch, **kwargs) for batch in batches]
+            start = 0
+            for unit in units:
+                rows = flat[start : start + len(unit)]
+                start += len(unit)
+                if size == 1:
+                    futures.append(client.submit(fn, *rows[0], **kwargs))
+                else:
+                    futures.append(client.submit(run_batch, fn, rows, **kwargs))
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
-        outcome = _gather(futures, lambda f: f.result(), lambda f: f.cancel())
-        return outcome if size == 1 else _unbatch(outcome, batches)
+        keys = [getattr(f, "key", None) for f in futures]
+        return _gather(futures, lambda f: f.result(), lambda f: f.cancel()), keys
 
     # ------------------------------------------------------------------ sizing
     def suggest_batch_size(self, n_calls: int, bytes_per_call: int) -> int:
@@ -339,6 +388,75 @@ def _gather(futures: list[Any], result: Callable[[Any], Any], cancel: Callable[[
             cancel(future)
         raise
     return out
+
+
+def _is_lost(result: Any) -> bool:
+    """Whether a task's outcome says it was lost, not that it failed.
+
+    Dask cancels a task whose input died with a worker (data scattered to that worker cannot be
+    recomputed): ``distributed.FutureCancelledError``, a ``concurrent.futures.CancelledError``.
+    A task that failed by itself, or that Dask gave up after killing several workers
+    (``KilledWorker``), is not lost: its error is the outcome.
+    """
+    return isinstance(result, cf.CancelledError)
+
+
+_RUNNING_STATES = frozenset({"executing", "long-running", "cancelled", "resumed"})
+
+
+def keys_running(keys: Sequence[Any], dask_worker: Any = None) -> list[Any]:
+    """Return which of ``keys`` a Dask worker is still running (run on each worker by ``client.run``).
+
+    A task whose future was cancelled keeps running in its thread until it returns.
+
+    Parameters
+    ----------
+    keys : sequence
+        Task keys.
+    dask_worker : distributed.Worker, optional
+        Given by ``client.run``.
+
+    Returns
+    -------
+    list
+        The keys still executing on this worker.
+    """
+    tasks = getattr(getattr(dask_worker, "state", None), "tasks", None) or {}
+    running = []
+    for key in keys:
+        task = tasks.get(key)
+        if task is not None and getattr(task, "state", None) in _RUNNING_STATES:
+            running.append(key)
+    return running
+
+
+def _wait_until_not_running(client: Any, keys: list[Any]) -> None:
+    keys = [k for k in keys if k is not None]
+    if not keys:
+        return
+    started = time.monotonic()
+    deadline = started + LOST_TASK_WAIT_SECONDS
+    delay = 0.02
+    failures = 0
+    while True:
+        try:
+            found = client.run(keys_running, keys, on_error="ignore")
+            failures = 0
+        except Exception as exc:  # a worker went away while asked: ask again, a few times
+            failures += 1
+            if failures > 10:
+                logger.warning("cannot ask the Dask workers which lost tasks still run: %s", exc)
+                return
+            found = {"?": keys}
+        if not any(found.values()):
+            return
+        if time.monotonic() > deadline:
+            logger.warning(
+                "copies of %d lost Dask tasks still run after %.0f s", len(keys), LOST_TASK_WAIT_SECONDS
+            )
+            return
+        time.sleep(delay)  # polling the workers, not a wait for a window
+        delay = min(0.5, delay * 2)
 
 
 def _unbatch(outcome: list[Any], batches: list[list[tuple[Any, ...]]]) -> list[Any]:

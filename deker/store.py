@@ -83,7 +83,12 @@ def _options_kwargs(meta: CollectionMeta, shape: tuple[int, ...]) -> dict[str, A
 
 
 def file_spec(
-    root: str, meta: CollectionMeta, array_id: str, locks: Any, symlink: tuple[str, ...] = ()
+    root: str,
+    meta: CollectionMeta,
+    array_id: str,
+    locks: Any,
+    symlink: tuple[str, ...] = (),
+    storage_id: str | None = None,
 ) -> FileSpec:
     """Return the :class:`~deker.tasks.FileSpec` of an Array (or tile) of a collection."""
     schema = array_schema_of(meta)
@@ -98,6 +103,7 @@ def file_spec(
         dataset_kwargs=_options_kwargs(meta, shape),
         locks=locks,
         symlink=symlink,
+        storage_id=storage_id,
     )
 
 

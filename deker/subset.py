@@ -31,7 +31,14 @@ from deker.indexing import Selection, bounds_to_str
 from deker.sizes import check_memory
 from deker.storage import hdf5
 from deker.storage.locks import VArrayWriteLock, array_read_lock, array_write_lock, new_token
-from deker.tasks import clear_piece, read_piece, read_piece_into, storage_errors, write_piece
+from deker.tasks import (
+    clear_piece,
+    read_piece,
+    read_piece_into,
+    storage_errors,
+    write_piece,
+    write_piece_broadcast,
+)
 from deker.tiling import TilePiece, tile_pieces
 
 if TYPE_CHECKING:
@@ -41,7 +48,7 @@ if TYPE_CHECKING:
 
     from deker.arrays import Array, VArray
 
-__all__ = ["Subset", "VSubset", "prepare_update_data"]
+__all__ = ["Subset", "VSubset", "compact_for_transport", "prepare_update_data"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +142,38 @@ def prepare_update_data(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...])
         raise DekerShapeError(
             f"Invalid data shape: {arr.shape}; {shape} expected (or a shape that broadcasts)"
         ) from exc
+
+
+def compact_for_transport(chunk: Any) -> Any:
+    """Return the smallest form of an update's piece that broadcasts back to it.
+
+    A scalar update (or data smaller than the region) is a broadcast view with zero strides:
+    copying it would make a whole tile of equal values, to be pickled, scattered and sent to a
+    worker.  Instead the task gets a numpy scalar (every cell equal) or the distinct values
+    (length 1 on each broadcast axis), and :func:`deker.tasks.write_piece_broadcast` broadcasts
+    them on arrival.  Other pieces are made contiguous.
+
+    Parameters
+    ----------
+    chunk : numpy.ndarray or numpy scalar
+        A piece of the prepared update data.
+
+    Returns
+    -------
+    numpy.ndarray or numpy scalar
+        What the task receives.
+    """
+    if not isinstance(chunk, np.ndarray):
+        return chunk
+    if chunk.size > 1 and 0 in chunk.strides:
+        index = tuple(slice(0, 1) if step == 0 else slice(None) for step in chunk.strides)
+        small = np.ascontiguousarray(chunk[index])
+        if small.size == 1:
+            return small.dtype.type(small.reshape(-1)[0])
+        return small
+    if not chunk.flags.c_contiguous:
+        return np.ascontiguousarray(chunk)
+    return chunk
 
 
 class _SubsetBase:
@@ -455,6 +494,7 @@ class VSubset(_SubsetBase):
         pieces = self._pieces()
         token = new_token()
         in_process = ctx.runner.in_process
+        ctx.ensure_storage_id()  # the tasks prove they see this storage (a 1.1.7 one gets an id now)
 
         def chunk_of(piece: TilePiece) -> Any:
             return prepared if isinstance(prepared, np.generic) else prepared[piece.out]
@@ -466,12 +506,15 @@ class VSubset(_SubsetBase):
             tiles, written = self._lock_tiles(lock, pieces, values, payloads)
             todo = [p for p in pieces if p.position not in written]
             calls = []
+            task: Any = write_piece
             for p in todo:
-                chunk = chunk_of(p)
-                if isinstance(chunk, np.ndarray) and not chunk.flags.c_contiguous and not in_process:
-                    chunk = np.ascontiguousarray(chunk)  # (threads copy their own piece, in parallel)
+                chunk = piece = chunk_of(p)
+                if not in_process:  # (threads copy their own piece, in parallel)
+                    chunk = compact_for_transport(piece)
+                    if isinstance(chunk, np.ndarray) and chunk.shape != np.shape(piece):
+                        task = write_piece_broadcast  # distinct values only: broadcast on arrival
                 calls.append((varray._tile_spec(tiles[p.position]), p.local, chunk, token))
-            results = ctx.runner.run_all(write_piece, calls, batch_size=varray._batch_size(len(calls)))
+            results = ctx.runner.run_all(task, calls, batch_size=varray._batch_size(len(calls)))
         failures = [
             (p.position, r) for p, r in zip(todo, results, strict=True) if isinstance(r, BaseException)
         ]
@@ -489,6 +532,7 @@ class VSubset(_SubsetBase):
         if not varray._tile_ids(p.position for p in every):
             return
         token = new_token()
+        ctx.ensure_storage_id()
         with storage_errors(varray._main_file), VArrayWriteLock(ctx.locks, token) as lock:
             tiles, _written = self._lock_tiles(lock, every, None)
             pieces = [p for p in every if p.position in tiles]

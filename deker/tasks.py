@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -28,6 +30,7 @@ import numpy as np
 
 from deker.errors import DekerBaseApplicationError, DekerInstanceNotExistsError, DekerStorageError
 from deker.storage import atomic, hdf5
+from deker.storage.identity import storage_problem
 from deker.storage.layout import ARRAY_EXT, CollectionPaths, remove_file_and_empty_parents
 from deker.storage.locks import LockSettings, array_read_lock, tile_read_guard, tile_write_guard
 
@@ -39,6 +42,10 @@ __all__ = [
     "read_piece_into",
     "resolve_root",
     "write_piece",
+    "check_storage",
+    "check_storage_at",
+    "process_name",
+    "write_piece_broadcast",
 ]
 
 logger = logging.getLogger(__name__)
@@ -132,6 +139,10 @@ class FileSpec:
         Lock timing used when the task locks by itself.
     symlink : tuple of str
         Symlink components of the file (used when a task deletes the file).
+    storage_id : str, optional
+        The id of the storage (:mod:`deker.storage.identity`) the coordinator knows; None for a
+        storage without an identity file.  A task proves that it sees this storage before it
+        takes a missing file for an empty one (:func:`check_storage`).
     """
 
     root: str
@@ -143,6 +154,7 @@ class FileSpec:
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)
     locks: LockSettings = field(default_factory=LockSettings)
     symlink: tuple[str, ...] = ()
+    storage_id: str | None = None
 
     @property
     def paths(self) -> CollectionPaths:
@@ -158,6 +170,85 @@ class FileSpec:
     def main_file(self) -> Path:
         """The data file."""
         return self.paths.main_file("array", self.array_id)
+
+
+# Storages this process has seen where it expected them: (root here, collection or "", id).
+_SEEN_STORAGES: set[tuple[str, str, str | None]] = set()
+
+
+def process_name() -> str:
+    """Name this process for an error message: the Dask worker address if any, host and pid.
+
+    Returns
+    -------
+    str
+        E.g. ``"Dask worker tcp://10.0.0.7:40331 (host node7, pid 4242)"`` or
+        ``"process 4242 on host node7"``.
+    """
+    host = socket.gethostname()
+    pid = os.getpid()
+    dist = sys.modules.get("distributed")  # never imported here: only named if already running
+    get_worker = getattr(dist, "get_worker", None)
+    if get_worker is not None:
+        try:
+            address = get_worker().address
+        except Exception:  # not inside a worker (a plain client process)
+            address = None
+        if address:
+            return f"Dask worker {address} (host {host}, pid {pid})"
+    return f"process {pid} on host {host}"
+
+
+def check_storage(spec: FileSpec) -> None:
+    """Make sure this process sees the storage of ``spec`` before trusting that a file is absent.
+
+    A worker whose mount of the shared filesystem failed sees an empty directory at the storage
+    path: without this check, it would read every tile as fill.  The first call per process,
+    storage root and storage id reads the storage's identity file (or, for a storage without
+    one, the collection's metadata file); later calls cost a set lookup.
+
+    Parameters
+    ----------
+    spec : FileSpec
+        The file a task is about.
+
+    Raises
+    ------
+    DekerStorageError
+        If this process does not see the storage; the message names the process and the path.
+    """
+    check_storage_at(spec.root, spec.collection, spec.storage_id)
+
+
+def check_storage_at(root: str, collection: str, storage_id: str | None = None) -> None:
+    """:func:`check_storage` for a storage root (as the coordinator names it) and a collection.
+
+    Parameters
+    ----------
+    root : str
+        The collections directory as the coordinator sees it.
+    collection : str
+        The collection the work is about.
+    storage_id : str, optional
+        The storage id the coordinator knows (None: check the collection's metadata file).
+
+    Raises
+    ------
+    DekerStorageError
+        If this process does not see the storage; the message names the process and the path.
+    """
+    local = resolve_root(root)
+    key = (str(local), "" if storage_id else collection, storage_id)
+    if key in _SEEN_STORAGES:
+        return
+    problem = storage_problem(local, storage_id, collection)
+    if problem is not None:
+        mapped = f" (mapped from {root} by DEKER_ROOT_MAP)" if str(local) != root else ""
+        raise DekerStorageError(
+            f"{process_name()} does not see the storage at {local}{mapped}: {problem}; mount the shared "
+            "filesystem there, or map the path with DEKER_ROOT_MAP"
+        )
+    _SEEN_STORAGES.add(key)
 
 
 def _fill_piece(spec: FileSpec, bounds: Bounds) -> np.ndarray:
@@ -180,7 +271,13 @@ def read_piece(spec: FileSpec, bounds: Bounds, token: str | None = None) -> np.n
     Returns
     -------
     numpy.ndarray
-        The piece; fill values if the file no longer exists (a concurrent clear removed it).
+        The piece; fill values if the file no longer exists (a concurrent clear removed it),
+        once :func:`check_storage` has shown that this process sees the storage.
+
+    Raises
+    ------
+    DekerStorageError
+        If the file is missing because this process does not see the storage (a failed mount).
     """
     guard = (
         tile_read_guard(spec.main_dir, spec.array_id, token)
@@ -191,6 +288,7 @@ def read_piece(spec: FileSpec, bounds: Bounds, token: str | None = None) -> np.n
         with storage_errors(spec.main_file), guard:
             return _read(spec, bounds)
     except FileNotFoundError:
+        check_storage(spec)  # absence is evidence only where the storage is really there
         return _fill_piece(spec, bounds)
 
 
@@ -236,6 +334,7 @@ def read_piece_into(
                 return
             out[out_index] = _read(spec, bounds)
     except FileNotFoundError:
+        check_storage(spec)
         out[out_index] = spec.fill_value
 
 
@@ -255,6 +354,7 @@ def write_piece(spec: FileSpec, bounds: Bounds, data: Any, token: str) -> None:
     token : str
         Owner token of the lock the coordinator holds on this file.
     """
+    check_storage(spec)  # (cached) a worker without the storage says so, not "lock lost"
     with storage_errors(spec.main_file), tile_write_guard(spec.main_dir, spec.array_id, token):
         try:
             hdf5.write_region(spec.main_file, bounds, data, spec.shape, spec.fill_value, spec.dataset_kwargs)
@@ -262,6 +362,31 @@ def write_piece(spec: FileSpec, bounds: Bounds, data: Any, token: str) -> None:
             raise DekerInstanceNotExistsError(
                 f"Tile file {spec.main_file} vanished during the write"
             ) from exc
+
+
+def write_piece_broadcast(spec: FileSpec, bounds: Bounds, data: Any, token: str) -> None:
+    """:func:`write_piece` for data that travels small and is broadcast on arrival.
+
+    A scalar update, or one with data that broadcasts along some axes, sends each task only the
+    distinct values (e.g. shape ``(1, 512)`` for a ``(256, 512)`` piece); the task broadcasts them
+    to the piece's shape.
+
+    Parameters
+    ----------
+    spec : FileSpec
+        The file.
+    bounds : tuple
+        Normalised bounds inside the file.
+    data : numpy.ndarray or numpy scalar
+        Values that broadcast to the selection's shape.
+    token : str
+        Owner token of the lock the coordinator holds on this file.
+    """
+    if isinstance(data, np.ndarray):
+        shape = tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
+        if data.shape != shape:
+            data = np.broadcast_to(data, shape)
+    write_piece(spec, bounds, data, token)
 
 
 def clear_piece(spec: FileSpec, bounds: Bounds, full: bool, token: str) -> bool:
@@ -283,6 +408,7 @@ def clear_piece(spec: FileSpec, bounds: Bounds, full: bool, token: str) -> bool:
     bool
         Whether the file was deleted.
     """
+    check_storage(spec)  # (cached) a worker without the storage says so, not "lock lost"
     with storage_errors(spec.main_file), tile_write_guard(spec.main_dir, spec.array_id, token):
         if full:
             delete_files(spec)

@@ -135,7 +135,7 @@ class Target:
     def array_spec(self) -> FileSpec:
         """Return the :class:`FileSpec` of an Array's data file."""
         obj = self.obj
-        return file_spec(self.root, self.meta, obj.id, self.locks, obj._components)
+        return file_spec(self.root, self.meta, obj.id, self.locks, obj._components, obj._ctx.storage_id)
 
     def files(self) -> tuple[dict[tuple[int, ...], FileSpec], tuple[Any, ...]]:
         """Return the existing data files by grid position, and their data version.
@@ -159,7 +159,7 @@ class Target:
                 stat = _stat(paths.main_file("array", tid))
                 if stat is None:  # deleted since the listing
                     continue
-                files[pos] = file_spec(self.root, self.meta, tid, self.locks)
+                files[pos] = file_spec(self.root, self.meta, tid, self.locks, storage_id=obj._ctx.storage_id)
                 version.append((pos, tid, stat))
             return files, tuple(version)
         stat = _stat(obj._main_file)

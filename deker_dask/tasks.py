@@ -32,7 +32,15 @@ from deker.storage import hdf5
 from deker.storage.layout import ARRAY_EXT, CollectionPaths, ids_in_dir
 from deker.storage.locks import LockSettings, VArrayWriteLock, array_write_lock, new_token
 from deker.store import array_schema_of, create_tile_with, file_spec
-from deker.tasks import Bounds, FileSpec, read_piece, read_piece_into, resolve_root, write_piece
+from deker.tasks import (
+    Bounds,
+    FileSpec,
+    check_storage_at,
+    read_piece,
+    read_piece_into,
+    resolve_root,
+    write_piece,
+)
 
 __all__ = [
     "Part",
@@ -289,6 +297,7 @@ def store_tile(
     block = _as_block(data, dtype, shape)
     paths = target.paths()
     if not paths.main_file("varray", target.vid).exists():
+        check_storage_at(target.root, target.meta.name)  # a worker without the storage says so
         raise DekerInstanceNotExistsError(
             f"VArray {target.vid} does not exist in collection {target.meta.name}"
         )

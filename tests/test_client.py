@@ -26,6 +26,7 @@ from deker.errors import (
     DekerURIError,
     DekerValidationError,
 )
+from deker.storage.identity import STORAGE_ID_FILE
 
 
 def schema(size: int = 4) -> ArraySchema:
@@ -152,11 +153,12 @@ def test_bad_collection_names(tmp_path: Path, name: object) -> None:
     with Client(f"file://{tmp_path}") as client:
         with pytest.raises(DekerValidationError):
             client.create_collection(name, schema())  # type: ignore[arg-type]
-        assert sorted(p.name for p in client.root_path.iterdir()) == []
+        assert sorted(p.name for p in client.root_path.iterdir()) == [STORAGE_ID_FILE]  # made at open
 
 
 def _entries(client: Client) -> list[str]:
-    return sorted(p.name for p in client.root_path.iterdir())
+    # collection directories and lock files; the storage's identity file is always there
+    return sorted(p.name for p in client.root_path.iterdir() if p.name != STORAGE_ID_FILE)
 
 
 @pytest.mark.parametrize("first", ["c", "c.lock"])

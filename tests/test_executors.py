@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import multiprocessing
 import threading
 import time
@@ -249,3 +250,65 @@ def test_dask_worker_processes() -> None:
         _check_results(runner, 3)
         big = np.arange(SCATTER_THRESHOLD // 8 + 1, dtype=np.int64)
         assert runner.run_all(np.sum, [(big,), (big[:10],)], batch_size=2) == [big.sum(), 45]
+
+
+_GATE = threading.Event()
+
+
+def gated(path: str, label: str) -> str:
+    """Log its start, wait for the test's gate (in-process workers share it), log its end."""
+    with open(path, "a") as fh:
+        fh.write(f"start {label}\n")
+    assert _GATE.wait(120)
+    with open(path, "a") as fh:
+        fh.write(f"end {label}\n")
+    return label
+
+
+def test_a_lost_dask_task_is_sent_again_after_its_copy_ended(
+    dask_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A task cancelled while it runs (as when the data it was given is lost with a worker) is
+    # submitted again, but only once its running copy has ended: never two copies at once.
+    distributed = pytest.importorskip("distributed")
+    from deker.executors import keys_running
+
+    _GATE.clear()
+    log = tmp_path / "log.txt"
+    decided = threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "submitting them again" in record.getMessage():
+                decided.set()
+
+    handler = Seen()
+    caplog.set_level(logging.WARNING, logger="deker.executors")  # whatever a client set before
+    logging.getLogger("deker.executors").addHandler(handler)
+    runner = TaskRunner.create(dask_client)
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.extend(runner.run_all(gated, [(str(log), "a")])))
+    thread.start()
+    try:
+        assert _wait(lambda: log.exists() and log.read_text() == "start a\n")
+        (key,) = [k for keys in dask_client.processing().values() for k in keys]
+        assert list(dask_client.run(keys_running, [key]).values()) == [[key]]
+        distributed.Future(key, dask_client).cancel()
+        assert decided.wait(60)  # the runner saw the loss...
+        assert log.read_text() == "start a\n"  # ...and waits: the copy still runs (the gate is shut)
+        _GATE.set()
+        thread.join(60)
+    finally:
+        _GATE.set()
+        logging.getLogger("deker.executors").removeHandler(handler)
+    assert out == ["a"]
+    assert log.read_text() == "start a\nend a\nstart a\nend a\n"
+
+
+def _wait(predicate: Any, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

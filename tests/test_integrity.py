@@ -45,6 +45,7 @@ from deker import (
 from deker.errors import DekerCollectionNotExistsError, DekerIntegrityError, DekerValidationError
 from deker.integrity import IntegrityReport, report_file_name
 from deker.log import set_logging_level
+from deker.storage.identity import STORAGE_ID_FILE
 from deker.storage.inspection import _verify_blocks, tree_size
 from deker.storage.layout import CollectionPaths
 from deker.storage.locks import LockSettings
@@ -569,7 +570,8 @@ def test_storage_size_is_the_sum_of_all_files(storage: Storage, capsys: pytest.C
             per = {name: client.calculate_storage_size(name).bytes for name in ("arr", "var", "plain")}
             for name, size in per.items():
                 assert size == independent_size(storage.paths(name).path)
-            assert total.bytes == sum(per.values())  # collection locks are empty files
+            identity = (storage.root / "collections" / STORAGE_ID_FILE).stat().st_size
+            assert total.bytes == sum(per.values()) + identity  # collection locks are empty files
             varray_json = storage.main("var", storage.var["a"], "varray")
             hdf5_only = sum(
                 p.stat().st_size for p in storage.paths("var").path.rglob("*.hdf5") if not p.is_symlink()

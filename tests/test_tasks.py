@@ -82,7 +82,8 @@ def _varray(tmp_path: Path, name: str = "v") -> tuple[Client, Any]:
 def _spec(varray: Any, position: tuple[int, int]) -> FileSpec:
     tid = varray._tile_ids()[position]
     spec = varray._tile_spec(tid, position)
-    same = file_spec(varray._ctx.settings.root, varray._meta, tid, varray._ctx.locks, spec.symlink)
+    ctx = varray._ctx
+    same = file_spec(ctx.settings.root, varray._meta, tid, ctx.locks, spec.symlink, ctx.storage_id)
     assert replace(spec, fill_value=None) == replace(same, fill_value=None)  # (NaN != NaN)
     assert np.isnan(spec.fill_value) and np.isnan(same.fill_value)
     assert spec.symlink == (varray.id, "-".join(map(str, position)))
@@ -102,6 +103,10 @@ def test_public_names() -> None:
             "read_piece_into",
             "resolve_root",
             "write_piece",
+            "check_storage",
+            "check_storage_at",
+            "process_name",
+            "write_piece_broadcast",
         ]
     )
 
@@ -187,9 +192,12 @@ def test_a_worker_reads_a_storage_mounted_elsewhere(tmp_path: Path, pool: Proces
     mapped = pool.submit(_read_with_map, f"{coordinator}={worker}", spec, bounds).result(timeout=60)
     np.testing.assert_array_equal(mapped, np.arange(20).reshape(4, 5)[1:3])
     assert mapped.dtype == np.int32
-    unmapped = pool.submit(_read_with_map, "", spec, bounds).result(timeout=60)
-    assert unmapped.dtype == np.int32  # no file where the coordinator's path points: fill values
-    np.testing.assert_array_equal(unmapped, np.full((2, 5), spec.fill_value, dtype=np.int32))
+    # No storage where the coordinator's path points: an error naming the process and the path,
+    # never fill values (before, this read returned fill).
+    with pytest.raises(
+        DekerStorageError, match=r"process \d+ on host .* does not see the storage at .*coordinator"
+    ):
+        pool.submit(_read_with_map, "", spec, bounds).result(timeout=60)
 
 
 # ------------------------------------------------------------------------------------- reads

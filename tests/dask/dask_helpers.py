@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+from distributed import WorkerPlugin
 
 from deker import Client, DimensionSchema, HDF5Options, VArraySchema
 
@@ -130,3 +131,45 @@ def tile_dir(v: Any, position: tuple[int, ...]) -> tuple[Path, str]:
     """The main directory and id of the tile of ``v`` at ``position`` (it must exist)."""
     tid = v._tile_ids()[position]
     return v._tile_spec(tid).main_dir, tid
+
+
+class BlockTask(WorkerPlugin):  # type: ignore[misc]
+    """A Dask worker plugin that freezes a worker when it starts a task whose key begins with
+    ``prefix``, until the test kills that worker (or creates ``<folder>/release``).
+
+    It does so ``times`` times in all, across workers: the n-th freeze belongs to the worker that
+    creates ``<folder>/armed<n>``; it writes its name to ``<folder>/blocked<n>`` and stops in the
+    transition of the task to ``executing``, so that the task (and the data scattered to that
+    worker) stays "in the middle" for as long as the test wants.  Register it with
+    ``client.register_plugin(BlockTask(folder, "write_piece"), name=...)``.
+    """
+
+    idempotent = False
+
+    def __init__(self, folder: str, prefix: str, times: int = 1) -> None:
+        self.folder = folder
+        self.prefix = prefix
+        self.times = times
+
+    def setup(self, worker: Any) -> None:
+        self.worker = worker
+
+    def teardown(self, worker: Any) -> None:
+        pass
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        name = key if isinstance(key, str) else str(key[0] if isinstance(key, tuple) else key)
+        if finish != "executing" or not name.startswith(self.prefix):
+            return
+        folder = Path(self.folder)
+        for n in range(self.times):
+            try:
+                fd = os.open(folder / f"armed{n}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                continue
+            os.close(fd)
+            (folder / f"blocked{n}.tmp").write_text(str(self.worker.name))
+            os.rename(folder / f"blocked{n}.tmp", folder / f"blocked{n}")
+            while not (folder / "release").exists():  # until the test kills this process
+                time.sleep(0.01)
+            return
