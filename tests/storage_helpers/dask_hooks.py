@@ -167,3 +167,13 @@ class SlowTileWrites(WorkerPlugin):
         for owner, attr, value in reversed(self._restore):
             setattr(owner, attr, value)
         self._restore.clear()
+
+
+def executing_keys(dask_worker: Any) -> list[Any]:
+    """The keys a worker is executing now (run with ``client.run``)."""
+    return [ts.key for ts in list(dask_worker.state.executing)]
+
+
+def scheduler_task_count(dask_scheduler: Any) -> int:
+    """How many tasks the scheduler still knows (run with ``client.run_on_scheduler``)."""
+    return len(dask_scheduler.tasks)
