@@ -183,6 +183,7 @@ def test_killed_coordinators_lose_no_acknowledged_cell(
         dc.unregister_worker_plugin(plugin.name)
     summary.values.update(
         kills=kills,
+        killed_mid_update=kills - stats["coordinator acknowledged"],
         lost_acknowledged_cells=lost,
         b_updates_acknowledged=len(waits),
         b_longest_wait_s=round(max(waits, default=0.0), 2),
