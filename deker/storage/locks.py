@@ -381,6 +381,41 @@ def _wait_for_markers(
 _FENCE_HOLDER = "a tile task of an earlier VArray operation (its coordinator may have died)"
 
 
+class _LocalFences:
+    """Exclusion of one fence between the threads of this process, besides the kernel lock.
+
+    A Dask worker may run a dead coordinator's task and the next writer's lock in two threads
+    of one process; with process-owned POSIX locks (an NFS client's ``flock``) the kernel
+    would not make them exclude each other.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, path: Path, waiter: _Waiter, what: str) -> Iterator[None]:
+        key = str(path)
+        with self._guard:
+            lock, users = self._locks.setdefault(key, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            if not lock.acquire(timeout=max(0.0, waiter.deadline - time.monotonic())):
+                raise _timeout(what, path, _FENCE_HOLDER, waiter.settings)
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            with self._guard:
+                users[0] -= 1
+                if not users[0]:
+                    del self._locks[key]
+
+
+_LOCAL_FENCES = _LocalFences()
+
+
 def _pass_fence(
     main_dir: Path, array_id: str, waiter: _Waiter, what: str, *, shared: bool = False, create: bool = False
 ) -> None:
@@ -392,6 +427,11 @@ def _pass_fence(
     a fence file no task ever ran there (``create`` makes it, for the tile tasks to come).
     """
     path = fence_path(main_dir, array_id)
+    with _LOCAL_FENCES.hold(path, waiter, what):  # (readers too: a momentary pass)
+        _pass_fence_file(path, waiter, what, shared=shared, create=create)
+
+
+def _pass_fence_file(path: Path, waiter: _Waiter, what: str, *, shared: bool, create: bool) -> None:
     try:
         if create:
             fd = _open_rw(path, create=True)
@@ -810,6 +850,14 @@ def tile_write_guard(
     waiter = _Waiter(settings or LockSettings())
     path = fence_path(main_dir, tile_id)
     what = f"Tile {tile_id} fence"
+    with _LOCAL_FENCES.hold(path, waiter, what), _fence_file(main_dir, tile_id, token, path, waiter, what):
+        yield
+
+
+@contextlib.contextmanager
+def _fence_file(
+    main_dir: Path, tile_id: str, token: str, path: Path, waiter: _Waiter, what: str
+) -> Iterator[None]:
     try:
         fd = _open_rw(path, create=False)
     except FileNotFoundError:
