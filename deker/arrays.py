@@ -388,7 +388,7 @@ class VArray(_BaseArray):
         return file_spec(ctx.settings.root, self._meta, tile_id, ctx.locks, symlink, ctx.storage_id)
 
     def _forget_tile(self, tile_id: str, position: tuple[int, ...]) -> None:
-        """Remove what a deleted tile leaves behind (its mutex file and empty directories)."""
+        """Remove what a deleted tile leaves behind (its mutex and fence files, empty directories)."""
         components = (self._id, "-".join(str(p) for p in position))
         delete_record(self._ctx.root, self._meta, "array", tile_id, components)
 

@@ -86,9 +86,9 @@ _LOCKS_HELP = """\
 List lock files with their kind, array, owner and state.  A lock is 'live' while its owner
 holds it and 'stale' when its owner died (deker recovers stale locks by itself, but deker
 1.1.7 processes are blocked by them).  Only transient locks (read, VArray write, creation
-locks) are listed unless --all, which adds the permanent per-array mutexes and collection
-lock files.  --clear removes the stale ones; with --force also live ones (this breaks the
-protection of operations running now: stop them first).
+locks) are listed unless --all, which adds the permanent per-array mutexes, tile fences
+and collection lock files.  --clear removes the stale ones; with --force also live ones
+(this breaks the protection of operations running now: stop them first).
 """
 
 
@@ -179,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--collection", metavar="NAME", dest="collection", help="only this collection")
     locks = command("locks", "list lock files; --clear removes those left by dead processes", _LOCKS_HELP)
     locks.add_argument("--collection", metavar="NAME", help="only this collection")
-    locks.add_argument("--all", action="store_true", help="also list array mutexes and collection lock files")
+    locks.add_argument(
+        "--all", action="store_true", help="also list array mutexes, tile fences and collection lock files"
+    )
     locks.add_argument("--clear", action="store_true", help="remove stale locks (owners dead)")
     locks.add_argument(
         "--force", action="store_true", help="with --clear: remove live locks too (breaks running operations)"
@@ -395,10 +397,14 @@ def _size(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+# Lock files that stay while their object exists (listed with --all; "held" or "free").
+_PERMANENT = ("array mutex", "tile fence", "collection lock")
+
+
 def _lock_state(info: LockInfo) -> str:
     if info.stale:
         return "stale"
-    if info.kind in ("array mutex", "collection lock"):
+    if info.kind in _PERMANENT:
         return "held" if info.alive else "free"
     return "live"
 
@@ -429,7 +435,7 @@ def _locks(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     base = client.root_path.parent
     removed = client.clear_locks(args.collection, force=args.force) if args.clear else []
     found = client.list_locks(args.collection)
-    shown = [i for i in found if args.all or i.kind not in ("array mutex", "collection lock")]
+    shown = [i for i in found if args.all or i.kind not in _PERMANENT]
     docs = [_lock_doc(i, base) for i in shown]
     stale = sum(1 for i in found if i.stale)
     if args.json:

@@ -309,7 +309,7 @@ def delete_record(
     _unlink(main)
     atomic.discard_leftovers(main)
     remove_file_and_empty_parents(paths.symlink_file(kind, components, array_id), paths.symlinks_dir(kind))
-    for leftover in (main.parent / f"{array_id}.lock",):
+    for leftover in (main.parent / f"{array_id}.lock", main.parent / f"{array_id}.fence"):
         try:
             os.unlink(leftover)
         except FileNotFoundError:

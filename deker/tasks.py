@@ -4,7 +4,9 @@ These functions are what a VArray operation sends to its executor (a thread pool
 pool, or Dask workers on other hosts).  Each call receives only plain values: a
 :class:`FileSpec` (storage-relative location, id, shape, dtype, fill value, HDF5 creation
 options, lock settings), bounds inside the file, data, and the owner token of the operation's
-lock.  A task opens its file itself, checks that the token still owns it, works, and closes.
+lock.  A task opens its file itself, checks that the token still owns it, works, and closes;
+a write or clear holds the tile's fence meanwhile (:func:`~deker.storage.locks.tile_write_guard`),
+so that it cannot land after a later writer's write if its coordinator dies.
 Nothing here refers to a client, a collection, an open file or a lock object.
 
 A worker may see the storage at another path than the coordinator (the same filesystem
@@ -355,7 +357,7 @@ def write_piece(spec: FileSpec, bounds: Bounds, data: Any, token: str) -> None:
         Owner token of the lock the coordinator holds on this file.
     """
     check_storage(spec)  # (cached) a worker without the storage says so, not "lock lost"
-    with storage_errors(spec.main_file), tile_write_guard(spec.main_dir, spec.array_id, token):
+    with storage_errors(spec.main_file), tile_write_guard(spec.main_dir, spec.array_id, token, spec.locks):
         try:
             hdf5.write_region(spec.main_file, bounds, data, spec.shape, spec.fill_value, spec.dataset_kwargs)
         except FileNotFoundError as exc:
@@ -409,7 +411,7 @@ def clear_piece(spec: FileSpec, bounds: Bounds, full: bool, token: str) -> bool:
         Whether the file was deleted.
     """
     check_storage(spec)  # (cached) a worker without the storage says so, not "lock lost"
-    with storage_errors(spec.main_file), tile_write_guard(spec.main_dir, spec.array_id, token):
+    with storage_errors(spec.main_file), tile_write_guard(spec.main_dir, spec.array_id, token, spec.locks):
         if full:
             delete_files(spec)
             return True

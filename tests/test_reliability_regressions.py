@@ -128,6 +128,7 @@ def test_concurrent_first_updates_are_isolated(clients: Any, monkeypatch: pytest
     _root, one, two = clients
     first = {1.0: (0, 0), 2.0: (1, 1)}
     firsts_done = threading.Event()
+    both_listed = threading.Barrier(2)  # neither publishes a tile before both listed the tiles
     made: list[float] = []
     guard = threading.Lock()
     real = VArray._create_tile
@@ -137,6 +138,7 @@ def test_concurrent_first_updates_are_isolated(clients: Any, monkeypatch: pytest
         if position != first[value]:
             assert firsts_done.wait(10), "the other update never created its first tile"
             return real(self, position, values, data, *extra)
+        both_listed.wait(10)
         result = real(self, position, values, data, *extra)
         with guard:
             made.append(value)

@@ -59,6 +59,7 @@ def test_list_and_clear_locks(tmp_path: Path, children: Any) -> None:
     assert ("array read lock", b[1], False) in info
     assert ("array creation lock", None, False) in info
     assert ("varray write lock", b[1], True) in info
+    assert ("tile fence", b[1], False) in info  # made by the VArray lock, held only by tile tasks
     assert {i.owner for i in found if i.kind == "varray write lock"} == {token}
     assert sorted(i.kind for i in found if i.stale) == [
         "array creation lock",
@@ -70,7 +71,7 @@ def test_list_and_clear_locks(tmp_path: Path, children: Any) -> None:
     assert len(removed) == 3
     assert all(p.suffix in (".arrayreadlock", ".arrlock") for p in removed)
     kinds = sorted(i.kind for i in lockinfo.list_locks(tmp_path))
-    assert kinds == ["array mutex", "array mutex", "collection lock", "varray write lock"]
+    assert kinds == ["array mutex", "array mutex", "collection lock", "tile fence", "varray write lock"]
     assert lockinfo.clear_locks(tmp_path) == []
     removed = lockinfo.clear_locks(tmp_path, force=True)
     assert [p.name for p in removed] == [f"{b[1]}.hdf5:{token}.varraylock"]

@@ -391,6 +391,50 @@ def test_tile_guard_across_processes(tmp_path: Path, children: Any) -> None:
         pass
 
 
+def test_tile_fence_holds_off_everyone_until_a_dead_coordinators_task_ends(
+    tmp_path: Path, children: Any
+) -> None:
+    (a,) = tiles_of(tmp_path, IDS[:1])
+    token = locks.new_token()
+    coordinator = children("varray", tiles=[[str(a[0]), a[1]]], token=token)
+    coordinator.expect("ACQUIRED")
+    fence = locks.fence_path(*a)
+    assert fence.exists() and not flocked(fence)  # made by the coordinator, held by no one
+    brief = LockSettings(timeout=0.3, interval=0.05)
+    with locks.tile_write_guard(a[0], a[1], token, FAST):  # this process: a task of that operation
+        assert flocked(fence)
+        coordinator.kill()  # its markers are stale now, but its task is still writing
+        with pytest.raises(DekerLockError, match=r"fence.*earlier VArray operation"):
+            locks.VArrayWriteLock(brief, locks.new_token()).acquire([a])
+        with pytest.raises(DekerLockError, match="fence"), locks.array_write_lock(a[0], a[1], brief):
+            pass
+        with pytest.raises(DekerLockError, match="fence"), locks.array_read_lock(a[0], a[1], brief):
+            pass
+        assert not flocked(locks.mutex_path(*a))  # the waiters left nothing locked
+    start = time.monotonic()
+    with locks.VArrayWriteLock(FAST, locks.new_token()) as lock:
+        lock.acquire([a])  # the task ended: the next writer passes at once
+        assert time.monotonic() - start < PROMPT
+        # a late task of the dead coordinator takes the fence only to find its marker gone
+        with (
+            pytest.raises(DekerLockError, match="lock lost"),
+            locks.tile_write_guard(a[0], a[1], token, FAST),
+        ):
+            pass
+        with locks.tile_write_guard(a[0], a[1], lock.token, FAST):
+            pass  # the live operation's own task, in the coordinator's process
+
+
+def test_tile_fence_is_removed_with_the_tile(tmp_path: Path) -> None:
+    (a,) = tiles_of(tmp_path, IDS[:1])
+    with locks.VArrayWriteLock(FAST, locks.new_token()) as lock:
+        lock.acquire([a])
+        with locks.tile_write_guard(a[0], a[1], lock.token, FAST):
+            (a[0] / f"{a[1]}.hdf5").unlink()  # a full clear deletes the tile
+    assert not locks.fence_path(*a).exists() and not locks.mutex_path(*a).exists()
+    assert not a[0].exists()  # and the empty directories went with them
+
+
 def test_killed_varray_holder_is_stale(tmp_path: Path, children: Any) -> None:
     (a,) = tiles_of(tmp_path, IDS[:1])
     token = locks.new_token()

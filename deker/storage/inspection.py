@@ -38,6 +38,7 @@ from deker.storage.layout import (
 )
 from deker.storage.lockinfo import (
     CREATION_LOCK_EXT,
+    FENCE_EXT,
     LOCK_EXT,
     READ_LOCK_EXT,
     VARRAY_LOCK_EXT,
@@ -63,7 +64,7 @@ __all__ = [
 #: creating the file and locking it, and writers that take no lock).
 LEFTOVER_MIN_AGE = 10.0
 
-_LOCK_SUFFIXES = (READ_LOCK_EXT, VARRAY_LOCK_EXT, CREATION_LOCK_EXT, LOCK_EXT)
+_LOCK_SUFFIXES = (READ_LOCK_EXT, VARRAY_LOCK_EXT, CREATION_LOCK_EXT, LOCK_EXT, FENCE_EXT)
 # Cells read at once when a dataset is verified (bounded memory, whole chunks).
 _VERIFY_CELLS = 1 << 22
 

@@ -6,8 +6,8 @@ lock file names (SPEC §3), probes ``flock`` state, and lists and cleans lock fi
 holds the ``flock`` the owner took on it (deker 1.1.7 markers: its pid is gone from this
 host).  Stale markers are harmless for deker (they are recovered on the fly) but block deker
 1.1.7 processes until removed; :func:`clear_locks` removes them.  Array mutexes
-(``<id>.lock``) and collection locks (``<name>.lock``) are permanent files and are never
-removed here.
+(``<id>.lock``), tile fences (``<id>.fence``) and collection locks (``<name>.lock``) are
+permanent files and are never removed here.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from deker.storage.layout import ARRAY_EXT, id_dir_parts, walk_storage
 
 __all__ = [
     "CREATION_LOCK_EXT",
+    "FENCE_EXT",
     "KIND_COLLECTION",
     "KIND_CREATION",
+    "KIND_FENCE",
     "KIND_MUTEX",
     "KIND_READ",
     "KIND_VARRAY",
@@ -49,6 +51,7 @@ READ_LOCK_EXT = ".arrayreadlock"
 VARRAY_LOCK_EXT = ".varraylock"
 CREATION_LOCK_EXT = ".arrlock"
 LOCK_EXT = ".lock"
+FENCE_EXT = ".fence"
 OWN_READ_PREFIX = "dk2-"
 _TMP_EXT = ".tmp"
 
@@ -57,13 +60,14 @@ KIND_VARRAY = "varray write lock"
 KIND_CREATION = "array creation lock"
 KIND_MUTEX = "array mutex"
 KIND_COLLECTION = "collection lock"
+KIND_FENCE = "tile fence"
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 #: Kinds of lock files that only exist while an operation runs (removed when their owner died).
 REMOVABLE_KINDS = (KIND_READ, KIND_VARRAY, KIND_CREATION)
 
-_LOCK_SUFFIXES = (READ_LOCK_EXT, VARRAY_LOCK_EXT, CREATION_LOCK_EXT, LOCK_EXT)
+_LOCK_SUFFIXES = (READ_LOCK_EXT, VARRAY_LOCK_EXT, CREATION_LOCK_EXT, LOCK_EXT, FENCE_EXT)
 
 
 # --------------------------------------------------------------------------- low level
@@ -170,14 +174,14 @@ class LockInfo:
         The file.
     kind : str
         ``"array read lock"``, ``"varray write lock"``, ``"array creation lock"``,
-        ``"array mutex"`` or ``"collection lock"``.
+        ``"array mutex"``, ``"tile fence"`` or ``"collection lock"``.
     array_id : str or None
         The array (or tile) it concerns.
     owner : str or None
         Owner token, read-marker id or pid (deker 1.1.7 markers).
     alive : bool
-        Whether its owner still holds it (for mutexes and collection locks: whether anyone
-        holds it now).
+        Whether its owner still holds it (for mutexes, fences and collection locks: whether
+        anyone holds it now).
 
     """
 
@@ -228,6 +232,8 @@ def _info(path: Path) -> LockInfo | None:
         return LockInfo(path, marker.kind, marker.array_id, marker.owner, _marker_alive(marker))
     if name.endswith(CREATION_LOCK_EXT):
         return LockInfo(path, KIND_CREATION, None, None, is_locked(path))
+    if name.endswith(FENCE_EXT):
+        return LockInfo(path, KIND_FENCE, name[: -len(FENCE_EXT)], None, is_locked(path))
     if name.endswith(LOCK_EXT):
         if _is_mutex(path):
             return LockInfo(path, KIND_MUTEX, name[: -len(LOCK_EXT)], None, is_locked(path))

@@ -21,6 +21,14 @@ Files, all in an array's main directory unless said otherwise:
     Made by :class:`VArrayWriteLock` for each tile it holds, held with ``LOCK_EX``; tile tasks
     (maybe on other hosts) check it with :func:`tile_write_guard`.  1.1.7 markers carry a pid
     instead of a token and are live while the data file is locked by someone else.
+``<id>.fence`` (tile fence)
+    Stable per-tile file (made by the first VArray write of the tile, removed with the tile,
+    unknown to deker 1.1.7).  A tile task holds ``LOCK_EX`` on it for the whole of its write,
+    and checks its token's marker only once it holds it; everyone who takes the tile (or an
+    array) for writing or reading passes it (takes and drops it) once the array mutex is
+    theirs.  So a task whose coordinator died cannot land after the next writer started:
+    either it held the fence, and the next writer waited until it finished or gave up, or it
+    takes the fence later and finds its coordinator's marker dead (see :func:`tile_write_guard`).
 ``<md5(key)>.arrlock`` (creation lock, anywhere)
     Serialises the creation of one object (see :func:`creation_lock`); removed on release.
 ``<collections>/<name>.lock`` (collection lock)
@@ -55,6 +63,7 @@ from deker.storage.lockinfo import (
     _O_CLOEXEC,
     _TMP_EXT,
     CREATION_LOCK_EXT,
+    FENCE_EXT,
     LOCK_EXT,
     OWN_READ_PREFIX,
     READ_LOCK_EXT,
@@ -70,6 +79,7 @@ from deker.storage.lockinfo import (
 
 __all__ = [
     "CREATION_LOCK_EXT",
+    "FENCE_EXT",
     "LOCK_EXT",
     "READ_LOCK_EXT",
     "VARRAY_LOCK_EXT",
@@ -79,6 +89,7 @@ __all__ = [
     "array_write_lock",
     "collection_lock",
     "creation_lock",
+    "fence_path",
     "mutex_path",
     "new_token",
     "tile_read_guard",
@@ -88,6 +99,20 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _TOKEN_RE = re.compile(r"^[a-z0-9-]{1,80}$")
+
+# Markers held by live VArrayWriteLocks of this process: a tile task running in the
+# coordinator's own process trusts this rather than a probe of its own process's lock (with
+# process-owned POSIX locks, as on NFS, such a probe would not see the lock).
+_OWN_MARKERS: set[str] = set()
+_OWN_MARKERS_GUARD = threading.Lock()
+
+
+def _own_marker(path: Path, held: bool) -> None:
+    with _OWN_MARKERS_GUARD:
+        if held:
+            _OWN_MARKERS.add(str(path))
+        else:
+            _OWN_MARKERS.discard(str(path))
 
 
 @dataclass(frozen=True)
@@ -148,6 +173,25 @@ def mutex_path(main_dir: Path, array_id: str) -> Path:
 
     """
     return main_dir / f"{array_id}{LOCK_EXT}"
+
+
+def fence_path(main_dir: Path, array_id: str) -> Path:
+    """Return the tile fence of an array or tile (``<main_dir>/<id>.fence``).
+
+    Parameters
+    ----------
+    main_dir : Path
+        The array's main directory.
+    array_id : str
+        The array (or tile) id.
+
+    Returns
+    -------
+    Path
+        The fence file (it exists once a VArray write took the tile).
+
+    """
+    return main_dir / f"{array_id}{FENCE_EXT}"
 
 
 # --------------------------------------------------------------------------- low level
@@ -260,9 +304,11 @@ def _object_file(main_dir: Path, array_id: str, ext: str | None) -> Path:
 
 
 def _cleanup_if_deleted(main_dir: Path, array_id: str, data: Path | None = None) -> None:
-    """Under an exclusive mutex: if the object is gone, remove its mutex and empty directories."""
+    """Under an exclusive mutex: if the object is gone, remove its mutex, fence and empty directories."""
     if os.path.exists(data or _data_file(main_dir, array_id)):
         return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(fence_path(main_dir, array_id))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(mutex_path(main_dir, array_id))
     try:
@@ -330,6 +376,79 @@ def _wait_for_markers(
                 f"{m.kind} of {'deker 1.1.7 pid ' if m.legacy else ''}{m.owner}" for m in live
             )
             raise _timeout(what, live[0].path, holders, waiter.settings)
+
+
+_FENCE_HOLDER = "a tile task of an earlier VArray operation (its coordinator may have died)"
+
+
+class _LocalFences:
+    """Exclusion of one fence between the threads of this process, besides the kernel lock.
+
+    A Dask worker may run a dead coordinator's task and the next writer's lock in two threads
+    of one process; with process-owned POSIX locks (an NFS client's ``flock``) the kernel
+    would not make them exclude each other.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, path: Path, waiter: _Waiter, what: str) -> Iterator[None]:
+        key = str(path)
+        with self._guard:
+            lock, users = self._locks.setdefault(key, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            if not lock.acquire(timeout=max(0.0, waiter.deadline - time.monotonic())):
+                raise _timeout(what, path, _FENCE_HOLDER, waiter.settings)
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            with self._guard:
+                users[0] -= 1
+                if not users[0]:
+                    del self._locks[key]
+
+
+_LOCAL_FENCES = _LocalFences()
+
+
+def _pass_fence(
+    main_dir: Path, array_id: str, waiter: _Waiter, what: str, *, shared: bool = False, create: bool = False
+) -> None:
+    """Wait until no tile task is working on the file, then go on (the fence is taken and dropped).
+
+    The caller holds the array mutex, so no live operation of another owner holds the file:
+    a tile task still running belongs to an operation that ended or died, and a task that
+    takes the fence after this call finds its coordinator's marker dead and gives up.  Without
+    a fence file no task ever ran there (``create`` makes it, for the tile tasks to come).
+    """
+    path = fence_path(main_dir, array_id)
+    with _LOCAL_FENCES.hold(path, waiter, what):  # (readers too: a momentary pass)
+        _pass_fence_file(path, waiter, what, shared=shared, create=create)
+
+
+def _pass_fence_file(path: Path, waiter: _Waiter, what: str, *, shared: bool, create: bool) -> None:
+    try:
+        if create:
+            fd = _open_rw(path, create=True)
+        else:
+            fd = os.open(path, (os.O_RDONLY if shared else os.O_RDWR) | _O_CLOEXEC)
+    except FileNotFoundError:
+        if create:
+            raise
+        return
+    except PermissionError:  # a read-only storage: nobody can be writing there with our locks
+        return
+    try:
+        while not _try_flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX):
+            if not waiter.sleep():
+                raise _timeout(what, path, _FENCE_HOLDER, waiter.settings)
+    finally:
+        _unlock_close(fd)
 
 
 def _lock_data_file(data: Path, waiter: _Waiter, what: str) -> int:
@@ -402,6 +521,7 @@ def array_read_lock(
             if not waiter.sleep():
                 raise _timeout(what, data, "a deker 1.1.7 writer (exclusive flock)", settings)
         stack.callback(_drop_marker, marker, marker_fd)
+        _pass_fence(main_dir, array_id, waiter, what, shared=True)
         yield
 
 
@@ -451,6 +571,7 @@ def array_write_lock(
         _require(data)
         stack.callback(_unlock_close, _lock_data_file(data, waiter, what))
         _wait_for_markers(main_dir, array_id, waiter, what)
+        _pass_fence(main_dir, array_id, waiter, what)
         yield
 
 
@@ -559,6 +680,9 @@ class VArrayWriteLock:
             stack.callback(_cleanup_if_deleted, main_dir, tile_id)
             marker = self.marker(main_dir, tile_id)
             stack.callback(_drop_marker, marker, _create_marker(marker))
+            _own_marker(marker, True)
+            stack.callback(_own_marker, marker, False)
+            _pass_fence(main_dir, tile_id, waiter, what, create=True)  # a new tile: never waits
             yield
             stack.callback(_unlock_close, _lock_data_file(_data_file(main_dir, tile_id), waiter, what))
         except BaseException:
@@ -625,10 +749,19 @@ class VArrayWriteLock:
             if not os.path.exists(data):
                 stack.close()
                 return False
-            stack.callback(_unlock_close, _lock_data_file(data, waiter, what))
+            data_fd = _lock_data_file(data, waiter, what)
+            stack.callback(_unlock_close, data_fd)
             marker = self.marker(main_dir, tile_id)
             stack.callback(_drop_marker, marker, _create_marker(marker))
+            _own_marker(marker, True)
+            stack.callback(_own_marker, marker, False)
             _wait_for_markers(main_dir, tile_id, waiter, what, own=marker)
+            if not _same_file(data_fd, data):
+                # Deleted while we waited for its lock (a deker 1.1.7 clear locks the data file
+                # itself, not our mutex): what we hold is a dead file.  The caller lists again.
+                stack.close()
+                return False
+            _pass_fence(main_dir, tile_id, waiter, what, create=True)
         except BaseException:
             stack.close()
             raise
@@ -665,6 +798,10 @@ class VArrayWriteLock:
 def _guard(main_dir: Path, tile_id: str, token: str, action: str) -> None:
     _check_token(token)
     marker = main_dir / f"{tile_id}{ARRAY_EXT}:{token}{VARRAY_LOCK_EXT}"
+    with _OWN_MARKERS_GUARD:
+        own = str(marker) in _OWN_MARKERS
+    if own and os.path.exists(marker):
+        return  # held by a live VArrayWriteLock of this very process
     if not _held_by_someone(marker):
         raise DekerLockError(
             f"VArray lock lost: cannot {action} tile {tile_id}, its marker {marker} is missing or no "
@@ -673,10 +810,18 @@ def _guard(main_dir: Path, tile_id: str, token: str, action: str) -> None:
 
 
 @contextlib.contextmanager
-def tile_write_guard(main_dir: Path, tile_id: str, token: str) -> Iterator[None]:
-    """Check that the operation ``token`` still holds a tile before a task writes it.
+def tile_write_guard(
+    main_dir: Path, tile_id: str, token: str, settings: LockSettings | None = None
+) -> Iterator[None]:
+    """Hold a tile's fence for a task's write, once the operation ``token`` is known to hold the tile.
 
-    The task may run in another process or on another host; it takes no lock itself.
+    The task may run in another process or on another host.  It takes the tile's fence
+    (``<id>.fence``, exclusive, waiting up to ``settings.timeout``), then checks that the
+    coordinator's marker is still held, and keeps the fence until the body (the write) has
+    ended.  Whoever takes the tile next passes the fence first (see
+    :meth:`VArrayWriteLock.acquire`), so a write of a coordinator that died cannot land after
+    a later write: it either finished before the next writer passed, or it finds the dead
+    marker and gives up.
 
     Parameters
     ----------
@@ -686,20 +831,50 @@ def tile_write_guard(main_dir: Path, tile_id: str, token: str) -> Iterator[None]
         The tile id.
     token : str
         The coordinator's owner token.
+    settings : LockSettings, optional
+        How long to wait for the fence (default :class:`LockSettings`).
 
     Yields
     ------
     None
-        When the coordinator's marker is live.
+        While the fence is held and the coordinator's marker was live when it was taken.
 
     Raises
     ------
     DekerLockError
-        If the marker is missing or nobody holds it ("lock lost").
+        If the marker is missing or nobody holds it ("lock lost"), or the fence stayed busy
+        until the deadline.
 
     """
-    _guard(main_dir, tile_id, token, "write")
-    yield
+    _check_token(token)
+    waiter = _Waiter(settings or LockSettings())
+    path = fence_path(main_dir, tile_id)
+    what = f"Tile {tile_id} fence"
+    with _LOCAL_FENCES.hold(path, waiter, what), _fence_file(main_dir, tile_id, token, path, waiter, what):
+        yield
+
+
+@contextlib.contextmanager
+def _fence_file(
+    main_dir: Path, tile_id: str, token: str, path: Path, waiter: _Waiter, what: str
+) -> Iterator[None]:
+    try:
+        fd = _open_rw(path, create=False)
+    except FileNotFoundError:
+        _guard(main_dir, tile_id, token, "write")  # the tile was deleted, its lock released...
+        try:  # ...or its coordinator made no fence: make it (the coordinator holds the mutex)
+            fd = _open_rw(path, create=True)
+        except FileNotFoundError:
+            _guard(main_dir, tile_id, token, "write")
+            raise
+    try:
+        while not _try_flock(fd, fcntl.LOCK_EX):
+            if not waiter.sleep():
+                raise _timeout(what, path, _FENCE_HOLDER, waiter.settings)
+        _guard(main_dir, tile_id, token, "write")  # decided only while the fence is ours
+        yield
+    finally:
+        _unlock_close(fd)
 
 
 @contextlib.contextmanager
