@@ -385,6 +385,7 @@ def test_fsync_happens_only_when_durable(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_public_names() -> None:
     assert sorted(journal.__all__) == [
+        "NewFile",
         "UndoJournal",
         "durable",
         "fsync_dir",

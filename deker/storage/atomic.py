@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from deker.storage.journal import (
+    NewFile,
     UndoJournal,
     durable,
     fsync_dir,
@@ -99,6 +100,7 @@ SCRATCH_MIN_AGE = 10.0
 __all__ = [
     "SCRATCH_MIN_AGE",
     "Leftover",
+    "NewFile",
     "UndoJournal",
     "clean_leftovers",
     "build_directory",
