@@ -59,6 +59,17 @@ def test_fault_at_each_write_step(case: str, code: str, tmp_path: Path) -> None:
     assert result["failures"], "no step failed: the faults were not injected"
 
 
+STICKY = ["array-gzip-partial-update", "array-plain-partial-clear", "varray-gzip-whole-update"]
+
+
+@pytest.mark.parametrize("case", STICKY)
+def test_disk_stays_full_during_the_rollback(case: str, tmp_path: Path) -> None:
+    # every write after the failing one fails too: the journal (or new version) stays behind,
+    # readers see the old version through it, and the next writer or clear_locks rolls it back
+    result = _child("inject", case, "ENOSPC", str(tmp_path), str(STEPS), "sticky")
+    assert result["failures"]
+
+
 @pytest.mark.parametrize("kind", small_fs.KINDS)
 def test_full_filesystem(kind: str, tmp_path: Path) -> None:
     reason = small_fs.cannot_mount(kind)

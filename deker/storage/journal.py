@@ -568,8 +568,13 @@ def journaled(target: Path) -> Iterator[UndoJournal]:
     except BaseException as exc:
         try:
             journal.rollback()
-        except OSError:
-            logger.exception("rolling back %s failed; its journal %s stays", target, journal.path)
+        except OSError as undo:
+            logger.warning(
+                "rolling back %s failed (%s); its journal %s stays for the next writer",
+                target,
+                undo,
+                journal.path,
+            )
         finally:
             journal.close()
         if journal.failure is not None and exc is not journal.failure:

@@ -3,7 +3,7 @@
 Shared by tests/test_disk_full.py and tests/stress/test_disk_full.py, and run as a script so a
 crash (SIGSEGV inside HDF5) kills a child process, not pytest::
 
-    python disk_full.py inject OPERATION ERRNO ROOT [LIMIT]  # each write step of OPERATION fails once
+    python disk_full.py inject OPERATION ERRNO ROOT [LIMIT [sticky]]  # each write step fails once
     python disk_full.py fill ROOT OPERATIONS SEED        # OPERATIONS runs on a filled filesystem
 
 Both print one JSON line (what happened) and exit 0 when every check held, 1 otherwise (the
@@ -269,10 +269,12 @@ def _fresh(root: Path, case: Case, name: str) -> tuple[Client, Any]:
     return client, array
 
 
-def inject(case_name: str, code: int, root: Path, limit: int = 0) -> dict[str, Any]:
+def inject(case_name: str, code: int, root: Path, limit: int = 0, sticky: bool = False) -> dict[str, Any]:
     """Run ``case_name`` once per write step, that step failing with ``code``; check each run.
 
     ``limit`` > 0 tries only that many steps, spread evenly from the first to the last.
+    ``sticky``: every write call after the failing one fails too (the rollback included, so
+    the journal or new version stays for the next writer to deal with).
     """
     case = cases()[case_name]
     problems: list[str] = []
@@ -293,7 +295,7 @@ def inject(case_name: str, code: int, root: Path, limit: int = 0) -> dict[str, A
         where = root / f"s{step}"
         client, array = _fresh(where, case, "c")
         error: BaseException | None = None
-        with Injector(code, fail_at=step).active():
+        with Injector(code, fail_at=step, sticky=sticky).active():
             try:
                 if array is None:
                     client.create_collection("new", _schema("array"))
@@ -410,9 +412,9 @@ def main(argv: list[str]) -> int:
     """The script entry point (see the module docstring)."""
     try:
         if argv[0] == "inject":
-            result = inject(
-                argv[1], getattr(errno, argv[2]), Path(argv[3]), int(argv[4]) if len(argv) > 4 else 0
-            )
+            limit = int(argv[4]) if len(argv) > 4 else 0
+            sticky = len(argv) > 5 and argv[5] == "sticky"
+            result = inject(argv[1], getattr(errno, argv[2]), Path(argv[3]), limit, sticky)
         else:
             result = fill(Path(argv[1]), argv[2].split(","), int(argv[3]))
     except BaseException:
