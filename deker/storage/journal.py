@@ -9,6 +9,10 @@ unlinks the journal.  A journal left behind by a dead process is either rolled b
 writer (:func:`recover`) or read through by a reader (:func:`old_version`): the records are
 the old bytes, the header the old size.
 
+A write that fails (a full disk, ``EIO``) is never raised into HDF5 (see :class:`NewFile`, which
+h5py uses for new versions, and ``_GuardedFile``): it is recorded, later writes stay in memory,
+and :func:`journaled` rolls back and raises it once h5py has closed the file.
+
 Journal format: header ``b"DKUNDO01"``, old size (u64), crc32 (u32); then records of offset
 (u64), length (u64), crc32 of the old bytes (u32) and the old bytes.  A record that is
 incomplete or fails its checksum ends the journal: the write it protected never started.
