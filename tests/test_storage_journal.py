@@ -471,3 +471,22 @@ def test_rollback_that_fails_too_leaves_the_journal_for_the_next_writer(
         assert view.read() == b"0123456789"  # readers see the old version through it
     assert recover(target)  # the next writer rolls it back
     assert target.read_bytes() == b"0123456789"
+
+
+def test_a_failed_read_while_changing_is_recorded_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = _file(tmp_path, b"0123456789")
+    real = os.preadv
+
+    def preadv(fd: int, buffers: Any, offset: int) -> int:
+        raise OSError(5, os.strerror(5))
+
+    with pytest.raises(OSError, match="Input/output error"), journaled(target) as change:
+        change.write(b"ab")
+        monkeypatch.setattr(os, "preadv", preadv)
+        buf = bytearray(4)
+        assert change.readinto(memoryview(buf)) == 4  # never raised into HDF5
+        assert change.failure is not None
+        monkeypatch.setattr(os, "preadv", real)
+    assert target.read_bytes() == b"0123456789"

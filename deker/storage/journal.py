@@ -287,7 +287,10 @@ class _Overlay:
             if page is not None:
                 view[pos : pos + step] = page[start : start + step]
             else:
-                got = _read_exact(self._fd, step, offset + pos)
+                try:
+                    got = _read_exact(self._fd, step, offset + pos)
+                except OSError:  # a failing disk: HDF5 gets zeros, the change is undone anyway
+                    got = b""
                 view[pos : pos + step] = got.ljust(step, b"\0")
             pos += step
 
@@ -336,7 +339,11 @@ class _GuardedFile(_FileBase):
             self._overlay.read(self._pos, view[:n])
             self._pos += n
             return n
-        n = os.preadv(self._fd, [buffer], self._pos)
+        try:
+            n = os.preadv(self._fd, [buffer], self._pos)
+        except OSError as exc:  # EIO: recorded like a failed write (HDF5 is writing this file)
+            self._fail(exc)
+            return self.readinto(buffer)
         self._pos += n
         return n
 
