@@ -38,6 +38,7 @@ INJECTED = [
     ("varray-gzip-partial-update", "ENOSPC"),
     ("varray-plain-first-whole-update", "EIO"),  # tiles created with their data
     ("create_collection", "ENOSPC"),  # a raw OSError and an orphan <name>.lock before
+    ("varray-create", "EIO"),
 ]
 
 
@@ -94,4 +95,4 @@ def test_cases_cover_every_kind_of_write() -> None:
                 "whole-clear",
             ):
                 assert f"{kind}-{codec}-{what}" in names
-    assert "create_collection" in names
+    assert {"create_collection", "array-create", "varray-create"} <= names

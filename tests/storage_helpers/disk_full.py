@@ -139,7 +139,9 @@ def cases() -> dict[str, Case]:
     part = (slice(10, 70), slice(5, 50))
     whole = (slice(0, SHAPE[0]), slice(0, SHAPE[1]))
     found: dict[str, Case] = {
-        "create_collection": Case("create_collection", "array", False, None, None, None)
+        "create_collection": Case("create_collection", "array", False, None, None, None),
+        "array-create": Case("array-create", "array", False, None, None, None),
+        "varray-create": Case("varray-create", "varray", True, None, None, None),
     }
     for kind in ("array", "varray"):
         for compressed in (False, True):
@@ -259,14 +261,48 @@ def content_problems(array: Any, case: Case) -> list[str]:
 
 
 def _fresh(root: Path, case: Case, name: str) -> tuple[Client, Any]:
+    """The client and the target of ``case``: its array, its collection (creations) or None."""
     client = Client(f"file://{root}", write_lock_timeout=5)
-    if case.region is None:
+    if case.name == "create_collection":
         return client, None
     collection = _collection(client, case, name)
+    if case.region is None:
+        return client, collection
     array = collection.create()
     if case.before is not None:
         array[:].update(case.before)
     return client, array
+
+
+def _do(client: Client, target: Any, case: Case) -> None:
+    if case.name == "create_collection":
+        client.create_collection("new", _schema("array"))
+    elif case.region is None:
+        target.create()
+    else:
+        _apply(target, case)
+
+
+def _judge(client: Client, target: Any, case: Case, error: BaseException | None, where: Path) -> list[str]:
+    """Check what an operation left, then run the next writer (the operation without faults)."""
+    problems = []
+    if case.name == "create_collection":
+        problems += [f"orphan before the next writer {p}" for p in leftovers(where)]
+        if error is not None and client.get_collection("new") is not None:
+            problems.append("create_collection failed but the collection exists")
+        if client.get_collection("new") is None:
+            client.create_collection("new", _schema("array"))
+    elif case.region is None:
+        for array in target:  # a failed creation made none, or one that works
+            if not np.isnan(np.asarray(array[:].read())).all():
+                problems.append(f"created array {array.id} is not empty")
+        target.create()
+    else:
+        problems += content_problems(target, case)
+        _apply(target, case)
+        if not np.array_equal(np.asarray(target[:].read()), case.after(), equal_nan=True):
+            problems.append("the next writer's operation did not land")
+    return problems
 
 
 def inject(case_name: str, code: int, root: Path, limit: int = 0, sticky: bool = False) -> dict[str, Any]:
@@ -281,10 +317,7 @@ def inject(case_name: str, code: int, root: Path, limit: int = 0, sticky: bool =
     # how many write calls the operation makes when nothing fails
     client, array = _fresh(root / "count", case, "c")
     with Injector(code).active() as counter:
-        if array is None:
-            client.create_collection("new", _schema("array"))
-        else:
-            _apply(array, case)
+        _do(client, array, case)
     client.close()
     steps = counter.calls
     failures = successes = 0
@@ -297,10 +330,7 @@ def inject(case_name: str, code: int, root: Path, limit: int = 0, sticky: bool =
         error: BaseException | None = None
         with Injector(code, fail_at=step, sticky=sticky).active():
             try:
-                if array is None:
-                    client.create_collection("new", _schema("array"))
-                else:
-                    _apply(array, case)
+                _do(client, array, case)
             except Exception as exc:  # judged below
                 error = exc
         label = f"step {step}/{steps}"
@@ -310,18 +340,7 @@ def inject(case_name: str, code: int, root: Path, limit: int = 0, sticky: bool =
             failures += 1
             problems += [f"{label}: {p}" for p in error_problems(error, code)]
         problems += [f"{label}: bad signature {p}" for p in bad_signatures(where)]
-        if array is not None:
-            problems += [f"{label}: {p}" for p in content_problems(array, case)]
-            _apply(array, case)  # the next writer
-            expected = case.after()
-            if not np.array_equal(np.asarray(array[:].read()), expected, equal_nan=True):
-                problems.append(f"{label}: the next writer's operation did not land")
-        else:
-            problems += [f"{label}: orphan before the next writer {p}" for p in leftovers(where)]
-            if error is not None and client.get_collection("new") is not None:
-                problems.append(f"{label}: create_collection failed but the collection exists")
-            if client.get_collection("new") is None:
-                client.create_collection("new", _schema("array"))
+        problems += [f"{label}: {p}" for p in _judge(client, array, case, error, where)]
         client.clear_locks()
         problems += [f"{label}: leftover {p}" for p in leftovers(where)]
         client.close()
@@ -355,10 +374,7 @@ def fill(root: Path, names: list[str], seed: int) -> dict[str, Any]:
         _fill_up(filler, int(rng.integers(0, 96 * 80 * 8 + 8192)))
         error: BaseException | None = None
         try:
-            if array is None:
-                client.create_collection("new", _schema("array"))
-            else:
-                _apply(array, case)
+            _do(client, array, case)
         except Exception as exc:  # judged below
             error = exc
         ops += 1
@@ -369,18 +385,9 @@ def fill(root: Path, names: list[str], seed: int) -> dict[str, Any]:
             failed += 1
             problems += [f"{label}: {p}" for p in error_problems(error, errno.ENOSPC)]
         problems += [f"{label}: bad signature {p}" for p in bad_signatures(where)]
-        if array is not None:
-            problems += [f"{label}: {p}" for p in content_problems(array, case)]
         filler.unlink()
         problems += [f"{label} (space freed): bad signature {p}" for p in bad_signatures(where)]
-        if array is not None:
-            _apply(array, case)
-            if not np.array_equal(np.asarray(array[:].read()), case.after(), equal_nan=True):
-                problems.append(f"{label}: the next writer's operation did not land")
-        else:
-            problems += [f"{label}: orphan before the next writer {p}" for p in leftovers(where)]
-            if client.get_collection("new") is None:
-                client.create_collection("new", _schema("array"))
+        problems += [f"{label}: {p}" for p in _judge(client, array, case, error, where)]
         client.clear_locks()
         problems += [f"{label}: leftover {p}" for p in leftovers(where)]
         client.close()
