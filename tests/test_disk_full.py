@@ -42,8 +42,9 @@ INJECTED = [
 ]
 
 
-def _child(*args: str) -> dict[str, object]:
+def _child(*args: str, fsync: bool = False) -> dict[str, object]:
     env = dict(os.environ)
+    env["DEKER_FSYNC"] = "1" if fsync else "0"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
     proc = subprocess.run(
         [sys.executable, str(HELPER), *args], capture_output=True, text=True, env=env, timeout=600
@@ -58,6 +59,13 @@ def _child(*args: str) -> dict[str, object]:
 def test_fault_at_each_write_step(case: str, code: str, tmp_path: Path) -> None:
     result = _child("inject", case, code, str(tmp_path), str(STEPS))
     assert result["failures"], "no step failed: the faults were not injected"
+
+
+@pytest.mark.parametrize("case", ["array-gzip-partial-update", "varray-plain-whole-update"])
+def test_fault_at_each_flush(case: str, tmp_path: Path) -> None:
+    # with DEKER_FSYNC=1 every step is flushed: an fsync that fails (EIO) is a failed write too
+    result = _child("inject", case, "EIO", str(tmp_path), str(STEPS), fsync=True)
+    assert result["failures"]
 
 
 STICKY = ["array-gzip-partial-update", "array-plain-partial-clear", "varray-gzip-whole-update"]
