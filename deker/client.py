@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -17,7 +18,6 @@ from deker.errors import (
     DekerClientError,
     DekerCollectionAlreadyExistsError,
     DekerCollectionNotExistsError,
-    DekerMemoryError,
     DekerMetaDataError,
     DekerStorageError,
     DekerURIError,
@@ -41,6 +41,7 @@ from deker.storage.layout import COLLECTIONS_DIR, CollectionPaths, is_scratch_di
 from deker.storage.lockinfo import LockInfo, clear_locks, list_locks, remove_orphan_collection_locks
 from deker.storage.locks import LockSettings, collection_lock
 from deker.store import array_schema_of
+from deker.tasks import storage_errors
 from deker.types import StorageSize
 
 __all__ = ["Client"]
@@ -276,32 +277,39 @@ class Client:
         ctx.ensure_storage_id()  # a storage made by deker 1.1.7 gets its identity file at its first write
         schema_of_arrays = array_schema_of(meta)
         check_fill_value_supported(meta.options, schema_of_arrays.dtype, schema_of_arrays.fill_value)
-        with collection_lock(self.root_path, meta.name, ctx.locks):
-            if not ctx.settings.skip_collection_create_memory_check:
-                schema = array_schema_of(meta)
-                try:
-                    import numpy as np
-
-                    check_memory(tuple(schema.shape), np.dtype(schema.dtype), ctx.memory_limit)
-                except DekerMemoryError:
-                    try:
-                        os.unlink(paths.lock_file)
-                    except FileNotFoundError:
-                        pass
-                    raise
-            # The directory appears with its metadata inside, at once: a crash leaves no
-            # collection directory without metadata behind (which would block the name).
-            payload = encode_collection_meta(meta).encode()
+        # A full disk, a read-only or failing storage: DekerStorageError naming the path.
+        with storage_errors(paths.lock_file), collection_lock(self.root_path, meta.name, ctx.locks):
             try:
-                build_directory(paths.root, meta.name, {paths.meta_file.name: payload})
-            except FileExistsError as exc:
-                if paths.path.is_dir() and not paths.meta_file.exists():
-                    raise DekerCollectionAlreadyExistsError(
-                        f"Collection {meta.name} cannot be created: {paths.path} exists and holds files "
-                        f"but no metadata file {paths.meta_file.name}; move that directory away first"
-                    ) from exc
-                raise DekerCollectionAlreadyExistsError(f"Collection {meta.name} already exists") from exc
+                self._build(meta, paths)
+            except BaseException:
+                # Nothing was created: drop the lock file, which would outlive the failure
+                # (unlinked while held, as a released creation lock is: waiters retry).
+                if not paths.meta_file.exists():
+                    with contextlib.suppress(OSError):
+                        os.unlink(paths.lock_file)
+                raise
         return Collection(ctx, meta)
+
+    def _build(self, meta: CollectionMeta, paths: CollectionPaths) -> None:
+        """Create the directory of a new collection (the caller holds its lock)."""
+        ctx = self._context
+        if not ctx.settings.skip_collection_create_memory_check:
+            schema = array_schema_of(meta)
+            import numpy as np
+
+            check_memory(tuple(schema.shape), np.dtype(schema.dtype), ctx.memory_limit)
+        # The directory appears with its metadata inside, at once: a crash leaves no
+        # collection directory without metadata behind (which would block the name).
+        payload = encode_collection_meta(meta).encode()
+        try:
+            build_directory(paths.root, meta.name, {paths.meta_file.name: payload})
+        except FileExistsError as exc:
+            if paths.path.is_dir() and not paths.meta_file.exists():
+                raise DekerCollectionAlreadyExistsError(
+                    f"Collection {meta.name} cannot be created: {paths.path} exists and holds files "
+                    f"but no metadata file {paths.meta_file.name}; move that directory away first"
+                ) from exc
+            raise DekerCollectionAlreadyExistsError(f"Collection {meta.name} already exists") from exc
 
     def create_collection(
         self,

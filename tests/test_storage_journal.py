@@ -385,6 +385,7 @@ def test_fsync_happens_only_when_durable(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_public_names() -> None:
     assert sorted(journal.__all__) == [
+        "NewFile",
         "UndoJournal",
         "durable",
         "fsync_dir",
@@ -395,3 +396,97 @@ def test_public_names() -> None:
         "old_version",
         "recover",
     ]
+
+
+def _failing_pwrite(monkeypatch: pytest.MonkeyPatch, code: int, after: int = 0) -> list[int]:
+    """Make ``os.pwrite`` fail with ``code`` from its ``after``-th call on (counted in the list)."""
+    real = os.pwrite
+    calls = [0]
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        calls[0] += 1
+        if calls[0] > after:
+            raise OSError(code, os.strerror(code))
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    return calls
+
+
+@pytest.mark.parametrize("code", [28, 5])  # ENOSPC, EIO
+def test_a_failed_write_goes_on_in_memory_then_rolls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    # HDF5 must never see a failed write (it would be left in a state that crashes the
+    # process later): the write "succeeds", later ones stay in memory, the exit raises
+    target = _file(tmp_path, b"0123456789")
+    with pytest.raises(OSError) as caught, journaled(target) as change:
+        change.write(b"ab")  # journaled and written
+        _failing_pwrite(monkeypatch, code)
+        change.seek(4)
+        assert change.write(b"XYZ") == 3  # fails on disk: kept in memory
+        assert change.failure is not None and change.failure.errno == code
+        change.seek(20)
+        change.write(b"tail")  # past the end, in memory too
+        change.seek(0)
+        buf = bytearray(24)
+        assert change.readinto(memoryview(buf)) == 24
+        assert bytes(buf) == b"ab23XYZ789" + b"\0" * 10 + b"tail"
+        monkeypatch.undo()
+    assert caught.value.errno == code
+    assert target.read_bytes() == b"0123456789"  # rolled back at once
+    assert not journal_path(target).exists()
+
+
+def test_new_file_records_a_failed_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _file(tmp_path, b"")
+    with journal.NewFile(path) as new:
+        new.write(b"head")
+        _failing_pwrite(monkeypatch, 28)
+        assert new.write(b"-more") == 5
+        new.truncate(12)
+        new.seek(0)
+        buf = bytearray(12)
+        assert new.readinto(memoryview(buf)) == 12
+        assert bytes(buf) == b"head-more\0\0\0"
+        monkeypatch.undo()
+        with pytest.raises(OSError, match="No space left"):
+            new.raise_failure()
+    assert path.read_bytes() == b"head"  # the disk got nothing after the failure
+
+
+def test_rollback_that_fails_too_leaves_the_journal_for_the_next_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = _file(tmp_path, b"0123456789")
+    with pytest.raises(OSError), journaled(target) as change:
+        change.write(b"ab")
+        _failing_pwrite(monkeypatch, 5)  # and the rollback's writes fail as well
+        change.write(b"cd")
+    monkeypatch.undo()
+    assert journal_path(target).exists()
+    view = old_version(target)
+    assert view is not None
+    with view:
+        assert view.read() == b"0123456789"  # readers see the old version through it
+    assert recover(target)  # the next writer rolls it back
+    assert target.read_bytes() == b"0123456789"
+
+
+def test_a_failed_read_while_changing_is_recorded_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = _file(tmp_path, b"0123456789")
+    real = os.preadv
+
+    def preadv(fd: int, buffers: Any, offset: int) -> int:
+        raise OSError(5, os.strerror(5))
+
+    with pytest.raises(OSError, match="Input/output error"), journaled(target) as change:
+        change.write(b"ab")
+        monkeypatch.setattr(os, "preadv", preadv)
+        buf = bytearray(4)
+        assert change.readinto(memoryview(buf)) == 4  # never raised into HDF5
+        assert change.failure is not None
+        monkeypatch.setattr(os, "preadv", real)
+    assert target.read_bytes() == b"0123456789"

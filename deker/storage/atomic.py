@@ -42,6 +42,12 @@ environment variable ``DEKER_FSYNC=1`` in a process makes every step above flush
 its directory (it is read at each write, never set by deker; set it on Dask workers too).
 That costs waiting for the disk: about the time to write the data once more.
 
+**Failed writes** (a full disk, ``EIO``...) never reach HDF5, which would be left in a state
+that crashes the process later (h5py/h5py#1642): h5py writes only through the file objects of
+:mod:`deker.storage.journal` (:class:`UndoJournal`, :class:`NewFile`), which record the first
+failure and keep what HDF5 writes afterwards in memory.  Once h5py has closed the file the
+change is rolled back, or the new version deleted, and the failure raised.
+
 **Directories** (collections) are built and removed by renames too (:func:`build_directory`,
 :func:`remove_tree`, :func:`empty_directory`): a new tree is assembled under a hidden
 ``.<32 hex>.new`` name and renamed to its name; a tree to delete is first renamed to a hidden
@@ -66,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 from deker.storage.journal import (
+    NewFile,
     UndoJournal,
     durable,
     fsync_dir,
@@ -99,6 +106,7 @@ SCRATCH_MIN_AGE = 10.0
 __all__ = [
     "SCRATCH_MIN_AGE",
     "Leftover",
+    "NewFile",
     "UndoJournal",
     "clean_leftovers",
     "build_directory",

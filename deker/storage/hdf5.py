@@ -102,6 +102,21 @@ def _handle(source: Path | io.RawIOBase, path: Path, mode: str) -> Iterator[h5py
 
 
 @contextmanager
+def _fresh(tmp: Path, path: Path) -> Iterator[h5py.File]:
+    """Open the new, empty temporary file ``tmp`` (a new version of ``path``) for h5py to write.
+
+    Through :class:`~deker.storage.journal.NewFile`: a write that fails (a full disk...) never
+    reaches HDF5, which would be left in a state that crashes the process later; the failure
+    is raised here once h5py has closed the file (the caller's :func:`atomic.replacing
+    <deker.storage.atomic.replacing>` then deletes the temporary file).
+    """
+    with atomic.NewFile(tmp) as fileobj:
+        with _handle(fileobj, path, "w") as handle:
+            yield handle
+        fileobj.raise_failure()
+
+
+@contextmanager
 def _open(path: Path, mode: str) -> Iterator[h5py.File]:
     """Open ``path`` for reading (mode ``"r"``), as it was before any interrupted write."""
     assert mode == "r"
@@ -191,7 +206,7 @@ def _write_whole(
             )
     if stored_meta is None:
         return
-    with _write_errors(path), atomic.replacing(path) as tmp, _handle(tmp, path, "w") as handle:
+    with _write_errors(path), atomic.replacing(path) as tmp, _fresh(tmp, path) as handle:
         handle.create_dataset(META, data=stored_meta)
         handle.create_dataset(EMPTY_CELLS, data=np.int64(empty_cells))
         if values is not None:
@@ -385,7 +400,7 @@ def create_array_file(
                 with atomic.replacing(path, exclusive=True) as tmp:
                     _write_new_file(tmp, parts[0], values, parts[1])
                 return
-            with atomic.replacing(path, exclusive=True) as tmp, h5py.File(tmp, "w", locking=False) as handle:
+            with atomic.replacing(path, exclusive=True) as tmp, _fresh(tmp, path) as handle:
                 handle.create_dataset(META, data=np.array(meta, dtype=meta_dtype))
                 handle.create_dataset(EMPTY_CELLS, data=np.int64(empty))
                 if values is not None and shape is not None:

@@ -9,6 +9,10 @@ unlinks the journal.  A journal left behind by a dead process is either rolled b
 writer (:func:`recover`) or read through by a reader (:func:`old_version`): the records are
 the old bytes, the header the old size.
 
+A write that fails (a full disk, ``EIO``) is never raised into HDF5 (see :class:`NewFile`, which
+h5py uses for new versions, and ``_GuardedFile``): it is recorded, later writes stay in memory,
+and :func:`journaled` rolls back and raises it once h5py has closed the file.
+
 Journal format: header ``b"DKUNDO01"``, old size (u64), crc32 (u32); then records of offset
 (u64), length (u64), crc32 of the old bytes (u32) and the old bytes.  A record that is
 incomplete or fails its checksum ends the journal: the write it protected never started.
@@ -32,6 +36,7 @@ from deker.errors import DekerLockError, DekerStorageError
 from deker.storage.layout import journal_file_name
 
 __all__ = [
+    "NewFile",
     "UndoJournal",
     "durable",
     "fsync_dir",
@@ -245,7 +250,169 @@ class _FileBase(io.RawIOBase):
         return self._pos
 
 
-class UndoJournal(_FileBase):
+class _Overlay:
+    """Pages written after a failed write: kept in memory, never on disk."""
+
+    PAGE = 1 << 16
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self.pages: dict[int, bytearray] = {}
+
+    def _page(self, number: int) -> bytearray:
+        page = self.pages.get(number)
+        if page is None:
+            try:
+                base = _read_exact(self._fd, self.PAGE, number * self.PAGE)
+            except OSError:  # the disk fails reads too: what HDF5 wrote last is in memory anyway
+                base = b""
+            page = self.pages[number] = bytearray(base.ljust(self.PAGE, b"\0"))
+        return page
+
+    def write(self, offset: int, view: memoryview) -> None:
+        pos = 0
+        while pos < len(view):
+            number, start = divmod(offset + pos, self.PAGE)
+            step = min(self.PAGE - start, len(view) - pos)
+            self._page(number)[start : start + step] = view[pos : pos + step]
+            pos += step
+
+    def read(self, offset: int, view: memoryview) -> None:
+        """Fill ``view`` with the bytes at ``offset`` (disk bytes where no page was written)."""
+        pos = 0
+        while pos < len(view):
+            number, start = divmod(offset + pos, self.PAGE)
+            step = min(self.PAGE - start, len(view) - pos)
+            page = self.pages.get(number)
+            if page is not None:
+                view[pos : pos + step] = page[start : start + step]
+            else:
+                try:
+                    got = _read_exact(self._fd, step, offset + pos)
+                except OSError:  # a failing disk: HDF5 gets zeros, the change is undone anyway
+                    got = b""
+                view[pos : pos + step] = got.ljust(step, b"\0")
+            pos += step
+
+
+class _GuardedFile(_FileBase):
+    """A file object for h5py's ``fileobj`` driver whose writes never fail inside HDF5.
+
+    HDF5 does not survive a failed write well: a write that fails while HDF5 closes a file
+    (it flushes its chunk cache and metadata then) leaves a file id that HDF5 has half freed
+    but still calls valid, and closing or collecting it later touches freed memory
+    (h5py/h5py#1642, #2160): the process dies with SIGSEGV, or HDF5 writes stale metadata
+    through a file object whose memory now belongs to another file.  So the first
+    ``OSError`` of a write (``ENOSPC``, ``EIO``, ``EDQUOT``...) is recorded in
+    :attr:`failure`, and from then on every write goes to pages in memory (reads see them),
+    never to the disk: HDF5 finishes and closes normally, and the caller, seeing
+    :attr:`failure`, throws the change away (rollback, or the new version deleted) and raises.
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
+        super().__init__(size)
+        self._fd = fd
+        self.failure: OSError | None = None
+        self._overlay: _Overlay | None = None
+
+    def _fail(self, exc: OSError) -> None:
+        if self.failure is None:
+            self.failure = exc
+            self._overlay = _Overlay(self._fd)
+            logger.warning("writing %s failed (%s): the change will be undone", self._name(), exc)
+
+    def _name(self) -> str:
+        return str(getattr(self, "target", "a file"))
+
+    def _overlaid(self, view: memoryview) -> bool:
+        """Write ``view`` at the position in memory if a write failed before; whether it did."""
+        if self._overlay is None:
+            return False
+        self._overlay.write(self._pos, view)
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        """Read the current bytes at the position into ``buffer``; return how many."""
+        if self._overlay is not None:
+            view = memoryview(buffer).cast("B")
+            n = max(0, min(len(view), self._size - self._pos))
+            self._overlay.read(self._pos, view[:n])
+            self._pos += n
+            return n
+        try:
+            n = os.preadv(self._fd, [buffer], self._pos)
+        except OSError as exc:  # EIO: recorded like a failed write (HDF5 is writing this file)
+            self._fail(exc)
+            return self.readinto(buffer)
+        self._pos += n
+        return n
+
+    def writable(self) -> bool:
+        """Return True: the file is open for writing."""
+        return True
+
+    def flush(self) -> None:
+        """Nothing is buffered here (writes go straight to the file)."""
+
+    def raise_failure(self) -> None:
+        """Raise the recorded write failure, if any (after h5py closed the file)."""
+        if self.failure is not None:
+            raise self.failure
+
+
+class NewFile(_GuardedFile):
+    """A new, empty file (a temporary new version) for h5py to write in mode ``"w"``.
+
+    Writes that fail are recorded in :attr:`failure` instead of reaching HDF5 (see
+    :class:`_GuardedFile`); the caller must check it after h5py closed the file and
+    discard the file if it is set (:func:`raise_failure`).
+
+    Parameters
+    ----------
+    path : Path
+        The file (it exists and is empty; it is opened, never created).
+
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.target = path
+        super().__init__(os.open(path, os.O_RDWR | _O_CLOEXEC), 0)
+
+    def write(self, data: bytes | memoryview) -> int:  # type: ignore[override]
+        """Write at the position."""
+        view = memoryview(data).cast("B")
+        size = len(view)
+        if not self._overlaid(view):
+            try:
+                _write_all(self._fd, view, self._pos)
+            except OSError as exc:
+                self._fail(exc)
+                self._overlaid(view)
+        self._pos += size
+        self._size = max(self._size, self._pos)
+        return size
+
+    def truncate(self, size: int | None = None) -> int:
+        """Resize the file."""
+        size = self._pos if size is None else size
+        if self.failure is None:
+            try:
+                os.ftruncate(self._fd, size)
+            except OSError as exc:
+                self._fail(exc)
+        self._size = size
+        return size
+
+    def close(self) -> None:
+        """Close the descriptor."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        super().close()
+
+
+class UndoJournal(_GuardedFile):
     """A target file opened for in-place change, journaling the old bytes it overwrites.
 
     Made by :func:`journaled`; hand it to ``h5py.File(journal, "r+")``.
@@ -260,17 +427,18 @@ class UndoJournal(_FileBase):
     def __init__(self, target: Path) -> None:
         self.target = target
         self.path = journal_path(target)
-        self._fd = os.open(target, os.O_RDWR | _O_CLOEXEC)
+        fd = os.open(target, os.O_RDWR | _O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+        except BaseException:
+            os.close(fd)
+            raise
+        super().__init__(fd, size)
         self._jfd = -1
         self._saved = _Ranges()
         self._records: list[tuple[int, int, int]] = []  # offset, length, position in journal
         self._jpos = 0
         self._dirty = False
-        try:
-            super().__init__(os.fstat(self._fd).st_size)
-        except BaseException:
-            os.close(self._fd)
-            raise
         self._orig = self._size
 
     def _start_journal(self) -> None:
@@ -289,16 +457,6 @@ class UndoJournal(_FileBase):
             os.close(self._jfd)
             self._jfd = -1
             raise
-
-    def writable(self) -> bool:
-        """Return True: the file is open for writing."""
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        """Read the current bytes at the position into ``buffer``; return how many."""
-        n = os.preadv(self._fd, [buffer], self._pos)
-        self._pos += n
-        return n
 
     def _save(self, start: int, end: int) -> None:
         """Journal the current bytes of ``[start, end)`` that are not saved yet."""
@@ -322,10 +480,15 @@ class UndoJournal(_FileBase):
         """Write at the position, journaling the old bytes it overwrites first."""
         view = memoryview(data).cast("B")
         size = len(view)
-        if self._pos < self._orig:
-            self._save(self._pos, self._pos + size)
-        self._dirty = True
-        _write_all(self._fd, view, self._pos)
+        if not self._overlaid(view):
+            try:
+                if self._pos < self._orig:
+                    self._save(self._pos, self._pos + size)
+                self._dirty = True
+                _write_all(self._fd, view, self._pos)
+            except OSError as exc:  # never raised into HDF5: see _GuardedFile
+                self._fail(exc)
+                self._overlaid(view)
         self._pos += size
         self._size = max(self._size, self._pos)
         return size
@@ -333,16 +496,17 @@ class UndoJournal(_FileBase):
     def truncate(self, size: int | None = None) -> int:
         """Resize the file, journaling the old bytes a shrink drops first."""
         size = self._pos if size is None else size
-        if size < self._orig:
-            self._save(size, self._size)
-        if size != self._size:
-            self._dirty = True
-            os.ftruncate(self._fd, size)
+        if self.failure is None:
+            try:
+                if size < self._orig:
+                    self._save(size, self._size)
+                if size != self._size:
+                    self._dirty = True
+                    os.ftruncate(self._fd, size)
+            except OSError as exc:
+                self._fail(exc)
         self._size = size
         return size
-
-    def flush(self) -> None:
-        """Nothing is buffered here (writes go straight to the file)."""
 
     def commit(self) -> None:
         """Make the change permanent: flush the target, then remove the journal."""
@@ -410,18 +574,24 @@ def journaled(target: Path) -> Iterator[UndoJournal]:
     journal = UndoJournal(target)
     try:
         yield journal
-    except BaseException:
+        journal.raise_failure()  # a write failed: HDF5 went on in memory, the disk is undone
+        journal.commit()
+    except BaseException as exc:
         try:
             journal.rollback()
-        except OSError:
-            logger.exception("rolling back %s failed; its journal %s stays", target, journal.path)
+        except OSError as undo:
+            logger.warning(
+                "rolling back %s failed (%s); its journal %s stays for the next writer",
+                target,
+                undo,
+                journal.path,
+            )
         finally:
             journal.close()
+        if journal.failure is not None and exc is not journal.failure:
+            raise journal.failure from exc  # the cause, not what it led to
         raise
-    try:
-        journal.commit()
-    finally:
-        journal.close()
+    journal.close()
 
 
 @dataclass(frozen=True)

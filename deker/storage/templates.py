@@ -39,10 +39,13 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
+
+from deker.storage.journal import NewFile
 
 __all__ = ["data_array_parts", "empty_array_image", "template_data_offset"]
 
@@ -149,7 +152,10 @@ def _build_data(
     folder = tempfile.mkdtemp(prefix="deker-template-")
     path = os.path.join(folder, "t.hdf5")
     try:
-        with h5py.File(path, "w", locking=False) as handle:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        # through a file object that never fails a write inside HDF5 (a full temporary
+        # directory would otherwise leave HDF5 in a state that crashes the process later)
+        with NewFile(Path(path)) as fileobj, h5py.File(fileobj, "w", locking=False) as handle:
             meta = handle.create_dataset("meta", data=np.array(b"\x01" * mdt.itemsize, dtype=mdt))
             count = handle.create_dataset("empty_cells", data=np.int64(-1))
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
@@ -170,6 +176,9 @@ def _build_data(
             data[last] = marker
             offsets = meta.id.get_offset(), count.id.get_offset(), data.id.get_offset()
             count_dtype = count.dtype
+        if fileobj.failure is not None:
+            logger.debug("no data template (%s): h5py writes the file", fileobj.failure)
+            return None
         if any(o is None for o in offsets):
             return None
         meta_offset, count_offset, data_offset = (int(o) for o in offsets)  # type: ignore[arg-type]
