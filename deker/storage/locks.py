@@ -50,9 +50,9 @@ from pathlib import Path
 from types import TracebackType
 
 from deker.errors import DekerLockError, DekerStorageError, DekerValidationError
+from deker.storage import lockprim
 from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, ensure_dir, id_dir_parts, remove_empty_parents
 from deker.storage.lockinfo import (
-    _O_CLOEXEC,
     _TMP_EXT,
     CREATION_LOCK_EXT,
     LOCK_EXT,
@@ -63,9 +63,7 @@ from deker.storage.lockinfo import (
     _legacy_owner_alive,
     _Marker,
     _marker_alive,
-    _open_rw,
     _parse_marker,
-    _try_flock,
 )
 
 __all__ = [
@@ -170,19 +168,8 @@ class _Waiter:
         return True
 
 
-def _unlock_close(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    fst = os.fstat(fd)
-    return (st.st_ino, st.st_dev) == (fst.st_ino, fst.st_dev)
+def _unlock_close(held: lockprim.Hold) -> None:
+    lockprim.release(held)
 
 
 def _timeout(what: str, path: Path, holder: str, settings: LockSettings) -> DekerLockError:
@@ -191,45 +178,47 @@ def _timeout(what: str, path: Path, holder: str, settings: LockSettings) -> Deke
 
 def _acquire_file(
     path: Path, operation: int, waiter: _Waiter, what: str, holder: str = "another deker reader or writer"
-) -> int:
-    """Lock a stable lock file, waiting; retry when the file was replaced or unlinked meanwhile."""
+) -> lockprim.Hold:
+    """Lock a stable lock file, waiting; retry when the file was replaced or unlinked meanwhile.
+
+    ``operation`` is ``fcntl.LOCK_EX`` or ``fcntl.LOCK_SH`` (only its kind is used).
+    """
+    exclusive = operation == fcntl.LOCK_EX
+    if exclusive:  # every write takes one: refuse a filesystem without working locks up front
+        lockprim.check_filesystem(path.parent)
     while True:
-        fd = _open_rw(path, create=True)
-        try:
-            while not _try_flock(fd, operation):
-                if not waiter.sleep():
-                    raise _timeout(what, path, holder, waiter.settings)
-            if _same_file(fd, path):
-                return fd
-        except BaseException:
-            os.close(fd)
-            raise
-        _unlock_close(fd)  # unlinked by its previous holder (deleted array, released creation lock)
+        held = lockprim.hold(path, exclusive, create=True)
+        while held is None:
+            if not waiter.sleep():
+                raise _timeout(what, path, holder, waiter.settings)
+            held = lockprim.hold(path, exclusive, create=True)
+        if lockprim.same_file(held, path):
+            return held
+        _unlock_close(held)  # unlinked by its previous holder (deleted array, released creation lock)
 
 
-def _create_marker(path: Path) -> int:
-    """Create ``path`` already locked (temp file, ``LOCK_EX``, atomic rename); return its fd."""
+def _create_marker(path: Path) -> lockprim.Hold:
+    """Create ``path`` already locked (temp file, exclusive lock, atomic rename); return its hold."""
     for _ in range(10):
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{_TMP_EXT}")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
+        held = lockprim.hold_new(tmp)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # only a momentary probe can hold it: block
             os.rename(tmp, path)
-            return fd
-        except FileNotFoundError:  # a lock cleaner removed the unlocked temp file: try again
-            os.close(fd)
+            return held
+        except FileNotFoundError:  # a lock cleaner removed the temp file: try again
+            _unlock_close(held)
         except BaseException:
-            os.close(fd)
+            _unlock_close(held)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
     raise DekerLockError(f"Cannot create lock marker {path}: its temporary file keeps vanishing")
 
 
-def _drop_marker(path: Path, fd: int) -> None:
+def _drop_marker(path: Path, held: lockprim.Hold) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # unlink while still locked: a visible marker of ours is always locked
-    _unlock_close(fd)
+    _unlock_close(held)
 
 
 def _data_file(main_dir: Path, array_id: str) -> Path:
@@ -283,16 +272,18 @@ def _remove_if_stale(marker: _Marker) -> None:
             os.unlink(marker.path)
         return
     try:
-        fd = os.open(marker.path, os.O_RDONLY | _O_CLOEXEC)
+        held = lockprim.hold(marker.path, False)
     except FileNotFoundError:
         return
+    if held is None:
+        return
     try:
-        if _try_flock(fd, fcntl.LOCK_SH):
+        if lockprim.same_file(held, marker.path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(marker.path)
             logger.info("removed stale lock marker %s", marker.path)
     finally:
-        _unlock_close(fd)
+        _unlock_close(held)
 
 
 def _live_foreign_markers(main_dir: Path, array_id: str, own: Path | None) -> list[_Marker]:
@@ -332,16 +323,13 @@ def _wait_for_markers(
             raise _timeout(what, live[0].path, holders, waiter.settings)
 
 
-def _lock_data_file(data: Path, waiter: _Waiter, what: str) -> int:
-    fd = _open_rw(data, create=False)
-    try:
-        while not _try_flock(fd, fcntl.LOCK_EX):
-            if not waiter.sleep():
-                raise _timeout(what, data, "a deker 1.1.7 process (flock on the data file)", waiter.settings)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+def _lock_data_file(data: Path, waiter: _Waiter, what: str) -> lockprim.Hold:
+    held = lockprim.hold(data, True)
+    while held is None:
+        if not waiter.sleep():
+            raise _timeout(what, data, "a deker 1.1.7 process (flock on the data file)", waiter.settings)
+        held = lockprim.hold(data, True)
+    return held
 
 
 # --------------------------------------------------------------------------- array locks
@@ -395,13 +383,13 @@ def array_read_lock(
             f"{READ_LOCK_EXT}"
         )
         while True:
-            marker_fd = _create_marker(marker)
+            marker_held = _create_marker(marker)
             if not _held_by_someone(data):  # no deker 1.1.7 writer / VArray write holds the file
                 break
-            _drop_marker(marker, marker_fd)
+            _drop_marker(marker, marker_held)
             if not waiter.sleep():
                 raise _timeout(what, data, "a deker 1.1.7 writer (exclusive flock)", settings)
-        stack.callback(_drop_marker, marker, marker_fd)
+        stack.callback(_drop_marker, marker, marker_held)
         yield
 
 
@@ -765,7 +753,7 @@ def creation_lock(lock_dir: Path, key: str, settings: LockSettings) -> Iterator[
     for attempt in range(5):
         lock_dir.mkdir(parents=True, exist_ok=True)
         try:
-            fd = _acquire_file(path, fcntl.LOCK_EX, waiter, what, "another creator")
+            held = _acquire_file(path, fcntl.LOCK_EX, waiter, what, "another creator")
             break
         except FileNotFoundError:  # the directory was removed meanwhile
             if attempt == 4:
@@ -775,7 +763,7 @@ def creation_lock(lock_dir: Path, key: str, settings: LockSettings) -> Iterator[
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        _unlock_close(fd)
+        _unlock_close(held)
 
 
 @contextlib.contextmanager
@@ -804,8 +792,8 @@ def collection_lock(collections_root: Path, name: str, settings: LockSettings) -
     """
     collections_root.mkdir(parents=True, exist_ok=True)
     path = collections_root / f"{name}{LOCK_EXT}"
-    fd = _acquire_file(path, fcntl.LOCK_EX, _Waiter(settings), f"Collection {name} lock", "another client")
+    held = _acquire_file(path, fcntl.LOCK_EX, _Waiter(settings), f"Collection {name} lock", "another client")
     try:
         yield
     finally:
-        _unlock_close(fd)
+        _unlock_close(held)
