@@ -114,7 +114,7 @@ def _posix_conflict(fd: int, exclusive: bool, cmd: int = fcntl.F_GETLK) -> bool:
     """Whether a POSIX lock of another process conflicts with one of the given kind (F_GETLK)."""
     query = struct.pack(_FLOCK_STRUCT, fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0)
     answer = fcntl.fcntl(fd, cmd, query)
-    return struct.unpack(_FLOCK_STRUCT, answer)[0] != fcntl.F_UNLCK
+    return bool(struct.unpack(_FLOCK_STRUCT, answer)[0] != fcntl.F_UNLCK)
 
 
 def _kernel_probe(fd: int, exclusive: bool, prim: str) -> bool:
@@ -247,9 +247,13 @@ def hold(path: Path, exclusive: bool, *, create: bool = False) -> Hold | None:
     reg = _reg()
     with reg.mutex:
         with contextlib.suppress(FileNotFoundError):
-            entry = reg.entries.get(_key(os.stat(path)))
-            if entry is not None and (exclusive or entry.exclusive):
-                return None  # busy in this process: no descriptor opened (none to keep)
+            key = _key(os.stat(path))
+            entry = reg.entries.get(key)
+            if entry is not None:  # held in this process: no descriptor to open (nor to keep)
+                if exclusive or entry.exclusive:
+                    return None
+                entry.count += 1
+                return Hold(key, entry.fd, False)
         return _take(reg, _open(path, create, False), exclusive)
 
 
