@@ -212,3 +212,34 @@ def test_working_filesystem_is_checked_once(
     assert len(probes) == 1 and not list(tmp_path.rglob(".deker-lockcheck*"))
     assert lockprim._reg().checked == {(os.stat(tmp_path).st_dev, prim): None}
     lockprim.check_filesystem(tmp_path / "missing")  # nothing to check yet: the write will say so
+
+
+MOUNTS = """\
+/dev/sda1 / ext4 rw,relatime 0 0
+10.0.0.1:/export /shared nfs4 rw,vers=4.2,hard,local_lock=none 0 0
+10.0.0.1:/old /shared/old nfs rw,vers=3,nolock,local_lock=all 0 0
+10.0.0.1:/f /mnt/f\\040dir nfs rw,vers=3,local_lock=flock 0 0
+mgs@tcp:/fs /lustre lustre rw,flock 0 0
+mgs@tcp:/fs2 /lustre2 lustre rw,localflock 0 0
+mgs@tcp:/fs3 /lustre3 lustre rw 0 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("directory", "primitive", "problem"),
+    [
+        ("/home/me", "flock", None),
+        ("/shared/storage", "flock", None),
+        ("/shared/old/storage", "flock", "/shared/old is a nfs mount with nolock"),
+        ("/shared/older", "posix", None),  # /shared/old is not a parent of /shared/older
+        ("/mnt/f dir/s", "flock", "/mnt/f dir is a nfs mount with local_lock=flock"),
+        ("/mnt/f dir/s", "posix", None),  # POSIX locks of that mount do reach the server
+        ("/lustre/s", "flock", None),
+        ("/lustre2/s", "flock", "/lustre2 is a lustre mount with localflock"),
+        ("/lustre3", "posix", "/lustre3 is a lustre mount without flock"),
+    ],
+)
+def test_mount_options_that_keep_locks_local(directory: str, primitive: str, problem: str | None) -> None:
+    """Host-local locks cannot be probed from one host: the mount options tell."""
+    found = lockprim.mount_problem(MOUNTS, directory, primitive)
+    assert found == problem if problem is None else found is not None and found.startswith(problem)

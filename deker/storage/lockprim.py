@@ -30,6 +30,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import struct
 import threading
 import time
@@ -47,6 +48,7 @@ __all__ = [
     "check_filesystem",
     "hold",
     "hold_new",
+    "mount_problem",
     "primitive",
     "probe",
     "release",
@@ -396,7 +398,7 @@ _ADVICE = (
 
 def _probe_exclusion(directory: Path, prim: str) -> str | None:
     """Lock a fresh file with ``prim`` and check a second open file description is refused."""
-    path = directory / f".deker-lockcheck.{uuid.uuid4().hex}.tmp"
+    path = directory / f".deker-lockcheck.{uuid.uuid4().hex}.tmp"  # a leftover is garbage (layout)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
     except OSError as exc:
@@ -429,6 +431,64 @@ def _probe_exclusion(directory: Path, prim: str) -> str | None:
             os.unlink(path)
 
 
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_problem(mounts: str, directory: str, prim: str) -> str | None:
+    """Return why the mount holding ``directory`` keeps locks on each host, or None.
+
+    Locks that work but only on the host that takes them cannot be seen from one host by
+    probing; the mount options say so (``/proc/self/mounts`` format).
+
+    Parameters
+    ----------
+    mounts : str
+        The text of ``/proc/self/mounts``.
+    directory : str
+        A resolved absolute path.
+    prim : str
+        The primitive in use (``flock`` or ``posix``).
+
+    Returns
+    -------
+    str or None
+        The problem, naming the mount point, type and option.
+
+    """
+    best: tuple[str, str, list[str]] | None = None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        point, fstype, options = _unescape(fields[1]), fields[2], fields[3].split(",")
+        inside = directory == point or directory.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best[0])):
+            best = (point, fstype, options)
+    if best is None:
+        return None
+    point, fstype, options = best
+    where = f"{point} is a {fstype} mount with"
+    if fstype == "lustre" and "flock" not in options:
+        option = " localflock" if "localflock" in options else "out flock"
+        return f"{where}{option}: its locks are not seen by other hosts"
+    if fstype.startswith("nfs"):
+        local = {"flock": ("flock",), "posix": ("posix",)}[prim] + ("all",)
+        for option in options:
+            if option == "nolock" or (option.startswith("local_lock=") and option[11:] in local):
+                return f"{where} {option}: its locks are not seen by other hosts"
+    return None
+
+
+def _mount_problem(directory: Path, prim: str) -> str | None:
+    try:
+        with open("/proc/self/mounts") as fh:
+            mounts = fh.read()
+    except OSError:  # not Linux: only the probe
+        return None
+    return mount_problem(mounts, os.path.realpath(directory), prim)
+
+
 def check_filesystem(directory: Path) -> None:
     """Refuse a filesystem whose locks do not work (once per filesystem and primitive).
 
@@ -451,12 +511,13 @@ def check_filesystem(directory: Path) -> None:
         return  # nothing to write into yet; the caller fails on its own
     reg = _reg()
     cache_key = (dev, prim)
-    if cache_key in reg.checked:
-        failure = reg.checked[cache_key]
-    else:
-        failure = _probe_exclusion(directory, prim)
-        reg.checked[cache_key] = failure
-        if failure:
-            logger.error("file locks do not work under %s: %s", directory, failure)
+    with reg.mutex:  # no probe of this process may open and close the probe file meanwhile
+        if cache_key in reg.checked:
+            failure = reg.checked[cache_key]
+        else:
+            failure = _mount_problem(directory, prim) or _probe_exclusion(directory, prim)
+            reg.checked[cache_key] = failure
+            if failure:
+                logger.error("file locks do not work under %s: %s", directory, failure)
     if failure:
         raise DekerStorageError(f"The storage at {directory} cannot be written safely: {failure}. {_ADVICE}")
