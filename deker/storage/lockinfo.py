@@ -1,7 +1,8 @@
 """Lock files as things on disk: their names, who owns them, whether the owner lives.
 
 :mod:`deker.storage.locks` takes and releases locks (the protocol); this module knows the
-lock file names (SPEC §3), probes ``flock`` state, and lists and cleans lock files.  A marker
+lock file names (SPEC §3), probes lock state (through :mod:`deker.storage.lockprim`, so a
+probe never drops a lock this process holds), and lists and cleans lock files.  A marker
 (read lock, VArray write lock, creation lock) is *stale* when its owner is dead, i.e. nobody
 holds the ``flock`` the owner took on it (deker 1.1.7 markers: its pid is gone from this
 host).  Stale markers are harmless for deker (they are recovered on the fly) but block deker

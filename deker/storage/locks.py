@@ -1,9 +1,13 @@
 """The lockfile protocol: deker 1.1.7's lock files (SPEC §3) without its races (SPEC §3.9).
 
-Every lock is a ``flock`` held on an open file description.  The kernel drops it when its
-holder dies (``kill -9`` included), so a lock file nobody holds a lock on is stale and is
-recovered without ``clear_locks``.  Every acquisition opens its own descriptor, so threads of
-one process exclude each other like processes do.
+Every lock is a kernel lock (``flock``, or POSIX record locks with
+``DEKER_LOCK_PRIMITIVE=posix``: what an NFS client does) taken through
+:mod:`deker.storage.lockprim`.  The kernel drops it when its holder dies (``kill -9``
+included), so a lock file nobody holds a lock on is stale and is recovered without
+``clear_locks``.  Holders of one process (threads, several acquisitions) exclude each other in
+lockprim's registry like processes do, whatever the primitive; no descriptor of a held lock
+file is closed while it is held.  Exclusion between deker processes rests on the mutex and the
+markers only (files nothing else opens); the data-file lock is for deker 1.1.7.
 
 Files, all in an array's main directory unless said otherwise:
 
