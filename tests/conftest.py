@@ -24,9 +24,16 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "deker117"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """Options of tests/stress/: ``--soak`` runs the torture and crash tests for long."""
+    """Options: ``--soak`` runs tests/stress/ for long; ``--lock-primitive`` picks the lock primitive."""
     parser.addoption(
         "--soak", action="store_true", default=False, help="run tests/stress/ in soak (long) mode"
+    )
+    parser.addoption(
+        "--lock-primitive",
+        choices=("flock", "posix"),
+        default=None,
+        help="kernel lock primitive of the lock protocol (sets DEKER_LOCK_PRIMITIVE for the whole "
+        "session and its child processes; posix = POSIX record locks, what an NFS client does)",
     )
     parser.addoption(
         "--soak-seconds",
@@ -34,6 +41,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=300.0,
         help="with --soak: seconds for each stress test (default 300)",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Apply ``--lock-primitive`` before any test (child processes inherit the environment)."""
+    primitive = config.getoption("--lock-primitive")
+    if primitive:
+        os.environ["DEKER_LOCK_PRIMITIVE"] = primitive
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say which lock primitive the run uses."""
+    return f"deker lock primitive: {os.environ.get('DEKER_LOCK_PRIMITIVE', 'flock')}"
 
 
 @pytest.fixture(scope="session")

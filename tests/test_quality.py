@@ -60,3 +60,11 @@ def test_the_suite_needs_nothing_beside_the_checkout() -> None:
                     offenders.append(str(path.relative_to(ROOT)))
     offenders.remove("tests/test_quality.py")
     assert not offenders, f"these read files from beside the checkout: {offenders}"
+
+
+def test_test_modules_have_unique_names() -> None:
+    # tests/ has no packages: two modules of one basename make pytest stop at collection
+    names: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert not {n: p for n, p in names.items() if len(p) > 1}

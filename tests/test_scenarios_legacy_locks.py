@@ -10,7 +10,6 @@ the tiles again and create it, within its ``write_lock_timeout``, instead of fai
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -21,23 +20,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from storage_helpers.prim import refusals_of
 
 from deker import Client, DimensionSchema, VArraySchema
 
 pytestmark = pytest.mark.timeout(120)
 
 HELPER = Path(__file__).resolve().parent / "storage_helpers" / "legacy_clear.py"
-
-
-def open_here(path: Path) -> bool:
-    """Whether this process has ``path`` open (the update waiting for its lock)."""
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def wait_until(predicate: Callable[[], Any], what: str) -> None:
@@ -48,7 +37,9 @@ def wait_until(predicate: Callable[[], Any], what: str) -> None:
 
 
 @pytest.mark.parametrize("region", ["partial", "whole"])
-def test_update_of_a_tile_deleted_by_117_meanwhile_creates_it_again(tmp_path: Path, region: str) -> None:
+def test_update_of_a_tile_deleted_by_117_meanwhile_creates_it_again(
+    tmp_path: Path, region: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     schema = VArraySchema(
         dtype=np.float32, dimensions=[DimensionSchema("y", 8), DimensionSchema("x", 8)], vgrid=(2, 2)
     )
@@ -79,9 +70,10 @@ def test_update_of_a_tile_deleted_by_117_meanwhile_creates_it_again(tmp_path: Pa
                 else:
                     outcome.append(None)
 
+            refused = refusals_of(spec.main_file, monkeypatch)
             writer = threading.Thread(target=update)
             writer.start()
-            wait_until(lambda: outcome or open_here(spec.main_file), "the update to wait for the tile")
+            wait_until(lambda: outcome or refused.is_set(), "the update to wait for the tile")
             legacy.stdin.write("\n")
             legacy.stdin.flush()
             assert legacy.stdout.readline().strip() == "RELEASED"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from storage_helpers.prim import foreign_lock
 
 from deker.storage import lockinfo, locks
 from deker.storage.layout import CollectionPaths
@@ -87,8 +87,7 @@ def test_is_locked_and_stale_temporary_markers(tmp_path: Path, caplog: pytest.Lo
     busy = main_dir / f".{aid}:dk2-y:1:1.arrayreadlock.ba9876543210.tmp"  # creator is renaming it now
     dead.touch()
     busy.touch()
-    with open(busy, "rb") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    with foreign_lock(busy):
         assert lockinfo.is_locked(busy) and not lockinfo.is_locked(dead)
         assert lockinfo.list_locks(tmp_path) == []  # temporary names are not locks yet
         with caplog.at_level(logging.INFO, logger="deker.storage.lockinfo"):
@@ -103,19 +102,12 @@ def test_is_locked_and_stale_temporary_markers(tmp_path: Path, caplog: pytest.Lo
 
 def test_orphan_collection_locks_are_removed_unless_held(tmp_path: Path) -> None:
     """A crash between a collection's directory and its lock leaves ``<name>.lock`` alone."""
-    import fcntl
-    import os
-
     (tmp_path / "kept").mkdir()
     for name in ("kept", "orphan", "held"):
         (tmp_path / f"{name}.lock").touch()
     (tmp_path / "notes.txt").touch()
-    fd = os.open(tmp_path / "held.lock", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # a creation at work holds its lock
+    with foreign_lock(tmp_path / "held.lock"):  # a creation at work holds its lock
         assert lockinfo.remove_orphan_collection_locks(tmp_path) == [tmp_path / "orphan.lock"]
-    finally:
-        os.close(fd)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["held.lock", "kept", "kept.lock", "notes.txt"]
     assert lockinfo.remove_orphan_collection_locks(tmp_path) == [tmp_path / "held.lock"]
     assert lockinfo.remove_orphan_collection_locks(tmp_path / "missing") == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 
 import psutil
 import pytest
+from storage_helpers.prim import foreign_lock, seen_locked
 
 from deker.errors import DekerLockError, DekerValidationError
 from deker.storage import lockinfo, locks
@@ -38,15 +40,8 @@ def make_array(tmp_path: Path, array_id: str = IDS[0]) -> tuple[Path, str]:
 
 
 def flocked(path: Path, operation: int = fcntl.LOCK_EX) -> bool:
-    """Whether some other open file description holds a conflicting lock on ``path``."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, operation | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    """Whether another process would be refused a lock (of the primitive in use) on ``path``."""
+    return seen_locked(path, operation == fcntl.LOCK_EX)
 
 
 def in_thread(func: Any) -> tuple[threading.Thread, dict[str, Any]]:
@@ -491,8 +486,8 @@ def test_legacy_varray_marker_and_data_flock(tmp_path: Path) -> None:
     main_dir, aid = make_array(tmp_path)
     data = main_dir / f"{aid}.hdf5"
     marker = main_dir / f"{aid}.hdf5:{os.getpid()}.varraylock"
-    fd = os.open(data, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    legacy = contextlib.ExitStack()
+    legacy.enter_context(foreign_lock(data))
     marker.touch()
     info = [i for i in lockinfo.list_locks(main_dir) if i.kind == "varray write lock"]
     assert [(i.owner, i.alive) for i in info] == [(str(os.getpid()), True)]
@@ -500,8 +495,7 @@ def test_legacy_varray_marker_and_data_flock(tmp_path: Path) -> None:
     time.sleep(0.3)
     assert "at" not in result
     assert markers(main_dir) == [marker.name]  # the waiting reader removed its own marker
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
+    legacy.close()
     released = time.monotonic()
     thread.join(5)
     assert "error" not in result and result["value"] - released < PROMPT

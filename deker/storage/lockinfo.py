@@ -1,7 +1,8 @@
 """Lock files as things on disk: their names, who owns them, whether the owner lives.
 
 :mod:`deker.storage.locks` takes and releases locks (the protocol); this module knows the
-lock file names (SPEC §3), probes ``flock`` state, and lists and cleans lock files.  A marker
+lock file names (SPEC §3), probes lock state (through :mod:`deker.storage.lockprim`, so a
+probe never drops a lock this process holds), and lists and cleans lock files.  A marker
 (read lock, VArray write lock, creation lock) is *stale* when its owner is dead, i.e. nobody
 holds the ``flock`` the owner took on it (deker 1.1.7 markers: its pid is gone from this
 host).  Stale markers are harmless for deker (they are recovered on the fly) but block deker
@@ -22,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from deker.errors import DekerValidationError
+from deker.storage import lockprim
 from deker.storage.layout import ARRAY_EXT, id_dir_parts, walk_storage
 
 __all__ = [
@@ -73,39 +75,12 @@ _LOCK_SUFFIXES = (READ_LOCK_EXT, VARRAY_LOCK_EXT, CREATION_LOCK_EXT, LOCK_EXT, F
 # --------------------------------------------------------------------------- low level
 
 
-def _try_flock(fd: int, operation: int) -> bool:
-    try:
-        fcntl.flock(fd, operation | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except PermissionError:  # some NFS setups answer EACCES for a conflict
-        return False
-    return True
-
-
-def _open_rw(path: Path, create: bool) -> int:
-    flags = os.O_RDWR | _O_CLOEXEC | (os.O_CREAT if create else 0)
-    try:
-        return os.open(path, flags, 0o666)
-    except PermissionError:
-        if create and not path.exists():
-            raise
-        return os.open(path, os.O_RDONLY | _O_CLOEXEC)
-
-
 def _held_by_someone(path: Path, operation: int = fcntl.LOCK_SH) -> bool | None:
-    """Whether someone holds a lock on ``path`` conflicting with ``operation``; None if missing."""
-    try:
-        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC) if operation == fcntl.LOCK_SH else _open_rw(path, False)
-    except FileNotFoundError:
-        return None
-    try:
-        if _try_flock(fd, operation):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return False
-        return True
-    finally:
-        os.close(fd)
+    """Whether someone (this process included) holds a lock conflicting with ``operation``.
+
+    ``operation`` is ``fcntl.LOCK_SH`` or ``fcntl.LOCK_EX``; None if the file is missing.
+    """
+    return lockprim.probe(path, operation == fcntl.LOCK_EX)
 
 
 def _legacy_owner_alive(pid: str, marker: Path) -> bool:
@@ -314,16 +289,18 @@ def remove_orphan_collection_locks(collections_dir: Path) -> list[Path]:
         if collection_dir.is_dir():
             continue
         try:
-            fd = _open_rw(path, False)
+            held = lockprim.hold(path, True)
         except FileNotFoundError:
             continue
+        if held is None:
+            continue
         try:
-            if _try_flock(fd, fcntl.LOCK_EX) and not collection_dir.is_dir():
+            if lockprim.same_file(held, path) and not collection_dir.is_dir():
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                     removed.append(path)
         finally:
-            os.close(fd)  # releases the lock
+            lockprim.release(held)
     removed.sort(key=str)
     return removed
 

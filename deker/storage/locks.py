@@ -1,9 +1,13 @@
 """The lockfile protocol: deker 1.1.7's lock files (SPEC §3) without its races (SPEC §3.9).
 
-Every lock is a ``flock`` held on an open file description.  The kernel drops it when its
-holder dies (``kill -9`` included), so a lock file nobody holds a lock on is stale and is
-recovered without ``clear_locks``.  Every acquisition opens its own descriptor, so threads of
-one process exclude each other like processes do.
+Every lock is a kernel lock (``flock``, or POSIX record locks with
+``DEKER_LOCK_PRIMITIVE=posix``: what an NFS client does) taken through
+:mod:`deker.storage.lockprim`.  The kernel drops it when its holder dies (``kill -9``
+included), so a lock file nobody holds a lock on is stale and is recovered without
+``clear_locks``.  Holders of one process (threads, several acquisitions) exclude each other in
+lockprim's registry like processes do, whatever the primitive; no descriptor of a held lock
+file is closed while it is held.  Exclusion between deker processes rests on the mutex and the
+markers only (files nothing else opens); the data-file lock is for deker 1.1.7.
 
 Files, all in an array's main directory unless said otherwise:
 
@@ -58,9 +62,9 @@ from pathlib import Path
 from types import TracebackType
 
 from deker.errors import DekerLockError, DekerStorageError, DekerValidationError
+from deker.storage import lockprim
 from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, ensure_dir, id_dir_parts, remove_empty_parents
 from deker.storage.lockinfo import (
-    _O_CLOEXEC,
     _TMP_EXT,
     CREATION_LOCK_EXT,
     FENCE_EXT,
@@ -72,9 +76,7 @@ from deker.storage.lockinfo import (
     _legacy_owner_alive,
     _Marker,
     _marker_alive,
-    _open_rw,
     _parse_marker,
-    _try_flock,
 )
 
 __all__ = [
@@ -214,19 +216,8 @@ class _Waiter:
         return True
 
 
-def _unlock_close(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    fst = os.fstat(fd)
-    return (st.st_ino, st.st_dev) == (fst.st_ino, fst.st_dev)
+def _unlock_close(held: lockprim.Hold) -> None:
+    lockprim.release(held)
 
 
 def _timeout(what: str, path: Path, holder: str, settings: LockSettings) -> DekerLockError:
@@ -235,45 +226,47 @@ def _timeout(what: str, path: Path, holder: str, settings: LockSettings) -> Deke
 
 def _acquire_file(
     path: Path, operation: int, waiter: _Waiter, what: str, holder: str = "another deker reader or writer"
-) -> int:
-    """Lock a stable lock file, waiting; retry when the file was replaced or unlinked meanwhile."""
+) -> lockprim.Hold:
+    """Lock a stable lock file, waiting; retry when the file was replaced or unlinked meanwhile.
+
+    ``operation`` is ``fcntl.LOCK_EX`` or ``fcntl.LOCK_SH`` (only its kind is used).
+    """
+    exclusive = operation == fcntl.LOCK_EX
+    if exclusive:  # every write takes one: refuse a filesystem without working locks up front
+        lockprim.check_filesystem(path.parent)
     while True:
-        fd = _open_rw(path, create=True)
-        try:
-            while not _try_flock(fd, operation):
-                if not waiter.sleep():
-                    raise _timeout(what, path, holder, waiter.settings)
-            if _same_file(fd, path):
-                return fd
-        except BaseException:
-            os.close(fd)
-            raise
-        _unlock_close(fd)  # unlinked by its previous holder (deleted array, released creation lock)
+        held = lockprim.hold(path, exclusive, create=True)
+        while held is None:
+            if not waiter.sleep():
+                raise _timeout(what, path, holder, waiter.settings)
+            held = lockprim.hold(path, exclusive, create=True)
+        if lockprim.same_file(held, path):
+            return held
+        _unlock_close(held)  # unlinked by its previous holder (deleted array, released creation lock)
 
 
-def _create_marker(path: Path) -> int:
-    """Create ``path`` already locked (temp file, ``LOCK_EX``, atomic rename); return its fd."""
+def _create_marker(path: Path) -> lockprim.Hold:
+    """Create ``path`` already locked (temp file, exclusive lock, atomic rename); return its hold."""
     for _ in range(10):
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{_TMP_EXT}")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
+        held = lockprim.hold_new(tmp)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # only a momentary probe can hold it: block
             os.rename(tmp, path)
-            return fd
-        except FileNotFoundError:  # a lock cleaner removed the unlocked temp file: try again
-            os.close(fd)
+            return held
+        except FileNotFoundError:  # a lock cleaner removed the temp file: try again
+            _unlock_close(held)
         except BaseException:
-            os.close(fd)
+            _unlock_close(held)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
     raise DekerLockError(f"Cannot create lock marker {path}: its temporary file keeps vanishing")
 
 
-def _drop_marker(path: Path, fd: int) -> None:
+def _drop_marker(path: Path, held: lockprim.Hold) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # unlink while still locked: a visible marker of ours is always locked
-    _unlock_close(fd)
+    _unlock_close(held)
 
 
 def _data_file(main_dir: Path, array_id: str) -> Path:
@@ -329,16 +322,18 @@ def _remove_if_stale(marker: _Marker) -> None:
             os.unlink(marker.path)
         return
     try:
-        fd = os.open(marker.path, os.O_RDONLY | _O_CLOEXEC)
+        held = lockprim.hold(marker.path, False)
     except FileNotFoundError:
         return
+    if held is None:
+        return
     try:
-        if _try_flock(fd, fcntl.LOCK_SH):
+        if lockprim.same_file(held, marker.path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(marker.path)
             logger.info("removed stale lock marker %s", marker.path)
     finally:
-        _unlock_close(fd)
+        _unlock_close(held)
 
 
 def _live_foreign_markers(main_dir: Path, array_id: str, own: Path | None) -> list[_Marker]:
@@ -381,39 +376,16 @@ def _wait_for_markers(
 _FENCE_HOLDER = "a tile task of an earlier VArray operation (its coordinator may have died)"
 
 
-class _LocalFences:
-    """Exclusion of one fence between the threads of this process, besides the kernel lock.
-
-    A Dask worker may run a dead coordinator's task and the next writer's lock in two threads
-    of one process; with process-owned POSIX locks (an NFS client's ``flock``) the kernel
-    would not make them exclude each other.
-    """
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}
-
-    @contextlib.contextmanager
-    def hold(self, path: Path, waiter: _Waiter, what: str) -> Iterator[None]:
-        key = str(path)
-        with self._guard:
-            lock, users = self._locks.setdefault(key, (threading.Lock(), [0]))
-            users[0] += 1
-        try:
-            if not lock.acquire(timeout=max(0.0, waiter.deadline - time.monotonic())):
-                raise _timeout(what, path, _FENCE_HOLDER, waiter.settings)
-            try:
-                yield
-            finally:
-                lock.release()
-        finally:
-            with self._guard:
-                users[0] -= 1
-                if not users[0]:
-                    del self._locks[key]
-
-
-_LOCAL_FENCES = _LocalFences()
+def _hold_waiting(
+    path: Path, exclusive: bool, waiter: _Waiter, what: str, holder: str, *, create: bool = False
+) -> lockprim.Hold:
+    """Hold ``path`` through the lock registry, waiting up to the waiter's deadline."""
+    held = lockprim.hold(path, exclusive, create=create)
+    while held is None:
+        if not waiter.sleep():
+            raise _timeout(what, path, holder, waiter.settings)
+        held = lockprim.hold(path, exclusive, create=create)
+    return held
 
 
 def _pass_fence(
@@ -425,42 +397,23 @@ def _pass_fence(
     a tile task still running belongs to an operation that ended or died, and a task that
     takes the fence after this call finds its coordinator's marker dead and gives up.  Without
     a fence file no task ever ran there (``create`` makes it, for the tile tasks to come).
+    Threads of this process exclude each other here through the lock registry
+    (:mod:`deker.storage.lockprim`), whatever the kernel primitive.
     """
     path = fence_path(main_dir, array_id)
-    with _LOCAL_FENCES.hold(path, waiter, what):  # (readers too: a momentary pass)
-        _pass_fence_file(path, waiter, what, shared=shared, create=create)
-
-
-def _pass_fence_file(path: Path, waiter: _Waiter, what: str, *, shared: bool, create: bool) -> None:
     try:
-        if create:
-            fd = _open_rw(path, create=True)
-        else:
-            fd = os.open(path, (os.O_RDONLY if shared else os.O_RDWR) | _O_CLOEXEC)
+        held = _hold_waiting(path, not shared, waiter, what, _FENCE_HOLDER, create=create)
     except FileNotFoundError:
         if create:
             raise
         return
     except PermissionError:  # a read-only storage: nobody can be writing there with our locks
         return
-    try:
-        while not _try_flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX):
-            if not waiter.sleep():
-                raise _timeout(what, path, _FENCE_HOLDER, waiter.settings)
-    finally:
-        _unlock_close(fd)
+    _unlock_close(held)
 
 
-def _lock_data_file(data: Path, waiter: _Waiter, what: str) -> int:
-    fd = _open_rw(data, create=False)
-    try:
-        while not _try_flock(fd, fcntl.LOCK_EX):
-            if not waiter.sleep():
-                raise _timeout(what, data, "a deker 1.1.7 process (flock on the data file)", waiter.settings)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+def _lock_data_file(data: Path, waiter: _Waiter, what: str) -> lockprim.Hold:
+    return _hold_waiting(data, True, waiter, what, "a deker 1.1.7 process (flock on the data file)")
 
 
 # --------------------------------------------------------------------------- array locks
@@ -514,13 +467,13 @@ def array_read_lock(
             f"{READ_LOCK_EXT}"
         )
         while True:
-            marker_fd = _create_marker(marker)
+            marker_held = _create_marker(marker)
             if not _held_by_someone(data):  # no deker 1.1.7 writer / VArray write holds the file
                 break
-            _drop_marker(marker, marker_fd)
+            _drop_marker(marker, marker_held)
             if not waiter.sleep():
                 raise _timeout(what, data, "a deker 1.1.7 writer (exclusive flock)", settings)
-        stack.callback(_drop_marker, marker, marker_fd)
+        stack.callback(_drop_marker, marker, marker_held)
         _pass_fence(main_dir, array_id, waiter, what, shared=True)
         yield
 
@@ -569,7 +522,12 @@ def array_write_lock(
         )
         stack.callback(_cleanup_if_deleted, main_dir, array_id, data)
         _require(data)
-        stack.callback(_unlock_close, _lock_data_file(data, waiter, what))
+        try:
+            data_held = _lock_data_file(data, waiter, what)
+        except FileNotFoundError:  # deleted while we waited for its lock
+            _require(data)
+            raise
+        stack.callback(_unlock_close, data_held)
         _wait_for_markers(main_dir, array_id, waiter, what)
         _pass_fence(main_dir, array_id, waiter, what)
         yield
@@ -749,14 +707,18 @@ class VArrayWriteLock:
             if not os.path.exists(data):
                 stack.close()
                 return False
-            data_fd = _lock_data_file(data, waiter, what)
+            try:
+                data_fd = _lock_data_file(data, waiter, what)
+            except FileNotFoundError:  # deleted while we waited for its lock (a deker 1.1.7 clear)
+                stack.close()
+                return False
             stack.callback(_unlock_close, data_fd)
             marker = self.marker(main_dir, tile_id)
             stack.callback(_drop_marker, marker, _create_marker(marker))
             _own_marker(marker, True)
             stack.callback(_own_marker, marker, False)
             _wait_for_markers(main_dir, tile_id, waiter, what, own=marker)
-            if not _same_file(data_fd, data):
+            if not lockprim.same_file(data_fd, data):
                 # Deleted while we waited for its lock (a deker 1.1.7 clear locks the data file
                 # itself, not our mutex): what we hold is a dead file.  The caller lists again.
                 stack.close()
@@ -850,7 +812,7 @@ def tile_write_guard(
     waiter = _Waiter(settings or LockSettings())
     path = fence_path(main_dir, tile_id)
     what = f"Tile {tile_id} fence"
-    with _LOCAL_FENCES.hold(path, waiter, what), _fence_file(main_dir, tile_id, token, path, waiter, what):
+    with _fence_file(main_dir, tile_id, token, path, waiter, what):
         yield
 
 
@@ -859,22 +821,19 @@ def _fence_file(
     main_dir: Path, tile_id: str, token: str, path: Path, waiter: _Waiter, what: str
 ) -> Iterator[None]:
     try:
-        fd = _open_rw(path, create=False)
+        held = _hold_waiting(path, True, waiter, what, _FENCE_HOLDER)
     except FileNotFoundError:
         _guard(main_dir, tile_id, token, "write")  # the tile was deleted, its lock released...
         try:  # ...or its coordinator made no fence: make it (the coordinator holds the mutex)
-            fd = _open_rw(path, create=True)
+            held = _hold_waiting(path, True, waiter, what, _FENCE_HOLDER, create=True)
         except FileNotFoundError:
             _guard(main_dir, tile_id, token, "write")
             raise
     try:
-        while not _try_flock(fd, fcntl.LOCK_EX):
-            if not waiter.sleep():
-                raise _timeout(what, path, _FENCE_HOLDER, waiter.settings)
         _guard(main_dir, tile_id, token, "write")  # decided only while the fence is ours
         yield
     finally:
-        _unlock_close(fd)
+        _unlock_close(held)
 
 
 @contextlib.contextmanager
@@ -940,7 +899,7 @@ def creation_lock(lock_dir: Path, key: str, settings: LockSettings) -> Iterator[
     for attempt in range(5):
         lock_dir.mkdir(parents=True, exist_ok=True)
         try:
-            fd = _acquire_file(path, fcntl.LOCK_EX, waiter, what, "another creator")
+            held = _acquire_file(path, fcntl.LOCK_EX, waiter, what, "another creator")
             break
         except FileNotFoundError:  # the directory was removed meanwhile
             if attempt == 4:
@@ -950,7 +909,7 @@ def creation_lock(lock_dir: Path, key: str, settings: LockSettings) -> Iterator[
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        _unlock_close(fd)
+        _unlock_close(held)
 
 
 @contextlib.contextmanager
@@ -979,8 +938,8 @@ def collection_lock(collections_root: Path, name: str, settings: LockSettings) -
     """
     collections_root.mkdir(parents=True, exist_ok=True)
     path = collections_root / f"{name}{LOCK_EXT}"
-    fd = _acquire_file(path, fcntl.LOCK_EX, _Waiter(settings), f"Collection {name} lock", "another client")
+    held = _acquire_file(path, fcntl.LOCK_EX, _Waiter(settings), f"Collection {name} lock", "another client")
     try:
         yield
     finally:
-        _unlock_close(fd)
+        _unlock_close(held)

@@ -4,7 +4,6 @@ their ``sys.path``)."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import threading
 import time
@@ -28,20 +27,10 @@ def lock_files(path: Path) -> list[Path]:
 
 
 def held(path: Path) -> bool:
-    """Whether some process holds a ``flock`` on ``path`` (False if it does not exist)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    """Whether some process holds a lock (of the primitive in use) on ``path`` (False if missing)."""
+    from storage_helpers.prim import seen_locked  # tests/ is on the test process's sys.path only
+
+    return seen_locked(path, exclusive=False)
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from dask_helpers import lock_files, tile_dir, varray, wait_for
 from storage_helpers.dask_hooks import HoldTileWrite
+from storage_helpers.prim import refusals_of
 
 from deker import Client
 
@@ -45,17 +46,6 @@ def start_coordinator(scheduler: str, uri: str, vid: str, updates: list[Any]) ->
     )
 
 
-def fence_open_here(fence: Path) -> bool:
-    """Whether this process has the tile's fence file open (B waiting at the fence)."""
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") == str(fence):
-                return True
-        except OSError:
-            continue
-    return False
-
-
 CASES = {
     # point where the dead coordinator's task is held, its update, B's update of tile (0, 0)
     "whole-tile": ("write", [[[0, 8], [0, 8]], 1.0], ((slice(0, 4), slice(0, 4)), 2.0)),
@@ -67,7 +57,7 @@ CASES = {
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_dead_coordinators_task_never_lands_after_a_later_write(
-    case: str, dask_cluster: Any, cluster: Any, tmp_path: Path
+    case: str, dask_cluster: Any, cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     point, c_update, (b_bounds, b_value) = CASES[case]
     uri = f"file://{tmp_path / 'storage'}"
@@ -97,10 +87,10 @@ def test_dead_coordinators_task_never_lands_after_a_later_write(
                 else:
                     b_outcome.append(None)
 
+            refused = refusals_of(main_dir / f"{tid}.fence", monkeypatch)
             b = threading.Thread(target=update_b)
             b.start()
-            fence = main_dir / f"{tid}.fence"
-            wait_for(lambda: b_outcome or fence_open_here(fence), "B to finish or to wait at the fence")
+            wait_for(lambda: b_outcome or refused.is_set(), "B to finish or to wait at the fence")
             (signals / "go").touch()  # the dead coordinator's task goes on
             b.join(60)
             assert not b.is_alive()

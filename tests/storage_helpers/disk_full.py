@@ -1,6 +1,6 @@
 """Disk-full and I/O-error faults: injected at each write call, or from a real full filesystem.
 
-Shared by tests/test_disk_full.py and tests/stress/test_disk_full.py, and run as a script so a
+Shared by tests/test_disk_full.py and tests/stress/test_disk_full_loop.py, and run as a script so a
 crash (SIGSEGV inside HDF5) kills a child process, not pytest::
 
     python disk_full.py inject OPERATION ERRNO ROOT [LIMIT [sticky]]  # each write step fails once

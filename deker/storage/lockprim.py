@@ -1,0 +1,523 @@
+"""The kernel-lock primitive under the lock protocol, and the process-wide lock registry.
+
+Two kernel primitives can carry deker's locks (chosen by the environment variable
+``DEKER_LOCK_PRIMITIVE``, read each time a lock is taken or probed):
+
+``flock`` (default)
+    ``flock(2)``: a lock belongs to an open file description.  What local filesystems do.
+``posix``
+    Whole-file POSIX record locks (``fcntl`` ``F_SETLK`` / ``F_GETLK``): a lock belongs to the
+    *process*, two descriptors of one process never conflict, and closing *any* descriptor of
+    the file drops every lock the process holds on it.  This is what a Linux NFS client does
+    with ``flock`` (and what Lustre does with ``-o flock``), so the test suite runs the lock
+    protocol with it too.
+
+The protocol must hold under both, so in-process exclusion never rests on the kernel lock:
+every lock of :mod:`deker.storage.locks` and every probe of :mod:`deker.storage.lockinfo` goes
+through one registry per process keyed by ``(st_dev, st_ino)``.  A file has at most one kernel
+lock per process, on one descriptor; holders in the process count against it (one exclusive
+or many shared); a descriptor of a registered file opened here (a probe) is kept open until
+the last holder releases it, so it can never drop the lock under ``posix`` semantics.
+
+:func:`check_filesystem` probes once per filesystem that locks exclude at all (ENOLCK,
+ENOSYS, EOPNOTSUPP, or locks that do not exclude: Lustre without ``-o flock``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import re
+import struct
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deker.errors import DekerStorageError, DekerValidationError
+
+__all__ = [
+    "FLOCK",
+    "POSIX",
+    "PRIMITIVE_ENV",
+    "Hold",
+    "check_filesystem",
+    "hold",
+    "hold_new",
+    "mount_problem",
+    "primitive",
+    "probe",
+    "release",
+    "same_file",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The environment variable choosing the kernel primitive (``flock`` or ``posix``).
+PRIMITIVE_ENV = "DEKER_LOCK_PRIMITIVE"
+FLOCK = "flock"
+POSIX = "posix"
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_UNSUPPORTED = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
+if hasattr(errno, "ENOTSUP"):
+    _UNSUPPORTED.add(errno.ENOTSUP)
+_FLOCK_STRUCT = "hhqqi"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid
+
+
+def primitive() -> str:
+    """Return the kernel primitive in use (``DEKER_LOCK_PRIMITIVE``, default ``flock``).
+
+    Returns
+    -------
+    str
+        ``"flock"`` or ``"posix"``.
+
+    Raises
+    ------
+    DekerValidationError
+        If the variable holds anything else.
+
+    """
+    value = os.environ.get(PRIMITIVE_ENV, FLOCK).strip().lower() or FLOCK
+    if value not in (FLOCK, POSIX):
+        raise DekerValidationError(f"{PRIMITIVE_ENV} must be {FLOCK!r} or {POSIX!r}, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- kernel calls
+
+
+def _kernel_try(fd: int, exclusive: bool, prim: str) -> bool:
+    """Try the kernel lock once; False on a conflict (OSError for anything else)."""
+    try:
+        if prim == POSIX:
+            fcntl.lockf(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        else:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):  # EAGAIN / EWOULDBLOCK; EACCES (POSIX, some NFS)
+        return False
+    return True
+
+
+def _kernel_unlock(fd: int, prim: str) -> None:
+    with contextlib.suppress(OSError):
+        if prim == POSIX:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _posix_conflict(fd: int, exclusive: bool, cmd: int = fcntl.F_GETLK) -> bool:
+    """Whether a POSIX lock of another process conflicts with one of the given kind (F_GETLK)."""
+    query = struct.pack(_FLOCK_STRUCT, fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0)
+    answer = fcntl.fcntl(fd, cmd, query)
+    return bool(struct.unpack(_FLOCK_STRUCT, answer)[0] != fcntl.F_UNLCK)
+
+
+def _kernel_probe(fd: int, exclusive: bool, prim: str) -> bool:
+    """Whether a lock of another open file description / process conflicts (no lock kept)."""
+    if prim == POSIX and _posix_conflict(fd, exclusive):
+        return True
+    # also under posix: atomic.py and journal.py flock their own files (on NFS both are one lock)
+    if _kernel_try(fd, exclusive, FLOCK):
+        _kernel_unlock(fd, FLOCK)
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass
+class _Entry:
+    fd: int
+    prim: str
+    exclusive: bool
+    count: int = 0
+    spare: list[int] = field(default_factory=list)  # descriptors closed only with the lock
+
+
+@dataclass(frozen=True, eq=False)
+class Hold:
+    """One holder's share of a kernel lock (see :func:`hold`).
+
+    Parameters
+    ----------
+    key : tuple of int
+        ``(st_dev, st_ino)`` of the locked file.
+    fd : int
+        The descriptor carrying the kernel lock (shared by the process's holders; do not
+        close it).
+    exclusive : bool
+        Whether the lock is exclusive.
+
+    """
+
+    key: tuple[int, int]
+    fd: int
+    exclusive: bool
+
+
+class _Registry:
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.mutex = threading.Lock()
+        self.entries: dict[tuple[int, int], _Entry] = {}
+        self.checked: dict[tuple[int, str], str | None] = {}  # (st_dev, primitive) -> failure
+
+
+_registry = _Registry()
+
+
+def _reg() -> _Registry:
+    global _registry
+    if _registry.pid != os.getpid():  # a forked child inherits no POSIX locks and maybe a held mutex
+        _registry = _Registry()
+    return _registry
+
+
+def _open(path: Path, create: bool, readonly: bool) -> int:
+    if readonly:
+        return os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    flags = os.O_RDWR | _O_CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        return os.open(path, flags, 0o666)
+    except PermissionError:
+        if create and not os.path.exists(path):
+            raise
+        return os.open(path, os.O_RDONLY | _O_CLOEXEC)
+
+
+def _key(st: os.stat_result) -> tuple[int, int]:
+    return (st.st_dev, st.st_ino)
+
+
+def _take(reg: _Registry, fd: int, exclusive: bool) -> Hold | None:
+    """Under ``reg.mutex``: register a hold of the file open as ``fd`` (which the registry owns)."""
+    key = _key(os.fstat(fd))
+    entry = reg.entries.get(key)
+    if entry is not None:
+        entry.spare.append(fd)  # closing it now would drop the process's POSIX lock
+        if exclusive or entry.exclusive:
+            return None
+        entry.count += 1
+        return Hold(key, entry.fd, False)
+    prim = primitive()
+    try:
+        taken = _kernel_try(fd, exclusive, prim)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not taken:
+        os.close(fd)  # the process holds no lock on this file: closing drops nothing
+        return None
+    reg.entries[key] = _Entry(fd, prim, exclusive, 1)
+    return Hold(key, fd, exclusive)
+
+
+def hold(path: Path, exclusive: bool, *, create: bool = False) -> Hold | None:
+    """Try once to lock ``path`` (exclusive or shared) for the calling holder.
+
+    Holders in this process exclude each other like other processes do, whatever the kernel
+    primitive: a second exclusive hold, or an exclusive and a shared one, never both succeed.
+
+    Parameters
+    ----------
+    path : Path
+        The file to lock.
+    exclusive : bool
+        Exclusive (writer) or shared (reader) lock.
+    create : bool, default False
+        Create the file if missing.
+
+    Returns
+    -------
+    Hold or None
+        The hold, or None when someone (in this process or another) holds a conflicting lock.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist (and ``create`` is False) or its directory is missing.
+
+    """
+    reg = _reg()
+    with reg.mutex:
+        with contextlib.suppress(FileNotFoundError):
+            key = _key(os.stat(path))
+            entry = reg.entries.get(key)
+            if entry is not None:  # held in this process: no descriptor to open (nor to keep)
+                if exclusive or entry.exclusive:
+                    return None
+                entry.count += 1
+                return Hold(key, entry.fd, False)
+        return _take(reg, _open(path, create, False), exclusive)
+
+
+def hold_new(path: Path) -> Hold:
+    """Create ``path`` (it must not exist) and hold it exclusively.
+
+    Parameters
+    ----------
+    path : Path
+        A new file name (``O_EXCL``).
+
+    Returns
+    -------
+    Hold
+        The exclusive hold.
+
+    Raises
+    ------
+    FileExistsError
+        If the file exists.
+    DekerStorageError
+        If a momentary probe kept the new file busy for a second.
+
+    """
+    reg = _reg()
+    deadline = time.monotonic() + 1.0
+    with reg.mutex:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
+        key = _key(os.fstat(fd))
+        entry = reg.entries.get(key)
+        if entry is not None:  # pragma: no cover - only an inode reused under a stale entry
+            raise DekerStorageError(f"Lock registry already holds the new file {path}")
+        prim = primitive()
+        while not _kernel_try(fd, True, prim):  # only a momentary flock probe can hold it
+            if time.monotonic() > deadline:  # pragma: no cover - a probe holds it for microseconds
+                os.close(fd)
+                raise DekerStorageError(f"Cannot lock the new lock file {path}: it stays busy")
+            time.sleep(0.0005)
+        reg.entries[key] = _Entry(fd, prim, True, 1)
+        return Hold(key, fd, True)
+
+
+def release(held: Hold) -> None:
+    """Give up one hold; the kernel lock goes (and its descriptors close) with the last one.
+
+    Parameters
+    ----------
+    held : Hold
+        What :func:`hold` or :func:`hold_new` returned.
+
+    """
+    reg = _reg()
+    with reg.mutex:
+        entry = reg.entries.get(held.key)
+        if entry is None or entry.fd != held.fd:
+            return  # released already (idempotent) or inherited across a fork
+        entry.count -= 1
+        if entry.count > 0:
+            return
+        del reg.entries[held.key]
+        _kernel_unlock(entry.fd, entry.prim)
+        for fd in (entry.fd, *entry.spare):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def same_file(held: Hold, path: Path) -> bool:
+    """Return whether ``path`` still names the file ``held`` is on.
+
+    Parameters
+    ----------
+    held : Hold
+        A hold.
+    path : Path
+        The file's name.
+
+    Returns
+    -------
+    bool
+        False if the name is gone or names another file now.
+
+    """
+    try:
+        return _key(os.stat(path)) == held.key
+    except FileNotFoundError:
+        return False
+
+
+def probe(path: Path, exclusive: bool = False) -> bool | None:
+    """Return whether someone (this process included) holds a lock conflicting with the given kind.
+
+    ``exclusive=False`` asks "is it locked exclusively?", ``True`` "is it locked at all?".
+    No lock is taken (``posix``: ``F_GETLK``) and no descriptor of a file this process holds
+    is closed.
+
+    Parameters
+    ----------
+    path : Path
+        Any file.
+    exclusive : bool, default False
+        The kind of lock one would want.
+
+    Returns
+    -------
+    bool or None
+        None if the file does not exist.
+
+    """
+    reg = _reg()
+    with reg.mutex:
+        try:
+            entry = reg.entries.get(_key(os.stat(path)))
+        except FileNotFoundError:
+            return None
+        if entry is not None:  # held here; while a shared lock is held, nobody holds an exclusive one
+            return exclusive or entry.exclusive
+        try:
+            fd = _open(path, False, True)
+        except FileNotFoundError:
+            return None
+        entry = reg.entries.get(_key(os.fstat(fd)))
+        if entry is not None:  # replaced by a file this process holds between stat and open
+            entry.spare.append(fd)
+            return exclusive or entry.exclusive
+        try:
+            return _kernel_probe(fd, exclusive, primitive())
+        finally:
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------- filesystem check
+
+_ADVICE = (
+    "Mount it with working file locks: on Lustre use '-o flock' (not 'localflock' unless every "
+    "client is this host, never 'noflock'); on NFS do not use 'nolock' or 'local_lock=flock/all' "
+    "(use 'local_lock=none') and make sure the lock service (rpc.statd / lockd, or NFSv4) "
+    "runs; on FUSE filesystems such as sshfs or s3fs use a filesystem that supports locks."
+)
+
+
+def _probe_exclusion(directory: Path, prim: str) -> str | None:
+    """Lock a fresh file with ``prim`` and check a second open file description is refused."""
+    path = directory / f".deker-lockcheck.{uuid.uuid4().hex}.tmp"  # a leftover is garbage (layout)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
+    except OSError as exc:
+        return (
+            None if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else f"cannot create {path}: {exc}"
+        )
+    try:
+        try:
+            if not _kernel_try(fd, True, prim):
+                return "a lock on a new file nobody else knows was refused"
+        except OSError as exc:
+            if exc.errno in _UNSUPPORTED:
+                code = errno.errorcode.get(exc.errno, str(exc.errno))
+                return f"{prim} locks are not supported there ({code}: {exc.strerror})"
+            raise
+        other = os.open(path, os.O_RDWR | _O_CLOEXEC)
+        try:
+            if prim == POSIX:  # an OFD lock conflicts with a POSIX lock even of the same process
+                f_ofd_getlk = getattr(fcntl, "F_OFD_GETLK", None)
+                excluded = True if f_ofd_getlk is None else _posix_conflict(other, True, f_ofd_getlk)
+            else:
+                excluded = not _kernel_try(other, True, FLOCK)
+        finally:
+            os.close(other)  # drops the POSIX lock too: the probe is over anyway
+        return None if excluded else f"{prim} locks there do not exclude each other (they are local or fake)"
+    finally:
+        _kernel_unlock(fd, prim)
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_problem(mounts: str, directory: str, prim: str) -> str | None:
+    """Return why the mount holding ``directory`` keeps locks on each host, or None.
+
+    Locks that work but only on the host that takes them cannot be seen from one host by
+    probing; the mount options say so (``/proc/self/mounts`` format).
+
+    Parameters
+    ----------
+    mounts : str
+        The text of ``/proc/self/mounts``.
+    directory : str
+        A resolved absolute path.
+    prim : str
+        The primitive in use (``flock`` or ``posix``).
+
+    Returns
+    -------
+    str or None
+        The problem, naming the mount point, type and option.
+
+    """
+    best: tuple[str, str, list[str]] | None = None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        point, fstype, options = _unescape(fields[1]), fields[2], fields[3].split(",")
+        inside = directory == point or directory.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best[0])):
+            best = (point, fstype, options)
+    if best is None:
+        return None
+    point, fstype, options = best
+    where = f"{point} is a {fstype} mount with"
+    if fstype == "lustre" and "flock" not in options:
+        option = " localflock" if "localflock" in options else "out flock"
+        return f"{where}{option}: its locks are not seen by other hosts"
+    if fstype.startswith("nfs"):
+        local = {"flock": ("flock",), "posix": ("posix",)}[prim] + ("all",)
+        for option in options:
+            if option == "nolock" or (option.startswith("local_lock=") and option[11:] in local):
+                return f"{where} {option}: its locks are not seen by other hosts"
+    return None
+
+
+def _mount_problem(directory: Path, prim: str) -> str | None:
+    try:
+        with open("/proc/self/mounts") as fh:
+            mounts = fh.read()
+    except OSError:  # not Linux: only the probe
+        return None
+    return mount_problem(mounts, os.path.realpath(directory), prim)
+
+
+def check_filesystem(directory: Path) -> None:
+    """Refuse a filesystem whose locks do not work (once per filesystem and primitive).
+
+    Parameters
+    ----------
+    directory : Path
+        An existing directory of the storage (a probe file is made and removed there).
+
+    Raises
+    ------
+    DekerStorageError
+        If locking fails there (ENOLCK, ENOSYS, EOPNOTSUPP) or locks do not exclude; the
+        message says how to mount the filesystem.
+
+    """
+    prim = primitive()
+    try:
+        dev = os.stat(directory).st_dev
+    except FileNotFoundError:
+        return  # nothing to write into yet; the caller fails on its own
+    reg = _reg()
+    cache_key = (dev, prim)
+    with reg.mutex:  # no probe of this process may open and close the probe file meanwhile
+        if cache_key in reg.checked:
+            failure = reg.checked[cache_key]
+        else:
+            failure = _mount_problem(directory, prim) or _probe_exclusion(directory, prim)
+            reg.checked[cache_key] = failure
+            if failure:
+                logger.error("file locks do not work under %s: %s", directory, failure)
+    if failure:
+        raise DekerStorageError(f"The storage at {directory} cannot be written safely: {failure}. {_ADVICE}")

@@ -1,0 +1,110 @@
+"""Kernel-lock helpers for the tests that work under either lock primitive.
+
+``DEKER_LOCK_PRIMITIVE=posix`` runs the lock protocol with POSIX record locks (what an NFS
+client does).  Then a test may not open and close a file this process holds locked (that
+drops the lock), and a lock taken on another descriptor of this process does not conflict.
+So: :func:`seen_locked` looks from a forked child (another process, as another host would),
+and :func:`foreign_lock` imitates another process's lock in this one (``flock`` on its own
+open file description, or an open-file-description lock ``F_OFD_SETLK``, which conflicts with
+POSIX locks even of the same process, and which ``F_GETLK`` reports).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from deker.storage import lockprim
+
+_FLOCK_STRUCT = "hhqqi"
+
+
+def posix() -> bool:
+    """Whether the suite runs under the POSIX-lock primitive."""
+    return lockprim.primitive() == lockprim.POSIX
+
+
+def _try_in_child(path: Path, exclusive: bool) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR if exclusive else os.O_RDONLY)
+    except FileNotFoundError:
+        return 2
+    try:
+        op = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        (fcntl.lockf if posix() else fcntl.flock)(fd, op)
+    except OSError:
+        return 1
+    return 0
+
+
+def seen_locked(path: Path, exclusive: bool = True) -> bool:
+    """Whether another process would be refused a lock of that kind on ``path`` now.
+
+    Parameters
+    ----------
+    path : Path
+        An existing file (False if it is missing).
+    exclusive : bool, default True
+        Try an exclusive lock (refused if any lock is held) or a shared one (refused if an
+        exclusive one is held).
+
+    """
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 3
+        try:
+            code = _try_in_child(path, exclusive)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    assert code in (0, 1, 2), f"lock probe child failed with {code}"
+    return code == 1
+
+
+@contextmanager
+def foreign_lock(path: Path, exclusive: bool = True) -> Iterator[int]:
+    """Hold a lock on ``path`` as another process (deker 1.1.7, another host) would.
+
+    Yields
+    ------
+    int
+        The descriptor holding it (closed on exit).
+
+    """
+    fd = os.open(path, os.O_RDWR if exclusive else os.O_RDONLY)
+    try:
+        if posix():
+            kind = fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack(_FLOCK_STRUCT, kind, os.SEEK_SET, 0, 0, 0))
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def refusals_of(path: Path, monkeypatch: Any) -> threading.Event:
+    """An event set once this process is refused the lock of ``path`` (someone here waits for it).
+
+    The real :func:`deker.storage.lockprim.hold` runs; the wrapper only watches its answers.
+    A waiter keeps no descriptor open between its tries, so this is how a test knows for sure
+    that a thread of its process is waiting.
+    """
+    refused = threading.Event()
+    real = lockprim.hold
+
+    def watching(target: Path, exclusive: bool, *, create: bool = False) -> lockprim.Hold | None:
+        held = real(target, exclusive, create=create)
+        if held is None and Path(target) == path:
+            refused.set()
+        return held
+
+    monkeypatch.setattr(lockprim, "hold", watching)
+    return refused

@@ -1,0 +1,245 @@
+"""Tests of deker.storage.lockprim: the kernel primitives, the process registry, the fs check.
+
+Each protocol test runs with both primitives (``flock`` and ``posix``, set through
+``DEKER_LOCK_PRIMITIVE``).  A forked child looks at the kernel locks as another host would
+(:func:`storage_helpers.prim.seen_locked`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from storage_helpers.prim import seen_locked
+
+from deker import ArraySchema, Client, DimensionSchema
+from deker.errors import DekerLockError, DekerStorageError, DekerValidationError
+from deker.storage import lockinfo, lockprim, locks
+from deker.storage.layout import CollectionPaths
+
+FAST = locks.LockSettings(timeout=0.3, interval=0.02)
+AID = "f61df9c1-c07a-48c3-bd57-8a470c80939a"
+
+
+@pytest.fixture(params=[lockprim.FLOCK, lockprim.POSIX])
+def prim(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test under each kernel primitive."""
+    monkeypatch.setenv(lockprim.PRIMITIVE_ENV, request.param)
+    return str(request.param)
+
+
+@pytest.fixture
+def fresh_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget which filesystems were checked (the check runs once per filesystem and process)."""
+    monkeypatch.setattr(lockprim, "_registry", lockprim._Registry())
+
+
+def make_array(tmp_path: Path) -> tuple[Path, str]:
+    main_file = CollectionPaths(tmp_path / "collections", "coll").main_file("array", AID)
+    main_file.parent.mkdir(parents=True, exist_ok=True)
+    main_file.write_bytes(b"data")
+    return main_file.parent, AID
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_primitive_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(lockprim.PRIMITIVE_ENV, raising=False)
+    assert lockprim.primitive() == "flock"
+    monkeypatch.setenv(lockprim.PRIMITIVE_ENV, " POSIX ")
+    assert lockprim.primitive() == "posix"
+    monkeypatch.setenv(lockprim.PRIMITIVE_ENV, "fcntl")
+    with pytest.raises(DekerValidationError, match="DEKER_LOCK_PRIMITIVE"):
+        lockprim.primitive()
+
+
+def test_posix_primitive_has_nfs_semantics(tmp_path: Path, prim: str) -> None:
+    """The raw primitive: posix locks belong to the process and die with any descriptor's close."""
+    path = tmp_path / "f"
+    path.touch()
+    first = os.open(path, os.O_RDWR)
+    assert lockprim._kernel_try(first, True, prim)
+    assert seen_locked(path)
+    second = os.open(path, os.O_RDWR)
+    # posix: a second descriptor of the same process is not refused; flock: it is
+    assert lockprim._kernel_try(second, True, prim) is (prim == "posix")
+    if prim == "flock":
+        assert seen_locked(path, exclusive=False)
+    os.close(second)  # what h5py does when it closes a file a writer holds locked
+    assert seen_locked(path) is (prim == "flock")  # posix: every lock of the process is gone
+    os.close(first)
+    assert not seen_locked(path)
+
+
+def test_holds_of_one_process_exclude_each_other(tmp_path: Path, prim: str) -> None:
+    path = tmp_path / "mutex"
+    before = open_fds()
+    first = lockprim.hold(path, True, create=True)
+    assert first is not None and seen_locked(path)
+    assert lockprim.hold(path, True) is None and lockprim.hold(path, False) is None
+    assert lockprim.probe(path) and lockprim.probe(path, True)
+    assert seen_locked(path)  # the probes closed no descriptor of the locked file
+    lockprim.release(first)
+    lockprim.release(first)  # idempotent
+    assert not seen_locked(path) and open_fds() == before
+    readers = [lockprim.hold(path, False), lockprim.hold(path, False)]
+    assert all(r is not None for r in readers) and lockprim.hold(path, True) is None
+    assert seen_locked(path) and not seen_locked(path, exclusive=False)
+    assert lockprim.probe(path) is False and lockprim.probe(path, True) is True
+    for r in readers:
+        assert r is not None
+        lockprim.release(r)
+    assert lockprim.probe(path, True) is False and lockprim.probe(tmp_path / "missing") is None
+    assert open_fds() == before
+
+
+def test_protocol_excludes_after_a_descriptor_of_the_data_file_is_closed(tmp_path: Path, prim: str) -> None:
+    """A writer's data file is opened and closed (h5py, rawio): the protocol still excludes."""
+    main_dir, aid = make_array(tmp_path)
+    data, mutex = main_dir / f"{aid}.hdf5", locks.mutex_path(main_dir, aid)
+    with locks.array_write_lock(main_dir, aid, FAST):
+        os.close(os.open(data, os.O_RDONLY))  # like h5py.File(data).close()
+        assert seen_locked(mutex)  # other processes / hosts are still excluded
+        # posix: the data-file lock (deker 1.1.7 interop only) went with the close
+        assert seen_locked(data) is (prim == "flock")
+        for lock in (locks.array_read_lock, locks.array_write_lock):
+            errors: list[BaseException] = []
+
+            def other_thread(lock: object = lock, errors: list[BaseException] = errors) -> None:
+                try:
+                    with lock(main_dir, aid, FAST):  # type: ignore[operator]
+                        pass
+                except BaseException as exc:
+                    errors.append(exc)
+
+            thread = threading.Thread(target=other_thread)
+            thread.start()
+            thread.join(10)
+            assert len(errors) == 1 and isinstance(errors[0], DekerLockError)
+        assert lockinfo.is_locked(mutex) and [i.alive for i in lockinfo.list_locks(main_dir)] == [True]
+        assert seen_locked(mutex)  # neither the waiters nor the listing dropped it
+    assert not seen_locked(mutex)
+
+
+def test_tile_guard_of_the_coordinators_process(tmp_path: Path, prim: str) -> None:
+    """A thread of the coordinator checks its marker: held (posix never reports own locks)."""
+    main_dir, aid = make_array(tmp_path)
+    token = locks.new_token()
+    with locks.VArrayWriteLock(FAST, token) as lock:
+        lock.acquire([(main_dir, aid)])
+        other = locks.VArrayWriteLock(FAST, locks.new_token())
+        with pytest.raises(DekerLockError):
+            other.acquire([(main_dir, aid)], wait=False)
+        for _ in range(3):
+            with locks.tile_write_guard(main_dir, aid, token):
+                pass
+        assert seen_locked(lock.marker(main_dir, aid)) and seen_locked(locks.mutex_path(main_dir, aid))
+    with pytest.raises(DekerLockError, match="lock lost"), locks.tile_write_guard(main_dir, aid, token):
+        pass
+
+
+# --------------------------------------------------------------------------- filesystem check
+
+
+def schema() -> ArraySchema:
+    return ArraySchema(dtype=np.float64, dimensions=[DimensionSchema(name="x", size=3)])
+
+
+@pytest.fixture
+def failing_primitive(monkeypatch: pytest.MonkeyPatch, fresh_checks: None) -> Iterator[list[int]]:
+    """Make the kernel lock call fail like a filesystem without lock support (errno injected)."""
+    real = lockprim._kernel_try
+    failure: list[int] = []
+
+    def kernel_try(fd: int, exclusive: bool, prim: str) -> bool:
+        if failure and failure[0] == 0:
+            return True  # a fake lock: granted to everyone
+        if failure:
+            raise OSError(failure[0], os.strerror(failure[0]))
+        return real(fd, exclusive, prim)
+
+    monkeypatch.setattr(lockprim, "_kernel_try", kernel_try)
+    yield failure
+    failure.clear()
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP])
+def test_filesystem_without_locks_is_refused_at_the_first_write(
+    tmp_path: Path, prim: str, failing_primitive: list[int], code: int
+) -> None:
+    """Injected: this machine has no filesystem without lock support to mount (as root or not)."""
+    with Client(f"file://{tmp_path}") as client:
+        failing_primitive.append(code)
+        with pytest.raises(DekerStorageError, match=r"-o flock.*local_lock=none") as info:
+            client.create_collection("c", schema())
+        assert errno.errorcode[code] in str(info.value) and str(tmp_path) in str(info.value)
+        with pytest.raises(DekerStorageError, match="cannot be written safely"):  # remembered
+            client.create_collection("c", schema())
+    assert not list(tmp_path.rglob(".deker-lockcheck*"))
+
+
+def test_locks_that_do_not_exclude_are_refused(
+    tmp_path: Path, prim: str, failing_primitive: list[int]
+) -> None:
+    """Lustre without ``-o flock`` (``localflock`` across hosts) or a fake lock: granted twice."""
+    failing_primitive.append(0)
+    with Client(f"file://{tmp_path}") as client, pytest.raises(DekerStorageError, match="do not exclude"):
+        client.create_collection("c", schema())
+
+
+def test_working_filesystem_is_checked_once(
+    tmp_path: Path, prim: str, fresh_checks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probes: list[Path] = []
+    real = lockprim._probe_exclusion
+
+    def probe_exclusion(directory: Path, primitive: str) -> str | None:
+        probes.append(directory)
+        return real(directory, primitive)
+
+    monkeypatch.setattr(lockprim, "_probe_exclusion", probe_exclusion)
+    with Client(f"file://{tmp_path}") as client:
+        coll = client.create_collection("c", schema())
+        coll.create()[:].update(np.arange(3.0))
+        coll.create()
+    assert len(probes) == 1 and not list(tmp_path.rglob(".deker-lockcheck*"))
+    assert lockprim._reg().checked == {(os.stat(tmp_path).st_dev, prim): None}
+    lockprim.check_filesystem(tmp_path / "missing")  # nothing to check yet: the write will say so
+
+
+MOUNTS = """\
+/dev/sda1 / ext4 rw,relatime 0 0
+10.0.0.1:/export /shared nfs4 rw,vers=4.2,hard,local_lock=none 0 0
+10.0.0.1:/old /shared/old nfs rw,vers=3,nolock,local_lock=all 0 0
+10.0.0.1:/f /mnt/f\\040dir nfs rw,vers=3,local_lock=flock 0 0
+mgs@tcp:/fs /lustre lustre rw,flock 0 0
+mgs@tcp:/fs2 /lustre2 lustre rw,localflock 0 0
+mgs@tcp:/fs3 /lustre3 lustre rw 0 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("directory", "primitive", "problem"),
+    [
+        ("/home/me", "flock", None),
+        ("/shared/storage", "flock", None),
+        ("/shared/old/storage", "flock", "/shared/old is a nfs mount with nolock"),
+        ("/shared/older", "posix", None),  # /shared/old is not a parent of /shared/older
+        ("/mnt/f dir/s", "flock", "/mnt/f dir is a nfs mount with local_lock=flock"),
+        ("/mnt/f dir/s", "posix", None),  # POSIX locks of that mount do reach the server
+        ("/lustre/s", "flock", None),
+        ("/lustre2/s", "flock", "/lustre2 is a lustre mount with localflock"),
+        ("/lustre3", "posix", "/lustre3 is a lustre mount without flock"),
+    ],
+)
+def test_mount_options_that_keep_locks_local(directory: str, primitive: str, problem: str | None) -> None:
+    """Host-local locks cannot be probed from one host: the mount options tell."""
+    found = lockprim.mount_problem(MOUNTS, directory, primitive)
+    assert found == problem if problem is None else found is not None and found.startswith(problem)
