@@ -41,6 +41,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=300.0,
         help="with --soak: seconds for each stress test (default 300)",
     )
+    parser.addoption(
+        "--stress-cap",
+        type=float,
+        default=None,
+        help="without --soak: at most this many seconds for each timed stress loop (counts stay)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -3,7 +3,7 @@
 A Linux NFS client turns ``flock`` into POSIX record locks: they belong to the process, and
 closing any descriptor of a file drops them all.  ``DEKER_LOCK_PRIMITIVE=posix`` makes deker
 use exactly that primitive on a local filesystem, so this module re-runs the lock tests in a
-child pytest with ``--lock-primitive=posix`` (stress tests at a few seconds each).  Inside such
+child pytest with ``--lock-primitive=posix`` (timed stress loops capped at a few seconds each).  Inside such
 a run (or with ``--lock-primitive`` given) it skips itself: the run already is the proof.
 """
 
@@ -23,9 +23,11 @@ MODULES = [
     "tests/test_storage_lockprim.py",
     "tests/dask/test_locks.py",
     "tests/test_scenarios_processes.py",
+    "tests/test_scenarios_legacy_locks.py",
+    "tests/dask/test_coordinator_death.py",
     "tests/stress",
 ]
-STRESS_SECONDS = 4  # each stress loop; the flock run gives them their CI durations
+STRESS_SECONDS = 4  # each timed stress loop (CI counts kept); the flock run gives them their CI durations
 
 
 @pytest.mark.timeout(600)
@@ -37,7 +39,7 @@ def test_lock_tests_pass_under_posix_locks(request: pytest.FixtureRequest, tmp_p
     env = {**os.environ, "DEKER_LOCK_PRIMITIVE": "posix"}
     cmd = [
         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--lock-primitive=posix",
-        "--soak", f"--soak-seconds={STRESS_SECONDS}", f"--basetemp={tmp_path / 'run'}", *MODULES,
+        f"--stress-cap={STRESS_SECONDS}", f"--basetemp={tmp_path / 'run'}", *MODULES,
     ]  # fmt: skip
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540, check=False)
     tail = "\n".join((run.stdout + run.stderr).splitlines()[-60:])

@@ -16,8 +16,14 @@ from pathlib import Path
 
 def main() -> int:
     main_file, symlink = Path(sys.argv[1]), Path(sys.argv[2])
-    fd = os.open(main_file, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    # On an NFS client 1.1.7's flock is a POSIX record lock: under the suite's posix primitive
+    # (DEKER_LOCK_PRIMITIVE=posix, inherited) imitate that, as another host's process would.
+    posix = os.environ.get("DEKER_LOCK_PRIMITIVE") == "posix"
+    fd = os.open(main_file, os.O_RDWR if posix else os.O_RDONLY)
+    if posix:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     marker = main_file.parent / f"{main_file.name}:{os.getpid()}.varraylock"
     marker.touch()
     print("ACQUIRED", flush=True)
@@ -28,7 +34,10 @@ def main() -> int:
     while parent.name != "array_symlinks" and not any(parent.iterdir()):
         parent.rmdir()
         parent = parent.parent
-    fcntl.flock(fd, fcntl.LOCK_UN)
+    if posix:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
     marker.unlink()
     print("RELEASED", flush=True)

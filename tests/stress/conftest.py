@@ -14,7 +14,8 @@ from stress_support import Budget, Summary  # type: ignore[import-not-found]
 def budget(request: pytest.FixtureRequest) -> Budget:
     """Short durations in CI; ``--soak`` / ``--soak-seconds`` for long runs."""
     soak = bool(request.config.getoption("--soak"))
-    return Budget(soak, float(request.config.getoption("--soak-seconds")))
+    cap = request.config.getoption("--stress-cap")
+    return Budget(soak, float(request.config.getoption("--soak-seconds")), cap)
 
 
 @pytest.fixture

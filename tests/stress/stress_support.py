@@ -21,10 +21,13 @@ class Budget:
 
     soak: bool
     seconds: float
+    cap: float | None = None  # ``--stress-cap``: shorter loops in CI mode (the counts they assert stay)
 
     def scaled(self, short: float) -> float:
-        """``short`` seconds in CI, the soak duration with ``--soak``."""
-        return self.seconds if self.soak else short
+        """``short`` seconds in CI (at most ``cap``), the soak duration with ``--soak``."""
+        if self.soak:
+            return self.seconds
+        return short if self.cap is None else min(short, self.cap)
 
 
 @dataclass
