@@ -18,13 +18,11 @@ the test starts a replacement when it needs one.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from typing import Any
 import psutil
 from dask_helpers import BlockTask, wait_for
 from distributed import Client as DaskClient
+from storage_helpers.cli_cluster import dask_command, scheduler_address, stop_process
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,33 +49,6 @@ def namespaces_unavailable() -> str | None:
     if probe.returncode != 0:
         return f"unshare --mount --pid fails here: {probe.stderr.strip()}"
     return None
-
-
-def dask_command(*args: str) -> list[str]:
-    exe = Path(sys.executable).parent / "dask"
-    if exe.exists():
-        return [str(exe), *args]
-    found = shutil.which("dask")
-    return [found, *args] if found else [sys.executable, "-m", "dask", *args]
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
-
-
-def _scheduler_address(path: Path) -> str:
-    try:
-        return str(json.loads(path.read_text()).get("address", ""))
-    except (FileNotFoundError, ValueError):
-        return ""
 
 
 @dataclass
@@ -132,7 +104,7 @@ class HostCluster:
             stdout=log, stderr=subprocess.STDOUT, cwd=self.base, start_new_session=True,
         )  # fmt: skip
         self._procs.append(proc)
-        wait_for(lambda: _scheduler_address(self.scheduler_file) or proc.poll() is not None, "the scheduler")
+        wait_for(lambda: scheduler_address(self.scheduler_file) or proc.poll() is not None, "the scheduler")
         assert proc.poll() is None, (self.base / "scheduler.log").read_text()
         self.client = DaskClient(scheduler_file=str(self.scheduler_file), set_as_default=False, timeout=60)
         return self
@@ -155,7 +127,7 @@ class HostCluster:
         self._count += 1
         name = f"w{self._count}"
         command = dask_command(
-            "worker", str(_scheduler_address(self.scheduler_file)), "--no-nanny", "--nthreads", "1",
+            "worker", str(scheduler_address(self.scheduler_file)), "--no-nanny", "--nthreads", "1",
             "--name", name, "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
             "--memory-limit", "0", "--local-directory", str(self.base / "workers" / name),
             "--death-timeout", "60",
@@ -212,11 +184,11 @@ class HostCluster:
         wait_for(
             lambda: address not in self.client.scheduler_info(n_workers=-1)["workers"], "the worker's removal"
         )
-        _stop(worker.proc)
+        stop_process(worker.proc)
 
     def stop_worker(self, name: str) -> None:
         worker = self.workers.pop(name)
-        _stop(worker.proc)
+        stop_process(worker.proc)
         wait_for(lambda: self._absent(name), f"worker {name} to leave")
 
     def _absent(self, name: str) -> bool:
@@ -228,7 +200,7 @@ class HostCluster:
             with contextlib.suppress(Exception):
                 self.client.close()
         for proc in reversed(self._procs):
-            _stop(proc)
+            stop_process(proc)
         for log in self._logs:
             log.close()
 

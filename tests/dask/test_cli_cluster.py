@@ -8,10 +8,7 @@ completes with nothing left locked.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,40 +22,12 @@ import pytest
 from dask_helpers import held, holder_of, legacy_read_marker, lock_files, tile_dir, varray, wait_for
 from distributed import Client as DaskClient
 from distributed import get_task_stream
+from storage_helpers.cli_cluster import dask_command, scheduler_address, stop_process
 
 import deker_dask
 from deker import Client, HDF5CompressionOpts, HDF5Options
 
 HERE = Path(__file__).resolve().parent
-
-
-def dask_command(*args: str) -> list[str]:
-    exe = Path(sys.executable).parent / "dask"
-    if exe.exists():
-        return [str(exe), *args]
-    found = shutil.which("dask")
-    return [found, *args] if found else [sys.executable, "-m", "dask", *args]
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a process we started, and its children (it leads its own session)."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
-
-
-def scheduler_address(path: Path) -> str:
-    """The address in a complete scheduler file ("" while it is missing or being written)."""
-    try:
-        return str(json.loads(path.read_text()).get("address", ""))
-    except (FileNotFoundError, ValueError):
-        return ""
 
 
 class CliCluster:
@@ -112,7 +81,7 @@ def cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliCluster
             yield CliCluster(client, fresh)
     finally:
         for proc in reversed(procs):
-            stop(proc)
+            stop_process(proc)
         for log in logs:
             log.close()
 

@@ -30,7 +30,8 @@ def dask_command(*args: str) -> list[str]:
     return [found, *args] if found else [sys.executable, "-m", "dask", *args]
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process we started, and its children (it leads its own session)."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -42,7 +43,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=20)
 
 
-def _address(path: Path) -> str:
+def scheduler_address(path: Path) -> str:
+    """The address in a complete scheduler file ("" while it is missing or being written)."""
     try:
         return str(json.loads(path.read_text()).get("address", ""))
     except (FileNotFoundError, ValueError):
@@ -70,7 +72,7 @@ def cli_cluster(base: Path, nworkers: int = 2, nthreads: int = 1) -> Iterator[st
                 )
             )  # fmt: skip
             deadline = time.monotonic() + 60
-            while not _address(scheduler_file):
+            while not scheduler_address(scheduler_file):
                 if procs[0].poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError((base / "scheduler.log").read_text())
                 time.sleep(0.05)
@@ -85,7 +87,7 @@ def cli_cluster(base: Path, nworkers: int = 2, nthreads: int = 1) -> Iterator[st
                     stdout=wlog, stderr=subprocess.STDOUT, env=env, cwd=base, start_new_session=True,
                 )
             )  # fmt: skip
-            yield _address(scheduler_file)
+            yield scheduler_address(scheduler_file)
         finally:
             for proc in reversed(procs):
-                _stop(proc)
+                stop_process(proc)
