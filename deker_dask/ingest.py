@@ -176,7 +176,7 @@ def _time_axis(name: str, values: np.ndarray) -> TimeDimensionSchema:
     if ticks[0] % 1000 or steps[0] % 1000:
         raise DekerValidationError(
             f"Time coordinate {name!r} has nanoseconds: deker times are exact to the microsecond; "
-            "round it first (obj[...].dt.round('us'))"
+            f"round it first (obj.assign_coords({name}=obj[{name!r}].dt.round('us')))"
         )
     start: datetime = ns[0].astype("datetime64[us]").item()
     step = timedelta(microseconds=int(steps[0]) // 1000)
@@ -499,11 +499,10 @@ def store_xarray(
     Raises
     ------
     DekerValidationError
-        If the dimensions, shape, a coordinate or an attribute disagrees with the collection.
+        If the dimensions, shape, a coordinate or an attribute disagrees with the collection,
+        or an array with these primary attributes exists.
     DekerArrayTypeError
         If the data dtype does not cast safely to the collection's.
-    DekerArrayError
-        If an array with these primary attributes exists (from ``collection.create``).
     """
     arr = _data_array(obj)
     if not isinstance(collection, Collection):
