@@ -17,6 +17,7 @@ the result and the errors are those of ``dask.compute``.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -52,10 +53,24 @@ def progress_enabled(progress: bool | None) -> bool:
         return False
 
 
+def _size() -> dict[str, int]:
+    """Return tqdm's ``ncols`` / ``nrows`` where the terminal reports no size (tqdm would draw nothing)."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # not a terminal, or not a real stream
+        return {}
+    out = {}
+    if not size.columns:
+        out["ncols"] = 80
+    if not size.lines:
+        out["nrows"] = 24
+    return out
+
+
 def _bar(total: int, desc: str) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, file=sys.stderr, unit="task", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, file=sys.stderr, unit="task", leave=False, **_size())
 
 
 def _distributed_client(delayed: Delayed, compute_kwargs: dict[str, Any]) -> Any:
@@ -116,6 +131,7 @@ def compute_with_progress(
     try:
         with Callback(posttask=posttask):  # type: ignore[no-untyped-call]
             (result,) = dask.compute(delayed, **compute_kwargs)  # type: ignore[attr-defined,no-untyped-call]
+        bar.refresh()  # the final count, even within tqdm's minimum interval
     finally:
         bar.close()
     return result
@@ -132,9 +148,11 @@ def _on_cluster(client: Any, delayed: Delayed, keys: Sequence[Any], desc: str, k
     final, pieces = futures[0], futures[1:]
     bar = _bar(len(pieces), desc)
     try:
-        for _ in as_completed(pieces):  # type: ignore[no-untyped-call]
+        for _ in as_completed(pieces, loop=client.loop):  # type: ignore[no-untyped-call]
             bar.update(1)
-        return final.result()
+        result = final.result()
+        bar.refresh()
+        return result
     finally:
         bar.close()
         client.cancel(futures)
