@@ -455,3 +455,17 @@ def test_netcdf_round_trip(arr: xr.DataArray, tiled: bool) -> None:
                 if dim in arr.coords:
                     _same_coordinate(back[dim].values, arr[dim].values)
         ds.close()
+
+
+def test_labels_that_differ_are_refused(storage: Client) -> None:
+    arr = xr.DataArray(np.zeros((3, 2)), dims=("station", "n"), coords={"station": ["a", "b", "c"]})
+    collection = storage.create_collection("s", deker_dask.schema_from_xarray(arr))
+    other = arr.assign_coords(station=["a", "c", "b"])
+    with pytest.raises(DekerValidationError, match=r"'station' disagrees.*position 1 is 'c'.*'b'"):
+        deker_dask.store_xarray(other, collection, scheduler="sync")
+    numbers = arr.assign_coords(station=[1.0, 2.0, 3.0])
+    with pytest.raises(DekerValidationError, match=r"'station' disagrees.*labels differ"):
+        deker_dask.store_xarray(numbers, collection, scheduler="sync")
+    assert nothing_stored(collection)
+    deker_dask.store_xarray(arr.drop_vars("station"), collection, scheduler="sync")  # by position
+    assert len(list(collection)) == 1
