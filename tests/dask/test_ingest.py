@@ -425,7 +425,7 @@ def datasets(draw: Any) -> xr.DataArray:
             )
         elif kind == "time":
             start = np.datetime64("2020-01-01") + np.timedelta64(draw(st.integers(0, 10_000)), "h")
-            step = np.timedelta64(draw(st.sampled_from([1, 15, 60, 360, 1440, 10080])), "m")
+            step = np.timedelta64(draw(st.sampled_from([1, 15, 60, 360, 1440, 10080, -60])), "m")
             coords[name] = start + np.arange(size) * step
     dtype = draw(st.sampled_from(DTYPES))
     data = np.random.default_rng(draw(st.integers(0, 2**16))).integers(0, 100, size=shape).astype(dtype)
@@ -440,20 +440,30 @@ def _same_coordinate(got: np.ndarray, want: np.ndarray) -> None:
 
 
 @settings(max_examples=20, deadline=None)
-@given(arr=datasets(), tiled=st.booleans())
-def test_netcdf_round_trip(arr: xr.DataArray, tiled: bool) -> None:
+@given(arr=datasets(), data=st.data())
+def test_netcdf_round_trip(arr: xr.DataArray, data: st.DataObject) -> None:
+    # None: an Array; else a VArray with a tile count dividing each dimension
+    tiled = data.draw(st.booleans())
+    vgrid = (
+        tuple(data.draw(st.sampled_from([d for d in range(1, n + 1) if n % d == 0])) for n in arr.shape)
+        if tiled
+        else None
+    )
     with tempfile.TemporaryDirectory() as tmp, Client(f"file://{tmp}/storage") as client:
         ds = netcdf(arr, Path(tmp) / "in.nc")
-        vgrid = (1,) * arr.ndim if tiled else None
         schema = deker_dask.schema_from_xarray(ds, vgrid=vgrid)
         collection = client.create_collection("v", schema)
         stored = deker_dask.store_xarray(ds, collection, scheduler="sync", progress=False)
         for back in (stored[:].read_xarray(), deker_dask.to_xarray(stored).compute(scheduler="sync")):
-            assert back.dims == arr.dims
+            assert back.dims == arr.dims and back.dtype == arr.dtype
             np.testing.assert_array_equal(back.values, arr.values)
             for dim in arr.dims:
                 if dim in arr.coords:
                     _same_coordinate(back[dim].values, arr[dim].values)
+        back.drop_attrs().to_netcdf(Path(tmp) / "out.nc", engine="h5netcdf")  # and out again
+        again = xr.open_dataset(Path(tmp) / "out.nc", engine="h5netcdf")
+        np.testing.assert_array_equal(again[back.name].values, arr.values)
+        again.close()
         ds.close()
 
 
