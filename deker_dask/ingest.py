@@ -104,9 +104,14 @@ def _check_coordinates(arr: Any) -> None:
     for name, coord in arr.coords.items():
         if coord.ndim == 0 or (coord.dims == (name,)):
             continue
+        swap = (
+            f", or make it the coordinate of its dimension (obj.swap_dims({{{coord.dims[0]!r}: {name!r}}}))"
+            if coord.ndim == 1 and coord.dims[0] not in arr.coords
+            else ""
+        )
         raise DekerValidationError(
             f"Coordinate {name!r} along {coord.dims} is not the coordinate of a dimension: deker "
-            f"keeps one coordinate per dimension; drop it first (obj.drop_vars({name!r}))"
+            f"keeps one coordinate per dimension; drop it first (obj.drop_vars({name!r})){swap}"
         )
 
 

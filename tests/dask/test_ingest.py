@@ -181,8 +181,12 @@ def test_other_coordinates_and_variables() -> None:
     with pytest.raises(DekerValidationError, match=r"'lat'.*drop_vars"):
         deker_dask.schema_from_xarray(two_d)
     along = arr.assign_coords(label=("x", ["a", "b", "c"]))
-    with pytest.raises(DekerValidationError, match="not the coordinate of a dimension"):
+    with pytest.raises(
+        DekerValidationError, match=r"not the coordinate of a dimension.*swap_dims\(\{'x': 'label'\}\)"
+    ):
         deker_dask.schema_from_xarray(along)
+    swapped = deker_dask.schema_from_xarray(along.swap_dims({"x": "label"}))
+    assert swapped.dimensions[1] == DimensionSchema("label", 3, labels=["a", "b", "c"])
     scalar = arr.assign_coords(level=500)  # a scalar coordinate is left out
     assert deker_dask.schema_from_xarray(scalar).shape == (2, 3)
     ds = xr.Dataset({"a": arr, "b": arr})
