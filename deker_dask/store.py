@@ -25,7 +25,6 @@ import math
 import uuid
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 from dask.delayed import Delayed
@@ -35,6 +34,7 @@ from deker.errors import DekerArrayTypeError, DekerValidationError
 from deker.tiling import tile_pieces
 from deker_dask.geometry import chunks_of, grid, regions
 from deker_dask.handles import Target, resolve
+from deker_dask.progress import compute_with_progress
 from deker_dask.tasks import VArrayTarget, finish, store_array_block, store_tile
 
 __all__ = ["store"]
@@ -106,7 +106,14 @@ def _plan_array(src: da.Array, target: Target, name: str) -> tuple[da.Array, dic
     return src, dsk, keys
 
 
-def store(source: Any, target: Any, *, compute: bool = True, **compute_kwargs: Any) -> Delayed | None:
+def store(
+    source: Any,
+    target: Any,
+    *,
+    compute: bool = True,
+    progress: bool | None = None,
+    **compute_kwargs: Any,
+) -> Delayed | None:
     """Write a dask array into a deker VArray, VSubset, Array or Subset of the same shape.
 
     Parameters
@@ -119,6 +126,10 @@ def store(source: Any, target: Any, *, compute: bool = True, **compute_kwargs: A
         Write now (with the current dask scheduler, or ``compute_kwargs``); otherwise return a
         :class:`dask.delayed.Delayed` that writes when computed and yields the number of cells
         written (blocks of fill values for absent tiles write nothing).
+    progress : bool or None
+        When ``compute`` is True: a progress bar on stderr counting the write tasks (True),
+        none (False), or one only when stderr is a terminal (None, the default).  See
+        :mod:`deker_dask.progress`.
     **compute_kwargs
         Passed to :func:`dask.compute` (e.g. ``scheduler=``).
 
@@ -159,5 +170,5 @@ def store(source: Any, target: Any, *, compute: bool = True, **compute_kwargs: A
     logger.debug("store into %r: %d write tasks", tgt.obj, len(keys))
     if not compute:
         return delayed
-    dask.compute(delayed, **compute_kwargs)  # type: ignore[attr-defined,no-untyped-call]
+    compute_with_progress(delayed, keys, progress=progress, desc="deker store", **compute_kwargs)
     return None
