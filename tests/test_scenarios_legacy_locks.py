@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from storage_helpers.prim import refusals_of
+from storage_helpers.prim import refusals_of, seen_locked
 
-from deker import Client, DimensionSchema, VArraySchema
+from deker import ArraySchema, Client, DimensionSchema, HDF5CompressionOpts, HDF5Options, VArraySchema
+from deker.storage import atomic, hdf5, journal
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -91,3 +92,93 @@ def test_update_of_a_tile_deleted_by_117_meanwhile_creates_it_again(
         assert new_tid != tid
         assert client.check_integrity(4).ok
         assert not any(info.stale for info in client.list_locks())
+
+
+# --------------------------------------------------------------------------- the data-file lock
+
+
+def _legacy_sees_locked(data: Path) -> bool:
+    """deker 1.1.7's lock steps on ``data`` from another process: a reader's probe, a writer's try.
+
+    A 1.1.7 reader tries ``flock(LOCK_SH | LOCK_NB)`` on the data file, a writer
+    ``LOCK_EX | LOCK_NB`` (SPEC §3.3-3.5); on an NFS client both are POSIX record locks, which
+    :func:`storage_helpers.prim.seen_locked` takes under the posix primitive.
+    """
+    reader_refused = seen_locked(data, exclusive=False)
+    writer_refused = seen_locked(data, exclusive=True)
+    assert reader_refused == writer_refused, "a writer's data-file lock is exclusive"
+    return reader_refused
+
+
+@pytest.mark.parametrize("primitive", ["flock", "posix"])
+@pytest.mark.parametrize(
+    "case", ["array-partial", "array-whole", "array-gzip-partial", "array-gzip-whole", "varray-whole-tile"]
+)
+def test_117_finds_the_data_file_locked_for_the_whole_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, primitive: str, case: str
+) -> None:
+    """Our writer's data-file lock holds from its start to its release, whatever h5py opens and closes.
+
+    Under POSIX record locks (NFS), closing any descriptor of the data file would drop the
+    writer's lock on it, and a whole write's new version (renamed over the old one) would be a
+    file nobody locks.  The real storage functions are wrapped to look from a child process
+    at each step: the journal committed (h5py closed the file), the new version swapped in,
+    the write returned (the lock not yet released); and once released, nobody holds it.
+    """
+    monkeypatch.setenv("DEKER_LOCK_PRIMITIVE", primitive)
+
+    dims = [DimensionSchema("y", 32), DimensionSchema("x", 32)]
+    options = None
+    if "gzip" in case:
+        options = HDF5Options(
+            chunks=(8, 8), compression_opts=HDF5CompressionOpts(compression="gzip", compression_opts=1)
+        )
+    with Client(f"file://{tmp_path}", write_lock_timeout=10) as client:
+        if case.startswith("varray"):
+            schema: Any = VArraySchema(dtype=np.float32, dimensions=dims, vgrid=(2, 2))
+        else:
+            schema = ArraySchema(dtype=np.float32, dimensions=dims)
+        obj = client.create_collection("c", schema, collection_options=options).create()
+        obj[:].update(np.ones((32, 32), dtype=np.float32))
+        if case.startswith("varray"):
+            spec = obj._tile_spec(obj._tile_ids()[(0, 0)], (0, 0))
+            data, bounds = spec.main_file, (slice(0, 16), slice(0, 16))
+        else:
+            data = obj._main_file
+            bounds = (slice(2, 5), slice(3, 9)) if case.endswith("partial") else (slice(0, 32), slice(0, 32))
+        steps: list[tuple[str, bool]] = []
+        real_commit, real_exchange, real_write = (
+            journal.UndoJournal.commit,
+            atomic._exchange,
+            hdf5.write_region,
+        )
+
+        def commit(self: journal.UndoJournal) -> None:
+            real_commit(self)
+            if self.target == data:
+                steps.append(("journal committed", _legacy_sees_locked(data)))
+
+        def exchange(new: Path, target: Path) -> bool:
+            done = real_exchange(new, target)
+            if target == data:
+                steps.append(("new version swapped in", _legacy_sees_locked(data)))
+            return done
+
+        def write_region(path: Path, *args: Any, **kwargs: Any) -> None:
+            real_write(path, *args, **kwargs)
+            if path == data:
+                steps.append(("write returned", _legacy_sees_locked(data)))
+
+        monkeypatch.setattr(journal.UndoJournal, "commit", commit)
+        monkeypatch.setattr(atomic, "_exchange", exchange)
+        monkeypatch.setattr(hdf5, "write_region", write_region)
+        obj[bounds].update(7.0)
+        assert steps and steps[-1][0] == "write returned", steps
+        if not case.endswith("partial"):
+            assert "new version swapped in" in {name for name, _ in steps}, steps
+        unlocked = [name for name, locked in steps if not locked]
+        assert not unlocked, f"a deker 1.1.7 process could lock the data file at: {unlocked}"
+        assert not _legacy_sees_locked(data), "the lock outlived the write"
+        expected = np.ones((32, 32), dtype=np.float32)
+        expected[bounds] = 7.0
+        np.testing.assert_array_equal(obj[:].read(), expected)

@@ -16,6 +16,9 @@ Files, all in an array's main directory unless said otherwise:
     ``LOCK_SH``, writers ``LOCK_EX`` for the whole operation.
 ``<id>.hdf5`` (the data file)
     Writers also hold ``LOCK_EX`` on it: deker 1.1.7 readers probe it and 1.1.7 writers lock it.
+    It is read and written only through the held descriptor (never a close that would drop a
+    POSIX lock), and a new version renamed over it is locked before the rename and kept
+    locked until the release (:func:`deker.storage.atomic.replacing`).
 ``<id>:dk2-<hex>:<pid>:<tid>.arrayreadlock`` (read marker)
     Made by our readers so that deker 1.1.7 writers wait for them; held with ``LOCK_EX`` by its
     owner.  1.1.7 markers (``<id>:<uuid4>:<pid>:<tid>``) hold no lock: they count as live while
