@@ -182,3 +182,65 @@ def test_117_finds_the_data_file_locked_for_the_whole_write(
         expected = np.ones((32, 32), dtype=np.float32)
         expected[bounds] = 7.0
         np.testing.assert_array_equal(obj[:].read(), expected)
+
+
+# --------------------------------------------------------------------------- 1.1.7 readers and the fence
+
+
+def _117_reader_refused(main_dir: Path, data: Path) -> bool:
+    """deker 1.1.7's read-lock steps on a tile (SPEC §3.3): any VArray marker refuses, then the flock."""
+    if any(p.name.endswith(".varraylock") for p in main_dir.iterdir()):
+        return True
+    return seen_locked(data, exclusive=False)
+
+
+@pytest.mark.parametrize("primitive", ["flock", "posix"])
+def test_117_readers_stay_out_while_a_dead_coordinators_task_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, primitive: str
+) -> None:
+    """The marker of a dead coordinator stays while its tile task holds the fence.
+
+    deker 1.1.7 readers know no fence: once the coordinator is dead nobody holds the data
+    file, and its VArray marker is all that keeps them out of a tile the task still writes.
+    So neither ``clear_locks`` nor one of our writers (which waits at the fence, here until
+    it gives up) removes that marker while the fence is held; once the task has ended, the
+    next sweep does.
+    """
+    from storage_helpers.children import Child
+
+    from deker.errors import DekerLockError
+    from deker.storage import locks
+
+    monkeypatch.setenv("DEKER_LOCK_PRIMITIVE", primitive)
+    schema = VArraySchema(
+        dtype=np.float32, dimensions=[DimensionSchema("y", 4), DimensionSchema("x", 4)], vgrid=(2, 2)
+    )
+    with Client(f"file://{tmp_path}", write_lock_timeout=0.3) as client:
+        v = client.create_collection("v", schema).create()
+        v[:].update(np.zeros((4, 4), dtype=np.float32))
+        tid = v._tile_ids()[(0, 0)]
+        spec = v._tile_spec(tid, (0, 0))
+        main_dir, data = spec.main_dir, spec.main_file
+        token = locks.new_token()
+        coordinator = Child("varray", tiles=[[str(main_dir), tid]], token=token, timeout=5)
+        try:
+            coordinator.expect("ACQUIRED")
+            marker = main_dir / f"{tid}.hdf5:{token}.varraylock"
+            with locks.tile_write_guard(main_dir, tid, token, locks.LockSettings(5, 0.01)):
+                coordinator.kill()  # the task holds the fence, its coordinator is dead
+                assert not seen_locked(data)  # nobody holds the data file any more
+                assert marker not in client.clear_locks() and marker.exists()
+                with pytest.raises(DekerLockError, match="fence"):
+                    v[0:2, 0:2].update(1.0)  # waits for the task at the fence, gives up
+                as_array = locks.array_write_lock(main_dir, tid, locks.LockSettings(0.3, 0.01))
+                with pytest.raises(DekerLockError, match="fence"), as_array:  # the tile written as an Array
+                    pass
+                assert marker.exists() and _117_reader_refused(main_dir, data)
+            assert marker in client.clear_locks()  # the task has ended: stale now, removed
+            assert not _117_reader_refused(main_dir, data)
+        finally:
+            coordinator.close()
+        v[0:2, 0:2].update(2.0)
+        expected = np.zeros((4, 4), dtype=np.float32)
+        expected[0:2, 0:2] = 2.0
+        np.testing.assert_array_equal(v[:].read(), expected)
