@@ -368,13 +368,15 @@ def reuse(path: Path) -> Hold | None:
 
     """
     reg = _reg()
+    try:
+        key = _key(os.stat(path))
+    except FileNotFoundError:
+        return None
+    if key not in reg.entries:  # the usual answer, without the mutex (see close_fd for the race)
+        return None
     with reg.mutex:
-        try:
-            key = _key(os.stat(path))
-        except FileNotFoundError:
-            return None
         entry = reg.entries.get(key)
-        if entry is None:
+        if entry is None or _key(os.stat(path)) != key:
             return None
         entry.count += 1
         return Hold(key, entry.fd, entry.exclusive, entry.serial)
@@ -487,11 +489,12 @@ def close_fd(fd: int, shared: Hold | None) -> None:
         release(shared)
         return
     reg = _reg()
-    with reg.mutex:
-        try:
-            entry = reg.entries.get(_key(os.fstat(fd))) if reg.entries else None
-        except OSError:
-            entry = None
+    try:
+        key = _key(os.fstat(fd)) if reg.entries else None
+    except OSError:
+        key = None
+    with reg.mutex:  # a lock taken on the file since open_fd: this descriptor must stay open
+        entry = reg.entries.get(key) if key is not None else None
         if entry is not None:
             entry.spare.append(fd)
             return
