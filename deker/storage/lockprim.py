@@ -400,11 +400,10 @@ def holds(path: Path) -> bool:
 
     """
     reg = _reg()
-    with reg.mutex:
-        try:
-            return _key(os.stat(path)) in reg.entries
-        except FileNotFoundError:
-            return False
+    try:
+        return _key(os.stat(path)) in reg.entries  # one dict lookup: atomic, no mutex needed
+    except FileNotFoundError:
+        return False
 
 
 def attach(owner: Hold, successor: Hold) -> None:
