@@ -73,7 +73,12 @@ def _plan_varray(src: da.Array, target: Target, name: str) -> tuple[da.Array, di
         src = src.rechunk(chunks)  # type: ignore[no-untyped-call]
     obj = target.obj
     info = VArrayTarget(
-        root=target.root, meta=target.meta, vid=obj.id, values=target.values, locks=target.locks
+        root=target.root,
+        meta=target.meta,
+        vid=obj.id,
+        values=target.values,
+        locks=target.locks,
+        storage_id=obj._ctx.storage_id,
     )
     dsk: dict[Any, Any] = {}
     keys: list[Any] = []
@@ -153,6 +158,7 @@ def store(
     """
     tgt = resolve(target)
     tgt.check()
+    tgt.obj._ctx.ensure_storage_id()  # the tasks prove they see this storage (a 1.1.7 one gets an id now)
     src = _source(source, tgt)
     token = uuid.uuid4().hex
     name = f"deker-store-{token}"

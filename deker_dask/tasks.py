@@ -35,6 +35,7 @@ from deker.store import array_schema_of, create_tile_with, file_spec
 from deker.tasks import (
     Bounds,
     FileSpec,
+    check_storage,
     check_storage_at,
     read_piece,
     read_piece_into,
@@ -219,6 +220,9 @@ class VArrayTarget:
         The VArray's attribute values (tile time axes start from them).
     locks : LockSettings
         Lock timing of the coordinator's client.
+    storage_id : str, optional
+        The storage's identity as the coordinator knows it: a worker that finds another one (or
+        none) at the storage path is refused (:func:`deker.tasks.check_storage_at`).
     """
 
     root: str
@@ -226,6 +230,7 @@ class VArrayTarget:
     vid: str
     values: dict[str, Any] = field(default_factory=dict)
     locks: LockSettings = field(default_factory=LockSettings)
+    storage_id: str | None = None
 
     def paths(self) -> CollectionPaths:
         """Return the collection paths as this process sees them."""
@@ -295,9 +300,9 @@ def store_tile(
     dtype = np.dtype(schema.dtype)
     shape = tuple(b.stop - b.start for b in local if isinstance(b, slice))
     block = _as_block(data, dtype, shape)
+    check_storage_at(target.root, target.meta.name, target.storage_id)  # a worker without it says so
     paths = target.paths()
     if not paths.main_file("varray", target.vid).exists():
-        check_storage_at(target.root, target.meta.name)  # a worker without the storage says so
         raise DekerInstanceNotExistsError(
             f"VArray {target.vid} does not exist in collection {target.meta.name}"
         )
@@ -319,7 +324,7 @@ def store_tile(
             )
             if filled:
                 return int(block.size)
-        spec = file_spec(target.root, target.meta, tid, target.locks)
+        spec = file_spec(target.root, target.meta, tid, target.locks, storage_id=target.storage_id)
         token = new_token()
         with VArrayWriteLock(target.locks, token) as lock:
             if lock.acquire([(spec.main_dir, tid)]):
@@ -363,6 +368,7 @@ def store_array_block(
     dtype = np.dtype(spec.dtype)
     shape = tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
     block = _as_block(data, dtype, shape)
+    check_storage(spec)  # a worker without the storage says so (not "was deleted")
     try:
         with array_write_lock(spec.main_dir, spec.array_id, spec.locks):
             hdf5.write_region(spec.main_file, bounds, block, spec.shape, spec.fill_value, spec.dataset_kwargs)

@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deker.errors import DekerLockError
-from deker.storage import atomic, hdf5, journal
+from deker.storage import atomic, hdf5, journal, lockprim
 from deker.storage.layout import journal_file_name, leftover_target, temp_file_name
 from deker.storage.locks import LockSettings
 
@@ -330,14 +330,14 @@ def test_clean_storage_rolls_back_under_the_write_lock(tmp_path: Path) -> None:
     j2.write(b"y")
     _die(j2)
     os.unlink(gone)
-    live_tmp, fd = atomic._new_temp(main / "other.hdf5")
+    live_tmp, held = atomic._new_temp(main / "other.hdf5")
     try:
         done = atomic.clean_storage(tmp_path, FAST)
         assert sorted(done) == sorted([journal.journal_path(target), journal.journal_path(gone)])
         assert target.read_bytes() == b"old content"
         assert live_tmp.exists()  # its writer lives
     finally:
-        os.close(fd)
+        lockprim.release(held)
     assert atomic.clean_storage(tmp_path, FAST) == [live_tmp]
 
 
@@ -646,3 +646,52 @@ def test_replacing_swaps_names_instead_of_renaming_over(
         tmp.write_bytes(b"newest")
     assert target.read_bytes() == b"newest"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.hdf5"]
+
+
+# --------------------------------------------------------------------------- NFS lock semantics
+
+
+@pytest.mark.parametrize("primitive", ["flock", "posix"])
+def test_temp_file_and_journal_stay_held_after_h5py_closed_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, primitive: str
+) -> None:
+    """A sweeper in another process never takes a live temp file or journal for a leftover.
+
+    Under POSIX record locks (an NFS client), closing any descriptor of a file drops the
+    process's lock on it: h5py writing the new version (or the journaled target) through a
+    descriptor of its own would leave the writer's temp file looking abandoned.  The hooks
+    (the real functions, wrapped) look at the files from a forked child once h5py is done.
+    """
+    from storage_helpers.prim import leftovers_alive_in_child, seen_locked
+
+    monkeypatch.setenv("DEKER_LOCK_PRIMITIVE", primitive)
+    path = tmp_path / "f.hdf5"
+    gzip = {"chunks": (100, 100), "compression": "gzip", "compression_opts": 1}
+    hdf5.create_array_file(path, META, META_DTYPE, math.prod(BIG))
+    hdf5.write_region(path, (slice(0, 10), slice(0, 10)), np.ones((10, 10)), BIG, np.nan, gzip)
+    seen: list[tuple[str, bool, dict[str, bool]]] = []
+    real_exchange, real_commit = atomic._exchange, journal.UndoJournal.commit
+
+    def exchange(new: Path, target: Path) -> bool:  # h5py has written and closed the new version
+        seen.append(("temp", seen_locked(new), leftovers_alive_in_child(tmp_path)))
+        return real_exchange(new, target)
+
+    def commit(self: journal.UndoJournal) -> None:  # h5py has changed and closed the target
+        if self.path.exists():  # a change that wrote something (the journal is made at the first)
+            seen.append(("journal", seen_locked(self.path), leftovers_alive_in_child(tmp_path)))
+        real_commit(self)
+
+    monkeypatch.setattr(atomic, "_exchange", exchange)
+    monkeypatch.setattr(journal.UndoJournal, "commit", commit)
+    hdf5.write_region(path, (slice(0, 400), slice(0, 400)), np.full(BIG, 2.0), BIG, np.nan, gzip)
+    hdf5.write_region(path, (slice(5, 20), slice(5, 20)), np.full((15, 15), 3.0), BIG, np.nan, gzip)
+    assert {kind for kind, _, _ in seen} == {"temp", "journal"}
+    for kind, locked, swept in seen:
+        assert locked, f"the {kind} file was not locked any more once h5py had closed it"
+        assert list(swept.values()) == [True], f"a sweeper took the live {kind} file for a leftover: {swept}"
+    assert atomic.find_leftovers(tmp_path) == []
+    expected = np.full(BIG, 2.0)
+    expected[5:20, 5:20] = 3.0
+    np.testing.assert_array_equal(
+        hdf5.read_region(path, (slice(0, 400), slice(0, 400)), "f8", np.nan), expected
+    )

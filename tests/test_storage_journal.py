@@ -385,6 +385,7 @@ def test_fsync_happens_only_when_durable(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_public_names() -> None:
     assert sorted(journal.__all__) == [
+        "HeldFile",
         "NewFile",
         "UndoJournal",
         "durable",
@@ -490,3 +491,23 @@ def test_a_failed_read_while_changing_is_recorded_too(
         assert change.failure is not None
         monkeypatch.setattr(os, "preadv", real)
     assert target.read_bytes() == b"0123456789"
+
+
+def test_held_file_reads_through_the_held_descriptor(tmp_path: Path) -> None:
+    from storage_helpers.prim import seen_locked
+
+    from deker.storage import lockprim
+
+    target = _file(tmp_path, b"0123456789")
+    held = lockprim.hold(target, True)
+    assert held is not None
+    try:
+        with journal.HeldFile(target) as view:
+            view.seek(3)
+            assert view.read(4) == b"3456"
+            view.seek(8)
+            assert view.read(10) == b"89"
+            assert view.read(1) == b""
+        assert seen_locked(target)
+    finally:
+        lockprim.release(held)

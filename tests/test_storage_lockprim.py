@@ -243,3 +243,45 @@ def test_mount_options_that_keep_locks_local(directory: str, primitive: str, pro
     """Host-local locks cannot be probed from one host: the mount options tell."""
     found = lockprim.mount_problem(MOUNTS, directory, primitive)
     assert found == problem if problem is None else found is not None and found.startswith(problem)
+
+
+def test_descriptors_of_a_held_file_keep_its_lock(tmp_path: Path, prim: str) -> None:
+    """I/O on a held file goes through the registry's descriptor; a close never drops the lock."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"0123456789")
+    own, own_shared = lockprim.open_fd(path, False)  # opened before anyone here held it
+    assert own_shared is None
+    held = lockprim.hold(path, True)
+    assert held is not None
+    fd, shared = lockprim.open_fd(path, True)
+    assert shared is not None and fd == held.fd  # the held descriptor itself, shared
+    os.pwrite(fd, b"AB", 0)
+    lockprim.close_fd(fd, shared)
+    lockprim.close_fd(own, own_shared)  # held meanwhile: kept open until the lock goes
+    assert seen_locked(path)
+    assert lockprim.hold(path, False) is None  # still exclusive in this process too
+    lockprim.release(held)
+    assert not seen_locked(path)
+    assert path.read_bytes() == b"AB23456789"
+    assert lockprim.reuse(path) is None and lockprim.reuse(tmp_path / "missing") is None
+
+
+def test_an_attached_hold_goes_with_its_owner(tmp_path: Path, prim: str) -> None:
+    """A new version renamed over a held file stays locked until the old file's lock is released."""
+    old, new = tmp_path / "f.hdf5", tmp_path / ".f.hdf5.tmp"
+    old.write_bytes(b"old")
+    owner = lockprim.hold(old, True)
+    successor = lockprim.hold_new(new)
+    assert owner is not None
+    share = lockprim.reuse(old)
+    assert share is not None
+    os.replace(new, old)
+    lockprim.attach(share, successor)
+    lockprim.release(share)
+    assert seen_locked(old)  # the new file, under the old name
+    assert lockprim.hold(old, True) is None
+    lockprim.release(owner)
+    assert not seen_locked(old)
+    late = lockprim.hold_new(new)
+    lockprim.attach(owner, late)  # the owner is gone: released at once
+    assert not seen_locked(new)

@@ -32,8 +32,10 @@ The journal costs reading and writing again the bytes that are overwritten (abou
 the I/O of the overwritten region, HDF5 metadata included; appended data costs nothing more);
 the rest of the file is untouched, however big.
 
-Temporary files and journals are ``flock``-held by their writer while it lives, so a stale one
-(its writer died) can be told from a live one (:func:`find_leftovers`).  Their names are defined
+Temporary files and journals are locked by their writer while it lives (through
+:mod:`deker.storage.lockprim`, with the lock primitive in use, and written only through the
+locked descriptor, so no close drops a POSIX lock), so a stale one (its writer died) can be
+told from a live one (:func:`find_leftovers`).  Their names are defined
 in :mod:`deker.storage.layout` (:func:`~deker.storage.layout.leftover_target`).
 
 A killed process needs no ``fsync``: the kernel keeps what it wrote, and the rename or the
@@ -60,7 +62,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import logging
 import os
 import shutil
@@ -71,7 +72,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deker.storage import lockprim
 from deker.storage.journal import (
+    HeldFile,
     NewFile,
     UndoJournal,
     durable,
@@ -105,6 +108,7 @@ SCRATCH_MIN_AGE = 10.0
 
 __all__ = [
     "SCRATCH_MIN_AGE",
+    "HeldFile",
     "Leftover",
     "NewFile",
     "UndoJournal",
@@ -130,32 +134,42 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
 
 # ------------------------------------------------------------------------------ new versions
 
 
-def _new_temp(target: Path) -> tuple[Path, int]:
-    """Create an empty temporary file next to ``target``, flock-held; return (path, fd)."""
+def _new_temp(target: Path) -> tuple[Path, lockprim.Hold]:
+    """Create an empty temporary file next to ``target``, held exclusively; return (path, hold).
+
+    Held through :mod:`deker.storage.lockprim` with the lock primitive in use, so that a sweeper
+    (:func:`find_leftovers`) in another process sees it live.  Whoever writes it must do so
+    through the hold's descriptor (:class:`NewFile`, :func:`deker.storage.lockprim.open_fd`):
+    closing another descriptor of it would drop a POSIX lock (NFS).
+    """
     while True:
         tmp = target.with_name(temp_file_name(target.name))
         try:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
+            return tmp, lockprim.hold_new(tmp)
         except FileExistsError:  # pragma: no cover - 128 random bits collided
             continue
-        fcntl.flock(fd, fcntl.LOCK_EX)  # nobody else knows the name yet: never blocks long
-        return tmp, fd
 
 
 @contextlib.contextmanager
 def replacing(target: Path, *, exclusive: bool = False) -> Iterator[Path]:
     """Write a new version of ``target`` under a temporary name, then put it in place atomically.
 
-    The body of the ``with`` block writes the yielded path (for example with h5py in mode
-    ``"w"``).  When it finishes, the file is flushed and renamed over ``target`` (or linked as
-    ``target`` when ``exclusive``), and the directory is flushed.  If the body raises, the
-    temporary file is removed and ``target`` is unchanged.
+    The body of the ``with`` block writes the yielded path, through this process's descriptor
+    of it (:class:`NewFile`, e.g. for h5py in mode ``"w"``, or
+    :func:`deker.storage.lockprim.open_fd`), never through a descriptor of its own: the file
+    is locked (a sweeper must see it live) and closing another descriptor of it would drop a
+    POSIX lock.  When the body finishes, the file is flushed and renamed over ``target`` (or
+    linked as ``target`` when ``exclusive``), and the directory is flushed.  If the body
+    raises, the temporary file is removed and ``target`` is unchanged.
+
+    If this process holds a lock on ``target`` (a writer's data-file lock), the new version
+    stays locked after the rename until that lock is released
+    (:func:`deker.storage.lockprim.attach`): the name is locked throughout, and the lock goes
+    on with the new file.
 
     Parameters
     ----------
@@ -175,7 +189,10 @@ def replacing(target: Path, *, exclusive: bool = False) -> Iterator[Path]:
         With ``exclusive``, if ``target`` exists.
 
     """
-    tmp, fd = _new_temp(target)
+    tmp, held = _new_temp(target)
+    fd = held.fd
+    owner = None if exclusive else lockprim.reuse(target)
+    replaced = False
     try:
         yield tmp
         if not exclusive:
@@ -185,14 +202,21 @@ def replacing(target: Path, *, exclusive: bool = False) -> Iterator[Path]:
         if exclusive:
             os.link(tmp, target)
         elif _exchange(tmp, target):
+            replaced = True
             os.unlink(tmp)  # now the old version
         else:
             os.replace(tmp, target)
+            replaced = True
         fsync_dir(target.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # after a rename it is gone; after a link it is a second name
-        os.close(fd)
+        if replaced and owner is not None:
+            lockprim.attach(owner, held)  # the new version is locked as long as the old one
+        else:
+            lockprim.release(held)
+        if owner is not None:
+            lockprim.release(owner)
 
 
 _RENAME_EXCHANGE = 2  # renameat2(2) flag: swap two existing names atomically
@@ -251,12 +275,24 @@ def write_bytes(target: Path, data: bytes, *, exclusive: bool = False) -> None:
     for attempt in range(5):
         ensure_dir(target.parent)
         try:
-            with replacing(target, exclusive=exclusive) as tmp, open(tmp, "wb") as fh:
-                fh.write(data)
+            with replacing(target, exclusive=exclusive) as tmp:
+                _fill(tmp, data)
             return
         except FileNotFoundError:  # a concurrent cleanup removed the empty directory: again
             if attempt == 4 or target.parent.exists():
                 raise
+
+
+def _fill(tmp: Path, data: bytes) -> None:
+    """Write ``data`` into the new, held temporary file ``tmp`` through its held descriptor."""
+    fd, shared = lockprim.open_fd(tmp, True)
+    try:
+        view = memoryview(data)
+        offset = 0
+        while offset < len(view):
+            offset += os.pwrite(fd, view[offset:], offset)
+    finally:
+        lockprim.close_fd(fd, shared)
 
 
 # ------------------------------------------------------------------------------ leftovers

@@ -11,7 +11,11 @@ before ``data`` is deleted because the count says "all fill" after a partial ope
 whole dataset is checked (in bounded slabs) and the true count is stored instead if it is not.
 
 Every file is opened with ``locking=False``: concurrency is the lockfile protocol's business
-(:mod:`deker.storage.locks`).  Importing this module imports :mod:`hdf5plugin` so compressed
+(:mod:`deker.storage.locks`).  A file this process holds locked (a writer's data file) is
+never opened by name, which would make h5py close a descriptor of it and so drop a POSIX
+record lock (NFS): it is read and written through file objects over the held descriptor
+(:class:`~deker.storage.journal.HeldFile`, :class:`~deker.storage.journal.UndoJournal`,
+:class:`~deker.storage.journal.NewFile`).  Importing this module imports :mod:`hdf5plugin` so compressed
 datasets (Zstd, ...) can be read and written; it changes no environment variable.
 
 Crash safety (:mod:`deker.storage.atomic`): a file is never left half-written.  A creation, and
@@ -41,7 +45,7 @@ import hdf5plugin  # noqa: F401  (registers the compression filters with HDF5)
 import numpy as np
 
 from deker.errors import DekerBaseApplicationError, DekerStorageError
-from deker.storage import atomic, rawio, templates
+from deker.storage import atomic, lockprim, rawio, templates
 from deker.storage.layout import ensure_dir
 
 __all__ = [
@@ -125,9 +129,11 @@ def _open(path: Path, mode: str) -> Iterator[h5py.File]:
     except PermissionError as exc:
         raise DekerStorageError(f"Cannot open array file {path}: {exc}") from exc
     if view is None:
-        with _handle(path, path, "r") as handle:
-            yield handle
-        return
+        if not lockprim.holds(path):
+            with _handle(path, path, "r") as handle:
+                yield handle
+            return
+        view = atomic.HeldFile(path)  # a writer reading its locked file: h5py closes no descriptor
     with view, _handle(view, path, "r") as handle:
         yield handle
 
@@ -239,11 +245,12 @@ def _write_parts(fd: int, head: bytes, values: np.ndarray, tail: bytes) -> None:
 
 
 def _write_new_file(tmp: Path, head: bytes, values: np.ndarray, tail: bytes) -> None:
-    fd = os.open(tmp, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    """Write a new version through the held descriptor of ``tmp`` (closing none of its own)."""
+    fd, shared = lockprim.open_fd(tmp, True)
     try:
         _write_parts(fd, head, values, tail)
     finally:
-        os.close(fd)
+        lockprim.close_fd(fd, shared)
 
 
 def _write_whole_fast(
@@ -394,7 +401,7 @@ def create_array_file(
             atomic.discard_leftovers(path)  # of an earlier file of that name: never to apply
             if image is not None:  # the bytes h5py would write, from a per-process template
                 with atomic.replacing(path, exclusive=True) as tmp:
-                    tmp.write_bytes(image)
+                    _write_new_file(tmp, image, np.empty(0, np.uint8), b"")
                 return
             if parts is not None and values is not None:
                 with atomic.replacing(path, exclusive=True) as tmp:

@@ -15,6 +15,7 @@ Used by the integrity check and the ``deker`` command.  Nothing here changes a f
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import stat
@@ -29,6 +30,8 @@ import hdf5plugin  # noqa: F401  (registers the compression filters with HDF5)
 import numpy as np
 
 from deker.errors import DekerValidationError
+from deker.storage import lockprim
+from deker.storage.journal import HeldFile
 from deker.storage.layout import (
     JOURNAL_SUFFIX,
     TEMP_SUFFIX,
@@ -429,15 +432,18 @@ def inspect_array_file(
         The metadata bytes or why they could not be read, and the data problems.
 
     """
-    try:
-        handle = h5py.File(path, "r", locking=False)
-    except FileNotFoundError:
-        return ArrayFileCheck(vanished=True)
-    except OSError as exc:
-        if not os.path.exists(path):
+    with contextlib.ExitStack() as stack:
+        try:
+            # a file this process holds (a writer's, in another thread) is read through the held
+            # descriptor: h5py closing a descriptor of its own would drop a POSIX lock (NFS)
+            source: Any = stack.enter_context(HeldFile(path)) if lockprim.holds(path) else path
+            handle = stack.enter_context(h5py.File(source, "r", locking=False))
+        except FileNotFoundError:
             return ArrayFileCheck(vanished=True)
-        return ArrayFileCheck(meta_error=f"cannot be opened as HDF5: {exc}")
-    with handle:
+        except OSError as exc:
+            if not os.path.exists(path):
+                return ArrayFileCheck(vanished=True)
+            return ArrayFileCheck(meta_error=f"cannot be opened as HDF5: {exc}")
         try:
             meta_ds = handle.get("meta")
             if meta_ds is None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import fcntl
 import io
 import logging
 import os
@@ -33,9 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deker.errors import DekerLockError, DekerStorageError
+from deker.storage import lockprim
 from deker.storage.layout import journal_file_name
 
 __all__ = [
+    "HeldFile",
     "NewFile",
     "UndoJournal",
     "durable",
@@ -127,18 +128,11 @@ def journal_path(target: Path) -> Path:
     return target.with_name(journal_file_name(target.name))
 
 
-def _held(fd: int) -> bool:
-    """Whether someone else holds a lock on the file of ``fd`` (probe with a shared lock)."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except (BlockingIOError, PermissionError):
-        return True
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    return False
-
-
 def is_held(path: Path) -> bool | None:
-    """Return whether someone holds a ``flock`` on ``path``; ``None`` if it does not exist.
+    """Return whether someone (this process included) holds ``path`` locked; ``None`` if it is missing.
+
+    The probe goes through :func:`deker.storage.lockprim.probe` (no lock taken, no descriptor
+    of a file this process holds closed), with the lock primitive in use.
 
     Parameters
     ----------
@@ -151,14 +145,7 @@ def is_held(path: Path) -> bool | None:
         ``True`` while its writer lives.
 
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        return _held(fd)
-    finally:
-        os.close(fd)
+    return lockprim.probe(path)
 
 
 class _Ranges:
@@ -367,6 +354,10 @@ class NewFile(_GuardedFile):
     :class:`_GuardedFile`); the caller must check it after h5py closed the file and
     discard the file if it is set (:func:`raise_failure`).
 
+    The file is written through this process's held descriptor of it when there is one (a
+    temporary file of :func:`deker.storage.atomic.replacing`), so that closing this object
+    drops no lock on it (POSIX record locks, as on NFS).
+
     Parameters
     ----------
     path : Path
@@ -376,7 +367,8 @@ class NewFile(_GuardedFile):
 
     def __init__(self, path: Path) -> None:
         self.target = path
-        super().__init__(os.open(path, os.O_RDWR | _O_CLOEXEC), 0)
+        fd, self._shared = lockprim.open_fd(path, True)
+        super().__init__(fd, 0)
 
     def write(self, data: bytes | memoryview) -> int:  # type: ignore[override]
         """Write at the position."""
@@ -404,10 +396,9 @@ class NewFile(_GuardedFile):
         return size
 
     def close(self) -> None:
-        """Close the descriptor."""
+        """Give back the descriptor."""
         if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
+            lockprim.close_fd(self._fd, self._shared)
             self._fd = -1
         super().close()
 
@@ -427,14 +418,15 @@ class UndoJournal(_GuardedFile):
     def __init__(self, target: Path) -> None:
         self.target = target
         self.path = journal_path(target)
-        fd = os.open(target, os.O_RDWR | _O_CLOEXEC)
+        fd, self._shared = lockprim.open_fd(target, True)  # the writer's held descriptor, if any
         try:
             size = os.fstat(fd).st_size
         except BaseException:
-            os.close(fd)
+            lockprim.close_fd(fd, self._shared)
             raise
         super().__init__(fd, size)
         self._jfd = -1
+        self._jhold: lockprim.Hold | None = None
         self._saved = _Ranges()
         self._records: list[tuple[int, int, int]] = []  # offset, length, position in journal
         self._jpos = 0
@@ -443,9 +435,9 @@ class UndoJournal(_GuardedFile):
 
     def _start_journal(self) -> None:
         """Create the journal (at the first overwrite of an old byte): header, flushed."""
-        self._jfd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
+        self._jhold = lockprim.hold_new(self.path)  # held while the writer lives (find_leftovers)
+        self._jfd = self._jhold.fd
         try:
-            fcntl.flock(self._jfd, fcntl.LOCK_EX)
             head = _MAGIC + struct.pack("<Q", self._orig)
             _write_all(self._jfd, _HEADER.pack(_MAGIC, self._orig, zlib.crc32(head)))
             self._jpos = _HEADER.size
@@ -454,8 +446,8 @@ class UndoJournal(_GuardedFile):
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            os.close(self._jfd)
-            self._jfd = -1
+            lockprim.release(self._jhold)
+            self._jfd, self._jhold = -1, None
             raise
 
     def _save(self, start: int, end: int) -> None:
@@ -533,10 +525,11 @@ class UndoJournal(_GuardedFile):
         if remove_journal:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-        for fd in (self._jfd, self._fd):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        if self._jhold is not None:
+            lockprim.release(self._jhold)  # the journal's lock and descriptor go together
+            self._jhold = None
+        if self._fd >= 0:
+            lockprim.close_fd(self._fd, self._shared)
         self._jfd = self._fd = -1
 
     def close(self) -> None:
@@ -652,20 +645,20 @@ def recover(target: Path) -> bool:
     """
     jpath = journal_path(target)
     try:
-        jfd = os.open(jpath, os.O_RDONLY | _O_CLOEXEC)
+        jfd, jshared = lockprim.open_fd(jpath, False)
     except FileNotFoundError:
         return False
     try:
-        if _held(jfd):
+        if is_held(jpath):
             raise DekerLockError(
                 f"{target} is being changed by another process (its journal {jpath} is held)"
             )
         stale = _parse(jfd)
         if stale is not None:
             try:
-                fd = os.open(target, os.O_RDWR | _O_CLOEXEC)
+                fd, shared = lockprim.open_fd(target, True)  # the caller's held descriptor, if any
             except FileNotFoundError:
-                fd = -1  # the target is gone: nothing to restore
+                fd, shared = -1, None  # the target is gone: nothing to restore
             except OSError as exc:
                 raise DekerStorageError(f"Cannot roll back the interrupted write of {target}: {exc}") from exc
             if fd >= 0:
@@ -679,23 +672,23 @@ def recover(target: Path) -> bool:
                         f"Cannot roll back the interrupted write of {target}: {exc}"
                     ) from exc
                 finally:
-                    os.close(fd)
+                    lockprim.close_fd(fd, shared)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(jpath)
         fsync_dir(target.parent)
         logger.warning("rolled back an interrupted write of %s (journal %s)", target, jpath)
         return True
     finally:
-        os.close(jfd)
+        lockprim.close_fd(jfd, jshared)
 
 
 class _OldVersion(_FileBase):
     """Read-only view of a file as it was before an interrupted change (journal overlay)."""
 
-    def __init__(self, target: Path, jfd: int, stale: _Stale) -> None:
+    def __init__(self, target: Path, journal: tuple[int, lockprim.Hold | None], stale: _Stale) -> None:
         super().__init__(stale.orig)
-        self._fd = os.open(target, os.O_RDONLY | _O_CLOEXEC)
-        self._jfd = jfd
+        self._fd, self._shared = lockprim.open_fd(target, False)
+        self._jfd, self._jshared = journal
         self._records = sorted(stale.records)
         self._starts = [r[0] for r in self._records]
 
@@ -720,11 +713,53 @@ class _OldVersion(_FileBase):
         return n
 
     def close(self) -> None:
-        """Close both descriptors."""
-        for fd in (self._fd, self._jfd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        """Give back both descriptors."""
+        if self._fd >= 0:
+            lockprim.close_fd(self._fd, self._shared)
+        if self._jfd >= 0:
+            lockprim.close_fd(self._jfd, self._jshared)
         self._fd = self._jfd = -1
+        super().close()
+
+
+class HeldFile(_FileBase):
+    """A read-only file object over this process's held descriptor of a file, for h5py.
+
+    h5py opening a file by name makes a descriptor of its own and closes it afterwards, which
+    under POSIX record locks (NFS) drops every lock this process holds on the file: a writer
+    reading its own locked data file hands h5py this object instead (see
+    :func:`deker.storage.lockprim.open_fd`).
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+
+    """
+
+    def __init__(self, path: Path) -> None:
+        fd, self._shared = lockprim.open_fd(path, False)
+        self._fd = fd
+        try:
+            size = os.fstat(fd).st_size
+        except BaseException:
+            lockprim.close_fd(fd, self._shared)
+            raise
+        super().__init__(size)
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        """Read the bytes at the position into ``buffer``; return how many."""
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), self._size - self._pos))
+        got = os.preadv(self._fd, [view[:n]], self._pos) if n else 0
+        self._pos += got
+        return got
+
+    def close(self) -> None:
+        """Give back the descriptor."""
+        if self._fd >= 0:
+            lockprim.close_fd(self._fd, self._shared)
+            self._fd = -1
         super().close()
 
 
@@ -753,20 +788,19 @@ def old_version(target: Path) -> io.RawIOBase | None:
     """
     jpath = journal_path(target)
     try:
-        jfd = os.open(jpath, os.O_RDONLY | _O_CLOEXEC)
+        jfd, jshared = lockprim.open_fd(jpath, False)
     except FileNotFoundError:
         return None
     try:
-        if _held(jfd):
+        if is_held(jpath):
             raise DekerLockError(
                 f"{target} is being changed by another process (its journal {jpath} is held)"
             )
         stale = _parse(jfd)
         if stale is None:  # the change never started: the file is intact
-            os.close(jfd)
+            lockprim.close_fd(jfd, jshared)
             return None
-        return _OldVersion(target, jfd, stale)
+        return _OldVersion(target, (jfd, jshared), stale)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.close(jfd)
+        lockprim.close_fd(jfd, jshared)
         raise

@@ -136,6 +136,18 @@ def _marker_alive(marker: _Marker) -> bool:
     return bool(_held_by_someone(marker.path.parent / f"{marker.array_id}{ARRAY_EXT}"))
 
 
+def _fence_busy(marker: _Marker) -> bool:
+    """Whether a tile task holds the fence of the tile a VArray marker of ours is on.
+
+    The marker of a dead coordinator is then kept (by :func:`clear_locks` and by writers that
+    meet it) until the task has ended: deker 1.1.7 readers know no fence, the marker keeps
+    them out.
+    """
+    if marker.kind != KIND_VARRAY or marker.legacy:
+        return False
+    return bool(_held_by_someone(marker.path.parent / f"{marker.array_id}{FENCE_EXT}"))
+
+
 # --------------------------------------------------------------------------- listing
 
 
@@ -308,7 +320,9 @@ def remove_orphan_collection_locks(collections_dir: Path) -> list[Path]:
 def clear_locks(directory: Path, *, force: bool = False) -> list[Path]:
     """Remove dead read markers, VArray markers and creation locks under ``directory``.
 
-    Collection ``.lock`` files and array mutexes are never removed.
+    Collection ``.lock`` files and array mutexes are never removed.  A dead VArray marker of
+    this deker is kept while a tile task still holds its tile's fence (its coordinator died
+    mid-update): deker 1.1.7 readers, which know no fence, are kept out of the tile by it.
 
     Parameters
     ----------
@@ -326,6 +340,10 @@ def clear_locks(directory: Path, *, force: bool = False) -> list[Path]:
     removed: list[Path] = []
     for info in list_locks(directory):
         if info.kind in REMOVABLE_KINDS and (force or not info.alive):
+            marker = _parse_marker(info.path)
+            if not force and marker is not None and _fence_busy(marker):
+                logger.info("kept %s: a tile task of its dead coordinator still holds the fence", info.path)
+                continue
             try:
                 os.unlink(info.path)
             except FileNotFoundError:

@@ -19,6 +19,12 @@ lock per process, on one descriptor; holders in the process count against it (on
 or many shared); a descriptor of a registered file opened here (a probe) is kept open until
 the last holder releases it, so it can never drop the lock under ``posix`` semantics.
 
+Files a process holds are also read and written through the registry's descriptor
+(:func:`open_fd` / :func:`close_fd`: the data file a writer holds, a temporary new version,
+a journal), never through another descriptor that would be closed while the lock matters;
+and a new version renamed over a held file keeps its own hold until the old file's holder
+releases it (:func:`attach`), so the lock moves with the name.
+
 :func:`check_filesystem` probes once per filesystem that locks exclude at all (ENOLCK,
 ENOSYS, EOPNOTSUPP, or locks that do not exclude: Lustre without ``-o flock``).
 """
@@ -28,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import re
@@ -45,13 +52,18 @@ __all__ = [
     "POSIX",
     "PRIMITIVE_ENV",
     "Hold",
+    "attach",
     "check_filesystem",
+    "close_fd",
     "hold",
     "hold_new",
+    "holds",
     "mount_problem",
+    "open_fd",
     "primitive",
     "probe",
     "release",
+    "reuse",
     "same_file",
 ]
 
@@ -123,7 +135,7 @@ def _kernel_probe(fd: int, exclusive: bool, prim: str) -> bool:
     """Whether a lock of another open file description / process conflicts (no lock kept)."""
     if prim == POSIX and _posix_conflict(fd, exclusive):
         return True
-    # also under posix: atomic.py and journal.py flock their own files (on NFS both are one lock)
+    # also under posix: an earlier deker flocked its temp files and journals (on NFS: one lock)
     if _kernel_try(fd, exclusive, FLOCK):
         _kernel_unlock(fd, FLOCK)
         return False
@@ -139,7 +151,9 @@ class _Entry:
     prim: str
     exclusive: bool
     count: int = 0
+    serial: int = 0  # tells this lock from a later one on a reused inode and descriptor number
     spare: list[int] = field(default_factory=list)  # descriptors closed only with the lock
+    attached: list[Hold] = field(default_factory=list)  # released with this one (see attach)
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,12 +169,16 @@ class Hold:
         close it).
     exclusive : bool
         Whether the lock is exclusive.
+    serial : int
+        Which lock of the process it is a share of (an inode number and a descriptor number
+        may both be reused by a later lock once this one is released).
 
     """
 
     key: tuple[int, int]
     fd: int
     exclusive: bool
+    serial: int = 0
 
 
 class _Registry:
@@ -172,6 +190,7 @@ class _Registry:
 
 
 _registry = _Registry()
+_serials = itertools.count(1)
 
 
 def _reg() -> _Registry:
@@ -206,7 +225,7 @@ def _take(reg: _Registry, fd: int, exclusive: bool) -> Hold | None:
         if exclusive or entry.exclusive:
             return None
         entry.count += 1
-        return Hold(key, entry.fd, False)
+        return Hold(key, entry.fd, False, entry.serial)
     prim = primitive()
     try:
         taken = _kernel_try(fd, exclusive, prim)
@@ -216,8 +235,8 @@ def _take(reg: _Registry, fd: int, exclusive: bool) -> Hold | None:
     if not taken:
         os.close(fd)  # the process holds no lock on this file: closing drops nothing
         return None
-    reg.entries[key] = _Entry(fd, prim, exclusive, 1)
-    return Hold(key, fd, exclusive)
+    entry = reg.entries[key] = _Entry(fd, prim, exclusive, 1, next(_serials))
+    return Hold(key, fd, exclusive, entry.serial)
 
 
 def hold(path: Path, exclusive: bool, *, create: bool = False) -> Hold | None:
@@ -255,7 +274,7 @@ def hold(path: Path, exclusive: bool, *, create: bool = False) -> Hold | None:
                 if exclusive or entry.exclusive:
                     return None
                 entry.count += 1
-                return Hold(key, entry.fd, False)
+                return Hold(key, entry.fd, False, entry.serial)
         return _take(reg, _open(path, create, False), exclusive)
 
 
@@ -294,8 +313,8 @@ def hold_new(path: Path) -> Hold:
                 os.close(fd)
                 raise DekerStorageError(f"Cannot lock the new lock file {path}: it stays busy")
             time.sleep(0.0005)
-        reg.entries[key] = _Entry(fd, prim, True, 1)
-        return Hold(key, fd, True)
+        entry = reg.entries[key] = _Entry(fd, prim, True, 1, next(_serials))
+        return Hold(key, fd, True, entry.serial)
 
 
 def release(held: Hold) -> None:
@@ -309,17 +328,177 @@ def release(held: Hold) -> None:
     """
     reg = _reg()
     with reg.mutex:
-        entry = reg.entries.get(held.key)
-        if entry is None or entry.fd != held.fd:
-            return  # released already (idempotent) or inherited across a fork
-        entry.count -= 1
-        if entry.count > 0:
+        _release(reg, held)
+
+
+def _release(reg: _Registry, held: Hold) -> None:
+    """Under ``reg.mutex``: give up one hold (and, with the last one, the holds attached to it)."""
+    entry = reg.entries.get(held.key)
+    if entry is None or entry.fd != held.fd or entry.serial != held.serial:
+        return  # released already (idempotent) or inherited across a fork
+    entry.count -= 1
+    if entry.count > 0:
+        return
+    del reg.entries[held.key]
+    _kernel_unlock(entry.fd, entry.prim)
+    for fd in (entry.fd, *entry.spare):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    for successor in entry.attached:
+        _release(reg, successor)
+
+
+def reuse(path: Path) -> Hold | None:
+    """Return one more share of the lock this process holds on ``path``, of whatever kind, or None.
+
+    For I/O on a held file by the code working under its lock (a writer's data file, a temporary
+    file, a journal): the share keeps the registry's descriptor open, and doing the I/O through
+    it closes no other descriptor of the file.  It never waits and never conflicts.
+
+    Parameters
+    ----------
+    path : Path
+        Any file.
+
+    Returns
+    -------
+    Hold or None
+        The share (give it back with :func:`release`); None when this process holds no lock on
+        the file ``path`` names (or it does not exist).
+
+    """
+    reg = _reg()
+    try:
+        key = _key(os.stat(path))
+    except FileNotFoundError:
+        return None
+    if key not in reg.entries:  # the usual answer, without the mutex (see close_fd for the race)
+        return None
+    with reg.mutex:
+        entry = reg.entries.get(key)
+        if entry is None or _key(os.stat(path)) != key:
+            return None
+        entry.count += 1
+        return Hold(key, entry.fd, entry.exclusive, entry.serial)
+
+
+def holds(path: Path) -> bool:
+    """Return whether this process holds a lock on the file ``path`` names.
+
+    Such a file must not be opened by name for I/O that closes its descriptor (h5py): read it
+    through :func:`open_fd` (e.g. :class:`deker.storage.journal.HeldFile`).
+
+    Parameters
+    ----------
+    path : Path
+        Any file.
+
+    Returns
+    -------
+    bool
+        False also when the file does not exist.
+
+    """
+    reg = _reg()
+    try:
+        return _key(os.stat(path)) in reg.entries  # one dict lookup: atomic, no mutex needed
+    except FileNotFoundError:
+        return False
+
+
+def attach(owner: Hold, successor: Hold) -> None:
+    """Keep ``successor`` until the last hold of ``owner``'s file is released, then release it.
+
+    A new version renamed over a held file (:func:`deker.storage.atomic.replacing`) is locked
+    by its own hold, taken when it was created, so the name stays locked throughout; attached
+    to the old file's lock, it stays locked as long as the old file's holder holds that.
+
+    Parameters
+    ----------
+    owner : Hold
+        A hold (e.g. from :func:`reuse`) on the file that was replaced.
+    successor : Hold
+        The hold of the file that replaced it; it must not be released by its taker any more.
+        Released at once if ``owner``'s lock is gone already.
+
+    """
+    reg = _reg()
+    with reg.mutex:
+        entry = reg.entries.get(owner.key)
+        if entry is None or entry.fd != owner.fd or entry.serial != owner.serial:
+            _release(reg, successor)
             return
-        del reg.entries[held.key]
-        _kernel_unlock(entry.fd, entry.prim)
-        for fd in (entry.fd, *entry.spare):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        entry.attached.append(successor)
+
+
+def _writable(fd: int) -> bool:
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+
+
+def open_fd(path: Path, writable: bool) -> tuple[int, Hold | None]:
+    """Open ``path`` for positioned I/O (``pread``/``pwrite``) without endangering a lock on it.
+
+    If this process holds a lock on the file, its registry descriptor is shared (no new
+    descriptor whose close would drop a POSIX lock); else a new descriptor is opened.  Use
+    positioned I/O only (the descriptor's offset may be shared) and give it back with
+    :func:`close_fd`.
+
+    Parameters
+    ----------
+    path : Path
+        An existing file.
+    writable : bool
+        Open it for reading and writing (else read-only).
+
+    Returns
+    -------
+    tuple of (int, Hold or None)
+        The descriptor, and the share of the lock it belongs to (None: a descriptor of its own).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+
+    """
+    shared = reuse(path)
+    if shared is not None:
+        if not writable or _writable(shared.fd):
+            return shared.fd, shared
+        release(shared)  # held read-only (a file we may not write): opening for writing fails below
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | _O_CLOEXEC
+    return os.open(path, flags), None
+
+
+def close_fd(fd: int, shared: Hold | None) -> None:
+    """Give back a descriptor from :func:`open_fd`.
+
+    A descriptor of its own is closed, unless this process took a lock on its file meanwhile
+    (then it is kept open until that lock is released, which closing now would drop).
+
+    Parameters
+    ----------
+    fd : int
+        The descriptor.
+    shared : Hold or None
+        What :func:`open_fd` returned with it.
+
+    """
+    if shared is not None:
+        release(shared)
+        return
+    reg = _reg()
+    try:
+        key = _key(os.fstat(fd)) if reg.entries else None
+    except OSError:
+        key = None
+    with reg.mutex:  # a lock taken on the file since open_fd: this descriptor must stay open
+        entry = reg.entries.get(key) if key is not None else None
+        if entry is not None:
+            entry.spare.append(fd)
+            return
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def same_file(held: Hold, path: Path) -> bool:

@@ -16,6 +16,9 @@ Files, all in an array's main directory unless said otherwise:
     ``LOCK_SH``, writers ``LOCK_EX`` for the whole operation.
 ``<id>.hdf5`` (the data file)
     Writers also hold ``LOCK_EX`` on it: deker 1.1.7 readers probe it and 1.1.7 writers lock it.
+    It is read and written only through the held descriptor (never a close that would drop a
+    POSIX lock), and a new version renamed over it is locked before the rename and kept
+    locked until the release (:func:`deker.storage.atomic.replacing`).
 ``<id>:dk2-<hex>:<pid>:<tid>.arrayreadlock`` (read marker)
     Made by our readers so that deker 1.1.7 writers wait for them; held with ``LOCK_EX`` by its
     owner.  1.1.7 markers (``<id>:<uuid4>:<pid>:<tid>``) hold no lock: they count as live while
@@ -72,6 +75,7 @@ from deker.storage.lockinfo import (
     OWN_READ_PREFIX,
     READ_LOCK_EXT,
     VARRAY_LOCK_EXT,
+    _fence_busy,
     _held_by_someone,
     _legacy_owner_alive,
     _Marker,
@@ -313,20 +317,27 @@ def _cleanup_if_deleted(main_dir: Path, array_id: str, data: Path | None = None)
         remove_empty_parents(main_dir, main_dir.parents[len(parts) - 1])
 
 
-def _remove_if_stale(marker: _Marker) -> None:
-    """Remove a dead marker (ours: unlocked; 1.1.7: its pid is gone from this host)."""
+def _remove_if_stale(marker: _Marker) -> bool:
+    """Remove a dead marker (ours: unlocked; 1.1.7: its pid is gone from this host).
+
+    A VArray marker of ours stays while a tile task holds the tile's fence (its coordinator
+    died, the task still writes): deker 1.1.7 readers, which know no fence, are kept out by
+    the marker.  Returns whether it was kept for that reason.
+    """
+    if not marker.legacy and _fence_busy(marker):
+        return True
     if marker.legacy:
         if _legacy_owner_alive(marker.owner, marker.path):
-            return  # its owner may still unlink it itself
+            return False  # its owner may still unlink it itself
         with contextlib.suppress(FileNotFoundError):
             os.unlink(marker.path)
-        return
+        return False
     try:
         held = lockprim.hold(marker.path, False)
     except FileNotFoundError:
-        return
+        return False
     if held is None:
-        return
+        return False
     try:
         if lockprim.same_file(held, marker.path):
             with contextlib.suppress(FileNotFoundError):
@@ -334,10 +345,13 @@ def _remove_if_stale(marker: _Marker) -> None:
             logger.info("removed stale lock marker %s", marker.path)
     finally:
         _unlock_close(held)
+    return False
 
 
-def _live_foreign_markers(main_dir: Path, array_id: str, own: Path | None) -> list[_Marker]:
-    """Live markers of other owners on ``array_id``; stale ones are removed."""
+def _live_foreign_markers(
+    main_dir: Path, array_id: str, own: Path | None, kept: list[Path] | None = None
+) -> list[_Marker]:
+    """Live markers of other owners on ``array_id``; stale ones are removed (or added to ``kept``)."""
     prefixes = (f"{array_id}:", f"{array_id}{ARRAY_EXT}:")
     live: list[_Marker] = []
     try:
@@ -354,16 +368,21 @@ def _live_foreign_markers(main_dir: Path, array_id: str, own: Path | None) -> li
             continue
         if _marker_alive(marker):
             live.append(marker)
-        else:
-            _remove_if_stale(marker)
+        elif _remove_if_stale(marker) and kept is not None:
+            kept.append(path)
     return live
 
 
 def _wait_for_markers(
-    main_dir: Path, array_id: str, waiter: _Waiter, what: str, own: Path | None = None
+    main_dir: Path,
+    array_id: str,
+    waiter: _Waiter,
+    what: str,
+    own: Path | None = None,
+    kept: list[Path] | None = None,
 ) -> None:
     while True:
-        live = _live_foreign_markers(main_dir, array_id, own)
+        live = _live_foreign_markers(main_dir, array_id, own, kept)
         if not live:
             return
         if not waiter.sleep():
@@ -528,8 +547,11 @@ def array_write_lock(
             _require(data)
             raise
         stack.callback(_unlock_close, data_held)
-        _wait_for_markers(main_dir, array_id, waiter, what)
+        kept: list[Path] = []
+        _wait_for_markers(main_dir, array_id, waiter, what, kept=kept)
         _pass_fence(main_dir, array_id, waiter, what)
+        if kept:  # the markers of a dead coordinator whose task held the fence: stale now
+            _live_foreign_markers(main_dir, array_id, None)
         yield
 
 
@@ -717,13 +739,16 @@ class VArrayWriteLock:
             stack.callback(_drop_marker, marker, _create_marker(marker))
             _own_marker(marker, True)
             stack.callback(_own_marker, marker, False)
-            _wait_for_markers(main_dir, tile_id, waiter, what, own=marker)
+            kept: list[Path] = []
+            _wait_for_markers(main_dir, tile_id, waiter, what, own=marker, kept=kept)
             if not lockprim.same_file(data_fd, data):
                 # Deleted while we waited for its lock (a deker 1.1.7 clear locks the data file
                 # itself, not our mutex): what we hold is a dead file.  The caller lists again.
                 stack.close()
                 return False
             _pass_fence(main_dir, tile_id, waiter, what, create=True)
+            if kept:  # the markers of a dead coordinator whose task held the fence: stale now
+                _live_foreign_markers(main_dir, tile_id, marker)
         except BaseException:
             stack.close()
             raise

@@ -49,7 +49,7 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
-from deker.storage import templates
+from deker.storage import lockprim, templates
 from deker.storage.journal import journal_path
 
 __all__ = [
@@ -81,7 +81,6 @@ MIN_BYTES = 64 * 1024
 #: Files changed less than this long ago (nanoseconds) are not remembered.
 SETTLED_NS = 1_000_000_000
 _MAX_LAYOUTS = 16384
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # Evenly spaced runs shorter than this are read in whole stretches into a per-thread scratch
 # buffer of _SCRATCH_BYTES, then copied out (see _read_through_scratch).
 _COPY_BELOW = 256 * 1024
@@ -445,7 +444,7 @@ def read_cached(
     if layout is None:
         return None
     try:
-        fd = os.open(key, os.O_RDONLY | _O_CLOEXEC)
+        fd, shared = lockprim.open_fd(Path(key), False)  # a held file: its own descriptor
     except OSError:  # missing or unreadable: the HDF5 path reports it
         return None
     try:
@@ -465,7 +464,7 @@ def read_cached(
             return None
         return target
     finally:
-        os.close(fd)
+        lockprim.close_fd(fd, shared)
 
 
 def read_templated(
@@ -513,7 +512,7 @@ def read_templated(
     if target is None:
         return None
     try:
-        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        fd, shared = lockprim.open_fd(path, False)  # a held file: its own descriptor
     except OSError:  # missing or unreadable: the HDF5 path reports it
         return None
     try:
@@ -527,4 +526,4 @@ def read_templated(
             _keep(path, _Layout(_stamp(st), offset, tuple(file_shape), dtype))
         return target
     finally:
-        os.close(fd)
+        lockprim.close_fd(fd, shared)

@@ -17,11 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import deker_dask
-from deker import ArraySchema, Client, DimensionSchema, HDF5Options
+from deker import ArraySchema, Client, DimensionSchema, HDF5Options, VArraySchema
 from deker.errors import (
     DekerArrayTypeError,
     DekerClientError,
     DekerInstanceNotExistsError,
+    DekerStorageError,
     DekerValidationError,
 )
 from deker_dask.tasks import store_array_block, store_tile
@@ -190,3 +191,35 @@ def test_delayed_store_after_close_writes_nothing(tmp_path: Path, cluster: Any) 
             assert coll_ is not None
             (obj,) = list(coll_)
             assert np.isnan(obj[:].read()).all()  # nothing was written
+
+
+@pytest.mark.parametrize("kind", ["varray", "array"])
+def test_store_on_a_worker_seeing_another_storage_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """store's tasks carry the storage identity, like deker's own tile tasks.
+
+    The worker (here: this process's tasks, whose view of the storage path DEKER_ROOT_MAP
+    sends elsewhere, as on a node where another filesystem is mounted there) finds another
+    storage holding a collection of the same name.  Its collection file proves nothing: the
+    storage identity does, and the store fails with the clear error, writing nothing.
+    """
+    dims = [DimensionSchema(name="x", size=4), DimensionSchema(name="y", size=6)]
+    if kind == "varray":
+        schema: Any = VArraySchema(dtype=np.float32, dimensions=dims, vgrid=(2, 2))
+    else:
+        schema = ArraySchema(dtype=np.float32, dimensions=dims)
+    with Client((tmp_path / "other").as_uri()) as other:
+        other.create_collection("c", schema)
+    with Client((tmp_path / "storage").as_uri()) as client:
+        obj = client.create_collection("c", schema).create()
+        if kind == "array":  # the other storage even holds a file of that id
+            other_file = Path(str(obj._main_file).replace(str(tmp_path / "storage"), str(tmp_path / "other")))
+            other_file.parent.mkdir(parents=True)
+            other_file.write_bytes(obj._main_file.read_bytes())
+        monkeypatch.setenv("DEKER_ROOT_MAP", f"{tmp_path / 'storage'}={tmp_path / 'other'}")
+        src = da.from_array(np.ones((4, 6), dtype=np.float32), chunks=(2, 3))
+        with pytest.raises(DekerStorageError, match=r"does not see the storage at .*other.*another storage"):
+            deker_dask.store(src, obj, scheduler="sync")
+        monkeypatch.delenv("DEKER_ROOT_MAP")
+        np.testing.assert_array_equal(obj[:].read(), np.full((4, 6), np.nan, dtype=np.float32))

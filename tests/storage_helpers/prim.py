@@ -12,6 +12,7 @@ POSIX locks even of the same process, and which ``F_GETLK`` reports).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import struct
 import threading
@@ -108,3 +109,38 @@ def refusals_of(path: Path, monkeypatch: Any) -> threading.Event:
 
     monkeypatch.setattr(lockprim, "hold", watching)
     return refused
+
+
+def leftovers_alive_in_child(directory: Path) -> dict[str, bool]:
+    """What a sweeper in another process (``inspection``, ``clear_locks``) sees under ``directory``.
+
+    A forked child lists the temporary files and journals with
+    :func:`deker.storage.atomic.find_leftovers` and reports each one's ``alive`` flag (a sweeper
+    deletes the ones that are not alive).
+
+    Returns
+    -------
+    dict of str to bool
+        Leftover file name to whether it counts as held by a live writer.
+
+    """
+    from deker.storage import atomic
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 3
+        try:
+            os.close(read_end)
+            found = {item.path.name: item.alive for item in atomic.find_leftovers(directory)}
+            os.write(write_end, json.dumps(found).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the sweeping child failed"
+    result: dict[str, bool] = json.loads(answer)
+    return result
