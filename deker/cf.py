@@ -178,7 +178,7 @@ def coordinate_values(values: Sequence[Any], *, cf: bool = True) -> np.ndarray:
     if cf:
         if all(isinstance(v, str) for v in values):
             return np.asarray(values, dtype=str)
-        texts = ["" if v is None else str(attribute_value(v)) for v in values]
+        texts = ["" if v is None else _text(v) for v in values]
         return np.asarray(texts, dtype=str)
     if all(isinstance(v, str) for v in values) or all(_is_real(v) for v in values):
         return np.asarray(values)
@@ -186,6 +186,12 @@ def coordinate_values(values: Sequence[Any], *, cf: bool = True) -> np.ndarray:
     for i, v in enumerate(values):
         out[i] = v
     return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return json.dumps(_jsonable(value))
+    return str(attribute_value(value))
 
 
 def _datetime64(value: datetime) -> np.datetime64:

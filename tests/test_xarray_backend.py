@@ -204,7 +204,7 @@ def test_nothing_is_read_until_values_are_asked(storage: Path) -> None:
     with FileOpens(_data_files(storage, "grid")) as watch:
         ds = xr.open_dataset(_uri(storage), engine="deker", group="grid")
         var = ds["grid"]
-        repr(ds), var.attrs, ds["time"].values, var.isel(run=2, time=slice(0, 4)).shape  # noqa: B018
+        repr(ds), var.attrs, ds["time"].values, var.isel(run=2, time=slice(0, 4)).shape
         assert watch.opened() == set()  # listing VArrays opens no tile
         # run 2, times 3..5, lat 0..1, level 1: exactly one tile, position (1, 0, 1)
         np.testing.assert_array_equal(var[2, 3:6, 0:2, 1].values, _values(2)[3:6, 0:2, 1])
@@ -305,7 +305,7 @@ def test_closing_the_dataset_closes_its_client(storage: Path) -> None:
 
 def test_errors_say_what_is_wrong(storage: Path, tmp_path: Path) -> None:
     uri = _uri(storage)
-    with pytest.raises(DekerValidationError, match="group=<collection name>.*days, empty, grid"):
+    with pytest.raises(DekerValidationError, match=r"group=<collection name>.*days, empty, grid"):
         xr.open_dataset(uri, engine="deker")
     with pytest.raises(DekerCollectionNotExistsError, match="Collection nope does not exist") as info:
         xr.open_dataset(uri, engine="deker", group="nope")
