@@ -15,7 +15,10 @@ objects deker gives in their *CF form* (``read_xarray(cf=True)``, ``deker_dask.t
 - a scale's name (``Scale(..., name="lat")``) becomes the coordinate's ``long_name``;
 - coordinates along the stacking dimension of a collection hold strings, real numbers or
   datetimes (:func:`coordinate_values`; a missing custom value is ``NaN``, ``NaT`` or ``""``);
-- ``deker_collection`` and ``deker_id`` attributes say where the data comes from.
+- ``deker_collection`` and ``deker_id`` attributes say where the data comes from;
+- the variable is named after the collection (``<name>_data`` if a dimension or coordinate has
+  that name); an attribute coordinate named like a dimension or ``id`` gets ``_attribute``
+  appended.
 
 The builders here return :class:`Coordinate` values; :func:`to_variables` turns them into
 ``xarray.Variable`` objects with the xarray module the caller imported.
@@ -387,7 +390,8 @@ def array_layout(obj: Any, bounds: Sequence[int | slice], *, positions: bool = T
     attrs = array_attributes(obj.primary_attributes, obj.custom_attributes)
     attrs.setdefault("deker_collection", obj.collection)
     attrs.setdefault("deker_id", obj.id)
-    return Layout(obj.collection, tuple(d.name for d in obj.dimensions), coords, attrs)
+    dims = tuple(d.name for d in obj.dimensions)
+    return Layout(_variable_name(obj.collection, {*dims, *coords}), dims, coords, attrs)
 
 
 def _labelled(dim: Any) -> bool:
@@ -397,6 +401,12 @@ def _labelled(dim: Any) -> bool:
 def _free_name(name: str, taken: set[str]) -> str:
     while name in taken:
         name = f"{name}_attribute"
+    return name
+
+
+def _variable_name(name: str, taken: set[str]) -> str:
+    while name in taken:  # a collection named like one of its dimensions or coordinates
+        name = f"{name}_data"
     return name
 
 
@@ -472,4 +482,4 @@ def collection_layout(collection: Any, items: Sequence[Any], *, positions: bool 
                 stacked = np.stack([coordinate_values(r) for r in rows])
                 coords[f"{dim.name}_values"] = _time_coordinate((lead, dim.name), stacked)
     attrs.setdefault("deker_collection", collection.name)
-    return Layout(collection.name, (lead, *dims), coords, attrs)
+    return Layout(_variable_name(collection.name, {lead, *dims, *coords}), (lead, *dims), coords, attrs)

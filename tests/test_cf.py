@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from deker import ArraySchema, AttributeSchema, Client, DimensionSchema, TimeDimensionSchema
 from deker.cf import (
     array_attributes,
+    array_layout,
     attribute_value,
     collection_layout,
     coordinate_values,
@@ -145,6 +146,11 @@ def test_stacking_order_and_name_clashes(tmp_path: Any) -> None:
         items = stacking_order(coll)
         assert [a.primary_attributes["x"] for a in items][:2] == [1.0, 2.0]  # NaN last
         layout = collection_layout(coll, items, positions=False)
+        named_like_a_dimension = client.create_collection("time", schema)
+        one = named_like_a_dimension.create({"x": 1.0})
+        assert collection_layout(named_like_a_dimension, [one]).name == "time_data"
+        assert array_layout(one, [slice(0, 2), slice(0, 2)]).name == "time_data"
+    assert layout.name == "c"
     assert layout.dims == ("array", "time", "x")
     assert set(layout.coords) == {"id", "x_attribute", "id_attribute", "time"}
     assert layout.coords["x_attribute"].dims == ("array",)
