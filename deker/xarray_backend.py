@@ -251,6 +251,21 @@ def _drop(ds: Any, drop_variables: str | Iterable[str] | None) -> Any:
     return ds.drop_vars(names, errors="ignore")
 
 
+#: xarray's CF decoding options: accepted (xarray passes them) and without effect.
+DECODERS = frozenset(
+    {"mask_and_scale", "decode_times", "decode_timedelta", "concat_characters", "use_cftime", "decode_coords"}
+)
+
+
+def _check_decoders(decoders: Mapping[str, Any]) -> None:
+    unknown = sorted(set(decoders) - DECODERS)
+    if unknown:
+        raise DekerValidationError(
+            f"engine='deker' takes no option {', '.join(map(repr, unknown))}: it takes group=, filter= "
+            "and drop_variables= (and ignores xarray's decoding options)"
+        )
+
+
 def _open_client(filename_or_obj: Any) -> Client:
     uri = storage_uri(filename_or_obj)
     if uri is None:
@@ -340,6 +355,7 @@ class DekerBackendEntrypoint(BackendEntrypoint):  # type: ignore[misc]
         DekerArrayNotFoundError
             If ``filter`` finds nothing.
         """
+        _check_decoders(decoders)
         client = _open_client(filename_or_obj)
         try:
             ds = collection_dataset(_get(client, group), filter)
@@ -355,11 +371,16 @@ class DekerBackendEntrypoint(BackendEntrypoint):  # type: ignore[misc]
         filename_or_obj: Any,
         *,
         drop_variables: str | Iterable[str] | None = None,
+        group: str | None = None,
         **decoders: Any,
     ) -> dict[str, Any]:
-        """Return ``{"/": empty Dataset, "/<collection>": Dataset, ...}`` for every collection (lazy)."""
+        """Return ``{"/": empty Dataset, "/<collection>": Dataset, ...}`` for every collection (lazy).
+
+        With ``group="<collection>"``, ``{"/": that collection's Dataset}``.
+        """
+        _check_decoders(decoders)
         client = _open_client(filename_or_obj)
-        groups = _groups(client, drop_variables)
+        groups = _groups(client, drop_variables, group)
         for ds in groups.values():
             ds.set_close(client.close)
         return groups
@@ -369,20 +390,25 @@ class DekerBackendEntrypoint(BackendEntrypoint):  # type: ignore[misc]
         filename_or_obj: Any,
         *,
         drop_variables: str | Iterable[str] | None = None,
+        group: str | None = None,
         **decoders: Any,
     ) -> Any:
         """Return a :class:`xarray.DataTree` with one child node per collection (lazy).
 
-        Closing the tree closes the client it opened.
+        With ``group="<collection>"``, the tree of that collection alone.  Closing the tree
+        closes the client it opened.
         """
+        _check_decoders(decoders)
         client = _open_client(filename_or_obj)
-        tree = xarray.DataTree.from_dict(_groups(client, drop_variables))
+        tree = xarray.DataTree.from_dict(_groups(client, drop_variables, group))
         tree.set_close(client.close)
         return tree
 
 
-def _groups(client: Client, drop_variables: str | Iterable[str] | None) -> dict[str, Any]:
+def _groups(client: Client, drop_variables: str | Iterable[str] | None, group: str | None) -> dict[str, Any]:
     try:
+        if group is not None:
+            return {"/": _drop(collection_dataset(_get(client, group)), drop_variables)}
         groups = {"/": xarray.Dataset()}
         for collection in sorted(client, key=lambda c: c.name):
             groups[f"/{collection.name}"] = _drop(collection_dataset(collection), drop_variables)

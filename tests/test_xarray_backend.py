@@ -193,6 +193,8 @@ def test_open_datatree_has_one_node_per_collection(storage: Path) -> None:
         assert sorted(tree.children) == ["days", "empty", "grid"]
         with xr.open_dataset(_uri(storage), engine="deker", group="grid") as ds:
             xr.testing.assert_identical(tree["grid"].to_dataset().load(), ds.load())
+    with xr.open_datatree(_uri(storage), engine="deker", group="days") as tree:
+        assert tree.name is None and "days" in tree.dataset and not tree.children
 
 
 # ------------------------------------------------------------------------------ laziness and chunks
@@ -317,6 +319,10 @@ def test_errors_say_what_is_wrong(storage: Path, tmp_path: Path) -> None:
         xr.open_dataset(uri, engine="deker", group="grid", filter={})
     with pytest.raises(DekerFilterError):
         xr.open_dataset(uri, engine="deker", group="grid", filter={"colour": 1})
+    with pytest.raises(DekerValidationError, match="takes no option 'filters'"):
+        xr.open_dataset(uri, engine="deker", group="grid", filters={"run": 2})  # a typo is not ignored
+    with xr.open_dataset(uri, engine="deker", group="grid", decode_times=False, mask_and_scale=True) as ds:
+        assert ds["time"].dtype.kind == "M"  # decoding options change nothing: the data is decoded
     with pytest.raises(DekerValidationError, match="is not a deker storage"):
         xr.open_dataset(f"file://{tmp_path}", engine="deker", group="grid")
     assert not (tmp_path / "collections").exists()  # nothing created
