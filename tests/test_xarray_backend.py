@@ -211,7 +211,7 @@ def test_nothing_is_read_until_values_are_asked(storage: Path) -> None:
         # run 2, times 3..5, lat 0..1, level 1: exactly one tile, position (1, 0, 1)
         np.testing.assert_array_equal(var[2, 3:6, 0:2, 1].values, _values(2)[3:6, 0:2, 1])
         assert watch.opened() == {tiles[(1, 0, 1)]}
-        # a strided selection reads only the tiles that hold its positions
+        # a strided selection reads the tiles of the smallest region that holds its positions
         np.testing.assert_array_equal(var[2, ::4, 3, 0].values, _values(2)[::4, 3, 0])
         assert watch.opened() == {tiles[(0, 1, 0)], tiles[(1, 1, 0)]}
         ds.close()
