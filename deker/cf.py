@@ -93,7 +93,7 @@ def _iso(value: datetime) -> str:
     return value.astimezone(timezone.utc).isoformat()
 
 
-def attribute_value(value: Any) -> str | int | float | np.ndarray | None:
+def attribute_value(value: Any) -> str | int | float | np.generic | np.ndarray | None:
     """Return the netCDF-safe form of one attribute value (``None`` for a value left out).
 
     Parameters
@@ -105,9 +105,10 @@ def attribute_value(value: Any) -> str | int | float | np.ndarray | None:
     Returns
     -------
     str, int, float, numpy.ndarray or None
-        Strings and real numbers unchanged (numpy numbers as Python numbers), datetimes as ISO
-        8601 strings in UTC, complex numbers as strings, tuples of two or more real numbers as
-        a numeric array, other tuples as a JSON string; ``None`` stays ``None``.
+        Strings and real numbers unchanged (numpy integers, float32 and float64 keep their
+        type; float16, which netCDF lacks, becomes a Python float), datetimes as ISO 8601
+        strings in UTC, complex numbers as strings, tuples of two or more real numbers as a
+        numeric array, other tuples as a JSON string; ``None`` stays ``None``.
     """
     if value is None:
         return None
@@ -116,7 +117,9 @@ def attribute_value(value: Any) -> str | int | float | np.ndarray | None:
     if isinstance(value, datetime):
         return _iso(value)
     if _is_real(value):
-        if isinstance(value, (Integral, np.integer)):
+        if isinstance(value, (np.integer, np.float32, np.float64)):
+            return value  # type: ignore[no-any-return]  # its netCDF type (float16 has none)
+        if isinstance(value, Integral):
             return int(value)
         return float(value)
     if isinstance(value, (complex, np.complexfloating)):

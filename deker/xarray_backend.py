@@ -38,7 +38,7 @@ from deker.errors import (
     DekerValidationError,
 )
 
-__all__ = ["DekerBackendArray", "DekerBackendEntrypoint", "storage_uri"]
+__all__ = ["DECODERS", "DekerBackendArray", "DekerBackendEntrypoint", "collection_dataset", "storage_uri"]
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +273,11 @@ def _open_client(filename_or_obj: Any) -> Client:
             f"{filename_or_obj!r} is not a deker storage: give file:///<absolute path> of a directory "
             "holding a 'collections' directory"
         )
-    return Client(uri, create=False)
+    # (a Client sets the level of the deker loggers: keep the one the application chose)
+    level = logging.getLevelName(logging.getLogger("deker").level)
+    return Client(
+        uri, create=False, loglevel=level if isinstance(level, str) and " " not in level else "NOTSET"
+    )
 
 
 def _get(client: Client, group: Any) -> Collection:

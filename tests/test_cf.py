@@ -34,9 +34,10 @@ UTC = timezone.utc
     [
         ("K", "K"),
         (3, 3),
-        (np.int16(3), 3),
+        (np.int16(3), np.int16(3)),  # keeps its netCDF type
+        (np.float16(0.5), 0.5),  # netCDF has no float16
         (2.5, 2.5),
-        (np.float32(0.5), 0.5),
+        (np.float32(0.5), np.float32(0.5)),
         (1 + 2j, "(1+2j)"),
         (np.complex64(1 - 1j), "(1-1j)"),
         (datetime(2024, 1, 2, 3, tzinfo=UTC), "2024-01-02T03:00:00+00:00"),

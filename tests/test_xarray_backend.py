@@ -7,6 +7,7 @@ numpy oracles; keys (ints, slices with any step) with hypothesis.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import subprocess
 import sys
@@ -293,6 +294,17 @@ def test_any_basic_key_reads_what_numpy_gives(storage: Path, key: tuple[Any, ...
     )
     with xr.open_dataset(_uri(storage), engine="deker", group="grid") as ds:
         np.testing.assert_array_equal(ds["grid"][key].values, _oracle()[key])
+
+
+def test_opening_keeps_the_level_of_the_deker_loggers(storage: Path) -> None:
+    logger = logging.getLogger("deker")
+    before = logger.level
+    try:
+        logger.setLevel(logging.DEBUG)
+        xr.open_dataset(_uri(storage), engine="deker", group="grid").close()
+        assert logger.level == logging.DEBUG  # a Client(...) alone would have set ERROR
+    finally:
+        logger.setLevel(before)
 
 
 def test_closing_the_dataset_closes_its_client(storage: Path) -> None:
