@@ -20,6 +20,7 @@ else:  # pragma: no cover - depends on the interpreter
 
 __all__ = [
     "DekerArrayError",
+    "DekerArrayNotFoundError",
     "DekerArrayTypeError",
     "DekerBaseApplicationError",
     "DekerBrokenSymlinkError",
@@ -57,6 +58,13 @@ class DekerClientError(DekerBaseApplicationError, RuntimeError):
 
 class DekerArrayError(DekerBaseApplicationError):
     """An array cannot be created, found or written as asked."""
+
+
+class DekerArrayNotFoundError(DekerArrayError, KeyError):
+    """No array matches a lookup that must find one (a filter or id given to the xarray backend)."""
+
+    def __str__(self) -> str:  # KeyError would add quotes around the message
+        return Exception.__str__(self)
 
 
 class DekerArrayTypeError(DekerArrayError, TypeError):

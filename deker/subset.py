@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deker.cf import array_layout, to_variables
 from deker.errors import (
     DekerArrayError,
     DekerArrayTypeError,
@@ -221,8 +222,18 @@ class _SubsetBase:
         """Read the region (implemented by :class:`Subset` and :class:`VSubset`)."""
         raise NotImplementedError
 
-    def read_xarray(self) -> xarray.DataArray:
+    def read_xarray(self, *, cf: bool = False) -> xarray.DataArray:
         """Read the region as a labelled :class:`xarray.DataArray`.
+
+        Parameters
+        ----------
+        cf : bool, default False
+            ``False``: deker 1.1.7's form (named ``"Deker Subset of Array(id=...) from
+            collection `...`"``, with ``primary_attributes`` and ``custom_attributes`` dict
+            attributes, which netCDF cannot store).  ``True``: the CF- and netCDF-safe form of
+            :mod:`deker.cf` (named after the collection, one scalar attribute per primary and
+            custom attribute, CF-encoded time coordinates), which ``to_netcdf`` and
+            ``to_zarr`` write as is.
 
         Raises
         ------
@@ -244,6 +255,15 @@ class _SubsetBase:
         full_shape = tuple(len(v) for v in description.values())
         check_memory(full_shape, self._np_dtype(), self._array._ctx.memory_limit)
         data = np.asarray(self.read()).reshape(full_shape)
+        if cf:
+            layout = array_layout(self._array, self.bounds)
+            return xarray.DataArray(
+                data,
+                coords=to_variables(xarray, layout.coords),
+                dims=layout.dims,
+                name=layout.name,
+                attrs=layout.attrs,
+            )
         kind = "VArray" if self._kind == "VSubset" else "Array"
         return xarray.DataArray(
             data,

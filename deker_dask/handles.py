@@ -9,7 +9,6 @@ returns and on :class:`~deker.tasks.FileSpec` values, which pickle to any worker
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from deker.arrays import Array, VArray
+from deker.cf import stacking_order
 from deker.collection import Collection
 from deker.errors import DekerInstanceNotExistsError, DekerValidationError
 from deker.meta import CollectionMeta
@@ -216,14 +216,4 @@ def collection_items(collection: Collection) -> list[Array | VArray]:
     """
     if not isinstance(collection, Collection):
         raise DekerValidationError(f"Expected a deker Collection, not {type(collection).__qualname__}")
-    items: list[Array | VArray] = list(collection)
-    items.sort(key=lambda a: (tuple(_sortable(v) for v in a.primary_attributes.values()), a.id))
-    return items
-
-
-def _sortable(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return (1, 0.0)
-    if isinstance(value, (list, tuple)):
-        return (0, tuple(_sortable(v) for v in value))
-    return (0, value)
+    return stacking_order(collection)

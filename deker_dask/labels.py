@@ -1,11 +1,14 @@
 """Labelled lazy arrays: dask-backed :class:`xarray.DataArray` objects over deker data.
 
-For an Array, VArray or subset the coordinates, name and attributes are those that
-``read_xarray`` gives (integer-indexed dimensions stay, with one coordinate).  For a
-collection the leading ``array`` axis (named after the primary attribute when there is exactly
-one) carries the primary-attribute values and the ids; a dimension whose coordinates differ
-between arrays (a time axis starting at an attribute of each array) gets them as a
-two-dimensional ``<dimension>_values`` coordinate.
+By default (``cf=True``) the labels are the CF- and netCDF-safe ones of :mod:`deker.cf`, so
+``to_netcdf`` and ``to_zarr`` write the result as is: for an Array, VArray or subset those of
+``read_xarray(cf=True)`` (integer-indexed dimensions stay, with one coordinate); for a
+collection those of :func:`deker.cf.collection_layout` (a leading dimension named after the
+primary attribute when there is exactly one, else ``array``, with the ids, primary attributes
+and varying custom attributes along it; a dimension whose coordinates differ between arrays,
+a time axis starting at an attribute of each array, gets a two-dimensional
+``<dimension>_values`` coordinate).  ``cf=False`` gives the labels of ``read_xarray()`` (deker
+1.1.7's dict attributes), and for collections the earlier form of this module.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from deker.cf import array_layout, collection_layout, to_variables
 from deker.collection import Collection
 from deker.errors import DekerSubsetError, DekerValidationError
 from deker.schemas import TimeDimensionSchema
@@ -72,13 +76,22 @@ def _describe(obj: Any, bounds: Sequence[int | slice]) -> dict[str, list[Any]]:
     return {dim.name: dim.describe(b) for dim, b in zip(obj.dimensions, bounds, strict=True)}
 
 
-def _single(obj: Any, tiles_per_chunk: Any, chunks: Any, name: Any) -> Any:
+def _single(obj: Any, tiles_per_chunk: Any, chunks: Any, name: Any, cf: bool) -> Any:
     xarray = _xarray()
     data, target = build_keepdims(obj, tiles_per_chunk, chunks, name)
     if target.shape == ():
         kind = "VSubset" if target.is_varray else "Subset"
         raise DekerSubsetError(f"Cannot convert a scalar deker.{kind} to xarray.DataArray")
     owner = target.obj
+    if cf:
+        layout = array_layout(owner, target.bounds)
+        return xarray.DataArray(
+            data,
+            coords=to_variables(xarray, layout.coords),
+            dims=layout.dims,
+            name=layout.name,
+            attrs=layout.attrs,
+        )
     description = _describe(owner, target.bounds)
     kind = "VArray" if target.is_varray else "Array"
     sub = "VSubset" if target.is_varray else "Subset"
@@ -95,10 +108,19 @@ def _single(obj: Any, tiles_per_chunk: Any, chunks: Any, name: Any) -> Any:
     )
 
 
-def _collection(collection: Collection, options: dict[str, Any]) -> Any:
+def _collection(collection: Collection, options: dict[str, Any], cf: bool) -> Any:
     xarray = _xarray()
     items = collection_items(collection)
     data = stack(collection, items, **options)
+    if cf:
+        layout = collection_layout(collection, items)
+        return xarray.DataArray(
+            data,
+            coords=to_variables(xarray, layout.coords),
+            dims=layout.dims,
+            name=layout.name,
+            attrs=layout.attrs,
+        )
     schema = collection.varray_schema or collection.array_schema
     primary = [a.name for a in schema.attributes if a.primary]
     lead = primary[0] if len(primary) == 1 else "array"
@@ -146,6 +168,7 @@ def to_xarray(
     chunks: Any = None,
     arrays_per_chunk: int | None = None,
     name: str | bool | None = None,
+    cf: bool = True,
 ) -> Any:
     """Return a dask-backed :class:`xarray.DataArray` over deker data.
 
@@ -157,6 +180,10 @@ def to_xarray(
         The chunking and graph name, as for :func:`~deker_dask.to_dask`.
     arrays_per_chunk : int, optional
         Collections only: as for :func:`~deker_dask.from_collection`.
+    cf : bool, default True
+        CF- and netCDF-safe labels (:mod:`deker.cf`): named after the collection, one scalar
+        attribute per attribute, CF-encoded times; ``to_netcdf`` and ``to_zarr`` write it as
+        is.  ``False``: the labels of ``read_xarray()`` (dict attributes, as deker 1.1.7).
 
     Returns
     -------
@@ -179,7 +206,7 @@ def to_xarray(
             "arrays_per_chunk": arrays_per_chunk,
             "name": name,
         }
-        return _collection(obj, options)
+        return _collection(obj, options, cf)
     if arrays_per_chunk is not None:
         raise DekerValidationError("arrays_per_chunk applies to collections only")
-    return _single(obj, tiles_per_chunk, chunks, name)
+    return _single(obj, tiles_per_chunk, chunks, name, cf)

@@ -31,6 +31,7 @@ else:  # pragma: no cover - depends on the interpreter
 from deker import errors
 from deker.errors import (
     DekerArrayError,
+    DekerArrayNotFoundError,
     DekerArrayTypeError,
     DekerBaseApplicationError,
     DekerBrokenSymlinkError,
@@ -62,6 +63,7 @@ DOCUMENTED_BASES: dict[type[BaseException], tuple[type[BaseException], ...]] = {
     DekerBaseApplicationError: (Exception,),
     DekerClientError: (DekerBaseApplicationError, RuntimeError),
     DekerArrayError: (DekerBaseApplicationError,),
+    DekerArrayNotFoundError: (DekerArrayError, KeyError),
     DekerArrayTypeError: (DekerArrayError, TypeError),
     DekerShapeError: (DekerArrayError, IndexError),
     DekerSubsetError: (DekerArrayError,),
@@ -109,7 +111,7 @@ def test_all_names_every_exception_class_and_nothing_else() -> None:
         if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == "deker.errors"
     }
     assert set(errors.__all__) == defined
-    assert len(errors.__all__) == len(set(errors.__all__)) == 25
+    assert len(errors.__all__) == len(set(errors.__all__)) == 26
     assert {getattr(errors, n) for n in errors.__all__} == set(DOCUMENTED_BASES)
 
 
@@ -131,6 +133,7 @@ def test_builtin_handlers_catch_the_deker_leaves() -> None:
         (DekerMemoryError("too big"), MemoryError),
         (DekerArrayTypeError("wrong dtype"), TypeError),
         (DekerCollectionNotExistsError("Collection x does not exist"), KeyError),
+        (DekerArrayNotFoundError("No array of collection x matches"), KeyError),
         (DekerCollectionAlreadyExistsError("Collection x already exists"), FileExistsError),
         (DekerInvalidManagerCallError(".varrays of an Array collection"), AttributeError),
         (DekerClientError("Client is closed"), RuntimeError),
@@ -146,6 +149,7 @@ def test_collection_not_exists_message_has_no_keyerror_quotes() -> None:
     exc = DekerCollectionNotExistsError("Collection weather does not exist")
     assert str(exc) == "Collection weather does not exist"
     assert str(KeyError("Collection weather does not exist")) == "'Collection weather does not exist'"
+    assert str(DekerArrayNotFoundError("No array matches")) == "No array matches"
     assert exc.args == ("Collection weather does not exist",)
 
 

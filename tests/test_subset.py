@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import xarray
 
 from deker import ArraySchema, AttributeSchema, Client, DimensionSchema, HDF5Options, TimeDimensionSchema
 from deker.errors import DekerArrayError, DekerArrayTypeError, DekerMemoryError, DekerSubsetError
@@ -181,6 +183,21 @@ def test_describe_and_xarray(client: Client) -> None:
     np.testing.assert_array_equal(xr.values.ravel(), arr[1, 1:3, 2].read())
     with pytest.raises(DekerSubsetError):
         arr[0, 0, 0].read_xarray()
+    with pytest.raises(DekerSubsetError):
+        arr[0, 0, 0].read_xarray(cf=True)
+    # the netCDF-safe form (deker/cf.py): named after the collection, scalar attributes, CF times
+    safe = sub.read_xarray(cf=True)
+    assert safe.name == "w_data"  # named after the collection, which has a dimension "w" too
+    assert safe.dims == xr.dims and safe.shape == xr.shape
+    assert safe.attrs == {"dt": "2023-01-01T00:00:00+00:00", "deker_collection": "w", "deker_id": arr.id}
+    assert safe["t"].encoding["units"] == "days since 2023-01-01T01:00:00"
+    assert safe["y"].attrs == {"long_name": "lat"}
+    np.testing.assert_array_equal(safe.values, xr.values)
+    if importlib.util.find_spec("h5netcdf") is not None:
+        path = client.root_path.parent / "sub.nc"
+        safe.to_netcdf(path, engine="h5netcdf")
+        with xarray.open_dataarray(path, engine="h5netcdf") as back:
+            xarray.testing.assert_identical(back.load(), safe)
     # a 0.1-step scale is addressable by value (SPEC §8 item 5 fixed)
     assert arr[:, 0.3, "b"].read().tolist() == arr[:, 2, 1].read().tolist()
 

@@ -177,9 +177,12 @@ def test_to_xarray_matches_read_xarray(storage: Client, cluster: Any) -> None:
         sub = v[key]
         lazy = deker_dask.to_xarray(sub)
         assert lazy.chunks is not None  # dask-backed
-        xr.testing.assert_identical(lazy.compute(scheduler=cluster), sub.read_xarray())
+        xr.testing.assert_identical(lazy.compute(scheduler=cluster), sub.read_xarray(cf=True))
+        old_form = deker_dask.to_xarray(sub, cf=False)  # deker 1.1.7's dict attributes
+        xr.testing.assert_identical(old_form.compute(scheduler=cluster), sub.read_xarray())
     whole = deker_dask.to_xarray(v)
-    xr.testing.assert_identical(whole.compute(scheduler=cluster), v[:].read_xarray())
+    xr.testing.assert_identical(whole.compute(scheduler=cluster), v[:].read_xarray(cf=True))
+    assert whole["time"].encoding == v[:].read_xarray(cf=True)["time"].encoding != {}
     with pytest.raises(DekerSubsetError):
         deker_dask.to_xarray(v[0, 0, 0])
 

@@ -1,0 +1,488 @@
+"""CF- and netCDF-safe labels for the xarray views of deker data (pure values; no xarray import).
+
+netCDF (and zarr) attributes hold strings, numbers and numeric arrays only, so the xarray
+objects deker gives in their *CF form* (``read_xarray(cf=True)``, ``deker_dask.to_xarray``,
+``xr.open_dataset(..., engine="deker")``) follow these rules:
+
+- every primary and custom attribute of an array becomes one scalar attribute of its name
+  (:func:`attribute_value`): strings and real numbers as they are, datetimes as ISO 8601
+  strings (UTC, with the offset), complex numbers as strings (``"(1+2j)"``), tuples of two or
+  more real numbers as numeric arrays and other tuples as JSON strings; a ``None`` value is
+  left out.  So ``units``, ``long_name`` or ``standard_name`` attributes pass through;
+- time coordinates are ``datetime64[ns]`` (UTC) with ``standard_name: time`` and a CF encoding
+  (``"<unit> since <first instant>"``, the largest unit that keeps every instant an integer,
+  ``proleptic_gregorian``, int64), so netCDF files store them as CF times;
+- a scale's name (``Scale(..., name="lat")``) becomes the coordinate's ``long_name``;
+- coordinates along the stacking dimension of a collection hold strings, real numbers or
+  datetimes (:func:`coordinate_values`; a missing custom value is ``NaN``, ``NaT`` or ``""``);
+- ``deker_collection`` and ``deker_id`` attributes say where the data comes from;
+- the variable is named after the collection (``<name>_data`` if a dimension or coordinate has
+  that name); an attribute coordinate named like a dimension or ``id`` gets ``_attribute``
+  appended.
+
+The builders here return :class:`Coordinate` values; :func:`to_variables` turns them into
+``xarray.Variable`` objects with the xarray module the caller imported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from numbers import Integral, Real
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "TIME_ATTRS",
+    "Coordinate",
+    "Layout",
+    "array_attributes",
+    "array_layout",
+    "attribute_value",
+    "collection_layout",
+    "coordinate_values",
+    "dimension_coordinate",
+    "stacking_order",
+    "time_encoding",
+    "to_variables",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Attributes of every time coordinate.
+TIME_ATTRS: dict[str, str] = {"standard_name": "time"}
+
+# The CF time units tried, largest first, with their length in nanoseconds.
+_UNITS: tuple[tuple[str, int], ...] = (
+    ("days", 86_400 * 10**9),
+    ("hours", 3_600 * 10**9),
+    ("minutes", 60 * 10**9),
+    ("seconds", 10**9),
+    ("milliseconds", 10**6),
+    ("microseconds", 10**3),
+    ("nanoseconds", 1),
+)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (Real, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return _iso(value)
+    if isinstance(value, (complex, np.complexfloating)):
+        return str(complex(value))
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _iso(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat()
+
+
+def attribute_value(value: Any) -> str | int | float | np.generic | np.ndarray | None:
+    """Return the netCDF-safe form of one attribute value (``None`` for a value left out).
+
+    Parameters
+    ----------
+    value : Any
+        A value of a primary or custom attribute (``int``, ``float``, ``complex``, ``str``,
+        ``tuple``, ``datetime``, a numpy number, or ``None``).
+
+    Returns
+    -------
+    str, int, float, numpy.ndarray or None
+        Strings and real numbers unchanged (numpy integers, float32 and float64 keep their
+        type; float16, which netCDF lacks, becomes a Python float), datetimes as ISO 8601
+        strings in UTC, complex numbers as strings, tuples of two or more real numbers as a
+        numeric array, other tuples as a JSON string; ``None`` stays ``None``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, datetime):
+        return _iso(value)
+    if _is_real(value):
+        if isinstance(value, (np.integer, np.float32, np.float64)):
+            return value  # type: ignore[no-any-return]  # its netCDF type (float16 has none)
+        if isinstance(value, Integral):
+            return int(value)
+        return float(value)
+    if isinstance(value, (complex, np.complexfloating)):
+        return str(complex(value))
+    if isinstance(value, (tuple, list)):
+        if len(value) >= 2 and all(_is_real(v) for v in value):
+            return np.asarray(value, dtype=np.result_type(*[np.asarray(v).dtype for v in value]))
+        return json.dumps(_jsonable(value))
+    return str(value)
+
+
+def array_attributes(primary: Mapping[str, Any], custom: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the primary, then the custom attributes of an array as netCDF-safe scalar attributes.
+
+    Parameters
+    ----------
+    primary, custom : mapping
+        The array's ``primary_attributes`` and ``custom_attributes``.
+
+    Returns
+    -------
+    dict
+        ``{name: attribute_value(value)}``, without the ``None`` values.
+    """
+    out: dict[str, Any] = {}
+    for name, value in [*primary.items(), *custom.items()]:
+        safe = attribute_value(value)
+        if safe is not None:
+            out[name] = safe
+    return out
+
+
+def coordinate_values(values: Sequence[Any], *, cf: bool = True) -> np.ndarray:
+    """Return coordinate values as an array (aware datetimes become UTC ``datetime64[ns]``).
+
+    Parameters
+    ----------
+    values : sequence
+        Labels, scale values, positions, datetimes or attribute values (one per array).
+    cf : bool, default True
+        Make the result netCDF-safe: datetimes (``None`` → ``NaT``), real numbers (``None`` →
+        ``NaN``), or else strings (:func:`attribute_value` of each value, ``None`` → ``""``).
+        With ``False``, values that are none of these (tuples, ``None``) stay Python objects.
+
+    Returns
+    -------
+    numpy.ndarray
+        One-dimensional.
+    """
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, datetime) for v in present) and (len(present) == len(values) or cf):
+        return np.asarray(
+            [np.datetime64("NaT", "ns") if v is None else _datetime64(v) for v in values],
+            dtype="datetime64[ns]",
+        )
+    if present and all(_is_real(v) for v in present) and (len(present) == len(values) or cf):
+        if len(present) == len(values):
+            return np.asarray(values)
+        return np.asarray([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    if not values:
+        return np.asarray(values)
+    if cf:
+        if all(isinstance(v, str) for v in values):
+            return np.asarray(values, dtype=str)
+        texts = ["" if v is None else _text(v) for v in values]
+        return np.asarray(texts, dtype=str)
+    if all(isinstance(v, str) for v in values) or all(_is_real(v) for v in values):
+        return np.asarray(values)
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return json.dumps(_jsonable(value))
+    return str(attribute_value(value))
+
+
+def _datetime64(value: datetime) -> np.datetime64:
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return np.datetime64(value, "ns")
+
+
+def time_encoding(values: np.ndarray) -> dict[str, Any]:
+    """Return the CF encoding of ``datetime64`` values: integer counts since the first instant.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        ``datetime64`` values of any shape (``NaT`` allowed).
+
+    Returns
+    -------
+    dict
+        ``{"units": "<unit> since <first instant>", "calendar": "proleptic_gregorian",
+        "dtype": "int64"}`` with the largest unit in which every instant is a whole number
+        (no ``dtype`` when there is a ``NaT``, which xarray then encodes itself); ``{}`` if
+        there is no instant.
+    """
+    flat = np.asarray(values, dtype="datetime64[ns]").reshape(-1)
+    valid = flat[~np.isnat(flat)]
+    if valid.size == 0:
+        return {}
+    ref = valid.min()
+    offsets = (valid - ref).astype(np.int64)
+    unit = next(name for name, ns in _UNITS if not np.any(offsets % ns))
+    ref_ns = int((ref - np.datetime64(0, "ns")).astype(np.int64))
+    precision: Literal["s", "us", "ns"] = (
+        "s" if ref_ns % 10**9 == 0 else "us" if ref_ns % 10**3 == 0 else "ns"
+    )
+    stamp = str(np.datetime_as_string(ref.astype(f"datetime64[{precision}]"), unit=precision))
+    encoding: dict[str, Any] = {"units": f"{unit} since {stamp}", "calendar": "proleptic_gregorian"}
+    if valid.size == flat.size:
+        encoding["dtype"] = "int64"
+    return encoding
+
+
+@dataclass(frozen=True)
+class Coordinate:
+    """A coordinate variable as plain values.
+
+    Parameters
+    ----------
+    dims : tuple of str
+        Its dimensions.
+    values : numpy.ndarray
+        Its values.
+    attrs : dict
+        Its attributes.
+    encoding : dict
+        How to store it (the CF time encoding).
+    """
+
+    dims: tuple[str, ...]
+    values: np.ndarray
+    attrs: dict[str, Any] = field(default_factory=dict)
+    encoding: dict[str, Any] = field(default_factory=dict)
+
+
+def _time_coordinate(dims: tuple[str, ...], values: np.ndarray) -> Coordinate:
+    return Coordinate(dims, values, dict(TIME_ATTRS), time_encoding(values))
+
+
+def dimension_coordinate(
+    dimension: Any, described: Sequence[Any], *, cf: bool = True, dims: tuple[str, ...] | None = None
+) -> Coordinate:
+    """Return the coordinate of a dimension from the values ``dimension.describe(...)`` gave.
+
+    Parameters
+    ----------
+    dimension : Dimension or TimeDimension
+        The array's dimension.
+    described : sequence
+        Its coordinate values (positions, labels, scale values or instants).
+    cf : bool, default True
+        Add the CF attributes and encoding (time: ``standard_name`` and units; scale: its name
+        as ``long_name``).
+    dims : tuple of str, optional
+        The coordinate's dimensions (default: the dimension alone).
+
+    Returns
+    -------
+    Coordinate
+        The coordinate.
+    """
+    dims = (dimension.name,) if dims is None else dims
+    values = coordinate_values(described, cf=cf)
+    if not cf:
+        return Coordinate(dims, values)
+    if values.dtype.kind == "M":
+        return _time_coordinate(dims, values)
+    scale = getattr(dimension, "scale", None)
+    name = getattr(scale, "name", None)
+    return Coordinate(dims, values, {"long_name": name} if name else {})
+
+
+def stacking_order(items: Iterable[Any]) -> list[Any]:
+    """Return arrays in the order xarray views stack them: by primary-attribute values, then id.
+
+    Parameters
+    ----------
+    items : iterable of Array or VArray
+        The arrays of one collection.
+
+    Returns
+    -------
+    list
+        Sorted (NaN values last).
+    """
+    out = list(items)
+    out.sort(key=lambda a: (tuple(_sortable(v) for v in a.primary_attributes.values()), a.id))
+    return out
+
+
+def _sortable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return (1, 0.0)
+    if isinstance(value, (list, tuple)):
+        return (0, tuple(_sortable(v) for v in value))
+    return (0, value)
+
+
+def to_variables(xarray: Any, coords: Mapping[str, Coordinate]) -> dict[str, Any]:
+    """Return ``{name: xarray.Variable}`` of coordinates (with their attributes and encoding).
+
+    Parameters
+    ----------
+    xarray : module
+        The imported xarray module.
+    coords : mapping of str to Coordinate
+        The coordinates.
+
+    Returns
+    -------
+    dict
+        For the ``coords`` argument of ``xarray.DataArray`` or ``xarray.Dataset``.
+    """
+    return {
+        name: xarray.Variable(c.dims, c.values, attrs=dict(c.attrs), encoding=dict(c.encoding))
+        for name, c in coords.items()
+    }
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The labels of one xarray variable over deker data, as plain values.
+
+    Parameters
+    ----------
+    name : str
+        The variable name.
+    dims : tuple of str
+        Its dimensions.
+    coords : dict of str to Coordinate
+        Its coordinates.
+    attrs : dict
+        Its attributes.
+    """
+
+    name: str
+    dims: tuple[str, ...]
+    coords: dict[str, Coordinate]
+    attrs: dict[str, Any]
+
+
+def array_layout(obj: Any, bounds: Sequence[int | slice], *, positions: bool = True) -> Layout:
+    """Return the CF labels of a region of one Array or VArray (integer bounds keep their dimension).
+
+    Parameters
+    ----------
+    obj : Array or VArray
+        The array.
+    bounds : sequence of int or slice
+        Normalised bounds (an int keeps its dimension, with one coordinate).
+    positions : bool, default True
+        Give dimensions without labels, scale or time their positions as coordinates.
+
+    Returns
+    -------
+    Layout
+        Named after the collection, with the attributes of :func:`array_attributes` and
+        ``deker_collection`` / ``deker_id``.
+    """
+    coords: dict[str, Coordinate] = {}
+    for dim, bound in zip(obj.dimensions, bounds, strict=True):
+        if positions or _labelled(dim):
+            coords[dim.name] = dimension_coordinate(dim, dim.describe(bound))
+    attrs = array_attributes(obj.primary_attributes, obj.custom_attributes)
+    attrs.setdefault("deker_collection", obj.collection)
+    attrs.setdefault("deker_id", obj.id)
+    dims = tuple(d.name for d in obj.dimensions)
+    return Layout(_variable_name(obj.collection, {*dims, *coords}), dims, coords, attrs)
+
+
+def _labelled(dim: Any) -> bool:
+    return hasattr(dim, "start_value") or dim.labels is not None or dim.scale is not None
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    while name in taken:
+        name = f"{name}_attribute"
+    return name
+
+
+def _variable_name(name: str, taken: set[str]) -> str:
+    while name in taken:  # a collection named like one of its dimensions or coordinates
+        name = f"{name}_data"
+    return name
+
+
+def _same(values: list[Any]) -> bool:
+    first = values[0]
+    for v in values[1:]:
+        if isinstance(first, np.ndarray) or isinstance(v, np.ndarray):
+            if not (isinstance(first, np.ndarray) and isinstance(v, np.ndarray) and np.array_equal(first, v)):
+                return False
+        elif type(first) is not type(v) or first != v:
+            return False
+    return True
+
+
+def collection_layout(collection: Any, items: Sequence[Any], *, positions: bool = True) -> Layout:
+    """Return the CF labels of a collection stacked along a new leading dimension.
+
+    The leading dimension is named after the primary attribute when there is exactly one (and
+    it is not a dimension name), else ``array``.  Along it: ``id``, one coordinate per primary
+    attribute, and one per custom attribute whose value differs between arrays; custom
+    attributes equal in every array are attributes of the variable.  A time dimension whose
+    start differs between arrays gets a two-dimensional ``<dimension>_values`` coordinate.
+
+    Parameters
+    ----------
+    collection : Collection
+        The collection.
+    items : sequence of Array or VArray
+        Its arrays, in stacking order (:func:`stacking_order`).
+    positions : bool, default True
+        Give dimensions without labels, scale or time their positions as coordinates.
+
+    Returns
+    -------
+    Layout
+        Named after the collection.
+    """
+    schema = collection.varray_schema or collection.array_schema
+    dims = [d.name for d in schema.dimensions]
+    primary = [a.name for a in schema.attributes if a.primary]
+    custom = [a.name for a in schema.attributes if not a.primary]
+    lead = primary[0] if len(primary) == 1 and primary[0] not in dims else _free_name("array", set(dims))
+    taken = {*dims, lead}
+    coords: dict[str, Coordinate] = {}
+    if "id" not in primary:
+        coords[_free_name("id", taken)] = Coordinate((lead,), np.asarray([a.id for a in items], dtype=str))
+    for name in primary:
+        values = coordinate_values([a.primary_attributes[name] for a in items])
+        key = name if name == lead else _free_name(name, taken | set(coords))
+        encoding = time_encoding(values) if values.dtype.kind == "M" else {}
+        coords[key] = Coordinate((lead,), values, {}, encoding)
+    attrs: dict[str, Any] = {}
+    for name in custom:
+        raw = [a.custom_attributes.get(name) for a in items]
+        safe = [attribute_value(v) for v in raw]
+        if items and _same(safe):
+            if safe[0] is not None:
+                attrs[name] = safe[0]
+            continue
+        values = coordinate_values(raw)
+        encoding = time_encoding(values) if values.dtype.kind == "M" else {}
+        coords[_free_name(name, taken | set(coords))] = Coordinate((lead,), values, {}, encoding)
+    if items:
+        full = [slice(0, s) for s in schema.shape]
+        first = items[0]
+        for axis, dim in enumerate(first.dimensions):
+            if not (positions or _labelled(dim)):
+                continue
+            rows = [a.dimensions[axis].describe(full[axis]) for a in items]
+            if all(r == rows[0] for r in rows[1:]):
+                coords[dim.name] = dimension_coordinate(dim, rows[0])
+            else:
+                stacked = np.stack([coordinate_values(r) for r in rows])
+                coords[f"{dim.name}_values"] = _time_coordinate((lead, dim.name), stacked)
+    attrs.setdefault("deker_collection", collection.name)
+    return Layout(_variable_name(collection.name, {lead, *dims, *coords}), (lead, *dims), coords, attrs)

@@ -1,0 +1,158 @@
+"""deker/cf.py: netCDF-safe attribute values, coordinates and CF time encodings (pure values).
+
+The time encodings are checked against xarray's own CF encoder and decoder (hypothesis over
+starts, steps and sizes): every instant is a whole number of the chosen unit and decodes back.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deker import ArraySchema, AttributeSchema, Client, DimensionSchema, TimeDimensionSchema
+from deker.cf import (
+    array_attributes,
+    array_layout,
+    attribute_value,
+    collection_layout,
+    coordinate_values,
+    stacking_order,
+    time_encoding,
+)
+
+UTC = timezone.utc
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("K", "K"),
+        (3, 3),
+        (np.int16(3), np.int16(3)),  # keeps its netCDF type
+        (np.float16(0.5), 0.5),  # netCDF has no float16
+        (2.5, 2.5),
+        (np.float32(0.5), np.float32(0.5)),
+        (1 + 2j, "(1+2j)"),
+        (np.complex64(1 - 1j), "(1-1j)"),
+        (datetime(2024, 1, 2, 3, tzinfo=UTC), "2024-01-02T03:00:00+00:00"),
+        (datetime(2024, 1, 2, 3, tzinfo=timezone(timedelta(hours=2))), "2024-01-02T01:00:00+00:00"),
+        (datetime(2024, 1, 2, 3, 4, 5, 600), "2024-01-02T03:04:05.000600+00:00"),  # naive is UTC
+        ((1, "x", datetime(2024, 1, 1, tzinfo=UTC)), '[1, "x", "2024-01-01T00:00:00+00:00"]'),
+        ((5,), "[5]"),
+        ((), "[]"),
+        ((1, (2, 1j)), '[1, [2, "1j"]]'),
+        (None, None),
+    ],
+)
+def test_attribute_value(value: Any, expected: Any) -> None:
+    got = attribute_value(value)
+    assert got == expected and type(got) is type(expected)
+
+
+def test_numeric_tuples_become_arrays() -> None:
+    got = attribute_value((0, 100))
+    assert isinstance(got, np.ndarray) and got.dtype == np.int64
+    np.testing.assert_array_equal(got, [0, 100])
+    mixed = attribute_value((0, 2.5))
+    assert isinstance(mixed, np.ndarray) and mixed.dtype == np.float64
+
+
+def test_array_attributes_leave_none_out_and_keep_order() -> None:
+    attrs = array_attributes({"run": 3}, {"units": "K", "note": None, "at": datetime(2024, 1, 1, tzinfo=UTC)})
+    assert attrs == {"run": 3, "units": "K", "at": "2024-01-01T00:00:00+00:00"}
+    assert list(attrs) == ["run", "units", "at"]
+
+
+def test_coordinate_values() -> None:
+    times = coordinate_values([datetime(2024, 1, 1, tzinfo=UTC), None])
+    assert times.dtype == np.dtype("datetime64[ns]") and np.isnat(times[1])
+    assert coordinate_values([1, 2]).dtype.kind == "i"
+    floats = coordinate_values([1, None])
+    assert floats.dtype == np.float64 and np.isnan(floats[1])
+    assert list(coordinate_values(["a", None, (1, 2)])) == ["a", "", "[1, 2]"]
+    assert coordinate_values([1 + 1j]).dtype.kind == "U"
+    # the deker 1.1.7-style form keeps Python objects where netCDF cannot store them
+    assert coordinate_values([(1, 2), None], cf=False).dtype == object
+    assert coordinate_values([], cf=True).shape == (0,)
+
+
+_starts = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1))
+_steps = st.one_of(
+    st.integers(1, 400).map(lambda n: timedelta(days=n)),
+    st.integers(1, 400).map(lambda n: timedelta(hours=n)),
+    st.integers(1, 10**6).map(lambda n: timedelta(seconds=n)),
+    st.integers(1, 10**6).map(lambda n: timedelta(microseconds=n)),
+)
+
+
+def _units(text: str) -> tuple[str, Any]:
+    unit, reference = text.split(" since ")  # (xarray rewrites the reference in its own format)
+    return unit, np.datetime64(reference.replace(" ", "T"), "ns")
+
+
+@settings(max_examples=60)
+@given(start=_starts, step=_steps, size=st.integers(1, 50))
+def test_time_encoding_is_whole_numbers_that_decode_back(start: datetime, step: timedelta, size: int) -> None:
+    values = np.asarray([np.datetime64(start + i * step, "ns") for i in range(size)])
+    encoding = time_encoding(values)
+    assert encoding["calendar"] == "proleptic_gregorian" and encoding["dtype"] == "int64"
+    variable = xr.Variable(("time",), values, encoding=encoding)
+    encoded = xr.conventions.encode_cf_variable(variable)
+    assert encoded.dtype == np.int64 and _units(encoded.attrs["units"]) == _units(encoding["units"])
+    assert int(encoded.values[0]) == 0
+    decoded = xr.conventions.decode_cf_variable("time", encoded)
+    np.testing.assert_array_equal(decoded.values, values)
+
+
+def test_time_encoding_units_and_nat() -> None:
+    day = np.datetime64("2024-01-01T00:00", "ns")
+    assert (
+        time_encoding(np.asarray([day, day + np.timedelta64(6, "h")]))["units"]
+        == "hours since 2024-01-01T00:00:00"
+    )
+    assert time_encoding(np.asarray([day, day + np.timedelta64(90, "m")]))["units"].startswith("minutes")
+    assert time_encoding(np.asarray([day]))["units"] == "days since 2024-01-01T00:00:00"
+    odd = day + np.timedelta64(1500, "us")
+    assert time_encoding(np.asarray([odd]))["units"] == "days since 2024-01-01T00:00:00.001500"
+    assert time_encoding(np.asarray([day, odd]))["units"] == "microseconds since 2024-01-01T00:00:00"
+    with_nat = time_encoding(np.asarray([day, np.datetime64("NaT", "ns")]))
+    assert "dtype" not in with_nat and with_nat["units"].startswith("days")
+    assert time_encoding(np.asarray([np.datetime64("NaT", "ns")])) == {}
+
+
+def test_stacking_order_and_name_clashes(tmp_path: Any) -> None:
+    schema = ArraySchema(
+        dtype=float,
+        dimensions=[
+            TimeDimensionSchema(
+                name="time", size=2, start_value="2024-01-01T00:00:00", step=timedelta(days=1)
+            ),
+            DimensionSchema(name="x", size=2),
+        ],
+        attributes=[
+            AttributeSchema(name="x", dtype=float, primary=True),  # named like a dimension
+            AttributeSchema(name="id", dtype=str, primary=False),  # named like the id coordinate
+        ],
+    )
+    with Client(f"file://{tmp_path}") as client:
+        coll = client.create_collection("c", schema)
+        for x in (2.0, float("nan"), 1.0):
+            coll.create({"x": x}, {"id": f"custom {x}"})
+        items = stacking_order(coll)
+        assert [a.primary_attributes["x"] for a in items][:2] == [1.0, 2.0]  # NaN last
+        layout = collection_layout(coll, items, positions=False)
+        named_like_a_dimension = client.create_collection("time", schema)
+        one = named_like_a_dimension.create({"x": 1.0})
+        assert collection_layout(named_like_a_dimension, [one]).name == "time_data"
+        assert array_layout(one, [slice(0, 2), slice(0, 2)]).name == "time_data"
+    assert layout.name == "c"
+    assert layout.dims == ("array", "time", "x")
+    assert set(layout.coords) == {"id", "x_attribute", "id_attribute", "time"}
+    assert layout.coords["x_attribute"].dims == ("array",)
+    assert list(layout.coords["id_attribute"].values) == ["custom 1.0", "custom 2.0", "custom nan"]
