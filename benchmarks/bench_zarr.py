@@ -82,11 +82,24 @@ def zarr_available() -> str | None:
     return None
 
 
+def versions() -> dict[str, str]:
+    """The versions of the peers (zarr, numcodecs, dask, distributed), "-" when absent."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("zarr", "numcodecs", "dask", "distributed"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "-"
+    return out
+
+
 def store_chunk(sizes: Sizes) -> int:
-    """The side of the dask chunks of the ``store`` steps: 1000 at full size, never a tile multiple."""
+    """The side of the dask chunks of the ``store`` steps (``sizes.store_chunk``), never tile-aligned."""
     tile = sizes.varray_side // sizes.vgrid
-    side = max(1, 1000 * sizes.varray_side // 8192)
-    while tile % side == 0 or side % tile == 0:
+    side = max(2, min(sizes.store_chunk, sizes.varray_side - 1))
+    while side > 2 and (tile % side == 0 or side % tile == 0):
         side -= 1
     return side
 
@@ -150,7 +163,10 @@ class DekerEngine(Engine):
             dk = self.deker
             schema = dk.VArraySchema(
                 dtype=np.float32,
-                dimensions=[dk.DimensionSchema(name="y", size=self.side), dk.DimensionSchema(name="x", size=self.side)],
+                dimensions=[
+                    dk.DimensionSchema(name="y", size=self.side),
+                    dk.DimensionSchema(name="x", size=self.side),
+                ],
                 vgrid=(self.sizes.vgrid, self.sizes.vgrid),
             )
             options = None
@@ -166,7 +182,9 @@ class DekerEngine(Engine):
             if options is None:
                 self.collections[codec] = self.client.create_collection(name, schema)
             else:
-                self.collections[codec] = self.client.create_collection(name, schema, collection_options=options)
+                self.collections[codec] = self.client.create_collection(
+                    name, schema, collection_options=options
+                )
         return self.collections[codec]
 
     def create(self, codec: str | None) -> Any:
@@ -368,7 +386,9 @@ def _writes_and_reads(
     return made
 
 
-def _part_uncompressed(rec: Recorder, engines: Mapping[str, Engine], sizes: Sizes, root: Path) -> dict[str, Any]:
+def _part_uncompressed(
+    rec: Recorder, engines: Mapping[str, Engine], sizes: Sizes, root: Path
+) -> dict[str, Any]:
     data = pattern((sizes.varray_side,) * 2, np.float32, 0)
     floor = root / "os_tiles"
     scenarios._h5_tiles_create(floor, data, sizes)  # the floor's 64 tile files (untimed)
@@ -408,7 +428,9 @@ def _cluster(tmp: Path) -> Any:
     import dask
     from distributed import LocalCluster
 
-    with dask.config.set({"distributed.worker.memory.target": False, "distributed.worker.memory.spill": False}):
+    with dask.config.set(
+        {"distributed.worker.memory.target": False, "distributed.worker.memory.spill": False}
+    ):
         return LocalCluster(
             n_workers=CLUSTER_WORKERS,
             threads_per_worker=1,
@@ -437,7 +459,9 @@ def _part_dask(
                 if name not in kept:
                     continue
                 seconds, total = timed(
-                    lambda e=engine, h=kept[name]: e.lazy(h).sum(dtype=np.float64).compute(scheduler=dask_client)
+                    lambda e=engine, h=kept[name]: (
+                        e.lazy(h).sum(dtype=np.float64).compute(scheduler=dask_client)
+                    )
                 )
                 check(float(total) == want_sum, f"{name} dask sum {float(total)} != {want_sum}")
                 rec.add("z_dask_sum", name, seconds, bytes=data.nbytes, ops=1, verified=True)
@@ -451,7 +475,7 @@ def _part_dask(
                 for name, engine in engines.items():
                     handle = engine.create(None)
                     source = _lazy_pattern(side, step, seed)
-                    seconds, done = timed(lambda e=engine, h=handle, s=source: e.store(s, h, scheduler))
+                    seconds, done = timed(lambda e=engine, h=handle, s=source, c=scheduler: e.store(s, h, c))
                     if done:
                         check(np.array_equal(engine.read(handle), want), f"{name} {label} (read back)")
                         rec.add(label, name, seconds, bytes=data.nbytes, ops=1, chunk=step, verified=True)
@@ -531,6 +555,7 @@ def run(
     if reason is not None:
         put({"scenario": SCENARIO, "kind": "skipped", "skipped": reason})
         return out
+    put({"scenario": SCENARIO, "kind": "zarr_meta", "store_chunk": store_chunk(sizes), **versions()})
     makers = {**FACTORIES, **(factories or {})}
     rec = Recorder(SCENARIO, sizes)
     root.mkdir(parents=True, exist_ok=True)
