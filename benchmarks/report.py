@@ -505,6 +505,21 @@ def zarr_results_section(
         zarr_markdown_table(summary),
         "",
     ]
+    spreads = sorted(
+        (
+            (max(r["runs"]) / min(r["runs"]), r["name"], r["engine"])
+            for r in rows
+            if r.get("scenario") == "z" and len(r.get("runs", [])) > 1 and min(r["runs"]) > 0
+        ),
+        reverse=True,
+    )
+    if spreads:
+        worst = "; ".join(f"{n} {e} {x:.2f}x" for x, n, e in spreads[:3])
+        middle = spreads[len(spreads) // 2][0]
+        lines += [
+            f"Spread of the repetitions (slowest / fastest): median {middle:.2f}x over the "
+            f"{len(spreads)} measurements; largest {worst}.",
+        ]
     errors = [r for r in rows if r.get("scenario") == "z" and "error" in r]
     for r in errors:
         lines.append(f"ERROR in scenario z ({r.get('part', '')}): {html.escape(str(r['error']))}")
