@@ -196,11 +196,18 @@ _TITLE = "Time relative to raw h5py (log scale; 1 = raw h5py; lower is better)"
 _TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
-def _draw_chart(rows: list[tuple[str, float | None, float | None, float | None]]) -> png.Canvas:
+_LEGEND = ("deker (this checkout)", "deker 1.1.7", "target of issue 6")
+
+
+def _draw_chart(
+    rows: list[tuple[str, float | None, float | None, float | None]],
+    title: str = _TITLE,
+    legend: tuple[str, str, str] = _LEGEND,
+) -> png.Canvas:
     label_w, plot_w, right, top, row_h, bar_h = 330, 520, 90, 50, 34, 11
     label_w = max(label_w, max((png.text_size(r[0])[0] + 20 for r in rows), default=0))
     width = label_w + plot_w + right
-    width = max(width, png.text_size(_TITLE, 2)[0] + 40)
+    width = max(width, png.text_size(title, 2)[0] + 40)
     bottom = top + row_h * len(rows)
     height = bottom + 70
     values = [v for r in rows for v in (r[1], r[2], r[3]) if v]
@@ -213,7 +220,7 @@ def _draw_chart(rows: list[tuple[str, float | None, float | None, float | None]]
         return round(label_w + plot_w * (math.log10(value) - lo_exp) / (hi_exp - lo_exp))
 
     canvas = png.Canvas(width, height)
-    canvas.text_center(width // 2, 12, _TITLE, _TEXT, scale=2)
+    canvas.text_center(width // 2, 12, title, _TEXT, scale=2)
     ticks = [t for t in _TICKS if lo_exp <= math.log10(t) <= hi_exp]
     for t in ticks:
         if t != 1:
@@ -243,20 +250,22 @@ def _draw_chart(rows: list[tuple[str, float | None, float | None, float | None]]
         if target:
             y = top + i * row_h
             canvas.vline(x(target) - 1, y + 2, y + row_h - 3, _RED, width=3)
-    _legend(canvas, label_w, bottom + 36, any(r[2] for r in rows), any(r[3] for r in rows))
+    _legend(canvas, label_w, bottom + 36, any(r[2] for r in rows), any(r[3] for r in rows), legend)
     return canvas
 
 
-def _legend(canvas: png.Canvas, left: int, y: int, legacy: bool, targets: bool) -> None:
-    entries = [(_BLUE, "deker (this checkout)")]
+def _legend(
+    canvas: png.Canvas, left: int, y: int, legacy: bool, targets: bool, legend: tuple[str, str, str] = _LEGEND
+) -> None:
+    entries = [(_BLUE, legend[0])]
     if legacy:
-        entries.append((_GREY, "deker 1.1.7"))
+        entries.append((_GREY, legend[1]))
     for color, text in entries:
         canvas.fill_rect(left, y, left + 12, y + 11, color)
         left = canvas.text(left + 18, y + 2, text, _TEXT)[2] + 30
     if targets:
         canvas.vline(left + 4, y - 1, y + 12, _RED, width=3)
-        canvas.text(left + 14, y + 2, "target of issue 6", _TEXT)
+        canvas.text(left + 14, y + 2, legend[2], _TEXT)
 
 
 # ------------------------------------------------------------------------------ docs
@@ -364,4 +373,171 @@ def update_docs(
         text = _BLOCK.sub(lambda _m: section, text, count=1)
     else:
         text = text.rstrip("\n") + "\n\n## Latest results\n\n" + section + "\n"
+    path.write_text(text)
+
+
+# ------------------------------------------------------------------------------ (z) zarr
+
+ZARR_BEGIN = (
+    "<!-- zarr:begin (written by `python -m benchmarks --only z --write-docs`; do not edit by hand) -->"
+)
+ZARR_END = "<!-- zarr:end -->"
+_ZARR_BLOCK = re.compile(r"<!-- zarr:begin.*?-->.*?<!-- zarr:end -->", re.S)
+_ZARR_ENGINES = ("deker", "zarr", "zarr_sharded", "h5py", "os_tiles")
+ZARR_HEADER = [
+    "step",
+    "deker",
+    "zarr",
+    "zarr sharded",
+    "raw h5py",
+    "layout floor",
+    "deker/zarr",
+    "deker/zarr sharded",
+    "deker/h5py",
+    "deker/floor",
+]
+_ZARR_TITLE = "deker time relative to zarr-python 3 (log scale; 1 = zarr; lower is better)"
+_ZARR_LEGEND = ("deker / zarr (chunks = tiles)", "deker / zarr sharded", "target of issue 17 (zarr's time)")
+
+
+def _ratio(item: dict[str, Any], key: str) -> str:
+    value = item.get(key)
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _zarr_columns(item: dict[str, Any], markdown: bool) -> list[str]:
+    return [
+        item["what"],
+        *(_cell(item, engine, markdown) for engine in _ZARR_ENGINES),
+        *(_ratio(item, f"deker_vs_{other}") for other in ("zarr", "zarr_sharded", "h5py", "os_tiles")),
+    ]
+
+
+def _executor_rows(summary: Sequence[dict[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            item["what"],
+            _cell(item, "deker_executor", True),
+            _cell(item, "deker", True),
+            _ratio(item, "executor_vs_threads"),
+        ]
+        for item in summary
+        if "executor_vs_threads" in item
+    ]
+
+
+def zarr_text_table(summary: Sequence[dict[str, Any]]) -> str:
+    """Scenario (z) as a fixed-width table: every engine and deker's time ratios (the terminal)."""
+    rows = [ZARR_HEADER] + [
+        _zarr_columns(i, markdown=False) for i in summary if "executor_vs_threads" not in i
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(ZARR_HEADER))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for what, executor, threads, ratio in _executor_rows(summary):
+        lines.append(f"deker {what}: {executor}; thread pool {threads}: {ratio}x the thread pool's time")
+    return "\n".join(lines)
+
+
+def zarr_markdown_table(summary: Sequence[dict[str, Any]]) -> str:
+    """Scenario (z) in Markdown: times (ratios are of times per operation; < 1: deker faster)."""
+    lines = ["| " + " | ".join(ZARR_HEADER) + " |", "|" + "---|" * len(ZARR_HEADER)]
+    for item in summary:
+        if "executor_vs_threads" not in item:
+            lines.append("| " + " | ".join(_zarr_columns(item, markdown=True)) + " |")
+    executor = _executor_rows(summary)
+    if executor:
+        lines += [
+            "",
+            "| deker step | `Client(executor=dask_client)` | `Client()` (thread pool) "
+            "| executor / thread pool |",
+            "|---|---|---|---|",
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in executor]
+    return "\n".join(lines)
+
+
+def write_zarr_chart(summary: Sequence[dict[str, Any]], folder: Path) -> Path:
+    """Draw deker's time relative to zarr's, per step, as ``folder / "performance-zarr.png"``.
+
+    Parameters
+    ----------
+    summary : sequence of dict
+        The step summaries of scenario (z) (``bench_zarr.summarize``).
+    folder : pathlib.Path
+        Where to write the chart.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
+    rows: list[tuple[str, float | None, float | None, float | None]] = [
+        (item["what"], item.get("deker_vs_zarr"), item.get("deker_vs_zarr_sharded"), 1.0)
+        for item in summary
+        if "deker_vs_zarr" in item or "deker_vs_zarr_sharded" in item
+    ]
+    return _draw_chart(rows, _ZARR_TITLE, _ZARR_LEGEND).save(folder / "performance-zarr.png")
+
+
+def zarr_results_section(
+    rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], chart: Path
+) -> str:
+    """The generated part of docs/PERFORMANCE.md for scenario (z)."""
+    info = next((r for r in rows if r.get("kind") == "machine"), {})
+    meta = next((r for r in rows if r.get("kind") == "zarr_meta"), {})
+    sizes = info.get("sizes", {})
+    side, grid = sizes.get("varray_side", "?"), sizes.get("vgrid", "?")
+    load = info.get("load_average")
+    lines = [
+        ZARR_BEGIN,
+        "",
+        f"Run of {info.get('date', '?')}: `{info.get('command', 'python -m benchmarks --only z')}`, "
+        f"{sizes.get('reps', '?')} repetitions per step (medians shown), float32 {side} x {side} in "
+        f"{grid} x {grid} tiles, zstd chunks of {sizes.get('chunk', '?')}, {sizes.get('windows', '?')} "
+        f"windows of {sizes.get('window', '?')}, store chunks of {meta.get('store_chunk', '?')}; "
+        f"{info.get('cores', '?')} cores ({info.get('cpu', '?')})"
+        + (f", load average {' / '.join(str(x) for x in load)} at the start" if load else "")
+        + "; "
+        + ", ".join(f"{k} {meta.get(k, '?')}" for k in ("zarr", "numcodecs", "dask", "distributed"))
+        + f", h5py {info.get('h5py', '?')}, HDF5 {info.get('hdf5', '?')}.",
+        "",
+        zarr_markdown_table(summary),
+        "",
+    ]
+    spreads = sorted(
+        (
+            (max(r["runs"]) / min(r["runs"]), r["name"], r["engine"])
+            for r in rows
+            if r.get("scenario") == "z" and len(r.get("runs", [])) > 1 and min(r["runs"]) > 0
+        ),
+        reverse=True,
+    )
+    if spreads:
+        worst = "; ".join(f"{n} {e} {x:.2f}x" for x, n, e in spreads[:3])
+        middle = spreads[len(spreads) // 2][0]
+        lines += [
+            f"Spread of the repetitions (slowest / fastest): median {middle:.2f}x over the "
+            f"{len(spreads)} measurements; largest {worst}.",
+        ]
+    errors = [r for r in rows if r.get("scenario") == "z" and "error" in r]
+    for r in errors:
+        lines.append(f"ERROR in scenario z ({r.get('part', '')}): {html.escape(str(r['error']))}")
+    for r in rows:
+        if r.get("scenario") == "z" and r.get("kind") == "skipped":
+            lines.append(f"Scenario (z) skipped: {html.escape(str(r['skipped']))}")
+    lines += ["", f"![deker time relative to zarr per step]({chart.name})", "", ZARR_END]
+    return "\n".join(lines)
+
+
+def update_zarr_docs(
+    path: Path, rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], chart: Path
+) -> None:
+    """Replace the scenario (z) section of ``path`` (appended when the page has none)."""
+    section = zarr_results_section(rows, summary, chart)
+    text = path.read_text() if path.exists() else "# Performance\n"
+    if _ZARR_BLOCK.search(text):
+        text = _ZARR_BLOCK.sub(lambda _m: section, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n## deker vs zarr\n\n" + section + "\n"
     path.write_text(text)

@@ -1,8 +1,10 @@
-"""The benchmark runner: scenarios (a)-(g) of issue 6, ratios to raw h5py and to deker 1.1.7.
+"""The benchmark runner: scenarios (a)-(g) of issue 6, (z) of issue 17, ratios to the peers.
 
 ``python -m benchmarks`` runs every scenario of :mod:`benchmarks.scenarios` with this
 checkout's deker and with raw h5py (interleaved, same process), then the Dask and storage-size
-suites when their modules exist (scenario g), prints one JSON line per measurement and a table.
+suites when their modules exist (scenario g), then deker beside zarr-python 3 and raw h5py
+(scenario z, :mod:`benchmarks.bench_zarr`; skipped with its reason without the ``bench``
+extra), prints one JSON line per measurement and the tables.
 
 Options: ``--quick`` (small sizes, seconds), ``--legacy VENV`` (also run (a)-(f) with the deker
 of another virtual environment, e.g. deker 1.1.7, in a subprocess started outside the
@@ -30,7 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report, scenarios
+from benchmarks import bench_zarr, report, scenarios
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "PERFORMANCE.md"
@@ -320,6 +322,7 @@ def machine(tmp: Path) -> dict[str, Any]:
         "hdf5": h5py.version.hdf5_version,
         "hdf5plugin": hdf5plugin,
         "deker": scenarios.deker_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "tmp": str(tmp),
     }
 
@@ -343,7 +346,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes (a run takes well under a minute)")
     parser.add_argument("--sizes", choices=sorted(scenarios.SIZES), help="full (default), quick or tiny")
     parser.add_argument("--reps", type=int, help="repetitions of every timed step (default 3)")
-    parser.add_argument("--only", default=scenarios.SCENARIOS + "g", help="scenarios to run, e.g. 'abe'")
+    parser.add_argument(
+        "--only", default=scenarios.SCENARIOS + "gz", help="scenarios to run, e.g. 'abe' ('z': zarr)"
+    )
     parser.add_argument("--legacy", type=Path, help="a venv with deker 1.1.7: run (a)-(f) with it too")
     parser.add_argument("--extras-scale", type=float, help="size_scale of the (g) suites (default 0.25)")
     parser.add_argument("--warm-gib", type=float, help="GiB of memory to touch before the run (default 3)")
@@ -394,10 +399,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for row in run_extras(extras_scale):
                     emit(row)
                     rows.append(row)
+            if "z" in args.only:
+                rows += bench_zarr.run(tmp / "zarr", sizes, emit=emit)
         total = {"kind": "total", "seconds": round(time.perf_counter() - started, 1)}
         emit(total)
         rows.append(total)
-        for item in summarize(rows):
+        for item in summarize(rows) + bench_zarr.summarize(rows):
             emit(item)
             rows.append(item)
     finally:
@@ -408,18 +415,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _finish(rows: list[dict[str, Any]], args: argparse.Namespace) -> int:
     summary = [r for r in rows if r.get("kind") == "summary"] or summarize(rows)
-    print()
-    print(report.text_table(summary))
+    zarr_summary = [r for r in rows if r.get("kind") == "zarr_summary"] or bench_zarr.summarize(rows)
+    if summary:
+        print()
+        print(report.text_table(summary))
+    if zarr_summary:
+        print()
+        print(report.zarr_text_table(zarr_summary))
+    for row in rows:
+        if row.get("kind") == "skipped":
+            print(f"\nscenario {row.get('scenario')} skipped: {row['skipped']}")
     errors = [r for r in rows if "error" in r]
     for row in errors:
         print(
-            f"ERROR in scenario {row.get('scenario')} ({row.get('engine', row.get('suite', ''))}): "
-            f"{row['error']}"
+            f"ERROR in scenario {row.get('scenario')} "
+            f"({row.get('engine', row.get('suite', row.get('part', '')))}): {row['error']}"
         )
     if args.write_docs:
-        chart = report.write_chart(summary, DOCS.parent)
-        report.update_docs(DOCS, rows, summary, chart)
-        print(f"\nwrote {DOCS.relative_to(ROOT)} and {chart.relative_to(ROOT)}")
+        # each section is rewritten only by a run that has it: `--only z --write-docs` leaves
+        # the results of (a)-(g) and their chart as they are, and the other way round
+        if summary or any(r.get("kind") == "extra" for r in rows):
+            chart = report.write_chart(summary, DOCS.parent)
+            report.update_docs(DOCS, rows, summary, chart)
+            print(f"\nwrote {DOCS.relative_to(ROOT)} and {chart.relative_to(ROOT)}")
+        if zarr_summary:
+            chart = report.write_zarr_chart(zarr_summary, DOCS.parent)
+            report.update_zarr_docs(DOCS, rows, zarr_summary, chart)
+            print(f"\nwrote the zarr section of {DOCS.relative_to(ROOT)} and {chart.relative_to(ROOT)}")
     return 1 if errors else 0
 
 

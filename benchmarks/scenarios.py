@@ -71,6 +71,7 @@ class Sizes:
     chunk: int = 256  # (c) chunk side of the compressed VArrays
     arrays: int = 2000  # (d) arrays created and looked up
     reps: int = 3  # repetitions of every timed step
+    store_chunk: int = 1000  # (z) side of the dask chunks stored into the arrays (not tile-aligned)
 
 
 FULL = Sizes()
@@ -85,6 +86,7 @@ QUICK = Sizes(
     region=750,
     chunk=128,
     arrays=300,
+    store_chunk=250,
 )
 TINY = Sizes(
     array_side=128,
@@ -97,6 +99,7 @@ TINY = Sizes(
     region=100,
     chunk=32,
     arrays=20,
+    store_chunk=100,
 )
 SIZES = {"full": FULL, "quick": QUICK, "tiny": TINY}
 

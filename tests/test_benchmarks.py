@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -170,3 +171,134 @@ def test_creation_floor_runs() -> None:
 
     result = bench_create_floor.measure(20)
     assert result["count"] == 20 and result["rate"] > 0
+
+
+# ------------------------------------------------------------------------------ (z) zarr
+
+
+def _zarr() -> None:
+    pytest.importorskip("zarr", reason="zarr-python 3 is in the 'bench' extra (Python >= 3.11)")
+
+
+@pytest.mark.timeout(180)
+def test_zarr_scenarios_run_and_verify(tmp_path: Path) -> None:
+    """``--only z`` at a tiny size: every step for every engine, verified, with its ratios."""
+    _zarr()
+    from benchmarks import bench_zarr
+
+    out = tmp_path / "run.jsonl"
+    argv = ["--sizes", "tiny", "--reps", "1", "--only", "z", "--warm-gib", "0"]
+    assert runner.main([*argv, "--out", str(out), "--tmpdir", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert not [r for r in rows if "error" in r or r.get("kind") == "skipped"], rows
+    measured = {(r["name"], r["engine"]): r for r in rows if r.get("scenario") == "z" and "median" in r}
+    assert all(r["verified"] and len(r["runs"]) == 1 and r["median"] > 0 for r in measured.values())
+    every = set(bench_zarr.ENGINES)
+    expected = {
+        "z_first_write": every,
+        "z_full_read": every | {"os_tiles"},  # the layout's floor beside the engines
+        "z_window_reads": every,
+        "z_zstd_write": every,
+        "z_zstd_read": every,
+        "z_dask_sum": every,
+        "z_store_threads": every,
+        "z_store_distributed": every - {"h5py"},  # one HDF5 file has no writers on workers
+        "z_executor_write": {"deker", "deker_executor"},
+        "z_executor_read": {"deker", "deker_executor"},
+    }
+    assert {name: {e for n, e in measured if n == name} for name in expected} == expected
+    meta = next(r for r in rows if r.get("kind") == "zarr_meta")
+    assert int(meta["zarr"].split(".")[0]) >= 3
+    assert meta["store_chunk"] == 100 and 64 % meta["store_chunk"] and meta["store_chunk"] % 64
+    summary = {r["name"]: r for r in rows if r.get("kind") == "zarr_summary"}
+    assert set(summary) == set(expected)
+    assert {"deker_vs_zarr", "deker_vs_zarr_sharded", "deker_vs_h5py", "deker_vs_os_tiles"} <= set(
+        summary["z_full_read"]
+    )
+    assert summary["z_executor_read"]["executor_vs_threads"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.jsonl"]  # every array removed
+
+
+class _Recording:
+    """Mixed into the real engines: remember the order of the timed writes."""
+
+    calls: ClassVar[list[str]] = []
+
+    def write(self, handle: object, data: np.ndarray) -> None:
+        self.calls.append(self.name)  # type: ignore[attr-defined]
+        super().write(handle, data)  # type: ignore[misc]
+
+
+def test_zarr_repetitions_are_interleaved(tmp_path: Path) -> None:
+    _zarr()
+    from benchmarks import bench_zarr
+
+    calls: ClassVar[list[str]] = []
+    factories = {
+        name: type(f"Recording{cls.__name__}", (_Recording, cls), {"calls": calls})
+        for name, cls in bench_zarr.FACTORIES.items()
+    }
+    sizes = replace(SMOKE, reps=2)
+    rows = bench_zarr.run(tmp_path / "z", sizes, factories=factories, parts=["uncompressed"])
+    assert not [r for r in rows if "error" in r], rows
+    assert calls == [*bench_zarr.ENGINES, *bench_zarr.ENGINES]  # deker, zarr, zarr_sharded, h5py, deker...
+
+
+def test_zarr_verification_catches_a_wrong_zarr_answer(tmp_path: Path) -> None:
+    """A zarr engine that stores one wrong cell is caught by the read-back, in each part it runs."""
+    _zarr()
+    from benchmarks import bench_zarr
+
+    class WrongZarr(bench_zarr.ZarrEngine):
+        def write(self, handle: object, data: np.ndarray) -> None:
+            wrong = data.copy()
+            wrong[-1, -1] += 1
+            super().write(handle, wrong)
+
+    rows = bench_zarr.run(
+        tmp_path / "z", SMOKE, factories={"zarr": WrongZarr}, parts=["uncompressed", "zstd"]
+    )
+    errors = {r["part"]: r["error"] for r in rows if "error" in r}
+    assert set(errors) == {"uncompressed", "zstd"}
+    assert all("verification failed: zarr full read" in e for e in errors.values()), errors
+    assert not [r for r in rows if r.get("engine") == "zarr" and r.get("verified")]
+    assert not (tmp_path / "z").exists()
+
+
+def test_zarr_summary_and_docs_leave_the_other_results(tmp_path: Path) -> None:
+    from benchmarks import bench_zarr
+
+    def row(name: str, engine: str, median: float, **extra: object) -> dict[str, object]:
+        return {"scenario": "z", "name": name, "engine": engine, "median": median, "ops": 1, **extra}
+
+    rows = [
+        {"kind": "machine", "date": "2026-12-02 23:00 UTC", "cores": 2, "sizes": {"reps": 3}},
+        {"kind": "zarr_meta", "scenario": "z", "zarr": "3.1.6", "store_chunk": 1000},
+        row("z_full_read", "deker", 0.5, bytes=1 << 20, verified=True),
+        row("z_full_read", "zarr", 0.4, bytes=1 << 20, verified=True),
+        row("z_full_read", "zarr_sharded", 1.0, bytes=1 << 20, verified=True),
+        row("z_full_read", "h5py", 0.25, bytes=1 << 20, verified=True),
+        row("z_full_read", "os_tiles", 0.2, bytes=1 << 20, verified=True),
+        row("z_window_reads", "deker", 2.0, ops=200, verified=True),
+        row("z_window_reads", "zarr", 1.0, ops=200, verified=True),
+        row("z_executor_read", "deker", 0.5, verified=True),
+        row("z_executor_read", "deker_executor", 1.5, verified=True),
+    ]
+    summary = {s["name"]: s for s in bench_zarr.summarize(rows)}
+    full = summary["z_full_read"]
+    assert (full["deker_vs_zarr"], full["deker_vs_zarr_sharded"]) == (1.25, 0.5)
+    assert (full["deker_vs_h5py"], full["deker_vs_os_tiles"]) == (2.0, 2.5)
+    assert summary["z_window_reads"]["deker_vs_zarr"] == 2.0  # time per window
+    assert summary["z_executor_read"]["executor_vs_threads"] == 3.0
+    assert "executor" in report.zarr_text_table(list(summary.values()))
+    page = tmp_path / "PERFORMANCE.md"
+    page.write_text(f"# Performance\n\n{report.BEGIN}\nearlier results\n{report.END}\n\nmethod text\n")
+    chart = report.write_zarr_chart(list(summary.values()), tmp_path)
+    assert chart.name == "performance-zarr.png" and chart.stat().st_size > 500
+    for _ in range(2):  # replaced, not appended twice
+        report.update_zarr_docs(page, rows, list(summary.values()), chart)
+    text = page.read_text()
+    assert text.count(report.ZARR_END) == 1 and "earlier results" in text and "method text" in text
+    assert "| full read (uncompressed) | 0.50 s (2 MiB/s) | 0.40 s (2 MiB/s) |" in text
+    assert "| 1.25 | 0.50 | 2.00 | 2.50 |" in text and "| full read, Client(executor=" in text
+    assert "zarr 3.1.6" in text and "performance-zarr.png" in text

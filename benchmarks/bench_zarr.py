@@ -1,0 +1,636 @@
+"""Scenario (z) of issue 17: deker beside zarr-python v3 (plain and sharded) and raw h5py.
+
+One float32 ``side x side`` array in ``vgrid x vgrid`` tiles (full size: 8192 x 8192 in 64
+tiles of 1024 x 1024), stored by four engines in the same run:
+
+- ``deker``: a VArray of that grid;
+- ``zarr``: a zarr v3 array whose chunks are the tiles (zstd: chunks of ``chunk x chunk``,
+  the same compression unit as deker's HDF5 chunks);
+- ``zarr_sharded``: a zarr v3 array with shards of one tile and inner chunks of
+  ``chunk x chunk`` (256 x 256 at full size), uncompressed and zstd alike;
+- ``h5py``: raw h5py, one file holding one dataset (contiguous; zstd: chunked like deker).
+
+zstd is level 3 everywhere (hdf5plugin's filter for deker and h5py, zarr's ``ZstdCodec``).
+The uncompressed full read also times the floor of deker's layout (``os_tiles``, the
+``os.preadv`` read of 64 tile files of :mod:`benchmarks.scenarios`).
+
+Steps: first write, full read, ``windows`` reads of ``window x window`` across tile borders,
+zstd first write and full read, a dask sum on a 2-process ``LocalCluster``, a dask ``store``
+from chunks of ``1000 x 1000`` (scaled with ``side``, never aligned on the tiles) with the
+threaded scheduler and with the cluster, and deker's ``Client(executor=dask_client)`` full
+write and read against its own thread pool (``deker_executor`` against ``deker``).
+
+Every repetition runs every engine in turn (deker, zarr, zarr_sharded, h5py, then the next
+repetition), every read is compared with what was written and every write is read back: a
+wrong answer raises ``AssertionError`` ("verification failed") and the part of the suite it
+belongs to (uncompressed, zstd, dask) is reported as an error while the others still run.
+
+zarr needs the ``bench`` extra (``pip install -e '.[bench]'``; zarr 3 needs Python >= 3.11).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from benchmarks import scenarios
+from benchmarks.scenarios import Sizes, check, pattern, timed
+
+SCENARIO = "z"
+ENGINES = ("deker", "zarr", "zarr_sharded", "h5py")
+ZSTD_LEVEL = 3
+CLUSTER_WORKERS = 2
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ZStep:
+    """One step of the suite: what it is and whether it is a rate (ops per second)."""
+
+    what: str
+    rate: bool = False
+
+
+STEPS: dict[str, ZStep] = {
+    "z_first_write": ZStep("first write (uncompressed)"),
+    "z_full_read": ZStep("full read (uncompressed)"),
+    "z_window_reads": ZStep("windows across tiles (uncompressed)", rate=True),
+    "z_zstd_write": ZStep("zstd first write"),
+    "z_zstd_read": ZStep("zstd full read"),
+    "z_dask_sum": ZStep("dask sum, 2-process LocalCluster"),
+    "z_store_threads": ZStep("dask store, unaligned chunks, threads"),
+    "z_store_distributed": ZStep("dask store, unaligned chunks, LocalCluster"),
+    "z_executor_write": ZStep("full write, Client(executor=dask_client)"),
+    "z_executor_read": ZStep("full read, Client(executor=dask_client)"),
+}
+
+
+def zarr_available() -> str | None:
+    """Return None when zarr v3 can be imported, else why not (for a skip record)."""
+    try:
+        import zarr
+    except ImportError as exc:
+        return f"zarr is not installed ({exc}): pip install -e '.[bench]' (Python >= 3.11)"
+    if int(zarr.__version__.split(".")[0]) < 3:
+        return f"zarr {zarr.__version__} is installed; the suite needs zarr-python >= 3"
+    return None
+
+
+def versions() -> dict[str, str]:
+    """The versions of the peers (zarr, numcodecs, dask, distributed), "-" when absent."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("zarr", "numcodecs", "dask", "distributed"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "-"
+    return out
+
+
+def store_chunk(sizes: Sizes) -> int:
+    """The side of the dask chunks of the ``store`` steps (``sizes.store_chunk``), never tile-aligned."""
+    tile = sizes.varray_side // sizes.vgrid
+    side = max(2, min(sizes.store_chunk, sizes.varray_side - 1))
+    while side > 2 and (tile % side == 0 or side % tile == 0):
+        side -= 1
+    return side
+
+
+# ------------------------------------------------------------------------------ engines
+
+
+class Engine:
+    """How one storage creates, writes, reads, exposes to dask and stores one array."""
+
+    name = ""
+
+    def __init__(self, root: Path, sizes: Sizes) -> None:
+        self.root = root / self.name
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.sizes = sizes
+        self.side = sizes.varray_side
+        self.tile = sizes.varray_side // sizes.vgrid
+        self.chunk = min(sizes.chunk, self.tile)
+        self.made = 0
+
+    def create(self, codec: str | None) -> Any:
+        """Make a new empty array (untimed); ``codec`` is None or ``"zstd"``."""
+        raise NotImplementedError
+
+    def write(self, handle: Any, data: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def read(self, handle: Any, sel: tuple[slice, ...] = ()) -> np.ndarray:
+        raise NotImplementedError
+
+    def lazy(self, handle: Any) -> Any:
+        """A dask array over the stored array, one chunk per tile, computable on a cluster."""
+        raise NotImplementedError
+
+    def store(self, source: Any, handle: Any, scheduler: Any) -> bool:
+        """Write the dask array ``source``; False when this engine cannot with ``scheduler``."""
+        raise NotImplementedError
+
+    def drop(self, handle: Any) -> None:
+        """Delete the array (untimed), to keep the disk and the page cache small."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class DekerEngine(Engine):
+    name = "deker"
+
+    def __init__(self, root: Path, sizes: Sizes, executor: Any = None) -> None:
+        super().__init__(root, sizes)
+        import deker
+
+        self.deker = deker
+        self.client = deker.Client(self.root.resolve().as_uri(), executor=executor)
+        self.collections: dict[str | None, Any] = {}
+
+    def _collection(self, codec: str | None) -> Any:
+        if codec not in self.collections:
+            dk = self.deker
+            schema = dk.VArraySchema(
+                dtype=np.float32,
+                dimensions=[
+                    dk.DimensionSchema(name="y", size=self.side),
+                    dk.DimensionSchema(name="x", size=self.side),
+                ],
+                vgrid=(self.sizes.vgrid, self.sizes.vgrid),
+            )
+            options = None
+            if codec == "zstd":
+                kwargs = scenarios._codecs()["zstd"]
+                options = dk.HDF5Options(
+                    chunks=[self.chunk, self.chunk],
+                    compression_opts=dk.HDF5CompressionOpts(
+                        compression=kwargs["compression"], compression_opts=kwargs["compression_opts"]
+                    ),
+                )
+            name = f"z_{codec or 'raw'}_{len(self.collections)}"
+            if options is None:
+                self.collections[codec] = self.client.create_collection(name, schema)
+            else:
+                self.collections[codec] = self.client.create_collection(
+                    name, schema, collection_options=options
+                )
+        return self.collections[codec]
+
+    def create(self, codec: str | None) -> Any:
+        return self._collection(codec).create()
+
+    def write(self, handle: Any, data: np.ndarray) -> None:
+        handle[:].update(data)
+
+    def read(self, handle: Any, sel: tuple[slice, ...] = ()) -> np.ndarray:
+        return np.asarray(handle[sel].read() if sel else handle[:].read())
+
+    def lazy(self, handle: Any) -> Any:
+        import deker_dask
+
+        return deker_dask.to_dask(handle)
+
+    def store(self, source: Any, handle: Any, scheduler: Any) -> bool:
+        import deker_dask
+
+        deker_dask.store(source, handle, scheduler=scheduler)
+        return True
+
+    def drop(self, handle: Any) -> None:
+        handle.delete()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class ZarrEngine(Engine):
+    """zarr-python v3 on a local directory; chunks = tiles (zstd: chunks of ``chunk``)."""
+
+    name = "zarr"
+    sharded = False
+
+    def _layout(self, codec: str | None) -> dict[str, Any]:
+        if self.sharded:
+            return {"chunks": (self.chunk, self.chunk), "shards": (self.tile, self.tile)}
+        side = self.chunk if codec else self.tile
+        return {"chunks": (side, side)}
+
+    def write_chunks(self, codec: str | None) -> tuple[int, int]:
+        """The blocks a writer must cover whole (concurrent partial writes would race)."""
+        layout = self._layout(codec)
+        return tuple(layout.get("shards") or layout["chunks"])  # type: ignore[return-value]
+
+    def create(self, codec: str | None) -> Any:
+        import zarr
+        from zarr.codecs import ZstdCodec
+
+        self.made += 1
+        path = self.root / f"a{self.made}.zarr"
+        return zarr.create_array(
+            store=str(path),
+            shape=(self.side, self.side),
+            dtype="float32",
+            compressors=ZstdCodec(level=ZSTD_LEVEL) if codec == "zstd" else None,
+            fill_value=0.0,
+            **self._layout(codec),
+        )
+
+    def write(self, handle: Any, data: np.ndarray) -> None:
+        handle[...] = data
+
+    def read(self, handle: Any, sel: tuple[slice, ...] = ()) -> np.ndarray:
+        return np.asarray(handle[sel] if sel else handle[...])
+
+    def lazy(self, handle: Any) -> Any:
+        import dask.array as da
+
+        return da.from_zarr(handle, chunks=(self.tile, self.tile))
+
+    def store(self, source: Any, handle: Any, scheduler: Any) -> bool:
+        import dask.array as da
+
+        # zarr writes a chunk (a shard) whole: dask chunks that cut one would race and lose
+        # data, so a zarr user rechunks to the write blocks first (dask's to_zarr asks the same)
+        blocks = self.write_chunks(None)
+        da.store(source.rechunk(blocks), handle, lock=False, scheduler=scheduler)
+        return True
+
+    def drop(self, handle: Any) -> None:
+        shutil.rmtree(handle.store.root, ignore_errors=True)
+
+
+class ShardedZarrEngine(ZarrEngine):
+    """zarr-python v3 with shards of one tile holding inner chunks of ``chunk x chunk``."""
+
+    name = "zarr_sharded"
+    sharded = True
+
+
+def _h5_block(path: str, block_info: Any = None) -> np.ndarray:
+    """Read the block of one dask chunk from an HDF5 file (a picklable task for the workers)."""
+    (y0, y1), (x0, x1) = block_info[None]["array-location"]
+    with h5py.File(path, "r") as handle:
+        return np.asarray(handle["data"][y0:y1, x0:x1])
+
+
+class H5pyEngine(Engine):
+    """Raw h5py: one file, one dataset (contiguous; zstd: chunked like deker's tiles)."""
+
+    name = "h5py"
+
+    def create(self, codec: str | None) -> Any:
+        self.made += 1
+        path = self.root / f"a{self.made}.h5"
+        kwargs: dict[str, Any] = {}
+        if codec == "zstd":
+            kwargs = {"chunks": (self.chunk, self.chunk), **scenarios._codecs()["zstd"]}
+        with h5py.File(path, "w") as handle:
+            handle.create_dataset("data", shape=(self.side, self.side), dtype=np.float32, **kwargs)
+        return path
+
+    def write(self, handle: Any, data: np.ndarray) -> None:
+        with h5py.File(handle, "r+") as f:
+            f["data"][...] = data
+
+    def read(self, handle: Any, sel: tuple[slice, ...] = ()) -> np.ndarray:
+        with h5py.File(handle, "r") as f:
+            return np.asarray(f["data"][sel])
+
+    def lazy(self, handle: Any) -> Any:
+        import dask.array as da
+
+        chunks = ((self.tile,) * self.sizes.vgrid,) * 2
+        return da.map_blocks(_h5_block, str(handle), chunks=chunks, dtype=np.float32)
+
+    def store(self, source: Any, handle: Any, scheduler: Any) -> bool:
+        import dask.array as da
+
+        if scheduler != "threads":  # one HDF5 file has one writer: no worker processes
+            return False
+        with h5py.File(handle, "r+") as f:
+            da.store(source, f["data"], lock=True, scheduler="threads")
+        return True
+
+    def drop(self, handle: Any) -> None:
+        Path(handle).unlink(missing_ok=True)
+
+
+FACTORIES: dict[str, Callable[[Path, Sizes], Engine]] = {
+    "deker": DekerEngine,
+    "zarr": ZarrEngine,
+    "zarr_sharded": ShardedZarrEngine,
+    "h5py": H5pyEngine,
+}
+
+
+# ------------------------------------------------------------------------------ recording
+
+
+class Recorder(scenarios.Recorder):
+    def add(self, name: str, engine: str, seconds: float, **info: Any) -> None:
+        super().add(name, engine, seconds, **info)
+        self.rows[(name, engine)]["suite"] = "zarr"
+
+
+def _lazy_pattern(side: int, chunk: int, seed: int) -> Any:
+    """``scenarios.pattern((side, side), float32, seed)`` as a dask array of ``chunk`` blocks."""
+    import dask.array as da
+
+    y = da.arange(side, dtype=np.int64, chunks=chunk)[:, None]
+    x = da.arange(side, dtype=np.int64, chunks=chunk)[None, :]
+    return ((y * 31 + x * 17 + seed * 7919) % 1009).astype(np.float32)
+
+
+def _writes_and_reads(
+    rec: Recorder,
+    engines: Mapping[str, Engine],
+    codec: str | None,
+    data: np.ndarray,
+    sizes: Sizes,
+    names: tuple[str, str],
+    floor: Path | None = None,
+) -> dict[str, list[Any]]:
+    write_name, read_name = names
+    made: dict[str, list[Any]] = {e: [] for e in engines}
+    for _rep in range(sizes.reps):
+        for name, engine in engines.items():
+            handle = engine.create(codec)
+            made[name].append(handle)
+            seconds, _ = timed(lambda e=engine, h=handle: e.write(h, data))
+            rec.add(write_name, name, seconds, bytes=data.nbytes, ops=1, codec=codec or "none")
+    offsets = scenarios._tile_offsets(floor, sizes) if floor is not None else None
+    for rep in range(sizes.reps):
+        for name, engine in engines.items():
+            seconds, got = timed(lambda e=engine, h=made[name][rep]: e.read(h))
+            check(np.array_equal(got, data), f"{name} full read ({codec or 'uncompressed'}; and its write)")
+            del got
+            rec.add(read_name, name, seconds, bytes=data.nbytes, ops=1, codec=codec or "none")
+            rec.verified(write_name, name)
+            rec.verified(read_name, name)
+        if floor is not None and offsets is not None:
+            seconds, got = timed(lambda: scenarios._os_tiles_read(floor, sizes, offsets))
+            check(np.array_equal(got, data), "os.preadv read of the tile files")
+            del got
+            rec.add(read_name, "os_tiles", seconds, bytes=data.nbytes, ops=1, verified=True)
+    return made
+
+
+def _part_uncompressed(
+    rec: Recorder, engines: Mapping[str, Engine], sizes: Sizes, root: Path
+) -> dict[str, Any]:
+    data = pattern((sizes.varray_side,) * 2, np.float32, 0)
+    floor = root / "os_tiles"
+    scenarios._h5_tiles_create(floor, data, sizes)  # the floor's 64 tile files (untimed)
+    try:
+        made = _writes_and_reads(rec, engines, None, data, sizes, ("z_first_write", "z_full_read"), floor)
+    finally:
+        shutil.rmtree(floor, ignore_errors=True)
+    corners = scenarios._windows(sizes)
+    win = sizes.window
+    for _rep in range(sizes.reps):
+        for name, engine in engines.items():
+            handle = made[name][-1]
+
+            def reads(e: Engine = engine, h: Any = handle) -> list[np.ndarray]:
+                return [e.read(h, (slice(y, y + win), slice(x, x + win))) for y, x in corners]
+
+            seconds, got = timed(reads)
+            for (y, x), piece in zip(corners, got, strict=True):
+                check(np.array_equal(piece, data[y : y + win, x : x + win]), f"{name} window {y},{x}")
+            rec.add("z_window_reads", name, seconds, ops=len(corners), bytes=len(corners) * win * win * 4)
+            rec.verified("z_window_reads", name)
+    for name, engine in engines.items():  # keep the last array of each engine for the dask sum
+        for handle in made[name][:-1]:
+            engine.drop(handle)
+    return {name: made[name][-1] for name in engines}
+
+
+def _part_zstd(rec: Recorder, engines: Mapping[str, Engine], sizes: Sizes) -> None:
+    data = pattern((sizes.varray_side,) * 2, np.float32, 0)
+    made = _writes_and_reads(rec, engines, "zstd", data, sizes, ("z_zstd_write", "z_zstd_read"))
+    for name, engine in engines.items():
+        for handle in made[name]:
+            engine.drop(handle)
+
+
+def _cluster(tmp: Path) -> Any:
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set(
+        {"distributed.worker.memory.target": False, "distributed.worker.memory.spill": False}
+    ):
+        return LocalCluster(
+            n_workers=CLUSTER_WORKERS,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            local_directory=str(tmp / "workers"),
+        )
+
+
+def _part_dask(
+    rec: Recorder, engines: Mapping[str, Engine], sizes: Sizes, root: Path, kept: Mapping[str, Any]
+) -> None:
+    from distributed import Client as DaskClient
+
+    side = sizes.varray_side
+    data = pattern((side, side), np.float32, 0)
+    want_sum = float(data.sum(dtype=np.float64))  # exact: integers below 1009, far below 2**53
+    step = store_chunk(sizes)
+    with _cluster(root) as cluster, DaskClient(cluster, set_as_default=False) as dask_client:
+        dask_client.run(lambda: None)  # the workers are up
+        for name, engine in engines.items():  # warm up: imports and file handles on the workers
+            if name in kept:
+                engine.lazy(kept[name]).sum(dtype=np.float64).compute(scheduler=dask_client)
+        for _rep in range(sizes.reps):
+            for name, engine in engines.items():
+                if name not in kept:
+                    continue
+                seconds, total = timed(
+                    lambda e=engine, h=kept[name]: (
+                        e.lazy(h).sum(dtype=np.float64).compute(scheduler=dask_client)
+                    )
+                )
+                check(float(total) == want_sum, f"{name} dask sum {float(total)} != {want_sum}")
+                rec.add("z_dask_sum", name, seconds, bytes=data.nbytes, ops=1, verified=True)
+        for name, engine in engines.items():
+            if name in kept:
+                engine.drop(kept[name])
+        for label, scheduler in (("z_store_threads", "threads"), ("z_store_distributed", dask_client)):
+            for rep in range(sizes.reps):
+                seed = 20 + rep
+                want = pattern((side, side), np.float32, seed)
+                for name, engine in engines.items():
+                    handle = engine.create(None)
+                    source = _lazy_pattern(side, step, seed)
+                    seconds, done = timed(lambda e=engine, h=handle, s=source, c=scheduler: e.store(s, h, c))
+                    if done:
+                        check(np.array_equal(engine.read(handle), want), f"{name} {label} (read back)")
+                        rec.add(label, name, seconds, bytes=data.nbytes, ops=1, chunk=step, verified=True)
+                    engine.drop(handle)
+        if "deker" in engines:
+            _executor(rec, sizes, root, dask_client, data)
+
+
+def _executor(rec: Recorder, sizes: Sizes, root: Path, dask_client: Any, data: np.ndarray) -> None:
+    """deker's full write and read with ``Client(executor=dask_client)`` against its thread pool."""
+    pair = {
+        "deker_executor": DekerEngine(root / "executor", sizes, executor=dask_client),
+        "deker": DekerEngine(root / "threads", sizes),
+    }
+    try:
+        warm = pair["deker_executor"].create(None)
+        tile = sizes.varray_side // sizes.vgrid
+        warm[:tile, : 2 * tile].update(data[:tile, : 2 * tile])  # warm up the workers
+        pair["deker_executor"].drop(warm)
+        for _rep in range(sizes.reps):
+            for name, engine in pair.items():
+                handle = engine.create(None)
+                seconds, _ = timed(lambda e=engine, h=handle: e.write(h, data))
+                rec.add("z_executor_write", name, seconds, bytes=data.nbytes, ops=1)
+                seconds, got = timed(lambda e=engine, h=handle: e.read(h))
+                check(np.array_equal(got, data), f"{name} full read (and its write)")
+                del got
+                rec.add("z_executor_read", name, seconds, bytes=data.nbytes, ops=1)
+                rec.verified("z_executor_write", name)
+                rec.verified("z_executor_read", name)
+                engine.drop(handle)
+    finally:
+        for engine in pair.values():
+            engine.close()
+
+
+def run(
+    root: Path,
+    sizes: Sizes,
+    engines: Sequence[str] = ENGINES,
+    emit: Callable[[dict[str, Any]], None] | None = None,
+    factories: Mapping[str, Callable[[Path, Sizes], Engine]] | None = None,
+    parts: Iterable[str] = ("uncompressed", "zstd", "dask"),
+) -> list[dict[str, Any]]:
+    """Run the suite in ``root`` (removed afterwards); return its measurement records.
+
+    Parameters
+    ----------
+    root : pathlib.Path
+        A new or empty folder for the arrays of every engine.
+    sizes : benchmarks.scenarios.Sizes
+        The problem sizes (``varray_side``, ``vgrid``, ``chunk``, ``windows``, ``window``, ``reps``).
+    engines : sequence of str
+        Which of :data:`ENGINES` to run, in the order of each repetition.
+    emit : callable, optional
+        Called with every record as soon as it is made.
+    factories : mapping, optional
+        Engine constructors by name (default :data:`FACTORIES`); tests pass a faulty one.
+    parts : iterable of str
+        Which parts to run: ``"uncompressed"``, ``"zstd"``, ``"dask"``.
+
+    Returns
+    -------
+    list of dict
+        One record per step and engine (scenario ``"z"``), or ``{"scenario": "z", "part",
+        "error"}`` for a part that failed (the other parts still run), or one ``skipped``
+        record when zarr is not installed.
+    """
+    out: list[dict[str, Any]] = []
+
+    def put(row: dict[str, Any]) -> None:
+        if emit is not None:
+            emit(row)
+        out.append(row)
+
+    reason = zarr_available()
+    if reason is not None:
+        put({"scenario": SCENARIO, "kind": "skipped", "skipped": reason})
+        return out
+    put({"scenario": SCENARIO, "kind": "zarr_meta", "store_chunk": store_chunk(sizes), **versions()})
+    makers = {**FACTORIES, **(factories or {})}
+    rec = Recorder(SCENARIO, sizes)
+    root.mkdir(parents=True, exist_ok=True)
+    made = {name: makers[name](root, sizes) for name in engines}
+    parts = tuple(parts)
+    try:
+        kept: dict[str, Any] = {}
+        for part in parts:
+            try:
+                if part == "uncompressed":
+                    kept = _part_uncompressed(rec, made, sizes, root)
+                elif part == "zstd":
+                    _part_zstd(rec, made, sizes)
+                elif part == "dask":
+                    _part_dask(rec, made, sizes, root, kept)
+                else:
+                    raise ValueError(f"unknown part {part!r}")
+            except Exception as exc:  # reported; the other parts still run
+                put({"scenario": SCENARIO, "part": part, "error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        for engine in made.values():
+            engine.close()
+        shutil.rmtree(root, ignore_errors=True)
+    for row in rec.results():
+        put(row)
+    return out
+
+
+# ------------------------------------------------------------------------------ summary
+
+
+def _per_op(row: Mapping[str, Any]) -> float:
+    return float(row["median"]) / float(row.get("ops", 1))
+
+
+def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One summary per step: the median of every engine and deker's ratios to the others."""
+    by: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for row in rows:
+        if row.get("scenario") == SCENARIO and row.get("name") in STEPS and "median" in row:
+            by.setdefault(row["name"], {})[row["engine"]] = row
+    out = []
+    for name in STEPS:
+        if name not in by:
+            continue
+        engines = by[name]
+        step = STEPS[name]
+        item: dict[str, Any] = {"kind": "zarr_summary", "scenario": SCENARIO, "name": name, "what": step.what}
+        for engine, row in engines.items():
+            item[f"{engine}_s"] = row["median"]
+            item[f"{engine}_ops"] = row.get("ops", 1)
+            if step.rate:
+                item[f"{engine}_rate"] = round(float(row.get("ops", 1)) / float(row["median"]), 1)
+            elif row.get("bytes"):
+                item[f"{engine}_mib_s"] = round(row["bytes"] / MIB / row["median"], 1)
+            item[f"{engine}_verified"] = bool(row.get("verified"))
+        ours = engines.get("deker")
+        if ours is not None:
+            for other in ("zarr", "zarr_sharded", "h5py", "os_tiles"):
+                if other in engines:
+                    item[f"deker_vs_{other}"] = round(_per_op(ours) / _per_op(engines[other]), 3)
+            if "deker_executor" in engines:
+                item["executor_vs_threads"] = round(_per_op(engines["deker_executor"]) / _per_op(ours), 3)
+        out.append(item)
+    return out
+
+
+if __name__ == "__main__":  # python -m benchmarks.bench_zarr [full|quick|tiny]
+    import json
+    import sys
+    import tempfile
+
+    chosen = scenarios.SIZES[sys.argv[1] if len(sys.argv) > 1 else "quick"]
+    with tempfile.TemporaryDirectory(prefix="deker-bench-zarr-") as tmp:
+        rows = run(Path(tmp) / "z", chosen, emit=lambda r: print(json.dumps(r), flush=True))
+    for item in summarize(rows):
+        print(json.dumps(item))
+    sys.exit(1 if any("error" in r for r in rows) else 0)
