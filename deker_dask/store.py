@@ -139,9 +139,12 @@ def store(source: Any, target: Any, *, compute: bool = True, **compute_kwargs: A
         If another writer kept a tile (or the Array) locked longer than the lock timeout.
     DekerClientError
         If the client is closed, now or when the delayed write is computed.
+    DekerReadOnlyError
+        If the client is read-only (nothing is built, nothing written).
     """
     tgt = resolve(target)
     tgt.check()
+    tgt.obj._ctx.check_writable(f"store into {tgt.obj!r}")  # before any task is built
     src = _source(source, tgt)
     token = uuid.uuid4().hex
     name = f"deker-store-{token}"

@@ -47,6 +47,7 @@ from deker.errors import (
     DekerLockError,
     DekerMemoryError,
     DekerMetaDataError,
+    DekerReadOnlyError,
     DekerShapeError,
     DekerStorageError,
     DekerSubsetError,
@@ -81,6 +82,7 @@ DOCUMENTED_BASES: dict[type[BaseException], tuple[type[BaseException], ...]] = {
     DekerInvalidManagerCallError: (DekerBaseApplicationError, AttributeError),
     DekerMemoryError: (DekerBaseApplicationError, MemoryError),
     DekerStorageError: (DekerBaseApplicationError,),
+    DekerReadOnlyError: (DekerStorageError, PermissionError, OSError),
     DekerBrokenSymlinkError: (DekerStorageError,),
     DekerExceptionGroup: (DekerBaseApplicationError,),
     DekerTaskError: (DekerBaseApplicationError,),
@@ -109,7 +111,7 @@ def test_all_names_every_exception_class_and_nothing_else() -> None:
         if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == "deker.errors"
     }
     assert set(errors.__all__) == defined
-    assert len(errors.__all__) == len(set(errors.__all__)) == 25
+    assert len(errors.__all__) == len(set(errors.__all__)) == 26
     assert {getattr(errors, n) for n in errors.__all__} == set(DOCUMENTED_BASES)
 
 
@@ -136,6 +138,7 @@ def test_builtin_handlers_catch_the_deker_leaves() -> None:
         (DekerClientError("Client is closed"), RuntimeError),
         (DekerMetaDataError("bad meta"), ValueError),
         (DekerFilterError("unknown attribute"), ValueError),
+        (DekerReadOnlyError("Cannot update x: the client is read-only"), PermissionError),
     ]
     for exc, builtin in cases:
         with pytest.raises(builtin, match=str(exc).split()[0]):

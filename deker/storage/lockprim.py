@@ -220,7 +220,7 @@ def _take(reg: _Registry, fd: int, exclusive: bool) -> Hold | None:
     return Hold(key, fd, exclusive)
 
 
-def hold(path: Path, exclusive: bool, *, create: bool = False) -> Hold | None:
+def hold(path: Path, exclusive: bool, *, create: bool = False, readonly: bool = False) -> Hold | None:
     """Try once to lock ``path`` (exclusive or shared) for the calling holder.
 
     Holders in this process exclude each other like other processes do, whatever the kernel
@@ -234,6 +234,8 @@ def hold(path: Path, exclusive: bool, *, create: bool = False) -> Hold | None:
         Exclusive (writer) or shared (reader) lock.
     create : bool, default False
         Create the file if missing.
+    readonly : bool, default False
+        Open the file ``O_RDONLY`` (a read-only storage; a shared lock only, never ``create``).
 
     Returns
     -------
@@ -256,7 +258,7 @@ def hold(path: Path, exclusive: bool, *, create: bool = False) -> Hold | None:
                     return None
                 entry.count += 1
                 return Hold(key, entry.fd, False)
-        return _take(reg, _open(path, create, False), exclusive)
+        return _take(reg, _open(path, create and not readonly, readonly), exclusive)
 
 
 def hold_new(path: Path) -> Hold:
