@@ -543,7 +543,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if logging.getLevelName(level) == f"Level {level}":
             raise _Failure(f"unknown log level {args.loglevel!r}: use DEBUG, INFO, WARNING or ERROR")
         _configure_logging()
-        with Client(_storage_uri(args.storage), create=False, read_only=args.read_only, loglevel=level) as client:
+        with Client(
+            _storage_uri(args.storage), create=False, read_only=args.read_only, loglevel=level
+        ) as client:
             return _COMMANDS[args.command](client, args, out)
     except KeyboardInterrupt:
         sys.stderr.write("deker: interrupted\n")

@@ -517,8 +517,10 @@ def array_read_lock(
 
 
 @contextlib.contextmanager
-def _read_only_read_lock(main_dir: Path, array_id: str, settings: LockSettings, ext: str | None) -> Iterator[None]:
-    """The read lock of a reader that may not write: the best it can take without making a file.
+def _read_only_read_lock(
+    main_dir: Path, array_id: str, settings: LockSettings, ext: str | None
+) -> Iterator[None]:
+    """Hold the read lock of a reader that may not write: the best it can take, making no file.
 
     A shared lock on the array mutex opened ``O_RDONLY`` when it exists (so deker writers
     wait for this reader, and it waits for them); without a mutex nobody wrote the array
