@@ -1,4 +1,4 @@
-"""Build a small archive, and exercise every read and write of a client on it (tests/test_scenarios_read_only.py).
+"""Build a small archive; exercise every read and write of a client on it (test_scenarios_read_only).
 
 ``python read_only_child.py URI [--read-only] [--threads]`` runs :func:`exercise` and prints its JSON result:
 the process may run in a private mount namespace where the storage is a read-only bind mount,
@@ -113,7 +113,7 @@ def _refused(action: Any) -> str:
     except DekerReadOnlyError as exc:
         assert isinstance(exc, PermissionError)
         return "refused"
-    except Exception as exc:  # noqa: BLE001 - reported to the test
+    except Exception as exc:  # reported to the test
         return f"{type(exc).__name__}: {exc}"
     return "done"
 
