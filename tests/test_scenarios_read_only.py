@@ -142,3 +142,38 @@ def test_requested_read_only_on_a_writable_storage(tmp_path: Path) -> None:
         assert not writable.read_only and writable.read_only_reason is None
         first = writable.get_collection("plain").filter({"k": 1}).last()  # type: ignore[union-attr]
         assert first[:].read().tolist() == result["reads"]["first"]
+
+
+READER = """
+import json, sys
+import numpy as np
+import deker_dask
+from deker import Client
+client = Client(sys.argv[1], create=False, write_lock_timeout=5)
+plain, grid = client.get_collection("plain"), client.get_collection("grid")
+varray = next(iter(grid))
+print(json.dumps({
+    "read_only": client.read_only,
+    "first": plain.filter({"k": 1}).last()[:].read().tolist(),
+    "torn": plain.filter({"k": 2}).last()[:].read().tolist(),
+    "varray": varray[:].read().tolist(),
+    "dask": deker_dask.to_dask(varray).compute(scheduler="threads").tolist(),
+}))
+"""
+
+
+@needs_root
+def test_read_permission_only_below_a_writable_root(archive: Path) -> None:
+    """The collections directory is writable, the collections are not: a writable client, whose
+    reads fall back to the read-only lock where they cannot make their lock files."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed")
+    storage = archive / "src" / "st"
+    (storage / "collections").chmod(0o777)
+    before = child.snapshot(storage)
+    command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    result = _run([*command, sys.executable, "-c", READER, storage.as_uri()])
+    assert result.pop("read_only") is False
+    dask_values = result.pop("dask")
+    assert result == child.expected() and dask_values == child.expected()["varray"]
+    assert child.snapshot(storage) == before

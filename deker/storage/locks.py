@@ -47,6 +47,8 @@ depends on pids or thread ids (they only appear in names for humans and for 1.1.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import fcntl
 import hashlib
 import logging
@@ -460,7 +462,9 @@ def array_read_lock(
     """Hold the read lock of one array (shared with other readers, exclusive of writers).
 
     Waits (up to ``settings.timeout``) for writers, for VArray writes holding the array and
-    for deker 1.1.7 writers; leaves a read marker that deker 1.1.7 writers wait for.
+    for deker 1.1.7 writers; leaves a read marker that deker 1.1.7 writers wait for.  With
+    ``settings.read_only``, or where the lock files cannot be made (``EROFS``, ``EACCES``),
+    it creates nothing: a shared lock on the existing mutex opened ``O_RDONLY``, no marker.
 
     Parameters
     ----------
@@ -487,33 +491,52 @@ def array_read_lock(
         If the lock could not be taken in time (nothing stays locked).
 
     """
-    if settings.read_only:
-        with _read_only_read_lock(main_dir, array_id, settings, ext):
-            yield
-        return
+    if not settings.read_only:
+        stack = contextlib.ExitStack()
+        try:
+            _take_read_lock(stack, main_dir, array_id, settings, ext)
+        except OSError as exc:
+            stack.close()
+            if exc.errno not in _UNWRITABLE:
+                raise
+            # This directory may not be written (read permission only below a writable root,
+            # a read-only mount made after the client opened): read as a read-only reader.
+            logger.debug("cannot make the read lock of %s (%s): locking read-only", array_id, exc)
+            settings = dataclasses.replace(settings, read_only=True)
+        else:
+            with stack:
+                yield
+            return
+    with _read_only_read_lock(main_dir, array_id, settings, ext):
+        yield
+
+
+_UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _take_read_lock(
+    stack: contextlib.ExitStack, main_dir: Path, array_id: str, settings: LockSettings, ext: str | None
+) -> None:
+    """Take the read lock of a reader that may write lock files; ``stack`` releases it."""
     data = _object_file(main_dir, array_id, ext)
     _require(data)
     what = f"Array {array_id} read lock"
     waiter = _Waiter(settings)
-    with contextlib.ExitStack() as stack:
-        stack.callback(
-            _unlock_close, _acquire_file(mutex_path(main_dir, array_id), fcntl.LOCK_SH, waiter, what)
-        )
-        _require(data)
-        marker = main_dir / (
-            f"{array_id}:{OWN_READ_PREFIX}{uuid.uuid4().hex}:{os.getpid()}:{threading.get_native_id()}"
-            f"{READ_LOCK_EXT}"
-        )
-        while True:
-            marker_held = _create_marker(marker)
-            if not _held_by_someone(data):  # no deker 1.1.7 writer / VArray write holds the file
-                break
-            _drop_marker(marker, marker_held)
-            if not waiter.sleep():
-                raise _timeout(what, data, "a deker 1.1.7 writer (exclusive flock)", settings)
-        stack.callback(_drop_marker, marker, marker_held)
-        _pass_fence(main_dir, array_id, waiter, what, shared=True)
-        yield
+    stack.callback(_unlock_close, _acquire_file(mutex_path(main_dir, array_id), fcntl.LOCK_SH, waiter, what))
+    _require(data)
+    marker = main_dir / (
+        f"{array_id}:{OWN_READ_PREFIX}{uuid.uuid4().hex}:{os.getpid()}:{threading.get_native_id()}"
+        f"{READ_LOCK_EXT}"
+    )
+    while True:
+        marker_held = _create_marker(marker)
+        if not _held_by_someone(data):  # no deker 1.1.7 writer / VArray write holds the file
+            break
+        _drop_marker(marker, marker_held)
+        if not waiter.sleep():
+            raise _timeout(what, data, "a deker 1.1.7 writer (exclusive flock)", settings)
+    stack.callback(_drop_marker, marker, marker_held)
+    _pass_fence(main_dir, array_id, waiter, what, shared=True)
 
 
 @contextlib.contextmanager
