@@ -387,6 +387,11 @@ class Client:
         Returns
         -------
         Collection
+
+        Raises
+        ------
+        DekerReadOnlyError
+            If the client is read-only (nothing is created).
         """
         if not isinstance(name, str) or not name.strip():
             raise DekerValidationError(f"Collection invalid name: {name!r}; a non-empty string is expected")
@@ -574,6 +579,11 @@ class Client:
         list of Path
             The removed files, journals rolled back and scratch directories, sorted (each is
             also logged at INFO level).
+
+        Raises
+        ------
+        DekerReadOnlyError
+            If the client is read-only (nothing is removed).
         """
         self._check_open()
         self._context.check_writable("clear locks")

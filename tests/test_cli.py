@@ -296,3 +296,27 @@ def test_python_m_deker_and_the_117_fixture(legacy_storage: Path, tmp_path: Path
     doc = json.loads(result.stdout)
     assert doc["ok"] is True and doc["files_checked"] == 28 and len(doc["collections"]) == 6
     assert result.stderr == ""
+
+
+def test_read_only_commands_change_nothing(storage: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 17: with --read-only (chosen by itself on a storage it cannot write) nothing changes."""
+    from storage_helpers.read_only_child import snapshot
+
+    from deker.cli import main
+
+    before = snapshot(storage)
+    for args in (
+        ["ls"],
+        ["info", "NAME"],
+        ["size"],
+        ["check", "--level", "4", "--no-progress"],
+        ["locks", "--all"],
+    ):
+        command = [args[0], str(storage), *args[1:]]
+        if "NAME" in command:
+            command[command.index("NAME")] = "grid"
+        assert main(["--read-only", *command]) == 0, capsys.readouterr()
+    assert main(["--read-only", "locks", str(storage), "--clear"]) == 3
+    err = capsys.readouterr().err
+    assert "Cannot clear locks" in err and "read-only (read_only=True)" in err
+    assert snapshot(storage) == before
