@@ -118,12 +118,22 @@ def _refused(action: Any) -> str:
     return "done"
 
 
-def _cli(*args: str, read_only: bool = False) -> tuple[int, str]:
+def run_cli(*args: str, read_only: bool = False) -> tuple[int, str]:
+    """Run ``deker ARGS`` in this process; return its status and output (logging left as it was)."""
+    import logging
+
     from deker.cli import main
 
+    deker_logger = logging.getLogger("deker")
+    saved = (list(deker_logger.handlers), deker_logger.propagate, deker_logger.level)
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main((["--read-only"] if read_only else []) + list(args))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main((["--read-only"] if read_only else []) + list(args))
+    finally:  # the command configures deker's loggers for a shell: undo it
+        deker_logger.handlers[:] = saved[0]
+        deker_logger.propagate = saved[1]
+        deker_logger.setLevel(saved[2])
     return code, out.getvalue() + err.getvalue()
 
 
@@ -160,14 +170,14 @@ def exercise(uri: str, *, read_only: bool = False, scheduler: Any = "processes")
     result["locks"] = sorted({info.kind for info in client.list_locks()})
     result["size"] = client.calculate_storage_size().bytes
     result["cli"] = {
-        " ".join(args[:1]): _cli(*args, read_only=read_only)[0]
+        " ".join(args[:1]): run_cli(*args, read_only=read_only)[0]
         for args in (("ls", uri), ("info", uri, "grid"), ("size", uri), ("locks", uri, "--all"))
     }
     result["cli_check"] = [
-        _cli("check", uri, "--level", str(level), "--no-progress", read_only=read_only)[0]
+        run_cli("check", uri, "--level", str(level), "--no-progress", read_only=read_only)[0]
         for level in (1, 2, 3, 4)
     ]
-    code, text = _cli("locks", uri, "--clear", read_only=read_only)
+    code, text = run_cli("locks", uri, "--clear", read_only=read_only)
     result["cli_clear"] = (code, "read-only" in text)
     schema = ArraySchema(dtype=float, dimensions=DIMS)
     writes = {
