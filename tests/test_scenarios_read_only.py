@@ -4,8 +4,9 @@ and ``Client(read_only=True)`` on a writable storage.
 Each scenario builds a small archive (an Array collection, a VArray collection with absent tiles,
 and an Array whose in-place write was interrupted: its file holds the new bytes, its undo journal
 the old ones), then a client reads everything (Array and VArray reads, ``describe``,
-``read_xarray``, deker_dask's lazy arrays on the ``processes`` scheduler: their tasks are
-pickled, so the read-only choice must travel with them; integrity checks 1-4; the CLI) and
+``read_xarray``, deker_dask's lazy arrays (on the read-only mount through the ``processes``
+scheduler: their tasks are pickled, so the read-only choice must travel with them); integrity
+checks 1-4; the CLI) and
 tries every write.  Nothing on disk may change (names, sizes, modification times, contents),
 the reads must match what a writable client reads, the torn write must not be seen, and every
 write must raise ``DekerReadOnlyError`` (also a ``PermissionError``).
@@ -136,7 +137,7 @@ def test_requested_read_only_on_a_writable_storage(tmp_path: Path) -> None:
     storage = tmp_path / "st"
     child.build(storage)
     before = child.snapshot(storage)
-    result = json.loads(json.dumps(child.exercise(storage.as_uri(), read_only=True)))
+    result = json.loads(json.dumps(child.exercise(storage.as_uri(), read_only=True, scheduler="threads")))
     _check(result, storage, before, reason="read_only=True")
     with Client(storage.as_uri()) as writable:  # a writable client reads the same values
         assert not writable.read_only and writable.read_only_reason is None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from deker.storage.identity import STORAGE_ID_FILE
 from deker.storage.writable import write_problem
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (bind mounts, setpriv to another uid)")
@@ -31,6 +32,7 @@ def _listing(directory: Path) -> list[tuple[str, int, int]]:
 
 def test_a_writable_directory_has_no_problem(tmp_path: Path) -> None:
     (tmp_path / "c.lock").touch()
+    (tmp_path / STORAGE_ID_FILE).write_text("deker-storage x\n")  # opened for writing, not written
     before = _listing(tmp_path)
     assert write_problem(tmp_path) is None
     assert _listing(tmp_path) == before  # nothing made, nothing changed

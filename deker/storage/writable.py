@@ -9,13 +9,15 @@ collections directory:
 2. ``access(W_OK | X_OK)`` with the effective ids: this user may not create files there
    (``EACCES``; ``access`` also answers ``EROFS`` on a read-only mount, and asks the server on
    NFS);
-3. an existing file there (the storage identity file, a collection lock) opened ``O_WRONLY``,
-   neither created nor truncated, and closed at once: ``EROFS`` means the filesystem refuses
-   writes though it is not mounted read-only here (an NFS export that is read-only on the
-   server).  Nothing is written, so no time stamp changes.
+3. the storage identity file (:data:`~deker.storage.identity.STORAGE_ID_FILE`), when there is
+   one, opened ``O_WRONLY``, neither created nor truncated, and closed at once: ``EROFS``
+   means the filesystem refuses writes though it is not mounted read-only here (an NFS export
+   that is read-only on the server).  Nothing is written, so no time stamp changes.  Only that
+   file: no process ever locks it, so closing a descriptor of it cannot drop a POSIX lock of
+   this process (as closing one of a lock file would, see :mod:`deker.storage.lockprim`).
 
-Only ``EROFS`` counts at step 3: a file this user may not write in a directory it may write
-(a lock file of another user) does not stop deker's writes, which open such files read-only.
+Only ``EROFS`` counts at step 3: an identity file this user may not write says nothing about
+the directory.
 """
 
 from __future__ import annotations
@@ -25,22 +27,14 @@ import logging
 import os
 from pathlib import Path
 
+from deker.storage.identity import STORAGE_ID_FILE
+
 __all__ = ["write_problem"]
 
 logger = logging.getLogger(__name__)
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _ACCESS_EFFECTIVE = os.access in os.supports_effective_ids
-_PROBE_FILES = 8  # at most this many existing files are tried at step 3
-
-
-def _existing_files(directory: Path) -> list[Path]:
-    try:
-        with os.scandir(directory) as entries:
-            found = [Path(e.path) for e in entries if e.is_file(follow_symlinks=False)]
-    except OSError:
-        return []
-    return sorted(found)[:_PROBE_FILES]
 
 
 def write_problem(directory: Path) -> str | None:
@@ -69,13 +63,12 @@ def write_problem(directory: Path) -> str | None:
         return f"the filesystem of {directory} is mounted read-only (EROFS)"
     if not os.access(directory, os.W_OK | os.X_OK, effective_ids=_ACCESS_EFFECTIVE):
         return f"this user (uid {os.geteuid()}) may not write in {directory} (EACCES)"
-    for path in _existing_files(directory):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | _O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno == errno.EROFS:
-                return f"the filesystem of {directory} refuses writes (EROFS opening {path.name})"
-            continue  # not writable by this user, or gone: says nothing about the directory
-        os.close(fd)
-        break
+    path = directory / STORAGE_ID_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NOFOLLOW | _O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.EROFS:
+            return f"the filesystem of {directory} refuses writes (EROFS opening {path.name})"
+        return None  # missing, or not writable by this user: says nothing about the directory
+    os.close(fd)
     return None
