@@ -1,4 +1,5 @@
-"""deker_dask on a read-only client through the session's Dask cluster (worker processes).
+"""A read-only client through the session's Dask cluster (worker processes): deker_dask's lazy
+arrays, and deker's own tile tasks (``executor=``: reads, integrity checks).
 
 The read-only choice travels with each task's :class:`~deker.tasks.FileSpec` (its lock
 settings): on the workers the tasks take no lock they would have to create.  The storage is
@@ -45,4 +46,8 @@ def test_lazy_reads_on_a_cluster_create_nothing(tmp_path: Path, cluster: Any) ->
         assert float(deker_dask.to_xarray(varray).sum().compute(scheduler=cluster)) == float(values.sum())
         with pytest.raises(DekerReadOnlyError):
             deker_dask.store(lazy + 1, varray, scheduler=cluster)
+    with Client(storage.as_uri(), read_only=True, executor=cluster) as on_workers:  # deker's own tile tasks
+        varray = next(iter(on_workers.get_collection("grid")))  # type: ignore[arg-type]
+        assert (varray[:].read() == values).all()
+        assert on_workers.check_integrity(4, progress=False).ok
     assert snapshot(storage) == before
