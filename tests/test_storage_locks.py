@@ -597,9 +597,9 @@ def test_read_only_reader_makes_no_file_and_waits_for_a_writer(tmp_path: Path) -
             pass  # a writer holds the mutex: the reader waits (here: gives up at once)
     finally:
         lockprim.release(writer)
-    with locks.array_read_lock(tmp_path, "a", ro):  # and a deker writer waits for the reader
-        with pytest.raises(DekerLockError, match="write lock"):
-            locks.array_write_lock(tmp_path, "a", LockSettings(timeout=0)).__enter__()
+    busy = locks.array_write_lock(tmp_path, "a", LockSettings(timeout=0))
+    with locks.array_read_lock(tmp_path, "a", ro), pytest.raises(DekerLockError, match="write lock"):
+        busy.__enter__()  # and a deker writer waits for the reader
 
 
 def test_read_only_settings_refuse_every_write_lock_before_touching_anything(tmp_path: Path) -> None:
