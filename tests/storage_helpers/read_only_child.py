@@ -142,9 +142,9 @@ def exercise(uri: str, *, read_only: bool = False, scheduler: Any = "processes")
     import deker_dask
 
     result: dict[str, Any] = {}
-    client = Client(uri, read_only=read_only, create=False, write_lock_timeout=5)
-    result["read_only"] = client.read_only
-    result["reason"] = client.read_only_reason
+    # (read_only passed only when asked, and the attributes read last, so that on a deker
+    # without read-only clients the reads themselves are what fails)
+    client = Client(uri, create=False, write_lock_timeout=5, **({"read_only": True} if read_only else {}))
     plain = client.get_collection("plain")
     grid = client.get_collection("grid")
     assert plain is not None and grid is not None
@@ -169,6 +169,8 @@ def exercise(uri: str, *, read_only: bool = False, scheduler: Any = "processes")
     result["check"] = sorted(p.kind for p in report.problems)
     result["locks"] = sorted({info.kind for info in client.list_locks()})
     result["size"] = client.calculate_storage_size().bytes
+    result["read_only"] = client.read_only
+    result["reason"] = client.read_only_reason
     result["cli"] = {
         " ".join(args[:1]): run_cli(*args, read_only=read_only)[0]
         for args in (("ls", uri), ("info", uri, "grid"), ("size", uri), ("locks", uri, "--all"))
