@@ -8,6 +8,7 @@ Each protocol test runs with both primitives (``flock`` and ``posix``, set throu
 from __future__ import annotations
 
 import errno
+import fcntl
 import gc
 import os
 import threading
@@ -245,3 +246,19 @@ def test_mount_options_that_keep_locks_local(directory: str, primitive: str, pro
     """Host-local locks cannot be probed from one host: the mount options tell."""
     found = lockprim.mount_problem(MOUNTS, directory, primitive)
     assert found == problem if problem is None else found is not None and found.startswith(problem)
+
+
+def test_a_readonly_hold_opens_read_only_and_creates_nothing(tmp_path: Path, prim: str) -> None:
+    """Issue 17: ``readonly=True`` (a read-only storage) opens O_RDONLY and never creates the file."""
+    missing = tmp_path / "missing.lock"
+    with pytest.raises(FileNotFoundError):
+        lockprim.hold(missing, False, create=True, readonly=True)
+    assert not missing.exists()
+    path = tmp_path / "mutex"
+    path.touch()
+    held = lockprim.hold(path, False, readonly=True)
+    assert held is not None and seen_locked(path) and not seen_locked(path, exclusive=False)
+    flags = fcntl.fcntl(held.fd, fcntl.F_GETFL)
+    assert flags & os.O_ACCMODE == os.O_RDONLY
+    assert lockprim.hold(path, True) is None  # a writer is refused while the reader holds it
+    lockprim.release(held)
