@@ -303,6 +303,7 @@ class Array(_BaseArray):
             New values by name.
         """
         self._ctx.check_open()
+        self._ctx.check_writable(f"update the attributes of {self!r}")
         custom = self._new_custom(attributes)
         payload = encode_array_meta(self._id, self._primary, custom)
         try:
@@ -322,6 +323,7 @@ class Array(_BaseArray):
             If the array was deleted already (through this handle or another).
         """
         self._ctx.check_open()
+        self._ctx.check_writable(f"delete {self!r}")
         try:
             with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
                 delete_record(self._ctx.root, self._meta, "array", self._id, self._components)
@@ -406,6 +408,7 @@ class VArray(_BaseArray):
             New values by name.
         """
         self._ctx.check_open()
+        self._ctx.check_writable(f"update the attributes of {self!r}")
         self._check_exists()
         custom = self._new_custom(attributes)
         payload = encode_array_meta(self._id, self._primary, custom)
@@ -423,6 +426,7 @@ class VArray(_BaseArray):
             If the VArray was deleted already (through this handle or another).
         """
         self._ctx.check_open()
+        self._ctx.check_writable(f"delete {self!r}")
         self._check_exists()
         tiles = sorted(self._tile_ids().items())
         token = new_token()

@@ -1,11 +1,13 @@
 """The ``deker`` command: look after a storage from a shell.
 
-Usage: ``deker [--json] [--loglevel LEVEL] COMMAND [STORAGE] [options]`` (also ``python -m
-deker``).  ``STORAGE`` is a ``file://`` URI or a directory path; without it, the environment
+Usage: ``deker [--json] [--loglevel LEVEL] [--read-only] COMMAND [STORAGE] [options]`` (also
+``python -m deker``).  ``STORAGE`` is a ``file://`` URI or a directory path; without it, the environment
 variable ``DEKER_STORAGE`` names the storage.  The command never creates a storage.
 Commands: ``ls``, ``info NAME``, ``check``, ``size [NAME]``, ``locks``; ``deker --help`` and
 ``deker COMMAND --help`` explain them.  The older order ``deker STORAGE COMMAND`` still works.
-Tables are for humans; ``--json`` prints one JSON document for scripts.
+Tables are for humans; ``--json`` prints one JSON document for scripts.  On a storage it cannot
+write (a read-only mount, read permission only), or with ``--read-only``, every command but
+``locks --clear`` runs and changes nothing there (``check`` only reports).
 
 Exit status: 0 all well; 1 the storage has problems (integrity problems, unreadable
 collection metadata, stale locks left); 2 bad command line; 3 the command could not run (not
@@ -47,7 +49,9 @@ and list or clear lock files left behind by dead processes.
 STORAGE is the storage: a file:// URI (file:///data/deker) or a directory path (/data/deker)
 that already holds a 'collections' directory (the command never creates a storage).  Without
 STORAGE, the environment variable DEKER_STORAGE names it.  The older order
-'deker STORAGE COMMAND' still works.
+'deker STORAGE COMMAND' still works.  On a storage it cannot write (a read-only mount, read
+permission only), or with --read-only, every command but 'locks --clear' works and changes
+nothing.
 """
 
 _EPILOG = """\
@@ -129,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="WARNING",
         metavar="LEVEL",
         help="level of deker's log messages on stderr: DEBUG, INFO, WARNING (default), ERROR",
+    )
+    parser.add_argument(
+        "--read-only",
+        action="store_true",
+        help="only read: create, change and remove no file (chosen by itself on a storage it cannot write)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -534,7 +543,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if logging.getLevelName(level) == f"Level {level}":
             raise _Failure(f"unknown log level {args.loglevel!r}: use DEBUG, INFO, WARNING or ERROR")
         _configure_logging()
-        with Client(_storage_uri(args.storage), create=False, loglevel=level) as client:
+        with Client(
+            _storage_uri(args.storage), create=False, read_only=args.read_only, loglevel=level
+        ) as client:
             return _COMMANDS[args.command](client, args, out)
     except KeyboardInterrupt:
         sys.stderr.write("deker: interrupted\n")

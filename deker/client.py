@@ -40,6 +40,7 @@ from deker.storage.inspection import tree_size
 from deker.storage.layout import COLLECTIONS_DIR, CollectionPaths, is_scratch_dir_name
 from deker.storage.lockinfo import LockInfo, clear_locks, list_locks, remove_orphan_collection_locks
 from deker.storage.locks import LockSettings, collection_lock
+from deker.storage.writable import write_problem
 from deker.store import array_schema_of
 from deker.tasks import storage_errors
 from deker.types import StorageSize
@@ -119,6 +120,13 @@ class Client:
         Create the storage (its ``collections`` directory) if it does not exist, as deker
         1.1.7 always did.  ``False`` refuses: a mistyped path raises
         :class:`~deker.errors.DekerClientError` naming it instead of creating an empty storage.
+    read_only : bool, default False
+        Only read: the client creates, changes and removes no file (no lock file, no read
+        marker, no identity file, no clean-up), and every write raises
+        :class:`~deker.errors.DekerReadOnlyError` before touching anything.  A client becomes
+        read-only by itself when it cannot write the storage (a read-only mount, a user with
+        read permission only): see :attr:`read_only` and :attr:`read_only_reason`.  A
+        read-only client never creates the storage.
     executor : concurrent.futures.Executor or distributed.Client, optional
         Runs the per-tile tasks of VArrays.  By default the client owns a thread pool of
         ``workers`` threads.  A user executor is never shut down by deker; a Dask distributed
@@ -142,6 +150,7 @@ class Client:
         uri: str = "",
         *,
         create: bool = True,
+        read_only: bool = False,
         executor: Any = None,
         workers: int | None = None,
         write_lock_timeout: int = 60,
@@ -155,6 +164,9 @@ class Client:
         if not isinstance(create, bool):
             raise DekerValidationError(f"'create' must be a bool; got {create!r}")
         self._create_storage = create
+        if not isinstance(read_only, bool):
+            raise DekerValidationError(f"'read_only' must be a bool; got {read_only!r}")
+        reason = self._read_only_reason(read_only)
         if not isinstance(loglevel, str):
             raise DekerClientError(f"Unknown level: {loglevel!r}")
         try:
@@ -172,9 +184,10 @@ class Client:
             )
         self._settings = ContextSettings(
             root=str(self._path / COLLECTIONS_DIR),
-            locks=LockSettings(timeout=timeout, interval=interval),
+            locks=LockSettings(timeout=timeout, interval=interval, read_only=reason is not None),
             memory_limit=effective_memory_limit(parse_memory_limit(memory_limit)),
             skip_collection_create_memory_check=skip,
+            read_only_reason=reason,
         )
         self._executor = executor
         self._workers = workers
@@ -183,20 +196,38 @@ class Client:
         self._open()
 
     # ------------------------------------------------------------------ state
+    def _read_only_reason(self, requested: bool) -> str | None:
+        """Why this client is read-only (asked for, or the storage cannot be written), or None."""
+        root = self._path / COLLECTIONS_DIR
+        if requested:
+            return "read_only=True"
+        if not root.is_dir():
+            return None  # a new storage: created writable (or its creation fails)
+        problem = write_problem(root)
+        if problem is not None:
+            logger.info("storage %s cannot be written (%s): the client is read-only", self._path, problem)
+        return problem
+
     def _open(self) -> None:
         if self._ctx is not None and not self._ctx.is_closed:
             return
         root = Path(self._settings.root)
+        if self._settings.locks.read_only and not root.is_dir():
+            raise DekerClientError(
+                f"No deker storage at {self._path}: it has no '{COLLECTIONS_DIR}' directory, and a "
+                "read-only client creates nothing"
+            )
         if not self._create_storage and not root.is_dir():
             raise DekerClientError(
                 f"No deker storage at {self._path}: it has no '{COLLECTIONS_DIR}' directory "
                 "(nothing was created)"
             )
         created = not root.is_dir()
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DekerClientError(f"Cannot open storage {self._path}: {exc}") from exc
+        if created:
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DekerClientError(f"Cannot open storage {self._path}: {exc}") from exc
         runner = TaskRunner.create(self._executor, self._workers)
         self._ctx = StorageContext(self._settings, runner)
         if created:  # a new storage gets its identity file (deker.storage.identity) at once
@@ -222,6 +253,25 @@ class Client:
     def is_closed(self) -> bool:
         """Whether the client is closed."""
         return not self.is_open
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the client only reads (asked with ``read_only=True``, or chosen by itself).
+
+        A read-only client creates, changes and removes no file; its writes raise
+        :class:`~deker.errors.DekerReadOnlyError`.
+        """
+        return self._settings.locks.read_only
+
+    @property
+    def read_only_reason(self) -> str | None:
+        """Why the client is read-only: ``"read_only=True"`` when asked, else what the probe found.
+
+        For a client that chose it by itself: the storage's filesystem is mounted read-only
+        (``EROFS``), or this user may not write in its collections directory (``EACCES``).
+        ``None`` for a writable client.
+        """
+        return self._settings.read_only_reason
 
     @property
     def meta_version(self) -> str:
@@ -254,7 +304,8 @@ class Client:
             pass
 
     def __repr__(self) -> str:
-        return f"Client(uri={self._uri!r}, {'open' if self.is_open else 'closed'})"
+        mode = ", read-only" if self.read_only else ""
+        return f"Client(uri={self._uri!r}, {'open' if self.is_open else 'closed'}{mode})"
 
     # ------------------------------------------------------------ collections
     def _paths(self, name: str) -> CollectionPaths:
@@ -262,6 +313,7 @@ class Client:
 
     def _create(self, meta: CollectionMeta) -> Collection:
         ctx = self._context
+        ctx.check_writable(f"create collection {meta.name}")
         if is_scratch_dir_name(meta.name):
             raise DekerValidationError(
                 f"Collection name {meta.name!r} has the form of deker's scratch directories; choose another"
@@ -335,6 +387,11 @@ class Client:
         Returns
         -------
         Collection
+
+        Raises
+        ------
+        DekerReadOnlyError
+            If the client is read-only (nothing is created).
         """
         if not isinstance(name, str) or not name.strip():
             raise DekerValidationError(f"Collection invalid name: {name!r}; a non-empty string is expected")
@@ -522,8 +579,14 @@ class Client:
         list of Path
             The removed files, journals rolled back and scratch directories, sorted (each is
             also logged at INFO level).
+
+        Raises
+        ------
+        DekerReadOnlyError
+            If the client is read-only (nothing is removed).
         """
         self._check_open()
+        self._context.check_writable("clear locks")
         directory = self._collection_dir(collection_name)
         removed = clean_storage(directory, self._context.locks)
         removed += clear_locks(directory, force=force)

@@ -91,6 +91,7 @@ class _Manager:
         coll = self._collection
         coll._check()
         cls_name = self._cls.__name__
+        coll._ctx.check_writable(f"create a {cls_name} in collection {coll.name}")
         if id_ is not None:
             validate_id(id_, cls_name)
         primary, custom = process_attributes(
@@ -290,6 +291,7 @@ class Collection:
         then deleted: a crash leaves every array either whole or gone.
         """
         self._check()
+        self._ctx.check_writable(f"clear collection {self.name}")
         with collection_lock(self._ctx.root, self.name, self._ctx.locks):
             empty_directory(self.path, keep=self._paths.meta_file.name, first=_CLEAR_ORDER)
 
@@ -301,6 +303,7 @@ class Collection:
         :meth:`deker.Client.clear_locks` deletes).
         """
         self._ctx.check_open()
+        self._ctx.check_writable(f"delete collection {self.name}")
         remove_tree(self.path)
         try:
             os.unlink(self._paths.lock_file)

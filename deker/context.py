@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deker.errors import DekerClientError
+from deker.errors import DekerClientError, DekerReadOnlyError
 from deker.executors import TaskRunner
 from deker.storage.identity import ensure_storage_id, read_storage_id
 from deker.storage.locks import LockSettings
@@ -39,12 +39,15 @@ class ContextSettings:
         The effective memory limit in bytes.
     skip_collection_create_memory_check : bool
         Whether collection creation skips the memory check.
+    read_only_reason : str or None
+        Why the client is read-only (``locks.read_only`` is then True); None for a writable one.
     """
 
     root: str
     locks: LockSettings
     memory_limit: int
     skip_collection_create_memory_check: bool = False
+    read_only_reason: str | None = None
 
 
 class StorageContext:
@@ -87,6 +90,31 @@ class StorageContext:
                 self._storage_id_read = True
         return self._storage_id
 
+    @property
+    def read_only(self) -> bool:
+        """Whether this client may only read (it creates, changes and removes no file)."""
+        return self.settings.locks.read_only
+
+    def check_writable(self, what: str) -> None:
+        """Raise :class:`DekerReadOnlyError` before a write if the client is read-only.
+
+        Parameters
+        ----------
+        what : str
+            What was asked, for the message (e.g. ``"update VArray 1234"``).
+
+        Raises
+        ------
+        DekerReadOnlyError
+            If the client is read-only; nothing was touched.
+        """
+        if self.read_only:
+            reason = self.settings.read_only_reason or "read_only=True"
+            raise DekerReadOnlyError(
+                f"Cannot {what}: the client of {Path(self.settings.root).parent} is read-only ({reason}); "
+                "nothing was changed.  Open a writable Client to write."
+            )
+
     def ensure_storage_id(self) -> str | None:
         """Give the storage an identity file if it has none (before this client first writes it).
 
@@ -97,7 +125,7 @@ class StorageContext:
             that follows reports its own error).
         """
         current = self.storage_id
-        if current is not None:
+        if current is not None or self.read_only:
             return current
         try:
             made = ensure_storage_id(self.root)

@@ -37,6 +37,7 @@ __all__ = [
     "DekerLockError",
     "DekerMemoryError",
     "DekerMetaDataError",
+    "DekerReadOnlyError",
     "DekerShapeError",
     "DekerStorageError",
     "DekerSubsetError",
@@ -156,6 +157,14 @@ class DekerMemoryError(DekerBaseApplicationError, MemoryError):
 
 class DekerStorageError(DekerBaseApplicationError):
     """The storage (adapter) cannot serve the request, or a stored file is unusable."""
+
+
+class DekerReadOnlyError(DekerStorageError, PermissionError):
+    """A write was asked of a read-only client (``Client(read_only=True)``, or a storage it cannot write).
+
+    Raised before anything is touched.  Also a :class:`PermissionError` (with no ``errno``),
+    what code writing to a read-only place catches.
+    """
 
 
 class DekerBrokenSymlinkError(DekerStorageError):

@@ -334,6 +334,8 @@ class Subset(_SubsetBase):
         data : scalar, list, tuple or numpy.ndarray
             Values of the array's dtype; scalars and smaller arrays broadcast like numpy.
         """
+        self._array._ctx.check_open()
+        self._array._ctx.check_writable(f"update {self}")
         prepared = prepare_update_data(data, self._np_dtype(), self.shape)
         main_dir, main_file = self._main()
         try:
@@ -354,6 +356,8 @@ class Subset(_SubsetBase):
 
     def clear(self) -> None:
         """Reset the region to the fill value."""
+        self._array._ctx.check_open()
+        self._array._ctx.check_writable(f"clear {self}")
         main_dir, main_file = self._main()
         try:
             with (
@@ -507,9 +511,10 @@ class VSubset(_SubsetBase):
             Another writer kept a touched tile locked longer than ``write_lock_timeout``.
         """
         varray = self._array
-        prepared = prepare_update_data(data, self._np_dtype(), self.shape)
         ctx = varray._ctx
         ctx.check_open()
+        ctx.check_writable(f"update {self}")
+        prepared = prepare_update_data(data, self._np_dtype(), self.shape)
         values = varray._check_exists()
         pieces = self._pieces()
         token = new_token()
@@ -547,6 +552,7 @@ class VSubset(_SubsetBase):
         varray = self._array
         ctx = varray._ctx
         ctx.check_open()
+        ctx.check_writable(f"clear {self}")
         varray._check_exists()
         every = self._pieces()
         if not varray._tile_ids(p.position for p in every):

@@ -155,9 +155,12 @@ def store(
         If another writer kept a tile (or the Array) locked longer than the lock timeout.
     DekerClientError
         If the client is closed, now or when the delayed write is computed.
+    DekerReadOnlyError
+        If the client is read-only (nothing is built, nothing written).
     """
     tgt = resolve(target)
     tgt.check()
+    tgt.obj._ctx.check_writable(f"store into {tgt.obj!r}")  # before any task is built
     tgt.obj._ctx.ensure_storage_id()  # the tasks prove they see this storage (a 1.1.7 one gets an id now)
     src = _source(source, tgt)
     token = uuid.uuid4().hex

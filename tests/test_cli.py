@@ -296,3 +296,17 @@ def test_python_m_deker_and_the_117_fixture(legacy_storage: Path, tmp_path: Path
     doc = json.loads(result.stdout)
     assert doc["ok"] is True and doc["files_checked"] == 28 and len(doc["collections"]) == 6
     assert result.stderr == ""
+
+
+def test_read_only_commands_change_nothing(storage: Path) -> None:
+    """Issue 17: with --read-only (chosen by itself on a storage it cannot write) nothing changes."""
+    from storage_helpers.read_only_child import run_cli, snapshot
+
+    before = snapshot(storage)
+    where = str(storage)
+    for args in (["ls", where], ["info", where, "grid"], ["size", where], ["locks", where, "--all"]):
+        assert run_cli(*args, read_only=True)[0] == 0
+    assert run_cli("check", where, "--level", "4", "--no-progress", read_only=True)[0] == 0
+    code, text = run_cli("locks", where, "--clear", read_only=True)
+    assert code == 3 and "Cannot clear locks" in text and "read-only (read_only=True)" in text
+    assert snapshot(storage) == before

@@ -80,6 +80,31 @@ def test_bad_uri(uri: object, says: str, tmp_path: Path, monkeypatch: pytest.Mon
     assert list(tmp_path.iterdir()) == []  # nothing was created
 
 
+def test_read_only_client_creates_no_storage_and_says_why(tmp_path: Path) -> None:
+    """Issue 17: ``read_only=True`` never creates a storage; the attributes tell the mode and why."""
+    from deker.errors import DekerReadOnlyError
+
+    missing = tmp_path / "missing"
+    with pytest.raises(DekerClientError, match="a read-only client creates nothing"):
+        Client(missing.as_uri(), read_only=True)
+    assert not missing.exists()
+    with Client((tmp_path / "st").as_uri()) as writer:
+        assert writer.read_only is False and writer.read_only_reason is None
+    (tmp_path / "st" / "collections" / STORAGE_ID_FILE).unlink()  # a storage of deker 1.1.7
+    with Client((tmp_path / "st").as_uri(), read_only=True) as reader:
+        assert reader.read_only is True and reader.read_only_reason == "read_only=True"
+        assert "read-only" in repr(reader)
+        with pytest.raises(
+            DekerReadOnlyError, match=r"Cannot create collection c: .* is read-only \(read_only=True\)"
+        ):
+            reader.create_collection("c", schema())
+        with pytest.raises(PermissionError):
+            reader.clear_locks()
+    assert sorted(os.listdir(tmp_path / "st" / "collections")) == []  # no identity file, no lock
+    with pytest.raises(DekerValidationError, match="'read_only' must be a bool"):
+        Client((tmp_path / "st").as_uri(), read_only="yes")  # type: ignore[arg-type]
+
+
 def test_create_false_refuses_a_missing_storage(tmp_path: Path) -> None:
     typo = tmp_path / "stroage"
     with pytest.raises(DekerClientError, match=f"No deker storage at {typo}: it has no 'collections'"):

@@ -45,6 +45,7 @@ def test_settings_are_a_frozen_picklable_value() -> None:
         "locks",
         "memory_limit",
         "skip_collection_create_memory_check",
+        "read_only_reason",
     ]
     with pytest.raises(dataclasses.FrozenInstanceError):
         SETTINGS.root = "/elsewhere"  # type: ignore[misc]
@@ -53,6 +54,21 @@ def test_settings_are_a_frozen_picklable_value() -> None:
     assert dataclasses.replace(SETTINGS, memory_limit=1) != SETTINGS
     back = pickle.loads(pickle.dumps(SETTINGS))
     assert back == SETTINGS and type(back.locks) is LockSettings
+
+
+def test_a_read_only_context_refuses_writes_and_makes_no_identity(tmp_path: Path) -> None:
+    """Issue 17: the read-only choice is in the settings (it travels with them to tasks)."""
+    from deker.errors import DekerReadOnlyError
+
+    settings = ContextSettings(
+        str(tmp_path), LockSettings(read_only=True), 1 << 30, read_only_reason="a reason"
+    )
+    ctx = StorageContext(pickle.loads(pickle.dumps(settings)))
+    assert ctx.read_only and ctx.settings.locks.read_only
+    with pytest.raises(DekerReadOnlyError, match=r"Cannot write x: .* is read-only \(a reason\)"):
+        ctx.check_writable("write x")
+    assert ctx.ensure_storage_id() is None and list(tmp_path.iterdir()) == []
+    StorageContext(SETTINGS).check_writable("write x")  # writable: nothing raised
 
 
 def test_context_exposes_its_settings() -> None:

@@ -48,6 +48,7 @@ from deker.errors import (
     DekerLockError,
     DekerMemoryError,
     DekerMetaDataError,
+    DekerReadOnlyError,
     DekerShapeError,
     DekerStorageError,
     DekerSubsetError,
@@ -83,6 +84,7 @@ DOCUMENTED_BASES: dict[type[BaseException], tuple[type[BaseException], ...]] = {
     DekerInvalidManagerCallError: (DekerBaseApplicationError, AttributeError),
     DekerMemoryError: (DekerBaseApplicationError, MemoryError),
     DekerStorageError: (DekerBaseApplicationError,),
+    DekerReadOnlyError: (DekerStorageError, PermissionError, OSError),
     DekerBrokenSymlinkError: (DekerStorageError,),
     DekerExceptionGroup: (DekerBaseApplicationError,),
     DekerTaskError: (DekerBaseApplicationError,),
@@ -139,6 +141,7 @@ def test_builtin_handlers_catch_the_deker_leaves() -> None:
         (DekerClientError("Client is closed"), RuntimeError),
         (DekerMetaDataError("bad meta"), ValueError),
         (DekerFilterError("unknown attribute"), ValueError),
+        (DekerReadOnlyError("Cannot update x: the client is read-only"), PermissionError),
     ]
     for exc, builtin in cases:
         with pytest.raises(builtin, match=str(exc).split()[0]):

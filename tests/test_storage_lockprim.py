@@ -8,6 +8,8 @@ Each protocol test runs with both primitives (``flock`` and ``posix``, set throu
 from __future__ import annotations
 
 import errno
+import fcntl
+import gc
 import os
 import threading
 from collections.abc import Iterator
@@ -47,6 +49,7 @@ def make_array(tmp_path: Path) -> tuple[Path, str]:
 
 
 def open_fds() -> int:
+    gc.collect()  # objects of earlier tests that close descriptors when collected (not test order)
     return len(os.listdir("/proc/self/fd"))
 
 
@@ -285,3 +288,19 @@ def test_an_attached_hold_goes_with_its_owner(tmp_path: Path, prim: str) -> None
     late = lockprim.hold_new(new)
     lockprim.attach(owner, late)  # the owner is gone: released at once
     assert not seen_locked(new)
+
+
+def test_a_readonly_hold_opens_read_only_and_creates_nothing(tmp_path: Path, prim: str) -> None:
+    """Issue 17: ``readonly=True`` (a read-only storage) opens O_RDONLY and never creates the file."""
+    missing = tmp_path / "missing.lock"
+    with pytest.raises(FileNotFoundError):
+        lockprim.hold(missing, False, create=True, readonly=True)
+    assert not missing.exists()
+    path = tmp_path / "mutex"
+    path.touch()
+    held = lockprim.hold(path, False, readonly=True)
+    assert held is not None and seen_locked(path) and not seen_locked(path, exclusive=False)
+    flags = fcntl.fcntl(held.fd, fcntl.F_GETFL)
+    assert flags & os.O_ACCMODE == os.O_RDONLY
+    assert lockprim.hold(path, True) is None  # a writer is refused while the reader holds it
+    lockprim.release(held)

@@ -570,3 +570,51 @@ def test_varray_metadata_file_is_locked_when_no_hdf5(tmp_path: Path) -> None:
         meta.unlink()
     assert not meta.parent.exists()
     assert os.listdir(paths.data_dir("varray")) == []
+
+
+# --------------------------------------------------------------------------- read-only clients
+
+
+def test_read_only_reader_makes_no_file_and_waits_for_a_writer(tmp_path: Path) -> None:
+    """Issue 17: a read-only reader holds the existing mutex shared (opened O_RDONLY), makes nothing."""
+    from deker.storage import lockprim
+
+    data = tmp_path / "a.hdf5"
+    data.write_bytes(b"x")
+    ro = LockSettings(timeout=0, interval=0.01, read_only=True)
+    with locks.array_read_lock(tmp_path, "a", ro):  # no mutex: read without one, create none
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a.hdf5"]
+    mutex = locks.mutex_path(tmp_path, "a")
+    mutex.touch()
+    mutex.chmod(0o444)  # (root writes it anyway: the lock must not need a writable open)
+    with locks.array_read_lock(tmp_path, "a", ro):
+        assert seen_locked(mutex, exclusive=True) and not seen_locked(mutex, exclusive=False)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a.hdf5", "a.lock"]  # no read marker
+    writer = lockprim.hold(mutex, True)
+    assert writer is not None
+    try:
+        with pytest.raises(DekerLockError), locks.array_read_lock(tmp_path, "a", ro):
+            pass  # a writer holds the mutex: the reader waits (here: gives up at once)
+    finally:
+        lockprim.release(writer)
+    busy = locks.array_write_lock(tmp_path, "a", LockSettings(timeout=0))
+    with locks.array_read_lock(tmp_path, "a", ro), pytest.raises(DekerLockError, match="write lock"):
+        busy.__enter__()  # and a deker writer waits for the reader
+
+
+def test_read_only_settings_refuse_every_write_lock_before_touching_anything(tmp_path: Path) -> None:
+    from deker.errors import DekerReadOnlyError
+
+    (tmp_path / "a.hdf5").write_bytes(b"x")
+    ro = LockSettings(timeout=0, read_only=True)
+    attempts = [
+        lambda: locks.array_write_lock(tmp_path, "a", ro).__enter__(),
+        lambda: locks.VArrayWriteLock(ro, locks.new_token()),
+        lambda: locks.tile_write_guard(tmp_path, "a", locks.new_token(), ro).__enter__(),
+        lambda: locks.creation_lock(tmp_path / "new", "key", ro).__enter__(),
+        lambda: locks.collection_lock(tmp_path / "collections", "c", ro).__enter__(),
+    ]
+    for attempt in attempts:
+        with pytest.raises(DekerReadOnlyError, match="read-only"):
+            attempt()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.hdf5"]

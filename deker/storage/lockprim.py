@@ -239,7 +239,7 @@ def _take(reg: _Registry, fd: int, exclusive: bool) -> Hold | None:
     return Hold(key, fd, exclusive, entry.serial)
 
 
-def hold(path: Path, exclusive: bool, *, create: bool = False) -> Hold | None:
+def hold(path: Path, exclusive: bool, *, create: bool = False, readonly: bool = False) -> Hold | None:
     """Try once to lock ``path`` (exclusive or shared) for the calling holder.
 
     Holders in this process exclude each other like other processes do, whatever the kernel
@@ -253,6 +253,8 @@ def hold(path: Path, exclusive: bool, *, create: bool = False) -> Hold | None:
         Exclusive (writer) or shared (reader) lock.
     create : bool, default False
         Create the file if missing.
+    readonly : bool, default False
+        Open the file ``O_RDONLY`` (a read-only storage; a shared lock only, never ``create``).
 
     Returns
     -------
@@ -275,7 +277,7 @@ def hold(path: Path, exclusive: bool, *, create: bool = False) -> Hold | None:
                     return None
                 entry.count += 1
                 return Hold(key, entry.fd, False, entry.serial)
-        return _take(reg, _open(path, create, False), exclusive)
+        return _take(reg, _open(path, create and not readonly, readonly), exclusive)
 
 
 def hold_new(path: Path) -> Hold:

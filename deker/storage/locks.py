@@ -50,6 +50,8 @@ depends on pids or thread ids (they only appear in names for humans and for 1.1.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import fcntl
 import hashlib
 import logging
@@ -64,7 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from deker.errors import DekerLockError, DekerStorageError, DekerValidationError
+from deker.errors import DekerLockError, DekerReadOnlyError, DekerStorageError, DekerValidationError
 from deker.storage import lockprim
 from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, ensure_dir, id_dir_parts, remove_empty_parents
 from deker.storage.lockinfo import (
@@ -98,6 +100,7 @@ __all__ = [
     "fence_path",
     "mutex_path",
     "new_token",
+    "refuse_read_only",
     "tile_read_guard",
     "tile_write_guard",
 ]
@@ -132,17 +135,42 @@ class LockSettings:
     interval : float
         Longest pause between two attempts (attempts start about 1 ms apart and back off
         exponentially up to ``interval``).
+    read_only : bool
+        Lock as a reader of a storage it may not write (see :func:`array_read_lock`): no file
+        is created, changed or removed, and every write lock is refused with
+        :class:`DekerReadOnlyError`.  It travels with the settings to the tasks of other processes.
 
     """
 
     timeout: float = 60.0
     interval: float = 1.0
+    read_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.timeout >= 0:
             raise DekerValidationError(f"Lock timeout must be >= 0 seconds, got {self.timeout!r}")
         if not self.interval > 0:
             raise DekerValidationError(f"Lock check interval must be > 0 seconds, got {self.interval!r}")
+
+
+def refuse_read_only(settings: LockSettings, what: str) -> None:
+    """Raise :class:`DekerReadOnlyError` if ``settings`` are those of a read-only client.
+
+    Parameters
+    ----------
+    settings : LockSettings
+        The lock settings of the operation.
+    what : str
+        What was asked (for the message), e.g. ``"write array 1234"``.
+
+    Raises
+    ------
+    DekerReadOnlyError
+        If ``settings.read_only``; nothing was touched.
+
+    """
+    if settings.read_only:
+        raise DekerReadOnlyError(f"Cannot {what}: the client is read-only; nothing was changed")
 
 
 def new_token() -> str:
@@ -396,14 +424,21 @@ _FENCE_HOLDER = "a tile task of an earlier VArray operation (its coordinator may
 
 
 def _hold_waiting(
-    path: Path, exclusive: bool, waiter: _Waiter, what: str, holder: str, *, create: bool = False
+    path: Path,
+    exclusive: bool,
+    waiter: _Waiter,
+    what: str,
+    holder: str,
+    *,
+    create: bool = False,
+    readonly: bool = False,
 ) -> lockprim.Hold:
     """Hold ``path`` through the lock registry, waiting up to the waiter's deadline."""
-    held = lockprim.hold(path, exclusive, create=create)
+    held = lockprim.hold(path, exclusive, create=create, readonly=readonly)
     while held is None:
         if not waiter.sleep():
             raise _timeout(what, path, holder, waiter.settings)
-        held = lockprim.hold(path, exclusive, create=create)
+        held = lockprim.hold(path, exclusive, create=create, readonly=readonly)
     return held
 
 
@@ -420,8 +455,9 @@ def _pass_fence(
     (:mod:`deker.storage.lockprim`), whatever the kernel primitive.
     """
     path = fence_path(main_dir, array_id)
+    readonly = waiter.settings.read_only  # (then shared and not create: a reader)
     try:
-        held = _hold_waiting(path, not shared, waiter, what, _FENCE_HOLDER, create=create)
+        held = _hold_waiting(path, not shared, waiter, what, _FENCE_HOLDER, create=create, readonly=readonly)
     except FileNotFoundError:
         if create:
             raise
@@ -445,7 +481,9 @@ def array_read_lock(
     """Hold the read lock of one array (shared with other readers, exclusive of writers).
 
     Waits (up to ``settings.timeout``) for writers, for VArray writes holding the array and
-    for deker 1.1.7 writers; leaves a read marker that deker 1.1.7 writers wait for.
+    for deker 1.1.7 writers; leaves a read marker that deker 1.1.7 writers wait for.  With
+    ``settings.read_only``, or where the lock files cannot be made (``EROFS``, ``EACCES``),
+    it creates nothing: a shared lock on the existing mutex opened ``O_RDONLY``, no marker.
 
     Parameters
     ----------
@@ -472,27 +510,86 @@ def array_read_lock(
         If the lock could not be taken in time (nothing stays locked).
 
     """
+    if not settings.read_only:
+        stack = contextlib.ExitStack()
+        try:
+            _take_read_lock(stack, main_dir, array_id, settings, ext)
+        except OSError as exc:
+            stack.close()
+            if exc.errno not in _UNWRITABLE:
+                raise
+            # This directory may not be written (read permission only below a writable root,
+            # a read-only mount made after the client opened): read as a read-only reader.
+            logger.debug("cannot make the read lock of %s (%s): locking read-only", array_id, exc)
+            settings = dataclasses.replace(settings, read_only=True)
+        else:
+            with stack:
+                yield
+            return
+    with _read_only_read_lock(main_dir, array_id, settings, ext):
+        yield
+
+
+_UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _take_read_lock(
+    stack: contextlib.ExitStack, main_dir: Path, array_id: str, settings: LockSettings, ext: str | None
+) -> None:
+    """Take the read lock of a reader that may write lock files; ``stack`` releases it."""
     data = _object_file(main_dir, array_id, ext)
     _require(data)
     what = f"Array {array_id} read lock"
     waiter = _Waiter(settings)
+    stack.callback(_unlock_close, _acquire_file(mutex_path(main_dir, array_id), fcntl.LOCK_SH, waiter, what))
+    _require(data)
+    marker = main_dir / (
+        f"{array_id}:{OWN_READ_PREFIX}{uuid.uuid4().hex}:{os.getpid()}:{threading.get_native_id()}"
+        f"{READ_LOCK_EXT}"
+    )
+    while True:
+        marker_held = _create_marker(marker)
+        if not _held_by_someone(data):  # no deker 1.1.7 writer / VArray write holds the file
+            break
+        _drop_marker(marker, marker_held)
+        if not waiter.sleep():
+            raise _timeout(what, data, "a deker 1.1.7 writer (exclusive flock)", settings)
+    stack.callback(_drop_marker, marker, marker_held)
+    _pass_fence(main_dir, array_id, waiter, what, shared=True)
+
+
+@contextlib.contextmanager
+def _read_only_read_lock(
+    main_dir: Path, array_id: str, settings: LockSettings, ext: str | None
+) -> Iterator[None]:
+    """Hold the read lock of a reader that may not write: the best it can take, making no file.
+
+    A shared lock on the array mutex opened ``O_RDONLY`` when it exists (so deker writers
+    wait for this reader, and it waits for them); without a mutex nobody wrote the array
+    with deker's locks, and the read goes on without one.  No read marker can be made, so
+    deker 1.1.7 writers do not wait for this reader; it only waits while one holds the data
+    file.  The fence is passed like any reader does, opened ``O_RDONLY``.  Nothing is
+    created, changed or removed.
+    """
+    data = _object_file(main_dir, array_id, ext)
+    _require(data)
+    what = f"Array {array_id} read lock (read-only)"
+    waiter = _Waiter(settings)
+    path = mutex_path(main_dir, array_id)
     with contextlib.ExitStack() as stack:
-        stack.callback(
-            _unlock_close, _acquire_file(mutex_path(main_dir, array_id), fcntl.LOCK_SH, waiter, what)
-        )
-        _require(data)
-        marker = main_dir / (
-            f"{array_id}:{OWN_READ_PREFIX}{uuid.uuid4().hex}:{os.getpid()}:{threading.get_native_id()}"
-            f"{READ_LOCK_EXT}"
-        )
         while True:
-            marker_held = _create_marker(marker)
-            if not _held_by_someone(data):  # no deker 1.1.7 writer / VArray write holds the file
+            try:
+                held = _hold_waiting(path, False, waiter, what, "a deker writer", readonly=True)
+            except FileNotFoundError:  # no mutex: read without it (nothing may be created)
                 break
-            _drop_marker(marker, marker_held)
+            if lockprim.same_file(held, path):
+                stack.callback(_unlock_close, held)
+                break
+            _unlock_close(held)  # replaced or unlinked meanwhile: take the current one
+        _require(data)
+        while _held_by_someone(data):  # a deker 1.1.7 writer (or a VArray write) holds the file
             if not waiter.sleep():
                 raise _timeout(what, data, "a deker 1.1.7 writer (exclusive flock)", settings)
-        stack.callback(_drop_marker, marker, marker_held)
         _pass_fence(main_dir, array_id, waiter, what, shared=True)
         yield
 
@@ -531,6 +628,7 @@ def array_write_lock(
         If the lock could not be taken in time (nothing stays locked).
 
     """
+    refuse_read_only(settings, f"write array {array_id}")
     data = _object_file(main_dir, array_id, ext)
     _require(data)
     what = f"Array {array_id} write lock"
@@ -573,6 +671,7 @@ class VArrayWriteLock:
 
     def __init__(self, settings: LockSettings, token: str) -> None:
         _check_token(token)
+        refuse_read_only(settings, "write a VArray")
         self.settings = settings
         self.token = token
         self._held: dict[tuple[Path, str], contextlib.ExitStack] = {}
@@ -834,6 +933,7 @@ def tile_write_guard(
 
     """
     _check_token(token)
+    refuse_read_only(settings or LockSettings(), f"write tile {tile_id}")
     waiter = _Waiter(settings or LockSettings())
     path = fence_path(main_dir, tile_id)
     what = f"Tile {tile_id} fence"
@@ -918,6 +1018,7 @@ def creation_lock(lock_dir: Path, key: str, settings: LockSettings) -> Iterator[
         If another creator held it until the deadline.
 
     """
+    refuse_read_only(settings, f"create {key!r}")
     path = lock_dir / f"{hashlib.md5(key.encode(), usedforsecurity=False).hexdigest()}{CREATION_LOCK_EXT}"
     waiter = _Waiter(settings)
     what = f"Creation lock for {key!r}"
@@ -961,6 +1062,7 @@ def collection_lock(collections_root: Path, name: str, settings: LockSettings) -
         If another process held it until the deadline.
 
     """
+    refuse_read_only(settings, f"change collection {name}")
     collections_root.mkdir(parents=True, exist_ok=True)
     path = collections_root / f"{name}{LOCK_EXT}"
     held = _acquire_file(path, fcntl.LOCK_EX, _Waiter(settings), f"Collection {name} lock", "another client")

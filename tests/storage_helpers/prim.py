@@ -101,8 +101,10 @@ def refusals_of(path: Path, monkeypatch: Any) -> threading.Event:
     refused = threading.Event()
     real = lockprim.hold
 
-    def watching(target: Path, exclusive: bool, *, create: bool = False) -> lockprim.Hold | None:
-        held = real(target, exclusive, create=create)
+    def watching(
+        target: Path, exclusive: bool, *, create: bool = False, readonly: bool = False
+    ) -> lockprim.Hold | None:
+        held = real(target, exclusive, create=create, readonly=readonly)
         if held is None and Path(target) == path:
             refused.set()
         return held
