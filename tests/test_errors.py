@@ -113,7 +113,7 @@ def test_all_names_every_exception_class_and_nothing_else() -> None:
         if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == "deker.errors"
     }
     assert set(errors.__all__) == defined
-    assert len(errors.__all__) == len(set(errors.__all__)) == 26
+    assert len(errors.__all__) == len(set(errors.__all__)) == 27
     assert {getattr(errors, n) for n in errors.__all__} == set(DOCUMENTED_BASES)
 
 
