@@ -261,12 +261,12 @@ def _check_decoders(decoders: Mapping[str, Any]) -> None:
     unknown = sorted(set(decoders) - DECODERS)
     if unknown:
         raise DekerValidationError(
-            f"engine='deker' takes no option {', '.join(map(repr, unknown))}: it takes group=, filter= "
-            "and drop_variables= (and ignores xarray's decoding options)"
+            f"engine='deker' takes no option {', '.join(map(repr, unknown))}: it takes group=, filter=, "
+            "read_only= and drop_variables= (and ignores xarray's decoding options)"
         )
 
 
-def _open_client(filename_or_obj: Any) -> Client:
+def _open_client(filename_or_obj: Any, read_only: bool = False) -> Client:
     uri = storage_uri(filename_or_obj)
     if uri is None:
         raise DekerValidationError(
@@ -276,7 +276,10 @@ def _open_client(filename_or_obj: Any) -> Client:
     # (a Client sets the level of the deker loggers: keep the one the application chose)
     level = logging.getLevelName(logging.getLogger("deker").level)
     return Client(
-        uri, create=False, loglevel=level if isinstance(level, str) and " " not in level else "NOTSET"
+        uri,
+        create=False,
+        read_only=read_only,
+        loglevel=level if isinstance(level, str) and " " not in level else "NOTSET",
     )
 
 
@@ -307,7 +310,7 @@ class DekerBackendEntrypoint(BackendEntrypoint):  # type: ignore[misc]
     """
 
     description = "Open collections of a deker storage (file:///path URIs) as lazy Datasets"
-    open_dataset_parameters = ("filename_or_obj", "drop_variables", "group", "filter")
+    open_dataset_parameters = ("filename_or_obj", "drop_variables", "group", "filter", "read_only")
     supports_groups = True
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
@@ -325,6 +328,7 @@ class DekerBackendEntrypoint(BackendEntrypoint):  # type: ignore[misc]
         drop_variables: str | Iterable[str] | None = None,
         group: str | None = None,
         filter: Mapping[str, Any] | None = None,
+        read_only: bool = False,
         **decoders: Any,
     ) -> Any:
         """Open one collection (``group``) of a storage lazily.
@@ -339,6 +343,10 @@ class DekerBackendEntrypoint(BackendEntrypoint):  # type: ignore[misc]
             The collection name.
         filter : dict, optional
             Open the one array it finds (``{"id": ...}`` or every primary attribute).
+        read_only : bool, default False
+            Open the storage read-only (``Client(..., read_only=True)``): nothing is created,
+            changed or deleted, no read marker is placed.  A storage that cannot be written
+            (read-only mount, read permission only) is opened that way anyway.
         **decoders
             xarray's CF decoding options (``decode_times``, ``mask_and_scale``...): accepted
             and ignored, deker data is already decoded.
@@ -360,7 +368,7 @@ class DekerBackendEntrypoint(BackendEntrypoint):  # type: ignore[misc]
             If ``filter`` finds nothing.
         """
         _check_decoders(decoders)
-        client = _open_client(filename_or_obj)
+        client = _open_client(filename_or_obj, read_only)
         try:
             ds = collection_dataset(_get(client, group), filter)
         except BaseException:
@@ -376,6 +384,7 @@ class DekerBackendEntrypoint(BackendEntrypoint):  # type: ignore[misc]
         *,
         drop_variables: str | Iterable[str] | None = None,
         group: str | None = None,
+        read_only: bool = False,
         **decoders: Any,
     ) -> dict[str, Any]:
         """Return ``{"/": empty Dataset, "/<collection>": Dataset, ...}`` for every collection (lazy).
@@ -383,7 +392,7 @@ class DekerBackendEntrypoint(BackendEntrypoint):  # type: ignore[misc]
         With ``group="<collection>"``, ``{"/": that collection's Dataset}``.
         """
         _check_decoders(decoders)
-        client = _open_client(filename_or_obj)
+        client = _open_client(filename_or_obj, read_only)
         groups = _groups(client, drop_variables, group)
         for ds in groups.values():
             ds.set_close(client.close)
@@ -395,6 +404,7 @@ class DekerBackendEntrypoint(BackendEntrypoint):  # type: ignore[misc]
         *,
         drop_variables: str | Iterable[str] | None = None,
         group: str | None = None,
+        read_only: bool = False,
         **decoders: Any,
     ) -> Any:
         """Return a :class:`xarray.DataTree` with one child node per collection (lazy).
@@ -403,7 +413,7 @@ class DekerBackendEntrypoint(BackendEntrypoint):  # type: ignore[misc]
         closes the client it opened.
         """
         _check_decoders(decoders)
-        client = _open_client(filename_or_obj)
+        client = _open_client(filename_or_obj, read_only)
         tree = xarray.DataTree.from_dict(_groups(client, drop_variables, group))
         tree.set_close(client.close)
         return tree

@@ -76,6 +76,8 @@ def _check(result: dict[str, Any], storage: Path, before: dict[str, Any], *, rea
     )
     assert result["dask"]["xarray"] == float(np.sum(child.expected()["varray"]))
     assert result["xarray"] == float(np.sum(child.expected()["first"]))
+    assert result["backend"] == float(np.sum(child.expected()["varray"]))  # engine="deker"
+    assert result["backend_one"] == float(np.sum(child.expected()["first"]))
     assert result["attributes"] == {"note": "first"}
     assert set(result["check"]) <= {"interrupted-write"}  # reported (once old enough), never repaired
     assert result["locks"] == ["array mutex", "collection lock", "tile fence"]

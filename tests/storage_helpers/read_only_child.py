@@ -160,6 +160,13 @@ def exercise(uri: str, *, read_only: bool = False, scheduler: Any = "processes")
     result["describe"] = str(first[1:3, 2].describe())
     result["xarray"] = float(first[:].read_xarray().sum())
     result["attributes"] = first.custom_attributes
+    import xarray as xr
+
+    opened = {"read_only": True} if read_only else {}
+    with xr.open_dataset(uri, engine="deker", group="grid", chunks={}, **opened) as ds:
+        result["backend"] = float(ds["grid"].sum().compute(scheduler=scheduler))
+    with xr.open_dataset(uri, engine="deker", group="plain", filter={"k": 1}, **opened) as ds:
+        result["backend_one"] = float(ds["plain"].sum())
     result["dask"] = {
         "varray": deker_dask.to_dask(varray).compute(scheduler=scheduler).tolist(),
         "collection": float(deker_dask.from_collection(plain).sum().compute(scheduler=scheduler)),
