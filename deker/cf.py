@@ -46,7 +46,9 @@ __all__ = [
     "attribute_value",
     "collection_layout",
     "coordinate_values",
+    "data_array",
     "dimension_coordinate",
+    "import_xarray",
     "stacking_order",
     "time_encoding",
     "to_variables",
@@ -323,6 +325,55 @@ def _sortable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return (0, tuple(_sortable(v) for v in value))
     return (0, value)
+
+
+def import_xarray() -> Any:
+    """Import and return xarray, or raise an ImportError that says how to install it.
+
+    Returns
+    -------
+    module
+        The ``xarray`` module.
+
+    Raises
+    ------
+    ImportError
+        If xarray is not installed.
+    """
+    try:
+        import xarray
+    except ImportError as exc:
+        raise ImportError(
+            "No module named 'xarray' found: install it with `pip install xarray` or "
+            "`pip install 'deker[xarray]'`"
+        ) from exc
+    return xarray
+
+
+def data_array(xarray: Any, data: Any, layout: Layout) -> Any:
+    """Return the CF-form ``xarray.DataArray`` of ``data`` (numpy or dask) laid out by ``layout``.
+
+    Parameters
+    ----------
+    xarray : module
+        The xarray module (see :func:`import_xarray`).
+    data : array-like
+        The values, shaped like ``layout.dims``.
+    layout : Layout
+        Its dimensions, coordinates, name and attributes.
+
+    Returns
+    -------
+    xarray.DataArray
+        The labelled array.
+    """
+    return xarray.DataArray(
+        data,
+        coords=to_variables(xarray, layout.coords),
+        dims=layout.dims,
+        name=layout.name,
+        attrs=layout.attrs,
+    )
 
 
 def to_variables(xarray: Any, coords: Mapping[str, Coordinate]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deker.cf import array_layout, to_variables
+from deker.cf import array_layout, data_array, import_xarray
 from deker.errors import (
     DekerArrayError,
     DekerArrayTypeError,
@@ -242,13 +242,7 @@ class _SubsetBase:
         DekerSubsetError
             If the subset is a single cell.
         """
-        try:
-            import xarray
-        except ImportError as exc:
-            raise ImportError(
-                "No module named 'xarray' found: install it with `pip install xarray` or "
-                "`pip install 'deker[xarray]'`"
-            ) from exc
+        xarray = import_xarray()
         if self.shape == ():
             raise DekerSubsetError(f"Cannot convert a scalar deker.{self._kind} to xarray.DataArray")
         description = self.describe()
@@ -257,15 +251,9 @@ class _SubsetBase:
         data = np.asarray(self.read()).reshape(full_shape)
         if cf:
             layout = array_layout(self._array, self.bounds)
-            return xarray.DataArray(
-                data,
-                coords=to_variables(xarray, layout.coords),
-                dims=layout.dims,
-                name=layout.name,
-                attrs=layout.attrs,
-            )
+            return data_array(xarray, data, layout)  # type: ignore[no-any-return]
         kind = "VArray" if self._kind == "VSubset" else "Array"
-        return xarray.DataArray(
+        return xarray.DataArray(  # type: ignore[no-any-return]
             data,
             coords={
                 name: np.asarray(values)

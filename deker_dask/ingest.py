@@ -44,6 +44,7 @@ import numpy as np
 
 from deker.arrays import Array, VArray
 from deker.attributes import process_attributes
+from deker.cf import import_xarray
 from deker.collection import Collection
 from deker.dimensions import SCALE_REL_TOLERANCE, Dimension, TimeDimension, build_dimensions
 from deker.dtypes import ARRAY_DTYPES
@@ -68,20 +69,9 @@ _MAX_STEP_DIGITS = 17  # a float64 is always given back by 17 significant digits
 # ----------------------------------------------------------------------------- the object
 
 
-def _xarray() -> Any:
-    try:
-        import xarray
-    except ImportError as exc:
-        raise ImportError(
-            "No module named 'xarray' found: install it with `pip install xarray` or "
-            "`pip install 'deker[xarray]'`"
-        ) from exc
-    return xarray
-
-
 def _data_array(obj: Any) -> Any:
     """Return the DataArray of ``obj`` (a DataArray, or the data variable of a one-variable Dataset)."""
-    xr = _xarray()
+    xr = import_xarray()
     if isinstance(obj, xr.DataArray):
         return obj
     if isinstance(obj, xr.Dataset):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from deker.cf import array_layout, collection_layout, to_variables
+from deker.cf import array_layout, collection_layout, data_array, import_xarray
 from deker.collection import Collection
 from deker.errors import DekerSubsetError, DekerValidationError
 from deker.schemas import TimeDimensionSchema
@@ -30,17 +30,6 @@ from deker_dask.handles import collection_items
 __all__ = ["to_xarray"]
 
 logger = logging.getLogger(__name__)
-
-
-def _xarray() -> Any:
-    try:
-        import xarray
-    except ImportError as exc:
-        raise ImportError(
-            "No module named 'xarray' found: install it with `pip install xarray` or "
-            "`pip install 'deker[xarray]'`"
-        ) from exc
-    return xarray
 
 
 def _as_datetime64(value: datetime) -> np.datetime64:
@@ -77,7 +66,7 @@ def _describe(obj: Any, bounds: Sequence[int | slice]) -> dict[str, list[Any]]:
 
 
 def _single(obj: Any, tiles_per_chunk: Any, chunks: Any, name: Any, cf: bool) -> Any:
-    xarray = _xarray()
+    xarray = import_xarray()
     data, target = build_keepdims(obj, tiles_per_chunk, chunks, name)
     if target.shape == ():
         kind = "VSubset" if target.is_varray else "Subset"
@@ -85,13 +74,7 @@ def _single(obj: Any, tiles_per_chunk: Any, chunks: Any, name: Any, cf: bool) ->
     owner = target.obj
     if cf:
         layout = array_layout(owner, target.bounds)
-        return xarray.DataArray(
-            data,
-            coords=to_variables(xarray, layout.coords),
-            dims=layout.dims,
-            name=layout.name,
-            attrs=layout.attrs,
-        )
+        return data_array(xarray, data, layout)
     description = _describe(owner, target.bounds)
     kind = "VArray" if target.is_varray else "Array"
     sub = "VSubset" if target.is_varray else "Subset"
@@ -109,18 +92,12 @@ def _single(obj: Any, tiles_per_chunk: Any, chunks: Any, name: Any, cf: bool) ->
 
 
 def _collection(collection: Collection, options: dict[str, Any], cf: bool) -> Any:
-    xarray = _xarray()
+    xarray = import_xarray()
     items = collection_items(collection)
     data = stack(collection, items, **options)
     if cf:
         layout = collection_layout(collection, items)
-        return xarray.DataArray(
-            data,
-            coords=to_variables(xarray, layout.coords),
-            dims=layout.dims,
-            name=layout.name,
-            attrs=layout.attrs,
-        )
+        return data_array(xarray, data, layout)
     schema = collection.varray_schema or collection.array_schema
     primary = [a.name for a in schema.attributes if a.primary]
     lead = primary[0] if len(primary) == 1 else "array"
