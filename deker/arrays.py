@@ -33,6 +33,7 @@ from deker.store import (
     create_tile_with,
     delete_record,
     file_spec,
+    pass_tile_creations,
     read_record,
     tile_ids,
     write_varray_meta,
@@ -429,23 +430,40 @@ class VArray(_BaseArray):
         self._ctx.check_writable(f"delete {self!r}")
         self._check_exists()
         tiles = sorted(self._tile_ids().items())
-        token = new_token()
-        if tiles:
-            with storage_errors(self._main_file), VArrayWriteLock(self._ctx.locks, token) as lock:
-                missing = lock.acquire([(self._tile_spec(tid).main_dir, tid) for _, tid in tiles])
-                gone = {tid for _, tid in missing}  # deleted by a concurrent clear meanwhile
-                tiles = [(pos, tid) for pos, tid in tiles if tid not in gone]
-                full = tuple(slice(0, s) for s in self.arrays_shape)
-                calls = [(self._tile_spec(tid, pos), full, True, token) for pos, tid in tiles]
-                results = self._ctx.runner.run_all(
-                    clear_piece, calls, batch_size=self._batch_size(len(calls))
-                )
-            for (pos, tid), res in zip(tiles, results, strict=True):
-                if isinstance(res, BaseException):
-                    raise res
-                self._forget_tile(tid, pos)
+        self._delete_tiles(tiles)
         try:
             with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
                 delete_record(self._ctx.root, self._meta, "varray", self._id, self._components)
         except FileNotFoundError as exc:  # deleted by another handle meanwhile
             raise DekerInstanceNotExistsError(f"{self!r} was deleted") from exc
+        # A concurrent writer (an update, a partial clear, a deker_dask.store task) may have been
+        # creating a tile the listing above did not see yet.  Now that the record is gone no
+        # creation can begin (create_tile_with checks it under its lock): wait out those that
+        # began, then delete the tiles they made.
+        listed = {pos for pos, _ in tiles}
+        with storage_errors(self._main_file):
+            pass_tile_creations(
+                self._ctx.root,
+                self._meta,
+                self._id,
+                (p for p in np.ndindex(*self.vgrid) if p not in listed),
+                self._ctx.locks,
+            )
+        self._delete_tiles(sorted(self._tile_ids().items()))
+
+    def _delete_tiles(self, tiles: list[tuple[tuple[int, ...], str]]) -> None:
+        """Delete the tiles ``tiles`` (position, id), each under its write lock."""
+        if not tiles:
+            return
+        token = new_token()
+        with storage_errors(self._main_file), VArrayWriteLock(self._ctx.locks, token) as lock:
+            missing = lock.acquire([(self._tile_spec(tid).main_dir, tid) for _, tid in tiles])
+            gone = {tid for _, tid in missing}  # deleted by a concurrent clear meanwhile
+            tiles = [(pos, tid) for pos, tid in tiles if tid not in gone]
+            full = tuple(slice(0, s) for s in self.arrays_shape)
+            calls = [(self._tile_spec(tid, pos), full, True, token) for pos, tid in tiles]
+            results = self._ctx.runner.run_all(clear_piece, calls, batch_size=self._batch_size(len(calls)))
+        for (pos, tid), res in zip(tiles, results, strict=True):
+            if isinstance(res, BaseException):
+                raise res
+            self._forget_tile(tid, pos)

@@ -56,6 +56,7 @@ __all__ = [
     "array_schema_of",
     "create_array",
     "create_tile_with",
+    "pass_tile_creations",
     "create_varray",
     "delete_record",
     "file_spec",
@@ -428,6 +429,13 @@ def create_tile_with(
             if paths.main_file("array", tid).exists():
                 return tid, False
             _unlink(paths.symlink_file("array", components, tid))  # an interrupted creation or deletion
+        # Checked under the creation lock: a VArray.delete removes the record first and then
+        # passes every creation lock (pass_tile_creations), so no tile appears after it.
+        if not paths.main_file("varray", vid).exists():
+            raise DekerInstanceNotExistsError(
+                f"VArray {vid} does not exist in collection {meta.name} (it was deleted): "
+                "no tile is created for it"
+            )
         tid = str(uuid.uuid4())
         primary = {"vid": vid, "v_position": tuple(position)}
         custom = tile_custom_attributes(vschema, varray_values, position)
@@ -453,6 +461,36 @@ def create_tile_with(
                 _unlink(link)
                 raise
         return tid, data is not None
+
+
+def pass_tile_creations(
+    root: Path, meta: CollectionMeta, vid: str, positions: Iterable[tuple[int, ...]], locks: Any
+) -> None:
+    """Wait until no tile creation of VArray ``vid`` that began before now is still running.
+
+    Takes and drops the creation lock of each position.  Called by ``VArray.delete`` once the
+    VArray's record is gone: a creation that checked the record before then has ended when
+    this returns (and its tile can be listed and deleted), and every later one finds the
+    record missing under its lock and refuses (:func:`create_tile_with`).
+
+    Parameters
+    ----------
+    root : Path
+        The storage root.
+    meta : CollectionMeta
+        The collection metadata.
+    vid : str
+        The VArray id.
+    positions : iterable of tuple of int
+        The tile positions to pass (those without a tile when the deletion listed them).
+    locks : LockSettings
+        Lock timeout and polling interval.
+    """
+    paths = CollectionPaths(root, meta.name)
+    for position in positions:
+        components = (vid, "-".join(str(p) for p in position))
+        with creation_lock(paths.path, _key_lock_name("array", components), locks):
+            pass
 
 
 def json_dumps(value: Any) -> str:

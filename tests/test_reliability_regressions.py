@@ -16,10 +16,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deker import ArraySchema, AttributeSchema, Client, DimensionSchema, VArraySchema
+from deker import ArraySchema, AttributeSchema, Client, DimensionSchema, VArraySchema, arrays
 from deker.arrays import VArray
-from deker.errors import DekerFilterError, DekerMetaDataError, DekerStorageError, DekerValidationError
-from deker.storage import atomic
+from deker.errors import (
+    DekerFilterError,
+    DekerInstanceNotExistsError,
+    DekerMetaDataError,
+    DekerStorageError,
+    DekerValidationError,
+)
+from deker.storage import atomic, hdf5
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -352,3 +358,68 @@ def test_collection_name_that_makes_too_long_file_names_is_rejected(clients: Any
     again = one.get_collection("b" * 250)
     assert again is not None
     np.testing.assert_array_equal(next(iter(again))[:].read(), [0.0, 1.0])
+
+
+def test_a_tile_created_while_its_varray_is_deleted_is_deleted_too(
+    clients: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect (tests/dask/test_ingest.py::test_a_failed_write_deletes_the_new_array, after a
+    merge changed its timing): ``VArray.delete`` while another writer created a missing tile
+    left that tile behind, a file and a symlink of a VArray that no longer existed.  The
+    delete had listed the tiles before the creation published its file.  Fixed: a tile is
+    created only while the VArray's record exists (checked under the creation lock), and the
+    delete, once the record is gone, waits out the creations that began and deletes their
+    tiles.
+
+    Here update A creates tile (1, 1) and is held inside the creation (its file not yet
+    written) while client two deletes the VArray; A goes on once the delete has ended (old
+    code) or waits for A's creation (fixed code).
+    """
+    _root, one, two = clients
+    mine = one.get_collection("v").create({"name": "v"})
+    mine[:2, :2].update(np.ones((2, 2)))  # tile (0, 0) exists
+    theirs = two.get_collection("v").filter({"name": "v"}).last()
+    creating, go, ready = threading.Event(), threading.Event(), threading.Event()
+    real_create = hdf5.create_array_file
+    real_pass = getattr(arrays, "pass_tile_creations", None)  # (absent before the fix)
+
+    def create(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name == "A":
+            creating.set()
+            assert go.wait(20), "the delete never got to the creations"
+        return real_create(*args, **kwargs)
+
+    def passing(*args: Any, **kwargs: Any) -> Any:
+        ready.set()  # the delete is about to wait out the running creations
+        assert real_pass is not None
+        return real_pass(*args, **kwargs)
+
+    monkeypatch.setattr(hdf5, "create_array_file", create)
+    monkeypatch.setattr(arrays, "pass_tile_creations", passing, raising=False)  # (absent before the fix)
+    outcome: dict[str, Any] = {}
+
+    def run(name: str, action: Any) -> None:
+        try:
+            action()
+            outcome[name] = "ok"
+        except BaseException as exc:  # reported below
+            outcome[name] = exc
+        finally:
+            if name == "B":
+                ready.set()
+
+    a = threading.Thread(target=run, args=("A", lambda: mine[2:, 2:].update(np.full((2, 2), 7.0))), name="A")
+    a.start()
+    assert creating.wait(20)
+    b = threading.Thread(target=run, args=("B", theirs.delete), name="B")
+    b.start()
+    assert ready.wait(20)
+    go.set()
+    a.join(30)
+    b.join(30)
+    assert outcome["B"] == "ok", outcome
+    assert outcome["A"] == "ok" or isinstance(outcome["A"], DekerInstanceNotExistsError), outcome
+    collection = one.get_collection("v")
+    assert list(collection) == []
+    left = [p for p in collection.path.rglob("*") if p.is_file() and p.suffix == ".hdf5"]
+    assert left == [], f"tiles of a deleted VArray left behind: {left}"
