@@ -48,9 +48,21 @@ def make_array(tmp_path: Path) -> tuple[Path, str]:
     return main_file.parent, AID
 
 
-def open_fds() -> int:
+def open_fds(under: Path) -> int:
+    """Descriptors of this process open on files below ``under``.
+
+    Only the test's own directory counts: other threads of the process (a thread pool or a
+    Dask client left by an earlier test) open and close descriptors of their own at any time.
+    """
     gc.collect()  # objects of earlier tests that close descriptors when collected (not test order)
-    return len(os.listdir("/proc/self/fd"))
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed since it was listed
+            continue
+        count += target.startswith(f"{under}/")
+    return count
 
 
 def test_primitive_switch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,15 +95,16 @@ def test_posix_primitive_has_nfs_semantics(tmp_path: Path, prim: str) -> None:
 
 def test_holds_of_one_process_exclude_each_other(tmp_path: Path, prim: str) -> None:
     path = tmp_path / "mutex"
-    before = open_fds()
+    before = open_fds(tmp_path)
+    assert before == 0
     first = lockprim.hold(path, True, create=True)
-    assert first is not None and seen_locked(path)
+    assert first is not None and seen_locked(path) and open_fds(tmp_path) == 1
     assert lockprim.hold(path, True) is None and lockprim.hold(path, False) is None
     assert lockprim.probe(path) and lockprim.probe(path, True)
     assert seen_locked(path)  # the probes closed no descriptor of the locked file
     lockprim.release(first)
     lockprim.release(first)  # idempotent
-    assert not seen_locked(path) and open_fds() == before
+    assert not seen_locked(path) and open_fds(tmp_path) == before
     readers = [lockprim.hold(path, False), lockprim.hold(path, False)]
     assert all(r is not None for r in readers) and lockprim.hold(path, True) is None
     assert seen_locked(path) and not seen_locked(path, exclusive=False)
@@ -100,7 +113,7 @@ def test_holds_of_one_process_exclude_each_other(tmp_path: Path, prim: str) -> N
         assert r is not None
         lockprim.release(r)
     assert lockprim.probe(path, True) is False and lockprim.probe(tmp_path / "missing") is None
-    assert open_fds() == before
+    assert open_fds(tmp_path) == before
 
 
 def test_protocol_excludes_after_a_descriptor_of_the_data_file_is_closed(tmp_path: Path, prim: str) -> None:
