@@ -451,11 +451,13 @@ def test_public_names_and_constants() -> None:
         "MIN_BYTES",
         "SETTLED_NS",
         "contiguous_offset",
+        "file_stamp",
         "forget",
         "read_cached",
         "read_region_into",
         "read_templated",
         "remember",
+        "settled",
     ]
     assert rawio.MIN_BYTES == 64 * 1024
     assert rawio.SETTLED_NS == 1_000_000_000

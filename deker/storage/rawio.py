@@ -56,11 +56,13 @@ __all__ = [
     "MIN_BYTES",
     "SETTLED_NS",
     "contiguous_offset",
+    "file_stamp",
     "forget",
     "read_cached",
     "read_region_into",
     "read_templated",
     "remember",
+    "settled",
 ]
 
 logger = logging.getLogger(__name__)
@@ -329,7 +331,21 @@ _layouts: OrderedDict[str, _Layout] = OrderedDict()
 _layouts_lock = threading.Lock()
 
 
-def _stamp(st: os.stat_result) -> tuple[int, int, int, int, int]:
+def file_stamp(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """Return the change stamps of a file: device, inode, size, mtime and ctime (ns).
+
+    Parameters
+    ----------
+    st : os.stat_result
+        The file's status.
+
+    Returns
+    -------
+    tuple of int
+        Equal for two statuses only if the file did not change in between, once it has
+        :func:`settled`.
+
+    """
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -371,19 +387,35 @@ def remember(path: Path, handle: h5py.File, dataset: h5py.Dataset | None) -> Non
     if not isinstance(fd, int):
         return
     st = os.fstat(fd)
-    if not _settled(st):
+    if not settled(st):
         return
     if dataset is None:
-        layout = _Layout(_stamp(st), None, (), np.dtype("u1"))
+        layout = _Layout(file_stamp(st), None, (), np.dtype("u1"))
     else:
         offset = contiguous_offset(dataset)
         if offset is None:
             return
-        layout = _Layout(_stamp(st), offset, tuple(int(s) for s in dataset.shape), dataset.dtype)
+        layout = _Layout(file_stamp(st), offset, tuple(int(s) for s in dataset.shape), dataset.dtype)
     _keep(path, layout)
 
 
-def _settled(st: os.stat_result) -> bool:
+def settled(st: os.stat_result) -> bool:
+    """Tell whether a file's last change is at least :data:`SETTLED_NS` old.
+
+    Only then can a later change not leave its :func:`file_stamp` equal (the "racily clean"
+    rule of the module docstring), so only then may a layout learnt from it be kept.
+
+    Parameters
+    ----------
+    st : os.stat_result
+        The file's status.
+
+    Returns
+    -------
+    bool
+        Whether layouts learnt from the file may be kept.
+
+    """
     return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= SETTLED_NS
 
 
@@ -448,7 +480,7 @@ def read_cached(
     except OSError:  # missing or unreadable: the HDF5 path reports it
         return None
     try:
-        if _stamp(os.fstat(fd)) != layout.stamp or os.path.lexists(journal_path(path)):
+        if file_stamp(os.fstat(fd)) != layout.stamp or os.path.lexists(journal_path(path)):
             forget(key)
             return None
         shape = tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
@@ -522,8 +554,8 @@ def read_templated(
         offset = templates.template_data_offset(fd, st.st_size, file_shape, dtype, fill_value)
         if offset is None or not _read_runs(fd, offset, file_shape, bounds, target):
             return None
-        if _settled(st):  # the next reads need not look at the head again
-            _keep(path, _Layout(_stamp(st), offset, tuple(file_shape), dtype))
+        if settled(st):  # the next reads need not look at the head again
+            _keep(path, _Layout(file_stamp(st), offset, tuple(file_shape), dtype))
         return target
     finally:
         lockprim.close_fd(fd, shared)
