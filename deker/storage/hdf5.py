@@ -45,7 +45,7 @@ import hdf5plugin  # noqa: F401  (registers the compression filters with HDF5)
 import numpy as np
 
 from deker.errors import DekerBaseApplicationError, DekerStorageError
-from deker.storage import atomic, lockprim, rawio, templates
+from deker.storage import atomic, chunkcodec, lockprim, rawio, templates
 from deker.storage.layout import ensure_dir
 
 __all__ = [
@@ -540,6 +540,8 @@ def read_region(
     shape = _selection_shape(bounds)
     if math.prod(shape):  # the file's layout known and unchanged: no HDF5 open (rawio)
         cached = rawio.read_cached(path, bounds, np.dtype(dtype), fill_value, out)
+        if cached is None:  # chunked: decoded outside h5py's lock (chunkcodec)
+            cached = chunkcodec.read_cached(path, bounds, np.dtype(dtype), out)
         if cached is None and file_shape is not None:
             cached = rawio.read_templated(path, bounds, file_shape, np.dtype(dtype), fill_value, out)
         if cached is not None:
@@ -556,6 +558,9 @@ def read_region(
             if out is None:
                 return np.empty(shape, dtype=dataset.dtype)
             return out
+        decoded = chunkcodec.read_open(path, handle, dataset, bounds, out)
+        if decoded is not None:
+            return decoded
         if out is None:
             if math.prod(shape) * np.dtype(dtype).itemsize >= rawio.MIN_BYTES:
                 raw = np.empty(shape, dtype=dataset.dtype)

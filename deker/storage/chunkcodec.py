@@ -1,0 +1,508 @@
+"""Chunked datasets read with their codecs outside h5py's lock, in parallel threads.
+
+h5py makes every HDF5 call under one lock of the process, and HDF5 runs a dataset's filters
+(deflate, zstd, blosc...) inside those calls: however many threads read compressed tiles, one
+decodes at a time.  This module asks HDF5 only *where* the chunks of a dataset are (one
+``chunk_iter`` call gives the offset, size and filter mask of every stored chunk), reads the raw
+chunks a region touches with ``os.pread`` and decodes them itself, with codecs that release the
+GIL, in a pool of threads of its own (:func:`decode_threads`):
+
+=============  ========  ==================================================================
+filter         HDF5 id   decoded by
+=============  ========  ==================================================================
+deflate/gzip   1         :func:`zlib.decompress` (the standard library; a zlib stream)
+shuffle        2         numpy (HDF5's byte shuffle; its element size is the filter's value)
+blosc          32001     ``numcodecs.blosc`` (a blosc frame carries its sizes and shuffle)
+lz4            32004     ``numcodecs.lz4`` block by block (H5Z-LZ4's framing, read here)
+zstd           32015     ``numcodecs.zstd`` (one zstd frame)
+=============  ========  ==================================================================
+
+A pipeline made only of these, in any order, is decoded here, unfiltered chunked datasets
+too; the filters a chunk's mask says were skipped are skipped.  Anything else (other filters,
+fletcher32, scaleoffset, szip, non-numeric or byte-swapped types, a chunk that does not decode
+to its size) returns "not handled" and the caller reads through h5py.  A stored chunk that is cut
+short or does not decode is reported as damage (:class:`~deker.errors.DekerStorageError`), also
+where h5py would hand back its bytes without error (hdf5plugin's zstd filter does).
+Chunks never written read as the dataset's fill value, as HDF5 gives them.  Edge chunks are
+stored whole (HDF5's default), so every chunk decodes to the chunk shape.
+
+The index of a file is learnt while h5py has it open (:func:`read_open`) and kept, like
+:mod:`deker.storage.rawio`'s layouts, keyed by the file's change stamps, once the file has
+settled (:func:`rawio.settled <deker.storage.rawio.settled>`); :func:`read_cached` then reads
+the next regions of the file without opening it in HDF5 at all.  Callers hold the file's read
+lock; a file with an undo journal is read through h5py (its old version), never from here.
+
+The pool threads only decode and copy into disjoint parts of the destination: they never wait
+for other tasks, so a caller running in any other pool (the client's, a Dask worker's) cannot
+deadlock on them, and the calling thread decodes its share of the chunks too.
+"""
+
+import itertools
+import logging
+import math
+import os
+import struct
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import h5py
+import numpy as np
+
+from deker.errors import DekerStorageError
+from deker.storage import lockprim, rawio
+from deker.storage.journal import journal_path
+
+__all__ = [
+    "SUPPORTED_FILTERS",
+    "ChunkIndex",
+    "chunk_index",
+    "decode_threads",
+    "forget",
+    "read_cached",
+    "read_into",
+    "read_open",
+]
+
+logger = logging.getLogger(__name__)
+
+Bounds = tuple[int | slice, ...]
+
+DEFLATE = 1
+SHUFFLE = 2
+BLOSC = 32001
+LZ4 = 32004
+ZSTD = 32015
+#: The HDF5 filter ids this module decodes.
+SUPPORTED_FILTERS = frozenset({DEFLATE, SHUFFLE, BLOSC, LZ4, ZSTD})
+
+# Regions whose chunks hold fewer compressed bytes than this are decoded by the calling thread
+# alone: handing them to the pool costs more than it saves.
+_PARALLEL_BYTES = 128 * 1024
+_MAX_INDEXES = 4096
+
+
+class ChunkIndex(NamedTuple):
+    """Where the chunks of a dataset are and how they are encoded.
+
+    Attributes
+    ----------
+    shape, chunks : tuple of int
+        The dataset's shape and chunk shape.
+    dtype : numpy.dtype
+        Its (native, numeric) type.
+    fill : numpy.ndarray
+        Its fill value (0-d), what chunks never written hold.
+    filters : tuple of (int, tuple of int)
+        The filter pipeline in writing order: HDF5 filter id and client values.
+    offsets, sizes, masks : numpy.ndarray
+        Per chunk of the chunk grid: file offset (-1 when not allocated), stored size, filter
+        mask (bit ``i`` set: filter ``i`` was not applied to that chunk).
+
+    """
+
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: np.dtype[Any]
+    fill: np.ndarray
+    filters: tuple[tuple[int, tuple[int, ...]], ...]
+    offsets: np.ndarray
+    sizes: np.ndarray
+    masks: np.ndarray
+
+
+_codecs: ModuleType | None = None
+
+
+def _numcodecs() -> ModuleType:
+    """Import numcodecs' compiled codecs on first use (they cost ~0.1 s to import)."""
+    global _codecs
+    if _codecs is None:
+        import numcodecs.blosc
+        import numcodecs.lz4
+        import numcodecs.zstd
+
+        _codecs = numcodecs
+    return _codecs
+
+
+def chunk_index(dataset: h5py.Dataset) -> ChunkIndex | None:
+    """Learn the chunk index of a dataset, if this module can decode it.
+
+    Parameters
+    ----------
+    dataset : h5py.Dataset
+        An open dataset.
+
+    Returns
+    -------
+    ChunkIndex or None
+        ``None`` when the dataset is not chunked, is empty, has a filter outside
+        :data:`SUPPORTED_FILTERS`, or a type whose stored bytes are not numpy's.
+
+    """
+    dtype = dataset.dtype
+    if dataset.chunks is None or dtype.kind not in "iufc" or not dtype.isnative or not dataset.size:
+        return None
+    dsid = dataset.id
+    if dsid.get_type().get_size() != dtype.itemsize:
+        return None
+    dcpl = dsid.get_create_plist()
+    if dcpl.get_layout() != h5py.h5d.CHUNKED or dcpl.get_external_count():
+        return None
+    filters = []
+    for i in range(dcpl.get_nfilters()):
+        code, _flags, values, _name = dcpl.get_filter(i)
+        if code not in SUPPORTED_FILTERS:
+            return None
+        filters.append((int(code), tuple(int(v) for v in values)))
+    shape = tuple(int(s) for s in dataset.shape)
+    chunks = tuple(int(c) for c in dataset.chunks)
+    grid = tuple(-(-s // c) for s, c in zip(shape, chunks, strict=True))
+    offsets = np.full(grid, -1, dtype=np.int64)
+    sizes = np.zeros(grid, dtype=np.int64)
+    masks = np.zeros(grid, dtype=np.int64)
+
+    def visit(info: Any) -> None:
+        where = tuple(int(o) // c for o, c in zip(info.chunk_offset, chunks, strict=True))
+        offsets[where] = int(info.byte_offset)
+        sizes[where] = int(info.size)
+        masks[where] = int(info.filter_mask)
+
+    try:
+        dsid.chunk_iter(visit)
+    except (AttributeError, NotImplementedError):  # HDF5 < 1.12.3: one call per chunk
+        for i in range(dsid.get_num_chunks()):
+            visit(dsid.get_chunk_info(i))
+    fill = np.asarray(dataset.fillvalue, dtype=dtype)
+    return ChunkIndex(shape, chunks, dtype, fill, tuple(filters), offsets, sizes, masks)
+
+
+def _unshuffle(data: Any, size: int) -> Any:
+    """Undo HDF5's byte shuffle (bytes of each rank first); trailing bytes stay in place."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if size <= 1 or raw.size < size:
+        return data
+    count = raw.size // size
+    out = np.empty_like(raw)
+    out[: count * size].reshape(count, size)[...] = raw[: count * size].reshape(size, count).T
+    out[count * size :] = raw[count * size :]
+    return out
+
+
+def _lz4_decode(data: Any) -> bytes:
+    """Decode H5Z-LZ4's framing: total size and block size (big-endian), then sized blocks."""
+    view = memoryview(data).cast("B")
+    total, block = struct.unpack_from(">QI", view, 0)
+    if block <= 0:
+        raise ValueError("lz4 chunk with a zero block size")
+    lz4 = _numcodecs().lz4
+    parts: list[Any] = []
+    position, left = 12, total
+    while left > 0:
+        expected = min(block, left)
+        (stored,) = struct.unpack_from(">I", view, position)
+        position += 4
+        piece = view[position : position + stored]
+        position += stored
+        if stored == expected:  # kept raw: it did not compress
+            parts.append(piece)
+        else:  # numcodecs' framing: the decoded size (little-endian), then one lz4 block
+            parts.append(lz4.decompress(struct.pack("<I", expected) + piece.tobytes()))
+        left -= expected
+    return b"".join(parts)
+
+
+def _decode(raw: bytes, filters: tuple[tuple[int, tuple[int, ...]], ...], mask: int, itemsize: int) -> Any:
+    data: Any = raw
+    for i in reversed(range(len(filters))):
+        if mask >> i & 1:
+            continue  # HDF5 skipped this filter for this chunk
+        code, values = filters[i]
+        if code == DEFLATE:
+            data = zlib.decompress(data)
+        elif code == SHUFFLE:
+            data = _unshuffle(data, values[0] if values else itemsize)
+        elif code == ZSTD:
+            data = _numcodecs().zstd.decompress(data)
+        elif code == BLOSC:
+            data = _numcodecs().blosc.decompress(data)
+        else:
+            data = _lz4_decode(data)
+    return data
+
+
+class _Damaged(Exception):
+    """A stored chunk that is cut short or does not decode to its size."""
+
+
+def _fetch(fd: int, index: ChunkIndex, where: tuple[int, ...]) -> np.ndarray:
+    """Read and decode one stored chunk.
+
+    A chunk that does not decode is damage, raised as such: h5py would not always say so
+    (hdf5plugin's zstd filter hands back a corrupted chunk's bytes undecoded, without error).
+    """
+    offset, size = int(index.offsets[where]), int(index.sizes[where])
+    raw = os.pread(fd, size, offset)
+    if len(raw) != size:
+        raise _Damaged(f"chunk {where} at byte {offset} is cut short ({len(raw)} of {size} bytes)")
+    try:
+        data = _decode(raw, index.filters, int(index.masks[where]), index.dtype.itemsize)
+    except Exception as exc:
+        raise _Damaged(f"chunk {where} at byte {offset} does not decode: {exc}") from exc
+    chunk = np.frombuffer(data, dtype=index.dtype)
+    if chunk.size != math.prod(index.chunks):
+        raise _Damaged(
+            f"chunk {where} at byte {offset} decodes to {chunk.size} cells, not {math.prod(index.chunks)}"
+        )
+    return chunk.reshape(index.chunks)
+
+
+def _read_checked(path: Path, fd: int, index: ChunkIndex, bounds: Bounds, out: np.ndarray) -> bool:
+    try:
+        return read_into(fd, index, bounds, out)
+    except _Damaged as exc:
+        raise DekerStorageError(f"Array file {path} is damaged or incomplete: {exc}") from exc
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+_pool_lock = threading.Lock()
+
+
+def decode_threads() -> int:
+    """Return how many threads decode chunks: the cores this process may run on.
+
+    Returns
+    -------
+    int
+        The size of the module's decoding pool (the calling thread decodes too).
+
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():  # a forked child has no pool threads
+            _pool = ThreadPoolExecutor(max_workers=decode_threads(), thread_name_prefix="deker-decode")
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def _run(jobs: Sequence[Any], work: Callable[[Sequence[Any]], bool], weight: int) -> bool:
+    """Run ``work`` over ``jobs``: in this thread, or split with the decoding pool."""
+    threads = decode_threads()
+    if len(jobs) < 2 or threads < 2 or weight < _PARALLEL_BYTES:
+        return work(jobs)
+    parts = [jobs[i::threads] for i in range(min(threads, len(jobs)))]
+    futures: list[Future[bool]] = [_executor().submit(work, part) for part in parts[1:]]
+    try:
+        mine = work(parts[0])
+    finally:
+        wait(futures)  # nothing is left writing into the destination once this returns
+    return mine and all(f.result() for f in futures)
+
+
+def read_into(fd: int, index: ChunkIndex, bounds: Bounds, out: np.ndarray) -> bool:
+    """Read ``bounds`` of the dataset indexed by ``index`` from ``fd`` into ``out``.
+
+    Parameters
+    ----------
+    fd : int
+        A descriptor of the file (read with ``os.pread``; not closed).
+    index : ChunkIndex
+        The dataset's chunk index.
+    bounds : tuple of int or slice
+        Normalised bounds (one per dimension, slices with step 1, in range, not empty).
+    out : numpy.ndarray
+        The destination: the selection's shape (integer bounds dropped), the dataset's dtype.
+
+    Returns
+    -------
+    bool
+        ``True`` when ``out`` holds the region; ``False`` when the caller must read it through
+        h5py (``out`` does not fit).
+
+    Raises
+    ------
+    Exception
+        An internal error naming the chunk when a stored chunk is cut short or does not
+        decode; :func:`read_open` and :func:`read_cached` raise it as a DekerStorageError.
+
+    """
+    if out.dtype != index.dtype or not out.flags.writeable or len(bounds) != len(index.shape):
+        return False
+    starts = [b.start if isinstance(b, slice) else b for b in bounds]
+    stops = [b.stop if isinstance(b, slice) else b + 1 for b in bounds]
+    dropped = tuple(d for d, b in enumerate(bounds) if not isinstance(b, slice))
+    view = np.expand_dims(out, dropped) if dropped else out  # a view of ``out`` in the file's axes
+    if view.shape != tuple(e - s for s, e in zip(starts, stops, strict=True)):
+        return False
+    jobs = []
+    weight = 0
+    ranges = [range(s // c, (e - 1) // c + 1) for s, e, c in zip(starts, stops, index.chunks, strict=True)]
+    for where in itertools.product(*ranges):
+        source, dest = [], []
+        for p, s, e, c in zip(where, starts, stops, index.chunks, strict=True):
+            low, high = max(s, p * c), min(e, (p + 1) * c)
+            source.append(slice(low - p * c, high - p * c))
+            dest.append(slice(low - s, high - s))
+        jobs.append((where, tuple(source), tuple(dest)))
+        weight += int(index.sizes[where])
+
+    def work(part: Sequence[tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]]) -> bool:
+        for where, source, dest in part:
+            if index.offsets[where] < 0:
+                view[dest] = index.fill
+                continue
+            view[dest] = _fetch(fd, index, where)[source]
+        return True
+
+    return _run(jobs, work, weight)
+
+
+# ------------------------------------------------------------------------------ index cache
+
+_indexes: OrderedDict[str, tuple[tuple[int, int, int, int, int], ChunkIndex]] = OrderedDict()
+_indexes_lock = threading.Lock()
+
+
+def forget(path: Path | str | None = None) -> None:
+    """Drop the remembered chunk index of ``path`` (of every file when ``None``).
+
+    Parameters
+    ----------
+    path : Path or str, optional
+        A data file.
+
+    """
+    with _indexes_lock:
+        if path is None:
+            _indexes.clear()
+        else:
+            _indexes.pop(str(path), None)
+
+
+def _target(shape: tuple[int, ...], dtype: np.dtype[Any], out: np.ndarray | None) -> np.ndarray | None:
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if out.shape != shape or out.dtype != dtype or not out.flags.writeable:
+        return None
+    return out
+
+
+def _shape(bounds: Bounds) -> tuple[int, ...]:
+    return tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
+
+
+def read_open(
+    path: Path, handle: h5py.File, dataset: h5py.Dataset, bounds: Bounds, out: np.ndarray | None
+) -> np.ndarray | None:
+    """Read a region of a dataset h5py has open, decoding its chunks here; keep its index.
+
+    Parameters
+    ----------
+    path : Path
+        The data file (the key of the kept index).
+    handle : h5py.File
+        The file, opened by name (the ``sec2`` driver: its descriptor is read).  A file opened
+        through a file object (a journal's old version, a writer's held file) is not handled.
+    dataset : h5py.Dataset
+        The ``data`` dataset.
+    bounds : tuple of int or slice
+        Normalised bounds, in range, not empty.
+    out : numpy.ndarray, optional
+        The destination (the selection's shape); else a new array is returned.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The region (``out`` itself when given); ``None`` when the caller must read it with h5py.
+
+    Raises
+    ------
+    DekerStorageError
+        When a chunk the region needs is cut short or does not decode.
+
+    """
+    if handle.driver != "sec2":
+        return None
+    fd = handle.id.get_vfd_handle()
+    if not isinstance(fd, int):
+        return None
+    index = chunk_index(dataset)
+    if index is None:
+        return None
+    st = os.fstat(fd)
+    if rawio.settled(st):
+        with _indexes_lock:
+            _indexes[str(path)] = (rawio.file_stamp(st), index)
+            _indexes.move_to_end(str(path))
+            while len(_indexes) > _MAX_INDEXES:
+                _indexes.popitem(last=False)
+    target = _target(_shape(bounds), index.dtype, out)
+    if target is None or not _read_checked(path, fd, index, bounds, target):
+        return None
+    return target
+
+
+def read_cached(
+    path: Path, bounds: Bounds, dtype: np.dtype[Any], out: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Read a region of ``path`` with its kept chunk index, without HDF5.
+
+    The caller holds the file's read lock.
+
+    Parameters
+    ----------
+    path : Path
+        The data file.
+    bounds : tuple of int or slice
+        Normalised bounds, in range, not empty.
+    dtype : numpy.dtype
+        The array dtype.
+    out : numpy.ndarray, optional
+        The destination (the selection's shape); else a new array is returned.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The region (``out`` itself when given); ``None`` when no index is kept for the file,
+        it changed since, it has a journal, or anything else is unusual: then read with h5py.
+
+    Raises
+    ------
+    DekerStorageError
+        When a chunk the region needs is cut short or does not decode.
+
+    """
+    kept = _indexes.get(str(path))
+    if kept is None:
+        return None
+    stamp, index = kept
+    if np.dtype(dtype) != index.dtype:
+        return None
+    try:
+        fd, shared = lockprim.open_fd(path, False)  # a held file: its own descriptor
+    except OSError:  # missing or unreadable: the h5py path reports it
+        return None
+    try:
+        if rawio.file_stamp(os.fstat(fd)) != stamp or os.path.lexists(journal_path(path)):
+            forget(path)
+            return None
+        target = _target(_shape(bounds), index.dtype, out)
+        if target is None or not _read_checked(path, fd, index, bounds, target):
+            return None
+        return target
+    finally:
+        lockprim.close_fd(fd, shared)

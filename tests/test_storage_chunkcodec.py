@@ -1,0 +1,320 @@
+"""deker/storage/chunkcodec.py: chunked datasets decoded outside h5py's lock.
+
+h5py's own reading of the same file is the oracle: hypothesis round trips per filter pipeline
+(shuffle, deflate, zstd, lz4 with raw and compressed blocks, blosc with its own shuffles, no
+filter) over random shapes, chunk shapes (edge chunks included), dtypes, chunks never written
+(fill) and regions with integer and slice bounds.  Then: a chunk whose mask says a filter was
+skipped, unsupported pipelines left to h5py, damaged chunks reported (also where h5py hands back
+garbage without error), the kept index dropped when the file changes or has a journal, a forked
+child, and the two properties the module exists for, made certain with hooks rather than
+timing: a read completes while another thread holds h5py's lock, and two threads decode chunks
+of one region at the same time.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hdf5plugin
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from deker.errors import DekerStorageError
+from deker.storage import chunkcodec, hdf5, rawio
+from deker.storage.journal import journal_path
+
+PIPELINES: dict[str, Callable[[], dict[str, Any]]] = {
+    "zstd": lambda: dict(hdf5plugin.Zstd(clevel=3)),
+    "shuffle+zstd": lambda: {"shuffle": True, **hdf5plugin.Zstd(clevel=1)},
+    "gzip": lambda: {"compression": "gzip", "compression_opts": 4},
+    "shuffle+gzip": lambda: {"compression": "gzip", "shuffle": True},
+    "lz4": lambda: dict(hdf5plugin.LZ4(nbytes=0)),
+    "lz4-blocks": lambda: dict(hdf5plugin.LZ4(nbytes=96)),  # many blocks per chunk
+    "blosc-zstd": lambda: dict(hdf5plugin.Blosc(cname="zstd", clevel=3, shuffle=hdf5plugin.Blosc.SHUFFLE)),
+    "blosc-lz4-bitshuffle": lambda: dict(
+        hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.BITSHUFFLE)
+    ),
+    "chunks only": lambda: {},
+}
+DTYPES = ["i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8", "c8", "c16"]
+
+
+def _values(
+    rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype[Any], noise: bool
+) -> np.ndarray:
+    if noise:  # incompressible: lz4 keeps such blocks raw, blosc stores them memcpy'd
+        return (
+            rng.integers(0, 256, size=int(np.prod(shape)) * dtype.itemsize, dtype=np.uint8)
+            .view(dtype)
+            .reshape(shape)
+        )
+    smooth = np.cumsum(rng.normal(size=shape), axis=-1)  # compressible, like most arrays
+    if dtype.kind in "iu":
+        smooth = np.clip(smooth * 3, np.iinfo(dtype).min, np.iinfo(dtype).max)
+    values = smooth.astype(dtype)
+    if dtype.kind == "c":
+        values = values + 1j * values[..., ::-1]
+    return values.astype(dtype)
+
+
+def _write(
+    path: Path,
+    values: np.ndarray,
+    chunks: tuple[int, ...],
+    kwargs: dict[str, Any],
+    fill: Any,
+    written: list[tuple[slice, ...]] | None = None,
+) -> np.ndarray:
+    """A file with a ``data`` dataset; only ``written`` regions stored (all when ``None``)."""
+    with h5py.File(path, "w", locking=False) as handle:
+        dataset = handle.create_dataset(
+            "data", shape=values.shape, dtype=values.dtype, chunks=chunks, fillvalue=fill, **kwargs
+        )
+        for region in written if written is not None else [tuple(slice(None) for _ in values.shape)]:
+            dataset[region] = values[region]
+        handle.create_dataset("meta", data=b"{}")
+        handle.create_dataset("empty_cells", data=np.int64(0))
+    with h5py.File(path, "r", locking=False) as handle:
+        expected: np.ndarray = handle["data"][...]
+    return expected
+
+
+def _read_open(path: Path, bounds: tuple[Any, ...], out: np.ndarray | None = None) -> np.ndarray | None:
+    with h5py.File(path, "r", locking=False) as handle:
+        return chunkcodec.read_open(path, handle, handle["data"], bounds, out)
+
+
+@st.composite
+def _case(draw: st.DrawFn) -> dict[str, Any]:
+    ndim = draw(st.integers(1, 3))
+    shape = tuple(draw(st.lists(st.integers(1, 23), min_size=ndim, max_size=ndim)))
+    chunks = tuple(draw(st.integers(1, n)) for n in shape)
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    bounds: list[Any] = []
+    for n in shape:
+        start = draw(st.integers(0, n - 1))
+        if draw(st.booleans()):
+            bounds.append(slice(start, draw(st.integers(start + 1, n))))
+        else:
+            bounds.append(start)
+    written = []
+    for _ in range(draw(st.integers(0, 3))):
+        region = []
+        for n in shape:
+            start = draw(st.integers(0, n - 1))
+            region.append(slice(start, draw(st.integers(start + 1, n))))
+        written.append(tuple(region))
+    return {
+        "shape": shape,
+        "chunks": chunks,
+        "dtype": dtype,
+        "bounds": tuple(bounds),
+        "written": written if draw(st.booleans()) else None,
+        "noise": draw(st.booleans()),
+        "seed": draw(st.integers(0, 2**32 - 1)),
+        "padded": draw(st.booleans()),
+    }
+
+
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=_case())
+def test_regions_decode_as_h5py_decodes_them(tmp_path: Path, pipeline: str, case: dict[str, Any]) -> None:
+    path = tmp_path / "array.hdf5"
+    rng = np.random.default_rng(case["seed"])
+    values = _values(rng, case["shape"], case["dtype"], case["noise"])
+    fill = np.asarray(3, dtype=case["dtype"])[()]
+    expected = _write(path, values, case["chunks"], PIPELINES[pipeline](), fill, case["written"])[
+        case["bounds"]
+    ]
+    got = _read_open(path, case["bounds"])
+    assert got is not None, "the pipeline is decodable: it must not fall back to h5py"
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    if case["padded"] and expected.ndim:  # into a view of a bigger destination
+        outer = np.zeros(tuple(n + 2 for n in expected.shape), dtype=expected.dtype)
+        view = outer[tuple(slice(1, n + 1) for n in expected.shape)]
+        assert _read_open(path, case["bounds"], view) is view
+        np.testing.assert_array_equal(view, expected)
+        assert not outer[(0,) * outer.ndim]
+
+
+def test_a_chunk_stored_with_a_filter_skipped(tmp_path: Path) -> None:
+    """HDF5 records in a chunk's mask which filters it skipped (e.g. an optional one failed)."""
+    path = tmp_path / "masked.hdf5"
+    values = np.arange(64, dtype=np.int32).reshape(8, 8)
+    _write(path, values, (4, 8), {"compression": "gzip"}, 0)
+    with h5py.File(path, "r+", locking=False) as handle:
+        handle["data"].id.write_direct_chunk((4, 0), (values[4:] * 10).tobytes(), filter_mask=1)
+    with h5py.File(path, "r", locking=False) as handle:
+        expected = handle["data"][...]
+    assert (expected[4:] == values[4:] * 10).all()
+    got = _read_open(path, (slice(0, 8), slice(0, 8)))
+    assert got is not None
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"compression": "lzf"},
+        {"fletcher32": True},
+        {"scaleoffset": 0},
+        {"compression": "gzip", "fletcher32": True},
+        dict(hdf5plugin.Bitshuffle()),
+    ],
+    ids=["lzf", "fletcher32", "scaleoffset", "gzip+fletcher32", "bitshuffle"],
+)
+def test_other_pipelines_are_left_to_h5py(tmp_path: Path, kwargs: dict[str, Any]) -> None:
+    path = tmp_path / "other.hdf5"
+    values = np.arange(120, dtype=np.int32).reshape(10, 12)
+    expected = _write(path, values, (4, 5), kwargs, 0)
+    with h5py.File(path, "r", locking=False) as handle:
+        assert chunkcodec.chunk_index(handle["data"]) is None
+    assert _read_open(path, (slice(0, 10), slice(0, 12))) is None
+    np.testing.assert_array_equal(
+        hdf5.read_region(path, (slice(0, 10), slice(2, 9)), np.int32, 0), expected[:, 2:9]
+    )
+
+
+def test_contiguous_and_non_numeric_datasets_are_not_indexed(tmp_path: Path) -> None:
+    path = tmp_path / "misc.hdf5"
+    with h5py.File(path, "w", locking=False) as handle:
+        handle.create_dataset("contiguous", data=np.zeros((4, 4)))
+        handle.create_dataset("swapped", data=np.zeros((4, 4), dtype=">f8"), chunks=(2, 2))
+        handle.create_dataset("flags", data=np.zeros((4, 4), dtype=bool), chunks=(2, 2))
+        handle.create_dataset("empty", shape=(0, 4), maxshape=(None, 4), dtype="f4", chunks=(1, 4))
+    with h5py.File(path, "r", locking=False) as handle:
+        assert all(chunkcodec.chunk_index(handle[name]) is None for name in handle)
+
+
+def test_a_damaged_chunk_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.hdf5"
+    values = np.cumsum(np.ones((64, 64)), axis=1).astype(np.float32)
+    _write(path, values, (32, 32), dict(hdf5plugin.Zstd()), 0)
+    with h5py.File(path, "r", locking=False) as handle:
+        index = chunkcodec.chunk_index(handle["data"])
+    assert index is not None
+    with open(path, "r+b") as raw:  # overwrite the middle of the second chunk
+        raw.seek(int(index.offsets[0, 1]) + int(index.sizes[0, 1]) // 2)
+        raw.write(b"\xff" * 16)
+    np.testing.assert_array_equal(_read_open(path, (slice(0, 64), slice(0, 32))), values[:, :32])
+    with h5py.File(path, "r", locking=False) as handle:  # h5py (hdf5plugin's zstd) hands back garbage
+        assert not np.array_equal(handle["data"][:, 32:], values[:, 32:])
+    with pytest.raises(DekerStorageError, match=r"damaged.*chunk \(0, 1\).*does not decode"):
+        hdf5.read_region(path, (slice(0, 64), slice(0, 64)), np.float32, 0)
+    with open(path, "r+b") as raw:  # a file cut inside its last chunk
+        raw.truncate(int(index.offsets[1, 1]) + 10)
+    with pytest.raises(DekerStorageError, match=r"damaged"):
+        hdf5.read_region(path, (slice(32, 64), slice(32, 64)), np.float32, 0)
+
+
+def _settle(path: Path) -> None:
+    st_ = os.stat(path)
+    newest = max(st_.st_mtime_ns, st_.st_ctime_ns)
+    while time.time_ns() - newest < rawio.SETTLED_NS + 10_000_000:
+        time.sleep(0.02)  # file times, not a race: the index is kept only for settled files
+
+
+@pytest.fixture
+def settled_file(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A zstd file of 16 chunks, settled and read once: its chunk index is kept."""
+    path = tmp_path / "settled.hdf5"
+    values = np.cumsum(np.random.default_rng(5).normal(size=(512, 512)), axis=1).astype(np.float32)
+    _write(path, values, (128, 128), dict(hdf5plugin.Zstd(clevel=3)), 0)
+    _settle(path)
+    chunkcodec.forget()
+    np.testing.assert_array_equal(
+        hdf5.read_region(path, (slice(0, 512), slice(0, 512)), np.float32, 0), values
+    )
+    return path, values
+
+
+def test_the_kept_index_reads_without_h5py_until_the_file_changes(
+    settled_file: tuple[Path, np.ndarray],
+) -> None:
+    path, values = settled_file
+    got = chunkcodec.read_cached(path, (slice(3, 300), 7), np.dtype(np.float32))
+    assert got is not None
+    np.testing.assert_array_equal(got, values[3:300, 7])
+    assert chunkcodec.read_cached(path, (slice(0, 2), 1), np.dtype(np.float64)) is None  # another dtype
+    journal_path(path).write_bytes(b"")  # an interrupted write: read its old version with h5py
+    assert chunkcodec.read_cached(path, (slice(0, 2), 1), np.dtype(np.float32)) is None
+    journal_path(path).unlink()
+    assert chunkcodec.read_cached(path, (slice(0, 2), 1), np.dtype(np.float32)) is None  # forgotten
+    hdf5.read_region(path, (slice(0, 2), 1), np.float32, 0)  # learnt again
+    assert chunkcodec.read_cached(path, (slice(0, 2), 1), np.dtype(np.float32)) is not None
+    with h5py.File(path, "r+", locking=False) as handle:  # rewritten in place: chunks move
+        handle["data"][:, :300] = -values[:, :300]
+    assert chunkcodec.read_cached(path, (slice(0, 2), 1), np.dtype(np.float32)) is None
+    got = hdf5.read_region(path, (slice(0, 512), slice(0, 512)), np.float32, 0)
+    np.testing.assert_array_equal(got[:, :300], -values[:, :300])
+    np.testing.assert_array_equal(got[:, 300:], values[:, 300:])
+
+
+def test_reads_complete_while_another_thread_holds_h5pys_lock(settled_file: tuple[Path, np.ndarray]) -> None:
+    """Decoding does not take h5py's lock: a read ends while the test thread holds it."""
+    path, values = settled_file
+    result: list[np.ndarray] = []
+    reader = threading.Thread(
+        target=lambda: result.append(hdf5.read_region(path, (slice(0, 512), slice(0, 512)), np.float32, 0))
+    )
+    with h5py._objects.phil:  # what every h5py call takes first
+        reader.start()
+        reader.join(60)
+        finished = not reader.is_alive()
+    reader.join()
+    assert finished, "the read waited for h5py's lock"
+    np.testing.assert_array_equal(result[0], values)
+
+
+@pytest.mark.skipif(chunkcodec.decode_threads() < 2, reason="one core: the chunks are decoded in one thread")
+def test_two_threads_decode_chunks_of_one_region_at_once(
+    settled_file: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each decode waits for a second one to start: serialised decoding breaks the barrier."""
+    path, values = settled_file
+    barrier = threading.Barrier(2, timeout=60)
+    waited: set[str] = set()
+    lock = threading.Lock()
+    decode = chunkcodec._decode
+
+    def meeting(*args: Any) -> Any:
+        name = threading.current_thread().name
+        with lock:
+            first = name not in waited and len(waited) < 2
+            waited.add(name)
+        if first:  # the first decode of two threads: each waits until the other one runs
+            barrier.wait()  # BrokenBarrierError when no other thread decodes meanwhile
+        return decode(*args)
+
+    monkeypatch.setattr(chunkcodec, "_decode", meeting)
+    got = hdf5.read_region(path, (slice(0, 512), slice(0, 512)), np.float32, 0)
+    np.testing.assert_array_equal(got, values)
+    assert len(waited) >= 2
+
+
+def _child_read(path: str, queue: Any) -> None:
+    got = hdf5.read_region(Path(path), (slice(0, 512), slice(0, 512)), np.float32, 0)
+    queue.put(float(got.sum()))
+
+
+def test_a_forked_child_decodes_with_a_pool_of_its_own(settled_file: tuple[Path, np.ndarray]) -> None:
+    path, values = settled_file
+    hdf5.read_region(path, (slice(0, 512), slice(0, 512)), np.float32, 0)  # the parent's pool exists
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_child_read, args=(str(path), queue))
+    child.start()
+    total = queue.get(timeout=120)
+    child.join(60)
+    assert child.exitcode == 0 and total == pytest.approx(float(values.sum()))
