@@ -2,14 +2,16 @@
 
 The plan (built on the client, no data moves):
 
-- **VArray targets.**  The source is rechunked onto the tile grid of the target region (a
-  no-op when its chunks already follow the tiles; otherwise dask combines the blocks that share
-  a tile first).  Then each touched tile gets exactly one task,
-  :func:`deker_dask.tasks.store_tile`, which creates the tile if it is missing (race-free,
-  under deker's creation lock), takes that tile's write lock with a token of its own, writes
-  and releases.  There is no global lock: two stores, or a store and a ``VSubset.update``,
-  touching one tile wait for each other on that tile only (up to the lock timeout of the
-  client that opened the target, then :class:`~deker.errors.DekerLockError`).
+- **VArray targets.**  The source is not rechunked onto the tiles.  Each touched tile's block
+  is cut out of the source chunks it overlaps, and the tiles are batched into tasks
+  (:func:`deker_dask.tasks.store_tiles`: about :data:`TASK_BYTES` of tiles per task, at least
+  :data:`MIN_TASKS` tasks per store); a task's dependencies are the chunks its tiles overlap,
+  which Dask computes on, or moves to, the worker that runs it.  For each of its tiles the task
+  creates the tile if it is missing (race-free, under deker's creation lock), takes that tile's
+  write lock with a token of its own, writes and releases.  There is no global lock: two
+  stores, or a store and a ``VSubset.update``, touching one tile wait for each other on that
+  tile only (up to the lock timeout of the client that opened the target, then
+  :class:`~deker.errors.DekerLockError`).
 - **Array targets.**  An Array is one file: its blocks are written by a chain of tasks, one
   after the other, each under the Array's write lock, so they never wait for each other and
   only one block needs to be in memory at a time.
