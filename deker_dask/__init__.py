@@ -5,7 +5,7 @@
 - :func:`to_xarray`: the same, labelled, as a dask-backed :class:`xarray.DataArray`; also a
   whole collection.
 - :func:`from_collection`: every array of a collection stacked along a new leading axis.
-- :func:`store`: write a dask array into a VArray / Array region, one task per tile, each under
+- :func:`store`: write a dask array into a VArray / Array region, tiles batched into tasks, each under
   its own tile lock.
 - :func:`schema_from_xarray`, :func:`store_xarray`: infer a collection schema from an xarray
   object (a netCDF file opened with xarray), and store such an object as a new Array / VArray.

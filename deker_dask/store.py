@@ -2,14 +2,16 @@
 
 The plan (built on the client, no data moves):
 
-- **VArray targets.**  The source is rechunked onto the tile grid of the target region (a
-  no-op when its chunks already follow the tiles; otherwise dask combines the blocks that share
-  a tile first).  Then each touched tile gets exactly one task,
-  :func:`deker_dask.tasks.store_tile`, which creates the tile if it is missing (race-free,
-  under deker's creation lock), takes that tile's write lock with a token of its own, writes
-  and releases.  There is no global lock: two stores, or a store and a ``VSubset.update``,
-  touching one tile wait for each other on that tile only (up to the lock timeout of the
-  client that opened the target, then :class:`~deker.errors.DekerLockError`).
+- **VArray targets.**  The source is not rechunked onto the tiles.  Each touched tile's block
+  is cut out of the source chunks it overlaps, and the tiles are batched into tasks
+  (:func:`deker_dask.tasks.store_tiles`: about :data:`TASK_BYTES` of tiles per task, at least
+  :data:`MIN_TASKS` tasks per store); a task's dependencies are the chunks its tiles overlap,
+  which Dask computes on, or moves to, the worker that runs it.  For each of its tiles the task
+  creates the tile if it is missing (race-free, under deker's creation lock), takes that tile's
+  write lock with a token of its own, writes and releases.  There is no global lock: two
+  stores, or a store and a ``VSubset.update``, touching one tile wait for each other on that
+  tile only (up to the lock timeout of the client that opened the target, then
+  :class:`~deker.errors.DekerLockError`).
 - **Array targets.**  An Array is one file: its blocks are written by a chain of tasks, one
   after the other, each under the Array's write lock, so they never wait for each other and
   only one block needs to be in memory at a time.
@@ -20,6 +22,7 @@ run again after a worker died and leaves the same content.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import uuid
@@ -32,10 +35,10 @@ from dask.highlevelgraph import HighLevelGraph
 
 from deker.errors import DekerArrayTypeError, DekerValidationError
 from deker.tiling import tile_pieces
-from deker_dask.geometry import chunks_of, grid, regions
+from deker_dask.geometry import grid, regions
 from deker_dask.handles import Target, resolve
 from deker_dask.progress import compute_with_progress
-from deker_dask.tasks import VArrayTarget, finish, store_array_block, store_tile
+from deker_dask.tasks import TilePlan, VArrayTarget, finish, store_array_block, store_tiles
 
 __all__ = ["store"]
 
@@ -64,13 +67,39 @@ def _source(source: Any, target: Target) -> da.Array:
     return src
 
 
+#: A store task writes tiles until it holds about this many bytes of them (small tiles are
+#: batched; a tile larger than this is a task of its own).
+TASK_BYTES = 4 * 1024 * 1024
+
+#: ... but a store of many small tiles keeps at least this many tasks, so that every worker
+#: thread of a cluster gets work.
+MIN_TASKS = 16
+
+
+def _batch_size(n_tiles: int, tile_bytes: int) -> int:
+    by_bytes = max(1, TASK_BYTES // max(1, tile_bytes))
+    by_tasks = max(1, n_tiles // MIN_TASKS)
+    return max(1, min(by_bytes, by_tasks))
+
+
+#: (source block index, slices taken from it, where they go in the tile's block)
+_Piece = tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]
+
+
+def _overlaps(offsets: np.ndarray, lo: int, hi: int) -> range:
+    """Return the source chunks (along one axis) that overlap ``[lo, hi)``."""
+    first = int(np.searchsorted(offsets, lo, side="right")) - 1
+    last = int(np.searchsorted(offsets, hi, side="left")) - 1
+    return range(first, last + 1)
+
+
 def _plan_varray(src: da.Array, target: Target, name: str) -> tuple[da.Array, dict[Any, Any], list[Any]]:
     session = target.session()
     tile = target.tile_shape
     g = grid(target.bounds, tile)
-    chunks = chunks_of(g)
-    if tuple(src.chunks) != chunks:
-        src = src.rechunk(chunks)  # type: ignore[no-untyped-call]
+    slice_dims = [d for d, b in enumerate(target.bounds) if isinstance(b, slice)]
+    starts = [int(target.bounds[d].start) for d in slice_dims]  # type: ignore[union-attr]
+    offsets = [np.cumsum((0, *c)) for c in src.chunks]
     obj = target.obj
     info = VArrayTarget(
         root=target.root,
@@ -80,12 +109,44 @@ def _plan_varray(src: da.Array, target: Target, name: str) -> tuple[da.Array, di
         locks=target.locks,
         storage_id=obj._ctx.storage_id,
     )
+    # per tile: its position, local bounds and (source block, take, put) pieces
+    tiles: list[tuple[tuple[int, ...], Any, list[_Piece]]] = []
+    for _index, region in regions(g):
+        (piece,) = tile_pieces(region, tile)
+        spans = [  # the region in source coordinates, per slice dimension
+            (int(region[d].start) - s, int(region[d].stop) - s)  # type: ignore[union-attr]
+            for d, s in zip(slice_dims, starts, strict=True)
+        ]
+        pieces: list[_Piece] = []
+        for block in itertools.product(
+            *(_overlaps(off, lo, hi) for off, (lo, hi) in zip(offsets, spans, strict=True))
+        ):
+            take: list[slice] = []
+            put: list[slice] = []
+            for axis, k in enumerate(block):
+                lo, hi = spans[axis]
+                c_lo, c_hi = int(offsets[axis][k]), int(offsets[axis][k + 1])
+                a, b = max(lo, c_lo), min(hi, c_hi)
+                take.append(slice(a - c_lo, b - c_lo))
+                put.append(slice(a - lo, b - lo))
+            pieces.append((tuple(block), tuple(take), tuple(put)))
+        tiles.append((piece.position, piece.local, pieces))
+    itemsize = np.dtype(target.dtype).itemsize
+    size = _batch_size(len(tiles), math.prod(tile) * itemsize)
     dsk: dict[Any, Any] = {}
     keys: list[Any] = []
-    for index, region in regions(g):
-        (piece,) = tile_pieces(region, tile)
-        key = (name, *piece.position)
-        dsk[key] = (store_tile, info, piece.position, piece.local, (src.name, *index), session)
+    for n in range(0, len(tiles), size):
+        blocks: list[tuple[int, ...]] = []
+        where: dict[tuple[int, ...], int] = {}
+        plans: list[TilePlan] = []
+        for position, local, tile_pieces_ in tiles[n : n + size]:
+            for block, _, _ in tile_pieces_:
+                if block not in where:
+                    where[block] = len(blocks)
+                    blocks.append(block)
+            plans.append(TilePlan(position, local, tuple((where[b], t, p) for b, t, p in tile_pieces_)))
+        key = (name, n // size)
+        dsk[key] = (store_tiles, info, tuple(plans), [(src.name, *b) for b in blocks], session)
         keys.append(key)
     return src, dsk, keys
 

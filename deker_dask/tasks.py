@@ -53,6 +53,8 @@ __all__ = [
     "read_region",
     "store_array_block",
     "store_tile",
+    "store_tiles",
+    "TilePlan",
 ]
 
 logger = logging.getLogger(__name__)
@@ -380,3 +382,69 @@ def store_array_block(
 def finish(counts: Sequence[int]) -> int:
     """Return the total number of cells a store wrote (the last task of a store graph)."""
     return int(sum(counts))
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where one tile's block of a store comes from: pieces of the source chunks it overlaps.
+
+    Parameters
+    ----------
+    position : tuple of int
+        The tile's grid position.
+    local : tuple
+        Normalised bounds inside the tile.
+    pieces : tuple of (int, tuple of slice, tuple of slice)
+        For each overlapping source chunk: its index among the task's chunks, the slices to
+        take from that chunk and where they go in the tile's block.
+    """
+
+    position: tuple[int, ...]
+    local: Bounds
+    pieces: tuple[tuple[int, tuple[slice, ...], tuple[slice, ...]], ...]
+
+
+def store_tiles(
+    target: VArrayTarget,
+    plans: Sequence[TilePlan],
+    chunks: Sequence[Any],
+    session: Session | None = None,
+) -> int:
+    """Write several tiles of a store, each assembled from the source chunks it overlaps.
+
+    The source is not rechunked onto the tiles: the task gets the chunks its tiles overlap
+    (as dask dependencies, computed or fetched by the worker that runs it) and copies each
+    tile's block out of them; each tile is then written as :func:`store_tile` does (its own
+    lock and token, created if missing).  Running it again (a retry) leaves the same content.
+
+    Parameters
+    ----------
+    target : VArrayTarget
+        The VArray.
+    plans : sequence of TilePlan
+        The tiles of this task.
+    chunks : sequence of array-like
+        The source chunks the plans refer to (by index).
+    session : Session, optional
+        The client's session (the task raises if the client was closed).
+
+    Returns
+    -------
+    int
+        The number of cells written.
+    """
+    _check(session)
+    dtype = np.dtype(target.meta.schema.dtype)
+    arrays = [np.asarray(c) for c in chunks]
+    written = 0
+    for plan in plans:
+        shape = tuple(b.stop - b.start for b in plan.local if isinstance(b, slice))
+        if len(plan.pieces) == 1:
+            i, take, _ = plan.pieces[0]
+            block = np.ascontiguousarray(arrays[i][take], dtype=dtype)
+        else:
+            block = np.empty(shape, dtype=dtype)
+            for i, take, put in plan.pieces:
+                block[put] = arrays[i][take]
+        written += store_tile(target, plan.position, plan.local, block, session)
+    return written

@@ -205,12 +205,15 @@ class HostCluster:
             log.close()
 
 
-def kill_during(cluster: HostCluster, action: Callable[[], None], hook: Path) -> BaseException | None:
-    """Run ``action`` (a VArray update) in a thread; SIGKILL the worker that starts its first tile
-    write (frozen there by :class:`~dask_helpers.BlockTask`); return what the action raised."""
+def kill_during(
+    cluster: HostCluster, action: Callable[[], None], hook: Path, prefix: str = "write_piece"
+) -> BaseException | None:
+    """Run ``action`` (a VArray update) in a thread; SIGKILL the worker that starts its first
+    task whose key begins with ``prefix`` (frozen there by :class:`~dask_helpers.BlockTask`);
+    return what the action raised."""
     hook.mkdir()
     client = cluster.client
-    client.register_plugin(BlockTask(str(hook), "write_piece"), name="block-write")
+    client.register_plugin(BlockTask(str(hook), prefix), name="block-write")
     errors: list[BaseException] = []
 
     def run() -> None:

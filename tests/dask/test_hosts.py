@@ -159,6 +159,30 @@ def test_worker_killed_mid_update_runs_its_tasks_again(hosts2: Hosts, kind: str,
     assert not lock_files(hosts2.storage)
 
 
+@pytest.mark.parametrize("how", ["update", "store"])
+def test_worker_killed_mid_batch_completes_every_cell(hosts2: Hosts, how: str, tmp_path: Path) -> None:
+    # 128 small tiles: several tiles per task (run_batch for the coordinator pattern,
+    # store_tiles for deker_dask.store); the worker running the first batch is killed there.
+    shape, vgrid = (8, 64, 64), (8, 4, 4)
+    with Client(hosts2.storage.as_uri(), executor=hosts2.client, write_lock_timeout=120) as client:
+        v = varray(client, shape, vgrid, name=hosts2.name("batch"))
+        data = np.random.default_rng(5).random(shape, dtype=np.float32)
+        if how == "update":
+            assert v._batch_size(128) > 1
+            error = kill_during(hosts2.cluster, lambda: v[:].update(data), tmp_path / "hook", "run_batch")
+        else:
+            src = da.from_array(data, chunks=(3, 20, 25))  # unaligned to the (1, 16, 16) tiles
+
+            def action() -> None:
+                deker_dask.store(src, v, scheduler=hosts2.client)
+
+            error = kill_during(hosts2.cluster, action, tmp_path / "hook", "deker-store-")
+        assert error is None, f"the {how} failed although Dask could run its tasks again: {error!r}"
+        np.testing.assert_array_equal(v[:].read(), data)
+        assert client.check_integrity(4, stop_on_error=False).ok
+    assert not lock_files(hosts2.storage)
+
+
 def test_tasks_lost_again_and_again_fail_the_update(hosts2: Hosts, tmp_path: Path, caplog: Any) -> None:
     # One worker at a time: each kill loses all the scattered data.  After the first try and
     # DASK_RESUBMITS more, the update fails with the cancellations, having re-sent the data.

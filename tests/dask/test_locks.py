@@ -29,6 +29,7 @@ from dask_helpers import (
 import deker_dask
 from deker import Client
 from deker.errors import DekerLockError
+from deker_dask.tasks import store_tiles
 
 
 def prepared(storage: Client) -> tuple[Any, np.ndarray]:
@@ -39,12 +40,24 @@ def prepared(storage: Client) -> tuple[Any, np.ndarray]:
 
 
 def store_key(delayed: Any, position: tuple[int, ...]) -> Any:
+    """The key of the store task that writes the tile at ``position``."""
     (key,) = [
         k
-        for k in dict(delayed.__dask_graph__())
-        if isinstance(k, tuple) and str(k[0]).startswith("deker-store-") and k[1:] == position
+        for k, task in dict(delayed.__dask_graph__()).items()
+        if isinstance(k, tuple)
+        and str(k[0]).startswith("deker-store-")
+        and any(plan.position == position for plan in store_plans(task))
     ]
     return key
+
+
+def store_plans(task: Any) -> tuple[Any, ...]:
+    """The tile plans of a store_tiles task (legacy tuple or Task object), else ()."""
+    if isinstance(task, tuple) and task and task[0] is store_tiles:
+        return tuple(task[2])
+    if getattr(task, "func", None) is store_tiles:
+        return tuple(getattr(task.args[1], "value", task.args[1]))
+    return ()
 
 
 def hold_a(cluster: Any, v: Any, main_dir: Path, tid: str) -> tuple[Any, str]:

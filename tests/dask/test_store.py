@@ -25,7 +25,7 @@ from deker.errors import (
     DekerStorageError,
     DekerValidationError,
 )
-from deker_dask.tasks import store_array_block, store_tile
+from deker_dask.tasks import store_array_block, store_tiles
 
 
 def source(
@@ -53,14 +53,14 @@ def test_misaligned_chunks_store_exactly(storage: Client, cluster: Any) -> None:
     assert not lock_files(storage.root_path)
 
 
-def test_one_task_per_tile_with_unique_keys(storage: Client, cluster: Any) -> None:
+def test_each_tile_in_one_task_with_unique_keys(storage: Client, cluster: Any) -> None:
     v = varray(storage, (12, 12), (3, 3))  # tiles of (4, 4)
     src, data = source((10, 7), (3, 3))
     first = deker_dask.store(src, v[1:11, 2:9], compute=False)
     second = deker_dask.store(src, v[1:11, 2:9], compute=False)
     assert isinstance(first, Delayed) and isinstance(second, Delayed)
-    calls = task_args(first, store_tile)
-    positions = sorted(call[1] for call in calls)
+    calls = task_args(first, store_tiles)
+    positions = sorted(plan.position for call in calls for plan in call[1])
     assert positions == [(i, j) for i in range(3) for j in range(3)]  # each touched tile once
     first_keys = {
         k for k in dict(first.__dask_graph__()) if isinstance(k, tuple) and k[0].startswith("deker-store")
@@ -68,13 +68,32 @@ def test_one_task_per_tile_with_unique_keys(storage: Client, cluster: Any) -> No
     second_keys = {
         k for k in dict(second.__dask_graph__()) if isinstance(k, tuple) and k[0].startswith("deker-store")
     }
-    assert len(first_keys) == 9 and not first_keys & second_keys  # never merged by the scheduler
+    assert len(first_keys) == len(calls) and not first_keys & second_keys  # never merged by the scheduler
     assert not v._tile_ids()  # nothing written before compute
     assert first.compute(scheduler=cluster) == 70
     assert second.compute(scheduler=cluster) == 70  # a repeated store runs again
     expected = np.full((12, 12), np.nan, dtype=np.float32)
     expected[1:11, 2:9] = data
     np.testing.assert_array_equal(v[:].read(), expected)
+
+
+def test_unaligned_store_batches_tiles_without_a_rechunk(storage: Client, cluster: Any) -> None:
+    """Small tiles are batched into a bounded number of tasks; the source is never rechunked.
+
+    Counted from the distributed scheduler's task stream: what really ran, not the graph.
+    """
+    from distributed import get_task_stream
+
+    v = varray(storage, (64, 64), (16, 16))  # 256 tiles of (4, 4)
+    src, data = source((64, 64), (7, 9))  # chunks unaligned to the tiles
+    with get_task_stream(cluster) as stream:
+        deker_dask.store(src, v, scheduler=cluster)
+    names = [str(task["key"]) for task in stream.data]
+    writes = [k for k in names if "deker-store-" in k and "done" not in k]
+    assert 1 <= len(writes) <= 16  # 256 tiles in at most 16 tasks (deker_dask.store.MIN_TASKS)
+    assert not [k for k in names if "rechunk" in k]  # no shuffle through the scheduler
+    np.testing.assert_array_equal(v[:].read(), data)
+    assert not lock_files(storage.root_path)
 
 
 def test_fill_blocks_create_no_tiles(storage: Client, cluster: Any) -> None:
