@@ -113,6 +113,28 @@ def write_storage(root: Path) -> dict[str, np.ndarray]:
         data[2:7, 3:9] = 7
         g[2:7, 3:9].update(np.uint8(7))
         expected[f"gzip__{g.id}"] = data
+        # whole tiles and arrays written with their chunks encoded by deker (chunkcodec), not by HDF5
+        codecs = {
+            "gzip": HDF5CompressionOpts("gzip", 5),
+            "zstd": HDF5CompressionOpts(**hdf5plugin.Zstd(5)),
+            "blosc": HDF5CompressionOpts(**hdf5plugin.Blosc("zstd", 4, hdf5plugin.Blosc.SHUFFLE)),
+            "lz4": HDF5CompressionOpts(**hdf5plugin.LZ4()),
+        }
+        for name, opts in codecs.items():
+            whole = client.create_collection(
+                f"whole_{name}",
+                VArraySchema(
+                    dtype=np.float32,
+                    dimensions=[DimensionSchema(name="y", size=12), DimensionSchema(name="x", size=10)],
+                    vgrid=(2, 2),
+                    fill_value=-1.0,
+                ),
+                HDF5Options(chunks=(4, 3), compression_opts=opts),  # edge chunks in every tile
+            )
+            w = whole.create()
+            data = (np.arange(120, dtype=np.float32).reshape(12, 10) % 17) / 4
+            w[:].update(data)
+            expected[f"whole_{name}__{w.id}"] = data
         client.create_collection(
             "empty", ArraySchema(dtype=np.int32, dimensions=[DimensionSchema(name="i", size=3)])
         )

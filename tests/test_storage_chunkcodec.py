@@ -13,6 +13,7 @@ of one region at the same time.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import threading
@@ -30,6 +31,7 @@ from hypothesis import strategies as st
 
 from deker.errors import DekerStorageError
 from deker.storage import chunkcodec, hdf5, rawio
+from deker.storage.inspection import inspect_array_file
 from deker.storage.journal import journal_path
 
 PIPELINES: dict[str, Callable[[], dict[str, Any]]] = {
@@ -212,6 +214,12 @@ def test_a_damaged_chunk_is_reported(tmp_path: Path) -> None:
         assert not np.array_equal(handle["data"][:, 32:], values[:, 32:])
     with pytest.raises(DekerStorageError, match=r"damaged.*chunk \(0, 1\).*does not decode"):
         hdf5.read_region(path, (slice(0, 64), slice(0, 64)), np.float32, 0)
+    found = inspect_array_file(path, (64, 64), np.float32, verify_data=True)  # check_integrity(4)
+    assert (
+        len(found.data_errors) == 1
+        and "chunk (0, 1) (cells [0:32, 32:64]) does not decode" in found.data_errors[0]
+    )
+    assert inspect_array_file(path, (64, 64), np.float32, verify_data=False).data_errors == ()
     with open(path, "r+b") as raw:  # a file cut inside its last chunk
         raw.truncate(int(index.offsets[1, 1]) + 10)
     with pytest.raises(DekerStorageError, match=r"damaged"):
@@ -318,3 +326,140 @@ def test_a_forked_child_decodes_with_a_pool_of_its_own(settled_file: tuple[Path,
     total = queue.get(timeout=120)
     child.join(60)
     assert child.exitcode == 0 and total == pytest.approx(float(values.sum()))
+
+
+# ------------------------------------------------------------------------------ whole writes
+
+
+def _new_dataset(
+    path: Path, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...], kwargs: dict[str, Any], fill: Any
+) -> h5py.File:
+    handle = h5py.File(path, "w", locking=False)
+    handle.create_dataset("data", shape=shape, dtype=dtype, chunks=chunks, fillvalue=fill, **kwargs)
+    return handle
+
+
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=_case(), scalar=st.booleans())
+def test_whole_writes_decode_in_h5py(
+    tmp_path: Path, pipeline: str, case: dict[str, Any], scalar: bool
+) -> None:
+    """Chunks encoded here are what HDF5's own filters decode (edge chunks padded, scalars too)."""
+    path = tmp_path / "written.hdf5"
+    rng = np.random.default_rng(case["seed"])
+    values = _values(rng, case["shape"], case["dtype"], case["noise"])
+    given_values = values[(0,) * values.ndim] if scalar else values
+    fill = np.asarray(3, dtype=case["dtype"])[()]
+    with _new_dataset(
+        path, case["shape"], case["dtype"], case["chunks"], PIPELINES[pipeline](), fill
+    ) as handle:
+        done = chunkcodec.write_whole(handle["data"], np.asarray(given_values))
+        if pipeline == "chunks only":  # nothing to encode: h5py writes
+            assert not done and handle["data"].id.get_num_chunks() == 0
+            return
+        assert done
+    with h5py.File(path, "r", locking=False) as handle:
+        got = handle["data"][...]
+        assert handle["data"].id.get_num_chunks() == math.prod(
+            -(-n // c) for n, c in zip(case["shape"], case["chunks"], strict=True)
+        )
+    np.testing.assert_array_equal(got, np.broadcast_to(given_values, case["shape"]))
+    np.testing.assert_array_equal(_read_open(path, case["bounds"]), got[case["bounds"]])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"compression": "lzf"}, {"fletcher32": True}, {"compression": "gzip", "fletcher32": True}, {}],
+    ids=["lzf", "fletcher32", "gzip+fletcher32", "no filter"],
+)
+def test_whole_writes_of_other_pipelines_are_left_to_h5py(tmp_path: Path, kwargs: dict[str, Any]) -> None:
+    with _new_dataset(tmp_path / "other.hdf5", (10, 12), "i4", (4, 5), kwargs, 0) as handle:
+        assert not chunkcodec.write_whole(handle["data"], np.ones((10, 12), dtype=np.int32))
+        assert not chunkcodec.write_whole(handle["data"], np.ones((10, 12), dtype=np.int64))  # another dtype
+        assert handle["data"].id.get_num_chunks() == 0
+
+
+def test_a_dataset_with_chunks_written_is_left_to_h5py(tmp_path: Path) -> None:
+    with _new_dataset(tmp_path / "started.hdf5", (8, 8), "f4", (4, 4), dict(hdf5plugin.Zstd()), 0) as handle:
+        handle["data"][0, 0] = 1
+        assert not chunkcodec.write_whole(handle["data"], np.zeros((8, 8), dtype=np.float32))
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd", "lz4", "blosc"])
+def test_whole_updates_of_compressed_arrays_encode_here(
+    tmp_path: Path, codec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole VArray update and an Array's first whole write go through write_whole."""
+    from deker import ArraySchema, Client, DimensionSchema, HDF5CompressionOpts, HDF5Options, VArraySchema
+
+    opts = {
+        "gzip": HDF5CompressionOpts("gzip", 4),
+        "zstd": HDF5CompressionOpts(**hdf5plugin.Zstd(3)),
+        "lz4": HDF5CompressionOpts(**hdf5plugin.LZ4()),
+        "blosc": HDF5CompressionOpts(**hdf5plugin.Blosc("lz4", 5, hdf5plugin.Blosc.BITSHUFFLE)),
+    }[codec]
+    calls: list[bool] = []
+    write_whole = chunkcodec.write_whole
+
+    def spy(dataset: h5py.Dataset, values: np.ndarray) -> bool:
+        calls.append(write_whole(dataset, values))
+        return calls[-1]
+
+    monkeypatch.setattr(chunkcodec, "write_whole", spy)
+    dims = [DimensionSchema(name="y", size=40), DimensionSchema(name="x", size=30)]
+    values = np.cumsum(np.ones((40, 30), dtype=np.float64), axis=0)
+    with Client(f"file://{tmp_path}/storage") as client:
+        tiles = client.create_collection(
+            "tiles",
+            VArraySchema(dtype=np.float64, dimensions=dims, vgrid=(2, 3), fill_value=np.nan),
+            HDF5Options(chunks=(7, 4), compression_opts=opts),
+        )
+        varray = tiles.create()
+        varray[:].update(values)  # first write: each tile created holding its data
+        varray[:].update(values * 2)  # rewrite: new versions of tiles with data
+        arrays = client.create_collection(
+            "arrays",
+            ArraySchema(dtype=np.float64, dimensions=dims, fill_value=np.nan),
+            HDF5Options(chunks=(8, 8), compression_opts=opts),
+        )
+        array = arrays.create()
+        array[:].update(values)
+        assert calls and all(calls), calls
+        assert len(calls) == 2 * 6 + 1
+        np.testing.assert_array_equal(varray[:].read(), values * 2)
+        np.testing.assert_array_equal(array[:].read(), values)
+        for path in [*(tmp_path / "storage").rglob("*.hdf5")]:
+            with h5py.File(path, "r", locking=False) as handle:  # plain h5py, HDF5's filters
+                if "data" in handle and handle["data"].shape == (40, 30):
+                    np.testing.assert_array_equal(handle["data"][...], values)
+
+
+@pytest.mark.skipif(chunkcodec.decode_threads() < 2, reason="one core: the chunks are encoded in one thread")
+def test_two_threads_encode_chunks_of_one_write_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each encode waits for a second one to start: serialised encoding breaks the barrier."""
+    barrier = threading.Barrier(2, timeout=60)
+    waited: set[str] = set()
+    lock = threading.Lock()
+    encode = chunkcodec._encode
+
+    def meeting(*args: Any) -> Any:
+        name = threading.current_thread().name
+        with lock:
+            first = name not in waited and len(waited) < 2
+            waited.add(name)
+        if first:
+            barrier.wait()  # BrokenBarrierError when no other thread encodes meanwhile
+        return encode(*args)
+
+    monkeypatch.setattr(chunkcodec, "_encode", meeting)
+    values = np.cumsum(np.ones((512, 512), dtype=np.float32), axis=1)
+    with _new_dataset(
+        tmp_path / "w.hdf5", values.shape, values.dtype, (128, 128), dict(hdf5plugin.Zstd()), 0
+    ) as handle:
+        assert chunkcodec.write_whole(handle["data"], values)
+    with h5py.File(tmp_path / "w.hdf5", "r", locking=False) as handle:
+        np.testing.assert_array_equal(handle["data"][...], values)
+    assert len(waited) >= 2

@@ -63,10 +63,12 @@ __all__ = [
     "ChunkIndex",
     "chunk_index",
     "decode_threads",
+    "first_damaged_chunk",
     "forget",
     "read_cached",
     "read_into",
     "read_open",
+    "write_whole",
 ]
 
 logger = logging.getLogger(__name__)
@@ -131,21 +133,8 @@ def _numcodecs() -> ModuleType:
     return _codecs
 
 
-def chunk_index(dataset: h5py.Dataset) -> ChunkIndex | None:
-    """Learn the chunk index of a dataset, if this module can decode it.
-
-    Parameters
-    ----------
-    dataset : h5py.Dataset
-        An open dataset.
-
-    Returns
-    -------
-    ChunkIndex or None
-        ``None`` when the dataset is not chunked, is empty, has a filter outside
-        :data:`SUPPORTED_FILTERS`, or a type whose stored bytes are not numpy's.
-
-    """
+def _pipeline(dataset: h5py.Dataset) -> tuple[tuple[int, tuple[int, ...]], ...] | None:
+    """Return the filter pipeline of a chunked numeric dataset, if this module handles it all."""
     dtype = dataset.dtype
     if dataset.chunks is None or dtype.kind not in "iufc" or not dtype.isnative or not dataset.size:
         return None
@@ -161,6 +150,29 @@ def chunk_index(dataset: h5py.Dataset) -> ChunkIndex | None:
         if code not in SUPPORTED_FILTERS:
             return None
         filters.append((int(code), tuple(int(v) for v in values)))
+    return tuple(filters)
+
+
+def chunk_index(dataset: h5py.Dataset) -> ChunkIndex | None:
+    """Learn the chunk index of a dataset, if this module can decode it.
+
+    Parameters
+    ----------
+    dataset : h5py.Dataset
+        An open dataset.
+
+    Returns
+    -------
+    ChunkIndex or None
+        ``None`` when the dataset is not chunked, is empty, has a filter outside
+        :data:`SUPPORTED_FILTERS`, or a type whose stored bytes are not numpy's.
+
+    """
+    filters = _pipeline(dataset)
+    if filters is None:
+        return None
+    dtype = dataset.dtype
+    dsid = dataset.id
     shape = tuple(int(s) for s in dataset.shape)
     chunks = tuple(int(c) for c in dataset.chunks)
     grid = tuple(-(-s // c) for s, c in zip(shape, chunks, strict=True))
@@ -180,7 +192,7 @@ def chunk_index(dataset: h5py.Dataset) -> ChunkIndex | None:
         for i in range(dsid.get_num_chunks()):
             visit(dsid.get_chunk_info(i))
     fill = np.asarray(dataset.fillvalue, dtype=dtype)
-    return ChunkIndex(shape, chunks, dtype, fill, tuple(filters), offsets, sizes, masks)
+    return ChunkIndex(shape, chunks, dtype, fill, filters, offsets, sizes, masks)
 
 
 def _unshuffle(data: Any, size: int) -> Any:
@@ -235,6 +247,77 @@ def _decode(raw: bytes, filters: tuple[tuple[int, tuple[int, ...]], ...], mask: 
         else:
             data = _lz4_decode(data)
     return data
+
+
+# ------------------------------------------------------------------------------ encoding
+
+_BLOSC_NAMES = {0: "blosclz", 1: "lz4", 2: "lz4hc", 3: "snappy", 4: "zlib", 5: "zstd"}
+_LZ4_DEFAULT_BLOCK = 1 << 30  # H5Z-LZ4's block size when the filter has none
+
+
+def _shuffle(data: Any, size: int) -> Any:
+    """HDF5's byte shuffle (byte ``k`` of every element together); trailing bytes stay."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if size <= 1 or raw.size < size:
+        return data
+    count = raw.size // size
+    out = np.empty_like(raw)
+    out[: count * size].reshape(size, count)[...] = raw[: count * size].reshape(count, size).T
+    out[count * size :] = raw[count * size :]
+    return out
+
+
+def _lz4_encode(data: Any, block: int) -> bytes:
+    """H5Z-LZ4's framing: total size and block size (big-endian), then sized lz4 blocks.
+
+    A block that does not get smaller is stored raw, as the filter does (its size then equals
+    the block's, which is how the decoder tells).
+    """
+    view = memoryview(data).cast("B")
+    total = len(view)
+    block = min(block if block > 0 else _LZ4_DEFAULT_BLOCK, max(total, 1))
+    lz4 = _numcodecs().lz4
+    parts = [struct.pack(">QI", total, block)]
+    for start in range(0, total, block):
+        piece = view[start : start + block]
+        packed = memoryview(lz4.compress(piece))[4:]  # numcodecs' 4-byte size header dropped
+        if len(packed) >= len(piece):
+            packed = piece
+        parts.append(struct.pack(">I", len(packed)))
+        parts.append(bytes(packed))
+    return b"".join(parts)
+
+
+def _blosc_encode(data: Any, values: tuple[int, ...], itemsize: int) -> bytes | None:
+    """Make a blosc frame as H5Z-blosc does from its client values (``None``: no such codec)."""
+    typesize = values[2] if len(values) > 2 and values[2] > 0 else itemsize
+    clevel = values[4] if len(values) > 4 else 5
+    shuffle = values[5] if len(values) > 5 else 1
+    name = _BLOSC_NAMES.get(values[6] if len(values) > 6 else 0)
+    blosc = _numcodecs().blosc
+    if name is None or name not in blosc.list_compressors():
+        return None
+    return bytes(blosc.compress(data, name.encode(), clevel, shuffle, typesize=typesize))
+
+
+def _encode(chunk: np.ndarray, filters: tuple[tuple[int, tuple[int, ...]], ...]) -> bytes | None:
+    """Encode one whole chunk (C-contiguous) with the filter pipeline, in writing order."""
+    data: Any = chunk.reshape(-1).view(np.uint8)
+    itemsize = chunk.dtype.itemsize
+    for code, values in filters:
+        if code == DEFLATE:
+            data = zlib.compress(data, values[0] if values else 6)
+        elif code == SHUFFLE:
+            data = _shuffle(data, values[0] if values else itemsize)
+        elif code == ZSTD:
+            data = _numcodecs().zstd.compress(data, values[0] if values else 3)
+        elif code == BLOSC:
+            data = _blosc_encode(data, values, itemsize)
+            if data is None:
+                return None
+        else:
+            data = _lz4_encode(data, values[0] if values else 0)
+    return bytes(data)
 
 
 class _Damaged(Exception):
@@ -506,3 +589,112 @@ def read_cached(
         return target
     finally:
         lockprim.close_fd(fd, shared)
+
+
+# ------------------------------------------------------------------------------ writes
+
+
+def write_whole(dataset: h5py.Dataset, values: np.ndarray) -> bool:
+    """Give every chunk of a new, empty dataset its content, encoded here, in parallel.
+
+    The chunks are encoded outside h5py's lock, split between the calling thread and the
+    module's pool, then handed to HDF5 as they are (``write_direct_chunk``), so HDF5 runs no
+    filter.  The file is what HDF5 would write with its own filters: its readers (h5py, deker
+    1.1.7, this module) decode it with the pipeline the dataset declares.
+
+    Parameters
+    ----------
+    dataset : h5py.Dataset
+        A dataset just created (no chunk written), chunked with filters this module handles.
+    values : numpy.ndarray
+        The whole content: the dataset's shape (or broadcastable to it), its dtype.
+
+    Returns
+    -------
+    bool
+        ``False`` (nothing written) when the dataset or the values are not handled here: then
+        write with h5py.
+
+    """
+    filters = _pipeline(dataset)
+    if filters is None or not filters or np.asarray(values).dtype != dataset.dtype:
+        return False
+    if dataset.id.get_num_chunks():
+        return False
+    shape = tuple(int(n) for n in dataset.shape)
+    chunks = tuple(int(c) for c in dataset.chunks)
+    try:
+        source = np.broadcast_to(values, shape)
+    except ValueError:
+        return False
+    fill = np.asarray(dataset.fillvalue, dtype=dataset.dtype)
+    grid = [range(-(-n // c)) for n, c in zip(shape, chunks, strict=True)]
+    positions = list(itertools.product(*grid))
+    encoded: list[bytes | None] = [None] * len(positions)
+
+    def work(part: Sequence[tuple[int, tuple[int, ...]]]) -> bool:
+        for i, where in part:
+            region = tuple(
+                slice(p * c, min((p + 1) * c, n)) for p, c, n in zip(where, chunks, shape, strict=True)
+            )
+            piece = source[region]
+            if piece.shape == chunks:
+                chunk = np.ascontiguousarray(piece)
+            else:  # an edge chunk is stored whole; HDF5 pads it with the fill value
+                chunk = np.full(chunks, fill, dtype=dataset.dtype)
+                chunk[tuple(slice(0, n) for n in piece.shape)] = piece
+            encoded[i] = _encode(chunk, filters)
+            if encoded[i] is None:
+                return False
+        return True
+
+    if not _run(list(enumerate(positions)), work, source.nbytes):
+        return False
+    dsid = dataset.id
+    for where, data in zip(positions, encoded, strict=True):
+        dsid.write_direct_chunk(tuple(p * c for p, c in zip(where, chunks, strict=True)), data)
+    return True
+
+
+def first_damaged_chunk(dataset: h5py.Dataset) -> tuple[bool, str | None]:
+    """Decode every stored chunk of ``dataset``; say what is wrong with the first bad one.
+
+    For the integrity check: h5py's own reading does not always notice damage (hdf5plugin's
+    zstd filter hands a corrupted chunk back undecoded).  The raw chunks are read through h5py
+    (``read_direct_chunk``, any driver) and decoded here.
+
+    Parameters
+    ----------
+    dataset : h5py.Dataset
+        An open dataset.
+
+    Returns
+    -------
+    handled : bool
+        ``False`` when this module does not handle the dataset: then read it with h5py.
+    damage : str or None
+        ``None`` when every stored chunk decodes to its size, else what is wrong.
+
+    """
+    index = chunk_index(dataset)
+    if index is None:
+        return False, None
+    cells = math.prod(index.chunks)
+    for where in zip(*np.nonzero(index.offsets >= 0), strict=True):
+        position = tuple(int(p) for p in where)
+        start = tuple(p * c for p, c in zip(position, index.chunks, strict=True))
+        name = "chunk {} (cells [{}])".format(
+            position,
+            ", ".join(
+                f"{a}:{min(a + c, n)}" for a, c, n in zip(start, index.chunks, index.shape, strict=True)
+            ),
+        )
+        try:
+            mask, raw = dataset.id.read_direct_chunk(start)
+            data = _decode(raw, index.filters, int(mask), index.dtype.itemsize)
+        except Exception as exc:
+            return True, f"{name} does not decode: {exc}"
+        size = len(memoryview(data).cast("B"))
+        if size != cells * index.dtype.itemsize:
+            return True, f"{name} decodes to {size} bytes, not {cells * index.dtype.itemsize}"
+    return True, None

@@ -178,6 +178,12 @@ def _create_data(
     )
 
 
+def _fill_new(dataset: h5py.Dataset, values: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Write every cell of a new dataset: chunks encoded in parallel (chunkcodec), else h5py."""
+    if not chunkcodec.write_whole(dataset, values):
+        dataset[...] = _expand(values, shape)
+
+
 def _write_whole(
     path: Path,
     values: np.ndarray | None,
@@ -207,17 +213,14 @@ def _write_whole(
             stored_meta = np.array(meta[()], dtype=meta.dtype)  # then write a new file, below
         elif values is not None:
             handle[EMPTY_CELLS][()] = np.int64(empty_cells)
-            _create_data(handle, shape, values.dtype, fill_value, dataset_kwargs)[...] = _expand(
-                values, shape
-            )
+            _fill_new(_create_data(handle, shape, values.dtype, fill_value, dataset_kwargs), values, shape)
     if stored_meta is None:
         return
     with _write_errors(path), atomic.replacing(path) as tmp, _fresh(tmp, path) as handle:
         handle.create_dataset(META, data=stored_meta)
         handle.create_dataset(EMPTY_CELLS, data=np.int64(empty_cells))
         if values is not None:
-            dataset = _create_data(handle, shape, values.dtype, fill_value, dataset_kwargs)
-            dataset[...] = _expand(values, shape)
+            _fill_new(_create_data(handle, shape, values.dtype, fill_value, dataset_kwargs), values, shape)
 
 
 def _raw_bytes(values: np.ndarray) -> memoryview:
@@ -412,7 +415,7 @@ def create_array_file(
                 handle.create_dataset(EMPTY_CELLS, data=np.int64(empty))
                 if values is not None and shape is not None:
                     dataset = _create_data(handle, shape, values.dtype, fill_value, dataset_kwargs or {})
-                    dataset[...] = _expand(values, shape)
+                    _fill_new(dataset, values, shape)
             return
         except FileNotFoundError:  # a concurrent cleanup removed the empty parent: retry
             if attempt == 4 or os.path.exists(path.parent):

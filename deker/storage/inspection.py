@@ -30,7 +30,7 @@ import hdf5plugin  # noqa: F401  (registers the compression filters with HDF5)
 import numpy as np
 
 from deker.errors import DekerValidationError
-from deker.storage import lockprim
+from deker.storage import chunkcodec, lockprim
 from deker.storage.journal import HeldFile
 from deker.storage.layout import (
     JOURNAL_SUFFIX,
@@ -393,6 +393,9 @@ def _verify_data(handle: h5py.File, shape: tuple[int, ...], dtype: np.dtype[Any]
         return [*errors, f"data has incorrect dtype {dataset.dtype}, expected {dtype}"]
     if total == 0:
         return errors
+    handled, damage = chunkcodec.first_damaged_chunk(dataset)  # also what h5py misses
+    if handled:
+        return errors if damage is None else [*errors, f"data is corrupted: {damage}"]
     unit = tuple(dataset.chunks) if dataset.chunks else (1,) * len(shape)
     for block in _verify_blocks(tuple(shape), unit):
         try:
