@@ -15,7 +15,8 @@ The uncompressed full read also times the floor of deker's layout (``os_tiles``,
 ``os.preadv`` read of 64 tile files of :mod:`benchmarks.scenarios`).
 
 Steps: first write, full read, ``windows`` reads of ``window x window`` across tile borders,
-zstd first write and full read, a dask sum on a 2-process ``LocalCluster``, a dask ``store``
+zstd first write and full read (also with the whole process on one CPU: what the second core
+brings), a dask sum on a 2-process ``LocalCluster``, a dask ``store``
 from chunks of ``1000 x 1000`` (scaled with ``side``, never aligned on the tiles) with the
 threaded scheduler and with the cluster, and deker's ``Client(executor=dask_client)`` full
 write and read against its own thread pool (``deker_executor`` against ``deker``).
@@ -30,8 +31,10 @@ zarr needs the ``bench`` extra (``pip install -e '.[bench]'``; zarr 3 needs Pyth
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +66,7 @@ STEPS: dict[str, ZStep] = {
     "z_window_reads": ZStep("windows across tiles (uncompressed)", rate=True),
     "z_zstd_write": ZStep("zstd first write"),
     "z_zstd_read": ZStep("zstd full read"),
+    "z_zstd_read_1cpu": ZStep("zstd full read, the process on one CPU"),
     "z_dask_sum": ZStep("dask sum, 2-process LocalCluster"),
     "z_store_threads": ZStep("dask store, unaligned chunks, threads"),
     "z_store_distributed": ZStep("dask store, unaligned chunks, LocalCluster"),
@@ -416,9 +420,49 @@ def _part_uncompressed(
     return {name: made[name][-1] for name in engines}
 
 
+@contextmanager
+def one_cpu() -> Iterator[bool]:
+    """Pin every thread of this process to one of its CPUs for the block (``False``: it has one).
+
+    ``os.sched_setaffinity(0, ...)`` moves the calling thread only: the threads already running
+    (the client's pool, the codec pool) are moved one by one, by their ids in ``/proc/self/task``.
+    """
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        yield False
+        return
+    if len(cpus) < 2:
+        yield False
+        return
+
+    def pin(to: set[int]) -> None:
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                os.sched_setaffinity(int(tid), to)
+            except OSError:  # a thread that ended meanwhile
+                pass
+
+    pin({min(cpus)})
+    try:
+        yield True
+    finally:
+        pin(set(cpus))
+
+
 def _part_zstd(rec: Recorder, engines: Mapping[str, Engine], sizes: Sizes) -> None:
     data = pattern((sizes.varray_side,) * 2, np.float32, 0)
     made = _writes_and_reads(rec, engines, "zstd", data, sizes, ("z_zstd_write", "z_zstd_read"))
+    for rep in range(sizes.reps):  # the same reads on one CPU: what the second core brings
+        for name, engine in engines.items():
+            with one_cpu() as pinned:
+                if not pinned:
+                    return
+                seconds, got = timed(lambda e=engine, h=made[name][rep]: e.read(h))
+            check(np.array_equal(got, data), f"{name} full read (zstd, one CPU)")
+            del got
+            rec.add("z_zstd_read_1cpu", name, seconds, bytes=data.nbytes, ops=1, codec="zstd")
+            rec.verified("z_zstd_read_1cpu", name)
     for name, engine in engines.items():
         for handle in made[name]:
             engine.drop(handle)
@@ -619,6 +663,10 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                     item[f"deker_vs_{other}"] = round(_per_op(ours) / _per_op(engines[other]), 3)
             if "deker_executor" in engines:
                 item["executor_vs_threads"] = round(_per_op(engines["deker_executor"]) / _per_op(ours), 3)
+        if name == "z_zstd_read_1cpu":  # one CPU's time over all CPUs' time, per engine
+            for engine, row in engines.items():
+                if engine in by.get("z_zstd_read", {}):
+                    item[f"{engine}_speedup"] = round(_per_op(row) / _per_op(by["z_zstd_read"][engine]), 3)
         out.append(item)
     return out
 
