@@ -374,6 +374,7 @@ def _writes_and_reads(
             seconds, _ = timed(lambda e=engine, h=handle: e.write(h, data))
             rec.add(write_name, name, seconds, bytes=data.nbytes, ops=1, codec=codec or "none")
     offsets = scenarios._tile_offsets(floor, sizes) if floor is not None else None
+    os.sync()  # untimed: the reads do not compete with the write-back of what was just written
     for rep in range(sizes.reps):
         for name, engine in engines.items():
             seconds, got = timed(lambda e=engine, h=made[name][rep]: e.read(h))
