@@ -83,6 +83,26 @@ def _options_kwargs(meta: CollectionMeta, shape: tuple[int, ...]) -> dict[str, A
     return dict(meta.options.h5py_dataset_kwargs(shape)) if meta.options is not None else {}
 
 
+# What the FileSpecs of one collection share, per CollectionMeta object (a VArray builds the
+# spec of every tile it touches, on every read: the tile schema is built once instead).  The
+# entry keeps its meta alive, so its id is not reused while it is cached.
+_SPEC_PARTS: dict[int, tuple[CollectionMeta, tuple[tuple[int, ...], str, Any, dict[str, Any]]]] = {}
+_SPEC_PARTS_MAX = 256
+
+
+def _spec_parts(meta: CollectionMeta) -> tuple[tuple[int, ...], str, Any, dict[str, Any]]:
+    kept = _SPEC_PARTS.get(id(meta))
+    if kept is not None and kept[0] is meta:
+        return kept[1]
+    schema = array_schema_of(meta)
+    shape = tuple(schema.shape)
+    parts = (shape, np.dtype(schema.dtype).str, schema.fill_value, _options_kwargs(meta, shape))
+    if len(_SPEC_PARTS) >= _SPEC_PARTS_MAX:
+        _SPEC_PARTS.clear()
+    _SPEC_PARTS[id(meta)] = (meta, parts)
+    return parts
+
+
 def file_spec(
     root: str,
     meta: CollectionMeta,
@@ -92,16 +112,15 @@ def file_spec(
     storage_id: str | None = None,
 ) -> FileSpec:
     """Return the :class:`~deker.tasks.FileSpec` of an Array (or tile) of a collection."""
-    schema = array_schema_of(meta)
-    shape = tuple(schema.shape)
+    shape, dtype, fill_value, kwargs = _spec_parts(meta)
     return FileSpec(
         root=root,
         collection=meta.name,
         array_id=array_id,
         shape=shape,
-        dtype=np.dtype(schema.dtype).str,
-        fill_value=schema.fill_value,
-        dataset_kwargs=_options_kwargs(meta, shape),
+        dtype=dtype,
+        fill_value=fill_value,
+        dataset_kwargs=dict(kwargs),
         locks=locks,
         symlink=symlink,
         storage_id=storage_id,
