@@ -463,3 +463,53 @@ def test_two_threads_encode_chunks_of_one_write_at_once(
     with h5py.File(tmp_path / "w.hdf5", "r", locking=False) as handle:
         np.testing.assert_array_equal(handle["data"][...], values)
     assert len(waited) >= 2
+
+
+def test_large_whole_writes_hold_one_batch_of_encoded_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chunkcodec, "_WRITE_BATCH_BYTES", 1)  # batches of 2 * threads chunks
+    step = 2 * chunkcodec.decode_threads()
+    outstanding = [0, 0]  # encoded and not yet written, the most seen
+    encode = chunkcodec._encode
+    lock = threading.Lock()
+
+    def counted(*args: Any) -> Any:
+        with lock:
+            outstanding[0] += 1
+            outstanding[1] = max(outstanding)
+        return encode(*args)
+
+    monkeypatch.setattr(chunkcodec, "_encode", counted)
+    values = np.cumsum(np.ones((95, 100), dtype=np.int16), axis=0)
+    with _new_dataset(
+        tmp_path / "big.hdf5", values.shape, values.dtype, (10, 10), dict(hdf5plugin.LZ4()), -1
+    ) as handle:
+        dsid = handle["data"].id
+
+        class Writes:  # counts the chunks handed to HDF5
+            def __getattr__(self, name: str) -> Any:
+                return getattr(dsid, name)
+
+            def write_direct_chunk(self, *args: Any) -> Any:
+                with lock:
+                    outstanding[0] -= 1
+                return dsid.write_direct_chunk(*args)
+
+        dataset = handle["data"]
+        monkeypatch.setattr(type(dataset), "id", property(lambda self: Writes()), raising=True)
+        try:
+            assert chunkcodec.write_whole(dataset, values)
+        finally:
+            monkeypatch.undo()
+    with h5py.File(tmp_path / "big.hdf5", "r", locking=False) as handle:
+        np.testing.assert_array_equal(handle["data"][...], values)
+    assert outstanding[0] == 0 and outstanding[1] <= step + 1
+
+
+def test_blosc_codecs_numcodecs_lacks_are_left_to_h5py() -> None:
+    snappy = ((chunkcodec.BLOSC, (2, 2, 4, 65536, 5, 1, 3)),)  # compressor 3: snappy
+    assert "snappy" not in __import__("numcodecs.blosc").blosc.list_compressors()
+    assert not chunkcodec._encodable(snappy)
+    assert not chunkcodec._encodable(())
+    assert chunkcodec._encodable(((chunkcodec.BLOSC, (2, 2, 4, 65536, 5, 1, 5)),))  # zstd

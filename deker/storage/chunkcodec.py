@@ -86,6 +86,8 @@ SUPPORTED_FILTERS = frozenset({DEFLATE, SHUFFLE, BLOSC, LZ4, ZSTD})
 # Regions whose chunks hold fewer compressed bytes than this are decoded by the calling thread
 # alone: handing them to the pool costs more than it saves.
 _PARALLEL_BYTES = 128 * 1024
+# A whole write encodes and writes its chunks in batches of about this many bytes of cells.
+_WRITE_BATCH_BYTES = 32 * 1024 * 1024
 _MAX_INDEXES = 4096
 
 
@@ -298,6 +300,16 @@ def _blosc_encode(data: Any, values: tuple[int, ...], itemsize: int) -> bytes | 
     if name is None or name not in blosc.list_compressors():
         return None
     return bytes(blosc.compress(data, name.encode(), clevel, shuffle, typesize=typesize))
+
+
+def _encodable(filters: tuple[tuple[int, tuple[int, ...]], ...]) -> bool:
+    """Tell whether :func:`_encode` can encode with ``filters`` (not empty; blosc's codec known)."""
+    for code, values in filters:
+        if code == BLOSC:
+            name = _BLOSC_NAMES.get(values[6] if len(values) > 6 else 0)
+            if name is None or name not in _numcodecs().blosc.list_compressors():
+                return False
+    return bool(filters)
 
 
 def _encode(chunk: np.ndarray, filters: tuple[tuple[int, tuple[int, ...]], ...]) -> bytes | None:
@@ -617,7 +629,7 @@ def write_whole(dataset: h5py.Dataset, values: np.ndarray) -> bool:
 
     """
     filters = _pipeline(dataset)
-    if filters is None or not filters or np.asarray(values).dtype != dataset.dtype:
+    if filters is None or not _encodable(filters) or np.asarray(values).dtype != dataset.dtype:
         return False
     if dataset.id.get_num_chunks():
         return False
@@ -648,11 +660,19 @@ def write_whole(dataset: h5py.Dataset, values: np.ndarray) -> bool:
                 return False
         return True
 
-    if not _run(list(enumerate(positions)), work, source.nbytes):
-        return False
+    # In batches of about _WRITE_BATCH_BYTES of cells: the encoded chunks of a large array are
+    # not all held at once.
+    chunk_bytes = math.prod(chunks) * dataset.dtype.itemsize
+    step = max(2 * decode_threads(), _WRITE_BATCH_BYTES // max(1, chunk_bytes))
     dsid = dataset.id
-    for where, data in zip(positions, encoded, strict=True):
-        dsid.write_direct_chunk(tuple(p * c for p, c in zip(where, chunks, strict=True)), data)
+    jobs = list(enumerate(positions))
+    for start in range(0, len(jobs), step):
+        batch = jobs[start : start + step]
+        if not _run(batch, work, len(batch) * chunk_bytes):  # cannot be: _encodable said yes
+            raise DekerStorageError(f"Chunks of {dataset.file.filename} could not be encoded")
+        for i, where in batch:
+            dsid.write_direct_chunk(tuple(p * c for p, c in zip(where, chunks, strict=True)), encoded[i])
+            encoded[i] = None
     return True
 
 
