@@ -32,9 +32,17 @@ settled (:func:`rawio.settled <deker.storage.rawio.settled>`); :func:`read_cache
 the next regions of the file without opening it in HDF5 at all.  Callers hold the file's read
 lock; a file with an undo journal is read through h5py (its old version), never from here.
 
-The pool threads only decode and copy into disjoint parts of the destination: they never wait
-for other tasks, so a caller running in any other pool (the client's, a Dask worker's) cannot
-deadlock on them, and the calling thread decodes its share of the chunks too.
+Writes go the other way (:func:`write_whole`): when a new dataset gets its whole content (a
+tile created holding its data, a new version of a file, an Array's whole write), its chunks
+are encoded here with the same codecs, in the same pool, and handed to HDF5 as they are
+(``write_direct_chunk``), so HDF5 runs no filter.  Edge chunks are padded with the fill value,
+as HDF5 pads them.  The files are those HDF5's filters read; a pipeline this module cannot
+encode, and every partial write, goes through h5py.  :func:`first_damaged_chunk` decodes every
+stored chunk for the integrity check.
+
+The pool threads only decode, encode and copy into disjoint parts of the destination: they
+never wait for other tasks, so a caller running in any other pool (the client's, a Dask
+worker's) cannot deadlock on them, and the calling thread does its share of the chunks too.
 """
 
 import itertools
