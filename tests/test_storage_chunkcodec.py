@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deker.errors import DekerStorageError
-from deker.storage import chunkcodec, hdf5, rawio
+from deker.storage import chunkcodec, filters, hdf5, rawio
 from deker.storage.inspection import inspect_array_file
 from deker.storage.journal import journal_path
 
@@ -294,7 +294,7 @@ def test_two_threads_decode_chunks_of_one_region_at_once(
     barrier = threading.Barrier(2, timeout=60)
     waited: set[str] = set()
     lock = threading.Lock()
-    decode = chunkcodec._decode
+    decode = filters.decode
 
     def meeting(*args: Any) -> Any:
         name = threading.current_thread().name
@@ -305,7 +305,7 @@ def test_two_threads_decode_chunks_of_one_region_at_once(
             barrier.wait()  # BrokenBarrierError when no other thread decodes meanwhile
         return decode(*args)
 
-    monkeypatch.setattr(chunkcodec, "_decode", meeting)
+    monkeypatch.setattr(filters, "decode", meeting)
     got = hdf5.read_region(path, (slice(0, 512), slice(0, 512)), np.float32, 0)
     np.testing.assert_array_equal(got, values)
     assert len(waited) >= 2
@@ -443,7 +443,7 @@ def test_two_threads_encode_chunks_of_one_write_at_once(
     barrier = threading.Barrier(2, timeout=60)
     waited: set[str] = set()
     lock = threading.Lock()
-    encode = chunkcodec._encode
+    encode = filters.encode
 
     def meeting(*args: Any) -> Any:
         name = threading.current_thread().name
@@ -454,7 +454,7 @@ def test_two_threads_encode_chunks_of_one_write_at_once(
             barrier.wait()  # BrokenBarrierError when no other thread encodes meanwhile
         return encode(*args)
 
-    monkeypatch.setattr(chunkcodec, "_encode", meeting)
+    monkeypatch.setattr(filters, "encode", meeting)
     values = np.cumsum(np.ones((512, 512), dtype=np.float32), axis=1)
     with _new_dataset(
         tmp_path / "w.hdf5", values.shape, values.dtype, (128, 128), dict(hdf5plugin.Zstd()), 0
@@ -471,7 +471,7 @@ def test_large_whole_writes_hold_one_batch_of_encoded_chunks(
     monkeypatch.setattr(chunkcodec, "_WRITE_BATCH_BYTES", 1)  # batches of 2 * threads chunks
     step = 2 * chunkcodec.decode_threads()
     outstanding = [0, 0]  # encoded and not yet written, the most seen
-    encode = chunkcodec._encode
+    encode = filters.encode
     lock = threading.Lock()
 
     def counted(*args: Any) -> Any:
@@ -480,7 +480,7 @@ def test_large_whole_writes_hold_one_batch_of_encoded_chunks(
             outstanding[1] = max(outstanding)
         return encode(*args)
 
-    monkeypatch.setattr(chunkcodec, "_encode", counted)
+    monkeypatch.setattr(filters, "encode", counted)
     values = np.cumsum(np.ones((95, 100), dtype=np.int16), axis=0)
     with _new_dataset(
         tmp_path / "big.hdf5", values.shape, values.dtype, (10, 10), dict(hdf5plugin.LZ4()), -1
@@ -505,11 +505,3 @@ def test_large_whole_writes_hold_one_batch_of_encoded_chunks(
     with h5py.File(tmp_path / "big.hdf5", "r", locking=False) as handle:
         np.testing.assert_array_equal(handle["data"][...], values)
     assert outstanding[0] == 0 and outstanding[1] <= step + 1
-
-
-def test_blosc_codecs_numcodecs_lacks_are_left_to_h5py() -> None:
-    snappy = ((chunkcodec.BLOSC, (2, 2, 4, 65536, 5, 1, 3)),)  # compressor 3: snappy
-    assert "snappy" not in __import__("numcodecs.blosc").blosc.list_compressors()
-    assert not chunkcodec._encodable(snappy)
-    assert not chunkcodec._encodable(())
-    assert chunkcodec._encodable(((chunkcodec.BLOSC, (2, 2, 4, 65536, 5, 1, 5)),))  # zstd

@@ -5,19 +5,9 @@ h5py makes every HDF5 call under one lock of the process, and HDF5 runs a datase
 decodes at a time.  This module asks HDF5 only *where* the chunks of a dataset are (one
 ``chunk_iter`` call gives the offset, size and filter mask of every stored chunk), reads the raw
 chunks a region touches with ``os.pread`` and decodes them itself, with codecs that release the
-GIL, in a pool of threads of its own (:func:`decode_threads`):
+GIL (:mod:`deker.storage.filters`), in a pool of threads of its own (:func:`decode_threads`).
 
-=============  ========  ==================================================================
-filter         HDF5 id   decoded by
-=============  ========  ==================================================================
-deflate/gzip   1         :func:`zlib.decompress` (the standard library; a zlib stream)
-shuffle        2         numpy (HDF5's byte shuffle; its element size is the filter's value)
-blosc          32001     ``numcodecs.blosc`` (a blosc frame carries its sizes and shuffle)
-lz4            32004     ``numcodecs.lz4`` block by block (H5Z-LZ4's framing, read here)
-zstd           32015     ``numcodecs.zstd`` (one zstd frame)
-=============  ========  ==================================================================
-
-A pipeline made only of these, in any order, is decoded here, unfiltered chunked datasets
+A pipeline made only of the filters listed there, in any order, is decoded here, unfiltered chunked datasets
 too; the filters a chunk's mask says were skipped are skipped.  Anything else (other filters,
 fletcher32, scaleoffset, szip, non-numeric or byte-swapped types, a chunk that does not decode
 to its size) returns "not handled" and the caller reads through h5py.  A stored chunk that is cut
@@ -49,21 +39,18 @@ import itertools
 import logging
 import math
 import os
-import struct
 import threading
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from types import ModuleType
 from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
 
 from deker.errors import DekerStorageError
-from deker.storage import lockprim, rawio
+from deker.storage import filters, lockprim, rawio
 from deker.storage.journal import journal_path
 
 __all__ = [
@@ -83,13 +70,9 @@ logger = logging.getLogger(__name__)
 
 Bounds = tuple[int | slice, ...]
 
-DEFLATE = 1
-SHUFFLE = 2
-BLOSC = 32001
-LZ4 = 32004
-ZSTD = 32015
-#: The HDF5 filter ids this module decodes.
-SUPPORTED_FILTERS = frozenset({DEFLATE, SHUFFLE, BLOSC, LZ4, ZSTD})
+#: The HDF5 filter ids this module decodes and encodes (:mod:`deker.storage.filters`).
+SUPPORTED_FILTERS = filters.SUPPORTED_FILTERS
+
 
 # Regions whose chunks hold fewer compressed bytes than this are decoded by the calling thread
 # alone: handing them to the pool costs more than it saves.
@@ -122,28 +105,13 @@ class ChunkIndex(NamedTuple):
     chunks: tuple[int, ...]
     dtype: np.dtype[Any]
     fill: np.ndarray
-    filters: tuple[tuple[int, tuple[int, ...]], ...]
+    filters: filters.Pipeline
     offsets: np.ndarray
     sizes: np.ndarray
     masks: np.ndarray
 
 
-_codecs: ModuleType | None = None
-
-
-def _numcodecs() -> ModuleType:
-    """Import numcodecs' compiled codecs on first use (they cost ~0.1 s to import)."""
-    global _codecs
-    if _codecs is None:
-        import numcodecs.blosc
-        import numcodecs.lz4
-        import numcodecs.zstd
-
-        _codecs = numcodecs
-    return _codecs
-
-
-def _pipeline(dataset: h5py.Dataset) -> tuple[tuple[int, tuple[int, ...]], ...] | None:
+def _pipeline(dataset: h5py.Dataset) -> filters.Pipeline | None:
     """Return the filter pipeline of a chunked numeric dataset, if this module handles it all."""
     dtype = dataset.dtype
     if dataset.chunks is None or dtype.kind not in "iufc" or not dtype.isnative or not dataset.size:
@@ -154,13 +122,13 @@ def _pipeline(dataset: h5py.Dataset) -> tuple[tuple[int, tuple[int, ...]], ...] 
     dcpl = dsid.get_create_plist()
     if dcpl.get_layout() != h5py.h5d.CHUNKED or dcpl.get_external_count():
         return None
-    filters = []
+    found = []
     for i in range(dcpl.get_nfilters()):
         code, _flags, values, _name = dcpl.get_filter(i)
-        if code not in SUPPORTED_FILTERS:
+        if code not in filters.SUPPORTED_FILTERS:
             return None
-        filters.append((int(code), tuple(int(v) for v in values)))
-    return tuple(filters)
+        found.append((int(code), tuple(int(v) for v in values)))
+    return tuple(found)
 
 
 def chunk_index(dataset: h5py.Dataset) -> ChunkIndex | None:
@@ -178,8 +146,8 @@ def chunk_index(dataset: h5py.Dataset) -> ChunkIndex | None:
         :data:`SUPPORTED_FILTERS`, or a type whose stored bytes are not numpy's.
 
     """
-    filters = _pipeline(dataset)
-    if filters is None:
+    pipeline = _pipeline(dataset)
+    if pipeline is None:
         return None
     dtype = dataset.dtype
     dsid = dataset.id
@@ -202,142 +170,7 @@ def chunk_index(dataset: h5py.Dataset) -> ChunkIndex | None:
         for i in range(dsid.get_num_chunks()):
             visit(dsid.get_chunk_info(i))
     fill = np.asarray(dataset.fillvalue, dtype=dtype)
-    return ChunkIndex(shape, chunks, dtype, fill, filters, offsets, sizes, masks)
-
-
-def _unshuffle(data: Any, size: int) -> Any:
-    """Undo HDF5's byte shuffle (bytes of each rank first); trailing bytes stay in place."""
-    raw = np.frombuffer(data, dtype=np.uint8)
-    if size <= 1 or raw.size < size:
-        return data
-    count = raw.size // size
-    out = np.empty_like(raw)
-    out[: count * size].reshape(count, size)[...] = raw[: count * size].reshape(size, count).T
-    out[count * size :] = raw[count * size :]
-    return out
-
-
-def _lz4_decode(data: Any) -> bytes:
-    """Decode H5Z-LZ4's framing: total size and block size (big-endian), then sized blocks."""
-    view = memoryview(data).cast("B")
-    total, block = struct.unpack_from(">QI", view, 0)
-    if block <= 0:
-        raise ValueError("lz4 chunk with a zero block size")
-    lz4 = _numcodecs().lz4
-    parts: list[Any] = []
-    position, left = 12, total
-    while left > 0:
-        expected = min(block, left)
-        (stored,) = struct.unpack_from(">I", view, position)
-        position += 4
-        piece = view[position : position + stored]
-        position += stored
-        if stored == expected:  # kept raw: it did not compress
-            parts.append(piece)
-        else:  # numcodecs' framing: the decoded size (little-endian), then one lz4 block
-            parts.append(lz4.decompress(struct.pack("<I", expected) + piece.tobytes()))
-        left -= expected
-    return b"".join(parts)
-
-
-def _decode(raw: bytes, filters: tuple[tuple[int, tuple[int, ...]], ...], mask: int, itemsize: int) -> Any:
-    data: Any = raw
-    for i in reversed(range(len(filters))):
-        if mask >> i & 1:
-            continue  # HDF5 skipped this filter for this chunk
-        code, values = filters[i]
-        if code == DEFLATE:
-            data = zlib.decompress(data)
-        elif code == SHUFFLE:
-            data = _unshuffle(data, values[0] if values else itemsize)
-        elif code == ZSTD:
-            data = _numcodecs().zstd.decompress(data)
-        elif code == BLOSC:
-            data = _numcodecs().blosc.decompress(data)
-        else:
-            data = _lz4_decode(data)
-    return data
-
-
-# ------------------------------------------------------------------------------ encoding
-
-_BLOSC_NAMES = {0: "blosclz", 1: "lz4", 2: "lz4hc", 3: "snappy", 4: "zlib", 5: "zstd"}
-_LZ4_DEFAULT_BLOCK = 1 << 30  # H5Z-LZ4's block size when the filter has none
-
-
-def _shuffle(data: Any, size: int) -> Any:
-    """HDF5's byte shuffle (byte ``k`` of every element together); trailing bytes stay."""
-    raw = np.frombuffer(data, dtype=np.uint8)
-    if size <= 1 or raw.size < size:
-        return data
-    count = raw.size // size
-    out = np.empty_like(raw)
-    out[: count * size].reshape(size, count)[...] = raw[: count * size].reshape(count, size).T
-    out[count * size :] = raw[count * size :]
-    return out
-
-
-def _lz4_encode(data: Any, block: int) -> bytes:
-    """H5Z-LZ4's framing: total size and block size (big-endian), then sized lz4 blocks.
-
-    A block that does not get smaller is stored raw, as the filter does (its size then equals
-    the block's, which is how the decoder tells).
-    """
-    view = memoryview(data).cast("B")
-    total = len(view)
-    block = min(block if block > 0 else _LZ4_DEFAULT_BLOCK, max(total, 1))
-    lz4 = _numcodecs().lz4
-    parts = [struct.pack(">QI", total, block)]
-    for start in range(0, total, block):
-        piece = view[start : start + block]
-        packed = memoryview(lz4.compress(piece))[4:]  # numcodecs' 4-byte size header dropped
-        if len(packed) >= len(piece):
-            packed = piece
-        parts.append(struct.pack(">I", len(packed)))
-        parts.append(bytes(packed))
-    return b"".join(parts)
-
-
-def _blosc_encode(data: Any, values: tuple[int, ...], itemsize: int) -> bytes | None:
-    """Make a blosc frame as H5Z-blosc does from its client values (``None``: no such codec)."""
-    typesize = values[2] if len(values) > 2 and values[2] > 0 else itemsize
-    clevel = values[4] if len(values) > 4 else 5
-    shuffle = values[5] if len(values) > 5 else 1
-    name = _BLOSC_NAMES.get(values[6] if len(values) > 6 else 0)
-    blosc = _numcodecs().blosc
-    if name is None or name not in blosc.list_compressors():
-        return None
-    return bytes(blosc.compress(data, name.encode(), clevel, shuffle, typesize=typesize))
-
-
-def _encodable(filters: tuple[tuple[int, tuple[int, ...]], ...]) -> bool:
-    """Tell whether :func:`_encode` can encode with ``filters`` (not empty; blosc's codec known)."""
-    for code, values in filters:
-        if code == BLOSC:
-            name = _BLOSC_NAMES.get(values[6] if len(values) > 6 else 0)
-            if name is None or name not in _numcodecs().blosc.list_compressors():
-                return False
-    return bool(filters)
-
-
-def _encode(chunk: np.ndarray, filters: tuple[tuple[int, tuple[int, ...]], ...]) -> bytes | None:
-    """Encode one whole chunk (C-contiguous) with the filter pipeline, in writing order."""
-    data: Any = chunk.reshape(-1).view(np.uint8)
-    itemsize = chunk.dtype.itemsize
-    for code, values in filters:
-        if code == DEFLATE:
-            data = zlib.compress(data, values[0] if values else 6)
-        elif code == SHUFFLE:
-            data = _shuffle(data, values[0] if values else itemsize)
-        elif code == ZSTD:
-            data = _numcodecs().zstd.compress(data, values[0] if values else 3)
-        elif code == BLOSC:
-            data = _blosc_encode(data, values, itemsize)
-            if data is None:
-                return None
-        else:
-            data = _lz4_encode(data, values[0] if values else 0)
-    return bytes(data)
+    return ChunkIndex(shape, chunks, dtype, fill, pipeline, offsets, sizes, masks)
 
 
 class _Damaged(Exception):
@@ -355,7 +188,7 @@ def _fetch(fd: int, index: ChunkIndex, where: tuple[int, ...]) -> np.ndarray:
     if len(raw) != size:
         raise _Damaged(f"chunk {where} at byte {offset} is cut short ({len(raw)} of {size} bytes)")
     try:
-        data = _decode(raw, index.filters, int(index.masks[where]), index.dtype.itemsize)
+        data = filters.decode(raw, index.filters, int(index.masks[where]), index.dtype.itemsize)
     except Exception as exc:
         raise _Damaged(f"chunk {where} at byte {offset} does not decode: {exc}") from exc
     chunk = np.frombuffer(data, dtype=index.dtype)
@@ -636,8 +469,8 @@ def write_whole(dataset: h5py.Dataset, values: np.ndarray) -> bool:
         write with h5py.
 
     """
-    filters = _pipeline(dataset)
-    if filters is None or not _encodable(filters) or np.asarray(values).dtype != dataset.dtype:
+    pipeline = _pipeline(dataset)
+    if pipeline is None or not filters.encodable(pipeline) or np.asarray(values).dtype != dataset.dtype:
         return False
     if dataset.id.get_num_chunks():
         return False
@@ -663,7 +496,7 @@ def write_whole(dataset: h5py.Dataset, values: np.ndarray) -> bool:
             else:  # an edge chunk is stored whole; HDF5 pads it with the fill value
                 chunk = np.full(chunks, fill, dtype=dataset.dtype)
                 chunk[tuple(slice(0, n) for n in piece.shape)] = piece
-            encoded[i] = _encode(chunk, filters)
+            encoded[i] = filters.encode(chunk, pipeline)
             if encoded[i] is None:
                 return False
         return True
@@ -719,7 +552,7 @@ def first_damaged_chunk(dataset: h5py.Dataset) -> tuple[bool, str | None]:
         )
         try:
             mask, raw = dataset.id.read_direct_chunk(start)
-            data = _decode(raw, index.filters, int(mask), index.dtype.itemsize)
+            data = filters.decode(raw, index.filters, int(mask), index.dtype.itemsize)
         except Exception as exc:
             return True, f"{name} does not decode: {exc}"
         size = len(memoryview(data).cast("B"))
