@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing as mp
+import os
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -326,4 +327,35 @@ def test_template_data_offset_refuses_every_other_file(tmp_path: Path) -> None:
 
 
 def test_public_names() -> None:
-    assert templates.__all__ == ["data_array_parts", "empty_array_image", "template_data_offset"]
+    assert templates.__all__ == [
+        "data_array_parts",
+        "empty_array_image",
+        "raw_bytes",
+        "template_data_offset",
+        "write_new_file",
+        "write_parts",
+    ]
+
+
+def test_write_parts_finishes_writes_the_kernel_cuts_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large ``pwritev`` may write less than asked: the rest is written by the next calls."""
+    real = os.pwritev
+    calls: list[int] = []
+
+    def short(fd: int, buffers: list[memoryview], offset: int) -> int:
+        calls.append(offset)
+        return real(fd, [buffers[0][:5]], offset)  # at most 5 bytes, of the first buffer only
+
+    monkeypatch.setattr(os, "pwritev", short)
+    values = np.arange(6, dtype=np.int16).reshape(2, 3)[:, ::-1]  # not contiguous: copied in C order
+    path = tmp_path / "parts"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        templates.write_parts(fd, b"head", values, b"tail!")
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"head" + np.ascontiguousarray(values).tobytes() + b"tail!"
+    assert len(calls) == 5 and calls == sorted(calls)  # 4 + 12 + 5 bytes, 5 at a time

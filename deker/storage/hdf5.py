@@ -223,39 +223,6 @@ def _write_whole(
             _fill_new(_create_data(handle, shape, values.dtype, fill_value, dataset_kwargs), values, shape)
 
 
-def _raw_bytes(values: np.ndarray) -> memoryview:
-    """Return the bytes of ``values`` in C order (a copy only when it is not contiguous)."""
-    return memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-
-
-def _write_parts(fd: int, head: bytes, values: np.ndarray, tail: bytes) -> None:
-    """Write ``head``, the bytes of ``values`` and ``tail`` at the start of the open file ``fd``.
-
-    One ``pwritev`` (repeated if the kernel writes less), which releases the GIL: the files of
-    several threads are written at the same time.
-    """
-    pieces = [v for v in (memoryview(head), _raw_bytes(values), memoryview(tail)) if len(v)]
-    offset = 0
-    while pieces:
-        written = os.pwritev(fd, pieces, offset)
-        offset += written
-        while written:  # drop what was written (a large write may stop early)
-            step = min(written, len(pieces[0]))
-            pieces[0] = pieces[0][step:]
-            written -= step
-            if not len(pieces[0]):
-                pieces.pop(0)
-
-
-def _write_new_file(tmp: Path, head: bytes, values: np.ndarray, tail: bytes) -> None:
-    """Write a new version through the held descriptor of ``tmp`` (closing none of its own)."""
-    fd, shared = lockprim.open_fd(tmp, True)
-    try:
-        _write_parts(fd, head, values, tail)
-    finally:
-        lockprim.close_fd(fd, shared)
-
-
 def _write_whole_fast(
     path: Path, values: np.ndarray, empty_cells: int, shape: tuple[int, ...], fill_value: Any
 ) -> bool:
@@ -288,11 +255,11 @@ def _write_whole_fast(
         head, tail = parts
         if had_data:
             with atomic.replacing(path) as tmp:
-                _write_new_file(tmp, head, values, tail)
+                templates.write_new_file(tmp, head, values, tail)
             return True
         with atomic.journaled(path) as journal:
             journal.write(head)
-            journal.write(_raw_bytes(values))
+            journal.write(templates.raw_bytes(values))
             journal.write(tail)
             journal.truncate()
     return True
@@ -404,11 +371,11 @@ def create_array_file(
             atomic.discard_leftovers(path)  # of an earlier file of that name: never to apply
             if image is not None:  # the bytes h5py would write, from a per-process template
                 with atomic.replacing(path, exclusive=True) as tmp:
-                    _write_new_file(tmp, image, np.empty(0, np.uint8), b"")
+                    templates.write_new_file(tmp, image, np.empty(0, np.uint8), b"")
                 return
             if parts is not None and values is not None:
                 with atomic.replacing(path, exclusive=True) as tmp:
-                    _write_new_file(tmp, parts[0], values, parts[1])
+                    templates.write_new_file(tmp, parts[0], values, parts[1])
                 return
             with atomic.replacing(path, exclusive=True) as tmp, _fresh(tmp, path) as handle:
                 handle.create_dataset(META, data=np.array(meta, dtype=meta_dtype))

@@ -45,9 +45,17 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
+from deker.storage import lockprim
 from deker.storage.journal import NewFile
 
-__all__ = ["data_array_parts", "empty_array_image", "template_data_offset"]
+__all__ = [
+    "data_array_parts",
+    "empty_array_image",
+    "raw_bytes",
+    "template_data_offset",
+    "write_new_file",
+    "write_parts",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -323,3 +331,72 @@ def template_data_offset(
     if template.tail and os.pread(fd, len(template.tail), len(template.head) + nbytes) != template.tail:
         return None
     return len(template.head)
+
+
+# ------------------------------------------------------------------------------ writing parts
+
+
+def raw_bytes(values: np.ndarray) -> memoryview:
+    """Return the bytes of ``values`` in C order (a copy only when it is not contiguous).
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Any array.
+
+    Returns
+    -------
+    memoryview
+        Its bytes, one dimension.
+
+    """
+    return memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+
+
+def write_parts(fd: int, head: bytes, values: np.ndarray, tail: bytes) -> None:
+    """Write ``head``, the bytes of ``values`` and ``tail`` at the start of the open file ``fd``.
+
+    One ``pwritev`` (repeated if the kernel writes less), which releases the GIL: the files of
+    several threads are written at the same time.
+
+    Parameters
+    ----------
+    fd : int
+        A descriptor open for writing.
+    head, tail : bytes
+        The bytes before and after the data (a template's parts).
+    values : numpy.ndarray
+        The data, written in C order.
+
+    """
+    pieces = [v for v in (memoryview(head), raw_bytes(values), memoryview(tail)) if len(v)]
+    offset = 0
+    while pieces:
+        written = os.pwritev(fd, pieces, offset)
+        offset += written
+        while written:  # drop what was written (a large write may stop early)
+            step = min(written, len(pieces[0]))
+            pieces[0] = pieces[0][step:]
+            written -= step
+            if not len(pieces[0]):
+                pieces.pop(0)
+
+
+def write_new_file(tmp: Path, head: bytes, values: np.ndarray, tail: bytes) -> None:
+    """Write a new version through the held descriptor of ``tmp`` (closing none of its own).
+
+    Parameters
+    ----------
+    tmp : Path
+        The new, empty temporary file (its writer holds it: :mod:`deker.storage.lockprim`).
+    head, tail : bytes
+        The bytes before and after the data.
+    values : numpy.ndarray
+        The data.
+
+    """
+    fd, shared = lockprim.open_fd(tmp, True)
+    try:
+        write_parts(fd, head, values, tail)
+    finally:
+        lockprim.close_fd(fd, shared)
