@@ -448,6 +448,7 @@ def test_read_templated_remembers_settled_files(tmp_path: Path, monkeypatch: pyt
 
 def test_public_names_and_constants() -> None:
     assert sorted(rawio.__all__) == [
+        "FileCache",
         "MIN_BYTES",
         "SETTLED_NS",
         "contiguous_offset",
@@ -461,3 +462,16 @@ def test_public_names_and_constants() -> None:
     ]
     assert rawio.MIN_BYTES == 64 * 1024
     assert rawio.SETTLED_NS == 1_000_000_000
+
+
+def test_file_cache_keeps_the_most_recently_kept_files() -> None:
+    cache: rawio.FileCache[int] = rawio.FileCache(2)
+    cache.keep("/a", 1)
+    cache.keep(Path("/b"), 2)
+    cache.keep("/a", 3)  # kept again: now the most recent
+    cache.keep("/c", 4)  # full: "/b", the least recently kept, goes
+    assert (cache.get(Path("/a")), cache.get("/b"), cache.get("/c")) == (3, None, 4)
+    cache.forget("/a")
+    assert cache.get("/a") is None and cache.get("/c") == 4
+    cache.forget()
+    assert cache.get("/c") is None

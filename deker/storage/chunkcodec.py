@@ -40,7 +40,6 @@ import logging
 import math
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -309,8 +308,7 @@ def read_into(fd: int, index: ChunkIndex, bounds: Bounds, out: np.ndarray) -> bo
 
 # ------------------------------------------------------------------------------ index cache
 
-_indexes: OrderedDict[str, tuple[tuple[int, int, int, int, int], ChunkIndex]] = OrderedDict()
-_indexes_lock = threading.Lock()
+_indexes: rawio.FileCache[tuple[tuple[int, int, int, int, int], ChunkIndex]] = rawio.FileCache(_MAX_INDEXES)
 
 
 def forget(path: Path | str | None = None) -> None:
@@ -322,11 +320,7 @@ def forget(path: Path | str | None = None) -> None:
         A data file.
 
     """
-    with _indexes_lock:
-        if path is None:
-            _indexes.clear()
-        else:
-            _indexes.pop(str(path), None)
+    _indexes.forget(path)
 
 
 def _target(shape: tuple[int, ...], dtype: np.dtype[Any], out: np.ndarray | None) -> np.ndarray | None:
@@ -381,11 +375,7 @@ def read_open(
         return None
     st = os.fstat(fd)
     if rawio.settled(st):
-        with _indexes_lock:
-            _indexes[str(path)] = (rawio.file_stamp(st), index)
-            _indexes.move_to_end(str(path))
-            while len(_indexes) > _MAX_INDEXES:
-                _indexes.popitem(last=False)
+        _indexes.keep(path, (rawio.file_stamp(st), index))
     target = _target(_shape(bounds), index.dtype, out)
     if target is None or not _read_checked(path, fd, index, bounds, target):
         return None

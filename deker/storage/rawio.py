@@ -44,7 +44,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import h5py
 import numpy as np
@@ -54,6 +54,7 @@ from deker.storage.journal import journal_path
 
 __all__ = [
     "MIN_BYTES",
+    "FileCache",
     "SETTLED_NS",
     "contiguous_offset",
     "file_stamp",
@@ -327,8 +328,78 @@ class _Layout(NamedTuple):
     dtype: np.dtype  # type: ignore[type-arg]
 
 
-_layouts: OrderedDict[str, _Layout] = OrderedDict()
-_layouts_lock = threading.Lock()
+V = TypeVar("V")
+
+
+class FileCache(Generic[V]):
+    """What a process learnt about files, by path; the least recently kept go beyond ``size``.
+
+    The caller decides what may be kept (files that have :func:`settled`) and checks the
+    value against the file's :func:`file_stamp` when it uses it.  Thread-safe.
+
+    Parameters
+    ----------
+    size : int
+        How many files are remembered at most.
+
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[str, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path | str) -> V | None:
+        """Return what is kept for ``path``, or None.
+
+        Parameters
+        ----------
+        path : Path or str
+            A file.
+
+        Returns
+        -------
+        object or None
+            The kept value.
+
+        """
+        return self._items.get(str(path))
+
+    def keep(self, path: Path | str, value: V) -> None:
+        """Remember ``value`` for ``path`` (forgetting the least recently kept file if full).
+
+        Parameters
+        ----------
+        path : Path or str
+            A file.
+        value : object
+            What was learnt about it.
+
+        """
+        key = str(path)
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def forget(self, path: Path | str | None = None) -> None:
+        """Drop what is kept for ``path`` (for every file when ``None``).
+
+        Parameters
+        ----------
+        path : Path or str, optional
+            A file.
+
+        """
+        with self._lock:
+            if path is None:
+                self._items.clear()
+            else:
+                self._items.pop(str(path), None)
+
+
+_layouts: FileCache[_Layout] = FileCache(_MAX_LAYOUTS)
 
 
 def file_stamp(st: os.stat_result) -> tuple[int, int, int, int, int]:
@@ -358,11 +429,7 @@ def forget(path: Path | str | None = None) -> None:
         A data file.
 
     """
-    with _layouts_lock:
-        if path is None:
-            _layouts.clear()
-        else:
-            _layouts.pop(str(path), None)
+    _layouts.forget(path)
 
 
 def remember(path: Path, handle: h5py.File, dataset: h5py.Dataset | None) -> None:
@@ -420,11 +487,7 @@ def settled(st: os.stat_result) -> bool:
 
 
 def _keep(path: Path, layout: _Layout) -> None:
-    with _layouts_lock:
-        _layouts[str(path)] = layout
-        _layouts.move_to_end(str(path))
-        while len(_layouts) > _MAX_LAYOUTS:
-            _layouts.popitem(last=False)
+    _layouts.keep(path, layout)
 
 
 def _target(
