@@ -285,27 +285,38 @@ def test_reads_complete_while_another_thread_holds_h5pys_lock(settled_file: tupl
     np.testing.assert_array_equal(result[0], values)
 
 
+def _meet_in_two_threads(monkeypatch: pytest.MonkeyPatch, name: str) -> set[str]:
+    """Make the first call of ``filters.<name>`` in each of two threads wait for the other.
+
+    If the calls run one after the other (under h5py's lock, or in one thread), the barrier
+    breaks (``BrokenBarrierError`` after its timeout) and the operation fails.  Returns the
+    names of the threads that called.
+    """
+    barrier = threading.Barrier(2, timeout=60)
+    waited: set[str] = set()
+    lock = threading.Lock()
+    real = getattr(filters, name)
+
+    def meeting(*args: Any) -> Any:
+        thread = threading.current_thread().name
+        with lock:
+            first = thread not in waited and len(waited) < 2
+            waited.add(thread)
+        if first:
+            barrier.wait()
+        return real(*args)
+
+    monkeypatch.setattr(filters, name, meeting)
+    return waited
+
+
 @pytest.mark.skipif(chunkcodec.decode_threads() < 2, reason="one core: the chunks are decoded in one thread")
 def test_two_threads_decode_chunks_of_one_region_at_once(
     settled_file: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each decode waits for a second one to start: serialised decoding breaks the barrier."""
     path, values = settled_file
-    barrier = threading.Barrier(2, timeout=60)
-    waited: set[str] = set()
-    lock = threading.Lock()
-    decode = filters.decode
-
-    def meeting(*args: Any) -> Any:
-        name = threading.current_thread().name
-        with lock:
-            first = name not in waited and len(waited) < 2
-            waited.add(name)
-        if first:  # the first decode of two threads: each waits until the other one runs
-            barrier.wait()  # BrokenBarrierError when no other thread decodes meanwhile
-        return decode(*args)
-
-    monkeypatch.setattr(filters, "decode", meeting)
+    waited = _meet_in_two_threads(monkeypatch, "decode")
     got = hdf5.read_region(path, (slice(0, 512), slice(0, 512)), np.float32, 0)
     np.testing.assert_array_equal(got, values)
     assert len(waited) >= 2
@@ -440,21 +451,7 @@ def test_two_threads_encode_chunks_of_one_write_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each encode waits for a second one to start: serialised encoding breaks the barrier."""
-    barrier = threading.Barrier(2, timeout=60)
-    waited: set[str] = set()
-    lock = threading.Lock()
-    encode = filters.encode
-
-    def meeting(*args: Any) -> Any:
-        name = threading.current_thread().name
-        with lock:
-            first = name not in waited and len(waited) < 2
-            waited.add(name)
-        if first:
-            barrier.wait()  # BrokenBarrierError when no other thread encodes meanwhile
-        return encode(*args)
-
-    monkeypatch.setattr(filters, "encode", meeting)
+    waited = _meet_in_two_threads(monkeypatch, "encode")
     values = np.cumsum(np.ones((512, 512), dtype=np.float32), axis=1)
     with _new_dataset(
         tmp_path / "w.hdf5", values.shape, values.dtype, (128, 128), dict(hdf5plugin.Zstd()), 0
