@@ -502,3 +502,32 @@ def test_large_whole_writes_hold_one_batch_of_encoded_chunks(
     with h5py.File(tmp_path / "big.hdf5", "r", locking=False) as handle:
         np.testing.assert_array_equal(handle["data"][...], values)
     assert outstanding[0] == 0 and outstanding[1] <= step + 1
+
+
+@pytest.mark.skipif(chunkcodec.decode_threads() < 2, reason="one core: the chunks are encoded in one thread")
+def test_pool_threads_make_no_h5py_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the calling thread asks h5py anything: the pool threads never wait for h5py's lock."""
+    asked: set[str] = set()
+    for name in ("dtype", "fillvalue", "shape", "chunks", "id", "file"):
+        real = getattr(h5py.Dataset, name)
+
+        def recorded(self: h5py.Dataset, real: property = real) -> Any:
+            asked.add(threading.current_thread().name)
+            return real.fget(self)  # type: ignore[misc]
+
+        monkeypatch.setattr(h5py.Dataset, name, property(recorded))
+    encoders: set[str] = set()
+    encode = filters.encode
+
+    def recording(*args: Any) -> Any:
+        encoders.add(threading.current_thread().name)
+        return encode(*args)
+
+    monkeypatch.setattr(filters, "encode", recording)
+    values = np.cumsum(np.ones((500, 500), dtype=np.float32), axis=1)  # edge chunks too
+    with _new_dataset(
+        tmp_path / "w.hdf5", values.shape, values.dtype, (64, 64), {"compression": "gzip"}, 0
+    ) as handle:
+        assert chunkcodec.write_whole(handle["data"], values)
+    assert any(n.startswith("deker-decode") for n in encoders), encoders  # the pool encoded
+    assert asked == {threading.current_thread().name}, asked

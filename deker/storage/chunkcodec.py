@@ -470,7 +470,8 @@ def write_whole(dataset: h5py.Dataset, values: np.ndarray) -> bool:
         source = np.broadcast_to(values, shape)
     except ValueError:
         return False
-    fill = np.asarray(dataset.fillvalue, dtype=dataset.dtype)
+    dtype = dataset.dtype  # read here: the pool threads make no h5py call (h5py's lock)
+    fill = np.asarray(dataset.fillvalue, dtype=dtype)
     grid = [range(-(-n // c)) for n, c in zip(shape, chunks, strict=True)]
     positions = list(itertools.product(*grid))
     encoded: list[bytes | None] = [None] * len(positions)
@@ -484,7 +485,7 @@ def write_whole(dataset: h5py.Dataset, values: np.ndarray) -> bool:
             if piece.shape == chunks:
                 chunk = np.ascontiguousarray(piece)
             else:  # an edge chunk is stored whole; HDF5 pads it with the fill value
-                chunk = np.full(chunks, fill, dtype=dataset.dtype)
+                chunk = np.full(chunks, fill, dtype=dtype)
                 chunk[tuple(slice(0, n) for n in piece.shape)] = piece
             encoded[i] = filters.encode(chunk, pipeline)
             if encoded[i] is None:
@@ -493,7 +494,7 @@ def write_whole(dataset: h5py.Dataset, values: np.ndarray) -> bool:
 
     # In batches of about _WRITE_BATCH_BYTES of cells: the encoded chunks of a large array are
     # not all held at once.
-    chunk_bytes = math.prod(chunks) * dataset.dtype.itemsize
+    chunk_bytes = math.prod(chunks) * dtype.itemsize
     step = max(2 * decode_threads(), _WRITE_BATCH_BYTES // max(1, chunk_bytes))
     dsid = dataset.id
     jobs = list(enumerate(positions))
