@@ -452,6 +452,7 @@ def test_public_names_and_constants() -> None:
         "MIN_BYTES",
         "SETTLED_NS",
         "contiguous_offset",
+        "destination",
         "file_stamp",
         "forget",
         "read_cached",
@@ -465,13 +466,38 @@ def test_public_names_and_constants() -> None:
 
 
 def test_file_cache_keeps_the_most_recently_kept_files() -> None:
+    stamp = (1, 2, 3, 4, 5)
     cache: rawio.FileCache[int] = rawio.FileCache(2)
-    cache.keep("/a", 1)
-    cache.keep(Path("/b"), 2)
-    cache.keep("/a", 3)  # kept again: now the most recent
-    cache.keep("/c", 4)  # full: "/b", the least recently kept, goes
+    cache.keep("/a", stamp, 1)
+    cache.keep(Path("/b"), stamp, 2)
+    cache.keep("/a", stamp, 3)  # kept again: now the most recent
+    cache.keep("/c", stamp, 4)  # full: "/b", the least recently kept, goes
     assert (cache.get(Path("/a")), cache.get("/b"), cache.get("/c")) == (3, None, 4)
     cache.forget("/a")
     assert cache.get("/a") is None and cache.get("/c") == 4
     cache.forget()
     assert cache.get("/c") is None
+
+
+def test_file_cache_opens_a_file_only_while_what_it_keeps_is_true(tmp_path: Path) -> None:
+    path = tmp_path / "f.hdf5"
+    path.write_bytes(b"0123456789")
+    cache: rawio.FileCache[str] = rawio.FileCache(8)
+    with cache.opened(path) as found:
+        assert found is None  # nothing kept
+    cache.keep(path, rawio.file_stamp(os.stat(path)), "layout")
+    with cache.opened(path) as found:
+        assert found is not None and found[1] == "layout" and os.pread(found[0], 4, 2) == b"2345"
+    journal_path(path).write_bytes(b"")  # an interrupted write: read through h5py
+    with cache.opened(path) as found:
+        assert found is None
+    assert cache.get(path) is None  # and forgotten
+    journal_path(path).unlink()
+    cache.keep(path, rawio.file_stamp(os.stat(path)), "layout")
+    os.truncate(path, 5)  # changed: stale
+    with cache.opened(path) as found:
+        assert found is None
+    cache.keep(path, rawio.file_stamp(os.stat(path)), "layout")
+    path.unlink()  # gone: the h5py path reports it
+    with cache.opened(path) as found:
+        assert found is None

@@ -49,8 +49,7 @@ import h5py
 import numpy as np
 
 from deker.errors import DekerStorageError
-from deker.storage import filters, lockprim, rawio
-from deker.storage.journal import journal_path
+from deker.storage import filters, rawio
 
 __all__ = [
     "SUPPORTED_FILTERS",
@@ -308,7 +307,7 @@ def read_into(fd: int, index: ChunkIndex, bounds: Bounds, out: np.ndarray) -> bo
 
 # ------------------------------------------------------------------------------ index cache
 
-_indexes: rawio.FileCache[tuple[tuple[int, int, int, int, int], ChunkIndex]] = rawio.FileCache(_MAX_INDEXES)
+_indexes: rawio.FileCache[ChunkIndex] = rawio.FileCache(_MAX_INDEXES)
 
 
 def forget(path: Path | str | None = None) -> None:
@@ -321,14 +320,6 @@ def forget(path: Path | str | None = None) -> None:
 
     """
     _indexes.forget(path)
-
-
-def _target(shape: tuple[int, ...], dtype: np.dtype[Any], out: np.ndarray | None) -> np.ndarray | None:
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if out.shape != shape or out.dtype != dtype or not out.flags.writeable:
-        return None
-    return out
 
 
 def _shape(bounds: Bounds) -> tuple[int, ...]:
@@ -375,8 +366,8 @@ def read_open(
         return None
     st = os.fstat(fd)
     if rawio.settled(st):
-        _indexes.keep(path, (rawio.file_stamp(st), index))
-    target = _target(_shape(bounds), index.dtype, out)
+        _indexes.keep(path, rawio.file_stamp(st), index)
+    target = rawio.destination(_shape(bounds), index.dtype, out)
     if target is None or not _read_checked(path, fd, index, bounds, target):
         return None
     return target
@@ -412,26 +403,17 @@ def read_cached(
         When a chunk the region needs is cut short or does not decode.
 
     """
-    kept = _indexes.get(str(path))
-    if kept is None:
+    index = _indexes.get(path)
+    if index is None or np.dtype(dtype) != index.dtype:
         return None
-    stamp, index = kept
-    if np.dtype(dtype) != index.dtype:
-        return None
-    try:
-        fd, shared = lockprim.open_fd(path, False)  # a held file: its own descriptor
-    except OSError:  # missing or unreadable: the h5py path reports it
-        return None
-    try:
-        if rawio.file_stamp(os.fstat(fd)) != stamp or os.path.lexists(journal_path(path)):
-            forget(path)
+    with _indexes.opened(path) as found:
+        if found is None:
             return None
-        target = _target(_shape(bounds), index.dtype, out)
+        fd, index = found
+        target = rawio.destination(_shape(bounds), index.dtype, out)
         if target is None or not _read_checked(path, fd, index, bounds, target):
             return None
         return target
-    finally:
-        lockprim.close_fd(fd, shared)
 
 
 # ------------------------------------------------------------------------------ writes

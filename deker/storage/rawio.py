@@ -42,7 +42,8 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -55,6 +56,7 @@ from deker.storage.journal import journal_path
 __all__ = [
     "MIN_BYTES",
     "FileCache",
+    "destination",
     "SETTLED_NS",
     "contiguous_offset",
     "file_stamp",
@@ -332,10 +334,11 @@ V = TypeVar("V")
 
 
 class FileCache(Generic[V]):
-    """What a process learnt about files, by path; the least recently kept go beyond ``size``.
+    """What a process learnt about files, by path, with the files' stamps when it was learnt.
 
-    The caller decides what may be kept (files that have :func:`settled`) and checks the
-    value against the file's :func:`file_stamp` when it uses it.  Thread-safe.
+    The least recently kept files go beyond ``size``.  The caller decides what may be kept
+    (files that have :func:`settled`); :meth:`opened` gives a kept value back only while the
+    file's :func:`file_stamp` is unchanged and it has no undo journal.  Thread-safe.
 
     Parameters
     ----------
@@ -346,11 +349,11 @@ class FileCache(Generic[V]):
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._items: OrderedDict[str, V] = OrderedDict()
+        self._items: OrderedDict[str, tuple[tuple[int, int, int, int, int], V]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, path: Path | str) -> V | None:
-        """Return what is kept for ``path``, or None.
+        """Return what is kept for ``path`` (not checked against the file), or None.
 
         Parameters
         ----------
@@ -363,22 +366,25 @@ class FileCache(Generic[V]):
             The kept value.
 
         """
-        return self._items.get(str(path))
+        kept = self._items.get(str(path))
+        return None if kept is None else kept[1]
 
-    def keep(self, path: Path | str, value: V) -> None:
+    def keep(self, path: Path | str, stamp: tuple[int, int, int, int, int], value: V) -> None:
         """Remember ``value`` for ``path`` (forgetting the least recently kept file if full).
 
         Parameters
         ----------
         path : Path or str
             A file.
+        stamp : tuple of int
+            The file's :func:`file_stamp` when ``value`` was learnt.
         value : object
             What was learnt about it.
 
         """
         key = str(path)
         with self._lock:
-            self._items[key] = value
+            self._items[key] = (stamp, value)
             self._items.move_to_end(key)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
@@ -397,6 +403,45 @@ class FileCache(Generic[V]):
                 self._items.clear()
             else:
                 self._items.pop(str(path), None)
+
+    @contextmanager
+    def opened(self, path: Path | str) -> Iterator[tuple[int, V] | None]:
+        """Open ``path`` if what is kept for it is still true of it.
+
+        The descriptor is the held one when this process holds the file (no other
+        descriptor of it is closed meanwhile, :mod:`deker.storage.lockprim`).
+
+        Parameters
+        ----------
+        path : Path or str
+            A file, read-locked by the caller.
+
+        Yields
+        ------
+        tuple of (int, object) or None
+            The open descriptor and the kept value; ``None`` when nothing is kept, the file
+            cannot be opened (the h5py path reports why), changed, or has a journal (then it
+            is forgotten).
+
+        """
+        kept = self._items.get(str(path))
+        if kept is None:
+            yield None
+            return
+        stamp, value = kept
+        try:
+            fd, shared = lockprim.open_fd(Path(path), False)
+        except OSError:
+            yield None
+            return
+        try:
+            if file_stamp(os.fstat(fd)) != stamp or os.path.lexists(journal_path(Path(path))):
+                self.forget(path)
+                yield None
+            else:
+                yield fd, value
+        finally:
+            lockprim.close_fd(fd, shared)
 
 
 _layouts: FileCache[_Layout] = FileCache(_MAX_LAYOUTS)
@@ -487,15 +532,31 @@ def settled(st: os.stat_result) -> bool:
 
 
 def _keep(path: Path, layout: _Layout) -> None:
-    _layouts.keep(path, layout)
+    _layouts.keep(path, layout.stamp, layout)
 
 
-def _target(
+def destination(
     shape: tuple[int, ...],
     dtype: np.dtype,  # type: ignore[type-arg]
     out: np.ndarray | None,  # type: ignore[type-arg]
 ) -> np.ndarray | None:  # type: ignore[type-arg]
-    """Return the array to read into: ``out`` if it fits (else ``None``), or a new one."""
+    """Return the array to read into: ``out`` if it fits (else ``None``), or a new one.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The selection's shape.
+    dtype : numpy.dtype
+        The dataset's dtype.
+    out : numpy.ndarray, optional
+        The caller's destination: it fits when it has that shape and dtype and is writeable.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        Where to read.
+
+    """
     if out is None:
         return np.empty(shape, dtype=dtype)
     if out.shape != shape or out.dtype != dtype or not out.flags.writeable:
@@ -534,18 +595,10 @@ def read_cached(
         the file has a journal, or anything else is unusual: then read through HDF5.
 
     """
-    key = str(path)
-    layout = _layouts.get(key)
-    if layout is None:
-        return None
-    try:
-        fd, shared = lockprim.open_fd(Path(key), False)  # a held file: its own descriptor
-    except OSError:  # missing or unreadable: the HDF5 path reports it
-        return None
-    try:
-        if file_stamp(os.fstat(fd)) != layout.stamp or os.path.lexists(journal_path(path)):
-            forget(key)
+    with _layouts.opened(path) as found:
+        if found is None:
             return None
+        fd, layout = found
         shape = tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
         if layout.offset is None:
             if out is None:
@@ -554,12 +607,10 @@ def read_cached(
             return out
         if len(bounds) != len(layout.shape) or np.dtype(dtype) != layout.dtype:
             return None
-        target = _target(shape, layout.dtype, out)
+        target = destination(shape, layout.dtype, out)
         if target is None or not _read_runs(fd, layout.offset, layout.shape, bounds, target):
             return None
         return target
-    finally:
-        lockprim.close_fd(fd, shared)
 
 
 def read_templated(
@@ -603,7 +654,7 @@ def read_templated(
     dtype = np.dtype(dtype)
     if not _HAS_PREADV or len(bounds) != len(file_shape):
         return None
-    target = _target(tuple(b.stop - b.start for b in bounds if isinstance(b, slice)), dtype, out)
+    target = destination(tuple(b.stop - b.start for b in bounds if isinstance(b, slice)), dtype, out)
     if target is None:
         return None
     try:
