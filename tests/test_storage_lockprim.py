@@ -11,6 +11,8 @@ import errno
 import fcntl
 import gc
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -317,3 +319,75 @@ def test_a_readonly_hold_opens_read_only_and_creates_nothing(tmp_path: Path, pri
     assert flags & os.O_ACCMODE == os.O_RDONLY
     assert lockprim.hold(path, True) is None  # a writer is refused while the reader holds it
     lockprim.release(held)
+
+
+_GC_UNDER_THE_MUTEX = r"""
+import faulthandler, gc, sys, tempfile, threading, time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from deker.storage import journal, lockprim
+
+faulthandler.dump_traceback_later(30, exit=True)  # a deadlock: the stacks, then exit status 1
+tmp = Path(tempfile.mkdtemp())
+target = tmp / "t.hdf5"
+with h5py.File(target, "w") as f:
+    f.create_dataset("x", data=np.zeros(1000))
+other = h5py.File(tmp / "o.hdf5", "w")
+other.create_dataset("y", data=np.zeros(10))
+dataset = other["y"]  # (h5py's lock is the writer's below)
+gc.set_threshold(1)  # an automatic collection at (nearly) every allocation
+reg = lockprim._reg()
+reg.mutex.acquire()  # this thread inside a lockprim call
+undo = journal.UndoJournal(target)
+handle = h5py.File(undo, "r+")
+
+
+def writer():  # HDF5 writes through the journal, which registers it under the mutex
+    handle["x"][...] = np.ones(1000)
+    handle.flush()
+
+
+thread = threading.Thread(target=writer, daemon=True)
+thread.start()
+deadline = time.monotonic() + 3  # until the writer waits for the mutex inside HDF5
+while time.monotonic() < deadline:
+    frame, names = sys._current_frames().get(thread.ident), []
+    while frame is not None:
+        names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    if "hold_new" in names:
+        break
+    time.sleep(0.01)
+print("writer waits in", names[:3], flush=True)
+
+
+class Cycle:
+    pass
+
+
+c = Cycle()
+c.me, c.ds = c, dataset  # garbage: a reference cycle holding the only h5py dataset object
+del c, dataset
+junk = [[] for _ in range(1000)]  # allocations: the collector would free the dataset here
+reg.mutex.release()
+thread.join(30)
+handle.close()
+undo.close()
+print("no deadlock", flush=True)
+"""
+
+
+def test_a_garbage_collection_under_the_registry_mutex_does_not_deadlock_with_hdf5(tmp_path: Path) -> None:
+    """Found by a soak run: a tile thread inside HDF5 (h5py's lock held) registered a new undo
+    journal and waited for the registry's mutex, while the mutex's holder, collecting garbage,
+    freed an h5py dataset and waited for h5py's lock.  The mutex's holder now runs no garbage
+    collection (an allocation inside its section starts none).  Run in a child process: on the old code it
+    hangs until faulthandler ends it."""
+    script = tmp_path / "gc_under_mutex.py"
+    script.write_text(_GC_UNDER_THE_MUTEX)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and "no deadlock" in proc.stdout, proc.stderr[-3000:]

@@ -303,10 +303,12 @@ class _GuardedFile(_FileBase):
         self._overlay: _Overlay | None = None
 
     def _fail(self, exc: OSError) -> None:
+        # Called inside HDF5 (h5py's lock held): nothing here may wait for another lock, not
+        # even the logging handlers' (a thread holding one may be freeing h5py objects, which
+        # waits for h5py's lock).  The failure is logged by raise_failure, once h5py is done.
         if self.failure is None:
             self.failure = exc
             self._overlay = _Overlay(self._fd)
-            logger.warning("writing %s failed (%s): the change will be undone", self._name(), exc)
 
     def _name(self) -> str:
         return str(getattr(self, "target", "a file"))
@@ -344,6 +346,7 @@ class _GuardedFile(_FileBase):
     def raise_failure(self) -> None:
         """Raise the recorded write failure, if any (after h5py closed the file)."""
         if self.failure is not None:
+            logger.warning("writing %s failed (%s): the change will be undone", self._name(), self.failure)
             raise self.failure
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import itertools
 import logging
 import os
@@ -181,10 +182,47 @@ class Hold:
     serial: int = 0
 
 
+class _Mutex:
+    """The registry's mutex; no automatic garbage collection runs while it is held.
+
+    HDF5 calls the file objects of :mod:`deker.storage.journal` while h5py's lock is held, and
+    they register new journals here, under this mutex.  A holder of the mutex that frees an
+    h5py object waits for h5py's lock, and garbage collection can free any object, at any
+    allocation (exceptions keep frames with h5py objects alive): the thread inside HDF5 would
+    wait for the mutex and the holder for h5py's lock, for ever.  So the holder suspends the
+    collector (:func:`gc.disable`, process-wide) for its short section and resumes it after,
+    unless it was off already.  (Taking h5py's lock before the mutex would also do, but would
+    make every lock operation, and every read without HDF5, wait for other threads' HDF5
+    calls.)  The sections make no blocking system call and free no h5py object themselves.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._collecting = False
+
+    def acquire(self) -> None:
+        """Take the mutex, then suspend the garbage collector."""
+        self._lock.acquire()
+        self._collecting = gc.isenabled()
+        gc.disable()
+
+    def release(self) -> None:
+        """Resume the garbage collector (if it ran before), then release the mutex."""
+        if self._collecting:
+            gc.enable()
+        self._lock.release()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class _Registry:
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.mutex = threading.Lock()
+        self.mutex = _Mutex()
         self.entries: dict[tuple[int, int], _Entry] = {}
         self.checked: dict[tuple[int, str], str | None] = {}  # (st_dev, primitive) -> failure
 
