@@ -322,10 +322,6 @@ def forget(path: Path | str | None = None) -> None:
     _indexes.forget(path)
 
 
-def _shape(bounds: Bounds) -> tuple[int, ...]:
-    return tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
-
-
 def read_open(
     path: Path, handle: h5py.File, dataset: h5py.Dataset, bounds: Bounds, out: np.ndarray | None
 ) -> np.ndarray | None:
@@ -367,7 +363,7 @@ def read_open(
     st = os.fstat(fd)
     if rawio.settled(st):
         _indexes.keep(path, rawio.file_stamp(st), index)
-    target = rawio.destination(_shape(bounds), index.dtype, out)
+    target = rawio.destination(rawio.selection_shape(bounds), index.dtype, out)
     if target is None or not _read_checked(path, fd, index, bounds, target):
         return None
     return target
@@ -410,7 +406,7 @@ def read_cached(
         if found is None:
             return None
         fd, index = found
-        target = rawio.destination(_shape(bounds), index.dtype, out)
+        target = rawio.destination(rawio.selection_shape(bounds), index.dtype, out)
         if target is None or not _read_checked(path, fd, index, bounds, target):
             return None
         return target

@@ -265,10 +265,6 @@ def _write_whole_fast(
     return True
 
 
-def _selection_shape(bounds: Bounds) -> tuple[int, ...]:
-    return tuple(max(0, b.stop - b.start) for b in bounds if isinstance(b, slice))
-
-
 def _nan_equal(values: np.ndarray, fill: Any) -> np.ndarray:
     if isinstance(fill, float) and math.isnan(fill):
         return np.asarray(np.isnan(values))
@@ -507,7 +503,7 @@ def read_region(
         ``out`` itself when given.
 
     """
-    shape = _selection_shape(bounds)
+    shape = rawio.selection_shape(bounds)
     if math.prod(shape):  # the file's layout known and unchanged: no HDF5 open (rawio)
         cached = rawio.read_cached(path, bounds, np.dtype(dtype), fill_value, out)
         if cached is None:  # chunked: decoded outside h5py's lock (chunkcodec)
@@ -621,7 +617,7 @@ def write_region(
         h5py creation options of ``data`` (``chunks``, ``compression``, ``compression_opts``).
 
     """
-    sel_shape = _selection_shape(bounds)
+    sel_shape = rawio.selection_shape(bounds)
     cells = math.prod(sel_shape)
     total = math.prod(shape)
     value = np.asarray(data)
@@ -670,7 +666,7 @@ def clear_region(path: Path, bounds: Bounds, shape: tuple[int, ...], fill_value:
         The fill value of the array.
 
     """
-    sel_shape = _selection_shape(bounds)
+    sel_shape = rawio.selection_shape(bounds)
     cells = math.prod(sel_shape)
     total = math.prod(shape)
     if cells == total and total > 0:

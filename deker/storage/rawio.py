@@ -65,6 +65,7 @@ __all__ = [
     "read_region_into",
     "read_templated",
     "remember",
+    "selection_shape",
     "settled",
 ]
 
@@ -535,6 +536,23 @@ def _keep(path: Path, layout: _Layout) -> None:
     _layouts.keep(path, layout.stamp, layout)
 
 
+def selection_shape(bounds: Bounds) -> tuple[int, ...]:
+    """Return the shape of a selection: one length per slice (integer bounds drop their axis).
+
+    Parameters
+    ----------
+    bounds : tuple of int or slice
+        Normalised bounds (slices with step 1).
+
+    Returns
+    -------
+    tuple of int
+        The lengths, never negative.
+
+    """
+    return tuple(max(0, b.stop - b.start) for b in bounds if isinstance(b, slice))
+
+
 def destination(
     shape: tuple[int, ...],
     dtype: np.dtype,  # type: ignore[type-arg]
@@ -599,7 +617,7 @@ def read_cached(
         if found is None:
             return None
         fd, layout = found
-        shape = tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
+        shape = selection_shape(bounds)
         if layout.offset is None:
             if out is None:
                 return np.full(shape, fill_value, dtype=dtype)
@@ -654,7 +672,7 @@ def read_templated(
     dtype = np.dtype(dtype)
     if not _HAS_PREADV or len(bounds) != len(file_shape):
         return None
-    target = destination(tuple(b.stop - b.start for b in bounds if isinstance(b, slice)), dtype, out)
+    target = destination(selection_shape(bounds), dtype, out)
     if target is None:
         return None
     try:
