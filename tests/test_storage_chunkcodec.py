@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -531,3 +532,25 @@ def test_pool_threads_make_no_h5py_call(tmp_path: Path, monkeypatch: pytest.Monk
         assert chunkcodec.write_whole(handle["data"], values)
     assert any(n.startswith("deker-decode") for n in encoders), encoders  # the pool encoded
     assert asked == {threading.current_thread().name}, asked
+
+
+def test_a_chunk_decoding_to_a_partial_element_is_damage(tmp_path: Path) -> None:
+    """A stored chunk that inflates to 3 bytes of a float32 chunk: damage, not a raw ValueError."""
+    path = tmp_path / "partial.hdf5"
+    values = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    _write(path, values, (32, 32), {"compression": "gzip"}, 0)
+    with h5py.File(path, "r", locking=False) as handle:
+        index = chunkcodec.chunk_index(handle["data"])
+    assert index is not None
+    stream = zlib.compress(b"abc")  # zlib ignores what follows the end of its stream
+    assert len(stream) <= int(index.sizes[0, 0])
+    with open(path, "r+b") as raw:
+        raw.seek(int(index.offsets[0, 0]))
+        raw.write(stream)
+    with pytest.raises(DekerStorageError, match=r"damaged.*chunk \(0, 0\).*does not decode"):
+        hdf5.read_region(path, (slice(0, 32), slice(0, 32)), np.float32, 0)
+    found = inspect_array_file(path, (64, 64), np.float32, verify_data=True)
+    assert (
+        len(found.data_errors) == 1
+        and "chunk (0, 0) (cells [0:32, 0:32]) does not decode" in found.data_errors[0]
+    )

@@ -185,15 +185,23 @@ def _fetch(fd: int, index: ChunkIndex, where: tuple[int, ...]) -> np.ndarray:
     raw = os.pread(fd, size, offset)
     if len(raw) != size:
         raise _Damaged(f"chunk {where} at byte {offset} is cut short ({len(raw)} of {size} bytes)")
+    return _decoded(raw, int(index.masks[where]), index, f"chunk {where} at byte {offset}")
+
+
+def _decoded(raw: bytes, mask: int, index: ChunkIndex, name: str) -> np.ndarray:
+    """Decode one stored chunk to the chunk shape.
+
+    Raises :class:`_Damaged`, naming the chunk ``name``, when it does not decode, or not to a
+    whole chunk.
+    """
     try:
-        data = filters.decode(raw, index.filters, int(index.masks[where]), index.dtype.itemsize)
-    except Exception as exc:
-        raise _Damaged(f"chunk {where} at byte {offset} does not decode: {exc}") from exc
-    chunk = np.frombuffer(data, dtype=index.dtype)
-    if chunk.size != math.prod(index.chunks):
-        raise _Damaged(
-            f"chunk {where} at byte {offset} decodes to {chunk.size} cells, not {math.prod(index.chunks)}"
-        )
+        data = filters.decode(raw, index.filters, mask, index.dtype.itemsize)
+        chunk = np.frombuffer(data, dtype=index.dtype)
+    except Exception as exc:  # each codec raises its own errors; numpy a partial element
+        raise _Damaged(f"{name} does not decode: {exc}") from exc
+    cells = math.prod(index.chunks)
+    if chunk.size != cells:
+        raise _Damaged(f"{name} decodes to {chunk.size} cells, not {cells}")
     return chunk.reshape(index.chunks)
 
 
@@ -509,7 +517,6 @@ def first_damaged_chunk(dataset: h5py.Dataset) -> tuple[bool, str | None]:
     index = chunk_index(dataset)
     if index is None:
         return False, None
-    cells = math.prod(index.chunks)
     for where in zip(*np.nonzero(index.offsets >= 0), strict=True):
         position = tuple(int(p) for p in where)
         start = tuple(p * c for p, c in zip(position, index.chunks, strict=True))
@@ -521,10 +528,10 @@ def first_damaged_chunk(dataset: h5py.Dataset) -> tuple[bool, str | None]:
         )
         try:
             mask, raw = dataset.id.read_direct_chunk(start)
-            data = filters.decode(raw, index.filters, int(mask), index.dtype.itemsize)
         except Exception as exc:
             return True, f"{name} does not decode: {exc}"
-        size = len(memoryview(data).cast("B"))
-        if size != cells * index.dtype.itemsize:
-            return True, f"{name} decodes to {size} bytes, not {cells * index.dtype.itemsize}"
+        try:
+            _decoded(raw, int(mask), index, name)
+        except _Damaged as exc:
+            return True, str(exc)
     return True, None
