@@ -181,16 +181,21 @@ def _lz4_encode(data: Any, block: int) -> bytes:
     return b"".join(parts)
 
 
-def _blosc_encode(data: Any, values: tuple[int, ...], itemsize: int) -> bytes | None:
-    """Make a blosc frame as H5Z-blosc does from its client values (``None``: no such codec)."""
+def _blosc_compressor(values: tuple[int, ...]) -> str | None:
+    """Return the name of the blosc compressor H5Z-blosc's client values ask for, if numcodecs has it."""
+    name = _BLOSC_NAMES.get(values[6] if len(values) > 6 else 0)
+    return name if name is not None and name in _numcodecs().blosc.list_compressors() else None
+
+
+def _blosc_encode(data: Any, values: tuple[int, ...], itemsize: int) -> bytes:
+    """Make a blosc frame as H5Z-blosc does from its client values (a compressor numcodecs has)."""
     typesize = values[2] if len(values) > 2 and values[2] > 0 else itemsize
     clevel = values[4] if len(values) > 4 else 5
     shuffle = values[5] if len(values) > 5 else 1
-    name = _BLOSC_NAMES.get(values[6] if len(values) > 6 else 0)
-    blosc = _numcodecs().blosc
-    if name is None or name not in blosc.list_compressors():
-        return None
-    return bytes(blosc.compress(data, name.encode(), clevel, shuffle, typesize=typesize))
+    name = _blosc_compressor(values)
+    if name is None:
+        raise ValueError(f"blosc compressor {values[6] if len(values) > 6 else 0} is not available")
+    return bytes(_numcodecs().blosc.compress(data, name.encode(), clevel, shuffle, typesize=typesize))
 
 
 def encodable(filters: Pipeline) -> bool:
@@ -207,15 +212,10 @@ def encodable(filters: Pipeline) -> bool:
         ``False`` for an empty pipeline, or a blosc compressor numcodecs' blosc lacks (snappy).
 
     """
-    for code, values in filters:
-        if code == BLOSC:
-            name = _BLOSC_NAMES.get(values[6] if len(values) > 6 else 0)
-            if name is None or name not in _numcodecs().blosc.list_compressors():
-                return False
-    return bool(filters)
+    return bool(filters) and all(code != BLOSC or _blosc_compressor(values) for code, values in filters)
 
 
-def encode(chunk: np.ndarray, filters: Pipeline) -> bytes | None:
+def encode(chunk: np.ndarray, filters: Pipeline) -> bytes:
     """Encode one whole chunk with the filter pipeline, in writing order.
 
     Parameters
@@ -223,12 +223,17 @@ def encode(chunk: np.ndarray, filters: Pipeline) -> bytes | None:
     chunk : numpy.ndarray
         The chunk, C-contiguous, of the chunk shape (edge chunks padded).
     filters : Pipeline
-        A pipeline of :data:`SUPPORTED_FILTERS`.
+        A pipeline :func:`encodable` accepts.
 
     Returns
     -------
-    bytes or None
-        The chunk as HDF5 stores it; ``None`` when the pipeline cannot be encoded here.
+    bytes
+        The chunk as HDF5 stores it.
+
+    Raises
+    ------
+    ValueError
+        For a blosc compressor numcodecs lacks (see :func:`encodable`).
 
     """
     data: Any = chunk.reshape(-1).view(np.uint8)
@@ -242,8 +247,6 @@ def encode(chunk: np.ndarray, filters: Pipeline) -> bytes | None:
             data = _numcodecs().zstd.compress(data, values[0] if values else 3)
         elif code == BLOSC:
             data = _blosc_encode(data, values, itemsize)
-            if data is None:
-                return None
         else:
             data = _lz4_encode(data, values[0] if values else 0)
     return bytes(data)
