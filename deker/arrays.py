@@ -9,14 +9,14 @@ Data lives in files and is reached through subsets: ``array[key]`` returns a
 from __future__ import annotations
 
 import logging
-import math
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from deker import pipeline
 from deker.attributes import primary_key_components, process_custom_update
 from deker.context import StorageContext
 from deker.dimensions import Dimension, TimeDimension, build_dimensions
@@ -27,19 +27,11 @@ from deker.schemas import ArraySchema, TimeDimensionSchema, VArraySchema
 from deker.sizes import check_memory
 from deker.storage import hdf5
 from deker.storage.layout import CollectionPaths
-from deker.storage.locks import VArrayWriteLock, array_write_lock, new_token
-from deker.store import (
-    array_schema_of,
-    create_tile_with,
-    delete_record,
-    file_spec,
-    pass_tile_creations,
-    read_record,
-    tile_ids,
-    write_varray_meta,
-)
+from deker.storage.locks import array_write_lock
+from deker.store import array_schema_of, delete_record, file_spec, read_record, write_varray_meta
 from deker.subset import Subset, VSubset
-from deker.tasks import FileSpec, clear_piece, storage_errors
+from deker.tasks import FileSpec, storage_errors
+from deker.tileindex import TileIndex
 
 __all__ = ["Array", "VArray"]
 
@@ -173,6 +165,21 @@ class _BaseArray:
             "custom_attributes": self.custom_attributes,
         }
 
+    # ----------------------------------------------------------------- for deker's layers
+    @property
+    def storage_context(self) -> StorageContext:
+        """The storage context of the client that opened this object.
+
+        For deker's own layers and extensions (deker_dask): where the storage is, its lock
+        settings, the task runner and whether the client is still open.
+        """
+        return self._ctx
+
+    @property
+    def collection_meta(self) -> CollectionMeta:
+        """The stored metadata of the collection (schema and options), as deker decodes it."""
+        return self._meta
+
     # ----------------------------------------------------------------- paths
     @property
     def _paths(self) -> CollectionPaths:
@@ -277,9 +284,19 @@ class Array(_BaseArray):
         return array_schema_of(self._meta)
 
     @property
-    def _dataset_kwargs(self) -> dict[str, Any]:
-        opts = self._meta.options
-        return dict(opts.h5py_dataset_kwargs(self.shape)) if opts is not None else {}
+    def spec(self) -> FileSpec:
+        """The :class:`~deker.tasks.FileSpec` of the Array's data file (what its tasks get).
+
+        Built once per handle (again only once the storage gets its identity file).
+        """
+        ctx = self._ctx
+        storage_id = ctx.storage_id
+        found: FileSpec | None = self.__dict__.get("_spec_cached")
+        if found is None or found.storage_id != storage_id:
+            found = self.__dict__["_spec_cached"] = file_spec(
+                str(ctx.settings.root), self._meta, self._id, ctx.locks, self._components, storage_id
+            )
+        return found
 
     @property
     def _vid(self) -> str | None:
@@ -368,36 +385,24 @@ class VArray(_BaseArray):
         """Return the subset selected by ``item`` (ints, slices, ``...``, labels, scale/time values)."""
         return VSubset(self, self._selection(item))
 
-    # ------------------------------------------------------------- tile plumbing
-    def _check_exists(self) -> dict[str, Any]:
-        if not self._main_file.exists():
-            raise DekerInstanceNotExistsError(f"{self!r} was deleted")
-        return {**self._primary, **self._custom}
+    # ------------------------------------------------------------- tiles
+    @property
+    def tiles(self) -> TileIndex:
+        """The :class:`~deker.tileindex.TileIndex` of the VArray's tiles (what the tile pipeline uses).
 
-    def _tile_ids(self, positions: Iterable[tuple[int, ...]] | None = None) -> dict[tuple[int, ...], str]:
-        return tile_ids(self._ctx.root, self._meta, self._id, positions)
-
-    def _create_tile(
-        self, position: tuple[int, ...], values: Mapping[str, Any], data: Any = None, claim: Any = None
-    ) -> tuple[str, bool]:
-        """Create the tile at ``position`` if missing (with ``data`` in it); see ``create_tile_with``."""
-        return create_tile_with(
-            self._ctx.root, self._meta, self._id, position, values, self._ctx.locks, data, claim
-        )
-
-    def _tile_spec(self, tile_id: str, position: tuple[int, ...] | None = None) -> FileSpec:
-        symlink = (self._id, "-".join(str(p) for p in position)) if position is not None else ()
+        Built once per handle (again only once the storage gets its identity file).
+        """
         ctx = self._ctx
-        return file_spec(ctx.settings.root, self._meta, tile_id, ctx.locks, symlink, ctx.storage_id)
+        storage_id = ctx.storage_id
+        found: TileIndex | None = self.__dict__.get("_tiles_cached")
+        if found is None or found.storage_id != storage_id:
+            found = self.__dict__["_tiles_cached"] = TileIndex(
+                str(ctx.settings.root), self._meta, self._id, ctx.locks, storage_id
+            )
+        return found
 
-    def _forget_tile(self, tile_id: str, position: tuple[int, ...]) -> None:
-        """Remove what a deleted tile leaves behind (its mutex and fence files, empty directories)."""
-        components = (self._id, "-".join(str(p) for p in position))
-        delete_record(self._ctx.root, self._meta, "array", tile_id, components)
-
-    def _batch_size(self, n_calls: int) -> int:
-        tile_bytes = math.prod(self.arrays_shape) * np.dtype(self.dtype).itemsize
-        return int(self._ctx.runner.suggest_batch_size(n_calls, tile_bytes))
+    def _check_exists(self) -> None:
+        pipeline.require(self.tiles, repr(self))
 
     # ------------------------------------------------------------- public methods
     def update_custom_attributes(self, attributes: Mapping[str, Any]) -> None:
@@ -429,8 +434,9 @@ class VArray(_BaseArray):
         self._ctx.check_open()
         self._ctx.check_writable(f"delete {self!r}")
         self._check_exists()
-        tiles = sorted(self._tile_ids().items())
-        self._delete_tiles(tiles)
+        index = self.tiles
+        tiles = sorted(index.ids().items())
+        pipeline.delete_tiles(self._ctx, index, tiles)
         try:
             with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
                 delete_record(self._ctx.root, self._meta, "varray", self._id, self._components)
@@ -442,28 +448,5 @@ class VArray(_BaseArray):
         # began, then delete the tiles they made.
         listed = {pos for pos, _ in tiles}
         with storage_errors(self._main_file):
-            pass_tile_creations(
-                self._ctx.root,
-                self._meta,
-                self._id,
-                (p for p in np.ndindex(*self.vgrid) if p not in listed),
-                self._ctx.locks,
-            )
-        self._delete_tiles(sorted(self._tile_ids().items()))
-
-    def _delete_tiles(self, tiles: list[tuple[tuple[int, ...], str]]) -> None:
-        """Delete the tiles ``tiles`` (position, id), each under its write lock."""
-        if not tiles:
-            return
-        token = new_token()
-        with storage_errors(self._main_file), VArrayWriteLock(self._ctx.locks, token) as lock:
-            missing = lock.acquire([(self._tile_spec(tid).main_dir, tid) for _, tid in tiles])
-            gone = {tid for _, tid in missing}  # deleted by a concurrent clear meanwhile
-            tiles = [(pos, tid) for pos, tid in tiles if tid not in gone]
-            full = tuple(slice(0, s) for s in self.arrays_shape)
-            calls = [(self._tile_spec(tid, pos), full, True, token) for pos, tid in tiles]
-            results = self._ctx.runner.run_all(clear_piece, calls, batch_size=self._batch_size(len(calls)))
-        for (pos, tid), res in zip(tiles, results, strict=True):
-            if isinstance(res, BaseException):
-                raise res
-            self._forget_tile(tid, pos)
+            index.pass_creations(p for p in np.ndindex(*self.vgrid) if p not in listed)
+        pipeline.delete_tiles(self._ctx, index, sorted(index.ids().items()))

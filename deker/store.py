@@ -127,6 +127,11 @@ def file_spec(
     )
 
 
+def position_key(position: Sequence[int]) -> str:
+    """Return the symlink folder name of a tile's grid position (``(1, 0, 3)`` -> ``"1-0-3"``)."""
+    return "-".join(map(str, position))
+
+
 def _key_lock_name(kind: Kind, components: tuple[str, ...]) -> str:
     return f"{kind}:" + "/".join(components)
 
@@ -349,7 +354,7 @@ def tile_ids(
     base = paths.symlink_dir("array", (vid,))
     found: dict[tuple[int, ...], str] = {}
     if positions is not None:
-        wanted = [(tuple(p), os.path.join(base, "-".join(map(str, p)))) for p in positions]
+        wanted = [(tuple(p), os.path.join(base, position_key(p))) for p in positions]
     else:
         try:
             with os.scandir(base) as it:
@@ -442,7 +447,7 @@ def create_tile_with(
     vschema = meta.schema
     assert isinstance(vschema, VArraySchema)
     paths = CollectionPaths(root, meta.name)
-    components = (vid, "-".join(str(p) for p in position))
+    components = (vid, position_key(position))
     with creation_lock(paths.path, _key_lock_name("array", components), locks):
         for tid in ids_in_dir(paths.symlink_dir("array", components), ARRAY_EXT):
             if paths.main_file("array", tid).exists():
@@ -507,7 +512,7 @@ def pass_tile_creations(
     """
     paths = CollectionPaths(root, meta.name)
     for position in positions:
-        components = (vid, "-".join(str(p) for p in position))
+        components = (vid, position_key(position))
         with creation_lock(paths.path, _key_lock_name("array", components), locks):
             pass
 

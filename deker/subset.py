@@ -12,49 +12,35 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
 from numbers import Number
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from deker import pipeline
 from deker.cf import array_layout, data_array, import_xarray
+from deker.dimensions import Dimension, TimeDimension
 from deker.errors import (
     DekerArrayError,
     DekerArrayTypeError,
     DekerInstanceNotExistsError,
-    DekerLockError,
     DekerShapeError,
     DekerSubsetError,
-    DekerVSubsetError,
 )
 from deker.indexing import Selection, bounds_to_str
 from deker.sizes import check_memory
-from deker.storage import hdf5
-from deker.storage.locks import VArrayWriteLock, array_read_lock, array_write_lock, new_token
-from deker.tasks import (
-    clear_piece,
-    read_piece,
-    read_piece_into,
-    storage_errors,
-    write_piece,
-    write_piece_broadcast,
-)
-from deker.tiling import TilePiece, tile_pieces
+from deker.tasks import FileSpec, clear_array, read_array, write_array
+from deker.tileindex import TileIndex
+from deker.tiling import tile_pieces
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import xarray
 
-    from deker.arrays import Array, VArray
+    from deker.context import StorageContext
 
-__all__ = ["Subset", "VSubset", "compact_for_transport", "prepare_update_data"]
+__all__ = ["ArrayHandle", "Subset", "VArrayHandle", "VSubset", "prepare_update_data"]
 
 logger = logging.getLogger(__name__)
-
-# Attempts to lock the tiles of an update or clear while concurrent clears delete them.
-_LOCK_ROUNDS = 100
 
 
 def _is_scalar(data: Any) -> bool:
@@ -145,47 +131,59 @@ def prepare_update_data(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...])
         ) from exc
 
 
-def compact_for_transport(chunk: Any) -> Any:
-    """Return the smallest form of an update's piece that broadcasts back to it.
+class _Handle(Protocol):
+    """What a subset needs of the Array or VArray it belongs to (its public face)."""
 
-    A scalar update (or data smaller than the region) is a broadcast view with zero strides:
-    copying it would make a whole tile of equal values, to be pickled, scattered and sent to a
-    worker.  Instead the task gets a numpy scalar (every cell equal) or the distinct values
-    (length 1 on each broadcast axis), and :func:`deker.tasks.write_piece_broadcast` broadcasts
-    them on arrival.  Other pieces are made contiguous.
+    @property
+    def id(self) -> str: ...
+    @property
+    def collection(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def dtype(self) -> type[np.generic]: ...
+    @property
+    def fill_value(self) -> Any: ...
+    @property
+    def dimensions(self) -> tuple[Dimension | TimeDimension, ...]: ...
+    @property
+    def primary_attributes(self) -> OrderedDict[str, Any]: ...
+    @property
+    def custom_attributes(self) -> dict[str, Any]: ...
+    @property
+    def storage_context(self) -> StorageContext: ...
 
-    Parameters
-    ----------
-    chunk : numpy.ndarray or numpy scalar
-        A piece of the prepared update data.
 
-    Returns
-    -------
-    numpy.ndarray or numpy scalar
-        What the task receives.
-    """
-    if not isinstance(chunk, np.ndarray):
-        return chunk
-    if chunk.size > 1 and 0 in chunk.strides:
-        index = tuple(slice(0, 1) if step == 0 else slice(None) for step in chunk.strides)
-        small = np.ascontiguousarray(chunk[index])
-        if small.size == 1:
-            return small.dtype.type(small.reshape(-1)[0])
-        return small
-    if not chunk.flags.c_contiguous:
-        return np.ascontiguousarray(chunk)
-    return chunk
+class ArrayHandle(_Handle, Protocol):
+    """An Array as its subsets see it (:class:`deker.Array` is one): its data file's spec."""
+
+    @property
+    def spec(self) -> FileSpec: ...  # noqa: D102
+
+
+class VArrayHandle(_Handle, Protocol):
+    """A VArray as its subsets see it (:class:`deker.VArray` is one): its tiles."""
+
+    @property
+    def arrays_shape(self) -> tuple[int, ...]: ...  # noqa: D102
+    @property
+    def tiles(self) -> TileIndex: ...  # noqa: D102
 
 
 class _SubsetBase:
     """What Subset and VSubset share: geometry, description, xarray."""
 
     _kind = "Subset"
-    _array: Array | VArray
+    _array: ArrayHandle | VArrayHandle
 
-    def __init__(self, array: Array | VArray, selection: Selection) -> None:
+    def __init__(self, array: ArrayHandle | VArrayHandle, selection: Selection) -> None:
         self._array = array
         self._selection = selection
+
+    @property
+    def array(self) -> ArrayHandle | VArrayHandle:
+        """The Array or VArray this subset is a region of."""
+        return self._array
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -247,7 +245,7 @@ class _SubsetBase:
             raise DekerSubsetError(f"Cannot convert a scalar deker.{self._kind} to xarray.DataArray")
         description = self.describe()
         full_shape = tuple(len(v) for v in description.values())
-        check_memory(full_shape, self._np_dtype(), self._array._ctx.memory_limit)
+        check_memory(full_shape, self._np_dtype(), self._array.storage_context.memory_limit)
         data = np.asarray(self.read()).reshape(full_shape)
         if cf:
             layout = array_layout(self._array, self.bounds)
@@ -283,33 +281,30 @@ class _SubsetBase:
 
 
 class Subset(_SubsetBase):
-    """A region of an :class:`~deker.arrays.Array`, returned by ``array[...]``."""
+    """A region of an :class:`~deker.arrays.Array`, returned by ``array[...]``.
+
+    It works on the Array's one file in the calling thread, through the same task functions
+    as a VArray's tiles (:func:`deker.tasks.read_array` and the like).
+    """
 
     _kind = "Subset"
-    _array: Array
+    _array: ArrayHandle
 
-    def _main(self) -> tuple[Any, Any]:
-        arr = self._array
-        arr._ctx.check_open()
-        return arr._main_dir, arr._main_file
+    def _spec(self, writing: str | None = None) -> FileSpec:
+        ctx = self._array.storage_context
+        ctx.check_open()
+        if writing is not None:
+            ctx.check_writable(f"{writing} {self}")
+        return self._array.spec
 
     def read(self) -> Any:
         """Read the region: an ndarray of :attr:`shape`, or a numpy scalar for a single cell.
 
         Empty cells read as :attr:`fill_value`.
         """
-        main_dir, main_file = self._main()
-        dtype = self._np_dtype()
+        spec = self._spec()
         try:
-            with storage_errors(main_file), array_read_lock(main_dir, self._array.id, self._array._ctx.locks):
-                arr = self._array
-                data = hdf5.read_region(
-                    main_file,
-                    self.bounds,
-                    dtype,
-                    self.fill_value,
-                    file_shape=None if arr._dataset_kwargs else tuple(arr.shape),  # see read_region
-                )
+            data = read_array(spec, self.bounds)
         except FileNotFoundError as exc:
             raise DekerInstanceNotExistsError(f"{self._array!r} was deleted") from exc
         return data[()] if self.shape == () else data
@@ -322,165 +317,51 @@ class Subset(_SubsetBase):
         data : scalar, list, tuple or numpy.ndarray
             Values of the array's dtype; scalars and smaller arrays broadcast like numpy.
         """
-        self._array._ctx.check_open()
-        self._array._ctx.check_writable(f"update {self}")
+        spec = self._spec("update")
         prepared = prepare_update_data(data, self._np_dtype(), self.shape)
-        main_dir, main_file = self._main()
         try:
-            with (
-                storage_errors(main_file),
-                array_write_lock(main_dir, self._array.id, self._array._ctx.locks),
-            ):
-                hdf5.write_region(
-                    main_file,
-                    self.bounds,
-                    prepared,
-                    self._array.shape,
-                    self.fill_value,
-                    self._array._dataset_kwargs,
-                )
+            write_array(spec, self.bounds, prepared)
         except FileNotFoundError as exc:
             raise DekerInstanceNotExistsError(f"{self._array!r} was deleted") from exc
 
     def clear(self) -> None:
         """Reset the region to the fill value."""
-        self._array._ctx.check_open()
-        self._array._ctx.check_writable(f"clear {self}")
-        main_dir, main_file = self._main()
+        spec = self._spec("clear")
         try:
-            with (
-                storage_errors(main_file),
-                array_write_lock(main_dir, self._array.id, self._array._ctx.locks),
-            ):
-                hdf5.clear_region(main_file, self.bounds, self._array.shape, self.fill_value)
+            clear_array(spec, self.bounds)
         except FileNotFoundError as exc:
             raise DekerInstanceNotExistsError(f"{self._array!r} was deleted") from exc
-
-
-def _raise_group(message: str, failures: Sequence[tuple[tuple[int, ...], BaseException]]) -> None:
-    if failures:
-        excs = [e for _, e in failures]
-        if all(isinstance(e, Exception) for e in excs):
-            raise DekerVSubsetError(message, excs, [p for p, _ in failures])
-        raise next(e for e in excs if not isinstance(e, Exception))
 
 
 class VSubset(_SubsetBase):
     """A region of a :class:`~deker.arrays.VArray`, returned by ``varray[...]``.
 
-    Every operation fans out into one task per touched tile on the client's executor.
+    Every operation fans out into one task per touched tile on the client's executor, through
+    the tile pipeline (:mod:`deker.pipeline`).
     """
 
     _kind = "VSubset"
-    _array: VArray
+    _array: VArrayHandle
 
-    def _pieces(self) -> list[TilePiece]:
-        return tile_pieces(self.bounds, self._array.arrays_shape)
+    def _start(self, writing: str | None = None) -> StorageContext:
+        ctx = self._array.storage_context
+        ctx.check_open()
+        if writing is not None:
+            ctx.check_writable(f"{writing} {self}")
+        return ctx
 
-    def _lock_tiles(
-        self,
-        lock: VArrayWriteLock,
-        pieces: list[TilePiece],
-        values: dict[str, Any] | None,
-        payloads: dict[tuple[int, ...], Any] | None = None,
-    ) -> tuple[dict[tuple[int, ...], str], set[tuple[int, ...]]]:
-        """Lock the tiles of ``pieces``, creating the missing ones when ``values`` is given.
-
-        Two-phase locking, so that an update is isolated: the existing tiles are locked in
-        grid order (no deadlock), then the missing ones are created, each held by ``lock``
-        from before anyone can find it (:meth:`VArrayWriteLock.claiming`); every tile stays
-        held until the operation ends.  A missing tile with an entry in ``payloads`` (its
-        every cell) is created holding it: it is written already and not returned for writing.
-
-        A tile created by someone else after the listing is locked without waiting; if it is
-        busy, everything is released and the tiles are listed again (tiles this round created
-        holding their data are then written again by the tasks).  So is a tile deleted by a
-        concurrent clear before its lock.
-
-        Returns
-        -------
-        tuple of (dict, set)
-            The ids of the locked tiles by position, and the positions created with their data.
-        """
-        varray = self._array
-        for _ in range(_LOCK_ROUNDS + len(pieces)):
-            tiles = varray._tile_ids(p.position for p in pieces)
-            existing = [self._tile_key(tiles[p.position]) for p in pieces if p.position in tiles]
-            if lock.acquire(existing):  # some vanished: a concurrent clear
-                lock.release()
-                continue
-            missing = [p.position for p in pieces if p.position not in tiles]
-            if values is None or not missing:
-                return tiles, set()
-            args = [(pos, values, (payloads or {}).get(pos), lock.claiming) for pos in missing]
-            runner = varray._ctx.runner
-            if len(missing) > 1 and runner.in_process:  # each creation waits on its own files
-                made: list[Any] = runner.run_all(varray._create_tile, args)
-            else:
-                made = [varray._create_tile(*arg) for arg in args]
-            written: set[tuple[int, ...]] = set()
-            others: list[tuple[Path, str]] = []
-            for position, result in zip(missing, made, strict=True):
-                if isinstance(result, BaseException):
-                    raise result
-                tid, filled = result
-                tiles[position] = tid
-                key = self._tile_key(tid)
-                if not lock.holds(*key):
-                    others.append(key)  # created by someone else meanwhile
-                elif filled:
-                    written.add(position)
-            try:
-                if others and lock.acquire(others, wait=False):
-                    lock.release()  # deleted again by a concurrent clear
-                    continue
-            except DekerLockError:  # busy: everything was released; start over
-                continue
-            for position in written:
-                del tiles[position]
-            return tiles, written
-        raise DekerLockError(
-            f"{self}: concurrent writers and clears kept changing its tiles while it tried to lock them"
-        )
-
-    def _tile_key(self, tile_id: str) -> tuple[Path, str]:
-        return self._array._tile_spec(tile_id).main_dir, tile_id
+    def _tiles(self) -> TileIndex:
+        index = self._array.tiles
+        pipeline.require(index, repr(self._array))
+        return index
 
     def read(self) -> Any:
         """Read the region; absent tiles read as fill without being created.
 
         The output is allocated once; with a thread pool the tiles are read straight into it.
         """
-        varray = self._array
-        ctx = varray._ctx
-        ctx.check_open()
-        varray._check_exists()
-        dtype = self._np_dtype()
-        out = np.empty(self.shape, dtype=dtype)
-        pieces = self._pieces()
-        tiles = varray._tile_ids(p.position for p in pieces)
-        todo: list[tuple[TilePiece, str]] = []
-        for piece in pieces:
-            tid = tiles.get(piece.position)
-            if tid is None:
-                out[piece.out] = self.fill_value
-            else:
-                todo.append((piece, tid))
-        runner = ctx.runner
-        if runner.in_process:
-            calls = [(varray._tile_spec(tid), p.local, out, p.out) for p, tid in todo]
-            done = runner.run_all(read_piece_into, calls, batch_size=varray._batch_size(len(calls)))
-            results: list[Any] = list(done)
-        else:
-            calls2 = [(varray._tile_spec(tid), p.local) for p, tid in todo]
-            results = list(runner.run_all(read_piece, calls2, batch_size=varray._batch_size(len(calls2))))
-        failures = []
-        for (piece, _), res in zip(todo, results, strict=True):
-            if isinstance(res, BaseException):
-                failures.append((piece.position, res))
-            elif not runner.in_process:
-                out[piece.out] = res
-        _raise_group(f"Reading {self} failed in {len(failures)} tile(s)", failures)
+        ctx = self._start()
+        out = pipeline.read(ctx, self._tiles(), self.bounds, self.fill_value, str(self))
         return out[()] if self.shape == () else out
 
     def update(self, data: Any) -> None:
@@ -498,66 +379,19 @@ class VSubset(_SubsetBase):
         DekerLockError
             Another writer kept a touched tile locked longer than ``write_lock_timeout``.
         """
-        varray = self._array
-        ctx = varray._ctx
-        ctx.check_open()
-        ctx.check_writable(f"update {self}")
+        ctx = self._start("update")
         prepared = prepare_update_data(data, self._np_dtype(), self.shape)
-        values = varray._check_exists()
-        pieces = self._pieces()
-        token = new_token()
-        in_process = ctx.runner.in_process
+        self._tiles()
+        varray = self._array
+        values = {**varray.primary_attributes, **varray.custom_attributes}
         ctx.ensure_storage_id()  # the tasks prove they see this storage (a 1.1.7 one gets an id now)
-
-        def chunk_of(piece: TilePiece) -> Any:
-            return prepared if isinstance(prepared, np.generic) else prepared[piece.out]
-
-        # With threads, a missing tile covered entirely is created holding its data (one file
-        # written once); elsewhere the data is written by the tile tasks, on the workers.
-        payloads = {p.position: chunk_of(p) for p in pieces if p.full} if in_process else None
-        with storage_errors(varray._main_file), VArrayWriteLock(ctx.locks, token) as lock:
-            tiles, written = self._lock_tiles(lock, pieces, values, payloads)
-            todo = [p for p in pieces if p.position not in written]
-            calls = []
-            task: Any = write_piece
-            for p in todo:
-                chunk = piece = chunk_of(p)
-                if not in_process:  # (threads copy their own piece, in parallel)
-                    chunk = compact_for_transport(piece)
-                    if isinstance(chunk, np.ndarray) and chunk.shape != np.shape(piece):
-                        task = write_piece_broadcast  # distinct values only: broadcast on arrival
-                calls.append((varray._tile_spec(tiles[p.position]), p.local, chunk, token))
-            results = ctx.runner.run_all(task, calls, batch_size=varray._batch_size(len(calls)))
-        failures = [
-            (p.position, r) for p, r in zip(todo, results, strict=True) if isinstance(r, BaseException)
-        ]
-        _raise_group(
-            f"Updating {self} failed in {len(failures)} tile(s); the other tiles were written", failures
-        )
+        pipeline.update(ctx, varray.tiles, self.bounds, prepared, values, str(self))
 
     def clear(self) -> None:
         """Reset the region to the fill value; tiles covered entirely are deleted."""
-        varray = self._array
-        ctx = varray._ctx
-        ctx.check_open()
-        ctx.check_writable(f"clear {self}")
-        varray._check_exists()
-        every = self._pieces()
-        if not varray._tile_ids(p.position for p in every):
+        ctx = self._start("clear")
+        index = self._tiles()
+        if not index.ids(p.position for p in tile_pieces(self.bounds, index.schema.arrays_shape)):
             return
-        token = new_token()
         ctx.ensure_storage_id()
-        with storage_errors(varray._main_file), VArrayWriteLock(ctx.locks, token) as lock:
-            tiles, _written = self._lock_tiles(lock, every, None)
-            pieces = [p for p in every if p.position in tiles]
-            calls = [
-                (varray._tile_spec(tiles[p.position], p.position), p.local, p.full, token) for p in pieces
-            ]
-            results = ctx.runner.run_all(clear_piece, calls, batch_size=varray._batch_size(len(calls)))
-        for p, r in zip(pieces, results, strict=True):
-            if r is True:
-                varray._forget_tile(tiles[p.position], p.position)
-        failures = [
-            (p.position, r) for p, r in zip(pieces, results, strict=True) if isinstance(r, BaseException)
-        ]
-        _raise_group(f"Clearing {self} failed in {len(failures)} tile(s)", failures)
+        pipeline.clear(ctx, self._array.tiles, self.bounds, str(self))

@@ -34,11 +34,20 @@ from deker.errors import DekerBaseApplicationError, DekerInstanceNotExistsError,
 from deker.storage import atomic, hdf5
 from deker.storage.identity import storage_problem
 from deker.storage.layout import ARRAY_EXT, CollectionPaths, remove_file_and_empty_parents
-from deker.storage.locks import LockSettings, array_read_lock, tile_read_guard, tile_write_guard
+from deker.storage.locks import (
+    LockSettings,
+    array_read_lock,
+    array_write_lock,
+    tile_read_guard,
+    tile_write_guard,
+)
 
 __all__ = [
     "FileSpec",
+    "clear_array",
+    "read_array",
     "storage_errors",
+    "write_array",
     "clear_piece",
     "read_piece",
     "read_piece_into",
@@ -338,6 +347,63 @@ def read_piece_into(
     except FileNotFoundError:
         check_storage(spec)
         out[out_index] = spec.fill_value
+
+
+def read_array(spec: FileSpec, bounds: Bounds) -> np.ndarray:
+    """Read ``bounds`` of an Array's file under the Array's read lock.
+
+    Parameters
+    ----------
+    spec : FileSpec
+        The Array's file.
+    bounds : tuple
+        Normalised bounds inside the file.
+
+    Returns
+    -------
+    numpy.ndarray
+        The region.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist (the Array was deleted): the caller names the Array.
+    """
+    with storage_errors(spec.main_file), array_read_lock(spec.main_dir, spec.array_id, spec.locks):
+        return _read(spec, bounds)
+
+
+def write_array(spec: FileSpec, bounds: Bounds, data: Any) -> None:
+    """Write ``data`` into ``bounds`` of an Array's file under the Array's write lock.
+
+    Parameters
+    ----------
+    spec : FileSpec
+        The Array's file.
+    bounds : tuple
+        Normalised bounds inside the file.
+    data : numpy.ndarray or numpy scalar
+        Of the file's dtype and of the selection's shape (or a scalar).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist (the Array was deleted): the caller names the Array.
+    """
+    with storage_errors(spec.main_file), array_write_lock(spec.main_dir, spec.array_id, spec.locks):
+        hdf5.write_region(spec.main_file, bounds, data, spec.shape, spec.fill_value, spec.dataset_kwargs)
+
+
+def clear_array(spec: FileSpec, bounds: Bounds) -> None:
+    """Reset ``bounds`` of an Array's file to the fill value under the Array's write lock.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist (the Array was deleted): the caller names the Array.
+    """
+    with storage_errors(spec.main_file), array_write_lock(spec.main_dir, spec.array_id, spec.locks):
+        hdf5.clear_region(spec.main_file, bounds, spec.shape, spec.fill_value)
 
 
 def write_piece(spec: FileSpec, bounds: Bounds, data: Any, token: str) -> None:

@@ -1,9 +1,11 @@
 """What deker_dask needs to know about deker objects, in one place.
 
 deker's handles (:class:`~deker.Array`, :class:`~deker.VArray`, their subsets, collections)
-keep their storage context and collection metadata private.  This module is the only one of
-deker_dask that reaches into them; everything else works on the plain :class:`Target` it
-returns and on :class:`~deker.tasks.FileSpec` values, which pickle to any worker.
+show deker's layers their storage context, their collection's metadata, an Array's file spec
+and a VArray's tile index (:class:`~deker.tileindex.TileIndex`).  This module turns them into
+the plain :class:`Target` the rest of deker_dask works on, next to
+:class:`~deker.tasks.FileSpec` and :class:`~deker.tileindex.TileIndex` values, which pickle
+to any worker.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,9 +25,9 @@ from deker.errors import DekerInstanceNotExistsError, DekerValidationError
 from deker.meta import CollectionMeta
 from deker.storage.layout import CollectionPaths
 from deker.storage.locks import LockSettings
-from deker.store import file_spec, tile_ids
 from deker.subset import Subset, VSubset
 from deker.tasks import FileSpec
+from deker.tileindex import TileIndex
 from deker_dask.tasks import Session
 
 __all__ = ["Bounds", "FileVersion", "Target", "collection_items", "resolve", "selection_shape"]
@@ -73,17 +76,33 @@ class Target:
     @property
     def root(self) -> str:
         """The collections directory as the coordinator sees it (workers may remap it)."""
-        return str(self.obj._ctx.settings.root)
+        return str(self.obj.storage_context.settings.root)
 
     @property
     def meta(self) -> CollectionMeta:
         """The collection metadata."""
-        return self.obj._meta
+        return self.obj.collection_meta
 
     @property
     def locks(self) -> LockSettings:
         """Lock timing of the client that opened the object."""
-        return self.obj._ctx.locks
+        return self.obj.storage_context.locks
+
+    @property
+    def storage_id(self) -> str | None:
+        """The identity of the storage as the client knows it (tasks prove they see it)."""
+        return self.obj.storage_context.storage_id
+
+    def tiles(self) -> TileIndex:
+        """Return the :class:`~deker.tileindex.TileIndex` of a VArray."""
+        assert isinstance(self.obj, VArray)
+        return self.obj.tiles
+
+    def _data_file(self) -> Path:
+        """Return the Array's data file, or the VArray's metadata file, as the client sees it."""
+        if isinstance(self.obj, VArray):
+            return self.obj.tiles.varray_file
+        return CollectionPaths(self.obj.storage_context.root, self.meta.name).main_file("array", self.obj.id)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -123,19 +142,19 @@ class Target:
 
     def session(self) -> Session:
         """Return the session every task of a graph over this object carries (tasks raise once closed)."""
-        return Session(self.obj._ctx)
+        return Session(self.obj.storage_context)
 
     def check(self) -> None:
         """Raise if the client is closed or the object was deleted."""
-        self.obj._ctx.check_open()
-        if not self.obj._main_file.exists():
+        self.obj.storage_context.check_open()
+        if not self._data_file().exists():
             raise DekerInstanceNotExistsError(f"{self.obj!r} was deleted")
 
     # ------------------------------------------------------------------ files
     def array_spec(self) -> FileSpec:
         """Return the :class:`FileSpec` of an Array's data file."""
-        obj = self.obj
-        return file_spec(self.root, self.meta, obj.id, self.locks, obj._components, obj._ctx.storage_id)
+        assert isinstance(self.obj, Array)
+        return self.obj.spec
 
     def files(self) -> tuple[dict[tuple[int, ...], FileSpec], tuple[Any, ...]]:
         """Return the existing data files by grid position, and their data version.
@@ -150,19 +169,19 @@ class Target:
         """
         obj = self.obj
         if isinstance(obj, VArray):
-            found = tile_ids(obj._ctx.root, self.meta, obj.id)
-            paths = CollectionPaths(obj._ctx.root, self.meta.name)
+            index = obj.tiles
+            found = index.ids()
             files: dict[tuple[int, ...], FileSpec] = {}
             version = []
             for pos in sorted(found):
                 tid = found[pos]
-                stat = _stat(paths.main_file("array", tid))
+                stat = _stat(index.paths.main_file("array", tid))
                 if stat is None:  # deleted since the listing
                     continue
-                files[pos] = file_spec(self.root, self.meta, tid, self.locks, storage_id=obj._ctx.storage_id)
+                files[pos] = index.for_tile(tid)
                 version.append((pos, tid, stat))
             return files, tuple(version)
-        stat = _stat(obj._main_file)
+        stat = _stat(self._data_file())
         if stat is None:
             raise DekerInstanceNotExistsError(f"{obj!r} was deleted")
         origin = (0,) * len(obj.shape)
@@ -194,7 +213,9 @@ def resolve(obj: Any) -> Target:
     if isinstance(obj, (Array, VArray)):
         return Target(obj, tuple(slice(0, s) for s in obj.shape))
     if isinstance(obj, (Subset, VSubset)):
-        return Target(obj._array, tuple(obj.bounds))
+        owner = obj.array
+        assert isinstance(owner, (Array, VArray))
+        return Target(owner, tuple(obj.bounds))
     raise DekerValidationError(
         f"Expected a deker Array, VArray, Subset or VSubset, not {type(obj).__module__}."
         f"{type(obj).__qualname__}"

@@ -38,7 +38,7 @@ from deker.tiling import tile_pieces
 from deker_dask.geometry import grid, regions
 from deker_dask.handles import Target, resolve
 from deker_dask.progress import compute_with_progress
-from deker_dask.tasks import TilePlan, VArrayTarget, finish, store_array_block, store_tiles
+from deker_dask.tasks import TilePlan, finish, store_array_block, store_tiles
 
 __all__ = ["store"]
 
@@ -100,15 +100,8 @@ def _plan_varray(src: da.Array, target: Target, name: str) -> tuple[da.Array, di
     slice_dims = [d for d, b in enumerate(target.bounds) if isinstance(b, slice)]
     starts = [int(target.bounds[d].start) for d in slice_dims]  # type: ignore[union-attr]
     offsets = [np.cumsum((0, *c)) for c in src.chunks]
-    obj = target.obj
-    info = VArrayTarget(
-        root=target.root,
-        meta=target.meta,
-        vid=obj.id,
-        values=target.values,
-        locks=target.locks,
-        storage_id=obj._ctx.storage_id,
-    )
+    index = target.tiles().on_worker()
+    values = target.values
     # per tile: its position, local bounds and (source block, take, put) pieces
     tiles: list[tuple[tuple[int, ...], Any, list[_Piece]]] = []
     for _index, region in regions(g):
@@ -146,7 +139,7 @@ def _plan_varray(src: da.Array, target: Target, name: str) -> tuple[da.Array, di
                     blocks.append(block)
             plans.append(TilePlan(position, local, tuple((where[b], t, p) for b, t, p in tile_pieces_)))
         key = (name, n // size)
-        dsk[key] = (store_tiles, info, tuple(plans), [(src.name, *b) for b in blocks], session)
+        dsk[key] = (store_tiles, index, values, tuple(plans), [(src.name, *b) for b in blocks], session)
         keys.append(key)
     return src, dsk, keys
 
@@ -221,8 +214,9 @@ def store(
     """
     tgt = resolve(target)
     tgt.check()
-    tgt.obj._ctx.check_writable(f"store into {tgt.obj!r}")  # before any task is built
-    tgt.obj._ctx.ensure_storage_id()  # the tasks prove they see this storage (a 1.1.7 one gets an id now)
+    ctx = tgt.obj.storage_context
+    ctx.check_writable(f"store into {tgt.obj!r}")  # before any task is built
+    ctx.ensure_storage_id()  # the tasks prove they see this storage (a 1.1.7 one gets an id now)
     src = _source(source, tgt)
     token = uuid.uuid4().hex
     name = f"deker-store-{token}"

@@ -20,18 +20,16 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from deker.context import StorageContext
-from deker.errors import DekerClientError, DekerInstanceNotExistsError, DekerLockError
-from deker.meta import CollectionMeta
+from deker.errors import DekerClientError, DekerInstanceNotExistsError
+from deker.pipeline import lock_tiles
 from deker.storage import hdf5
-from deker.storage.layout import ARRAY_EXT, CollectionPaths, ids_in_dir
-from deker.storage.locks import LockSettings, VArrayWriteLock, array_write_lock, new_token
-from deker.store import array_schema_of, create_tile_with, file_spec
+from deker.storage.locks import VArrayWriteLock, new_token
 from deker.tasks import (
     Bounds,
     FileSpec,
@@ -39,14 +37,14 @@ from deker.tasks import (
     check_storage_at,
     read_piece,
     read_piece_into,
-    resolve_root,
+    write_array,
     write_piece,
 )
+from deker.tileindex import TileIndex
 
 __all__ = [
     "Part",
     "Session",
-    "VArrayTarget",
     "fill_chunk",
     "finish",
     "read_chunk",
@@ -61,9 +59,6 @@ logger = logging.getLogger(__name__)
 
 #: One file's share of a chunk: the file, the bounds inside it, where it goes in the chunk.
 Part = tuple[FileSpec, Bounds, tuple[Any, ...]]
-
-_CREATE_ATTEMPTS = 5
-
 
 # ----------------------------------------------------------------------------- session
 
@@ -206,48 +201,6 @@ def read_chunk(
 # ----------------------------------------------------------------------------- writes
 
 
-@dataclass(frozen=True)
-class VArrayTarget:
-    """What a store task needs to create and write the tiles of one VArray.
-
-    Parameters
-    ----------
-    root : str
-        Collections directory as the coordinator sees it.
-    meta : CollectionMeta
-        The collection metadata.
-    vid : str
-        The VArray id.
-    values : dict
-        The VArray's attribute values (tile time axes start from them).
-    locks : LockSettings
-        Lock timing of the coordinator's client.
-    storage_id : str, optional
-        The storage's identity as the coordinator knows it: a worker that finds another one (or
-        none) at the storage path is refused (:func:`deker.tasks.check_storage_at`).
-    """
-
-    root: str
-    meta: CollectionMeta
-    vid: str
-    values: dict[str, Any] = field(default_factory=dict)
-    locks: LockSettings = field(default_factory=LockSettings)
-    storage_id: str | None = None
-
-    def paths(self) -> CollectionPaths:
-        """Return the collection paths as this process sees them."""
-        return CollectionPaths(resolve_root(self.root), self.meta.name)
-
-    def existing_tile(self, position: tuple[int, ...]) -> str | None:
-        """Return the id of the tile at ``position`` if it exists."""
-        paths = self.paths()
-        components = (self.vid, "-".join(str(p) for p in position))
-        for tid in ids_in_dir(paths.symlink_dir("array", components), ARRAY_EXT):
-            if paths.main_file("array", tid).exists():
-                return tid
-        return None
-
-
 def _as_block(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
     block = np.ascontiguousarray(np.asarray(data), dtype=dtype)
     if block.shape != shape:
@@ -260,7 +213,8 @@ def _all_fill(block: np.ndarray, fill_value: Any) -> bool:
 
 
 def store_tile(
-    target: VArrayTarget,
+    index: TileIndex,
+    values: dict[str, Any],
     position: tuple[int, ...],
     local: Bounds,
     data: Any,
@@ -268,14 +222,18 @@ def store_tile(
 ) -> int:
     """Write one tile's block of a store: create the tile if missing, lock it, write, unlock.
 
-    The tile is locked with a token of this task's own; a task that runs again (a retry) takes
-    a new one.  A block that holds only fill values for a tile that does not exist writes
-    nothing (the tile reads as fill already).
+    The tile goes through the tile pipeline's locking (:func:`deker.pipeline.lock_tiles`), with
+    a token of this task's own; a task that runs again (a retry) takes a new one.  A block
+    that covers the whole of a missing tile is created holding it (one file written once).
+    A block that holds only fill values for a tile that does not exist writes nothing (the
+    tile reads as fill already).
 
     Parameters
     ----------
-    target : VArrayTarget
-        The VArray.
+    index : TileIndex
+        The VArray's tiles, as this worker sees them (:meth:`TileIndex.on_worker`).
+    values : dict
+        The VArray's attribute values (a new tile's time axes start from them).
     position : tuple of int
         The tile's grid position.
     local : tuple
@@ -298,46 +256,26 @@ def store_tile(
         If another writer kept the tile locked longer than the lock timeout.
     """
     _check(session)
-    schema = target.meta.schema
-    dtype = np.dtype(schema.dtype)
+    schema = index.schema
     shape = tuple(b.stop - b.start for b in local if isinstance(b, slice))
-    block = _as_block(data, dtype, shape)
-    check_storage_at(target.root, target.meta.name, target.storage_id)  # a worker without it says so
-    paths = target.paths()
-    if not paths.main_file("varray", target.vid).exists():
+    block = _as_block(data, np.dtype(schema.dtype), shape)
+    check_storage_at(index.root, index.meta.name, index.storage_id)  # a worker without it says so
+    if not index.exists():
         raise DekerInstanceNotExistsError(
-            f"VArray {target.vid} does not exist in collection {target.meta.name}"
+            f"VArray {index.vid} does not exist in collection {index.meta.name}"
         )
-    tid = target.existing_tile(position)
-    if tid is None and _all_fill(block, schema.fill_value):
+    if _all_fill(block, schema.fill_value) and not index.ids([position]):
         return 0
-    whole = all(isinstance(b, slice) for b in local) and shape == tuple(array_schema_of(target.meta).shape)
-    for _attempt in range(_CREATE_ATTEMPTS):
-        if tid is None:
-            # a missing tile that the block covers is created holding it: one file written once
-            tid, filled = create_tile_with(
-                paths.root,
-                target.meta,
-                target.vid,
-                position,
-                target.values,
-                target.locks,
-                block if whole else None,
-            )
-            if filled:
-                return int(block.size)
-        spec = file_spec(target.root, target.meta, tid, target.locks, storage_id=target.storage_id)
-        token = new_token()
-        with VArrayWriteLock(target.locks, token) as lock:
-            if lock.acquire([(spec.main_dir, tid)]):
-                tid = None  # a concurrent clear deleted the tile: create it again
-                continue
-            write_piece(spec, local, block, token)
-            return int(block.size)
-    raise DekerLockError(
-        f"Tile {position} of VArray {target.vid} was deleted {_CREATE_ATTEMPTS} times while this store "
-        "tried to write it; another job keeps clearing it"
-    )
+    whole = all(isinstance(b, slice) for b in local) and shape == tuple(schema.arrays_shape)
+    token = new_token()
+    with VArrayWriteLock(index.locks, token) as lock:
+        what = f"Tile {position} of VArray {index.vid}"
+        tiles, written = lock_tiles(
+            lock, index, [position], values, {position: block} if whole else None, what=what
+        )
+        if position not in written:
+            write_piece(index.for_tile(tiles[position]), local, block, token)
+    return int(block.size)
 
 
 def store_array_block(
@@ -372,8 +310,7 @@ def store_array_block(
     block = _as_block(data, dtype, shape)
     check_storage(spec)  # a worker without the storage says so (not "was deleted")
     try:
-        with array_write_lock(spec.main_dir, spec.array_id, spec.locks):
-            hdf5.write_region(spec.main_file, bounds, block, spec.shape, spec.fill_value, spec.dataset_kwargs)
+        write_array(spec, bounds, block)
     except FileNotFoundError as exc:
         raise DekerInstanceNotExistsError(f"Array {spec.array_id} was deleted: {spec.main_file}") from exc
     return int(block.size)
@@ -405,7 +342,8 @@ class TilePlan:
 
 
 def store_tiles(
-    target: VArrayTarget,
+    index: TileIndex,
+    values: dict[str, Any],
     plans: Sequence[TilePlan],
     chunks: Sequence[Any],
     session: Session | None = None,
@@ -419,8 +357,10 @@ def store_tiles(
 
     Parameters
     ----------
-    target : VArrayTarget
-        The VArray.
+    index : TileIndex
+        The VArray's tiles, as this worker sees them (:meth:`TileIndex.on_worker`).
+    values : dict
+        The VArray's attribute values (a new tile's time axes start from them).
     plans : sequence of TilePlan
         The tiles of this task.
     chunks : sequence of array-like
@@ -434,7 +374,7 @@ def store_tiles(
         The number of cells written.
     """
     _check(session)
-    dtype = np.dtype(target.meta.schema.dtype)
+    dtype = np.dtype(index.schema.dtype)
     arrays = [np.asarray(c) for c in chunks]
     written = 0
     for plan in plans:
@@ -446,5 +386,5 @@ def store_tiles(
             block = np.empty(shape, dtype=dtype)
             for i, take, put in plan.pieces:
                 block[put] = arrays[i][take]
-        written += store_tile(target, plan.position, plan.local, block, session)
+        written += store_tile(index, values, plan.position, plan.local, block, session)
     return written

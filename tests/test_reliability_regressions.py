@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deker import ArraySchema, AttributeSchema, Client, DimensionSchema, VArraySchema, arrays
+from deker import ArraySchema, AttributeSchema, Client, DimensionSchema, VArraySchema, tileindex
 from deker.arrays import VArray
 from deker.errors import (
     DekerFilterError,
@@ -26,6 +26,7 @@ from deker.errors import (
     DekerValidationError,
 )
 from deker.storage import atomic, hdf5
+from deker.tileindex import TileIndex
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,17 +58,17 @@ def _clear_once_after_listing(
     monkeypatch: pytest.MonkeyPatch, other: Any, key: Any, nth: int = 1
 ) -> list[int]:
     """Make the ``nth`` tile listing of a VArray be followed at once by a real concurrent clear."""
-    real = VArray._tile_ids
+    real = TileIndex.ids
     done: list[int] = []
 
-    def listing(self: VArray, *args: Any, **kwargs: Any) -> dict[tuple[int, ...], str]:
+    def listing(self: TileIndex, *args: Any, **kwargs: Any) -> dict[tuple[int, ...], str]:
         tiles = real(self, *args, **kwargs)
         done.append(1)
         if len(done) == nth:
             other[key].clear()  # another client deletes the tile between listing and locking
         return tiles
 
-    monkeypatch.setattr(VArray, "_tile_ids", listing)
+    monkeypatch.setattr(TileIndex, "ids", listing)
     return done
 
 
@@ -137,9 +138,9 @@ def test_concurrent_first_updates_are_isolated(clients: Any, monkeypatch: pytest
     both_listed = threading.Barrier(2)  # neither publishes a tile before both listed the tiles
     made: list[float] = []
     guard = threading.Lock()
-    real = VArray._create_tile
+    real = TileIndex.create
 
-    def create(self: VArray, position: tuple[int, ...], values: Any, data: Any = None, *extra: Any) -> Any:
+    def create(self: TileIndex, position: tuple[int, ...], values: Any, data: Any = None, *extra: Any) -> Any:
         value = float(np.asarray(data).flat[0])
         if position != first[value]:
             assert firsts_done.wait(10), "the other update never created its first tile"
@@ -152,7 +153,7 @@ def test_concurrent_first_updates_are_isolated(clients: Any, monkeypatch: pytest
                 firsts_done.set()
         return result
 
-    monkeypatch.setattr(VArray, "_create_tile", create)
+    monkeypatch.setattr(TileIndex, "create", create)
     mine = one.get_collection("v").create({"name": "v"})
     theirs = two.get_collection("v").filter({"name": "v"}).last()
     errors: list[BaseException] = []
@@ -381,7 +382,7 @@ def test_a_tile_created_while_its_varray_is_deleted_is_deleted_too(
     theirs = two.get_collection("v").filter({"name": "v"}).last()
     creating, go, ready = threading.Event(), threading.Event(), threading.Event()
     real_create = hdf5.create_array_file
-    real_pass = getattr(arrays, "pass_tile_creations", None)  # (absent before the fix)
+    real_pass = getattr(tileindex, "pass_tile_creations", None)  # (absent before the fix)
 
     def create(*args: Any, **kwargs: Any) -> Any:
         if threading.current_thread().name == "A":
@@ -395,7 +396,7 @@ def test_a_tile_created_while_its_varray_is_deleted_is_deleted_too(
         return real_pass(*args, **kwargs)
 
     monkeypatch.setattr(hdf5, "create_array_file", create)
-    monkeypatch.setattr(arrays, "pass_tile_creations", passing, raising=False)  # (absent before the fix)
+    monkeypatch.setattr(tileindex, "pass_tile_creations", passing, raising=False)  # (absent before the fix)
     outcome: dict[str, Any] = {}
 
     def run(name: str, action: Any) -> None:

@@ -47,8 +47,8 @@ def test_update_of_a_tile_deleted_by_117_meanwhile_creates_it_again(
     with Client(f"file://{tmp_path}", write_lock_timeout=30) as client:
         v = client.create_collection("v", schema).create()
         v[:].update(np.zeros((8, 8), dtype=np.float32))
-        tid = v._tile_ids()[(0, 0)]
-        spec = v._tile_spec(tid, (0, 0))
+        tid = v.tiles.ids()[(0, 0)]
+        spec = v.tiles.for_tile(tid, (0, 0))
         symlink = spec.paths.symlink_file("array", spec.symlink, tid)
         assert symlink.is_symlink()
         legacy = subprocess.Popen(
@@ -88,7 +88,7 @@ def test_update_of_a_tile_deleted_by_117_meanwhile_creates_it_again(
         expected[0:4, 0:4] = np.nan  # the deleted tile reads as fill...
         expected[bounds] = 5.0  # ...where the update did not write it again
         np.testing.assert_array_equal(v[:].read(), expected)
-        new_tid = v._tile_ids()[(0, 0)]
+        new_tid = v.tiles.ids()[(0, 0)]
         assert new_tid != tid
         assert client.check_integrity(4).ok
         assert not any(info.stale for info in client.list_locks())
@@ -141,7 +141,7 @@ def test_117_finds_the_data_file_locked_for_the_whole_write(
         obj = client.create_collection("c", schema, collection_options=options).create()
         obj[:].update(np.ones((32, 32), dtype=np.float32))
         if case.startswith("varray"):
-            spec = obj._tile_spec(obj._tile_ids()[(0, 0)], (0, 0))
+            spec = obj.tiles.for_tile(obj.tiles.ids()[(0, 0)], (0, 0))
             data, bounds = spec.main_file, (slice(0, 16), slice(0, 16))
         else:
             data = obj._main_file
@@ -218,8 +218,8 @@ def test_117_readers_stay_out_while_a_dead_coordinators_task_writes(
     with Client(f"file://{tmp_path}", write_lock_timeout=0.3) as client:
         v = client.create_collection("v", schema).create()
         v[:].update(np.zeros((4, 4), dtype=np.float32))
-        tid = v._tile_ids()[(0, 0)]
-        spec = v._tile_spec(tid, (0, 0))
+        tid = v.tiles.ids()[(0, 0)]
+        spec = v.tiles.for_tile(tid, (0, 0))
         main_dir, data = spec.main_dir, spec.main_file
         token = locks.new_token()
         coordinator = Child("varray", tiles=[[str(main_dir), tid]], token=token, timeout=5)

@@ -183,7 +183,7 @@ def test_array_operation_waits_for_a_writer(storage: tuple[Path, Client], tmp_pa
         assert queue.empty(), "the child did not wait for the writer"
         # the parent's own write, under its lock (through the storage layer: locks don't nest)
         full = (slice(0, 4), slice(0, 4))
-        hdf5.write_region(arr._main_file, full, np.full((4, 4), 3.0), (4, 4), np.nan, arr._dataset_kwargs)
+        hdf5.write_region(arr._main_file, full, np.full((4, 4), 3.0), (4, 4), np.nan, arr.spec.dataset_kwargs)
     outcome = _result(proc, queue)
     assert outcome[0] == "ok", outcome
     if op == "read":
@@ -235,9 +235,9 @@ def test_duplicate_primary_key_race_has_one_winner(storage: tuple[Path, Client])
 
 
 def _tile_lock(varr: Any, positions: list[tuple[int, int]]) -> VArrayWriteLock:
-    ids = varr._tile_ids()
+    ids = varr.tiles.ids()
     lock = VArrayWriteLock(FAST, new_token())
-    lock.acquire([(varr._tile_spec(ids[p]).main_dir, ids[p]) for p in sorted(positions)])
+    lock.acquire([(varr.tiles.for_tile(ids[p]).main_dir, ids[p]) for p in sorted(positions)])
     return lock
 
 
@@ -275,8 +275,8 @@ def test_varray_intersecting_update_times_out_cleanly(storage: tuple[Path, Clien
         assert outcome[:2] == ("err", "DekerLockError"), outcome
         # the child released the tiles it had taken before timing out: they are free now
         other = VArrayWriteLock(LockSettings(timeout=0, interval=0.01), new_token())
-        ids = varr._tile_ids()
-        other.acquire([(varr._tile_spec(ids[(0, 0)]).main_dir, ids[(0, 0)])])
+        ids = varr.tiles.ids()
+        other.acquire([(varr.tiles.for_tile(ids[(0, 0)]).main_dir, ids[(0, 0)])])
         other.release()
     finally:
         lock.release()

@@ -13,7 +13,7 @@ import xarray
 
 from deker import ArraySchema, AttributeSchema, Client, DimensionSchema, HDF5Options, TimeDimensionSchema
 from deker.errors import DekerArrayError, DekerArrayTypeError, DekerMemoryError, DekerSubsetError
-from deker.subset import compact_for_transport, prepare_update_data
+from deker.subset import prepare_update_data
 
 
 @pytest.fixture()
@@ -207,24 +207,3 @@ def test_repr_and_str(client: Client) -> None:
     sub = arr[1:3, 0]
     assert repr(sub) == f"Subset(bounds=[1:3, 0], shape=(2,), array={arr.id})"
     assert str(arr[:]) == f"Array({arr.id})[:]"
-
-
-def test_pieces_travel_compact() -> None:
-    # What a VArray update sends to a worker: a scalar as a number, broadcast data as its
-    # distinct values; the worker broadcasts them back (deker.tasks.write_piece_broadcast).
-    dtype = np.dtype(np.float32)
-    whole = prepare_update_data(2.5, dtype, (8, 512, 512))
-    piece = whole[2:4]
-    small = compact_for_transport(piece)
-    assert isinstance(small, np.float32) and small == 2.5
-    rows = prepare_update_data(np.arange(512, dtype=np.float32), dtype, (8, 100, 512))[0:4, 10:60]
-    small = compact_for_transport(rows)
-    assert isinstance(small, np.ndarray) and small.shape == (1, 1, 512) and small.flags.c_contiguous
-    np.testing.assert_array_equal(np.broadcast_to(small, rows.shape), rows)
-    plain = np.arange(24, dtype=np.float32).reshape(4, 6)
-    assert compact_for_transport(plain) is plain
-    strided = compact_for_transport(plain[:, ::2])
-    assert strided.flags.c_contiguous and np.array_equal(strided, plain[:, ::2])
-    assert compact_for_transport(np.float64(1.0)) == 1.0
-    one = np.ones((1, 1), dtype=np.float32)
-    assert compact_for_transport(one) is one

@@ -9,7 +9,7 @@ for deleted files, refused while a VArray write holds the tile); ``write_piece``
 run in forkserver worker processes under the coordinator's ``VArrayWriteLock`` (idempotent
 writes, partial and full clears, lost locks, a file deleted under a write);
 ``storage_errors``; ``delete_files`` and ``tile_file_name``.  Specs are built the way
-deker/arrays.py builds them (``VArray._tile_spec`` -> ``deker.store.file_spec``).
+deker/arrays.py builds them (``VArray.tiles.for_tile`` -> ``deker.store.file_spec``).
 """
 
 from __future__ import annotations
@@ -35,18 +35,24 @@ from deker.storage.locks import LockSettings, VArrayWriteLock, new_token
 from deker.store import file_spec, tile_ids
 from deker.tasks import (
     FileSpec,
+    clear_array,
     clear_piece,
     delete_files,
+    read_array,
     read_piece,
     read_piece_into,
     resolve_root,
     storage_errors,
     tile_file_name,
+    write_array,
     write_piece,
 )
 
 LOCKS = LockSettings(timeout=10, interval=0.01)
 FUNCTIONS = [
+    read_array,
+    write_array,
+    clear_array,
     read_piece,
     read_piece_into,
     write_piece,
@@ -80,8 +86,8 @@ def _varray(tmp_path: Path, name: str = "v") -> tuple[Client, Any]:
 
 
 def _spec(varray: Any, position: tuple[int, int]) -> FileSpec:
-    tid = varray._tile_ids()[position]
-    spec = varray._tile_spec(tid, position)
+    tid = varray.tiles.ids()[position]
+    spec = varray.tiles.for_tile(tid, position)
     ctx = varray._ctx
     same = file_spec(ctx.settings.root, varray._meta, tid, ctx.locks, spec.symlink, ctx.storage_id)
     assert replace(spec, fill_value=None) == replace(same, fill_value=None)  # (NaN != NaN)
@@ -107,6 +113,10 @@ def test_public_names() -> None:
             "check_storage_at",
             "process_name",
             "write_piece_broadcast",
+            # the Array tasks (a Subset's file, deker_dask's Array blocks)
+            "read_array",
+            "write_array",
+            "clear_array",
         ]
     )
 
@@ -303,7 +313,7 @@ def test_a_full_clear_deletes_the_tile(tmp_path: Path, pool: ProcessPoolExecutor
         assert deleted is True
         assert not spec.main_file.exists() and not os.path.lexists(link)
         assert not link.parent.exists()  # its position folder went too
-        assert sorted(varray._tile_ids()) == [(0, 0), (1, 0), (1, 1)]
+        assert sorted(varray.tiles.ids()) == [(0, 0), (1, 0), (1, 1)]
         assert np.isnan(varray[0:3, 4:8].read()).all()
         assert read_piece(spec, (0, slice(0, 4))).tolist() == [pytest.approx(np.nan, nan_ok=True)] * 4
 

@@ -118,8 +118,8 @@ def varray(
 
 def tile_dir(v: Any, position: tuple[int, ...]) -> tuple[Path, str]:
     """The main directory and id of the tile of ``v`` at ``position`` (it must exist)."""
-    tid = v._tile_ids()[position]
-    return v._tile_spec(tid).main_dir, tid
+    tid = v.tiles.ids()[position]
+    return v.tiles.for_tile(tid).main_dir, tid
 
 
 class BlockTask(WorkerPlugin):  # type: ignore[misc]

@@ -55,15 +55,15 @@ def test_varray_operations_run_on_workers(tmp_path: Path, cluster: Any) -> None:
         np.testing.assert_array_equal(big[:].read(), payload)
         with get_task_stream(client=cluster) as stream:  # integrity level 4 reads every tile there
             report = client.check_integrity(level=4, collection="v")
-        assert report.ok and report.files_checked == len(v._tile_ids())
+        assert report.ok and report.files_checked == len(v.tiles.ids())
         counts = ran_on_workers(cluster, stream.data)
         assert set(counts) <= {"check_array_file", "run_batch"} and counts
         with get_task_stream(client=cluster) as stream:
             v.delete()
         counts = ran_on_workers(cluster, stream.data)
         assert set(counts) <= {"clear_piece", "run_batch"} and counts
-        assert not v._tile_ids() and not v._main_file.exists()
-        assert len(big._tile_ids()) == 2  # another VArray of the storage is untouched
+        assert not v.tiles.ids() and not v._main_file.exists()
+        assert len(big.tiles.ids()) == 2  # another VArray of the storage is untouched
         assert not lock_files(tmp_path)
 
 

@@ -54,9 +54,9 @@ def store_key(delayed: Any, position: tuple[int, ...]) -> Any:
 def store_plans(task: Any) -> tuple[Any, ...]:
     """The tile plans of a store_tiles task (legacy tuple or Task object), else ()."""
     if isinstance(task, tuple) and task and task[0] is store_tiles:
-        return tuple(task[2])
+        return tuple(task[3])
     if getattr(task, "func", None) is store_tiles:
-        return tuple(getattr(task.args[1], "value", task.args[1]))
+        return tuple(getattr(task.args[2], "value", task.args[2]))
     return ()
 
 

@@ -60,7 +60,7 @@ def test_each_tile_in_one_task_with_unique_keys(storage: Client, cluster: Any) -
     second = deker_dask.store(src, v[1:11, 2:9], compute=False)
     assert isinstance(first, Delayed) and isinstance(second, Delayed)
     calls = task_args(first, store_tiles)
-    positions = sorted(plan.position for call in calls for plan in call[1])
+    positions = sorted(plan.position for call in calls for plan in call[2])
     assert positions == [(i, j) for i in range(3) for j in range(3)]  # each touched tile once
     first_keys = {
         k for k in dict(first.__dask_graph__()) if isinstance(k, tuple) and k[0].startswith("deker-store")
@@ -69,7 +69,7 @@ def test_each_tile_in_one_task_with_unique_keys(storage: Client, cluster: Any) -
         k for k in dict(second.__dask_graph__()) if isinstance(k, tuple) and k[0].startswith("deker-store")
     }
     assert len(first_keys) == len(calls) and not first_keys & second_keys  # never merged by the scheduler
-    assert not v._tile_ids()  # nothing written before compute
+    assert not v.tiles.ids()  # nothing written before compute
     assert first.compute(scheduler=cluster) == 70
     assert second.compute(scheduler=cluster) == 70  # a repeated store runs again
     expected = np.full((12, 12), np.nan, dtype=np.float32)
@@ -101,7 +101,7 @@ def test_fill_blocks_create_no_tiles(storage: Client, cluster: Any) -> None:
     data = np.full((8, 8), v.fill_value, dtype=np.int32)
     data[0, 0] = 5
     deker_dask.store(da.from_array(data, chunks=4), v, scheduler=cluster)
-    assert set(v._tile_ids()) == {(0, 0)}
+    assert set(v.tiles.ids()) == {(0, 0)}
     np.testing.assert_array_equal(v[:].read(), data)
     # fill values over an existing tile are written (they clear it)
     deker_dask.store(da.full((8, 8), v.fill_value, dtype=np.int32, chunks=4), v, scheduler=cluster)

@@ -74,7 +74,7 @@ def test_absent_tiles_are_not_read(storage: Client, cluster: Any) -> None:
     oracle = np.full((12, 16), v.fill_value, dtype=np.int32)
     filled(v, oracle, (slice(0, 4), slice(0, 4)), 10)
     filled(v, oracle, (slice(9, 11), slice(13, 15)), 20)
-    existing = {tid for tid in v._tile_ids().values()}
+    existing = {tid for tid in v.tiles.ids().values()}
     assert len(existing) == 2
     arr = deker_dask.to_dask(v)
     funcs = task_functions(arr)
@@ -84,7 +84,7 @@ def test_absent_tiles_are_not_read(storage: Client, cluster: Any) -> None:
     total = arr.sum()
     assert int(total.compute(scheduler=cluster)) == int(oracle.sum(dtype=np.int64))
     # Write 7 into every absent tile: the graph built before never looks at them.
-    present = set(v._tile_ids())
+    present = set(v.tiles.ids())
     after = oracle.copy()
     for i, j in itertools.product(range(3), range(4)):
         if (i, j) not in present:
