@@ -364,7 +364,7 @@ def _check(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 
     try:
         report = check_integrity(
-            client._context,
+            client.storage_context,
             args.level,
             stop_on_error=args.stop_on_error,
             to_file=args.to_file or False,
@@ -470,13 +470,16 @@ _COMMANDS = {"ls": _ls, "info": _info, "check": _check, "size": _size, "locks": 
 # ------------------------------------------------------------------------------------------ main
 
 
+class _CliHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The command's own handler (added once however often ``main`` runs in one process)."""
+
+
 def _configure_logging() -> None:
     """Send deker's log records to stderr (the command is an application: it may)."""
     deker_logger = logging.getLogger("deker")
-    if not any(getattr(h, "_deker_cli", False) for h in deker_logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _CliHandler) for h in deker_logger.handlers):
+        handler = _CliHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        handler._deker_cli = True  # type: ignore[attr-defined]
         deker_logger.addHandler(handler)
     deker_logger.propagate = False
 

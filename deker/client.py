@@ -235,7 +235,14 @@ class Client:
         logger.debug("opened storage %s", self._path)
 
     @property
-    def _context(self) -> StorageContext:
+    def storage_context(self) -> StorageContext:
+        """The storage context of the open client (for deker's layers: the CLI, extensions).
+
+        Raises
+        ------
+        DekerClientError
+            If the client is closed.
+        """
         if self._ctx is None or self._ctx.is_closed:
             raise DekerClientError("Client is closed")
         return self._ctx
@@ -312,7 +319,7 @@ class Client:
         return CollectionPaths(self.root_path, name)
 
     def _create(self, meta: CollectionMeta) -> Collection:
-        ctx = self._context
+        ctx = self.storage_context
         ctx.check_writable(f"create collection {meta.name}")
         if is_scratch_dir_name(meta.name):
             raise DekerValidationError(
@@ -344,7 +351,7 @@ class Client:
 
     def _build(self, meta: CollectionMeta, paths: CollectionPaths) -> None:
         """Create the directory of a new collection (the caller holds its lock)."""
-        ctx = self._context
+        ctx = self.storage_context
         if not ctx.settings.skip_collection_create_memory_check:
             schema = array_schema_of(meta)
             import numpy as np
@@ -426,7 +433,7 @@ class Client:
             meta = decode_collection_meta(text)
         except DekerMetaDataError as exc:
             raise DekerMetaDataError(f'Collection "{name}" metadata file {path} is invalid: {exc}') from exc
-        return Collection(self._context, meta)
+        return Collection(self.storage_context, meta)
 
     def get_collection(self, name: str) -> Collection | None:
         """Return the collection named ``name``, or ``None``."""
@@ -540,7 +547,7 @@ class Client:
         """
         self._check_open()
         return check_integrity(
-            self._context, level, stop_on_error, to_file, collection, progress=progress, echo=True
+            self.storage_context, level, stop_on_error, to_file, collection, progress=progress, echo=True
         )
 
     def list_locks(self, collection_name: str | None = None) -> list[LockInfo]:
@@ -586,9 +593,9 @@ class Client:
             If the client is read-only (nothing is removed).
         """
         self._check_open()
-        self._context.check_writable("clear locks")
+        self.storage_context.check_writable("clear locks")
         directory = self._collection_dir(collection_name)
-        removed = clean_storage(directory, self._context.locks)
+        removed = clean_storage(directory, self.storage_context.locks)
         removed += clear_locks(directory, force=force)
         if directory == self.root_path:
             removed += remove_orphan_collection_locks(directory)

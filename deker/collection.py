@@ -46,17 +46,30 @@ logger = logging.getLogger(__name__)
 _CLEAR_ORDER = (VARRAY_DATA, ARRAY_DATA, VARRAY_SYMLINKS, ARRAY_SYMLINKS)
 
 
+def _check_collection(ctx: StorageContext, path: Path | str, name: str) -> None:
+    """Raise if the client is closed or the collection was deleted."""
+    ctx.check_open()
+    if not os.path.isdir(path):
+        raise DekerInstanceNotExistsError(f"Collection {name!r} does not exist (it was deleted)")
+
+
 class _Manager:
     """Creates, finds and iterates the objects of one kind in a collection."""
 
     _kind = "array"
 
     def __init__(self, collection: Collection) -> None:
-        self._collection = collection
+        self._ctx = collection.storage_context
+        self._meta = collection.collection_meta
+        self._paths = CollectionPaths(self._ctx.root, self._meta.name)
+        self._dir = str(self._paths.path)
+
+    def _check(self) -> None:
+        _check_collection(self._ctx, self._dir, self._meta.name)
 
     @property
     def _schema(self) -> ArraySchema | VArraySchema:
-        meta = self._collection._meta
+        meta = self._meta
         return meta.schema if self._kind == "varray" else array_schema_of(meta)
 
     @property
@@ -64,7 +77,7 @@ class _Manager:
         return VArray if self._kind == "varray" else Array
 
     def _build(self, array_id: str, primary: dict[str, Any], custom: dict[str, Any]) -> Any:
-        return self._cls(self._collection._ctx, self._collection._meta, array_id, primary, custom)
+        return self._cls(self._ctx, self._meta, array_id, primary, custom)
 
     def create(
         self,
@@ -88,26 +101,25 @@ class _Manager:
         Array or VArray
             The new object.
         """
-        coll = self._collection
-        coll._check()
+        self._check()
         cls_name = self._cls.__name__
-        coll._ctx.check_writable(f"create a {cls_name} in collection {coll.name}")
+        ctx, meta = self._ctx, self._meta
+        ctx.check_writable(f"create a {cls_name} in collection {meta.name}")
         if id_ is not None:
             validate_id(id_, cls_name)
         primary, custom = process_attributes(
             self._schema, primary_attributes, custom_attributes, kind=cls_name
         )
-        if self._kind == "array" and isinstance(coll._meta.schema, VArraySchema):
+        if self._kind == "array" and isinstance(meta.schema, VArraySchema):
             vid = primary.get("vid")
-            vpaths = coll._paths
-            if not isinstance(vid, str) or not vpaths.main_file("varray", vid).exists():
+            if not isinstance(vid, str) or not self._paths.main_file("varray", vid).exists():
                 from deker.errors import DekerArrayError
 
                 raise DekerArrayError(f"VArray with id={vid} doesn't exist")
         array_id = id_ or str(uuid.uuid4())
         creator = create_varray if self._kind == "varray" else create_array
-        coll._ctx.ensure_storage_id()  # (a storage of deker 1.1.7 gets its identity at its first write)
-        creator(coll._ctx.root, coll._meta, array_id, primary, custom, coll._ctx.locks)
+        ctx.ensure_storage_id()  # (a storage of deker 1.1.7 gets its identity at its first write)
+        creator(ctx.root, meta, array_id, primary, custom, ctx.locks)
         return self._build(array_id, primary, custom)
 
     def filter(self, filters: dict[str, Any]) -> FilteredManager:
@@ -115,42 +127,52 @@ class _Manager:
         return FilteredManager(self, filters)
 
     def _get(self, array_id: str) -> Any | None:
-        coll = self._collection
         try:
             array_id, primary, custom = read_record(
-                coll._ctx.root, coll._meta, self._kind, array_id, coll._ctx.locks
+                self._ctx.root, self._meta, self._kind, array_id, self._ctx.locks
             )
         except DekerInstanceNotExistsError:
             return None
         return self._build(array_id, primary, custom)
 
-    def _find(self, filters: dict[str, Any]) -> Any | None:
-        coll = self._collection
-        coll._check()
+    def find(self, filters: dict[str, Any]) -> Any | None:
+        """Return the object matching ``filters``, or ``None`` (what ``filter(filters).last()`` runs).
+
+        Parameters
+        ----------
+        filters : dict
+            ``{"id": ...}`` or a value for every primary attribute (coerced to the schema).
+
+        Returns
+        -------
+        Array, VArray or None
+            The match; there is at most one.
+        """
+        self._check()
+        ctx, meta = self._ctx, self._meta
         query = normalize_filters(self._schema, filters)
         if "id" in query and len(query) == 1:
             return self._get(str(query["id"]))
         components = primary_key_components(self._schema, query)
-        array_id = find_by_primary(coll._ctx.root, coll._meta, self._kind, components)
+        array_id = find_by_primary(ctx.root, meta, self._kind, components)
         if array_id is None:
             # An equal key that deker 1.1.7 stored spelt with a -0.0: its metadata holds the
             # -0.0 (and its path is built from it), so the object is read, not built from ``query``.
             for other in equal_key_components(self._schema, query):
-                array_id = find_by_primary(coll._ctx.root, coll._meta, self._kind, other)
+                array_id = find_by_primary(ctx.root, meta, self._kind, other)
                 if array_id is not None:
                     return self._get(array_id)
             return None
         if self._kind == "array":
             # The key's values are the primary attributes (in schema order, typed); the custom
             # ones are read from the file when first used, so a lookup opens no HDF5 file.
-            return self._cls(coll._ctx, coll._meta, array_id, query, None, lazy_custom=True)
+            return self._cls(ctx, meta, array_id, query, None, lazy_custom=True)
         return self._get(array_id)
 
     def __iter__(self) -> Iterator[Any]:
-        coll = self._collection
-        coll._check()
+        self._check()
         ext = VARRAY_EXT if self._kind == "varray" else ARRAY_EXT
-        for array_id in iter_ids(coll._paths.data_dir(self._kind), ext):
+        for array_id in iter_ids(self._paths.data_dir(self._kind), ext):
             obj = self._get(array_id)
             if obj is not None:
                 yield obj
@@ -173,7 +195,7 @@ class DataManager(_Manager):
 
     def __init__(self, collection: Collection) -> None:
         super().__init__(collection)
-        self._kind = "varray" if isinstance(collection._meta.schema, VArraySchema) else "array"
+        self._kind = "varray" if isinstance(self._meta.schema, VArraySchema) else "array"
 
 
 class FilteredManager:
@@ -194,11 +216,11 @@ class FilteredManager:
 
     def first(self) -> Any | None:
         """Return the matching object, or ``None``."""
-        return self._manager._find(self._filters)
+        return self._manager.find(self._filters)
 
     def last(self) -> Any | None:
         """Return the matching object, or ``None``."""
-        return self._manager._find(self._filters)
+        return self._manager.find(self._filters)
 
 
 class Collection:
@@ -216,9 +238,17 @@ class Collection:
         self._dir = str(self._paths.path)
 
     def _check(self) -> None:
-        self._ctx.check_open()
-        if not os.path.isdir(self._dir):
-            raise DekerInstanceNotExistsError(f"Collection {self.name!r} does not exist (it was deleted)")
+        _check_collection(self._ctx, self._dir, self.name)
+
+    @property
+    def storage_context(self) -> StorageContext:
+        """The storage context of the client that opened the collection (for deker's layers)."""
+        return self._ctx
+
+    @property
+    def collection_meta(self) -> CollectionMeta:
+        """The stored metadata of the collection (schema and options), as deker decodes it."""
+        return self._meta
 
     @property
     def name(self) -> str:
@@ -314,7 +344,9 @@ class Collection:
         return iter(self._default)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Collection) and other._meta == self._meta and other.path == self.path
+        if not isinstance(other, Collection):
+            return False
+        return other.collection_meta == self._meta and other.path == self.path
 
     def __hash__(self) -> int:
         return hash(self.name)

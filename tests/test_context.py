@@ -169,7 +169,7 @@ def test_handles_share_the_clients_context(tmp_path: Path) -> None:
     coll = client.create_collection("c", schema)
     array = coll.create()
     ctx = array._ctx
-    assert ctx is coll._ctx is client._context
+    assert ctx is coll._ctx is client.storage_context
     assert ctx.root == tmp_path / "collections"
     assert ctx.locks.timeout == 3.0 and ctx.memory_limit == 64 * 1024 * 1024
     array[:].update(np.arange(4, dtype=np.int16))
@@ -180,7 +180,7 @@ def test_handles_share_the_clients_context(tmp_path: Path) -> None:
     with pytest.raises(DekerClientError, match=r"^Client is closed$"):
         coll.create()
     with client:  # re-entering makes a new context; old handles stay closed
-        assert client._context is not ctx and not client._context.is_closed
+        assert client.storage_context is not ctx and not client.storage_context.is_closed
         with pytest.raises(DekerClientError, match=r"^Client is closed$"):
             array[:].read()
         reopened = client.get_collection("c")

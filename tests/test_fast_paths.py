@@ -271,7 +271,11 @@ def test_full_tiles_of_a_new_varray_are_created_with_their_data(
         assert writes == []
         coll = client.get_collection("v")
         assert coll is not None
-        assert sorted(tile_ids(client._context.root, coll._meta, varray.id)) == [(0, 0), (0, 1), (0, 2)]
+        assert sorted(tile_ids(client.storage_context.root, coll._meta, varray.id)) == [
+            (0, 0),
+            (0, 1),
+            (0, 2),
+        ]
         # tiles of 4 x 4: (0, 0) and (0, 1) exist (written in part), (1, 0) is missing and
         # covered, (1, 1) is missing and written in part: created empty, then written
         varray[2:8, 0:6].update(values[2:8, 0:6] + 1)
@@ -332,9 +336,9 @@ def test_tile_ids_of_some_positions(tmp_path: Path) -> None:
         coll = client.create_collection("v", schema, options)
         v = coll.create()
         v[0:4, 2:8].update(np.ones((4, 6)))
-        every = tile_ids(client._context.root, coll._meta, v.id)
+        every = tile_ids(client.storage_context.root, coll._meta, v.id)
         assert sorted(every) == [(i, j) for i in range(2) for j in range(1, 4)]
-        some = tile_ids(client._context.root, coll._meta, v.id, [(0, 1), (3, 3), (1, 3)])
+        some = tile_ids(client.storage_context.root, coll._meta, v.id, [(0, 1), (3, 3), (1, 3)])
         assert some == {(0, 1): every[(0, 1)], (1, 3): every[(1, 3)]}
         assert np.array_equal(v[0:4, 0:8].read()[:, 2:], np.ones((4, 6)))
 

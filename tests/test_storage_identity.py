@@ -28,13 +28,13 @@ def test_a_new_storage_gets_an_id_at_once(tmp_path: Path) -> None:
         found = read_storage_id(root)
         assert found is not None and len(found) == 36
         assert (root / STORAGE_ID_FILE).read_text() == f"deker-storage {found}\n"
-        assert client._context.storage_id == found
+        assert client.storage_context.storage_id == found
         assert [c.name for c in client] == []  # not a collection
         client.create_collection("c", _schema())
         assert [c.name for c in client] == ["c"]
         assert client.check_integrity(4, stop_on_error=False).ok
     with Client(tmp_path.as_uri()) as again:
-        assert again._context.storage_id == found  # opening again keeps it
+        assert again.storage_context.storage_id == found  # opening again keeps it
 
 
 def test_concurrent_first_writers_agree(tmp_path: Path) -> None:
@@ -66,12 +66,12 @@ def test_a_117_storage_gets_one_at_the_first_write_not_at_a_read(
         for coll in client:
             for obj in coll:
                 obj[:].read()
-        assert client._context.storage_id is None
+        assert client.storage_context.storage_id is None
         assert not (root / STORAGE_ID_FILE).exists()  # readers write nothing
         coll = next(c for c in client if not c.array_schema.attributes)
         coll.create()  # a write: the storage gets its identity
         found = read_storage_id(root)
-        assert found is not None and client._context.storage_id == found
+        assert found is not None and client.storage_context.storage_id == found
 
 
 def test_read_only_storage_without_an_id_is_read(tmp_path: Path) -> None:
@@ -101,7 +101,7 @@ def test_without_an_id_absence_is_checked_against_the_collection(tmp_path: Path)
         v[0:2, 0:3].clear()  # one tile absent: it reads as fill
     (tmp_path / "collections" / STORAGE_ID_FILE).unlink()
     with Client(tmp_path.as_uri()) as client:
-        assert client._context.storage_id is None
+        assert client.storage_context.storage_id is None
         (v,) = list(client.get_collection("c").varrays)
         assert np.isnan(v[0:2, 0:3].read()).all()
         assert not (tmp_path / "collections" / STORAGE_ID_FILE).exists()

@@ -110,7 +110,7 @@ def test_workers_are_other_hosts(hosts2: Hosts) -> None:
         assert set(hosts2.client.run(os.path.exists, str(hosts2.storage)).values()) == {False}
     with Client(hosts2.storage.as_uri()) as client:
         expected = (hosts2.storage / "collections" / STORAGE_ID_FILE).read_text().split()[-1]
-        assert client._context.storage_id == expected
+        assert client.storage_context.storage_id == expected
     assert {r["storage_id"] for r in reports.values()} == {expected}
 
 
