@@ -16,11 +16,11 @@ To run a client's VArray operations on a cluster, pass the Dask client as its ex
 ``deker.Client(uri, executor=distributed_client)``.
 """
 
-from deker_dask.arrays import from_collection, to_dask
 from deker_dask.cluster import check_workers, local_cluster
 from deker_dask.ingest import schema_from_xarray, store_xarray
 from deker_dask.labels import to_xarray
-from deker_dask.store import store
+from deker_dask.lazy import from_collection, to_dask
+from deker_dask.writes import store
 
 __all__ = [
     "check_workers",

@@ -28,7 +28,7 @@ from deker.storage.locks import LockSettings
 from deker.subset import Subset, VSubset
 from deker.tasks import FileSpec
 from deker.tileindex import TileIndex
-from deker_dask.tasks import Session
+from deker_dask.graph_tasks import Session
 
 __all__ = ["Bounds", "FileVersion", "Target", "collection_items", "resolve", "selection_shape"]
 

@@ -57,7 +57,7 @@ from deker.schemas import (
     VArraySchema,
 )
 from deker.types import Scale, to_utc
-from deker_dask.store import store
+from deker_dask.writes import store
 
 __all__ = ["schema_from_xarray", "store_xarray"]
 

@@ -24,8 +24,8 @@ from deker.cf import array_layout, collection_layout, data_array, import_xarray
 from deker.collection import Collection
 from deker.errors import DekerSubsetError, DekerValidationError
 from deker.schemas import TimeDimensionSchema
-from deker_dask.arrays import build_keepdims, stack
 from deker_dask.handles import collection_items
+from deker_dask.lazy import build_keepdims, stack
 
 __all__ = ["to_xarray"]
 

@@ -29,7 +29,7 @@ from dask_helpers import (
 import deker_dask
 from deker import Client
 from deker.errors import DekerLockError
-from deker_dask.tasks import store_tiles
+from deker_dask.graph_tasks import store_tiles
 
 
 def prepared(storage: Client) -> tuple[Any, np.ndarray]:

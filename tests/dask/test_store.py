@@ -25,7 +25,7 @@ from deker.errors import (
     DekerStorageError,
     DekerValidationError,
 )
-from deker_dask.tasks import store_array_block, store_tiles
+from deker_dask.graph_tasks import store_array_block, store_tiles
 
 
 def source(
@@ -90,7 +90,7 @@ def test_unaligned_store_batches_tiles_without_a_rechunk(storage: Client, cluste
         deker_dask.store(src, v, scheduler=cluster)
     names = [str(task["key"]) for task in stream.data]
     writes = [k for k in names if "deker-store-" in k and "done" not in k]
-    assert 1 <= len(writes) <= 16  # 256 tiles in at most 16 tasks (deker_dask.store.MIN_TASKS)
+    assert 1 <= len(writes) <= 16  # 256 tiles in at most 16 tasks (deker_dask.writes.MIN_TASKS)
     assert not [k for k in names if "rechunk" in k]  # no shuffle through the scheduler
     np.testing.assert_array_equal(v[:].read(), data)
     assert not lock_files(storage.root_path)

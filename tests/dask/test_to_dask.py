@@ -28,7 +28,7 @@ from deker import (
     VArraySchema,
 )
 from deker.errors import DekerClientError, DekerInstanceNotExistsError, DekerSubsetError, DekerValidationError
-from deker_dask.tasks import fill_chunk, read_chunk, read_region
+from deker_dask.graph_tasks import fill_chunk, read_chunk, read_region
 
 READS = (read_region, read_chunk)
 

@@ -4,7 +4,7 @@ The plan (built on the client, no data moves):
 
 - **VArray targets.**  The source is not rechunked onto the tiles.  Each touched tile's block
   is cut out of the source chunks it overlaps, and the tiles are batched into tasks
-  (:func:`deker_dask.tasks.store_tiles`: about :data:`TASK_BYTES` of tiles per task, at least
+  (:func:`deker_dask.graph_tasks.store_tiles`: about :data:`TASK_BYTES` of tiles per task, at least
   :data:`MIN_TASKS` tasks per store); a task's dependencies are the chunks its tiles overlap,
   which Dask computes on, or moves to, the worker that runs it.  For each of its tiles the task
   creates the tile if it is missing (race-free, under deker's creation lock), takes that tile's
@@ -36,9 +36,9 @@ from dask.highlevelgraph import HighLevelGraph
 from deker.errors import DekerArrayTypeError, DekerValidationError
 from deker.tiling import tile_pieces
 from deker_dask.geometry import grid, regions
+from deker_dask.graph_tasks import TilePlan, finish, store_array_block, store_tiles
 from deker_dask.handles import Target, resolve
 from deker_dask.progress import compute_with_progress
-from deker_dask.tasks import TilePlan, finish, store_array_block, store_tiles
 
 __all__ = ["store"]
 

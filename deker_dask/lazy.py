@@ -3,7 +3,7 @@
 The graph is built directly, one task per chunk, from what exists on disk when it is built:
 
 - a VArray chunk is one tile (or a block of ``tiles_per_chunk`` tiles); a tile that does not
-  exist becomes a fill-value chunk made without any I/O (:func:`deker_dask.tasks.fill_chunk`);
+  exist becomes a fill-value chunk made without any I/O (:func:`deker_dask.graph_tasks.fill_chunk`);
 - an Array chunk is the whole array, or a block aligned on the collection's HDF5 chunks;
 - every read task opens its file on the worker that runs it and takes the file's read lock
   there (:func:`deker.tasks.read_piece`); only the chunk travels back.
@@ -39,8 +39,8 @@ from deker.errors import DekerValidationError
 from deker.tasks import FileSpec
 from deker.tiling import tile_pieces
 from deker_dask.geometry import chunks_of, grid, regions
+from deker_dask.graph_tasks import Part, Session, fill_chunk, read_chunk, read_region
 from deker_dask.handles import Bounds, Target, collection_items, resolve, selection_shape
-from deker_dask.tasks import Part, Session, fill_chunk, read_chunk, read_region
 
 __all__ = ["TARGET_CHUNK_BYTES", "from_collection", "to_dask"]
 
