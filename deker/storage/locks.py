@@ -70,19 +70,19 @@ from deker.errors import DekerLockError, DekerReadOnlyError, DekerStorageError, 
 from deker.storage import lockprim
 from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, ensure_dir, id_dir_parts, remove_empty_parents
 from deker.storage.lockinfo import (
-    _TMP_EXT,
     CREATION_LOCK_EXT,
     FENCE_EXT,
     LOCK_EXT,
     OWN_READ_PREFIX,
     READ_LOCK_EXT,
     VARRAY_LOCK_EXT,
-    _fence_busy,
-    _held_by_someone,
-    _legacy_owner_alive,
-    _Marker,
-    _marker_alive,
-    _parse_marker,
+    Marker,
+    fence_busy,
+    held_by_someone,
+    legacy_owner_alive,
+    marker_alive,
+    marker_temp_path,
+    parse_marker,
 )
 
 __all__ = [
@@ -280,7 +280,7 @@ def _acquire_file(
 def _create_marker(path: Path) -> lockprim.Hold:
     """Create ``path`` already locked (temp file, exclusive lock, atomic rename); return its hold."""
     for _ in range(10):
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{_TMP_EXT}")
+        tmp = marker_temp_path(path)
         held = lockprim.hold_new(tmp)
         try:
             os.rename(tmp, path)
@@ -345,17 +345,17 @@ def _cleanup_if_deleted(main_dir: Path, array_id: str, data: Path | None = None)
         remove_empty_parents(main_dir, main_dir.parents[len(parts) - 1])
 
 
-def _remove_if_stale(marker: _Marker) -> bool:
+def _remove_if_stale(marker: Marker) -> bool:
     """Remove a dead marker (ours: unlocked; 1.1.7: its pid is gone from this host).
 
     A VArray marker of ours stays while a tile task holds the tile's fence (its coordinator
     died, the task still writes): deker 1.1.7 readers, which know no fence, are kept out by
     the marker.  Returns whether it was kept for that reason.
     """
-    if not marker.legacy and _fence_busy(marker):
+    if not marker.legacy and fence_busy(marker):
         return True
     if marker.legacy:
-        if _legacy_owner_alive(marker.owner, marker.path):
+        if legacy_owner_alive(marker.owner, marker.path):
             return False  # its owner may still unlink it itself
         with contextlib.suppress(FileNotFoundError):
             os.unlink(marker.path)
@@ -378,10 +378,10 @@ def _remove_if_stale(marker: _Marker) -> bool:
 
 def _live_foreign_markers(
     main_dir: Path, array_id: str, own: Path | None, kept: list[Path] | None = None
-) -> list[_Marker]:
+) -> list[Marker]:
     """Live markers of other owners on ``array_id``; stale ones are removed (or added to ``kept``)."""
     prefixes = (f"{array_id}:", f"{array_id}{ARRAY_EXT}:")
-    live: list[_Marker] = []
+    live: list[Marker] = []
     try:
         with os.scandir(main_dir) as entries:
             names = [e.name for e in entries if e.name.startswith(prefixes)]
@@ -391,10 +391,10 @@ def _live_foreign_markers(
         path = main_dir / name
         if own is not None and path == own:
             continue
-        marker = _parse_marker(path)
+        marker = parse_marker(path)
         if marker is None or marker.array_id != array_id:
             continue
-        if _marker_alive(marker):
+        if marker_alive(marker):
             live.append(marker)
         elif _remove_if_stale(marker) and kept is not None:
             kept.append(path)
@@ -549,7 +549,7 @@ def _take_read_lock(
     )
     while True:
         marker_held = _create_marker(marker)
-        if not _held_by_someone(data):  # no deker 1.1.7 writer / VArray write holds the file
+        if not held_by_someone(data):  # no deker 1.1.7 writer / VArray write holds the file
             break
         _drop_marker(marker, marker_held)
         if not waiter.sleep():
@@ -587,7 +587,7 @@ def _read_only_read_lock(
                 break
             _unlock_close(held)  # replaced or unlinked meanwhile: take the current one
         _require(data)
-        while _held_by_someone(data):  # a deker 1.1.7 writer (or a VArray write) holds the file
+        while held_by_someone(data):  # a deker 1.1.7 writer (or a VArray write) holds the file
             if not waiter.sleep():
                 raise _timeout(what, data, "a deker 1.1.7 writer (exclusive flock)", settings)
         _pass_fence(main_dir, array_id, waiter, what, shared=True)
@@ -888,7 +888,7 @@ def _guard(main_dir: Path, tile_id: str, token: str, action: str) -> None:
         own = str(marker) in _OWN_MARKERS
     if own and os.path.exists(marker):
         return  # held by a live VArrayWriteLock of this very process
-    if not _held_by_someone(marker):
+    if not held_by_someone(marker):
         raise DekerLockError(
             f"VArray lock lost: cannot {action} tile {tile_id}, its marker {marker} is missing or no "
             "longer held by the operation's coordinator"
