@@ -89,14 +89,7 @@ def read_exact(fd: int, size: int, offset: int) -> bytes:
 
 
 def open_sized(path: Path, writable: bool) -> tuple[int, lockprim.Hold | None, int]:
-    """Open ``path`` like :func:`deker.storage.lockprim.open_fd` and return its size too.
-
-    Parameters
-    ----------
-    path : Path
-        An existing file.
-    writable : bool
-        Open it for reading and writing (else read-only).
+    """Open ``path`` like :func:`deker.storage.lockprim.open_fd` (same parameters); add its size.
 
     Returns
     -------

@@ -230,7 +230,7 @@ def is_locked(path: Path) -> bool:
     Parameters
     ----------
     path : Path
-        Any file.
+        Any file (a lock file, a data file...), whoever may hold it.
 
     Returns
     -------

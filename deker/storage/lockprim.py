@@ -64,8 +64,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
 
 # --------------------------------------------------------------------------- registry
 
@@ -160,6 +158,9 @@ def _reg() -> _Registry:
     if _registry.pid != os.getpid():  # a forked child inherits no POSIX locks and maybe a held mutex
         _registry = _Registry()
     return _registry
+
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)  # no descriptor of the registry outlives an exec
 
 
 def _open(path: Path, create: bool, readonly: bool) -> int:
@@ -322,7 +323,7 @@ def reuse(path: Path) -> Hold | None:
     Parameters
     ----------
     path : Path
-        Any file.
+        The file to do I/O on (the lock is the one on the file it names now).
 
     Returns
     -------
@@ -355,7 +356,7 @@ def holds(path: Path) -> bool:
     Parameters
     ----------
     path : Path
-        Any file.
+        The name to ask about (a file that replaced a held one is not held).
 
     Returns
     -------
