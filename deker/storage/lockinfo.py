@@ -113,19 +113,10 @@ def legacy_owner_alive(pid: str, marker: Path) -> bool:
 class Marker:
     """A read marker or a VArray write marker, as its name describes it (see :func:`parse_marker`).
 
-    Parameters
-    ----------
-    path : Path
-        The marker file.
-    kind : str
-        :data:`KIND_READ` or :data:`KIND_VARRAY`.
-    array_id : str
-        The array (or tile) it is on.
-    owner : str
-        Our owner token or read-marker id; for deker 1.1.7 markers the pid.
-    legacy : bool
-        Written by deker 1.1.7 (liveness by pid heuristics).
-
+    Its ``path``; its ``kind`` (:data:`KIND_READ` or :data:`KIND_VARRAY`); the ``array_id`` of
+    the array (or tile) it is on; its ``owner`` (our owner token or read-marker id, the pid for
+    deker 1.1.7 markers); and whether it is ``legacy``, written by deker 1.1.7 (liveness by pid
+    heuristics).
     """
 
     path: Path

@@ -299,7 +299,7 @@ def creation_lock(lock_dir: Path, key: str, settings: LockSettings) -> Iterator[
     Yields
     ------
     None
-        While the lock is held.
+        While the creation lock is held (its file is removed afterwards).
 
     Raises
     ------
@@ -340,12 +340,14 @@ def collection_lock(collections_root: Path, name: str, settings: LockSettings) -
     Yields
     ------
     None
-        While the lock is held.
+        While the collection's lock is held.
 
     Raises
     ------
     DekerLockError
-        If another process held it until the deadline.
+        If another client held it until the deadline.
+    DekerReadOnlyError
+        With read-only settings (nothing is created).
 
     """
     refuse_read_only(settings, f"change collection {name}")

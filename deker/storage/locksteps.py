@@ -62,9 +62,9 @@ def mutex_path(main_dir: Path, array_id: str) -> Path:
     Parameters
     ----------
     main_dir : Path
-        The array's main directory.
+        Where the array's files are.
     array_id : str
-        The array id.
+        The array (or tile) id.
 
     Returns
     -------
@@ -76,20 +76,9 @@ def mutex_path(main_dir: Path, array_id: str) -> Path:
 
 
 def fence_path(main_dir: Path, array_id: str) -> Path:
-    """Return the tile fence of an array or tile (``<main_dir>/<id>.fence``).
+    """Return the tile fence of an array or tile (``<main_dir>/<id>.fence``; see :func:`mutex_path`).
 
-    Parameters
-    ----------
-    main_dir : Path
-        The array's main directory.
-    array_id : str
-        The array (or tile) id.
-
-    Returns
-    -------
-    Path
-        The fence file (it exists once a VArray write took the tile).
-
+    The fence file exists once a VArray write took the tile.
     """
     return main_dir / f"{array_id}{FENCE_EXT}"
 
@@ -249,10 +238,8 @@ def live_foreign_markers(
 
     Parameters
     ----------
-    main_dir : Path
-        The array's main directory.
-    array_id : str
-        The array (or tile) id.
+    main_dir, array_id : Path, str
+        The array (or tile) and its main directory, where the markers are.
     own : Path or None
         A marker of the caller's own, not counted.
     kept : list of Path, optional

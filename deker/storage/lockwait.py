@@ -102,19 +102,10 @@ def new_token() -> str:
 
 
 def check_token(token: str) -> None:
-    """Refuse an owner token :func:`new_token` could not have made.
+    """Refuse (:class:`DekerValidationError`) an owner token :func:`new_token` could not have made.
 
-    Parameters
-    ----------
-    token : str
-        The token.
-
-    Raises
-    ------
-    DekerValidationError
-        If it has other characters, is too long, or ends in a digit (deker 1.1.7 would take a
-        marker ending in ``<its pid>.varraylock`` for its own).
-
+    That is one with other characters, too long, or ending in a digit (deker 1.1.7 would take
+    a marker ending in ``<its pid>.varraylock`` for its own).
     """
     if not _TOKEN_RE.match(token) or token[-1].isdigit():
         raise DekerValidationError(f"Invalid lock owner token {token!r}: use new_token()")
@@ -182,16 +173,12 @@ def hold_waiting(
 
     Parameters
     ----------
-    path : Path
-        The file to lock.
-    exclusive : bool
-        Exclusive (writer) or shared (reader) lock.
+    path, exclusive, create, readonly
+        What to hold and how, as for :func:`deker.storage.lockprim.hold`.
     waiter : Waiter
         The operation's deadline.
     what, holder : str
         The lock and who may hold it, for the timeout's message.
-    create, readonly : bool, default False
-        As for :func:`deker.storage.lockprim.hold`.
 
     Returns
     -------
@@ -271,32 +258,11 @@ def acquire_in(
 ) -> lockprim.Hold:
     """Lock ``path`` exclusively (:func:`acquire_file`) in a directory that ``make_dir`` creates first.
 
-    A concurrent cleanup may remove the (empty) directory before the lock file is made in it:
-    then the directory is made again, five times at most.
-
-    Parameters
-    ----------
-    make_dir : callable
-        Creates the directory given (existing is fine).
-    path : Path
-        The lock file.
-    waiter : Waiter
-        The operation's deadline.
-    what, holder : str
-        As for :func:`acquire_file`.
-
-    Returns
-    -------
-    Hold
-        The exclusive hold.
-
-    Raises
-    ------
-    DekerLockError
-        If the file stayed busy until the deadline.
-    FileNotFoundError
-        If the directory vanished five times.
-
+    ``make_dir`` creates the directory it is given (an existing one is fine).  A concurrent
+    cleanup may remove the (empty) directory before the lock file is made in it: then the
+    directory is made again, five times at most (then the :class:`FileNotFoundError`
+    propagates).  The other parameters, the result and the other errors are those of
+    :func:`acquire_file`.
     """
     attempt = 0
     while True:

@@ -92,20 +92,9 @@ class VArrayWriteLock:
         self._guard = threading.Lock()
 
     def marker(self, main_dir: Path, tile_id: str) -> Path:
-        """Return the marker file this lock makes for a tile.
+        """Return the marker file this lock makes for the tile ``tile_id`` of ``main_dir``.
 
-        Parameters
-        ----------
-        main_dir : Path
-            The tile's main directory.
-        tile_id : str
-            The tile id.
-
-        Returns
-        -------
-        Path
-            ``<main_dir>/<tile_id>.hdf5:<token>.varraylock``.
-
+        That is ``<main_dir>/<tile_id>.hdf5:<token>.varraylock``.
         """
         return _marker_path(main_dir, tile_id, self.token)
 
@@ -115,14 +104,7 @@ class VArrayWriteLock:
         return list(self._held)
 
     def holds(self, main_dir: Path, tile_id: str) -> bool:
-        """Return whether this lock holds a tile.
-
-        Parameters
-        ----------
-        main_dir : Path
-            The tile's main directory.
-        tile_id : str
-            The tile id.
+        """Return whether this lock holds the tile ``tile_id`` (in its main directory ``main_dir``).
 
         Returns
         -------
@@ -375,14 +357,7 @@ def _fence_file(
 def tile_read_guard(main_dir: Path, tile_id: str, token: str) -> Iterator[None]:
     """Check that the operation ``token`` still holds a tile before a task reads it.
 
-    Parameters
-    ----------
-    main_dir : Path
-        The tile's main directory.
-    tile_id : str
-        The tile id.
-    token : str
-        The coordinator's owner token.
+    The parameters are those of :func:`tile_write_guard` (no fence is taken: no wait).
 
     Yields
     ------
