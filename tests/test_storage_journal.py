@@ -439,23 +439,6 @@ def test_a_failed_write_goes_on_in_memory_then_rolls_back(
     assert not journal_path(target).exists()
 
 
-def test_new_file_records_a_failed_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = _file(tmp_path, b"")
-    with journal.NewFile(path) as new:
-        new.write(b"head")
-        _failing_pwrite(monkeypatch, 28)
-        assert new.write(b"-more") == 5
-        new.truncate(12)
-        new.seek(0)
-        buf = bytearray(12)
-        assert new.readinto(memoryview(buf)) == 12
-        assert bytes(buf) == b"head-more\0\0\0"
-        monkeypatch.undo()
-        with pytest.raises(OSError, match="No space left"):
-            new.raise_failure()
-    assert path.read_bytes() == b"head"  # the disk got nothing after the failure
-
-
 def test_rollback_that_fails_too_leaves_the_journal_for_the_next_writer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -491,23 +474,3 @@ def test_a_failed_read_while_changing_is_recorded_too(
         assert change.failure is not None
         monkeypatch.setattr(os, "preadv", real)
     assert target.read_bytes() == b"0123456789"
-
-
-def test_held_file_reads_through_the_held_descriptor(tmp_path: Path) -> None:
-    from storage_helpers.prim import seen_locked
-
-    from deker.storage import lockprim
-
-    target = _file(tmp_path, b"0123456789")
-    held = lockprim.hold(target, True)
-    assert held is not None
-    try:
-        with journal.HeldFile(target) as view:
-            view.seek(3)
-            assert view.read(4) == b"3456"
-            view.seek(8)
-            assert view.read(10) == b"89"
-            assert view.read(1) == b""
-        assert seen_locked(target)
-    finally:
-        lockprim.release(held)

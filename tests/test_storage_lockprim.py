@@ -1,4 +1,4 @@
-"""Tests of deker.storage.lockprim: the kernel primitives, the process registry, the fs check.
+"""Tests of deker.storage.lockprim: the process registry and the fs check at the first write.
 
 Each protocol test runs with both primitives (``flock`` and ``posix``, set through
 ``DEKER_LOCK_PRIMITIVE``).  A forked child looks at the kernel locks as another host would
@@ -22,8 +22,8 @@ import pytest
 from storage_helpers.prim import seen_locked
 
 from deker import ArraySchema, Client, DimensionSchema
-from deker.errors import DekerLockError, DekerStorageError, DekerValidationError
-from deker.storage import lockinfo, lockprim, locks
+from deker.errors import DekerLockError, DekerStorageError
+from deker.storage import kernellock, lockinfo, lockprim, locks
 from deker.storage.layout import CollectionPaths
 
 FAST = locks.LockSettings(timeout=0.3, interval=0.02)
@@ -65,34 +65,6 @@ def open_fds(under: Path) -> int:
             continue
         count += target.startswith(f"{under}/")
     return count
-
-
-def test_primitive_switch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(lockprim.PRIMITIVE_ENV, raising=False)
-    assert lockprim.primitive() == "flock"
-    monkeypatch.setenv(lockprim.PRIMITIVE_ENV, " POSIX ")
-    assert lockprim.primitive() == "posix"
-    monkeypatch.setenv(lockprim.PRIMITIVE_ENV, "fcntl")
-    with pytest.raises(DekerValidationError, match="DEKER_LOCK_PRIMITIVE"):
-        lockprim.primitive()
-
-
-def test_posix_primitive_has_nfs_semantics(tmp_path: Path, prim: str) -> None:
-    """The raw primitive: posix locks belong to the process and die with any descriptor's close."""
-    path = tmp_path / "f"
-    path.touch()
-    first = os.open(path, os.O_RDWR)
-    assert lockprim._kernel_try(first, True, prim)
-    assert seen_locked(path)
-    second = os.open(path, os.O_RDWR)
-    # posix: a second descriptor of the same process is not refused; flock: it is
-    assert lockprim._kernel_try(second, True, prim) is (prim == "posix")
-    if prim == "flock":
-        assert seen_locked(path, exclusive=False)
-    os.close(second)  # what h5py does when it closes a file a writer holds locked
-    assert seen_locked(path) is (prim == "flock")  # posix: every lock of the process is gone
-    os.close(first)
-    assert not seen_locked(path)
 
 
 def test_holds_of_one_process_exclude_each_other(tmp_path: Path, prim: str) -> None:
@@ -173,7 +145,7 @@ def schema() -> ArraySchema:
 @pytest.fixture
 def failing_primitive(monkeypatch: pytest.MonkeyPatch, fresh_checks: None) -> Iterator[list[int]]:
     """Make the kernel lock call fail like a filesystem without lock support (errno injected)."""
-    real = lockprim._kernel_try
+    real = kernellock.try_lock
     failure: list[int] = []
 
     def kernel_try(fd: int, exclusive: bool, prim: str) -> bool:
@@ -183,7 +155,7 @@ def failing_primitive(monkeypatch: pytest.MonkeyPatch, fresh_checks: None) -> It
             raise OSError(failure[0], os.strerror(failure[0]))
         return real(fd, exclusive, prim)
 
-    monkeypatch.setattr(lockprim, "_kernel_try", kernel_try)
+    monkeypatch.setattr(kernellock, "try_lock", kernel_try)
     yield failure
     failure.clear()
 
@@ -216,13 +188,13 @@ def test_working_filesystem_is_checked_once(
     tmp_path: Path, prim: str, fresh_checks: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     probes: list[Path] = []
-    real = lockprim._probe_exclusion
+    real = kernellock.probe_exclusion
 
     def probe_exclusion(directory: Path, primitive: str) -> str | None:
         probes.append(directory)
         return real(directory, primitive)
 
-    monkeypatch.setattr(lockprim, "_probe_exclusion", probe_exclusion)
+    monkeypatch.setattr(kernellock, "probe_exclusion", probe_exclusion)
     with Client(f"file://{tmp_path}") as client:
         coll = client.create_collection("c", schema())
         coll.create()[:].update(np.arange(3.0))
@@ -230,37 +202,6 @@ def test_working_filesystem_is_checked_once(
     assert len(probes) == 1 and not list(tmp_path.rglob(".deker-lockcheck*"))
     assert lockprim._reg().checked == {(os.stat(tmp_path).st_dev, prim): None}
     lockprim.check_filesystem(tmp_path / "missing")  # nothing to check yet: the write will say so
-
-
-MOUNTS = """\
-/dev/sda1 / ext4 rw,relatime 0 0
-10.0.0.1:/export /shared nfs4 rw,vers=4.2,hard,local_lock=none 0 0
-10.0.0.1:/old /shared/old nfs rw,vers=3,nolock,local_lock=all 0 0
-10.0.0.1:/f /mnt/f\\040dir nfs rw,vers=3,local_lock=flock 0 0
-mgs@tcp:/fs /lustre lustre rw,flock 0 0
-mgs@tcp:/fs2 /lustre2 lustre rw,localflock 0 0
-mgs@tcp:/fs3 /lustre3 lustre rw 0 0
-"""
-
-
-@pytest.mark.parametrize(
-    ("directory", "primitive", "problem"),
-    [
-        ("/home/me", "flock", None),
-        ("/shared/storage", "flock", None),
-        ("/shared/old/storage", "flock", "/shared/old is a nfs mount with nolock"),
-        ("/shared/older", "posix", None),  # /shared/old is not a parent of /shared/older
-        ("/mnt/f dir/s", "flock", "/mnt/f dir is a nfs mount with local_lock=flock"),
-        ("/mnt/f dir/s", "posix", None),  # POSIX locks of that mount do reach the server
-        ("/lustre/s", "flock", None),
-        ("/lustre2/s", "flock", "/lustre2 is a lustre mount with localflock"),
-        ("/lustre3", "posix", "/lustre3 is a lustre mount without flock"),
-    ],
-)
-def test_mount_options_that_keep_locks_local(directory: str, primitive: str, problem: str | None) -> None:
-    """Host-local locks cannot be probed from one host: the mount options tell."""
-    found = lockprim.mount_problem(MOUNTS, directory, primitive)
-    assert found == problem if problem is None else found is not None and found.startswith(problem)
 
 
 def test_descriptors_of_a_held_file_keep_its_lock(tmp_path: Path, prim: str) -> None:

@@ -73,6 +73,7 @@ from pathlib import Path
 from typing import Any
 
 from deker.storage import lockprim
+from deker.storage.fileobjects import write_all
 from deker.storage.journal import (
     HeldFile,
     NewFile,
@@ -287,10 +288,7 @@ def _fill(tmp: Path, data: bytes) -> None:
     """Write ``data`` into the new, held temporary file ``tmp`` through its held descriptor."""
     fd, shared = lockprim.open_fd(tmp, True)
     try:
-        view = memoryview(data)
-        offset = 0
-        while offset < len(view):
-            offset += os.pwrite(fd, view[offset:], offset)
+        write_all(fd, data, 0)
     finally:
         lockprim.close_fd(fd, shared)
 
@@ -516,9 +514,7 @@ def build_directory(parent: Path, name: str, files: dict[str, bytes]) -> None:
         for file_name, payload in files.items():
             fd = os.open(scratch / file_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             try:
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, payload)
                 fsync_file(fd)
             finally:
                 os.close(fd)

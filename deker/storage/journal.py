@@ -9,9 +9,11 @@ unlinks the journal.  A journal left behind by a dead process is either rolled b
 writer (:func:`recover`) or read through by a reader (:func:`old_version`): the records are
 the old bytes, the header the old size.
 
-A write that fails (a full disk, ``EIO``) is never raised into HDF5 (see :class:`NewFile`, which
-h5py uses for new versions, and ``_GuardedFile``): it is recorded, later writes stay in memory,
-and :func:`journaled` rolls back and raises it once h5py has closed the file.
+A write that fails (a full disk, ``EIO``) is never raised into HDF5 (the journal is a
+:class:`~deker.storage.fileobjects.GuardedFile`, like the :class:`NewFile` h5py writes new
+versions to): it is recorded, later writes stay in memory, and :func:`journaled` rolls back and
+raises it once h5py has closed the file.  The file objects themselves are in
+:mod:`deker.storage.fileobjects` (:class:`NewFile` and :class:`HeldFile` are importable here too).
 
 Journal format: header ``b"DKUNDO01"``, old size (u64), crc32 (u32); then records of offset
 (u64), length (u64), crc32 of the old bytes (u32) and the old bytes.  A record that is
@@ -33,6 +35,15 @@ from pathlib import Path
 
 from deker.errors import DekerLockError, DekerStorageError
 from deker.storage import lockprim
+from deker.storage.fileobjects import (
+    FileBase,
+    GuardedFile,
+    HeldFile,
+    NewFile,
+    open_sized,
+    read_exact,
+    write_all,
+)
 from deker.storage.layout import journal_file_name
 
 __all__ = [
@@ -183,230 +194,15 @@ class _Ranges:
         self.ends[i:j] = [end]
 
 
-def _write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
-        if offset is not None:
-            offset += n
-        view = view[n:]
+def _undo(fd: int, jfd: int, records: list[tuple[int, int, int]], orig: int) -> None:
+    """Write the old bytes of the journal ``jfd`` back into ``fd``, then cut it to ``orig`` bytes."""
+    for offset, length, jpos in records:
+        write_all(fd, read_exact(jfd, length, jpos), offset)
+    os.ftruncate(fd, orig)
+    fsync_file(fd)
 
 
-def _read_exact(fd: int, size: int, offset: int) -> bytes:
-    chunks = []
-    while size > 0:
-        chunk = os.pread(fd, size, offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size -= len(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
-
-
-class _FileBase(io.RawIOBase):
-    """A positioned raw file over one descriptor (what h5py's ``fileobj`` driver calls)."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self._pos = 0
-        self._size = size
-
-    def seekable(self) -> bool:
-        """Return True."""
-        return True
-
-    def readable(self) -> bool:
-        """Return True."""
-        return True
-
-    def tell(self) -> int:
-        """Return the position."""
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        """Move the position; return it."""
-        if whence == io.SEEK_SET:
-            self._pos = offset
-        elif whence == io.SEEK_CUR:
-            self._pos += offset
-        elif whence == io.SEEK_END:
-            self._pos = self._size + offset
-        else:  # pragma: no cover - io contract
-            raise ValueError(f"invalid whence {whence}")
-        return self._pos
-
-
-class _Overlay:
-    """Pages written after a failed write: kept in memory, never on disk."""
-
-    PAGE = 1 << 16
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self.pages: dict[int, bytearray] = {}
-
-    def _page(self, number: int) -> bytearray:
-        page = self.pages.get(number)
-        if page is None:
-            try:
-                base = _read_exact(self._fd, self.PAGE, number * self.PAGE)
-            except OSError:  # the disk fails reads too: what HDF5 wrote last is in memory anyway
-                base = b""
-            page = self.pages[number] = bytearray(base.ljust(self.PAGE, b"\0"))
-        return page
-
-    def write(self, offset: int, view: memoryview) -> None:
-        pos = 0
-        while pos < len(view):
-            number, start = divmod(offset + pos, self.PAGE)
-            step = min(self.PAGE - start, len(view) - pos)
-            self._page(number)[start : start + step] = view[pos : pos + step]
-            pos += step
-
-    def read(self, offset: int, view: memoryview) -> None:
-        """Fill ``view`` with the bytes at ``offset`` (disk bytes where no page was written)."""
-        pos = 0
-        while pos < len(view):
-            number, start = divmod(offset + pos, self.PAGE)
-            step = min(self.PAGE - start, len(view) - pos)
-            page = self.pages.get(number)
-            if page is not None:
-                view[pos : pos + step] = page[start : start + step]
-            else:
-                try:
-                    got = _read_exact(self._fd, step, offset + pos)
-                except OSError:  # a failing disk: HDF5 gets zeros, the change is undone anyway
-                    got = b""
-                view[pos : pos + step] = got.ljust(step, b"\0")
-            pos += step
-
-
-class _GuardedFile(_FileBase):
-    """A file object for h5py's ``fileobj`` driver whose writes never fail inside HDF5.
-
-    HDF5 does not survive a failed write well: a write that fails while HDF5 closes a file
-    (it flushes its chunk cache and metadata then) leaves a file id that HDF5 has half freed
-    but still calls valid, and closing or collecting it later touches freed memory
-    (h5py/h5py#1642, #2160): the process dies with SIGSEGV, or HDF5 writes stale metadata
-    through a file object whose memory now belongs to another file.  So the first
-    ``OSError`` of a write (``ENOSPC``, ``EIO``, ``EDQUOT``...) is recorded in
-    :attr:`failure`, and from then on every write goes to pages in memory (reads see them),
-    never to the disk: HDF5 finishes and closes normally, and the caller, seeing
-    :attr:`failure`, throws the change away (rollback, or the new version deleted) and raises.
-    """
-
-    def __init__(self, fd: int, size: int) -> None:
-        super().__init__(size)
-        self._fd = fd
-        self.failure: OSError | None = None
-        self._overlay: _Overlay | None = None
-
-    def _fail(self, exc: OSError) -> None:
-        # Called inside HDF5 (h5py's lock held): nothing here may wait for another lock, not
-        # even the logging handlers' (a thread holding one may be freeing h5py objects, which
-        # waits for h5py's lock).  The failure is logged by raise_failure, once h5py is done.
-        if self.failure is None:
-            self.failure = exc
-            self._overlay = _Overlay(self._fd)
-
-    def _name(self) -> str:
-        return str(getattr(self, "target", "a file"))
-
-    def _overlaid(self, view: memoryview) -> bool:
-        """Write ``view`` at the position in memory if a write failed before; whether it did."""
-        if self._overlay is None:
-            return False
-        self._overlay.write(self._pos, view)
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        """Read the current bytes at the position into ``buffer``; return how many."""
-        if self._overlay is not None:
-            view = memoryview(buffer).cast("B")
-            n = max(0, min(len(view), self._size - self._pos))
-            self._overlay.read(self._pos, view[:n])
-            self._pos += n
-            return n
-        try:
-            n = os.preadv(self._fd, [buffer], self._pos)
-        except OSError as exc:  # EIO: recorded like a failed write (HDF5 is writing this file)
-            self._fail(exc)
-            return self.readinto(buffer)
-        self._pos += n
-        return n
-
-    def writable(self) -> bool:
-        """Return True: the file is open for writing."""
-        return True
-
-    def flush(self) -> None:
-        """Nothing is buffered here (writes go straight to the file)."""
-
-    def raise_failure(self) -> None:
-        """Raise the recorded write failure, if any (after h5py closed the file)."""
-        if self.failure is not None:
-            logger.warning("writing %s failed (%s): the change will be undone", self._name(), self.failure)
-            raise self.failure
-
-
-class NewFile(_GuardedFile):
-    """A new, empty file (a temporary new version) for h5py to write in mode ``"w"``.
-
-    Writes that fail are recorded in :attr:`failure` instead of reaching HDF5 (see
-    :class:`_GuardedFile`); the caller must check it after h5py closed the file and
-    discard the file if it is set (:func:`raise_failure`).
-
-    The file is written through this process's held descriptor of it when there is one (a
-    temporary file of :func:`deker.storage.atomic.replacing`), so that closing this object
-    drops no lock on it (POSIX record locks, as on NFS).
-
-    Parameters
-    ----------
-    path : Path
-        The file (it exists and is empty; it is opened, never created).
-
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.target = path
-        fd, self._shared = lockprim.open_fd(path, True)
-        super().__init__(fd, 0)
-
-    def write(self, data: bytes | memoryview) -> int:  # type: ignore[override]
-        """Write at the position."""
-        view = memoryview(data).cast("B")
-        size = len(view)
-        if not self._overlaid(view):
-            try:
-                _write_all(self._fd, view, self._pos)
-            except OSError as exc:
-                self._fail(exc)
-                self._overlaid(view)
-        self._pos += size
-        self._size = max(self._size, self._pos)
-        return size
-
-    def truncate(self, size: int | None = None) -> int:
-        """Resize the file."""
-        size = self._pos if size is None else size
-        if self.failure is None:
-            try:
-                os.ftruncate(self._fd, size)
-            except OSError as exc:
-                self._fail(exc)
-        self._size = size
-        return size
-
-    def close(self) -> None:
-        """Give back the descriptor."""
-        if self._fd >= 0:
-            lockprim.close_fd(self._fd, self._shared)
-            self._fd = -1
-        super().close()
-
-
-class UndoJournal(_GuardedFile):
+class UndoJournal(GuardedFile):
     """A target file opened for in-place change, journaling the old bytes it overwrites.
 
     Made by :func:`journaled`; hand it to ``h5py.File(journal, "r+")``.
@@ -421,13 +217,7 @@ class UndoJournal(_GuardedFile):
     def __init__(self, target: Path) -> None:
         self.target = target
         self.path = journal_path(target)
-        fd, self._shared = lockprim.open_fd(target, True)  # the writer's held descriptor, if any
-        try:
-            size = os.fstat(fd).st_size
-        except BaseException:
-            lockprim.close_fd(fd, self._shared)
-            raise
-        super().__init__(fd, size)
+        super().__init__(*open_sized(target, True))  # the writer's held descriptor, if any
         self._jfd = -1
         self._jhold: lockprim.Hold | None = None
         self._saved = _Ranges()
@@ -442,7 +232,7 @@ class UndoJournal(_GuardedFile):
         self._jfd = self._jhold.fd
         try:
             head = _MAGIC + struct.pack("<Q", self._orig)
-            _write_all(self._jfd, _HEADER.pack(_MAGIC, self._orig, zlib.crc32(head)))
+            write_all(self._jfd, _HEADER.pack(_MAGIC, self._orig, zlib.crc32(head)))
             self._jpos = _HEADER.size
             fsync_file(self._jfd)
             fsync_dir(self.target.parent)  # the journal must be on disk before the target changes
@@ -462,8 +252,8 @@ class UndoJournal(_GuardedFile):
         for gap_start, gap_end in gaps:
             for piece in range(gap_start, gap_end, _PIECE):
                 length = min(_PIECE, gap_end - piece)
-                old = _read_exact(self._fd, length, piece).ljust(length, b"\0")
-                _write_all(self._jfd, _RECORD.pack(piece, length, zlib.crc32(old)) + old)
+                old = read_exact(self._fd, length, piece).ljust(length, b"\0")
+                write_all(self._jfd, _RECORD.pack(piece, length, zlib.crc32(old)) + old)
                 self._records.append((piece, length, self._jpos + _RECORD.size))
                 self._jpos += _RECORD.size + length
                 unsynced = True
@@ -471,54 +261,34 @@ class UndoJournal(_GuardedFile):
         if unsynced:
             fsync_file(self._jfd)  # the old bytes are safe before the new ones are written
 
-    def write(self, data: bytes | memoryview) -> int:  # type: ignore[override]
-        """Write at the position, journaling the old bytes it overwrites first."""
-        view = memoryview(data).cast("B")
-        size = len(view)
-        if not self._overlaid(view):
-            try:
-                if self._pos < self._orig:
-                    self._save(self._pos, self._pos + size)
-                self._dirty = True
-                _write_all(self._fd, view, self._pos)
-            except OSError as exc:  # never raised into HDF5: see _GuardedFile
-                self._fail(exc)
-                self._overlaid(view)
-        self._pos += size
-        self._size = max(self._size, self._pos)
-        return size
+    def _before_write(self, size: int) -> None:
+        """Journal the old bytes a write at the position overwrites (appends need none)."""
+        if self._pos < self._orig:
+            self._save(self._pos, self._pos + size)
+        self._dirty = True
 
-    def truncate(self, size: int | None = None) -> int:
+    def _resize(self, size: int) -> None:
         """Resize the file, journaling the old bytes a shrink drops first."""
-        size = self._pos if size is None else size
-        if self.failure is None:
-            try:
-                if size < self._orig:
-                    self._save(size, self._size)
-                if size != self._size:
-                    self._dirty = True
-                    os.ftruncate(self._fd, size)
-            except OSError as exc:
-                self._fail(exc)
-        self._size = size
-        return size
+        if size < self._orig:
+            self._save(size, self._size)
+        if size != self._size:
+            self._dirty = True
+            os.ftruncate(self._fd, size)
 
     def commit(self) -> None:
         """Make the change permanent: flush the target, then remove the journal."""
         if self._dirty:
             fsync_file(self._fd)
-        if self._jfd >= 0:
-            os.unlink(self.path)
-            fsync_dir(self.target.parent)
-        self._close_fds(remove_journal=False)
+        self._end()
 
     def rollback(self) -> None:
         """Put back the old bytes and the old size, then remove the journal."""
         if self._dirty:
-            for offset, length, jpos in self._records:
-                _write_all(self._fd, _read_exact(self._jfd, length, jpos), offset)
-            os.ftruncate(self._fd, self._orig)
-            fsync_file(self._fd)
+            _undo(self._fd, self._jfd, self._records, self._orig)
+        self._end()
+
+    def _end(self) -> None:
+        """Remove the journal (the commit, or the end of a rollback) and close the descriptors."""
         if self._jfd >= 0:
             os.unlink(self.path)
             fsync_dir(self.target.parent)
@@ -598,7 +368,7 @@ class _Stale:
 
 def _parse(jfd: int) -> _Stale | None:
     """Read a stale journal: its header and its complete records (a torn tail is ignored)."""
-    head = _read_exact(jfd, _HEADER.size, 0)
+    head = read_exact(jfd, _HEADER.size, 0)
     if len(head) < _HEADER.size:
         return None
     magic, orig, crc = _HEADER.unpack(head)
@@ -607,18 +377,39 @@ def _parse(jfd: int) -> _Stale | None:
     records = []
     pos = _HEADER.size
     while True:
-        raw = _read_exact(jfd, _RECORD.size, pos)
+        raw = read_exact(jfd, _RECORD.size, pos)
         if len(raw) < _RECORD.size:
             break
         offset, length, crc = _RECORD.unpack(raw)
         if length > _PIECE:
             break
-        old = _read_exact(jfd, length, pos + _RECORD.size)
+        old = read_exact(jfd, length, pos + _RECORD.size)
         if len(old) < length or zlib.crc32(old) != crc:
             break  # the write that this record protected never started
         records.append((offset, length, pos + _RECORD.size))
         pos += _RECORD.size + length
     return _Stale(orig, records)
+
+
+def _open_stale_journal(target: Path) -> tuple[Path, int, lockprim.Hold | None] | None:
+    """Open the journal of ``target`` for reading: ``(path, descriptor, share)``, None if none.
+
+    Raises :class:`DekerLockError` (nothing stays open) if a live process holds the journal.
+    """
+    jpath = journal_path(target)
+    try:
+        jfd, jshared = lockprim.open_fd(jpath, False)
+    except FileNotFoundError:
+        return None
+    try:
+        if is_held(jpath):
+            raise DekerLockError(
+                f"{target} is being changed by another process (its journal {jpath} is held)"
+            )
+    except BaseException:
+        lockprim.close_fd(jfd, jshared)
+        raise
+    return jpath, jfd, jshared
 
 
 def recover(target: Path) -> bool:
@@ -646,36 +437,25 @@ def recover(target: Path) -> bool:
         If the target cannot be restored (it stays as it is, with its journal).
 
     """
-    jpath = journal_path(target)
-    try:
-        jfd, jshared = lockprim.open_fd(jpath, False)
-    except FileNotFoundError:
+    opened = _open_stale_journal(target)
+    if opened is None:
         return False
+    jpath, jfd, jshared = opened
     try:
-        if is_held(jpath):
-            raise DekerLockError(
-                f"{target} is being changed by another process (its journal {jpath} is held)"
-            )
         stale = _parse(jfd)
         if stale is not None:
             try:
-                fd, shared = lockprim.open_fd(target, True)  # the caller's held descriptor, if any
-            except FileNotFoundError:
-                fd, shared = -1, None  # the target is gone: nothing to restore
+                try:
+                    fd, shared = lockprim.open_fd(target, True)  # the caller's held descriptor, if any
+                except FileNotFoundError:
+                    fd, shared = -1, None  # the target is gone: nothing to restore
+                if fd >= 0:
+                    try:
+                        _undo(fd, jfd, stale.records, stale.orig)
+                    finally:
+                        lockprim.close_fd(fd, shared)
             except OSError as exc:
                 raise DekerStorageError(f"Cannot roll back the interrupted write of {target}: {exc}") from exc
-            if fd >= 0:
-                try:
-                    for offset, length, jpos in stale.records:
-                        _write_all(fd, _read_exact(jfd, length, jpos), offset)
-                    os.ftruncate(fd, stale.orig)
-                    fsync_file(fd)
-                except OSError as exc:
-                    raise DekerStorageError(
-                        f"Cannot roll back the interrupted write of {target}: {exc}"
-                    ) from exc
-                finally:
-                    lockprim.close_fd(fd, shared)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(jpath)
         fsync_dir(target.parent)
@@ -685,20 +465,18 @@ def recover(target: Path) -> bool:
         lockprim.close_fd(jfd, jshared)
 
 
-class _OldVersion(_FileBase):
+class _OldVersion(FileBase):
     """Read-only view of a file as it was before an interrupted change (journal overlay)."""
 
     def __init__(self, target: Path, journal: tuple[int, lockprim.Hold | None], stale: _Stale) -> None:
-        super().__init__(stale.orig)
-        self._fd, self._shared = lockprim.open_fd(target, False)
+        super().__init__(*lockprim.open_fd(target, False), stale.orig)
         self._jfd, self._jshared = journal
         self._records = sorted(stale.records)
         self._starts = [r[0] for r in self._records]
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         """Read the old bytes at the position into ``buffer``; return how many."""
-        view = memoryview(buffer).cast("B")
-        n = max(0, min(len(view), self._size - self._pos))
+        view, n = self._window(buffer)
         if n == 0:
             return 0
         got = os.preadv(self._fd, [view[:n]], self._pos)
@@ -710,60 +488,17 @@ class _OldVersion(_FileBase):
             offset, length, jpos = self._records[i]
             lo, hi = max(start, offset), min(end, offset + length)
             if lo < hi:
-                view[lo - start : hi - start] = _read_exact(self._jfd, hi - lo, jpos + lo - offset)
+                view[lo - start : hi - start] = read_exact(self._jfd, hi - lo, jpos + lo - offset)
             i += 1
         self._pos += n
         return n
 
     def close(self) -> None:
         """Give back both descriptors."""
-        if self._fd >= 0:
-            lockprim.close_fd(self._fd, self._shared)
+        super().close()  # the target's
         if self._jfd >= 0:
             lockprim.close_fd(self._jfd, self._jshared)
-        self._fd = self._jfd = -1
-        super().close()
-
-
-class HeldFile(_FileBase):
-    """A read-only file object over this process's held descriptor of a file, for h5py.
-
-    h5py opening a file by name makes a descriptor of its own and closes it afterwards, which
-    under POSIX record locks (NFS) drops every lock this process holds on the file: a writer
-    reading its own locked data file hands h5py this object instead (see
-    :func:`deker.storage.lockprim.open_fd`).
-
-    Parameters
-    ----------
-    path : Path
-        The file.
-
-    """
-
-    def __init__(self, path: Path) -> None:
-        fd, self._shared = lockprim.open_fd(path, False)
-        self._fd = fd
-        try:
-            size = os.fstat(fd).st_size
-        except BaseException:
-            lockprim.close_fd(fd, self._shared)
-            raise
-        super().__init__(size)
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        """Read the bytes at the position into ``buffer``; return how many."""
-        view = memoryview(buffer).cast("B")
-        n = max(0, min(len(view), self._size - self._pos))
-        got = os.preadv(self._fd, [view[:n]], self._pos) if n else 0
-        self._pos += got
-        return got
-
-    def close(self) -> None:
-        """Give back the descriptor."""
-        if self._fd >= 0:
-            lockprim.close_fd(self._fd, self._shared)
-            self._fd = -1
-        super().close()
+            self._jfd = -1
 
 
 def old_version(target: Path) -> io.RawIOBase | None:
@@ -789,16 +524,11 @@ def old_version(target: Path) -> io.RawIOBase | None:
         If a live process holds the journal (a writer working without the array lock).
 
     """
-    jpath = journal_path(target)
-    try:
-        jfd, jshared = lockprim.open_fd(jpath, False)
-    except FileNotFoundError:
+    opened = _open_stale_journal(target)
+    if opened is None:
         return None
+    _jpath, jfd, jshared = opened
     try:
-        if is_held(jpath):
-            raise DekerLockError(
-                f"{target} is being changed by another process (its journal {jpath} is held)"
-            )
         stale = _parse(jfd)
         if stale is None:  # the change never started: the file is intact
             lockprim.close_fd(jfd, jshared)

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,14 @@ __all__ = [
     "REMOVABLE_KINDS",
     "VARRAY_LOCK_EXT",
     "LockInfo",
+    "Marker",
     "clear_locks",
+    "fence_busy",
+    "held_by_someone",
+    "legacy_owner_alive",
+    "marker_alive",
+    "marker_temp_path",
+    "parse_marker",
     "remove_orphan_collection_locks",
     "is_locked",
     "list_locks",
@@ -64,8 +72,6 @@ KIND_MUTEX = "array mutex"
 KIND_COLLECTION = "collection lock"
 KIND_FENCE = "tile fence"
 
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
 #: Kinds of lock files that only exist while an operation runs (removed when their owner died).
 REMOVABLE_KINDS = (KIND_READ, KIND_VARRAY, KIND_CREATION)
 
@@ -75,7 +81,7 @@ _LOCK_SUFFIXES = (READ_LOCK_EXT, VARRAY_LOCK_EXT, CREATION_LOCK_EXT, LOCK_EXT, F
 # --------------------------------------------------------------------------- low level
 
 
-def _held_by_someone(path: Path, operation: int = fcntl.LOCK_SH) -> bool | None:
+def held_by_someone(path: Path, operation: int = fcntl.LOCK_SH) -> bool | None:
     """Whether someone (this process included) holds a lock conflicting with ``operation``.
 
     ``operation`` is ``fcntl.LOCK_SH`` or ``fcntl.LOCK_EX``; None if the file is missing.
@@ -83,7 +89,7 @@ def _held_by_someone(path: Path, operation: int = fcntl.LOCK_SH) -> bool | None:
     return lockprim.probe(path, operation == fcntl.LOCK_EX)
 
 
-def _legacy_owner_alive(pid: str, marker: Path) -> bool:
+def legacy_owner_alive(pid: str, marker: Path) -> bool:
     """Whether the deker 1.1.7 process that made ``marker`` still runs on this host.
 
     The process with that pid must exist and be older than the marker (else the pid was
@@ -104,7 +110,15 @@ def _legacy_owner_alive(pid: str, marker: Path) -> bool:
 
 
 @dataclass(frozen=True)
-class _Marker:
+class Marker:
+    """A read marker or a VArray write marker, as its name describes it (see :func:`parse_marker`).
+
+    Its ``path``; its ``kind`` (:data:`KIND_READ` or :data:`KIND_VARRAY`); the ``array_id`` of
+    the array (or tile) it is on; its ``owner`` (our owner token or read-marker id, the pid for
+    deker 1.1.7 markers); and whether it is ``legacy``, written by deker 1.1.7 (liveness by pid
+    heuristics).
+    """
+
     path: Path
     kind: str
     array_id: str
@@ -112,31 +126,48 @@ class _Marker:
     legacy: bool  # written by deker 1.1.7 (liveness by pid heuristics)
 
 
-def _parse_marker(path: Path) -> _Marker | None:
+def parse_marker(path: Path) -> Marker | None:
+    """Return what the name of a marker file says, or None if it names no marker.
+
+    Parameters
+    ----------
+    path : Path
+        A file that may be a read marker (``.arrayreadlock``) or a VArray marker (``.varraylock``).
+
+    Returns
+    -------
+    Marker or None
+        None for any other name, or a marker name of the wrong shape.
+
+    """
     name = path.name
     if name.endswith(READ_LOCK_EXT):
         parts = name[: -len(READ_LOCK_EXT)].split(":")
         if len(parts) != 4:
             return None
         own = parts[1].startswith(OWN_READ_PREFIX)
-        return _Marker(path, KIND_READ, parts[0], parts[1] if own else parts[2], not own)
+        return Marker(path, KIND_READ, parts[0], parts[1] if own else parts[2], not own)
     if name.endswith(VARRAY_LOCK_EXT):
         head, sep, owner = name[: -len(VARRAY_LOCK_EXT)].rpartition(":")
         if not sep or not head.endswith(ARRAY_EXT):
             return None
-        return _Marker(path, KIND_VARRAY, head[: -len(ARRAY_EXT)], owner, owner.isdigit())
+        return Marker(path, KIND_VARRAY, head[: -len(ARRAY_EXT)], owner, owner.isdigit())
     return None
 
 
-def _marker_alive(marker: _Marker) -> bool:
+def marker_alive(marker: Marker) -> bool:
+    """Return whether the owner of a marker lives (ours: it holds its lock; 1.1.7: by pid heuristics).
+
+    A deker 1.1.7 VArray marker is live while someone holds the tile's data file locked.
+    """
     if not marker.legacy:
-        return bool(_held_by_someone(marker.path))
+        return bool(held_by_someone(marker.path))
     if marker.kind == KIND_READ:
-        return _legacy_owner_alive(marker.owner, marker.path)
-    return bool(_held_by_someone(marker.path.parent / f"{marker.array_id}{ARRAY_EXT}"))
+        return legacy_owner_alive(marker.owner, marker.path)
+    return bool(held_by_someone(marker.path.parent / f"{marker.array_id}{ARRAY_EXT}"))
 
 
-def _fence_busy(marker: _Marker) -> bool:
+def fence_busy(marker: Marker) -> bool:
     """Whether a tile task holds the fence of the tile a VArray marker of ours is on.
 
     The marker of a dead coordinator is then kept (by :func:`clear_locks` and by writers that
@@ -145,7 +176,7 @@ def _fence_busy(marker: _Marker) -> bool:
     """
     if marker.kind != KIND_VARRAY or marker.legacy:
         return False
-    return bool(_held_by_someone(marker.path.parent / f"{marker.array_id}{FENCE_EXT}"))
+    return bool(held_by_someone(marker.path.parent / f"{marker.array_id}{FENCE_EXT}"))
 
 
 # --------------------------------------------------------------------------- listing
@@ -190,7 +221,7 @@ def is_locked(path: Path) -> bool:
     Parameters
     ----------
     path : Path
-        Any file.
+        Any file (a lock file, a data file...), whoever may hold it.
 
     Returns
     -------
@@ -198,7 +229,7 @@ def is_locked(path: Path) -> bool:
         ``False`` also when the file does not exist.
 
     """
-    return bool(_held_by_someone(path, fcntl.LOCK_EX))
+    return bool(held_by_someone(path, fcntl.LOCK_EX))
 
 
 def _is_mutex(path: Path) -> bool:
@@ -214,9 +245,9 @@ def _info(path: Path) -> LockInfo | None:
     name = path.name
     if name.startswith("."):
         return None
-    marker = _parse_marker(path)
+    marker = parse_marker(path)
     if marker is not None:
-        return LockInfo(path, marker.kind, marker.array_id, marker.owner, _marker_alive(marker))
+        return LockInfo(path, marker.kind, marker.array_id, marker.owner, marker_alive(marker))
     if name.endswith(CREATION_LOCK_EXT):
         return LockInfo(path, KIND_CREATION, None, None, is_locked(path))
     if name.endswith(FENCE_EXT):
@@ -253,6 +284,26 @@ def list_locks(directory: Path) -> list[LockInfo]:
     return found
 
 
+def marker_temp_path(marker: Path) -> Path:
+    """Return a new temporary name for ``marker`` (``.<name>.<12 hex>.tmp``, next to it).
+
+    A marker is created under such a name, locked, then renamed into place; one left behind
+    by a creator that died before the rename is removed by :func:`clear_locks`.
+
+    Parameters
+    ----------
+    marker : Path
+        The marker to create.
+
+    Returns
+    -------
+    Path
+        A fresh temporary path (random, so practically never taken).
+
+    """
+    return marker.with_name(f".{marker.name}.{uuid.uuid4().hex[:12]}{_TMP_EXT}")
+
+
 def _stale_temp_markers(directory: Path) -> list[Path]:
     """Temporary marker files (``.<marker>.<hex>.tmp``) whose creator died before renaming them."""
     stale = []
@@ -264,7 +315,7 @@ def _stale_temp_markers(directory: Path) -> list[Path]:
                 and (READ_LOCK_EXT in name or VARRAY_LOCK_EXT in name)
             ):
                 path = Path(dirpath) / name
-                if _held_by_someone(path) is False:
+                if held_by_someone(path) is False:
                     stale.append(path)
     return stale
 
@@ -340,8 +391,8 @@ def clear_locks(directory: Path, *, force: bool = False) -> list[Path]:
     removed: list[Path] = []
     for info in list_locks(directory):
         if info.kind in REMOVABLE_KINDS and (force or not info.alive):
-            marker = _parse_marker(info.path)
-            if not force and marker is not None and _fence_busy(marker):
+            marker = parse_marker(info.path)
+            if not force and marker is not None and fence_busy(marker):
                 logger.info("kept %s: a tile task of its dead coordinator still holds the fence", info.path)
                 continue
             try:

@@ -1,16 +1,12 @@
-"""The kernel-lock primitive under the lock protocol, and the process-wide lock registry.
+"""The process-wide lock registry under the lock protocol: every kernel lock deker takes.
 
 Two kernel primitives can carry deker's locks (chosen by the environment variable
-``DEKER_LOCK_PRIMITIVE``, read each time a lock is taken or probed):
-
-``flock`` (default)
-    ``flock(2)``: a lock belongs to an open file description.  What local filesystems do.
-``posix``
-    Whole-file POSIX record locks (``fcntl`` ``F_SETLK`` / ``F_GETLK``): a lock belongs to the
-    *process*, two descriptors of one process never conflict, and closing *any* descriptor of
-    the file drops every lock the process holds on it.  This is what a Linux NFS client does
-    with ``flock`` (and what Lustre does with ``-o flock``), so the test suite runs the lock
-    protocol with it too.
+``DEKER_LOCK_PRIMITIVE``, read each time a lock is taken or probed; the calls are in
+:mod:`deker.storage.kernellock`): ``flock`` (default; a lock belongs to an open file
+description) and ``posix``, whole-file POSIX record locks (a lock belongs to the *process*, two
+descriptors of one process never conflict, and closing *any* descriptor of the file drops
+every lock the process holds on it).  That is what a Linux NFS client does with ``flock`` (and
+what Lustre does with ``-o flock``), so the test suite runs the lock protocol with it too.
 
 The protocol must hold under both, so in-process exclusion never rests on the kernel lock:
 every lock of :mod:`deker.storage.locks` and every probe of :mod:`deker.storage.lockinfo` goes
@@ -32,21 +28,19 @@ ENOSYS, EOPNOTSUPP, or locks that do not exclude: Lustre without ``-o flock``).
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import gc
 import itertools
 import logging
 import os
-import re
-import struct
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deker.errors import DekerStorageError, DekerValidationError
+from deker.errors import DekerStorageError
+from deker.storage import kernellock
+from deker.storage.kernellock import FLOCK, POSIX, PRIMITIVE_ENV, mount_problem, primitive
 
 __all__ = [
     "FLOCK",
@@ -69,78 +63,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: The environment variable choosing the kernel primitive (``flock`` or ``posix``).
-PRIMITIVE_ENV = "DEKER_LOCK_PRIMITIVE"
-FLOCK = "flock"
-POSIX = "posix"
-
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_UNSUPPORTED = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
-if hasattr(errno, "ENOTSUP"):
-    _UNSUPPORTED.add(errno.ENOTSUP)
-_FLOCK_STRUCT = "hhqqi"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid
-
-
-def primitive() -> str:
-    """Return the kernel primitive in use (``DEKER_LOCK_PRIMITIVE``, default ``flock``).
-
-    Returns
-    -------
-    str
-        ``"flock"`` or ``"posix"``.
-
-    Raises
-    ------
-    DekerValidationError
-        If the variable holds anything else.
-
-    """
-    value = os.environ.get(PRIMITIVE_ENV, FLOCK).strip().lower() or FLOCK
-    if value not in (FLOCK, POSIX):
-        raise DekerValidationError(f"{PRIMITIVE_ENV} must be {FLOCK!r} or {POSIX!r}, got {value!r}")
-    return value
-
-
-# --------------------------------------------------------------------------- kernel calls
-
-
-def _kernel_try(fd: int, exclusive: bool, prim: str) -> bool:
-    """Try the kernel lock once; False on a conflict (OSError for anything else)."""
-    try:
-        if prim == POSIX:
-            fcntl.lockf(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        else:
-            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-    except (BlockingIOError, PermissionError):  # EAGAIN / EWOULDBLOCK; EACCES (POSIX, some NFS)
-        return False
-    return True
-
-
-def _kernel_unlock(fd: int, prim: str) -> None:
-    with contextlib.suppress(OSError):
-        if prim == POSIX:
-            fcntl.lockf(fd, fcntl.LOCK_UN)
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _posix_conflict(fd: int, exclusive: bool, cmd: int = fcntl.F_GETLK) -> bool:
-    """Whether a POSIX lock of another process conflicts with one of the given kind (F_GETLK)."""
-    query = struct.pack(_FLOCK_STRUCT, fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0)
-    answer = fcntl.fcntl(fd, cmd, query)
-    return bool(struct.unpack(_FLOCK_STRUCT, answer)[0] != fcntl.F_UNLCK)
-
-
-def _kernel_probe(fd: int, exclusive: bool, prim: str) -> bool:
-    """Whether a lock of another open file description / process conflicts (no lock kept)."""
-    if prim == POSIX and _posix_conflict(fd, exclusive):
-        return True
-    # also under posix: an earlier deker flocked its temp files and journals (on NFS: one lock)
-    if _kernel_try(fd, exclusive, FLOCK):
-        _kernel_unlock(fd, FLOCK)
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------- registry
@@ -238,6 +160,9 @@ def _reg() -> _Registry:
     return _registry
 
 
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)  # no descriptor of the registry outlives an exec
+
+
 def _open(path: Path, create: bool, readonly: bool) -> int:
     if readonly:
         return os.open(path, os.O_RDONLY | _O_CLOEXEC)
@@ -266,7 +191,7 @@ def _take(reg: _Registry, fd: int, exclusive: bool) -> Hold | None:
         return Hold(key, entry.fd, False, entry.serial)
     prim = primitive()
     try:
-        taken = _kernel_try(fd, exclusive, prim)
+        taken = kernellock.try_lock(fd, exclusive, prim)
     except BaseException:
         os.close(fd)
         raise
@@ -348,7 +273,7 @@ def hold_new(path: Path) -> Hold:
         if entry is not None:  # pragma: no cover - only an inode reused under a stale entry
             raise DekerStorageError(f"Lock registry already holds the new file {path}")
         prim = primitive()
-        while not _kernel_try(fd, True, prim):  # only a momentary flock probe can hold it
+        while not kernellock.try_lock(fd, True, prim):  # only a momentary flock probe can hold it
             if time.monotonic() > deadline:  # pragma: no cover - a probe holds it for microseconds
                 os.close(fd)
                 raise DekerStorageError(f"Cannot lock the new lock file {path}: it stays busy")
@@ -380,7 +305,7 @@ def _release(reg: _Registry, held: Hold) -> None:
     if entry.count > 0:
         return
     del reg.entries[held.key]
-    _kernel_unlock(entry.fd, entry.prim)
+    kernellock.unlock(entry.fd, entry.prim)
     for fd in (entry.fd, *entry.spare):
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -398,7 +323,7 @@ def reuse(path: Path) -> Hold | None:
     Parameters
     ----------
     path : Path
-        Any file.
+        The file to do I/O on (the lock is the one on the file it names now).
 
     Returns
     -------
@@ -431,7 +356,7 @@ def holds(path: Path) -> bool:
     Parameters
     ----------
     path : Path
-        Any file.
+        The name to ask about (a file that replaced a held one is not held).
 
     Returns
     -------
@@ -600,7 +525,7 @@ def probe(path: Path, exclusive: bool = False) -> bool | None:
             entry.spare.append(fd)
             return exclusive or entry.exclusive
         try:
-            return _kernel_probe(fd, exclusive, primitive())
+            return kernellock.conflict(fd, exclusive, primitive())
         finally:
             os.close(fd)
 
@@ -613,99 +538,6 @@ _ADVICE = (
     "(use 'local_lock=none') and make sure the lock service (rpc.statd / lockd, or NFSv4) "
     "runs; on FUSE filesystems such as sshfs or s3fs use a filesystem that supports locks."
 )
-
-
-def _probe_exclusion(directory: Path, prim: str) -> str | None:
-    """Lock a fresh file with ``prim`` and check a second open file description is refused."""
-    path = directory / f".deker-lockcheck.{uuid.uuid4().hex}.tmp"  # a leftover is garbage (layout)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
-    except OSError as exc:
-        return (
-            None if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else f"cannot create {path}: {exc}"
-        )
-    try:
-        try:
-            if not _kernel_try(fd, True, prim):
-                return "a lock on a new file nobody else knows was refused"
-        except OSError as exc:
-            if exc.errno in _UNSUPPORTED:
-                code = errno.errorcode.get(exc.errno, str(exc.errno))
-                return f"{prim} locks are not supported there ({code}: {exc.strerror})"
-            raise
-        other = os.open(path, os.O_RDWR | _O_CLOEXEC)
-        try:
-            if prim == POSIX:  # an OFD lock conflicts with a POSIX lock even of the same process
-                f_ofd_getlk = getattr(fcntl, "F_OFD_GETLK", None)
-                excluded = True if f_ofd_getlk is None else _posix_conflict(other, True, f_ofd_getlk)
-            else:
-                excluded = not _kernel_try(other, True, FLOCK)
-        finally:
-            os.close(other)  # drops the POSIX lock too: the probe is over anyway
-        return None if excluded else f"{prim} locks there do not exclude each other (they are local or fake)"
-    finally:
-        _kernel_unlock(fd, prim)
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-
-
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mount_problem(mounts: str, directory: str, prim: str) -> str | None:
-    """Return why the mount holding ``directory`` keeps locks on each host, or None.
-
-    Locks that work but only on the host that takes them cannot be seen from one host by
-    probing; the mount options say so (``/proc/self/mounts`` format).
-
-    Parameters
-    ----------
-    mounts : str
-        The text of ``/proc/self/mounts``.
-    directory : str
-        A resolved absolute path.
-    prim : str
-        The primitive in use (``flock`` or ``posix``).
-
-    Returns
-    -------
-    str or None
-        The problem, naming the mount point, type and option.
-
-    """
-    best: tuple[str, str, list[str]] | None = None
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        point, fstype, options = _unescape(fields[1]), fields[2], fields[3].split(",")
-        inside = directory == point or directory.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) >= len(best[0])):
-            best = (point, fstype, options)
-    if best is None:
-        return None
-    point, fstype, options = best
-    where = f"{point} is a {fstype} mount with"
-    if fstype == "lustre" and "flock" not in options:
-        option = " localflock" if "localflock" in options else "out flock"
-        return f"{where}{option}: its locks are not seen by other hosts"
-    if fstype.startswith("nfs"):
-        local = {"flock": ("flock",), "posix": ("posix",)}[prim] + ("all",)
-        for option in options:
-            if option == "nolock" or (option.startswith("local_lock=") and option[11:] in local):
-                return f"{where} {option}: its locks are not seen by other hosts"
-    return None
-
-
-def _mount_problem(directory: Path, prim: str) -> str | None:
-    try:
-        with open("/proc/self/mounts") as fh:
-            mounts = fh.read()
-    except OSError:  # not Linux: only the probe
-        return None
-    return mount_problem(mounts, os.path.realpath(directory), prim)
 
 
 def check_filesystem(directory: Path) -> None:
@@ -734,7 +566,9 @@ def check_filesystem(directory: Path) -> None:
         if cache_key in reg.checked:
             failure = reg.checked[cache_key]
         else:
-            failure = _mount_problem(directory, prim) or _probe_exclusion(directory, prim)
+            failure = kernellock.mount_problem_at(directory, prim) or kernellock.probe_exclusion(
+                directory, prim
+            )
             reg.checked[cache_key] = failure
             if failure:
                 logger.error("file locks do not work under %s: %s", directory, failure)

@@ -1,0 +1,82 @@
+"""Tests of deker.storage.kernellock: the two kernel primitives and the mount-option check.
+
+The raw primitive runs with both ``flock`` and ``posix``; a forked child looks at the kernel
+locks as another host would (:func:`storage_helpers.prim.seen_locked`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from storage_helpers.prim import seen_locked
+
+from deker.errors import DekerValidationError
+from deker.storage import kernellock
+
+
+@pytest.fixture(params=[kernellock.FLOCK, kernellock.POSIX])
+def prim(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test under each kernel primitive."""
+    monkeypatch.setenv(kernellock.PRIMITIVE_ENV, request.param)
+    return str(request.param)
+
+
+def test_primitive_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(kernellock.PRIMITIVE_ENV, raising=False)
+    assert kernellock.primitive() == "flock"
+    monkeypatch.setenv(kernellock.PRIMITIVE_ENV, " POSIX ")
+    assert kernellock.primitive() == "posix"
+    monkeypatch.setenv(kernellock.PRIMITIVE_ENV, "fcntl")
+    with pytest.raises(DekerValidationError, match="DEKER_LOCK_PRIMITIVE"):
+        kernellock.primitive()
+
+
+def test_posix_primitive_has_nfs_semantics(tmp_path: Path, prim: str) -> None:
+    """The raw primitive: posix locks belong to the process and die with any descriptor's close."""
+    path = tmp_path / "f"
+    path.touch()
+    first = os.open(path, os.O_RDWR)
+    assert kernellock.try_lock(first, True, prim)
+    assert seen_locked(path)
+    second = os.open(path, os.O_RDWR)
+    # posix: a second descriptor of the same process is not refused; flock: it is
+    assert kernellock.try_lock(second, True, prim) is (prim == "posix")
+    if prim == "flock":
+        assert seen_locked(path, exclusive=False)
+    os.close(second)  # what h5py does when it closes a file a writer holds locked
+    assert seen_locked(path) is (prim == "flock")  # posix: every lock of the process is gone
+    os.close(first)
+    assert not seen_locked(path)
+
+
+MOUNTS = """\
+/dev/sda1 / ext4 rw,relatime 0 0
+10.0.0.1:/export /shared nfs4 rw,vers=4.2,hard,local_lock=none 0 0
+10.0.0.1:/old /shared/old nfs rw,vers=3,nolock,local_lock=all 0 0
+10.0.0.1:/f /mnt/f\\040dir nfs rw,vers=3,local_lock=flock 0 0
+mgs@tcp:/fs /lustre lustre rw,flock 0 0
+mgs@tcp:/fs2 /lustre2 lustre rw,localflock 0 0
+mgs@tcp:/fs3 /lustre3 lustre rw 0 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("directory", "primitive", "problem"),
+    [
+        ("/home/me", "flock", None),
+        ("/shared/storage", "flock", None),
+        ("/shared/old/storage", "flock", "/shared/old is a nfs mount with nolock"),
+        ("/shared/older", "posix", None),  # /shared/old is not a parent of /shared/older
+        ("/mnt/f dir/s", "flock", "/mnt/f dir is a nfs mount with local_lock=flock"),
+        ("/mnt/f dir/s", "posix", None),  # POSIX locks of that mount do reach the server
+        ("/lustre/s", "flock", None),
+        ("/lustre2/s", "flock", "/lustre2 is a lustre mount with localflock"),
+        ("/lustre3", "posix", "/lustre3 is a lustre mount without flock"),
+    ],
+)
+def test_mount_options_that_keep_locks_local(directory: str, primitive: str, problem: str | None) -> None:
+    """Host-local locks cannot be probed from one host: the mount options tell."""
+    found = kernellock.mount_problem(MOUNTS, directory, primitive)
+    assert found == problem if problem is None else found is not None and found.startswith(problem)
