@@ -157,7 +157,8 @@ def report_path(to_file: bool | str | os.PathLike[str] | None) -> Path | None:
     Raises
     ------
     DekerValidationError
-        If ``to_file`` is of another type, names a directory or a file in a missing directory.
+        If ``to_file`` is of another type or empty, names a directory or a file in a missing
+        directory.
     """
     if to_file is None or to_file is False:
         return None
