@@ -29,16 +29,14 @@ import math
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from deker.dtypes import is_attribute_dtype
 from deker.errors import DekerUnknownFilterError, DekerValidationError
+from deker.schemas import ArraySchema, AttributeSchema, VArraySchema
 from deker.types import to_utc
-
-if TYPE_CHECKING:  # pragma: no cover - typing only (schemas is a sibling layer)
-    from deker.schemas import ArraySchema, AttributeSchema, VArraySchema
 
 __all__ = [
     "canonical_key_components",

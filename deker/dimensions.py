@@ -21,15 +21,13 @@ import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import numpy as np
 
 from deker.errors import DekerValidationError
+from deker.schemas import ArraySchema, DimensionSchema, VArraySchema
 from deker.types import IndexLabels, Scale, to_utc
-
-if TYPE_CHECKING:  # pragma: no cover - typing only (schemas is a sibling layer)
-    from deker.schemas import ArraySchema, DimensionSchema, TimeDimensionSchema, VArraySchema
 
 __all__ = ["SCALE_REL_TOLERANCE", "Dimension", "TimeDimension", "build_dimensions"]
 
@@ -513,12 +511,10 @@ def build_dimensions(
     """
     out: list[Dimension | TimeDimension] = []
     for dim in schema.dimensions:
-        start = getattr(dim, "start_value", None)
-        if start is None:  # a DimensionSchema (schemas is a sibling layer: no runtime isinstance)
-            generic = cast("DimensionSchema", dim)
-            out.append(Dimension(generic.name, generic.size, labels=generic.labels, scale=generic.scale))
+        if isinstance(dim, DimensionSchema):
+            out.append(Dimension(dim.name, dim.size, labels=dim.labels, scale=dim.scale))
             continue
-        time = cast("TimeDimensionSchema", dim)
+        start = dim.start_value
         if isinstance(start, str) and start.startswith("$"):
             ref = start[1:]
             value = attributes.get(ref)
@@ -533,5 +529,5 @@ def build_dimensions(
                     f"got {value!r}"
                 )
             start = value
-        out.append(TimeDimension(time.name, time.size, start, time.step))
+        out.append(TimeDimension(dim.name, dim.size, start, dim.step))
     return tuple(out)

@@ -21,17 +21,17 @@ Levels 2 to 4 look at every data file through one module-level task per file
 (:func:`check_array_file`), run on the client's executor: threads, processes or Dask workers.
 
 Problems are grouped under headings; the report text is, per heading, ``"<heading>\\n\\t-
-<problem>\\n..."`` as in deker 1.1.7.  :class:`IntegrityReport` also gives them as data.
+<problem>\\n..."`` as in deker 1.1.7.  :class:`IntegrityReport` also gives them as data
+(the report and its file live in :mod:`deker.integrity_report`; they are imported from here).
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from deker.errors import (
     DekerMetaDataError,
     DekerValidationError,
 )
+from deker.integrity_report import IntegrityProblem, IntegrityReport, report_file_name, report_path
 from deker.meta import CollectionMeta, decode_array_meta, decode_collection_meta, deserialize_attributes
 from deker.schemas import ArraySchema, VArraySchema
 from deker.storage.atomic import SCRATCH_MIN_AGE, find_scratch_dirs
@@ -75,147 +76,7 @@ _LOCK_HEADINGS = {
 }
 
 
-# ------------------------------------------------------------------------------------------ report
-
-
-@dataclass(frozen=True)
-class IntegrityProblem:
-    """One problem found by the integrity check.
-
-    Parameters
-    ----------
-    level : int
-        The lowest check level that finds it.
-    kind : str
-        What is wrong, for scripts: ``"collection-metadata"``, ``"collection-lock-missing"``,
-        ``"collection-lock-orphan"``, ``"stale-lock"``, ``"array-metadata"``,
-        ``"varray-metadata"``, ``"missing-symlink"``, ``"wrong-symlink"``, ``"extra-symlink"``,
-        ``"duplicate-primary-key"``, ``"orphan-file"``, ``"orphan-tile"``, ``"temp-file"``,
-        ``"interrupted-write"`` or ``"corrupted-data"``.
-    heading : str
-        The report heading it is listed under.
-    message : str
-        What is wrong and where, in words.
-    collection : str or None
-        The collection concerned.
-    path : str or None
-        The file or directory concerned.
-    """
-
-    level: int
-    kind: str
-    heading: str
-    message: str
-    collection: str | None = None
-    path: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """Return the problem as a JSON-ready dict."""
-        return {
-            "level": self.level,
-            "kind": self.kind,
-            "heading": self.heading,
-            "message": self.message,
-            "collection": self.collection,
-            "path": self.path,
-        }
-
-
-@dataclass
-class IntegrityReport:
-    """The result of an integrity check.
-
-    Parameters
-    ----------
-    level : int
-        The level checked.
-    collections : list of str
-        The collections looked at.
-    problems : list of IntegrityProblem
-        What was found, in the order found.
-    files_checked : int
-        Array and tile files opened (levels 2 to 4).
-    report_file : Path or None
-        Where the report was written, if anywhere.
-    """
-
-    level: int
-    collections: list[str] = field(default_factory=list)
-    problems: list[IntegrityProblem] = field(default_factory=list)
-    files_checked: int = 0
-    report_file: Path | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Whether no problem was found."""
-        return not self.problems
-
-    @property
-    def errors(self) -> dict[str, list[str]]:
-        """The problem messages grouped under their headings (in the order first seen)."""
-        grouped: dict[str, list[str]] = {}
-        for problem in self.problems:
-            grouped.setdefault(problem.heading, []).append(problem.message)
-        return grouped
-
-    @property
-    def text(self) -> str:
-        r"""The report: ``"<heading>\\n\\t- <problem>\\n"`` per heading, or the all-clear line."""
-        if self.ok:
-            return "Integrity check found no errors\n"
-        return "".join(
-            heading + "\n" + "".join(f"\t- {message}\n" for message in messages)
-            for heading, messages in self.errors.items()
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        """Return the report as a JSON-ready dict."""
-        return {
-            "ok": self.ok,
-            "level": self.level,
-            "collections": list(self.collections),
-            "files_checked": self.files_checked,
-            "problems": [p.as_dict() for p in self.problems],
-            "report_file": None if self.report_file is None else str(self.report_file),
-        }
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def report_file_name(now: _dt.datetime | None = None) -> str:
-    """Return the default report file name ``deker_integrity_report_<YYYY-MM-DDTHH:MM:SS>.txt``.
-
-    Parameters
-    ----------
-    now : datetime, optional
-        The time to name (default: now, local time).
-
-    Returns
-    -------
-    str
-        The file name (written in the current directory when ``to_file=True``).
-    """
-    stamp = (now or _dt.datetime.now()).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"deker_integrity_report_{stamp}.txt"
-
-
-def _report_path(to_file: bool | str | os.PathLike[str] | None) -> Path | None:
-    if to_file is None or to_file is False:
-        return None
-    if to_file is True:
-        path = Path.cwd() / report_file_name()
-    elif isinstance(to_file, (str, os.PathLike)) and os.fspath(to_file):
-        path = Path(os.fspath(to_file)).expanduser().absolute()
-    else:
-        raise DekerValidationError(f"to_file shall be a bool, a str or a Path; got {to_file!r}")
-    if path.is_dir():
-        raise DekerValidationError(f"Cannot write the integrity report to {path}: it is a directory")
-    if not path.parent.is_dir():
-        raise DekerValidationError(
-            f"Cannot write the integrity report to {path}: directory {path.parent} does not exist"
-        )
-    return path
+# ---------------------------------------------------------------------------------------- recorder
 
 
 class _Stop(Exception):
@@ -693,7 +554,7 @@ def check_integrity(
     if isinstance(level, bool) or not isinstance(level, int) or level not in LEVELS:
         raise DekerValidationError(f"Integrity check level shall be 1, 2, 3 or 4; got {level!r}")
     ctx.check_open()
-    path = _report_path(to_file)
+    path = report_path(to_file)
     if collection is not None:
         if not isinstance(collection, str):
             raise DekerValidationError(f"collection shall be a collection name; got {collection!r}")

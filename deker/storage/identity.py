@@ -72,7 +72,7 @@ def ensure_storage_id(root: Path) -> str:
     Returns
     -------
     str
-        The id.
+        The id the storage had, or the uuid4 string it was given.
 
     Raises
     ------
