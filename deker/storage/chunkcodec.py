@@ -36,7 +36,6 @@ worker's) cannot deadlock on them, and the calling thread does its share of the 
 """
 
 import itertools
-import logging
 import math
 import os
 import threading
@@ -50,6 +49,7 @@ import numpy as np
 
 from deker.errors import DekerStorageError
 from deker.storage import filters, rawio
+from deker.storage.arrayfile import Bounds
 
 __all__ = [
     "SUPPORTED_FILTERS",
@@ -64,9 +64,6 @@ __all__ = [
     "write_whole",
 ]
 
-logger = logging.getLogger(__name__)
-
-Bounds = tuple[int | slice, ...]
 
 #: The HDF5 filter ids this module decodes and encodes (:mod:`deker.storage.filters`).
 SUPPORTED_FILTERS = filters.SUPPORTED_FILTERS
