@@ -44,6 +44,8 @@ OPTIONS = {
 }
 
 DTYPES = ["<i1", "<i2", "<i4", "<i8", "<u1", "<u2", "<u4", "<u8", "<f2", "<f4", "<f8", "<c8", "<c16"]
+if hasattr(np, "float128"):
+    DTYPES += [np.dtype(np.float128).str, np.dtype(np.complex256).str]
 
 
 def default_fill(dtype: Any) -> Any:
