@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from storage_helpers.conformance import assert_same, default_fill, oracle_fill_count
 
 from deker.errors import DekerStorageError
 from deker.storage import hdf5
@@ -42,34 +43,10 @@ if hasattr(np, "float128"):
     DTYPES += [np.float128, np.complex256]
 
 
-def default_fill(dtype: Any) -> Any:
-    dt = np.dtype(dtype)
-    if dt.kind in "fc":
-        return dt.type(np.nan)
-    return dt.type(np.iinfo(dt).min)
-
-
 def new_file(tmp_path: Path, shape: tuple[int, ...], name: str = "a.hdf5") -> Path:
     path = tmp_path / "sub" / name
     hdf5.create_array_file(path, META, META_DTYPE, math.prod(shape))
     return path
-
-
-def oracle_fill_count(values: np.ndarray, fill: Any) -> int:
-    values = np.asarray(values)
-    if values.dtype.kind == "c":
-        f = complex(fill)
-        re = np.isnan(values.real) if math.isnan(f.real) else values.real == f.real
-        im = np.isnan(values.imag) if math.isnan(f.imag) else values.imag == f.imag
-        return int(np.sum(re & im))
-    if values.dtype.kind == "f" and math.isnan(float(fill)):
-        return int(np.sum(np.isnan(values)))
-    return int(np.sum(values == fill))
-
-
-def assert_same(actual: np.ndarray, expected: np.ndarray) -> None:
-    assert actual.dtype == expected.dtype
-    np.testing.assert_array_equal(actual, expected)
 
 
 FULL = (slice(0, 4), slice(0, 5))

@@ -36,7 +36,6 @@ worker's) cannot deadlock on them, and the calling thread does its share of the 
 """
 
 import itertools
-import logging
 import math
 import os
 import threading
@@ -50,6 +49,7 @@ import numpy as np
 
 from deker.errors import DekerStorageError
 from deker.storage import filters, rawio
+from deker.storage.arrayfile import Bounds
 
 __all__ = [
     "SUPPORTED_FILTERS",
@@ -64,9 +64,6 @@ __all__ = [
     "write_whole",
 ]
 
-logger = logging.getLogger(__name__)
-
-Bounds = tuple[int | slice, ...]
 
 #: The HDF5 filter ids this module decodes and encodes (:mod:`deker.storage.filters`).
 SUPPORTED_FILTERS = filters.SUPPORTED_FILTERS
@@ -205,9 +202,15 @@ def _decoded(raw: bytes, mask: int, index: ChunkIndex, name: str) -> np.ndarray:
     return chunk.reshape(index.chunks)
 
 
-def _read_checked(path: Path, fd: int, index: ChunkIndex, bounds: Bounds, out: np.ndarray) -> bool:
+def _read_region(
+    path: Path, fd: int, index: ChunkIndex, bounds: Bounds, out: np.ndarray | None
+) -> np.ndarray | None:
+    """Read a region into ``out`` (or a new array); ``None`` if it does not fit: read with h5py."""
+    target = rawio.destination(rawio.selection_shape(bounds), index.dtype, out)
+    if target is None:
+        return None
     try:
-        return read_into(fd, index, bounds, out)
+        return target if read_into(fd, index, bounds, target) else None
     except _Damaged as exc:
         raise DekerStorageError(f"Array file {path} is damaged or incomplete: {exc}") from exc
 
@@ -371,10 +374,7 @@ def read_open(
     st = os.fstat(fd)
     if rawio.settled(st):
         _indexes.keep(path, rawio.file_stamp(st), index)
-    target = rawio.destination(rawio.selection_shape(bounds), index.dtype, out)
-    if target is None or not _read_checked(path, fd, index, bounds, target):
-        return None
-    return target
+    return _read_region(path, fd, index, bounds, out)
 
 
 def read_cached(
@@ -414,10 +414,7 @@ def read_cached(
         if found is None:
             return None
         fd, index = found
-        target = rawio.destination(rawio.selection_shape(bounds), index.dtype, out)
-        if target is None or not _read_checked(path, fd, index, bounds, target):
-            return None
-        return target
+        return _read_region(path, fd, index, bounds, out)
 
 
 # ------------------------------------------------------------------------------ writes

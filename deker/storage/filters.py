@@ -66,14 +66,19 @@ def _numcodecs() -> ModuleType:
     return _codecs
 
 
-def _unshuffle(data: Any, size: int) -> Any:
-    """Undo HDF5's byte shuffle (bytes of each rank first); trailing bytes stay in place."""
+def _shuffled(data: Any, size: int, *, undo: bool) -> Any:
+    """HDF5's byte shuffle of ``size``-byte elements (byte ``k`` of every element together), or its undoing.
+
+    Shuffling sees the whole elements as a (count, size) matrix of bytes and stores its
+    transpose; undoing transposes back.  Trailing bytes (a partial element) stay in place.
+    """
     raw = np.frombuffer(data, dtype=np.uint8)
     if size <= 1 or raw.size < size:
         return data
     count = raw.size // size
+    stored = (size, count) if undo else (count, size)
     out = np.empty_like(raw)
-    out[: count * size].reshape(count, size)[...] = raw[: count * size].reshape(size, count).T
+    out[: count * size].reshape(stored[::-1])[...] = raw[: count * size].reshape(stored).T
     out[count * size :] = raw[count * size :]
     return out
 
@@ -134,7 +139,7 @@ def decode(raw: bytes, filters: Pipeline, mask: int, itemsize: int) -> Any:
         if code == DEFLATE:
             data = zlib.decompress(data)
         elif code == SHUFFLE:
-            data = _unshuffle(data, values[0] if values else itemsize)
+            data = _shuffled(data, values[0] if values else itemsize, undo=True)
         elif code == ZSTD:
             data = _numcodecs().zstd.decompress(data)
         elif code == BLOSC:
@@ -146,18 +151,6 @@ def decode(raw: bytes, filters: Pipeline, mask: int, itemsize: int) -> Any:
 
 _BLOSC_NAMES = {0: "blosclz", 1: "lz4", 2: "lz4hc", 3: "snappy", 4: "zlib", 5: "zstd"}
 _LZ4_DEFAULT_BLOCK = 1 << 30  # H5Z-LZ4's block size when the filter has none
-
-
-def _shuffle(data: Any, size: int) -> Any:
-    """HDF5's byte shuffle (byte ``k`` of every element together); trailing bytes stay."""
-    raw = np.frombuffer(data, dtype=np.uint8)
-    if size <= 1 or raw.size < size:
-        return data
-    count = raw.size // size
-    out = np.empty_like(raw)
-    out[: count * size].reshape(size, count)[...] = raw[: count * size].reshape(count, size).T
-    out[count * size :] = raw[count * size :]
-    return out
 
 
 def _lz4_encode(data: Any, block: int) -> bytes:
@@ -242,7 +235,7 @@ def encode(chunk: np.ndarray, filters: Pipeline) -> bytes:
         if code == DEFLATE:
             data = zlib.compress(data, values[0] if values else 6)
         elif code == SHUFFLE:
-            data = _shuffle(data, values[0] if values else itemsize)
+            data = _shuffled(data, values[0] if values else itemsize, undo=False)
         elif code == ZSTD:
             data = _numcodecs().zstd.compress(data, values[0] if values else 3)
         elif code == BLOSC:

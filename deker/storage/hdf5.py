@@ -36,7 +36,7 @@ import io
 import math
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,9 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the compression filters with HDF5)
 import numpy as np
 
-from deker.errors import DekerBaseApplicationError, DekerStorageError
+from deker.errors import DekerStorageError
 from deker.storage import atomic, chunkcodec, lockprim, rawio, templates
+from deker.storage.arrayfile import Bounds, count_fill, os_errors
 from deker.storage.layout import ensure_dir
 
 __all__ = [
@@ -59,8 +60,6 @@ __all__ = [
     "write_meta",
     "write_region",
 ]
-
-Bounds = tuple[int | slice, ...]
 
 DATA = "data"
 META = "meta"
@@ -138,15 +137,20 @@ def _open(path: Path, mode: str) -> Iterator[h5py.File]:
         yield handle
 
 
-@contextmanager
-def _write_errors(path: Path) -> Iterator[None]:
+def _write_errors(path: Path) -> AbstractContextManager[None]:
     """Map OS errors of a write (a read-only or immutable file, a full disk...) to deker errors."""
-    try:
+    return os_errors(path, "write array file")
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Start a change of ``path``: OS errors mapped, an interrupted write's leftovers dealt with."""
+    with _write_errors(path):
+        try:
+            atomic.clean_leftovers(path)
+        except FileNotFoundError as exc:
+            raise _missing(path, exc) from exc
         yield
-    except (DekerBaseApplicationError, FileNotFoundError):
-        raise
-    except OSError as exc:
-        raise DekerStorageError(f"Cannot write array file {path}: {exc}") from exc
 
 
 @contextmanager
@@ -157,13 +161,8 @@ def _modify(path: Path) -> Iterator[h5py.File]:
     first, and a change that does not finish is rolled back.  A change that writes nothing
     costs nothing more than opening the file.
     """
-    with _write_errors(path):
-        try:
-            atomic.clean_leftovers(path)
-        except FileNotFoundError as exc:
-            raise _missing(path, exc) from exc
-        with atomic.journaled(path) as journal, _handle(journal, path, "r+") as handle:
-            yield handle
+    with _writing(path), atomic.journaled(path) as journal, _handle(journal, path, "r+") as handle:
+        yield handle
 
 
 def _create_data(
@@ -237,11 +236,7 @@ def _write_whole_fast(
     without data avoids that for first writes.)  Returns ``False`` (nothing done) when no
     template fits: then h5py writes.
     """
-    with _write_errors(path):
-        try:
-            atomic.clean_leftovers(path)
-        except FileNotFoundError as exc:
-            raise _missing(path, exc) from exc
+    with _writing(path):
         with _open(path, "r") as handle:
             if EMPTY_CELLS not in handle:
                 raise KeyError(f"no '{EMPTY_CELLS}' dataset")
@@ -263,45 +258,6 @@ def _write_whole_fast(
             journal.write(tail)
             journal.truncate()
     return True
-
-
-def _nan_equal(values: np.ndarray, fill: Any) -> np.ndarray:
-    if isinstance(fill, float) and math.isnan(fill):
-        return np.asarray(np.isnan(values))
-    return np.asarray(values == fill)
-
-
-def count_fill(values: np.ndarray | np.generic, fill_value: Any) -> int:
-    """Count the cells of ``values`` that hold ``fill_value``.
-
-    NaN counts as fill when the fill value is NaN; complex values compare their real and
-    imaginary parts separately, each NaN-aware (so ``nan+0j`` matches ``nan+0j``).
-
-    Parameters
-    ----------
-    values : numpy.ndarray or numpy scalar
-        The cells.
-    fill_value : Any
-        The fill value of the array.
-
-    Returns
-    -------
-    int
-        The number of fill cells.
-
-    """
-    arr = np.asarray(values)
-    if arr.dtype.kind == "c":
-        fill = complex(fill_value)
-        mask = _nan_equal(arr.real, fill.real) & _nan_equal(arr.imag, fill.imag)
-    elif arr.dtype.kind == "f":
-        fill = float(fill_value)
-        if math.isnan(fill) and arr.size and not np.isnan(np.min(arr)):
-            return 0  # NaN propagates through min: none here (one pass, no mask allocated)
-        mask = _nan_equal(arr, fill)
-    else:
-        mask = np.asarray(arr == fill_value)
-    return int(np.count_nonzero(mask))
 
 
 def create_array_file(

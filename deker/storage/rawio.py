@@ -36,7 +36,6 @@ caller read through HDF5 as before.
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 import os
 import threading
@@ -51,6 +50,7 @@ import h5py
 import numpy as np
 
 from deker.storage import lockprim, templates
+from deker.storage.arrayfile import Bounds
 from deker.storage.journal import journal_path
 
 __all__ = [
@@ -69,9 +69,6 @@ __all__ = [
     "settled",
 ]
 
-logger = logging.getLogger(__name__)
-
-Bounds = tuple[int | slice, ...]
 
 try:
     _IOV_MAX = max(16, min(1024, int(os.sysconf("SC_IOV_MAX"))))
