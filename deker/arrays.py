@@ -23,12 +23,12 @@ from deker.dimensions import Dimension, TimeDimension, build_dimensions
 from deker.errors import DekerBaseApplicationError, DekerInstanceNotExistsError
 from deker.indexing import normalize_key
 from deker.meta import CollectionMeta, encode_array_meta, meta_storage_dtype
+from deker.records import array_schema_of, delete_record, file_spec, read_record, write_varray_meta
 from deker.schemas import ArraySchema, TimeDimensionSchema, VArraySchema
 from deker.sizes import check_memory
-from deker.storage import hdf5
+from deker.storage.hdf5files import HDF5_FILES
 from deker.storage.layout import CollectionPaths
 from deker.storage.locks import array_write_lock
-from deker.store import array_schema_of, delete_record, file_spec, read_record, write_varray_meta
 from deker.subset import Subset, VSubset
 from deker.tasks import FileSpec, storage_errors
 from deker.tileindex import TileIndex
@@ -326,7 +326,7 @@ class Array(_BaseArray):
         payload = encode_array_meta(self._id, self._primary, custom)
         try:
             with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
-                hdf5.write_meta(self._main_file, payload, meta_storage_dtype(payload))
+                HDF5_FILES.write_meta(self._main_file, payload, meta_storage_dtype(payload))
         except FileNotFoundError as exc:
             raise DekerInstanceNotExistsError(f"{self!r} was deleted") from exc
         self._custom = custom

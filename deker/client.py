@@ -33,6 +33,7 @@ from deker.meta import (
     encode_collection_meta,
 )
 from deker.options import HDF5Options, check_fill_value_supported
+from deker.records import array_schema_of
 from deker.schemas import ArraySchema, VArraySchema
 from deker.sizes import check_memory, effective_memory_limit, human_size, parse_memory_limit
 from deker.storage.atomic import build_directory, clean_storage
@@ -41,7 +42,6 @@ from deker.storage.layout import COLLECTIONS_DIR, CollectionPaths, is_scratch_di
 from deker.storage.lockinfo import LockInfo, clear_locks, list_locks, remove_orphan_collection_locks
 from deker.storage.locks import LockSettings, collection_lock
 from deker.storage.writable import write_problem
-from deker.store import array_schema_of
 from deker.tasks import storage_errors
 from deker.types import StorageSize
 

@@ -21,6 +21,7 @@ from deker.context import StorageContext
 from deker.errors import DekerFilterError, DekerInstanceNotExistsError, DekerInvalidManagerCallError
 from deker.meta import CollectionMeta, collection_meta_as_dict
 from deker.options import HDF5Options
+from deker.records import array_schema_of, create_array, create_varray, find_by_primary, read_record
 from deker.schemas import ArraySchema, VArraySchema
 from deker.storage.atomic import empty_directory, remove_tree
 from deker.storage.layout import (
@@ -34,7 +35,6 @@ from deker.storage.layout import (
     iter_ids,
 )
 from deker.storage.locks import collection_lock
-from deker.store import array_schema_of, create_array, create_varray, find_by_primary, read_record
 
 __all__ = ["ArrayManager", "Collection", "DataManager", "FilteredManager", "VArrayManager"]
 

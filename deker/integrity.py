@@ -48,6 +48,7 @@ from deker.errors import (
 )
 from deker.integrity_report import IntegrityProblem, IntegrityReport, report_file_name, report_path
 from deker.meta import CollectionMeta, decode_array_meta, decode_collection_meta, deserialize_attributes
+from deker.records import array_schema_of
 from deker.schemas import ArraySchema, VArraySchema
 from deker.storage.atomic import SCRATCH_MIN_AGE, find_scratch_dirs
 from deker.storage.inspection import (
@@ -60,7 +61,6 @@ from deker.storage.inspection import (
 from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, CollectionPaths, is_scratch_dir_name
 from deker.storage.lockinfo import KIND_CREATION, KIND_READ, KIND_VARRAY, list_locks
 from deker.storage.locks import LockSettings, array_read_lock
-from deker.store import array_schema_of
 from deker.tasks import resolve_root
 
 __all__ = ["IntegrityProblem", "IntegrityReport", "check_array_file", "check_integrity", "report_file_name"]

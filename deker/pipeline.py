@@ -23,9 +23,9 @@ import numpy as np
 from deker.context import StorageContext
 from deker.errors import DekerInstanceNotExistsError, DekerLockError, DekerVSubsetError
 from deker.executors import TaskRunner
+from deker.storage.arrayfile import Bounds, selection_shape
 from deker.storage.locks import VArrayWriteLock, new_token
 from deker.tasks import (
-    Bounds,
     clear_piece,
     read_piece,
     read_piece_into,
@@ -224,7 +224,7 @@ def read(ctx: StorageContext, index: TileIndex, bounds: Bounds, fill_value: Any,
     numpy.ndarray
         The region (a 0-d array for a single cell).
     """
-    out = np.empty(tuple(b.stop - b.start for b in bounds if isinstance(b, slice)), dtype=index.schema.dtype)
+    out = np.empty(selection_shape(bounds), dtype=index.schema.dtype)
     pieces = tile_pieces(bounds, index.schema.arrays_shape)
     tiles = index.ids(p.position for p in pieces)
     todo: list[tuple[TilePiece, str]] = []

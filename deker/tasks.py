@@ -17,21 +17,21 @@ several pairs separated by ``;``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deker.errors import DekerBaseApplicationError, DekerInstanceNotExistsError, DekerStorageError
-from deker.storage import atomic, hdf5
+from deker.errors import DekerInstanceNotExistsError, DekerStorageError
+from deker.storage.arrayfile import ArrayLayout, Bounds, os_errors, selection_shape
+from deker.storage.hdf5files import HDF5_FILES
 from deker.storage.identity import storage_problem
 from deker.storage.layout import ARRAY_EXT, CollectionPaths, remove_file_and_empty_parents
 from deker.storage.locks import (
@@ -61,38 +61,25 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Bounds = tuple[int | slice, ...]
 
-
-@contextlib.contextmanager
-def storage_errors(path: Path | str) -> Iterator[None]:
+def storage_errors(path: Path | str) -> AbstractContextManager[None]:
     """Turn an operating-system error met while working on ``path`` into a deker error.
 
-    :class:`DekerStorageError` names the file (a directory or FIFO where a file should be,
-    a file that may not be written or removed, a full disk...).  ``FileNotFoundError`` (the
-    callers turn it into "deleted") and deker's own errors pass unchanged.
+    :func:`deker.storage.arrayfile.os_errors` with the words ``"work on"``:
+    :class:`DekerStorageError` names the file; ``FileNotFoundError`` (the callers turn it into
+    "deleted") and deker's own errors pass unchanged.
 
     Parameters
     ----------
     path : Path or str
         The file (or directory) the work is about.
 
-    Yields
-    ------
-    None
-        While the work runs.
-
-    Raises
-    ------
-    DekerStorageError
-        For any other ``OSError``.
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        The context the work runs in.
     """
-    try:
-        yield
-    except (DekerBaseApplicationError, FileNotFoundError):
-        raise
-    except OSError as exc:
-        raise DekerStorageError(f"Cannot work on {path}: {exc}") from exc
+    return os_errors(path, "work on")
 
 
 @lru_cache(maxsize=64)
@@ -166,6 +153,11 @@ class FileSpec:
     locks: LockSettings = field(default_factory=LockSettings)
     symlink: tuple[str, ...] = ()
     storage_id: str | None = None
+
+    @cached_property
+    def layout(self) -> ArrayLayout:
+        """What the file holds, as the storage protocol takes it (built once per spec)."""
+        return ArrayLayout(self.shape, self.dtype, self.fill_value, self.dataset_kwargs)
 
     @property
     def paths(self) -> CollectionPaths:
@@ -263,8 +255,7 @@ def check_storage_at(root: str, collection: str, storage_id: str | None = None) 
 
 
 def _fill_piece(spec: FileSpec, bounds: Bounds) -> np.ndarray:
-    shape = tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
-    return np.full(shape, spec.fill_value, dtype=np.dtype(spec.dtype))
+    return np.full(selection_shape(bounds), spec.fill_value, dtype=spec.layout.np_dtype)
 
 
 def read_piece(spec: FileSpec, bounds: Bounds, token: str | None = None) -> np.ndarray:
@@ -304,14 +295,7 @@ def read_piece(spec: FileSpec, bounds: Bounds, token: str | None = None) -> np.n
 
 
 def _read(spec: FileSpec, bounds: Bounds, out: np.ndarray | None = None) -> np.ndarray:
-    return hdf5.read_region(
-        spec.main_file,
-        bounds,
-        np.dtype(spec.dtype),
-        spec.fill_value,
-        out,
-        file_shape=None if spec.dataset_kwargs else spec.shape,  # options: never from a template
-    )
+    return HDF5_FILES.read(spec.main_file, spec.layout, bounds, out)
 
 
 def read_piece_into(
@@ -391,7 +375,7 @@ def write_array(spec: FileSpec, bounds: Bounds, data: Any) -> None:
         If the file does not exist (the Array was deleted): the caller names the Array.
     """
     with storage_errors(spec.main_file), array_write_lock(spec.main_dir, spec.array_id, spec.locks):
-        hdf5.write_region(spec.main_file, bounds, data, spec.shape, spec.fill_value, spec.dataset_kwargs)
+        HDF5_FILES.write(spec.main_file, spec.layout, bounds, data)
 
 
 def clear_array(spec: FileSpec, bounds: Bounds) -> None:
@@ -403,7 +387,7 @@ def clear_array(spec: FileSpec, bounds: Bounds) -> None:
         If the file does not exist (the Array was deleted): the caller names the Array.
     """
     with storage_errors(spec.main_file), array_write_lock(spec.main_dir, spec.array_id, spec.locks):
-        hdf5.clear_region(spec.main_file, bounds, spec.shape, spec.fill_value)
+        HDF5_FILES.clear(spec.main_file, spec.layout, bounds)
 
 
 def write_piece(spec: FileSpec, bounds: Bounds, data: Any, token: str) -> None:
@@ -425,7 +409,7 @@ def write_piece(spec: FileSpec, bounds: Bounds, data: Any, token: str) -> None:
     check_storage(spec)  # (cached) a worker without the storage says so, not "lock lost"
     with storage_errors(spec.main_file), tile_write_guard(spec.main_dir, spec.array_id, token, spec.locks):
         try:
-            hdf5.write_region(spec.main_file, bounds, data, spec.shape, spec.fill_value, spec.dataset_kwargs)
+            HDF5_FILES.write(spec.main_file, spec.layout, bounds, data)
         except FileNotFoundError as exc:
             raise DekerInstanceNotExistsError(
                 f"Tile file {spec.main_file} vanished during the write"
@@ -451,7 +435,7 @@ def write_piece_broadcast(spec: FileSpec, bounds: Bounds, data: Any, token: str)
         Owner token of the lock the coordinator holds on this file.
     """
     if isinstance(data, np.ndarray):
-        shape = tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
+        shape = selection_shape(bounds)
         if data.shape != shape:
             data = np.broadcast_to(data, shape)
     write_piece(spec, bounds, data, token)
@@ -482,7 +466,7 @@ def clear_piece(spec: FileSpec, bounds: Bounds, full: bool, token: str) -> bool:
             delete_files(spec)
             return True
         try:
-            hdf5.clear_region(spec.main_file, bounds, spec.shape, spec.fill_value)
+            HDF5_FILES.clear(spec.main_file, spec.layout, bounds)
         except FileNotFoundError:
             pass
         return False
@@ -497,12 +481,7 @@ def delete_files(spec: FileSpec) -> None:
         The file.
     """
     paths = spec.paths
-    main = spec.main_file
-    try:
-        os.unlink(main)  # first: an interrupted deletion leaves a symlink naming nothing (absent)
-    except FileNotFoundError:
-        pass
-    atomic.discard_leftovers(main)
+    HDF5_FILES.delete(spec.main_file)  # first: an interrupted deletion leaves a symlink naming nothing
     link = paths.symlink_file("array", spec.symlink, spec.array_id)
     remove_file_and_empty_parents(link, paths.symlinks_dir("array"))
 

@@ -21,10 +21,7 @@ from typing import Any
 import numpy as np
 
 from deker.meta import CollectionMeta
-from deker.schemas import VArraySchema
-from deker.storage.layout import CollectionPaths
-from deker.storage.locks import LockSettings
-from deker.store import (
+from deker.records import (
     create_tile_with,
     delete_record,
     file_spec,
@@ -32,6 +29,9 @@ from deker.store import (
     position_key,
     tile_ids,
 )
+from deker.schemas import VArraySchema
+from deker.storage.layout import CollectionPaths
+from deker.storage.locks import LockSettings
 from deker.tasks import FileSpec, resolve_root
 
 __all__ = ["TileIndex"]
@@ -116,7 +116,7 @@ class TileIndex:
     ) -> tuple[str, bool]:
         """Return the id of the tile at ``position``, creating it if missing (with ``data`` in it).
 
-        See :func:`deker.store.create_tile_with` for ``values``, ``data`` and ``claim``.
+        See :func:`deker.records.create_tile_with` for ``values``, ``data`` and ``claim``.
 
         Returns
         -------

@@ -37,6 +37,7 @@ from deker.errors import (
     DekerFilterError,
     DekerValidationError,
 )
+from deker.storage.arrayfile import selection_shape
 
 __all__ = ["DECODERS", "DekerBackendArray", "DekerBackendEntrypoint", "collection_dataset", "storage_uri"]
 
@@ -155,7 +156,7 @@ class DekerBackendArray(BackendArray):  # type: ignore[misc]
                 if take is not None:
                     takes.append((axis, take))
                 axis += 1
-        shape = tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
+        shape = selection_shape(tuple(bounds))
         if 0 in shape:
             out = np.empty(shape, dtype=self.dtype)
         else:

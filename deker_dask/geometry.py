@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from deker_dask.handles import Bounds
+from deker.storage.arrayfile import Bounds
 
 __all__ = ["Grid", "chunks_of", "grid", "intervals", "regions"]
 

@@ -28,10 +28,9 @@ import numpy as np
 from deker.context import StorageContext
 from deker.errors import DekerClientError, DekerInstanceNotExistsError
 from deker.pipeline import lock_tiles
-from deker.storage import hdf5
+from deker.storage.arrayfile import Bounds, count_fill, selection_shape
 from deker.storage.locks import VArrayWriteLock, new_token
 from deker.tasks import (
-    Bounds,
     FileSpec,
     check_storage,
     check_storage_at,
@@ -189,9 +188,7 @@ def read_chunk(
     """
     _check(session)
     dt = np.dtype(dtype)
-    covered = sum(
-        math.prod(b.stop - b.start for b in bounds if isinstance(b, slice)) for _, bounds, _ in parts
-    )
+    covered = sum(math.prod(selection_shape(bounds)) for _, bounds, _ in parts)
     out = np.empty(shape, dtype=dt) if covered >= math.prod(shape) else np.full(shape, fill_value, dt)
     for spec, bounds, index in parts:
         read_piece_into(spec, bounds, out, index)
@@ -209,7 +206,7 @@ def _as_block(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.nda
 
 
 def _all_fill(block: np.ndarray, fill_value: Any) -> bool:
-    return hdf5.count_fill(block, fill_value) == block.size
+    return count_fill(block, fill_value) == block.size
 
 
 def store_tile(
@@ -257,7 +254,7 @@ def store_tile(
     """
     _check(session)
     schema = index.schema
-    shape = tuple(b.stop - b.start for b in local if isinstance(b, slice))
+    shape = selection_shape(local)
     block = _as_block(data, np.dtype(schema.dtype), shape)
     check_storage_at(index.root, index.meta.name, index.storage_id)  # a worker without it says so
     if not index.exists():
@@ -306,7 +303,7 @@ def store_array_block(
     """
     _check(session)
     dtype = np.dtype(spec.dtype)
-    shape = tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
+    shape = selection_shape(bounds)
     block = _as_block(data, dtype, shape)
     check_storage(spec)  # a worker without the storage says so (not "was deleted")
     try:
@@ -378,7 +375,7 @@ def store_tiles(
     arrays = [np.asarray(c) for c in chunks]
     written = 0
     for plan in plans:
-        shape = tuple(b.stop - b.start for b in plan.local if isinstance(b, slice))
+        shape = selection_shape(plan.local)
         if len(plan.pieces) == 1:
             i, take, _ = plan.pieces[0]
             block = np.ascontiguousarray(arrays[i][take], dtype=dtype)

@@ -23,6 +23,7 @@ from deker.cf import stacking_order
 from deker.collection import Collection
 from deker.errors import DekerInstanceNotExistsError, DekerValidationError
 from deker.meta import CollectionMeta
+from deker.storage.arrayfile import Bounds, selection_shape
 from deker.storage.layout import CollectionPaths
 from deker.storage.locks import LockSettings
 from deker.subset import Subset, VSubset
@@ -30,18 +31,12 @@ from deker.tasks import FileSpec
 from deker.tileindex import TileIndex
 from deker_dask.graph_tasks import Session
 
-__all__ = ["Bounds", "FileVersion", "Target", "collection_items", "resolve", "selection_shape"]
+__all__ = ["FileVersion", "Target", "collection_items", "resolve"]
 
 logger = logging.getLogger(__name__)
 
-Bounds = tuple[int | slice, ...]
 #: ``(mtime_ns, ctime_ns, size, inode)`` of a file: changes whenever deker writes the file.
 FileVersion = tuple[int, int, int, int]
-
-
-def selection_shape(bounds: Bounds) -> tuple[int, ...]:
-    """Return the shape of normalised ``bounds`` (integer-indexed dimensions dropped)."""
-    return tuple(b.stop - b.start for b in bounds if isinstance(b, slice))
 
 
 def _stat(path: os.PathLike[str] | str) -> FileVersion | None:

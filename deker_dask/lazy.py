@@ -36,11 +36,12 @@ from dask.utils import parse_bytes
 
 from deker.collection import Collection
 from deker.errors import DekerValidationError
+from deker.storage.arrayfile import Bounds, selection_shape
 from deker.tasks import FileSpec
 from deker.tiling import tile_pieces
 from deker_dask.geometry import chunks_of, grid, regions
 from deker_dask.graph_tasks import Part, Session, fill_chunk, read_chunk, read_region
-from deker_dask.handles import Bounds, Target, collection_items, resolve, selection_shape
+from deker_dask.handles import Target, collection_items, resolve
 
 __all__ = ["TARGET_CHUNK_BYTES", "from_collection", "to_dask"]
 

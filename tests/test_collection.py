@@ -24,8 +24,8 @@ from deker.errors import (
     DekerInvalidManagerCallError,
     DekerValidationError,
 )
+from deker.records import create_array, create_varray
 from deker.storage.locks import LockSettings
-from deker.store import create_array, create_varray
 
 
 @pytest.fixture()

@@ -5,7 +5,7 @@
   with h5py (and notices every change of the file);
 - ``deker.storage.templates``: new array files copied from a per-process byte image;
 - lookups by primary key that read the custom attributes only when they are used;
-- ``store.tile_ids`` for a few positions; ``check_memory`` for small results.
+- ``records.tile_ids`` for a few positions; ``check_memory`` for small results.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from deker import (
     VArraySchema,
 )
 from deker.errors import DekerMemoryError
+from deker.records import tile_ids
 from deker.sizes import check_memory
 from deker.storage import hdf5, rawio, templates
 from deker.storage.journal import journal_path
-from deker.store import tile_ids
 
 Bounds = tuple[Any, ...]
 

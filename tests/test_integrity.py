@@ -44,11 +44,11 @@ from deker import (
 from deker.errors import DekerCollectionNotExistsError, DekerIntegrityError, DekerValidationError
 from deker.integrity import IntegrityReport
 from deker.log import set_logging_level
+from deker.records import create_array
 from deker.storage.identity import STORAGE_ID_FILE
 from deker.storage.inspection import _verify_blocks, tree_size
 from deker.storage.layout import CollectionPaths
 from deker.storage.locks import LockSettings
-from deker.store import create_array
 
 HELPER = Path(__file__).resolve().parent / "storage_helpers" / "lock_holder.py"
 ROOT = Path(__file__).resolve().parents[1]

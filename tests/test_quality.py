@@ -5,6 +5,7 @@ They run in the suite so that the README's single test command (and CI) covers t
 
 from __future__ import annotations
 
+import configparser
 import shutil
 import subprocess
 import sys
@@ -45,7 +46,39 @@ def test_mypy_strict() -> None:
 
 
 def test_import_layers() -> None:
-    _run(_tool("lint-imports"))
+    # --no-cache: a cache written before a change may report the contracts kept after it
+    _run(_tool("lint-imports"), "--no-cache")
+
+
+def test_import_layers_count_typing_imports() -> None:
+    # An import under TYPE_CHECKING is still a dependency: it may not hide a cycle of layers.
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    assert config.getboolean("importlinter", "exclude_type_checking_imports") is False
+
+
+MAX_MODULE_LINES = 700
+
+
+def test_no_source_module_is_over_700_lines() -> None:
+    sizes = {
+        str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+        for package in ("deker", "deker_dask")
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+    assert sizes, "no source module found"
+    assert {p: n for p, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+
+
+def test_source_module_names_are_unique_across_the_packages() -> None:
+    # One module per concept: no two modules of one name in deker and deker_dask (deker 1.1.7's
+    # types.private/types.public shells are the only packages, and hold one module each).
+    names: dict[str, list[str]] = {}
+    for package in ("deker", "deker_dask"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path.name != "__init__.py":
+                names.setdefault(path.stem, []).append(str(path.relative_to(ROOT)))
+    assert {n: p for n, p in names.items() if len(p) > 1} == {}
 
 
 def test_the_suite_needs_nothing_beside_the_checkout() -> None:

@@ -459,7 +459,6 @@ def test_public_names_and_constants() -> None:
         "read_region_into",
         "read_templated",
         "remember",
-        "selection_shape",
         "settled",
     ]
     assert rawio.MIN_BYTES == 64 * 1024

@@ -9,7 +9,7 @@ for deleted files, refused while a VArray write holds the tile); ``write_piece``
 run in forkserver worker processes under the coordinator's ``VArrayWriteLock`` (idempotent
 writes, partial and full clears, lost locks, a file deleted under a write);
 ``storage_errors``; ``delete_files`` and ``tile_file_name``.  Specs are built the way
-deker/arrays.py builds them (``VArray.tiles.for_tile`` -> ``deker.store.file_spec``).
+deker/arrays.py builds them (``VArray.tiles.for_tile`` -> ``deker.records.file_spec``).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import pytest
 
 from deker import ArraySchema, Client, DimensionSchema, VArraySchema, tasks
 from deker.errors import DekerInstanceNotExistsError, DekerLockError, DekerStorageError, DekerValidationError
+from deker.records import file_spec, tile_ids
 from deker.storage import hdf5
 from deker.storage.layout import CollectionPaths
 from deker.storage.locks import LockSettings, VArrayWriteLock, new_token
-from deker.store import file_spec, tile_ids
 from deker.tasks import (
     FileSpec,
     clear_array,

@@ -36,10 +36,27 @@ import numpy as np
 
 from deker.errors import DekerBaseApplicationError, DekerStorageError
 
-__all__ = ["ArrayFiles", "ArrayLayout", "Bounds", "count_fill", "os_errors"]
+__all__ = ["ArrayFiles", "ArrayLayout", "Bounds", "count_fill", "os_errors", "selection_shape"]
 
 #: Normalised bounds of a region: per dimension an int in range or a ``slice(start, stop)``.
 Bounds = tuple[int | slice, ...]
+
+
+def selection_shape(bounds: Bounds) -> tuple[int, ...]:
+    """Return the shape of a selection: one length per slice (integer bounds drop their axis).
+
+    Parameters
+    ----------
+    bounds : tuple of int or slice
+        Normalised bounds (slices with step 1).
+
+    Returns
+    -------
+    tuple of int
+        The lengths, never negative.
+
+    """
+    return tuple(max(0, b.stop - b.start) for b in bounds if isinstance(b, slice))
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ import numpy as np
 
 from deker.errors import DekerStorageError
 from deker.storage import filters, rawio
-from deker.storage.arrayfile import Bounds
+from deker.storage.arrayfile import Bounds, selection_shape
 
 __all__ = [
     "SUPPORTED_FILTERS",
@@ -206,7 +206,7 @@ def _read_region(
     path: Path, fd: int, index: ChunkIndex, bounds: Bounds, out: np.ndarray | None
 ) -> np.ndarray | None:
     """Read a region into ``out`` (or a new array); ``None`` if it does not fit: read with h5py."""
-    target = rawio.destination(rawio.selection_shape(bounds), index.dtype, out)
+    target = rawio.destination(selection_shape(bounds), index.dtype, out)
     if target is None:
         return None
     try:

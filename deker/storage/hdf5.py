@@ -46,7 +46,7 @@ import numpy as np
 
 from deker.errors import DekerStorageError
 from deker.storage import atomic, chunkcodec, lockprim, rawio, templates
-from deker.storage.arrayfile import Bounds, count_fill, os_errors
+from deker.storage.arrayfile import Bounds, count_fill, os_errors, selection_shape
 from deker.storage.layout import ensure_dir
 
 __all__ = [
@@ -459,7 +459,7 @@ def read_region(
         ``out`` itself when given.
 
     """
-    shape = rawio.selection_shape(bounds)
+    shape = selection_shape(bounds)
     if math.prod(shape):  # the file's layout known and unchanged: no HDF5 open (rawio)
         cached = rawio.read_cached(path, bounds, np.dtype(dtype), fill_value, out)
         if cached is None:  # chunked: decoded outside h5py's lock (chunkcodec)
@@ -573,7 +573,7 @@ def write_region(
         h5py creation options of ``data`` (``chunks``, ``compression``, ``compression_opts``).
 
     """
-    sel_shape = rawio.selection_shape(bounds)
+    sel_shape = selection_shape(bounds)
     cells = math.prod(sel_shape)
     total = math.prod(shape)
     value = np.asarray(data)
@@ -622,7 +622,7 @@ def clear_region(path: Path, bounds: Bounds, shape: tuple[int, ...], fill_value:
         The fill value of the array.
 
     """
-    sel_shape = rawio.selection_shape(bounds)
+    sel_shape = selection_shape(bounds)
     cells = math.prod(sel_shape)
     total = math.prod(shape)
     if cells == total and total > 0:

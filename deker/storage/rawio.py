@@ -50,7 +50,7 @@ import h5py
 import numpy as np
 
 from deker.storage import lockprim, templates
-from deker.storage.arrayfile import Bounds
+from deker.storage.arrayfile import Bounds, selection_shape
 from deker.storage.journal import journal_path
 
 __all__ = [
@@ -65,7 +65,6 @@ __all__ = [
     "read_region_into",
     "read_templated",
     "remember",
-    "selection_shape",
     "settled",
 ]
 
@@ -531,23 +530,6 @@ def settled(st: os.stat_result) -> bool:
 
 def _keep(path: Path, layout: _Layout) -> None:
     _layouts.keep(path, layout.stamp, layout)
-
-
-def selection_shape(bounds: Bounds) -> tuple[int, ...]:
-    """Return the shape of a selection: one length per slice (integer bounds drop their axis).
-
-    Parameters
-    ----------
-    bounds : tuple of int or slice
-        Normalised bounds (slices with step 1).
-
-    Returns
-    -------
-    tuple of int
-        The lengths, never negative.
-
-    """
-    return tuple(max(0, b.stop - b.start) for b in bounds if isinstance(b, slice))
 
 
 def destination(

@@ -38,7 +38,9 @@ from deker.meta import (
     meta_storage_dtype,
 )
 from deker.schemas import ArraySchema, TimeDimensionSchema, VArraySchema, tile_schema
-from deker.storage import atomic, hdf5
+from deker.storage import atomic
+from deker.storage.arrayfile import ArrayLayout
+from deker.storage.hdf5files import HDF5_FILES
 from deker.storage.layout import (
     ARRAY_EXT,
     VARRAY_EXT,
@@ -83,24 +85,36 @@ def _options_kwargs(meta: CollectionMeta, shape: tuple[int, ...]) -> dict[str, A
     return dict(meta.options.h5py_dataset_kwargs(shape)) if meta.options is not None else {}
 
 
-# What the FileSpecs of one collection share, per CollectionMeta object (a VArray builds the
-# spec of every tile it touches, on every read: the tile schema is built once instead).  The
-# entry keeps its meta alive, so its id is not reused while it is cached.
-_SPEC_PARTS: dict[int, tuple[CollectionMeta, tuple[tuple[int, ...], str, Any, dict[str, Any]]]] = {}
-_SPEC_PARTS_MAX = 256
+# The file layout of each CollectionMeta object's Arrays (a VArray builds the spec of every
+# tile it touches, on every read: the tile schema is built once instead).  The entry keeps its
+# meta alive, so its id is not reused while it is cached.
+_LAYOUTS: dict[int, tuple[CollectionMeta, ArrayLayout]] = {}
+_LAYOUTS_MAX = 256
 
 
-def _spec_parts(meta: CollectionMeta) -> tuple[tuple[int, ...], str, Any, dict[str, Any]]:
-    kept = _SPEC_PARTS.get(id(meta))
+def layout_of(meta: CollectionMeta) -> ArrayLayout:
+    """Return what each Array (or tile) file of a collection holds, built once per ``meta``.
+
+    Parameters
+    ----------
+    meta : CollectionMeta
+        The collection.
+
+    Returns
+    -------
+    ArrayLayout
+        Shape, dtype, fill value and dataset options of its Arrays (its VArrays' tiles).
+    """
+    kept = _LAYOUTS.get(id(meta))
     if kept is not None and kept[0] is meta:
         return kept[1]
     schema = array_schema_of(meta)
     shape = tuple(schema.shape)
-    parts = (shape, np.dtype(schema.dtype).str, schema.fill_value, _options_kwargs(meta, shape))
-    if len(_SPEC_PARTS) >= _SPEC_PARTS_MAX:
-        _SPEC_PARTS.clear()
-    _SPEC_PARTS[id(meta)] = (meta, parts)
-    return parts
+    layout = ArrayLayout(shape, np.dtype(schema.dtype).str, schema.fill_value, _options_kwargs(meta, shape))
+    if len(_LAYOUTS) >= _LAYOUTS_MAX:
+        _LAYOUTS.clear()
+    _LAYOUTS[id(meta)] = (meta, layout)
+    return layout
 
 
 def file_spec(
@@ -112,15 +126,15 @@ def file_spec(
     storage_id: str | None = None,
 ) -> FileSpec:
     """Return the :class:`~deker.tasks.FileSpec` of an Array (or tile) of a collection."""
-    shape, dtype, fill_value, kwargs = _spec_parts(meta)
+    layout = layout_of(meta)
     return FileSpec(
         root=root,
         collection=meta.name,
         array_id=array_id,
-        shape=shape,
-        dtype=dtype,
-        fill_value=fill_value,
-        dataset_kwargs=dict(kwargs),
+        shape=layout.shape,
+        dtype=layout.dtype,
+        fill_value=layout.fill_value,
+        dataset_kwargs=dict(layout.dataset_kwargs),
         locks=locks,
         symlink=symlink,
         storage_id=storage_id,
@@ -229,10 +243,10 @@ def create_array(
     paths = CollectionPaths(root, meta.name)
     components = primary_key_components(schema, primary) if primary else ()
     payload = encode_array_meta(array_id, primary, custom)
-    total = int(np.prod(schema.shape, dtype=np.int64))
+    layout = layout_of(meta)
 
     def write(path: Path) -> None:
-        hdf5.create_array_file(path, payload, meta_storage_dtype(payload), total)
+        HDF5_FILES.create(path, layout, payload, meta_storage_dtype(payload))
 
     equal = equal_key_components(schema, primary) if primary else []
     _create_record(paths, "array", array_id, components, bool(primary), write, locks, equal)
@@ -300,7 +314,7 @@ def read_record(root: Path, meta: CollectionMeta, kind: Kind, array_id: str, loc
             payload = path.read_bytes()
         else:
             with array_read_lock(path.parent, array_id, locks):
-                payload = hdf5.read_meta(path)
+                payload = HDF5_FILES.read_meta(path)
     except FileNotFoundError as exc:
         raise DekerInstanceNotExistsError(
             f"{'VArray' if kind == 'varray' else 'Array'} {array_id} does not exist in collection {meta.name}"
@@ -331,8 +345,11 @@ def delete_record(
     paths = CollectionPaths(root, meta.name)
     main = paths.main_file(kind, array_id)
     # Main file first: an interrupted deletion leaves a symlink naming a missing file (absent).
-    _unlink(main)
-    atomic.discard_leftovers(main)
+    if kind == "array":
+        HDF5_FILES.delete(main)
+    else:
+        _unlink(main)
+        atomic.discard_leftovers(main)
     remove_file_and_empty_parents(paths.symlink_file(kind, components, array_id), paths.symlinks_dir(kind))
     for leftover in (main.parent / f"{array_id}.lock", main.parent / f"{array_id}.fence"):
         try:
@@ -463,24 +480,13 @@ def create_tile_with(
         tid = str(uuid.uuid4())
         primary = {"vid": vid, "v_position": tuple(position)}
         custom = tile_custom_attributes(vschema, varray_values, position)
-        schema = array_schema_of(meta)
         payload = encode_array_meta(tid, primary, custom)
-        total = int(np.prod(schema.shape, dtype=np.int64))
         main = paths.main_file("array", tid)
         link = paths.symlink_file("array", components, tid)
         with claim(main.parent, tid) if claim is not None else contextlib.nullcontext():
             make_symlink(main, link)  # first: an interrupted creation leaves a link to nothing (absent)
             try:
-                hdf5.create_array_file(
-                    main,
-                    payload,
-                    meta_storage_dtype(payload),
-                    total,
-                    data=data,
-                    shape=tuple(schema.shape),
-                    fill_value=schema.fill_value,
-                    dataset_kwargs=_options_kwargs(meta, tuple(schema.shape)),
-                )
+                HDF5_FILES.create(main, layout_of(meta), payload, meta_storage_dtype(payload), data)
             except BaseException:
                 _unlink(link)
                 raise

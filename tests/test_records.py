@@ -1,7 +1,4 @@
-"""deker/store.py: Array, VArray and tile records on disk, called directly on real collections.
-
-(Named ``test_store_records.py``: ``tests/dask/test_store.py`` already holds the basename
-``test_store``, and pytest's default import mode refuses two test modules of one basename.)
+"""deker/records.py: Array, VArray and tile records on disk, called directly on real collections.
 
 Covered: ``array_schema_of`` and ``file_spec`` (tile schema and HDF5 options of a VArray
 collection); ``create_array``/``create_varray`` (main file, symlink naming it, components,
@@ -47,10 +44,7 @@ from deker.errors import (
     DekerValidationError,
 )
 from deker.meta import CollectionMeta
-from deker.storage import hdf5
-from deker.storage.layout import CollectionPaths
-from deker.storage.locks import LockSettings
-from deker.store import (
+from deker.records import (
     array_schema_of,
     create_array,
     create_tile_with,
@@ -64,6 +58,9 @@ from deker.store import (
     tile_ids,
     write_varray_meta,
 )
+from deker.storage import hdf5
+from deker.storage.layout import CollectionPaths
+from deker.storage.locks import LockSettings
 from deker.tasks import FileSpec
 
 LOCKS = LockSettings(timeout=10, interval=0.01)
