@@ -227,6 +227,38 @@ class _BaseArray:
             self.schema, self._primary, self._custom, attributes, kind=self._cls_name
         )
 
+    def _check_exists(self) -> None:
+        """Raise if the object is known to be deleted before a change begins (VArray)."""
+
+    def _write_meta(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def update_custom_attributes(self, attributes: Mapping[str, Any]) -> None:
+        """Replace custom attribute values; unspecified ones keep their values.
+
+        Parameters
+        ----------
+        attributes : dict
+            New values by name.
+
+        Raises
+        ------
+        DekerInstanceNotExistsError
+            If the object was deleted (through this handle or another).
+        """
+        self._ctx.check_open()
+        self._ctx.check_writable(f"update the attributes of {self!r}")
+        self._check_exists()
+        custom = self._new_custom(attributes)
+        payload = encode_array_meta(self._id, self._primary, custom)
+        try:
+            with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
+                self._write_meta(payload)
+        except FileNotFoundError as exc:
+            raise DekerInstanceNotExistsError(f"{self!r} was deleted") from exc
+        self._custom = custom
+        self._dims = None
+
     def __eq__(self, other: object) -> bool:
         return (
             type(other) is type(self)
@@ -312,25 +344,8 @@ class Array(_BaseArray):
         """Return the subset selected by ``item`` (ints, slices, ``...``, labels, scale/time values)."""
         return Subset(self, self._selection(item))
 
-    def update_custom_attributes(self, attributes: Mapping[str, Any]) -> None:
-        """Replace custom attribute values; unspecified ones keep their values.
-
-        Parameters
-        ----------
-        attributes : dict
-            New values by name.
-        """
-        self._ctx.check_open()
-        self._ctx.check_writable(f"update the attributes of {self!r}")
-        custom = self._new_custom(attributes)
-        payload = encode_array_meta(self._id, self._primary, custom)
-        try:
-            with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
-                HDF5_FILES.write_meta(self._main_file, payload, meta_storage_dtype(payload))
-        except FileNotFoundError as exc:
-            raise DekerInstanceNotExistsError(f"{self!r} was deleted") from exc
-        self._custom = custom
-        self._dims = None
+    def _write_meta(self, payload: bytes) -> None:
+        HDF5_FILES.write_meta(self._main_file, payload, meta_storage_dtype(payload))
 
     def delete(self) -> None:
         """Delete the array: its file, its symlink, and the directories they leave empty.
@@ -404,24 +419,10 @@ class VArray(_BaseArray):
     def _check_exists(self) -> None:
         pipeline.require(self.tiles, repr(self))
 
-    # ------------------------------------------------------------- public methods
-    def update_custom_attributes(self, attributes: Mapping[str, Any]) -> None:
-        """Replace custom attribute values; unspecified ones keep their values.
+    def _write_meta(self, payload: bytes) -> None:
+        write_varray_meta(self._ctx.root, self._meta, self._id, payload)
 
-        Parameters
-        ----------
-        attributes : dict
-            New values by name.
-        """
-        self._ctx.check_open()
-        self._ctx.check_writable(f"update the attributes of {self!r}")
-        self._check_exists()
-        custom = self._new_custom(attributes)
-        payload = encode_array_meta(self._id, self._primary, custom)
-        with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
-            write_varray_meta(self._ctx.root, self._meta, self._id, payload)
-        self._custom = custom
-        self._dims = None
+    # ------------------------------------------------------------- public methods
 
     def delete(self) -> None:
         """Delete the VArray and all its tiles (under the tiles' write locks).

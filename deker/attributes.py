@@ -460,12 +460,7 @@ def check_new_collection_name(name: str) -> str:
     Parameters
     ----------
     name : str
-        The candidate name.
-
-    Returns
-    -------
-    str
-        The name.
+        The candidate name; the name is returned.
 
     Raises
     ------

@@ -473,7 +473,7 @@ class TimeDimension(_BaseDimension):
         Parameters
         ----------
         bound : int or slice
-            A position, or a slice whose step is ignored (negatives count from the end).
+            As for :meth:`Dimension.describe`.
 
         Returns
         -------

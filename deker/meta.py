@@ -125,7 +125,7 @@ def encode_collection_meta(meta: CollectionMeta) -> str:
     Parameters
     ----------
     meta : CollectionMeta
-        The metadata.
+        As for :func:`collection_meta_as_dict`.
 
     Returns
     -------

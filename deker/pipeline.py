@@ -296,12 +296,8 @@ def update(
 
     Parameters
     ----------
-    ctx : StorageContext
-        The client's context.
-    index : TileIndex
-        The VArray's tiles.
-    bounds : tuple
-        Normalised bounds of the region.
+    ctx, index, bounds
+        As for :func:`read` (its runner runs the tasks).
     prepared : numpy.ndarray or numpy scalar
         The data, of the VArray's dtype and the region's shape (or a scalar).
     values : dict
@@ -372,14 +368,8 @@ def clear(ctx: StorageContext, index: TileIndex, bounds: Bounds, what: str) -> N
 
     Parameters
     ----------
-    ctx : StorageContext
-        The client's context.
-    index : TileIndex
-        The VArray's tiles.
-    bounds : tuple
-        Normalised bounds of the region.
-    what : str
-        The subset, for error messages.
+    ctx, index, bounds, what
+        As for :func:`update`.
     """
     every = tile_pieces(bounds, index.schema.arrays_shape)
     token = new_token()

@@ -232,10 +232,8 @@ class TimeDimensionSchema:
 
     Parameters
     ----------
-    name : str
-        The dimension name (non-blank).
-    size : int
-        The number of indexes (positive).
+    name, size
+        As for :class:`DimensionSchema`.
     start_value : datetime or str
         The time of index 0: a datetime (naive means UTC), an ISO-8601 string, or ``"$<attr>"``
         naming a ``datetime`` attribute of each array that holds its start.

@@ -281,17 +281,18 @@ def read_piece(spec: FileSpec, bounds: Bounds, token: str | None = None) -> np.n
     DekerStorageError
         If the file is missing because this process does not see the storage (a failed mount).
     """
-    guard = (
-        tile_read_guard(spec.main_dir, spec.array_id, token)
-        if token
-        else array_read_lock(spec.main_dir, spec.array_id, spec.locks)
-    )
     try:
-        with storage_errors(spec.main_file), guard:
+        with storage_errors(spec.main_file), _read_guard(spec, token):
             return _read(spec, bounds)
     except FileNotFoundError:
         check_storage(spec)  # absence is evidence only where the storage is really there
         return _fill_piece(spec, bounds)
+
+
+def _read_guard(spec: FileSpec, token: str | None) -> AbstractContextManager[Any]:
+    if token:  # the operation holds the lock: check that it still does
+        return tile_read_guard(spec.main_dir, spec.array_id, token)
+    return array_read_lock(spec.main_dir, spec.array_id, spec.locks)
 
 
 def _read(spec: FileSpec, bounds: Bounds, out: np.ndarray | None = None) -> np.ndarray:
@@ -301,29 +302,20 @@ def _read(spec: FileSpec, bounds: Bounds, out: np.ndarray | None = None) -> np.n
 def read_piece_into(
     spec: FileSpec, bounds: Bounds, out: np.ndarray, out_index: tuple[slice, ...], token: str | None = None
 ) -> None:
-    """Read ``bounds`` of one file straight into ``out[out_index]`` (threads only).
+    """:func:`read_piece` straight into ``out[out_index]`` (threads only).
 
     Parameters
     ----------
-    spec : FileSpec
-        The file.
-    bounds : tuple
-        Normalised bounds inside the file.
+    spec, bounds, token
+        As for :func:`read_piece`.
     out : numpy.ndarray
         The caller's output buffer.
     out_index : tuple of slice
         Where the piece goes in ``out``.
-    token : str, optional
-        Owner token when the calling operation already holds the file's lock.
     """
-    guard = (
-        tile_read_guard(spec.main_dir, spec.array_id, token)
-        if token
-        else array_read_lock(spec.main_dir, spec.array_id, spec.locks)
-    )
     target = out[out_index]
     try:
-        with storage_errors(spec.main_file), guard:
+        with storage_errors(spec.main_file), _read_guard(spec, token):
             if isinstance(target, np.ndarray) and target.base is not None:  # a view of ``out``
                 _read(spec, bounds, target)
                 return
@@ -362,17 +354,15 @@ def write_array(spec: FileSpec, bounds: Bounds, data: Any) -> None:
 
     Parameters
     ----------
-    spec : FileSpec
-        The Array's file.
-    bounds : tuple
-        Normalised bounds inside the file.
+    spec, bounds
+        As for :func:`read_array`.
     data : numpy.ndarray or numpy scalar
         Of the file's dtype and of the selection's shape (or a scalar).
 
     Raises
     ------
     FileNotFoundError
-        If the file does not exist (the Array was deleted): the caller names the Array.
+        As for :func:`read_array`.
     """
     with storage_errors(spec.main_file), array_write_lock(spec.main_dir, spec.array_id, spec.locks):
         HDF5_FILES.write(spec.main_file, spec.layout, bounds, data)
@@ -381,10 +371,15 @@ def write_array(spec: FileSpec, bounds: Bounds, data: Any) -> None:
 def clear_array(spec: FileSpec, bounds: Bounds) -> None:
     """Reset ``bounds`` of an Array's file to the fill value under the Array's write lock.
 
+    Parameters
+    ----------
+    spec, bounds
+        As for :func:`read_array`.
+
     Raises
     ------
     FileNotFoundError
-        If the file does not exist (the Array was deleted): the caller names the Array.
+        As for :func:`read_array`.
     """
     with storage_errors(spec.main_file), array_write_lock(spec.main_dir, spec.array_id, spec.locks):
         HDF5_FILES.clear(spec.main_file, spec.layout, bounds)
@@ -425,14 +420,10 @@ def write_piece_broadcast(spec: FileSpec, bounds: Bounds, data: Any, token: str)
 
     Parameters
     ----------
-    spec : FileSpec
-        The file.
-    bounds : tuple
-        Normalised bounds inside the file.
+    spec, bounds, token
+        As for :func:`write_piece`.
     data : numpy.ndarray or numpy scalar
         Values that broadcast to the selection's shape.
-    token : str
-        Owner token of the lock the coordinator holds on this file.
     """
     if isinstance(data, np.ndarray):
         shape = selection_shape(bounds)
@@ -446,14 +437,10 @@ def clear_piece(spec: FileSpec, bounds: Bounds, full: bool, token: str) -> bool:
 
     Parameters
     ----------
-    spec : FileSpec
-        The file.
-    bounds : tuple
-        Normalised bounds inside the file.
+    spec, bounds, token
+        As for :func:`write_piece`.
     full : bool
         The bounds cover the whole file: delete the file and its symlink.
-    token : str
-        Owner token of the lock the coordinator holds on this file.
 
     Returns
     -------

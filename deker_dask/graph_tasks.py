@@ -143,12 +143,10 @@ def read_region(spec: FileSpec, bounds: Bounds, session: Session | None = None) 
 
     Parameters
     ----------
-    spec : FileSpec
-        The file.
-    bounds : tuple
-        Normalised bounds inside the file.
+    spec, bounds
+        As for :func:`deker.tasks.read_piece`.
     session : Session, optional
-        The client's session (the task raises if the client was closed).
+        As for :func:`fill_chunk`.
 
     Returns
     -------
@@ -170,16 +168,10 @@ def read_chunk(
 
     Parameters
     ----------
-    shape : tuple of int
-        The chunk shape.
-    dtype : str
-        The numpy dtype string.
-    fill_value : Any
-        The fill value.
+    shape, dtype, fill_value, session
+        As for :func:`fill_chunk`.
     parts : sequence of (FileSpec, bounds, out index)
         The existing files' pieces and where each goes in the chunk.
-    session : Session, optional
-        The client's session (the task raises if the client was closed).
 
     Returns
     -------
