@@ -173,7 +173,7 @@ class VArrayHandle(_Handle, Protocol):
 class _SubsetBase:
     """What Subset and VSubset share: geometry, description, xarray."""
 
-    _kind = "Subset"
+    _type_name = "Subset"
     _array: ArrayHandle | VArrayHandle
 
     def __init__(self, array: ArrayHandle | VArrayHandle, selection: Selection) -> None:
@@ -242,7 +242,7 @@ class _SubsetBase:
         """
         xarray = import_xarray()
         if self.shape == ():
-            raise DekerSubsetError(f"Cannot convert a scalar deker.{self._kind} to xarray.DataArray")
+            raise DekerSubsetError(f"Cannot convert a scalar deker.{self._type_name} to xarray.DataArray")
         description = self.describe()
         full_shape = tuple(len(v) for v in description.values())
         check_memory(full_shape, self._np_dtype(), self._array.storage_context.memory_limit)
@@ -250,7 +250,7 @@ class _SubsetBase:
         if cf:
             layout = array_layout(self._array, self.bounds)
             return data_array(xarray, data, layout)  # type: ignore[no-any-return]
-        kind = "VArray" if self._kind == "VSubset" else "Array"
+        kind = "VArray" if self._type_name == "VSubset" else "Array"
         return xarray.DataArray(  # type: ignore[no-any-return]
             data,
             coords={
@@ -261,7 +261,7 @@ class _SubsetBase:
             },
             dims=list(description.keys()),
             name=(
-                f"Deker {self._kind} of {kind}(id={self._array.id}) "
+                f"Deker {self._type_name} of {kind}(id={self._array.id}) "
                 f"from collection `{self._array.collection}`"
             ),
             attrs={
@@ -272,7 +272,7 @@ class _SubsetBase:
 
     def __repr__(self) -> str:
         return (
-            f"{self._kind}(bounds={bounds_to_str(self.bounds, self._array.shape)}, shape={self.shape}, "
+            f"{self._type_name}(bounds={bounds_to_str(self.bounds, self._array.shape)}, shape={self.shape}, "
             f"array={self._array.id})"
         )
 
@@ -287,7 +287,7 @@ class Subset(_SubsetBase):
     as a VArray's tiles (:func:`deker.tasks.read_array` and the like).
     """
 
-    _kind = "Subset"
+    _type_name = "Subset"
     _array: ArrayHandle
 
     def _spec(self, writing: str | None = None) -> FileSpec:
@@ -340,7 +340,7 @@ class VSubset(_SubsetBase):
     the tile pipeline (:mod:`deker.pipeline`).
     """
 
-    _kind = "VSubset"
+    _type_name = "VSubset"
     _array: VArrayHandle
 
     def _start(self, writing: str | None = None) -> StorageContext:
