@@ -22,7 +22,7 @@ import os
 import socket
 import sys
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
@@ -154,25 +154,41 @@ class FileSpec:
     symlink: tuple[str, ...] = ()
     storage_id: str | None = None
 
+    # The derived values below are computed once per spec object and never pickled
+    # (:meth:`__reduce__`).  The paths are this process's: kept with the ``DEKER_ROOT_MAP``
+    # they were resolved under, and resolved again when it changes.
     @cached_property
     def layout(self) -> ArrayLayout:
         """What the file holds, as the storage protocol takes it (built once per spec)."""
         return ArrayLayout(self.shape, self.dtype, self.fill_value, self.dataset_kwargs)
 
+    def _located(self) -> tuple[CollectionPaths, Path, Path]:
+        raw = os.environ.get("DEKER_ROOT_MAP", "")
+        kept = self.__dict__.get("_located_under")
+        if kept is None or kept[0] != raw:
+            paths = CollectionPaths(resolve_root(self.root), self.collection)
+            main_dir = paths.main_dir("array", self.array_id)
+            kept = (raw, paths, main_dir, paths.main_file("array", self.array_id))
+            self.__dict__["_located_under"] = kept  # a frozen dataclass: set past __setattr__
+        return kept[1], kept[2], kept[3]
+
     @property
     def paths(self) -> CollectionPaths:
         """Paths of the collection, resolved in this process."""
-        return CollectionPaths(resolve_root(self.root), self.collection)
+        return self._located()[0]
 
     @property
     def main_dir(self) -> Path:
         """Directory of the data file."""
-        return self.paths.main_dir("array", self.array_id)
+        return self._located()[1]
 
     @property
     def main_file(self) -> Path:
         """The data file."""
-        return self.paths.main_file("array", self.array_id)
+        return self._located()[2]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), tuple(getattr(self, f.name) for f in fields(self)))
 
 
 # Storages this process has seen where it expected them: (root here, collection or "", id).
