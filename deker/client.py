@@ -36,7 +36,8 @@ from deker.options import HDF5Options, check_fill_value_supported
 from deker.records import array_schema_of
 from deker.schemas import ArraySchema, VArraySchema
 from deker.sizes import check_memory, effective_memory_limit, human_size, parse_memory_limit
-from deker.storage.atomic import build_directory, clean_storage
+from deker.storage.atomic import build_directory
+from deker.storage.cleanup import clean_storage
 from deker.storage.inspection import tree_size
 from deker.storage.layout import COLLECTIONS_DIR, CollectionPaths, is_scratch_dir_name
 from deker.storage.lockinfo import LockInfo, clear_locks, list_locks, remove_orphan_collection_locks

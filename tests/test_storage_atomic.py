@@ -25,7 +25,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deker.errors import DekerLockError
-from deker.storage import atomic, hdf5, journal, lockprim
+from deker.storage import atomic, hdf5, journal
+from deker.storage.cleanup import clean_storage
 from deker.storage.layout import journal_file_name, leftover_target, temp_file_name
 from deker.storage.locks import LockSettings
 
@@ -312,35 +313,6 @@ def test_leftovers_are_found_and_cleaned(tmp_path: Path) -> None:
     assert atomic.find_leftovers(tmp_path) == []
 
 
-def test_clean_storage_rolls_back_under_the_write_lock(tmp_path: Path) -> None:
-    main = tmp_path / "c" / "array_data" / "f" / "6" / "1" / "d" / "f" / "9" / "c" / "1"
-    array_id = "f61df9c1-c07a-48c3-bd57-8a470c80939a"
-    main = main / array_id[9:]
-    main.mkdir(parents=True)
-    target = main / f"{array_id}.hdf5"
-    target.write_bytes(b"old content")
-    j = journal.UndoJournal(target)
-    j.seek(0)
-    j.write(b"NEW")
-    _die(j)
-    gone = main / "gone.hdf5"  # a journal whose file was deleted meanwhile
-    gone.write_bytes(b"x")
-    j2 = journal.UndoJournal(gone)
-    j2.seek(0)
-    j2.write(b"y")
-    _die(j2)
-    os.unlink(gone)
-    live_tmp, held = atomic._new_temp(main / "other.hdf5")
-    try:
-        done = atomic.clean_storage(tmp_path, FAST)
-        assert sorted(done) == sorted([journal.journal_path(target), journal.journal_path(gone)])
-        assert target.read_bytes() == b"old content"
-        assert live_tmp.exists()  # its writer lives
-    finally:
-        lockprim.release(held)
-    assert atomic.clean_storage(tmp_path, FAST) == [live_tmp]
-
-
 def test_discard_before_creation(tmp_path: Path) -> None:
     """A journal of an earlier file of the same name is never applied to a new one."""
     target = tmp_path / "f.hdf5"
@@ -537,7 +509,7 @@ def test_remove_tree_renames_first(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert (scratch[0] / "x").is_dir()
     assert atomic.find_scratch_dirs(tmp_path, min_age=60) == []  # too young: may be running
     monkeypatch.setattr(atomic, "SCRATCH_MIN_AGE", 0.0)
-    assert atomic.clean_storage(tmp_path, FAST) == scratch
+    assert clean_storage(tmp_path, FAST) == scratch
     assert _tree(tmp_path) == []
 
 

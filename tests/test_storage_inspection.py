@@ -29,7 +29,6 @@ from deker.storage.inspection import (
     LEFTOVER_MIN_AGE,
     ArrayFileCheck,
     DataTreeScan,
-    Leftover,
     SymlinkEntry,
     inspect_array_file,
     is_leftover_name,
@@ -38,7 +37,7 @@ from deker.storage.inspection import (
     stale_leftovers,
     tree_size,
 )
-from deker.storage.layout import CollectionPaths, journal_file_name, temp_file_name
+from deker.storage.layout import CollectionPaths, Leftover, journal_file_name, temp_file_name
 
 OLD = time.time() - 3600
 HEX32 = "0123456789abcdef" * 2
@@ -242,9 +241,9 @@ def test_stale_leftovers_age_locks_kinds_and_order(tmp_path: Path) -> None:
     try:
         found = stale_leftovers(tmp_path / "c")
         expected = [
-            Leftover(journal, "journal", "x.hdf5"),
+            Leftover(journal, "journal", d / "x.hdf5"),
             Leftover(marker_temp, "temp", None),
-            Leftover(temp, "temp", "x.hdf5"),
+            Leftover(temp, "temp", d / "x.hdf5"),
         ]
         assert found == sorted(expected, key=lambda x: x.path)
         with_young = stale_leftovers(tmp_path / "c", min_age=0)
@@ -252,7 +251,9 @@ def test_stale_leftovers_age_locks_kinds_and_order(tmp_path: Path) -> None:
         assert stale_leftovers(tmp_path / "c", min_age=7200) == []
     finally:
         os.close(fd)
-    assert Leftover(held, "journal", "z.hdf5") in stale_leftovers(tmp_path / "c")  # released now
+    assert Leftover(held, "journal", held.parent / "z.hdf5") in stale_leftovers(
+        tmp_path / "c"
+    )  # released now
     assert stale_leftovers(tmp_path / "missing") == []
     assert LEFTOVER_MIN_AGE == 10.0
 
@@ -263,7 +264,7 @@ def test_stale_leftovers_default_age_is_ten_seconds(tmp_path: Path) -> None:
     os.utime(path, (time.time() - 5, time.time() - 5))
     assert stale_leftovers(tmp_path) == []
     os.utime(path, (time.time() - 11, time.time() - 11))
-    assert stale_leftovers(tmp_path) == [Leftover(path, "temp", "a.hdf5")]
+    assert stale_leftovers(tmp_path) == [Leftover(path, "temp", tmp_path / "a.hdf5")]
 
 
 # ------------------------------------------------------------------------------ array files

@@ -26,7 +26,8 @@ journal is left behind and:
 * writers (who hold the array's exclusive lock) roll the file back before they touch it
   (:func:`recover`, called from :func:`clean_leftovers`);
 * readers, who must not write, read the old version through :func:`old_version`, an overlay
-  of the journal on the damaged file, until a writer (or :func:`clean_storage`) rolled it back.
+  of the journal on the damaged file, until a writer (or
+  :func:`deker.storage.cleanup.clean_storage`) rolled it back.
 
 The journal costs reading and writing again the bytes that are overwritten (about three times
 the I/O of the overwritten region, HDF5 metadata included; appended data costs nothing more);
@@ -54,7 +55,7 @@ change is rolled back, or the new version deleted, and the failure raised.
 :func:`remove_tree`, :func:`empty_directory`): a new tree is assembled under a hidden
 ``.<32 hex>.new`` name and renamed to its name; a tree to delete is first renamed to a hidden
 ``.<32 hex>.trash`` name, then deleted.  A crash leaves the whole old tree or none of it
-visible; the scratch directory left behind is deleted by :func:`clean_storage`.
+visible; the scratch directory left behind is deleted by :func:`deker.storage.cleanup.clean_storage`.
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ import shutil
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +89,10 @@ from deker.storage.journal import (
 )
 from deker.storage.layout import (
     ARRAY_DATA,
-    ARRAY_EXT,
     ARRAY_SYMLINKS,
     VARRAY_DATA,
     VARRAY_SYMLINKS,
+    Leftover,
     ensure_dir,
     is_scratch_dir_name,
     leftover_target,
@@ -100,7 +100,6 @@ from deker.storage.layout import (
     temp_file_name,
     walk_storage,
 )
-from deker.storage.locks import LockSettings, array_write_lock
 
 # Directories that hold arrays, never scratch directories (not searched for them).
 _DATA_TREES = frozenset((ARRAY_DATA, ARRAY_SYMLINKS, VARRAY_DATA, VARRAY_SYMLINKS))
@@ -110,12 +109,11 @@ SCRATCH_MIN_AGE = 10.0
 __all__ = [
     "SCRATCH_MIN_AGE",
     "HeldFile",
-    "Leftover",
     "NewFile",
     "UndoJournal",
     "clean_leftovers",
     "build_directory",
-    "clean_storage",
+    "remove_stale_temp",
     "discard_leftovers",
     "empty_directory",
     "find_scratch_dirs",
@@ -296,30 +294,6 @@ def _fill(tmp: Path, data: bytes) -> None:
 # ------------------------------------------------------------------------------ leftovers
 
 
-@dataclass(frozen=True)
-class Leftover:
-    """A file left by an interrupted crash-safe write.
-
-    Parameters
-    ----------
-    path : Path
-        The leftover itself.
-    kind : str
-        ``"temp"`` (an unfinished new version: garbage) or ``"journal"`` (an interrupted
-        in-place change: the target must be rolled back with :func:`recover`).
-    target : Path
-        The file it belongs to.
-    alive : bool
-        Whether its writer still holds it (then it is no leftover yet).
-
-    """
-
-    path: Path
-    kind: str
-    target: Path
-    alive: bool
-
-
 def find_leftovers(directory: Path) -> list[Leftover]:
     """List temporary files and journals under ``directory`` (recursively, links not followed).
 
@@ -373,13 +347,35 @@ def clean_leftovers(target: Path) -> list[Path]:
         if kind == "journal":
             if recover(target):
                 handled.append(path)
-        elif is_held(path) is False or _same_inode(path, target):
-            # a temp that is a second name of the target is what an exclusive creation
-            # leaves when it dies between link and unlink; the target's lock shows through it
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-                handled.append(path)
+        elif remove_stale_temp(path, target):
+            handled.append(path)
     return handled
+
+
+def remove_stale_temp(path: Path, target: Path) -> bool:
+    """Delete the temporary file ``path`` of ``target`` if no writer holds it any more.
+
+    A temporary file that is a second name of its target is what an exclusive creation leaves
+    when it dies between link and unlink (the target's lock shows through it): it goes too.
+
+    Parameters
+    ----------
+    path : Path
+        A temporary file (:func:`~deker.storage.layout.leftover_target` says ``"temp"``).
+    target : Path
+        The file it belongs to.
+
+    Returns
+    -------
+    bool
+        Whether it was deleted here.
+
+    """
+    if is_held(path) is False or _same_inode(path, target):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            return True
+    return False
 
 
 def _leftovers_of(target: Path) -> list[tuple[str, Path]]:
@@ -431,55 +427,6 @@ def discard_leftovers(target: Path) -> list[Path]:
                 os.unlink(path)
                 removed.append(path)
     return removed
-
-
-def clean_storage(directory: Path, settings: LockSettings) -> list[Path]:
-    """Deal with every stale leftover under ``directory`` (``Client.clear_locks`` calls it).
-
-    Temporary files nobody holds are deleted, and so are scratch directories of collection
-    creations and deletions unchanged for :data:`SCRATCH_MIN_AGE` seconds.  A stale journal is
-    rolled back under its array's write lock (waiting for it like any writer); the journal of a
-    file that no longer exists is just deleted.  Live ones (their writer still works) are left alone.
-
-    Parameters
-    ----------
-    directory : Path
-        A storage, collections or collection directory.
-    settings : LockSettings
-        How long to wait for an array's write lock.
-
-    Returns
-    -------
-    list of Path
-        The leftovers removed (journals: after the rollback), sorted.
-
-    """
-    done: list[Path] = []
-    for item in find_leftovers(directory):
-        if item.alive:
-            continue
-        if item.kind == "temp":
-            if is_held(item.path) is False or _same_inode(item.path, item.target):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(item.path)
-                    done.append(item.path)
-            continue
-        name = item.target.name
-        try:
-            if not name.endswith(ARRAY_EXT):
-                raise FileNotFoundError(item.target)  # we journal array files only
-            with array_write_lock(item.target.parent, name[: -len(ARRAY_EXT)], settings):
-                if recover(item.target):
-                    done.append(item.path)
-        except FileNotFoundError:  # the file is gone: its journal has nothing to restore
-            done.extend(discard_leftovers(item.target))
-    for scratch in find_scratch_dirs(directory, SCRATCH_MIN_AGE):
-        shutil.rmtree(scratch, ignore_errors=True)
-        done.append(scratch)
-    done.sort(key=str)
-    for path in done:
-        logger.info("removed the leftover %s of an interrupted write", path)
-    return done
 
 
 # ------------------------------------------------------------------------------ directories

@@ -35,6 +35,7 @@ from deker.storage.journal import HeldFile
 from deker.storage.layout import (
     JOURNAL_SUFFIX,
     TEMP_SUFFIX,
+    Leftover,
     id_dir_parts,
     is_scratch_dir_name,
     leftover_target,
@@ -52,7 +53,6 @@ __all__ = [
     "LEFTOVER_MIN_AGE",
     "ArrayFileCheck",
     "DataTreeScan",
-    "Leftover",
     "SymlinkEntry",
     "inspect_array_file",
     "is_leftover_name",
@@ -262,26 +262,6 @@ def scan_symlink_tree(symlinks_dir: Path) -> list[SymlinkEntry]:
     return out
 
 
-@dataclass(frozen=True)
-class Leftover:
-    """A temporary file or undo journal whose writer is gone.
-
-    Parameters
-    ----------
-    path : Path
-        The file.
-    kind : str
-        ``"temp"`` (an unfinished new version: garbage) or ``"journal"`` (an interrupted
-        in-place change: its target must be rolled back, see :mod:`deker.storage.atomic`).
-    target : str or None
-        The name of the file it belongs to, in the same directory.
-    """
-
-    path: Path
-    kind: str
-    target: str | None
-
-
 def stale_leftovers(directory: Path, min_age: float = LEFTOVER_MIN_AGE) -> list[Leftover]:
     """Find temporary files and undo journals left behind by interrupted writes.
 
@@ -317,7 +297,7 @@ def stale_leftovers(directory: Path, min_age: float = LEFTOVER_MIN_AGE) -> list[
         if kind_target is None:
             found.append(Leftover(path, "journal" if entry.name.endswith(JOURNAL_SUFFIX) else "temp", None))
         else:
-            found.append(Leftover(path, kind_target[0], kind_target[1]))
+            found.append(Leftover(path, kind_target[0], path.parent / kind_target[1]))
     return sorted(found, key=lambda x: x.path)
 
 

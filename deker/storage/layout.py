@@ -22,6 +22,7 @@ __all__ = [
     "ARRAY_SYMLINKS",
     "COLLECTIONS_DIR",
     "JOURNAL_SUFFIX",
+    "Leftover",
     "TEMP_SUFFIX",
     "VARRAY_DATA",
     "VARRAY_EXT",
@@ -67,7 +68,7 @@ _LEFTOVER_RE = re.compile(r"^\.(?P<target>.+?)(?:\.(?P<nonce>[0-9a-f]{32})\.tmp|
 # the new one: a new collection is built as ``.<32 hex>.new`` and renamed to its name; a deleted
 # collection (or the data of a cleared one) is first renamed to ``.<32 hex>.trash``, then
 # deleted.  Such scratch directories hold nothing anyone reads: tree walks skip them, and
-# ``atomic.clean_storage`` deletes the ones a crash left behind.
+# ``cleanup.clean_storage`` deletes the ones a crash left behind.
 _SCRATCH_DIR_RE = re.compile(r"^\.[0-9a-f]{32}\.(?:trash|new)$")
 
 _DATA_DIRS = {"array": ARRAY_DATA, "varray": VARRAY_DATA}
@@ -143,6 +144,31 @@ def journal_file_name(target_name: str) -> str:
 
     """
     return f".{target_name}{JOURNAL_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A temporary file or undo journal of a crash-safe write, found on disk.
+
+    Parameters
+    ----------
+    path : Path
+        The file itself.
+    kind : str
+        ``"temp"`` (an unfinished new version: garbage) or ``"journal"`` (an interrupted
+        in-place change: its target must be rolled back, see :mod:`deker.storage.atomic`).
+    target : Path or None
+        The file it belongs to, in the same directory; None when its name names none (the
+        temporary file of a lock marker).
+    alive : bool, default False
+        Whether its writer still holds it (then it is no leftover yet).
+
+    """
+
+    path: Path
+    kind: str
+    target: Path | None
+    alive: bool = False
 
 
 def leftover_target(name: str) -> tuple[str, str] | None:

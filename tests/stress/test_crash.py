@@ -31,7 +31,7 @@ import pytest
 from stress_support import Budget, Summary, leftover_lock_files  # type: ignore[import-not-found]
 
 from deker import ArraySchema, AttributeSchema, Client, DimensionSchema, VArraySchema
-from deker.storage import atomic
+from deker.storage.cleanup import clean_storage
 from deker.storage.lockinfo import clear_locks
 from deker.storage.locks import LockSettings
 
@@ -384,7 +384,7 @@ def test_killed_writers_leave_old_or_new_content(tmp_path: Path, budget: Budget,
         model = observe(root, model, after, found)
         problems += [f"iteration {iterations} (interrupted {pending}): {p}" for p in found]
         log.unlink()
-    atomic.clean_storage(root, LockSettings(timeout=10, interval=0.01))  # journals, temporary files
+    clean_storage(root, LockSettings(timeout=10, interval=0.01))  # journals, temporary files
     clear_locks(root)  # markers of the killed writers
     leftovers = leftover_lock_files(root)
     summary.values.update(
