@@ -346,10 +346,8 @@ def read_array(spec: FileSpec, bounds: Bounds) -> np.ndarray:
 
     Parameters
     ----------
-    spec : FileSpec
-        The Array's file.
-    bounds : tuple
-        Normalised bounds inside the file.
+    spec, bounds
+        As for :func:`read_piece` (``spec``: the Array's file).
 
     Returns
     -------
@@ -408,10 +406,8 @@ def write_piece(spec: FileSpec, bounds: Bounds, data: Any, token: str) -> None:
 
     Parameters
     ----------
-    spec : FileSpec
-        The file.
-    bounds : tuple
-        Normalised bounds inside the file.
+    spec, bounds
+        As for :func:`read_piece`.
     data : numpy.ndarray or numpy scalar
         The piece, already of the file's dtype and of the selection's shape (or a scalar).
     token : str

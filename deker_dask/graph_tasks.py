@@ -230,7 +230,7 @@ def store_tile(
     data : array-like
         The block (converted to the VArray dtype, which must not change values).
     session : Session, optional
-        The client's session (the task raises if the client was closed).
+        As for :func:`fill_chunk`.
 
     Returns
     -------
@@ -277,16 +277,14 @@ def store_array_block(
 
     Parameters
     ----------
-    spec : FileSpec
-        The Array's file.
-    bounds : tuple
-        Normalised bounds inside the file.
+    spec, bounds
+        As for :func:`deker.tasks.write_array`.
     data : array-like
         The block.
     previous : Any
         Ignored: the dependency on the previous block's task.
     session : Session, optional
-        The client's session (the task raises if the client was closed).
+        As for :func:`fill_chunk`.
 
     Returns
     -------
@@ -346,16 +344,14 @@ def store_tiles(
 
     Parameters
     ----------
-    index : TileIndex
-        The VArray's tiles, as this worker sees them (:meth:`TileIndex.on_worker`).
-    values : dict
-        The VArray's attribute values (a new tile's time axes start from them).
+    index, values
+        As for :func:`store_tile`.
     plans : sequence of TilePlan
         The tiles of this task.
     chunks : sequence of array-like
         The source chunks the plans refer to (by index).
     session : Session, optional
-        The client's session (the task raises if the client was closed).
+        As for :func:`fill_chunk`.
 
     Returns
     -------
