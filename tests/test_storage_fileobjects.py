@@ -7,11 +7,10 @@ The undo journal, a :class:`GuardedFile` too, is tested in tests/test_storage_jo
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 import pytest
+from storage_helpers.disk_full import failing_pwrite
 
 from deker.storage import fileobjects
 
@@ -22,26 +21,11 @@ def _file(tmp_path: Path, content: bytes, name: str = "f.bin") -> Path:
     return target
 
 
-def _failing_pwrite(monkeypatch: pytest.MonkeyPatch, code: int, after: int = 0) -> list[int]:
-    """Make ``os.pwrite`` fail with ``code`` from its ``after``-th call on (counted in the list)."""
-    real = os.pwrite
-    calls = [0]
-
-    def pwrite(fd: int, data: Any, offset: int) -> int:
-        calls[0] += 1
-        if calls[0] > after:
-            raise OSError(code, os.strerror(code))
-        return real(fd, data, offset)
-
-    monkeypatch.setattr(os, "pwrite", pwrite)
-    return calls
-
-
 def test_new_file_records_a_failed_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _file(tmp_path, b"")
     with fileobjects.NewFile(path) as new:
         new.write(b"head")
-        _failing_pwrite(monkeypatch, 28)
+        failing_pwrite(monkeypatch, 28)
         assert new.write(b"-more") == 5
         new.truncate(12)
         new.seek(0)

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from storage_helpers.disk_full import failing_pwrite
 
 from deker.errors import DekerLockError
 from deker.storage import journal
@@ -399,21 +400,6 @@ def test_public_names() -> None:
     ]
 
 
-def _failing_pwrite(monkeypatch: pytest.MonkeyPatch, code: int, after: int = 0) -> list[int]:
-    """Make ``os.pwrite`` fail with ``code`` from its ``after``-th call on (counted in the list)."""
-    real = os.pwrite
-    calls = [0]
-
-    def pwrite(fd: int, data: Any, offset: int) -> int:
-        calls[0] += 1
-        if calls[0] > after:
-            raise OSError(code, os.strerror(code))
-        return real(fd, data, offset)
-
-    monkeypatch.setattr(os, "pwrite", pwrite)
-    return calls
-
-
 @pytest.mark.parametrize("code", [28, 5])  # ENOSPC, EIO
 def test_a_failed_write_goes_on_in_memory_then_rolls_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
@@ -423,7 +409,7 @@ def test_a_failed_write_goes_on_in_memory_then_rolls_back(
     target = _file(tmp_path, b"0123456789")
     with pytest.raises(OSError) as caught, journaled(target) as change:
         change.write(b"ab")  # journaled and written
-        _failing_pwrite(monkeypatch, code)
+        failing_pwrite(monkeypatch, code)
         change.seek(4)
         assert change.write(b"XYZ") == 3  # fails on disk: kept in memory
         assert change.failure is not None and change.failure.errno == code
@@ -445,7 +431,7 @@ def test_rollback_that_fails_too_leaves_the_journal_for_the_next_writer(
     target = _file(tmp_path, b"0123456789")
     with pytest.raises(OSError), journaled(target) as change:
         change.write(b"ab")
-        _failing_pwrite(monkeypatch, 5)  # and the rollback's writes fail as well
+        failing_pwrite(monkeypatch, 5)  # and the rollback's writes fail as well
         change.write(b"cd")
     monkeypatch.undo()
     assert journal_path(target).exists()

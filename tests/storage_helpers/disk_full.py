@@ -41,6 +41,24 @@ VGRID = (2, 2)
 _FLAGS_CREATE = os.O_CREAT
 
 
+def failing_pwrite(monkeypatch: Any, code: int, after: int = 0) -> list[int]:
+    """Make ``os.pwrite`` fail with ``code`` from its ``after``-th call on (counted in the list).
+
+    ``monkeypatch`` is pytest's fixture (it undoes the patch after the test).
+    """
+    real = os.pwrite
+    calls = [0]
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        calls[0] += 1
+        if calls[0] > after:
+            raise OSError(code, os.strerror(code))
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    return calls
+
+
 class Injected(OSError):
     """The fault put in at a write call (an ``OSError`` like the real one)."""
 
