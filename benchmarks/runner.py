@@ -10,7 +10,8 @@ Options: ``--quick`` (small sizes, seconds), ``--legacy VENV`` (also run (a)-(f)
 of another virtual environment, e.g. deker 1.1.7, in a subprocess started outside the
 checkout), ``--out FILE`` (save the JSON lines), ``--write-docs`` (rewrite the results section
 of docs/PERFORMANCE.md and the chart), ``--from-json FILE`` (rebuild table and docs from saved
-JSON lines without running anything).
+JSON lines without running anything), ``--compare REV`` (this checkout's deker against the
+deker of another git revision, ``--rounds`` runs each, alternating: :mod:`benchmarks.compare`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bench_zarr, report, scenarios
+from benchmarks import bench_zarr, compare, report, scenarios
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "PERFORMANCE.md"
@@ -322,6 +323,7 @@ def machine(tmp: Path) -> dict[str, Any]:
         "hdf5": h5py.version.hdf5_version,
         "hdf5plugin": hdf5plugin,
         "deker": scenarios.deker_version(),
+        "deker_path": str(Path(importlib.import_module("deker").__file__ or "").parent),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "tmp": str(tmp),
     }
@@ -358,7 +360,30 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--write-docs", action="store_true", help="rewrite the results of docs/PERFORMANCE.md"
     )
     parser.add_argument("--from-json", type=Path, help="do not run: summarise saved JSON lines")
+    parser.add_argument(
+        "--compare", metavar="REV", help="compare this deker with the deker of git revision REV"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --compare: runs of each side (default 3)")
+    parser.add_argument(
+        "--tolerance", type=float, default=0.05, help="with --compare: how much slower is still the same"
+    )
     return parser.parse_args(argv)
+
+
+def _compare_args(args: argparse.Namespace) -> list[str]:
+    """The options every run of a ``--compare`` passes on (the rest belong to the parent)."""
+    out = ["--only", args.only]
+    if args.quick:
+        out.append("--quick")
+    if args.sizes:
+        out += ["--sizes", args.sizes]
+    if args.reps:
+        out += ["--reps", str(args.reps)]
+    if args.extras_scale is not None:
+        out += ["--extras-scale", str(args.extras_scale)]
+    if args.tmpdir:
+        out += ["--tmpdir", args.tmpdir]
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -366,6 +391,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.from_json:
         rows = [json.loads(line) for line in args.from_json.read_text().splitlines() if line.startswith("{")]
         return _finish(rows, args)
+    if args.compare:
+        sizes = scenarios.SIZES[args.sizes or ("quick" if args.quick else "full")]
+        warm_memory(
+            args.warm_gib if args.warm_gib is not None else (3.0 if sizes is not scenarios.TINY else 0)
+        )
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(args.out.open("w")) if args.out else None
+            return compare.run(
+                args.compare, args.rounds, _compare_args(args), args.tolerance, args.tmpdir, _emit_to(out)
+            )
     sizes = scenarios.SIZES[args.sizes or ("quick" if args.quick else "full")]
     if args.reps:
         sizes = replace(sizes, reps=max(1, args.reps))
