@@ -328,7 +328,7 @@ def forget(path: Path | str | None = None) -> None:
     Parameters
     ----------
     path : Path or str, optional
-        A data file.
+        As for :func:`deker.storage.rawio.forget` (which drops remembered layouts).
 
     """
     _indexes.forget(path)

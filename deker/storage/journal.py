@@ -415,14 +415,13 @@ def _open_stale_journal(target: Path) -> tuple[Path, int, lockprim.Hold | None] 
 def recover(target: Path) -> bool:
     """Roll ``target`` back to its content before an interrupted in-place change.
 
-    The caller holds the exclusive lock of ``target``.  Without a journal nothing happens.  A
-    journal without a valid header comes from a change that never wrote the target: it is
-    just removed.
+    Without a journal nothing happens.  A journal without a valid header comes from a change
+    that never wrote the target: it is just removed.
 
     Parameters
     ----------
     target : Path
-        The file.
+        The file, whose exclusive lock the caller holds.
 
     Returns
     -------
