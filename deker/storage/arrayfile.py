@@ -193,6 +193,10 @@ class ArrayFiles(Protocol):
     :meth:`create` and :meth:`delete`; a damaged one, :class:`~deker.errors.DekerStorageError`.
     A change is all or nothing: one that fails (bad data, a full disk, a crash) leaves the
     file as it was.  Empty cells are counted exactly (:func:`count_fill`).
+
+    The methods' parameters mean the same in each: ``path`` (:class:`~pathlib.Path`) is the
+    file, ``layout`` (:class:`ArrayLayout`) what it holds, ``bounds`` (:data:`Bounds`) the
+    region; a method's own docstring documents the others.
     """
 
     def create(
@@ -211,8 +215,6 @@ class ArrayFiles(Protocol):
         ----------
         path : Path
             The file to create (its parents are created).
-        layout : ArrayLayout
-            What it holds.
         meta : bytes
             The metadata (UTF-8 JSON).
         meta_dtype : str
@@ -235,12 +237,6 @@ class ArrayFiles(Protocol):
 
         Parameters
         ----------
-        path : Path
-            The file.
-        layout : ArrayLayout
-            What it holds.
-        bounds : Bounds
-            The region.
         out : numpy.ndarray, optional
             Where to put the region (the selection's shape), possibly a view into a larger
             array.
@@ -261,12 +257,6 @@ class ArrayFiles(Protocol):
 
         Parameters
         ----------
-        path : Path
-            The file.
-        layout : ArrayLayout
-            What it holds.
-        bounds : Bounds
-            The region.
         data : numpy.ndarray or numpy scalar
             Values of the layout's dtype: of the selection's shape, or a scalar to broadcast.
 
@@ -278,26 +268,10 @@ class ArrayFiles(Protocol):
         """
 
     def clear(self, path: Path, layout: ArrayLayout, bounds: Bounds) -> None:
-        """Reset a region to the fill value, keeping the empty-cell count exact.
-
-        Parameters
-        ----------
-        path : Path
-            The file.
-        layout : ArrayLayout
-            What it holds.
-        bounds : Bounds
-            The region.
-
-        """
+        """Reset a region to the fill value, keeping the empty-cell count exact."""
 
     def read_meta(self, path: Path) -> bytes:
         """Return the metadata of the file, as given to :meth:`create` or :meth:`write_meta`.
-
-        Parameters
-        ----------
-        path : Path
-            The file.
 
         Returns
         -------
@@ -311,8 +285,6 @@ class ArrayFiles(Protocol):
 
         Parameters
         ----------
-        path : Path
-            The file.
         meta : bytes
             The new metadata (UTF-8 JSON).
         meta_dtype : str
@@ -322,11 +294,6 @@ class ArrayFiles(Protocol):
 
     def empty_cells(self, path: Path) -> int:
         """Return how many cells of the file hold the fill value.
-
-        Parameters
-        ----------
-        path : Path
-            The file.
 
         Returns
         -------
@@ -339,11 +306,6 @@ class ArrayFiles(Protocol):
     def has_data(self, path: Path) -> bool:
         """Return whether the file stores any cell (``False``: every cell is the fill value).
 
-        Parameters
-        ----------
-        path : Path
-            The file.
-
         Returns
         -------
         bool
@@ -352,11 +314,4 @@ class ArrayFiles(Protocol):
         """
 
     def delete(self, path: Path) -> None:
-        """Delete the file and what an interrupted change of it left; a missing file is no error.
-
-        Parameters
-        ----------
-        path : Path
-            The file.
-
-        """
+        """Delete the file and what an interrupted change of it left; a missing file is no error."""

@@ -132,7 +132,8 @@ def chunk_index(dataset: h5py.Dataset) -> ChunkIndex | None:
     Parameters
     ----------
     dataset : h5py.Dataset
-        An open dataset.
+        An open dataset: one walk of its HDF5 chunk index reads every chunk's offset, size
+        and filter mask (not its data).
 
     Returns
     -------
@@ -327,7 +328,7 @@ def forget(path: Path | str | None = None) -> None:
     Parameters
     ----------
     path : Path or str, optional
-        A data file.
+        As for :func:`deker.storage.rawio.forget` (which drops remembered layouts).
 
     """
     _indexes.forget(path)
@@ -386,14 +387,10 @@ def read_cached(
 
     Parameters
     ----------
-    path : Path
-        The data file.
-    bounds : tuple of int or slice
-        Normalised bounds, in range, not empty.
+    path, bounds, out
+        As for :func:`read_open`.
     dtype : numpy.dtype
         The array dtype.
-    out : numpy.ndarray, optional
-        The destination (the selection's shape); else a new array is returned.
 
     Returns
     -------
@@ -492,13 +489,13 @@ def first_damaged_chunk(dataset: h5py.Dataset) -> tuple[bool, str | None]:
     """Decode every stored chunk of ``dataset``; say what is wrong with the first bad one.
 
     For the integrity check: h5py's own reading does not always notice damage (hdf5plugin's
-    zstd filter hands a corrupted chunk back undecoded).  The raw chunks are read through h5py
-    (``read_direct_chunk``, any driver) and decoded here.
+    zstd filter hands a corrupted chunk back undecoded), so the chunks are decoded here.
 
     Parameters
     ----------
     dataset : h5py.Dataset
-        An open dataset.
+        An open dataset, of any driver: its raw chunks are read through h5py
+        (``read_direct_chunk``).
 
     Returns
     -------

@@ -28,6 +28,10 @@ lock) first deal with what an interrupted write left (roll back a journal, delet
 files); readers read the old version through a stale journal until then.  A file lacking its
 ``meta`` or ``empty_cells`` dataset is refused for writing (HDF5 opens an empty file in mode
 ``"r+"`` as a new one).
+
+The functions' parameters mean the same in each: ``path`` is the data file, ``bounds`` the
+normalised bounds of a region (:data:`~deker.storage.arrayfile.Bounds`), ``shape`` and
+``fill_value`` those of the whole array; a function's docstring documents the others.
 """
 
 from __future__ import annotations
@@ -344,11 +348,6 @@ def create_array_file(
 def read_meta(path: Path) -> bytes:
     """Return the ``meta`` bytes of an array file.
 
-    Parameters
-    ----------
-    path : Path
-        The data file.
-
     Returns
     -------
     bytes
@@ -367,8 +366,6 @@ def write_meta(path: Path, meta: bytes, meta_dtype: str) -> None:
 
     Parameters
     ----------
-    path : Path
-        The data file.
     meta : bytes
         The new UTF-8 JSON.
     meta_dtype : str
@@ -389,11 +386,6 @@ def write_meta(path: Path, meta: bytes, meta_dtype: str) -> None:
 def read_empty_cells(path: Path) -> int:
     """Return the ``empty_cells`` count of an array file.
 
-    Parameters
-    ----------
-    path : Path
-        The data file.
-
     Returns
     -------
     int
@@ -406,11 +398,6 @@ def read_empty_cells(path: Path) -> int:
 
 def has_data(path: Path) -> bool:
     """Return whether an array file has a ``data`` dataset.
-
-    Parameters
-    ----------
-    path : Path
-        The data file.
 
     Returns
     -------
@@ -435,11 +422,6 @@ def read_region(
 
     Parameters
     ----------
-    path : Path
-        The data file.
-    bounds : tuple of int or slice
-        Normalised bounds (one entry per dimension, ints in range, slices with explicit
-        ``start``/``stop`` and step 1).
     dtype : numpy dtype
         The array dtype.
     fill_value : Any
@@ -559,16 +541,8 @@ def write_region(
 
     Parameters
     ----------
-    path : Path
-        The data file.
-    bounds : tuple of int or slice
-        Normalised bounds of the region.
     data : numpy.ndarray or numpy scalar
         Values of the array dtype, of the selection's shape, or a scalar to broadcast.
-    shape : tuple of int
-        The shape of the whole array.
-    fill_value : Any
-        The fill value of the array.
     dataset_kwargs : Mapping
         h5py creation options of ``data`` (``chunks``, ``compression``, ``compression_opts``).
 
@@ -609,18 +583,6 @@ def clear_region(path: Path, bounds: Bounds, shape: tuple[int, ...], fill_value:
     Nothing outside ``bounds`` changes.  A clear of the whole array, or one that leaves every
     cell empty, deletes ``data`` (a whole clear writes a new file without it, which also
     gives its space back).
-
-    Parameters
-    ----------
-    path : Path
-        The data file.
-    bounds : tuple of int or slice
-        Normalised bounds of the region.
-    shape : tuple of int
-        The shape of the whole array.
-    fill_value : Any
-        The fill value of the array.
-
     """
     sel_shape = selection_shape(bounds)
     cells = math.prod(sel_shape)

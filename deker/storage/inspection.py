@@ -75,10 +75,13 @@ _VERIFY_CELLS = 1 << 22
 def is_leftover_name(name: str) -> bool:
     """Return whether a file name is one of a temporary file or an undo journal.
 
+    Unlike :func:`~deker.storage.layout.leftover_target`, which names the file a leftover
+    belongs to, this also accepts the temporary files of lock markers.
+
     Parameters
     ----------
-    name : str
-        A file name.
+    name
+        As for :func:`~deker.storage.layout.leftover_target`.
 
     Returns
     -------

@@ -391,10 +391,12 @@ def _parse(jfd: int) -> _Stale | None:
     return _Stale(orig, records)
 
 
-def _open_stale_journal(target: Path) -> tuple[Path, int, lockprim.Hold | None] | None:
-    """Open the journal of ``target`` for reading: ``(path, descriptor, share)``, None if none.
+def _open_stale_journal(target: Path) -> tuple[Path, int, lockprim.Hold | None, _Stale | None] | None:
+    """Open and parse the journal of ``target``: ``(path, descriptor, share, parsed)``, None if none.
 
-    Raises :class:`DekerLockError` (nothing stays open) if a live process holds the journal.
+    ``parsed`` is None for a journal without a valid header (its change never wrote the
+    target).  Raises :class:`DekerLockError` if a live process holds the journal; nothing
+    stays open when it raises.
     """
     jpath = journal_path(target)
     try:
@@ -406,23 +408,22 @@ def _open_stale_journal(target: Path) -> tuple[Path, int, lockprim.Hold | None] 
             raise DekerLockError(
                 f"{target} is being changed by another process (its journal {jpath} is held)"
             )
+        return jpath, jfd, jshared, _parse(jfd)
     except BaseException:
         lockprim.close_fd(jfd, jshared)
         raise
-    return jpath, jfd, jshared
 
 
 def recover(target: Path) -> bool:
     """Roll ``target`` back to its content before an interrupted in-place change.
 
-    The caller holds the exclusive lock of ``target``.  Without a journal nothing happens.  A
-    journal without a valid header comes from a change that never wrote the target: it is
-    just removed.
+    Without a journal nothing happens.  A journal without a valid header comes from a change
+    that never wrote the target: it is just removed.
 
     Parameters
     ----------
     target : Path
-        The file.
+        The file, whose exclusive lock the caller holds.
 
     Returns
     -------
@@ -440,9 +441,8 @@ def recover(target: Path) -> bool:
     opened = _open_stale_journal(target)
     if opened is None:
         return False
-    jpath, jfd, jshared = opened
+    jpath, jfd, jshared, stale = opened
     try:
-        stale = _parse(jfd)
         if stale is not None:
             try:
                 try:
@@ -527,9 +527,8 @@ def old_version(target: Path) -> io.RawIOBase | None:
     opened = _open_stale_journal(target)
     if opened is None:
         return None
-    _jpath, jfd, jshared = opened
+    _jpath, jfd, jshared, stale = opened
     try:
-        stale = _parse(jfd)
         if stale is None:  # the change never started: the file is intact
             lockprim.close_fd(jfd, jshared)
             return None

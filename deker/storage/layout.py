@@ -260,6 +260,9 @@ def _check_kind(kind: str) -> None:
 class CollectionPaths:
     """Paths of one collection.
 
+    The methods' ``kind`` (``"array"`` or ``"varray"``) says which objects' paths they give;
+    any other kind raises :class:`~deker.errors.DekerValidationError`.
+
     Parameters
     ----------
     root : Path
@@ -290,11 +293,6 @@ class CollectionPaths:
     def data_dir(self, kind: Kind) -> Path:
         """Return ``array_data`` or ``varray_data`` of the collection.
 
-        Parameters
-        ----------
-        kind : {"array", "varray"}
-            Which objects.
-
         Returns
         -------
         Path
@@ -306,11 +304,6 @@ class CollectionPaths:
 
     def symlinks_dir(self, kind: Kind) -> Path:
         """Return ``array_symlinks`` or ``varray_symlinks`` of the collection.
-
-        Parameters
-        ----------
-        kind : {"array", "varray"}
-            Which objects.
 
         Returns
         -------
@@ -326,10 +319,9 @@ class CollectionPaths:
 
         Parameters
         ----------
-        kind : {"array", "varray"}
-            Which objects.
         object_id : str
-            The id.
+            The id, split into levels by :func:`id_dir_parts` (which raises for an id that
+            cannot name a directory).
 
         Returns
         -------
@@ -344,10 +336,8 @@ class CollectionPaths:
 
         Parameters
         ----------
-        kind : {"array", "varray"}
-            Which objects.
         object_id : str
-            The id.
+            The id, as for :meth:`main_dir`.
 
         Returns
         -------
@@ -366,8 +356,6 @@ class CollectionPaths:
 
         Parameters
         ----------
-        kind : {"array", "varray"}
-            Which objects.
         components : sequence of str
             One encoded value per primary attribute, in schema order.
 
@@ -387,8 +375,6 @@ class CollectionPaths:
 
         Parameters
         ----------
-        kind : {"array", "varray"}
-            Which objects.
         components : sequence of str
             Encoded primary-key values.
         object_id : str

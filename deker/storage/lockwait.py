@@ -220,14 +220,10 @@ def acquire_file(
     ----------
     path : Path
         The lock file (an array mutex, a creation or collection lock).
-    exclusive : bool
-        Exclusive (writer) or shared (reader) lock.
-    waiter : Waiter
-        The operation's deadline.
-    what : str
-        The lock, for the timeout's message.
+    exclusive, waiter, what
+        As for :func:`hold_waiting`.
     holder : str, default :data:`ANY_HOLDER`
-        Who may hold it, for the timeout's message.
+        As for :func:`hold_waiting`.
     readonly : bool, default False
         A reader that may not write: create nothing (a shared lock only).
 

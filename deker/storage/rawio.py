@@ -517,7 +517,7 @@ def settled(st: os.stat_result) -> bool:
     Parameters
     ----------
     st : os.stat_result
-        The file's status.
+        The file's status (its modification and change times count).
 
     Returns
     -------
@@ -628,18 +628,10 @@ def read_templated(
 
     Parameters
     ----------
-    path : Path
-        The data file.
-    bounds : tuple of int or slice
-        Normalised bounds, in range, not empty.
+    path, bounds, dtype, fill_value, out
+        As for :func:`read_cached`.
     file_shape : tuple of int
         The shape of the array stored in the file.
-    dtype : numpy.dtype
-        The array dtype.
-    fill_value : Any
-        The fill value.
-    out : numpy.ndarray, optional
-        The destination (shape of the selection); else a new array is returned.
 
     Returns
     -------
