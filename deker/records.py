@@ -101,17 +101,9 @@ _LAYOUTS_MAX = 256
 
 
 def layout_of(meta: CollectionMeta) -> ArrayLayout:
-    """Return what each Array (or tile) file of a collection holds, built once per ``meta``.
+    """Return the :class:`ArrayLayout` of a collection's Arrays (its VArrays' tiles), built once per ``meta``.
 
-    Parameters
-    ----------
-    meta : CollectionMeta
-        The collection.
-
-    Returns
-    -------
-    ArrayLayout
-        Shape, dtype, fill value and dataset options of its Arrays (its VArrays' tiles).
+    The layout is what each of their files holds: shape, dtype, fill value and dataset options.
     """
     kept = _LAYOUTS.get(id(meta))
     if kept is not None and kept[0] is meta:
