@@ -8,11 +8,12 @@ Data lives in files and is reached through subsets: ``array[key]`` returns a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -23,7 +24,14 @@ from deker.dimensions import Dimension, TimeDimension, build_dimensions
 from deker.errors import DekerBaseApplicationError, DekerInstanceNotExistsError
 from deker.indexing import normalize_key
 from deker.meta import CollectionMeta, encode_array_meta, meta_storage_dtype
-from deker.records import array_schema_of, delete_record, file_spec, read_record, write_varray_meta
+from deker.records import (
+    array_schema_of,
+    delete_record,
+    file_spec,
+    read_record,
+    varray_schema_of,
+    write_varray_meta,
+)
 from deker.schemas import ArraySchema, TimeDimensionSchema, VArraySchema
 from deker.sizes import check_memory
 from deker.storage.hdf5files import HDF5_FILES
@@ -36,6 +44,16 @@ from deker.tileindex import TileIndex
 __all__ = ["Array", "VArray"]
 
 logger = logging.getLogger(__name__)
+
+
+class _StorageBound(Protocol):
+    """What a handle builds for one storage identity (a FileSpec, a TileIndex)."""
+
+    @property
+    def storage_id(self) -> str | None: ...
+
+
+_Bound = TypeVar("_Bound", bound=_StorageBound)
 
 
 def _json_ready(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -203,6 +221,14 @@ class _BaseArray:
     def _components(self) -> tuple[str, ...]:
         return primary_key_components(self.schema, self._primary) if self._primary else ()
 
+    def _per_storage(self, key: str, build: Callable[[str, str | None], _Bound]) -> _Bound:
+        """Return ``build(root, storage_id)``, kept under ``key`` while the storage identity holds."""
+        storage_id = self._ctx.storage_id
+        found: _Bound | None = self.__dict__.get(key)
+        if found is None or found.storage_id != storage_id:
+            found = self.__dict__[key] = build(str(self._ctx.settings.root), storage_id)
+        return found
+
     # ----------------------------------------------------------------- behaviour
     def _selection(self, item: Any) -> Any:
         self._ctx.check_open()
@@ -233,6 +259,21 @@ class _BaseArray:
     def _write_meta(self, payload: bytes) -> None:
         raise NotImplementedError
 
+    def _begin_change(self, doing: str) -> None:
+        """Raise if the client is closed or read-only, or the object is known to be deleted."""
+        self._ctx.check_open()
+        self._ctx.check_writable(f"{doing} {self!r}")
+        self._check_exists()
+
+    @contextlib.contextmanager
+    def _write_locked(self) -> Iterator[None]:
+        """Hold the object's write lock; its file missing means the object was deleted."""
+        try:
+            with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
+                yield
+        except FileNotFoundError as exc:
+            raise DekerInstanceNotExistsError(f"{self!r} was deleted") from exc
+
     def update_custom_attributes(self, attributes: Mapping[str, Any]) -> None:
         """Replace custom attribute values; unspecified ones keep their values.
 
@@ -246,16 +287,11 @@ class _BaseArray:
         DekerInstanceNotExistsError
             If the object was deleted (through this handle or another).
         """
-        self._ctx.check_open()
-        self._ctx.check_writable(f"update the attributes of {self!r}")
-        self._check_exists()
+        self._begin_change("update the attributes of")
         custom = self._new_custom(attributes)
         payload = encode_array_meta(self._id, self._primary, custom)
-        try:
-            with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
-                self._write_meta(payload)
-        except FileNotFoundError as exc:
-            raise DekerInstanceNotExistsError(f"{self!r} was deleted") from exc
+        with self._write_locked():
+            self._write_meta(payload)
         self._custom = custom
         self._dims = None
 
@@ -321,14 +357,12 @@ class Array(_BaseArray):
 
         Built once per handle (again only once the storage gets its identity file).
         """
-        ctx = self._ctx
-        storage_id = ctx.storage_id
-        found: FileSpec | None = self.__dict__.get("_spec_cached")
-        if found is None or found.storage_id != storage_id:
-            found = self.__dict__["_spec_cached"] = file_spec(
-                str(ctx.settings.root), self._meta, self._id, ctx.locks, self._components, storage_id
-            )
-        return found
+        return self._per_storage(
+            "_spec_cached",
+            lambda root, storage_id: file_spec(
+                root, self._meta, self._id, self._ctx.locks, self._components, storage_id
+            ),
+        )
 
     @property
     def _vid(self) -> str | None:
@@ -355,13 +389,9 @@ class Array(_BaseArray):
         DekerInstanceNotExistsError
             If the array was deleted already (through this handle or another).
         """
-        self._ctx.check_open()
-        self._ctx.check_writable(f"delete {self!r}")
-        try:
-            with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
-                delete_record(self._ctx.root, self._meta, "array", self._id, self._components)
-        except FileNotFoundError as exc:
-            raise DekerInstanceNotExistsError(f"{self!r} was deleted") from exc
+        self._begin_change("delete")
+        with self._write_locked():
+            delete_record(self._ctx.root, self._meta, "array", self._id, self._components)
 
 
 class VArray(_BaseArray):
@@ -377,9 +407,7 @@ class VArray(_BaseArray):
     @property
     def schema(self) -> VArraySchema:
         """The collection's VArray schema."""
-        schema = self._meta.schema
-        assert isinstance(schema, VArraySchema)
-        return schema
+        return varray_schema_of(self._meta)
 
     @property
     def vgrid(self) -> tuple[int, ...]:
@@ -407,14 +435,10 @@ class VArray(_BaseArray):
 
         Built once per handle (again only once the storage gets its identity file).
         """
-        ctx = self._ctx
-        storage_id = ctx.storage_id
-        found: TileIndex | None = self.__dict__.get("_tiles_cached")
-        if found is None or found.storage_id != storage_id:
-            found = self.__dict__["_tiles_cached"] = TileIndex(
-                str(ctx.settings.root), self._meta, self._id, ctx.locks, storage_id
-            )
-        return found
+        return self._per_storage(
+            "_tiles_cached",
+            lambda root, storage_id: TileIndex(root, self._meta, self._id, self._ctx.locks, storage_id),
+        )
 
     def _check_exists(self) -> None:
         pipeline.require(self.tiles, repr(self))
@@ -432,17 +456,12 @@ class VArray(_BaseArray):
         DekerInstanceNotExistsError
             If the VArray was deleted already (through this handle or another).
         """
-        self._ctx.check_open()
-        self._ctx.check_writable(f"delete {self!r}")
-        self._check_exists()
+        self._begin_change("delete")
         index = self.tiles
         tiles = sorted(index.ids().items())
         pipeline.delete_tiles(self._ctx, index, tiles)
-        try:
-            with storage_errors(self._main_file), array_write_lock(self._main_dir, self._id, self._ctx.locks):
-                delete_record(self._ctx.root, self._meta, "varray", self._id, self._components)
-        except FileNotFoundError as exc:  # deleted by another handle meanwhile
-            raise DekerInstanceNotExistsError(f"{self!r} was deleted") from exc
+        with self._write_locked():  # raises if another handle deleted it meanwhile
+            delete_record(self._ctx.root, self._meta, "varray", self._id, self._components)
         # A concurrent writer (an update, a partial clear, a deker_dask.store task) may have been
         # creating a tile the listing above did not see yet.  Now that the record is gone no
         # creation can begin (create_tile_with checks it under its lock): wait out those that

@@ -427,15 +427,7 @@ def normalize_filters(schema: ArraySchema | VArraySchema, filters: Mapping[str, 
 def check_collection_name(name: str) -> str:
     """Check a collection name: a path component whose ``.json`` and ``.lock`` names fit too.
 
-    Parameters
-    ----------
-    name : str
-        The candidate name.
-
-    Returns
-    -------
-    str
-        The name.
+    The name is returned as it is.
 
     Raises
     ------

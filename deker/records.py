@@ -56,6 +56,7 @@ from deker.tasks import FileSpec, storage_errors
 __all__ = [
     "ArrayRecord",
     "array_schema_of",
+    "varray_schema_of",
     "create_array",
     "create_tile_with",
     "pass_tile_creations",
@@ -81,6 +82,13 @@ def array_schema_of(meta: CollectionMeta) -> ArraySchema:
     return schema
 
 
+def varray_schema_of(meta: CollectionMeta) -> VArraySchema:
+    """Return the schema of a VArray collection's VArrays (the caller knows it is one)."""
+    schema = meta.schema
+    assert isinstance(schema, VArraySchema)
+    return schema
+
+
 def _options_kwargs(meta: CollectionMeta, shape: tuple[int, ...]) -> dict[str, Any]:
     return dict(meta.options.h5py_dataset_kwargs(shape)) if meta.options is not None else {}
 
@@ -93,17 +101,9 @@ _LAYOUTS_MAX = 256
 
 
 def layout_of(meta: CollectionMeta) -> ArrayLayout:
-    """Return what each Array (or tile) file of a collection holds, built once per ``meta``.
+    """Return the :class:`ArrayLayout` of a collection's Arrays (its VArrays' tiles), built once per ``meta``.
 
-    Parameters
-    ----------
-    meta : CollectionMeta
-        The collection.
-
-    Returns
-    -------
-    ArrayLayout
-        Shape, dtype, fill value and dataset options of its Arrays (its VArrays' tiles).
+    The layout is what each of their files holds: shape, dtype, fill value and dataset options.
     """
     kept = _LAYOUTS.get(id(meta))
     if kept is not None and kept[0] is meta:
@@ -150,6 +150,25 @@ def _key_lock_name(kind: Kind, components: tuple[str, ...]) -> str:
     return f"{kind}:" + "/".join(components)
 
 
+def _ext(kind: Kind) -> str:
+    return ARRAY_EXT if kind == "array" else VARRAY_EXT
+
+
+def _live_ids(
+    paths: CollectionPaths, kind: Kind, components: tuple[str, ...], *, clean: bool = False
+) -> list[str]:
+    """Return the ids linked under a primary key whose main file exists.
+
+    With ``clean`` (under the key's creation lock), the links naming a missing file are removed:
+    what an interrupted creation or deletion leaves.
+    """
+    linked = ids_in_dir(paths.symlink_dir(kind, components), _ext(kind))
+    existing = [i for i in linked if paths.main_file(kind, i).exists()]
+    for stale in set(linked) - set(existing) if clean else ():
+        _unlink(paths.symlink_file(kind, components, stale))
+    return existing
+
+
 def _write_json_atomically(path: Path, text: bytes, *, exclusive: bool) -> None:
     # temp file in the same directory, fsync, rename (link when exclusive), fsync the directory
     atomic.write_bytes(path, text, exclusive=exclusive)
@@ -162,13 +181,33 @@ def _unlink(path: Path) -> None:
         pass
 
 
-def _make_link(main_file: Path, link: Path) -> bool:
-    """Make the symlink of a new object; ``False`` if a link of that id is already there."""
+def _link_and_write(main_file: Path, link: Path, write: Callable[[Path], None], *, own_link: bool) -> None:
+    """Make the symlink of a new object, then its main file with ``write(main_file)``.
+
+    Symlink first, main file second: an interrupted creation leaves only a symlink naming a
+    missing file, which every lookup treats as absent (crash safety, RELIABILITY.md).
+    ``own_link``: nobody else may make that link (the key's creation lock is held), so it is
+    removed if the main file was there first.
+    """
+    if main_file.exists():
+        raise DekerArrayError(
+            f"File {main_file} already exists: an object with id {main_file.stem} is stored"
+        )
     try:
         make_symlink(main_file, link)
+        made = True
     except FileExistsError:  # left by an interrupted creation of this id, or a racing one
-        return False
-    return True
+        made = False
+    try:
+        write(main_file)
+    except FileExistsError as exc:
+        if made and own_link:
+            _unlink(link)
+        raise DekerArrayError(f"File {main_file} already exists") from exc
+    except BaseException:
+        if made and not main_file.exists():
+            _unlink(link)
+        raise
 
 
 def _create_record(
@@ -176,8 +215,7 @@ def _create_record(
     kind: Kind,
     array_id: str,
     components: tuple[str, ...],
-    has_primary: bool,
-    write: Any,
+    write: Callable[[Path], None],
     locks: Any,
     equal_keys: Sequence[tuple[str, ...]] = (),
 ) -> None:
@@ -188,46 +226,22 @@ def _create_record(
     """
     main_file = paths.main_file(kind, array_id)
     link = paths.symlink_file(kind, components, array_id)
-
-    def create() -> None:
-        # Symlink first, main file second: an interrupted creation leaves only a symlink naming
-        # a missing file, which every lookup treats as absent (crash safety, RELIABILITY.md).
-        if main_file.exists():
-            raise DekerArrayError(f"File {main_file} already exists: an object with id {array_id} is stored")
-        made = _make_link(main_file, link)
-        try:
-            write(main_file)
-        except FileExistsError as exc:
-            if made and has_primary:  # the key's link is ours alone (creation lock)
-                _unlink(link)
-            raise DekerArrayError(f"File {main_file} already exists") from exc
-        except BaseException:
-            if made and not main_file.exists():
-                _unlink(link)
-            raise
-
-    if not has_primary:
+    if not components:  # no primary key: nothing to be unique
         with storage_errors(main_file):
-            create()
+            _link_and_write(main_file, link, write, own_link=False)
         return
     with storage_errors(main_file), creation_lock(paths.path, _key_lock_name(kind, components), locks):
-        linked = ids_in_dir(paths.symlink_dir(kind, components), ARRAY_EXT if kind == "array" else VARRAY_EXT)
-        existing = [i for i in linked if paths.main_file(kind, i).exists()]
-        for stale in set(linked) - set(existing):  # an interrupted creation or deletion
-            _unlink(paths.symlink_file(kind, components, stale))
-        taken = paths.symlink_dir(kind, components)
+        taken, existing = components, _live_ids(paths, kind, components, clean=True)
         for other in equal_keys if not existing else ():
-            found = ids_in_dir(paths.symlink_dir(kind, other), ARRAY_EXT if kind == "array" else VARRAY_EXT)
-            existing = [i for i in found if paths.main_file(kind, i).exists()]
+            taken, existing = other, _live_ids(paths, kind, other)
             if existing:
-                taken = paths.symlink_dir(kind, other)
                 break
         if existing:
             raise DekerValidationError(
-                f"File {taken} already exists: an object with these primary "
+                f"File {paths.symlink_dir(kind, taken)} already exists: an object with these primary "
                 f"attributes is stored (id {existing[0]}); primary attributes must be unique"
             )
-        create()
+        _link_and_write(main_file, link, write, own_link=True)
 
 
 def create_array(
@@ -249,7 +263,7 @@ def create_array(
         HDF5_FILES.create(path, layout, payload, meta_storage_dtype(payload))
 
     equal = equal_key_components(schema, primary) if primary else []
-    _create_record(paths, "array", array_id, components, bool(primary), write, locks, equal)
+    _create_record(paths, "array", array_id, components, write, locks, equal)
     return components
 
 
@@ -270,7 +284,7 @@ def create_varray(
         _write_json_atomically(path, payload, exclusive=True)
 
     equal = equal_key_components(meta.schema, primary) if primary else []
-    _create_record(paths, "varray", array_id, components, bool(primary), write, locks, equal)
+    _create_record(paths, "varray", array_id, components, write, locks, equal)
     return components
 
 
@@ -328,11 +342,9 @@ def read_record(root: Path, meta: CollectionMeta, kind: Kind, array_id: str, loc
 
 def find_by_primary(root: Path, meta: CollectionMeta, kind: Kind, components: tuple[str, ...]) -> str | None:
     """Return the id stored under a primary key, or ``None``."""
-    paths = CollectionPaths(root, meta.name)
-    ids = ids_in_dir(paths.symlink_dir(kind, components), ARRAY_EXT if kind == "array" else VARRAY_EXT)
-    for array_id in ids:
-        if paths.main_file(kind, array_id).exists():
-            return array_id
+    existing = _live_ids(CollectionPaths(root, meta.name), kind, components)
+    if existing:
+        return existing[0]
     # A symlink naming a missing file is what an interrupted (or running) creation or deletion
     # leaves: the object does not exist (the next creation of this key removes the link).
     return None
@@ -394,8 +406,7 @@ def tile_ids(
 
 def _main_file_str(paths: CollectionPaths, object_id: str, kind: Kind = "array") -> str:
     """Return the main file of an id as a string (pathlib's joins cost more than the lookups)."""
-    ext = ARRAY_EXT if kind == "array" else VARRAY_EXT
-    return os.path.join(paths.data_dir(kind), *id_dir_parts(object_id), f"{object_id}{ext}")
+    return os.path.join(paths.data_dir(kind), *id_dir_parts(object_id), f"{object_id}{_ext(kind)}")
 
 
 def tile_custom_attributes(
@@ -461,15 +472,13 @@ def create_tile_with(
         The tile id, and whether this call created the tile with ``data``.
 
     """
-    vschema = meta.schema
-    assert isinstance(vschema, VArraySchema)
+    vschema = varray_schema_of(meta)
     paths = CollectionPaths(root, meta.name)
     components = (vid, position_key(position))
     with creation_lock(paths.path, _key_lock_name("array", components), locks):
-        for tid in ids_in_dir(paths.symlink_dir("array", components), ARRAY_EXT):
-            if paths.main_file("array", tid).exists():
-                return tid, False
-            _unlink(paths.symlink_file("array", components, tid))  # an interrupted creation or deletion
+        existing = _live_ids(paths, "array", components, clean=True)
+        if existing:
+            return existing[0], False
         # Checked under the creation lock: a VArray.delete removes the record first and then
         # passes every creation lock (pass_tile_creations), so no tile appears after it.
         if not paths.main_file("varray", vid).exists():
@@ -481,15 +490,13 @@ def create_tile_with(
         primary = {"vid": vid, "v_position": tuple(position)}
         custom = tile_custom_attributes(vschema, varray_values, position)
         payload = encode_array_meta(tid, primary, custom)
-        main = paths.main_file("array", tid)
-        link = paths.symlink_file("array", components, tid)
-        with claim(main.parent, tid) if claim is not None else contextlib.nullcontext():
-            make_symlink(main, link)  # first: an interrupted creation leaves a link to nothing (absent)
-            try:
-                HDF5_FILES.create(main, layout_of(meta), payload, meta_storage_dtype(payload), data)
-            except BaseException:
-                _unlink(link)
-                raise
+
+        def write(path: Path) -> None:
+            HDF5_FILES.create(path, layout_of(meta), payload, meta_storage_dtype(payload), data)
+
+        main_file = paths.main_file("array", tid)
+        with claim(main_file.parent, tid) if claim is not None else contextlib.nullcontext():
+            _link_and_write(main_file, paths.symlink_file("array", components, tid), write, own_link=True)
         return tid, data is not None
 
 

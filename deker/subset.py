@@ -10,8 +10,10 @@ tile tasks carry), then run the tasks, then release.  Failed tiles are reported 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import Iterator
 from numbers import Number
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -290,23 +292,29 @@ class Subset(_SubsetBase):
     _type_name = "Subset"
     _array: ArrayHandle
 
-    def _spec(self, writing: str | None = None) -> FileSpec:
+    @contextlib.contextmanager
+    def _on_file(self, writing: str | None = None) -> Iterator[FileSpec]:
+        """Yield the Array's file spec once the client may work (``writing``: and write) on it.
+
+        The file missing under the work means the Array was deleted.
+        """
         ctx = self._array.storage_context
         ctx.check_open()
         if writing is not None:
             ctx.check_writable(f"{writing} {self}")
-        return self._array.spec
+        spec = self._array.spec
+        try:
+            yield spec
+        except FileNotFoundError as exc:
+            raise DekerInstanceNotExistsError(f"{self._array!r} was deleted") from exc
 
     def read(self) -> Any:
         """Read the region: an ndarray of :attr:`shape`, or a numpy scalar for a single cell.
 
         Empty cells read as :attr:`fill_value`.
         """
-        spec = self._spec()
-        try:
+        with self._on_file() as spec:
             data = read_array(spec, self.bounds)
-        except FileNotFoundError as exc:
-            raise DekerInstanceNotExistsError(f"{self._array!r} was deleted") from exc
         return data[()] if self.shape == () else data
 
     def update(self, data: Any) -> None:
@@ -317,20 +325,13 @@ class Subset(_SubsetBase):
         data : scalar, list, tuple or numpy.ndarray
             Values of the array's dtype; scalars and smaller arrays broadcast like numpy.
         """
-        spec = self._spec("update")
-        prepared = prepare_update_data(data, self._np_dtype(), self.shape)
-        try:
-            write_array(spec, self.bounds, prepared)
-        except FileNotFoundError as exc:
-            raise DekerInstanceNotExistsError(f"{self._array!r} was deleted") from exc
+        with self._on_file("update") as spec:
+            write_array(spec, self.bounds, prepare_update_data(data, self._np_dtype(), self.shape))
 
     def clear(self) -> None:
         """Reset the region to the fill value."""
-        spec = self._spec("clear")
-        try:
+        with self._on_file("clear") as spec:
             clear_array(spec, self.bounds)
-        except FileNotFoundError as exc:
-            raise DekerInstanceNotExistsError(f"{self._array!r} was deleted") from exc
 
 
 class VSubset(_SubsetBase):
@@ -367,10 +368,7 @@ class VSubset(_SubsetBase):
     def update(self, data: Any) -> None:
         """Write ``data`` into the region (upsert), creating missing tiles.
 
-        Parameters
-        ----------
-        data : scalar, list, tuple or numpy.ndarray
-            Values of the VArray's dtype; scalars and smaller arrays broadcast like numpy.
+        The parameters are those of :meth:`Subset.update` (values of the VArray's dtype).
 
         Raises
         ------

@@ -28,6 +28,7 @@ from deker.records import (
     pass_tile_creations,
     position_key,
     tile_ids,
+    varray_schema_of,
 )
 from deker.schemas import VArraySchema
 from deker.storage.layout import CollectionPaths
@@ -84,9 +85,7 @@ class TileIndex:
     @property
     def schema(self) -> VArraySchema:
         """The VArray schema."""
-        schema = self.meta.schema
-        assert isinstance(schema, VArraySchema)
-        return schema
+        return varray_schema_of(self.meta)
 
     @cached_property
     def tile_bytes(self) -> int:
