@@ -23,7 +23,7 @@ from storage_helpers.prim import seen_locked
 
 from deker import ArraySchema, Client, DimensionSchema
 from deker.errors import DekerLockError, DekerStorageError
-from deker.storage import kernellock, lockinfo, lockprim, locks
+from deker.storage import kernellock, lockinfo, lockprim, locks, lockwait
 from deker.storage.layout import CollectionPaths
 
 FAST = locks.LockSettings(timeout=0.3, interval=0.02)
@@ -332,3 +332,33 @@ def test_a_garbage_collection_under_the_registry_mutex_does_not_deadlock_with_hd
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0 and "no deadlock" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_a_directory_removed_during_the_check_is_no_verdict(
+    tmp_path: Path, prim: str, fresh_checks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A concurrent clear removes an empty tile directory between the check's stat and its probe.
+
+    The vanished directory says nothing about the filesystem's locks: the check must neither
+    refuse it nor remember a verdict, so the writer's retry (``acquire_in`` makes the directory
+    again) and every later write in the process go on.  The hook removes the directory at the
+    exact point a concurrent cleanup can.
+    """
+    tile_dir = tmp_path / "tile"
+    tile_dir.mkdir()
+    real = kernellock.mount_problem_at
+    removed: list[Path] = []
+
+    def mount_problem_at(directory: Path, primitive: str) -> str | None:
+        if not removed:
+            directory.rmdir()  # the concurrent clear's cleanup of an empty directory
+            removed.append(directory)
+        return real(directory, primitive)
+
+    monkeypatch.setattr(kernellock, "mount_problem_at", mount_problem_at)
+    waiter = lockwait.Waiter(lockwait.LockSettings(timeout=1, interval=0.01))
+    held = lockwait.acquire_in(lambda d: d.mkdir(exist_ok=True), tile_dir / "x.lock", waiter, "a tile")
+    lockprim.release(held)
+    assert removed == [tile_dir]
+    assert lockprim._reg().checked == {(os.stat(tmp_path).st_dev, prim): None}
+    lockprim.check_filesystem(tile_dir)  # and the next write of the process is not refused either

@@ -172,10 +172,18 @@ def probe_exclusion(directory: Path, prim: str) -> str | None:
         Why locks do not work there, or None (also where no file may be created: nothing
         can be written there anyway).
 
+    Raises
+    ------
+    FileNotFoundError
+        If ``directory`` (or the probe file in it) vanished meanwhile: a concurrent cleanup
+        removed it, which says nothing about the locks there.
+
     """
     path = directory / f".deker-lockcheck.{uuid.uuid4().hex}.tmp"  # a leftover is garbage (layout)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
+    except FileNotFoundError:
+        raise
     except OSError as exc:
         return (
             None if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else f"cannot create {path}: {exc}"

@@ -566,9 +566,12 @@ def check_filesystem(directory: Path) -> None:
         if cache_key in reg.checked:
             failure = reg.checked[cache_key]
         else:
-            failure = kernellock.mount_problem_at(directory, prim) or kernellock.probe_exclusion(
-                directory, prim
-            )
+            try:
+                failure = kernellock.mount_problem_at(directory, prim) or kernellock.probe_exclusion(
+                    directory, prim
+                )
+            except FileNotFoundError:  # removed since the stat by a concurrent cleanup: no verdict
+                return  # (and none remembered); the caller fails on its own or makes it again
             reg.checked[cache_key] = failure
             if failure:
                 logger.error("file locks do not work under %s: %s", directory, failure)
