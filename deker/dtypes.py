@@ -46,46 +46,29 @@ def _np(name: str, fallback: str) -> type[np.generic]:
     return found  # type: ignore[no-any-return]
 
 
-#: deker 1.1.7's numeric dtype enum, in its order: (member name, numpy scalar type).  The first
-#: member holding a type object gives that type's stored name.
-_NUMPY_ENUM: tuple[tuple[str, type[np.generic]], ...] = (
-    ("int8", np.int8),
-    ("byte", np.byte),
-    ("int16", np.int16),
-    ("short", np.short),
-    ("int32", np.int32),
-    ("intc", np.intc),
-    ("int64", np.int64),
-    ("intp", np.intp),
-    ("int_", np.int_),
-    ("longlong", np.longlong),
-    ("uint", _np("uint", "uintp")),
-    ("uint8", np.uint8),
-    ("ubyte", np.ubyte),
-    ("uint16", np.uint16),
-    ("ushort", np.ushort),
-    ("uint32", np.uint32),
-    ("uintc", np.uintc),
-    ("uint64", np.uint64),
-    ("uintp", np.uintp),
-    ("ulonglong", np.ulonglong),
-    ("float16", np.float16),
-    ("cfloat", np.complex128),
-    ("cdouble", np.cdouble),
-    ("float32", np.float32),
-    ("clongfloat", np.clongdouble),
-    ("float64", np.float64),
-    ("double", np.double),
-    ("float128", _np("float128", "longdouble")),
-    ("longfloat", np.longdouble),
-    ("longdouble", np.longdouble),
-    ("complex64", np.complex64),
-    ("singlecomplex", np.complex64),
-    ("complex128", np.complex128),
-    ("complex_", np.complex128),
-    ("complex256", _np("complex256", "clongdouble")),
-    ("longcomplex", np.clongdouble),
+#: deker 1.1.7's numeric dtype enum, in its order: ``name`` holds ``numpy.<name>``,
+#: ``name=other`` holds ``numpy.<other>`` (an alias numpy 2 removed, as numpy 1.26 resolved it)
+#: and ``name|other`` holds ``numpy.<name>`` where this numpy has it, else ``numpy.<other>``.
+_ENUM_MEMBERS = (
+    "int8 byte int16 short int32 intc int64 intp int_ longlong uint|uintp uint8 ubyte uint16 ushort"
+    " uint32 uintc uint64 uintp ulonglong float16 cfloat=complex128 cdouble float32"
+    " clongfloat=clongdouble float64 double float128|longdouble longfloat=longdouble longdouble"
+    " complex64 singlecomplex=complex64 complex128 complex_=complex128 complex256|clongdouble"
+    " longcomplex=clongdouble"
 )
+
+
+def _member(spec: str) -> tuple[str, type[np.generic]]:
+    if "=" in spec:
+        name, other = spec.split("=")
+        return name, vars(np)[other]  # type: ignore[no-any-return]
+    name, _, other = spec.partition("|")
+    return name, _np(name, other or name)
+
+
+#: (member name, numpy scalar type) of each member; the first member holding a type object
+#: gives that type's stored name.
+_NUMPY_ENUM: tuple[tuple[str, type[np.generic]], ...] = tuple(map(_member, _ENUM_MEMBERS.split()))
 
 #: Names that deker 1.1.7 never wrote but that name a numeric type in some numpy version; they are
 #: accepted when reading, never written.
