@@ -21,7 +21,7 @@ from deker.context import StorageContext
 from deker.errors import DekerFilterError, DekerInstanceNotExistsError, DekerInvalidManagerCallError
 from deker.meta import CollectionMeta, collection_meta_as_dict
 from deker.options import HDF5Options
-from deker.records import array_schema_of, create_array, create_varray, find_by_primary, read_record
+from deker.records import array_schema_of, create_record, find_by_primary, read_record
 from deker.schemas import ArraySchema, VArraySchema
 from deker.storage.atomic import empty_directory, remove_tree
 from deker.storage.layout import (
@@ -117,9 +117,8 @@ class _Manager:
 
                 raise DekerArrayError(f"VArray with id={vid} doesn't exist")
         array_id = id_ or str(uuid.uuid4())
-        creator = create_varray if self._kind == "varray" else create_array
         ctx.ensure_storage_id()  # (a storage of deker 1.1.7 gets its identity at its first write)
-        creator(ctx.root, meta, array_id, primary, custom, ctx.locks)
+        create_record(ctx.root, meta, self._kind, array_id, primary, custom, ctx.locks)
         return self._build(array_id, primary, custom)
 
     def filter(self, filters: dict[str, Any]) -> FilteredManager:

@@ -164,6 +164,38 @@ class _BaseDimension:
     def _position(self, value: Any, stop: bool) -> int:
         return self._in_range(int(value), value, allow_end=stop)
 
+    def _key(self) -> tuple[Any, ...]:
+        raise NotImplementedError  # what makes two dimensions of a kind equal
+
+    def _coordinates(self, positions: range) -> list[Any]:
+        raise NotImplementedError  # the coordinates of these positions (see describe)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, type(self)):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def describe(self, bound: int | slice) -> list[Any]:
+        """Return the coordinates of the positions a normalised bound covers.
+
+        Parameters
+        ----------
+        bound : int or slice
+            A position, or a slice whose step is ignored (negatives count from the end).
+
+        Returns
+        -------
+        list
+            Labels, scale coordinates (floats rounded to the decimals of the scale) or
+            positions; for a time dimension the instants (aware UTC datetimes)
+            ``start_value + k * step`` of the covered positions ``k``.
+
+        """
+        return self._coordinates(_bound_range(bound, self._size))
+
 
 class Dimension(_BaseDimension):
     """A generic dimension, optionally with labels or a regular scale.
@@ -235,13 +267,8 @@ class Dimension(_BaseDimension):
             text += f", scale={self._scale!r}"
         return text + ")"
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Dimension):
-            return NotImplemented
-        return self.as_dict == other.as_dict
-
-    def __hash__(self) -> int:
-        return hash((self._name, self._size, self._labels, self._scale))
+    def _key(self) -> tuple[Any, ...]:
+        return (self._name, self._size, self._labels, self._scale)
 
     def _label_index(self, value: Any) -> int | None:
         if self._label_pos is None:
@@ -316,21 +343,7 @@ class Dimension(_BaseDimension):
             )
         return self._in_range(pos, value, allow_end=stop)
 
-    def describe(self, bound: int | slice) -> list[Any]:
-        """Return the coordinates of the positions a normalised bound covers.
-
-        Parameters
-        ----------
-        bound : int or slice
-            A position, or a slice whose step is ignored (negatives count from the end).
-
-        Returns
-        -------
-        list
-            Labels, scale coordinates (floats rounded to the decimals of the scale) or positions.
-
-        """
-        positions = _bound_range(bound, self._size)
+    def _coordinates(self, positions: range) -> list[Any]:
         if self._labels is not None:
             return list(self._labels[positions.start : positions.stop])
         if self._scale is not None:
@@ -408,18 +421,8 @@ class TimeDimension(_BaseDimension):
             f"start_value={self._start!r}, step={self._step!r})"
         )
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, TimeDimension):
-            return NotImplemented
-        return (self._name, self._size, self._start, self._step) == (
-            other._name,
-            other._size,
-            other._start,
-            other._step,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self._name, self._size, self._start, self._step))
+    def _key(self) -> tuple[Any, ...]:
+        return (self._name, self._size, self._start, self._step)
 
     def to_index(self, value: Any, *, stop: bool = False) -> int:
         """Return the position of a time along this dimension.
@@ -467,22 +470,8 @@ class TimeDimension(_BaseDimension):
             )
         return self._in_range(steps, value, allow_end=stop)
 
-    def describe(self, bound: int | slice) -> list[Any]:
-        """Return the instants (aware UTC datetimes) of the positions a normalised bound covers.
-
-        Parameters
-        ----------
-        bound : int or slice
-            As for :meth:`Dimension.describe`.
-
-        Returns
-        -------
-        list of datetime
-            ``start_value + k * step`` for every covered position ``k``.
-
-        """
-        start, step = self._start, self._step
-        return [start + k * step for k in _bound_range(bound, self._size)]
+    def _coordinates(self, positions: range) -> list[Any]:
+        return [self._start + k * self._step for k in positions]
 
 
 def build_dimensions(

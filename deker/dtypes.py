@@ -126,7 +126,7 @@ def normalize_array_dtype(dtype: object) -> type[np.generic]:
     Returns
     -------
     type of numpy.generic
-        The numpy scalar type.
+        The numpy scalar type of the array's values.
 
     Raises
     ------
@@ -182,7 +182,7 @@ def name_to_dtype(name: str) -> type[np.generic]:
     Returns
     -------
     type of numpy.generic
-        The numpy scalar type.
+        The numpy scalar type stored under that name.
 
     Raises
     ------

@@ -9,6 +9,7 @@ works unchanged) and are written for compatibility with deker 1.1.7.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -57,10 +58,9 @@ __all__ = [
     "ArrayRecord",
     "array_schema_of",
     "varray_schema_of",
-    "create_array",
+    "create_record",
     "create_tile_with",
     "pass_tile_creations",
-    "create_varray",
     "delete_record",
     "file_spec",
     "find_by_primary",
@@ -210,7 +210,7 @@ def _link_and_write(main_file: Path, link: Path, write: Callable[[Path], None], 
         raise
 
 
-def _create_record(
+def _create_unique(
     paths: CollectionPaths,
     kind: Kind,
     array_id: str,
@@ -244,47 +244,32 @@ def _create_record(
         _link_and_write(main_file, link, write, own_link=True)
 
 
-def create_array(
+def create_record(
     root: Path,
     meta: CollectionMeta,
+    kind: Kind,
     array_id: str,
     primary: Mapping[str, Any],
     custom: Mapping[str, Any],
     locks: Any,
 ) -> tuple[str, ...]:
-    """Create an Array (or tile) file with its metadata; return its symlink components."""
-    schema = array_schema_of(meta)
+    """Create an Array (or tile) file or a VArray metadata file with its metadata.
+
+    Returns the symlink components of its primary key (``()`` without one).
+    """
+    schema = meta.schema if kind == "varray" else array_schema_of(meta)
     paths = CollectionPaths(root, meta.name)
     components = primary_key_components(schema, primary) if primary else ()
     payload = encode_array_meta(array_id, primary, custom)
-    layout = layout_of(meta)
-
-    def write(path: Path) -> None:
-        HDF5_FILES.create(path, layout, payload, meta_storage_dtype(payload))
-
+    write: Callable[[Path], None]
+    if kind == "varray":
+        write = functools.partial(_write_json_atomically, text=payload, exclusive=True)
+    else:
+        write = functools.partial(
+            HDF5_FILES.create, layout=layout_of(meta), meta=payload, meta_dtype=meta_storage_dtype(payload)
+        )
     equal = equal_key_components(schema, primary) if primary else []
-    _create_record(paths, "array", array_id, components, write, locks, equal)
-    return components
-
-
-def create_varray(
-    root: Path,
-    meta: CollectionMeta,
-    array_id: str,
-    primary: Mapping[str, Any],
-    custom: Mapping[str, Any],
-    locks: Any,
-) -> tuple[str, ...]:
-    """Create a VArray metadata file; return its symlink components."""
-    paths = CollectionPaths(root, meta.name)
-    components = primary_key_components(meta.schema, primary) if primary else ()
-    payload = encode_array_meta(array_id, primary, custom)
-
-    def write(path: Path) -> None:
-        _write_json_atomically(path, payload, exclusive=True)
-
-    equal = equal_key_components(meta.schema, primary) if primary else []
-    _create_record(paths, "varray", array_id, components, write, locks, equal)
+    _create_unique(paths, kind, array_id, components, write, locks, equal)
     return components
 
 

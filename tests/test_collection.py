@@ -7,6 +7,7 @@ blocks a new one until it is deleted.
 
 from __future__ import annotations
 
+import functools
 import math
 import uuid
 from datetime import datetime, timezone
@@ -24,7 +25,7 @@ from deker.errors import (
     DekerInvalidManagerCallError,
     DekerValidationError,
 )
-from deker.records import create_array, create_varray
+from deker.records import create_record
 from deker.storage.locks import LockSettings
 
 
@@ -205,7 +206,7 @@ def test_a_negative_zero_key_that_deker_117_stored_is_found(client: Client, kind
     """
     if kind == "array":
         coll = client.create_collection("c", keyed_schema())
-        create: Any = create_array
+        create: Any = functools.partial(create_record, kind="array")
     else:
         schema = VArraySchema(
             dtype=np.float32,
@@ -217,9 +218,16 @@ def test_a_negative_zero_key_that_deker_117_stored_is_found(client: Client, kind
             ],
         )
         coll = client.create_collection("c", schema)
-        create = create_varray
+        create = functools.partial(create_record, kind="varray")
     legacy_id = str(uuid.uuid4())
-    create(client.root_path, coll._meta, legacy_id, {"q": -0.0, "when": WHEN}, {}, LockSettings(timeout=5))
+    create(
+        client.root_path,
+        coll._meta,
+        array_id=legacy_id,
+        primary={"q": -0.0, "when": WHEN},
+        custom={},
+        locks=LockSettings(timeout=5),
+    )
     assert _key_dirs(coll, kind) == ["-0.0"]
     for value in (0.0, -0.0):
         found = coll.filter({"q": value, "when": WHEN}).last()

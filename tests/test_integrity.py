@@ -44,7 +44,7 @@ from deker import (
 from deker.errors import DekerCollectionNotExistsError, DekerIntegrityError, DekerValidationError
 from deker.integrity import IntegrityReport
 from deker.log import set_logging_level
-from deker.records import create_array
+from deker.records import create_record
 from deker.storage.identity import STORAGE_ID_FILE
 from deker.storage.inspection import _verify_blocks, tree_size
 from deker.storage.layout import CollectionPaths
@@ -319,7 +319,7 @@ def test_equal_keys_spelt_apart_are_duplicates(tmp_path: Path) -> None:
     with Client(tmp_path.as_uri()) as client:
         coll = client.create_collection("zeros", schema)
         legacy = str(uuid.uuid4())  # stored as 1.1.7 stored it: metadata and folder "-0.0"
-        create_array(client.root_path, coll._meta, legacy, {"q": -0.0}, {}, LockSettings(timeout=5))
+        create_record(client.root_path, coll._meta, "array", legacy, {"q": -0.0}, {}, LockSettings(timeout=5))
         for level in (1, 2, 3, 4):  # one -0.0 key alone is sound
             assert client.check_integrity(level, stop_on_error=False, progress=False).ok
         # and a second array of key 0.0 beside it, as 1.1.7 stored it (refused here now: made

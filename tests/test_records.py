@@ -1,7 +1,7 @@
 """deker/records.py: Array, VArray and tile records on disk, called directly on real collections.
 
 Covered: ``array_schema_of`` and ``file_spec`` (tile schema and HDF5 options of a VArray
-collection); ``create_array``/``create_varray`` (main file, symlink naming it, components,
+collection); ``create_record`` (main file, symlink naming it, components,
 the objects visible through ``deker.Client``), refusals of a second object with the same key
 or id (nothing left behind), an interrupted creation's dangling link ignored and replaced,
 ``read_record`` (typed attributes; missing, damaged JSON, non-HDF5 file), ``write_varray_meta``,
@@ -46,9 +46,8 @@ from deker.errors import (
 from deker.meta import CollectionMeta
 from deker.records import (
     array_schema_of,
-    create_array,
+    create_record,
     create_tile_with,
-    create_varray,
     delete_record,
     file_spec,
     find_by_primary,
@@ -154,7 +153,9 @@ def test_array_schema_of_and_file_spec(storage: Storage) -> None:
 def test_create_array_with_primary_key(storage: Storage) -> None:
     array_id = str(uuid.uuid4())
     primary = {"k": 7, "day": T0}
-    components = create_array(storage.root, storage.arr_meta, array_id, primary, {"note": "hi"}, LOCKS)
+    components = create_record(
+        storage.root, storage.arr_meta, "array", array_id, primary, {"note": "hi"}, LOCKS
+    )
     assert components == ("7", "2024-03-01T12:00:00+00:00")
     main = storage.arr_paths.main_file("array", array_id)
     link = storage.arr_paths.symlink_file("array", components, array_id)
@@ -180,18 +181,18 @@ def test_create_array_with_primary_key(storage: Storage) -> None:
 def test_a_second_object_with_the_same_key_or_id_is_refused(storage: Storage) -> None:
     first = str(uuid.uuid4())
     primary = {"k": 1, "day": T0}
-    create_array(storage.root, storage.arr_meta, first, primary, {}, LOCKS)
+    create_record(storage.root, storage.arr_meta, "array", first, primary, {}, LOCKS)
     before = _tree(storage.arr_paths.path)
     second = str(uuid.uuid4())
     with pytest.raises(
         DekerValidationError, match=rf"an object with these primary attributes is stored \(id {first}\)"
     ):
-        create_array(storage.root, storage.arr_meta, second, primary, {}, LOCKS)
+        create_record(storage.root, storage.arr_meta, "array", second, primary, {}, LOCKS)
     assert _tree(storage.arr_paths.path) == before
     with pytest.raises(
         DekerArrayError, match=rf"File .*{first}\.hdf5 already exists: an object with id {first}"
     ):
-        create_array(storage.root, storage.arr_meta, first, {"k": 2, "day": T0}, {}, LOCKS)
+        create_record(storage.root, storage.arr_meta, "array", first, {"k": 2, "day": T0}, {}, LOCKS)
     assert _tree(storage.arr_paths.path) == before  # no link made for the refused key
 
 
@@ -205,15 +206,15 @@ def test_an_equal_key_under_another_spelling_is_refused(storage: Storage) -> Non
     meta = storage.client.create_collection("zeros", schema)._meta
     paths = CollectionPaths(storage.root, "zeros")
     first = str(uuid.uuid4())
-    assert create_array(storage.root, meta, first, {"q": -0.0, "k": 0}, {}, LOCKS) == ("-0.0", "0")
+    assert create_record(storage.root, meta, "array", first, {"q": -0.0, "k": 0}, {}, LOCKS) == ("-0.0", "0")
     before = _tree(paths.path)
     with pytest.raises(DekerValidationError, match=rf"-0\.0/0 already exists: .*\(id {first}\)"):
-        create_array(storage.root, meta, str(uuid.uuid4()), {"q": 0.0, "k": 0}, {}, LOCKS)
+        create_record(storage.root, meta, "array", str(uuid.uuid4()), {"q": 0.0, "k": 0}, {}, LOCKS)
     assert _tree(paths.path) == before
     assert find_by_primary(storage.root, meta, "array", ("0.0", "0")) is None
     assert find_by_primary(storage.root, meta, "array", ("-0.0", "0")) == first
     other = str(uuid.uuid4())  # another key is not blocked
-    assert create_array(storage.root, meta, other, {"q": 0.0, "k": 1}, {}, LOCKS) == ("0.0", "1")
+    assert create_record(storage.root, meta, "array", other, {"q": 0.0, "k": 1}, {}, LOCKS) == ("0.0", "1")
 
 
 def test_a_dangling_link_of_an_interrupted_creation_is_ignored_then_replaced(storage: Storage) -> None:
@@ -226,7 +227,10 @@ def test_a_dangling_link_of_an_interrupted_creation_is_ignored_then_replaced(sto
     assert find_by_primary(storage.root, storage.arr_meta, "array", components) is None
     assert storage.arr.filter({"k": 3, "day": T0}).last() is None
     real = str(uuid.uuid4())
-    assert create_array(storage.root, storage.arr_meta, real, {"k": 3, "day": T0}, {}, LOCKS) == components
+    assert (
+        create_record(storage.root, storage.arr_meta, "array", real, {"k": 3, "day": T0}, {}, LOCKS)
+        == components
+    )
     assert not os.path.lexists(link)
     assert sorted(p.name for p in link.parent.iterdir()) == [f"{real}.hdf5"]
     assert find_by_primary(storage.root, storage.arr_meta, "array", components) == real
@@ -237,7 +241,7 @@ def test_create_array_without_primary_attributes(tmp_path: Path) -> None:
         schema = ArraySchema(dtype=np.uint8, dimensions=[DimensionSchema("x", 5)])
         meta = client.create_collection("plain", schema)._meta
         array_id = str(uuid.uuid4())
-        assert create_array(client.root_path, meta, array_id, {}, {}, LOCKS) == ()
+        assert create_record(client.root_path, meta, "array", array_id, {}, {}, LOCKS) == ()
         paths = CollectionPaths(client.root_path, "plain")
         assert paths.symlink_file("array", (), array_id) == paths.symlinks_dir("array") / f"{array_id}.hdf5"
         assert os.readlink(paths.symlink_file("array", (), array_id)) == str(
@@ -258,7 +262,7 @@ def test_read_record_errors(storage: Storage) -> None:
     ):
         read_record(storage.root, storage.var_meta, "varray", missing, LOCKS)
     vid = str(uuid.uuid4())
-    create_varray(storage.root, storage.var_meta, vid, {"start": T0}, {}, LOCKS)
+    create_record(storage.root, storage.var_meta, "varray", vid, {"start": T0}, {}, LOCKS)
     storage.var_paths.main_file("varray", vid).write_bytes(b"{not json")
     with pytest.raises(DekerMetaDataError, match=rf"^Metadata of .*{vid}\.json is invalid: "):
         read_record(storage.root, storage.var_meta, "varray", vid, LOCKS)
@@ -266,7 +270,7 @@ def test_read_record_errors(storage: Storage) -> None:
     with pytest.raises(DekerMetaDataError, match=r"is invalid: Array metadata has no valid 'id': None$"):
         read_record(storage.root, storage.var_meta, "varray", vid, LOCKS)
     aid = str(uuid.uuid4())
-    create_array(storage.root, storage.arr_meta, aid, {"k": 5, "day": T0}, {}, LOCKS)
+    create_record(storage.root, storage.arr_meta, "array", aid, {"k": 5, "day": T0}, {}, LOCKS)
     storage.arr_paths.main_file("array", aid).write_bytes(b"garbage, not HDF5")
     with pytest.raises(DekerStorageError, match=rf"Cannot (open array file|read) .*{aid}\.hdf5"):
         read_record(storage.root, storage.arr_meta, "array", aid, LOCKS)
@@ -277,7 +281,7 @@ def test_read_record_errors(storage: Storage) -> None:
 
 def test_create_and_rewrite_a_varray(storage: Storage) -> None:
     vid = str(uuid.uuid4())
-    components = create_varray(storage.root, storage.var_meta, vid, {"start": T0}, {}, LOCKS)
+    components = create_record(storage.root, storage.var_meta, "varray", vid, {"start": T0}, {}, LOCKS)
     assert components == ("2024-03-01T12:00:00+00:00",)
     main = storage.var_paths.main_file("varray", vid)
     assert json.loads(main.read_bytes()) == {
@@ -295,7 +299,7 @@ def test_create_and_rewrite_a_varray(storage: Storage) -> None:
     assert main.read_bytes() == payload.encode() + b"\n"
     assert [p.name for p in main.parent.iterdir()] == [main.name]  # no temporary file left
     with pytest.raises(DekerValidationError, match="primary attributes must be unique"):
-        create_varray(storage.root, storage.var_meta, str(uuid.uuid4()), {"start": T0}, {}, LOCKS)
+        create_record(storage.root, storage.var_meta, "varray", str(uuid.uuid4()), {"start": T0}, {}, LOCKS)
     other = str(uuid.uuid4())
     with pytest.raises(
         DekerInstanceNotExistsError, match=rf"^VArray {other} does not exist in collection var$"
@@ -309,10 +313,10 @@ def test_create_and_rewrite_a_varray(storage: Storage) -> None:
 
 def test_delete_record_removes_everything_it_made(storage: Storage) -> None:
     keep = str(uuid.uuid4())
-    create_array(storage.root, storage.arr_meta, keep, {"k": 1, "day": T0}, {}, LOCKS)
+    create_record(storage.root, storage.arr_meta, "array", keep, {"k": 1, "day": T0}, {}, LOCKS)
     with_one = _tree(storage.arr_paths.path)
     gone = str(uuid.uuid4())
-    components = create_array(storage.root, storage.arr_meta, gone, {"k": 2, "day": T0}, {}, LOCKS)
+    components = create_record(storage.root, storage.arr_meta, "array", gone, {"k": 2, "day": T0}, {}, LOCKS)
     array = storage.arr.filter({"k": 2, "day": T0}).last()
     assert array is not None
     array[0, 0].update(np.int16(9))  # takes the array's lock: its mutex file appears
@@ -342,7 +346,7 @@ def test_tile_custom_attributes(storage: Storage) -> None:
 
 def test_tiles_are_created_once_and_listed(storage: Storage) -> None:
     vid = str(uuid.uuid4())
-    create_varray(storage.root, storage.var_meta, vid, {"start": T0}, {}, LOCKS)
+    create_record(storage.root, storage.var_meta, "varray", vid, {"start": T0}, {}, LOCKS)
     values = {"start": T0}
     assert tile_ids(storage.root, storage.var_meta, vid) == {}
     tid = create_tile_with(storage.root, storage.var_meta, vid, (1, 2), values, LOCKS, None)[0]
@@ -382,7 +386,7 @@ def test_tiles_are_created_once_and_listed(storage: Storage) -> None:
 
 def test_a_dangling_tile_link_is_replaced(storage: Storage) -> None:
     vid = str(uuid.uuid4())
-    create_varray(storage.root, storage.var_meta, vid, {"start": T0}, {}, LOCKS)
+    create_record(storage.root, storage.var_meta, "varray", vid, {"start": T0}, {}, LOCKS)
     ghost = str(uuid.uuid4())
     link = storage.var_paths.symlink_file("array", (vid, "0-0"), ghost)
     link.parent.mkdir(parents=True)
@@ -400,7 +404,7 @@ def test_a_dangling_tile_link_is_replaced(storage: Storage) -> None:
 def _create_key_in_child(root: str, meta: CollectionMeta, array_id: str) -> str:
     """Run in a forkserver worker: try to create the Array of key (k=42, T0)."""
     try:
-        create_array(Path(root), meta, array_id, {"k": 42, "day": T0}, {}, LOCKS)
+        create_record(Path(root), meta, "array", array_id, {"k": 42, "day": T0}, {}, LOCKS)
     except DekerValidationError as exc:
         return f"refused: {exc}"
     return "created"
@@ -414,7 +418,7 @@ def _create_tile_in_child(root: str, meta: CollectionMeta, vid: str) -> tuple[st
 
 def test_creation_races_between_processes_have_one_winner(storage: Storage) -> None:
     vid = str(uuid.uuid4())
-    create_varray(storage.root, storage.var_meta, vid, {"start": T0}, {}, LOCKS)
+    create_record(storage.root, storage.var_meta, "varray", vid, {"start": T0}, {}, LOCKS)
     ids = [str(uuid.uuid4()) for _ in range(4)]
     with ProcessPoolExecutor(4, mp_context=mp.get_context("forkserver")) as pool:
         keys = [pool.submit(_create_key_in_child, str(storage.root), storage.arr_meta, i) for i in ids]
