@@ -17,6 +17,7 @@ from typing import Any
 import hdf5plugin
 import numpy as np
 import pytest
+from legacy.venv import clean_env
 
 from deker import (
     ArraySchema,
@@ -153,6 +154,7 @@ def test_deker_117_reads_what_we_write(tmp_path: Path, legacy_python: Path) -> N
         text=True,
         timeout=300,
         cwd=tmp_path,
+        env=clean_env(),  # the venv's own deker 1.1.7, whatever PYTHONPATH this run has
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report: dict[str, Any] = json.loads((out / "report.json").read_text())

@@ -27,6 +27,15 @@ class LegacyUnavailable(RuntimeError):
     """The deker 1.1.7 venv could not be built (no package registry, no venv module...)."""
 
 
+def clean_env() -> dict[str, str]:
+    """Return this process's environment without what would make the venv import another deker.
+
+    A ``PYTHONPATH`` naming a checkout (as a worktree's test run sets it) would make the venv's
+    python import this checkout's deker, whose dependencies it lacks, instead of deker 1.1.7.
+    """
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+
+
 def cache_dir() -> Path:
     """Return the folder that holds the cached venv (created on demand)."""
     explicit = os.environ.get("DEKER_TEST_CACHE")
@@ -45,7 +54,9 @@ def _ready(python: Path, stamp: Path) -> bool:
     if not (python.exists() and stamp.exists()):
         return False
     # run from the venv folder: never import the checkout's own ``deker`` by accident
-    probe = subprocess.run([str(python), "-c", PROBE], capture_output=True, cwd=python.parent)
+    probe = subprocess.run(
+        [str(python), "-c", PROBE], capture_output=True, cwd=python.parent, env=clean_env()
+    )
     return probe.returncode == 0
 
 
@@ -85,7 +96,9 @@ def legacy_python(timeout: float = 900.0) -> Path:
         )
         for step in steps:
             try:
-                proc = subprocess.run(step, capture_output=True, text=True, timeout=timeout, cwd=root.parent)
+                proc = subprocess.run(
+                    step, capture_output=True, text=True, timeout=timeout, cwd=root.parent, env=clean_env()
+                )
             except (OSError, subprocess.TimeoutExpired) as exc:
                 raise LegacyUnavailable(f"cannot build the deker 1.1.7 venv at {root}: {exc}") from exc
             if proc.returncode != 0:
