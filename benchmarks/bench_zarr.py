@@ -19,7 +19,8 @@ zstd first write and full read (also with the whole process on one CPU: what the
 brings), a dask sum on a 2-process ``LocalCluster``, a dask ``store``
 from chunks of ``1000 x 1000`` (scaled with ``side``, never aligned on the tiles) with the
 threaded scheduler and with the cluster, and deker's ``Client(executor=dask_client)`` full
-write and read against its own thread pool (``deker_executor`` against ``deker``).
+write and read against its own thread pool (``deker_executor`` against ``deker``) and against
+the bare transfer of the same bytes between the client and the workers (``transport``).
 
 Every repetition runs every engine in turn (deker, zarr, zarr_sharded, h5py, then the next
 repetition), every read is compared with what was written and every write is read back: a
@@ -529,8 +530,48 @@ def _part_dask(
             _executor(rec, sizes, root, dask_client, data)
 
 
+def _tile_of(shape: tuple[int, ...], k: int) -> np.ndarray:
+    """Tile ``k`` of the transport floor, made on a worker (module-level: it pickles by name)."""
+    return np.full(shape, k, dtype=np.float32)
+
+
+def _tile_sum(tile: np.ndarray) -> float:
+    return float(tile.sum(dtype=np.float64))
+
+
+def _transport(dask_client: Any, data: np.ndarray, tile: int) -> tuple[float, float]:
+    """Time moving the array's bytes, tile by tile, to the workers and back (the executor's floor).
+
+    The write floor scatters the tiles (client to workers); the read floor gathers tiles the
+    workers made beforehand (untimed), so both time the transfer alone.  What arrived is
+    checked, after the timing, tile by tile.
+    """
+    tiles = [
+        data[y : y + tile, x : x + tile]
+        for y in range(0, data.shape[0], tile)
+        for x in range(0, data.shape[1], tile)
+    ]
+    seconds_out, futures = timed(lambda: dask_client.scatter(tiles))
+    sums = dask_client.gather([dask_client.submit(_tile_sum, f, pure=False) for f in futures])
+    check(sums == [_tile_sum(t) for t in tiles], "transport floor: scattered tiles differ")
+    del futures
+    made = [dask_client.submit(_tile_of, (tile, tile), k, pure=False) for k in range(len(tiles))]
+    dask_client.gather([dask_client.submit(_tile_sum, f, pure=False) for f in made])  # made, on the workers
+    seconds_in, got = timed(lambda: dask_client.gather(made))
+    check(
+        all(np.array_equal(g, _tile_of((tile, tile), k)) for k, g in enumerate(got)),
+        "transport floor: gathered tiles differ",
+    )
+    return seconds_out, seconds_in
+
+
 def _executor(rec: Recorder, sizes: Sizes, root: Path, dask_client: Any, data: np.ndarray) -> None:
-    """deker's full write and read with ``Client(executor=dask_client)`` against its thread pool."""
+    """deker's full write and read with ``Client(executor=dask_client)`` against its thread pool.
+
+    Beside them, ``transport``: the same bytes moved tile by tile between this process and the
+    workers and nothing else (:func:`_transport`), the floor of any coordinator-side write and
+    read through the cluster.
+    """
     pair = {
         "deker_executor": DekerEngine(root / "executor", sizes, executor=dask_client),
         "deker": DekerEngine(root / "threads", sizes),
@@ -552,6 +593,9 @@ def _executor(rec: Recorder, sizes: Sizes, root: Path, dask_client: Any, data: n
                 rec.verified("z_executor_write", name)
                 rec.verified("z_executor_read", name)
                 engine.drop(handle)
+            seconds_out, seconds_in = _transport(dask_client, data, tile)
+            rec.add("z_executor_write", "transport", seconds_out, bytes=data.nbytes, ops=1, verified=True)
+            rec.add("z_executor_read", "transport", seconds_in, bytes=data.nbytes, ops=1, verified=True)
     finally:
         for engine in pair.values():
             engine.close()
@@ -664,6 +708,10 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                     item[f"deker_vs_{other}"] = round(_per_op(ours) / _per_op(engines[other]), 3)
             if "deker_executor" in engines:
                 item["executor_vs_threads"] = round(_per_op(engines["deker_executor"]) / _per_op(ours), 3)
+                if "transport" in engines:
+                    item["executor_vs_transport"] = round(
+                        _per_op(engines["deker_executor"]) / _per_op(engines["transport"]), 3
+                    )
         if name == "z_zstd_read_1cpu":  # one CPU's time over all CPUs' time, per engine
             for engine, row in engines.items():
                 if engine in by.get("z_zstd_read", {}):

@@ -420,6 +420,8 @@ def _executor_rows(summary: Sequence[dict[str, Any]]) -> list[list[str]]:
             _cell(item, "deker_executor", True),
             _cell(item, "deker", True),
             _ratio(item, "executor_vs_threads"),
+            _cell(item, "transport", True),
+            _ratio(item, "executor_vs_transport"),
         ]
         for item in summary
         if "executor_vs_threads" in item
@@ -434,8 +436,11 @@ def zarr_text_table(summary: Sequence[dict[str, Any]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(ZARR_HEADER))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    for what, executor, threads, ratio in _executor_rows(summary):
-        lines.append(f"deker {what}: {executor}; thread pool {threads}: {ratio}x the thread pool's time")
+    for what, executor, threads, ratio, transport, floor in _executor_rows(summary):
+        lines.append(
+            f"deker {what}: {executor}; thread pool {threads}: {ratio}x the thread pool's time; "
+            f"moving the bytes alone {transport}: {floor}x that"
+        )
     return "\n".join(lines)
 
 
@@ -450,8 +455,8 @@ def zarr_markdown_table(summary: Sequence[dict[str, Any]]) -> str:
         lines += [
             "",
             "| deker step | `Client(executor=dask_client)` | `Client()` (thread pool) "
-            "| executor / thread pool |",
-            "|---|---|---|---|",
+            "| executor / thread pool | the bytes moved alone | executor / bytes moved |",
+            "|---|---|---|---|---|---|",
         ]
         lines += ["| " + " | ".join(row) + " |" for row in executor]
     return "\n".join(lines)

@@ -204,8 +204,8 @@ def test_zarr_scenarios_run_and_verify(tmp_path: Path) -> None:
         "z_dask_sum": every,
         "z_store_threads": every,
         "z_store_distributed": every - {"h5py"},  # one HDF5 file has no writers on workers
-        "z_executor_write": {"deker", "deker_executor"},
-        "z_executor_read": {"deker", "deker_executor"},
+        "z_executor_write": {"deker", "deker_executor", "transport"},
+        "z_executor_read": {"deker", "deker_executor", "transport"},
     }
     assert {name: {e for n, e in measured if n == name} for name in expected} == expected
     meta = next(r for r in rows if r.get("kind") == "zarr_meta")
@@ -219,6 +219,7 @@ def test_zarr_scenarios_run_and_verify(tmp_path: Path) -> None:
         summary["z_full_read"]
     )
     assert summary["z_executor_read"]["executor_vs_threads"] > 0
+    assert summary["z_executor_write"]["executor_vs_transport"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.jsonl"]  # every array removed
 
 
@@ -286,6 +287,7 @@ def test_zarr_summary_and_docs_leave_the_other_results(tmp_path: Path) -> None:
         row("z_window_reads", "zarr", 1.0, ops=200, verified=True),
         row("z_executor_read", "deker", 0.5, verified=True),
         row("z_executor_read", "deker_executor", 1.5, verified=True),
+        row("z_executor_read", "transport", 0.75, verified=True),
     ]
     summary = {s["name"]: s for s in bench_zarr.summarize(rows)}
     full = summary["z_full_read"]
@@ -293,6 +295,7 @@ def test_zarr_summary_and_docs_leave_the_other_results(tmp_path: Path) -> None:
     assert (full["deker_vs_h5py"], full["deker_vs_os_tiles"]) == (2.0, 2.5)
     assert summary["z_window_reads"]["deker_vs_zarr"] == 2.0  # time per window
     assert summary["z_executor_read"]["executor_vs_threads"] == 3.0
+    assert summary["z_executor_read"]["executor_vs_transport"] == 2.0
     assert "executor" in report.zarr_text_table(list(summary.values()))
     page = tmp_path / "PERFORMANCE.md"
     page.write_text(f"# Performance\n\n{report.BEGIN}\nearlier results\n{report.END}\n\nmethod text\n")
