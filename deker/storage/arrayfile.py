@@ -19,7 +19,8 @@ implementation passes the conformance suite of the tests (``tests/storage_helper
 conformance.py``).  Locking is not part of this protocol: the caller holds the file's read
 lock around a read and its write lock around every change (:mod:`deker.storage.locks`), and an
 implementation never waits for a lock.  Bounds are normalised (:data:`Bounds`): one entry per
-dimension, an int in range or a slice with explicit ``start`` and ``stop``, step 1.
+dimension, an int in range or a slice with explicit ``start`` and ``stop``, step 1; cell values are
+:data:`Values` (an array or a numpy scalar).
 """
 
 from __future__ import annotations
@@ -36,10 +37,13 @@ import numpy as np
 
 from deker.errors import DekerBaseApplicationError, DekerStorageError
 
-__all__ = ["ArrayFiles", "ArrayLayout", "Bounds", "count_fill", "os_errors", "selection_shape"]
+__all__ = ["ArrayFiles", "ArrayLayout", "Bounds", "Values", "count_fill", "os_errors", "selection_shape"]
 
 #: Normalised bounds of a region: per dimension an int in range or a ``slice(start, stop)``.
 Bounds = tuple[int | slice, ...]
+
+#: Cell values: an array, or a numpy scalar that stands for every cell of a region.
+Values = np.ndarray | np.generic
 
 
 def selection_shape(bounds: Bounds) -> tuple[int, ...]:
@@ -116,7 +120,7 @@ def _nan_equal(values: np.ndarray, fill: Any) -> np.ndarray:
     return np.asarray(values == fill)
 
 
-def count_fill(values: np.ndarray | np.generic, fill_value: Any) -> int:
+def count_fill(values: Values, fill_value: Any) -> int:
     """Count the cells of ``values`` that hold ``fill_value``.
 
     NaN counts as fill when the fill value is NaN; complex values compare their real and
@@ -200,12 +204,7 @@ class ArrayFiles(Protocol):
     """
 
     def create(
-        self,
-        path: Path,
-        layout: ArrayLayout,
-        meta: bytes,
-        meta_dtype: str,
-        data: np.ndarray | np.generic | None = None,
+        self, path: Path, layout: ArrayLayout, meta: bytes, meta_dtype: str, data: Values | None = None
     ) -> None:
         """Create the file of an array: with its metadata, empty or holding every cell.
 
@@ -249,7 +248,7 @@ class ArrayFiles(Protocol):
 
         """
 
-    def write(self, path: Path, layout: ArrayLayout, bounds: Bounds, data: np.ndarray | np.generic) -> None:
+    def write(self, path: Path, layout: ArrayLayout, bounds: Bounds, data: Values) -> None:
         """Write a region (upsert), keeping the empty-cell count exact.
 
         Cells outside ``bounds`` keep their values; when every cell holds the fill value

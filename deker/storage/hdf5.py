@@ -50,7 +50,7 @@ import numpy as np
 
 from deker.errors import DekerStorageError
 from deker.storage import atomic, chunkcodec, lockprim, rawio, templates
-from deker.storage.arrayfile import Bounds, count_fill, os_errors, selection_shape
+from deker.storage.arrayfile import Bounds, Values, count_fill, os_errors, selection_shape
 from deker.storage.layout import ensure_dir
 
 __all__ = [
@@ -270,7 +270,7 @@ def create_array_file(
     meta_dtype: str,
     total_cells: int,
     *,
-    data: np.ndarray | np.generic | None = None,
+    data: Values | None = None,
     shape: tuple[int, ...] | None = None,
     fill_value: Any = None,
     dataset_kwargs: Mapping[str, Any] | None = None,
@@ -528,7 +528,7 @@ def _store(
 def write_region(
     path: Path,
     bounds: Bounds,
-    data: np.ndarray | np.generic,
+    data: Values,
     shape: tuple[int, ...],
     fill_value: Any,
     dataset_kwargs: Mapping[str, Any],

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from deker.storage import atomic, hdf5
-from deker.storage.arrayfile import ArrayLayout, Bounds
+from deker.storage.arrayfile import ArrayLayout, Bounds, Values
 
 __all__ = ["HDF5_FILES", "HDF5Files"]
 
@@ -29,12 +29,7 @@ class HDF5Files:
     """
 
     def create(
-        self,
-        path: Path,
-        layout: ArrayLayout,
-        meta: bytes,
-        meta_dtype: str,
-        data: np.ndarray | np.generic | None = None,
+        self, path: Path, layout: ArrayLayout, meta: bytes, meta_dtype: str, data: Values | None = None
     ) -> None:
         """Create the file: :meth:`~deker.storage.arrayfile.ArrayFiles.create`.
 
@@ -69,7 +64,7 @@ class HDF5Files:
             file_shape=layout.shape if layout.contiguous else None,
         )
 
-    def write(self, path: Path, layout: ArrayLayout, bounds: Bounds, data: np.ndarray | np.generic) -> None:
+    def write(self, path: Path, layout: ArrayLayout, bounds: Bounds, data: Values) -> None:
         """Write a region: :meth:`~deker.storage.arrayfile.ArrayFiles.write`."""
         hdf5.write_region(path, bounds, data, layout.shape, layout.fill_value, layout.dataset_kwargs)
 
