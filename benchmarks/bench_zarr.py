@@ -14,7 +14,9 @@ zstd is level 3 everywhere (hdf5plugin's filter for deker and h5py, zarr's ``Zst
 The uncompressed full read also times the floor of deker's layout (``os_tiles``, the
 ``os.preadv`` read of 64 tile files of :mod:`benchmarks.scenarios`).
 
-Steps: first write, full read, ``windows`` reads of ``window x window`` across tile borders,
+Steps: first write, full read, ``windows`` reads of ``window x window`` across tile borders
+(the full read and the windows also through a read-only view of deker's storage, ``deker_ro``:
+a real read-only bind mount as root, else ``Client(read_only=True)``),
 zstd first write and full read (also with the whole process on one CPU: what the second core
 brings), a dask sum on a 2-process ``LocalCluster``, a dask ``store``
 from chunks of ``1000 x 1000`` (scaled with ``side``, never aligned on the tiles) with the
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -423,6 +426,82 @@ def _part_uncompressed(
 
 
 @contextmanager
+def read_only_view(root: Path) -> Iterator[tuple[Path, str]]:
+    """Yield a read-only view of ``root`` and how it is read-only.
+
+    As root on Linux, a real read-only bind mount of ``root`` (unmounted afterwards): a deker
+    client opened there finds it cannot write and reads as a read-only reader by itself.
+    Elsewhere ``root`` itself, to be opened with ``Client(read_only=True)`` (the same reader).
+    """
+    mnt = root.parent / f"{root.name}-read-only"
+    mnt.mkdir()
+    mounted = False
+    try:
+        if os.geteuid() == 0 and shutil.which("mount"):
+            mounted = _run(["mount", "--bind", str(root), str(mnt)])
+            if mounted and not _run(["mount", "-o", "remount,ro,bind", str(mnt)]):
+                _run(["umount", str(mnt)])
+                mounted = False
+        if mounted:
+            yield mnt, "read-only bind mount"
+        else:
+            yield root, "Client(read_only=True)"
+    finally:
+        if mounted:
+            _run(["umount", str(mnt)]) or _run(["umount", "-l", str(mnt)])
+        mnt.rmdir()
+
+
+def _run(cmd: list[str]) -> bool:
+    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+
+
+def _part_read_only(
+    rec: Recorder, engines: Mapping[str, Engine], sizes: Sizes, kept: Mapping[str, Any]
+) -> None:
+    """deker's full read and window reads of the kept VArray through a read-only view of its storage.
+
+    The same VArray the writable client read in the uncompressed part (``deker``), here as
+    ``deker_ro``; target of issue 17: within 1.1x of the writable reads.
+    """
+    engine = engines.get("deker")
+    if not isinstance(engine, DekerEngine) or "deker" not in kept:
+        return
+    handle = kept["deker"]
+    data = pattern((sizes.varray_side,) * 2, np.float32, 0)
+    corners = scenarios._windows(sizes)
+    win = sizes.window
+    with read_only_view(engine.root) as (where, how):
+        client = engine.deker.Client(where.resolve().as_uri(), read_only=how != "read-only bind mount")
+        try:
+            check(client.read_only, f"the client on the {how} is not read-only")
+            varray = client.get_collection(handle.collection).filter({"id": handle.id}).last()
+            for _rep in range(sizes.reps):
+                seconds, got = timed(lambda: varray[:].read())
+                check(np.array_equal(got, data), f"read-only full read ({how})")
+                del got
+                rec.add("z_full_read", "deker_ro", seconds, bytes=data.nbytes, ops=1, how=how, verified=True)
+
+                def reads() -> list[np.ndarray]:
+                    return [varray[y : y + win, x : x + win].read() for y, x in corners]
+
+                seconds, pieces = timed(reads)
+                for (y, x), piece in zip(corners, pieces, strict=True):
+                    check(np.array_equal(piece, data[y : y + win, x : x + win]), f"read-only window {y},{x}")
+                rec.add(
+                    "z_window_reads",
+                    "deker_ro",
+                    seconds,
+                    ops=len(corners),
+                    bytes=len(corners) * win * win * 4,
+                    how=how,
+                    verified=True,
+                )
+        finally:
+            client.close()
+
+
+@contextmanager
 def one_cpu() -> Iterator[bool]:
     """Pin every thread of this process to one of its CPUs for the block (``False``: it has one).
 
@@ -607,7 +686,7 @@ def run(
     engines: Sequence[str] = ENGINES,
     emit: Callable[[dict[str, Any]], None] | None = None,
     factories: Mapping[str, Callable[[Path, Sizes], Engine]] | None = None,
-    parts: Iterable[str] = ("uncompressed", "zstd", "dask"),
+    parts: Iterable[str] = ("uncompressed", "read_only", "zstd", "dask"),
 ) -> list[dict[str, Any]]:
     """Run the suite in ``root`` (removed afterwards); return its measurement records.
 
@@ -624,7 +703,8 @@ def run(
     factories : mapping, optional
         Engine constructors by name (default :data:`FACTORIES`); tests pass a faulty one.
     parts : iterable of str
-        Which parts to run: ``"uncompressed"``, ``"zstd"``, ``"dask"``.
+        Which parts to run: ``"uncompressed"``, ``"read_only"`` (after it), ``"zstd"``,
+        ``"dask"``.
 
     Returns
     -------
@@ -656,6 +736,8 @@ def run(
             try:
                 if part == "uncompressed":
                     kept = _part_uncompressed(rec, made, sizes, root)
+                elif part == "read_only":
+                    _part_read_only(rec, made, sizes, kept)
                 elif part == "zstd":
                     _part_zstd(rec, made, sizes)
                 elif part == "dask":
@@ -706,6 +788,9 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             for other in ("zarr", "zarr_sharded", "h5py", "os_tiles"):
                 if other in engines:
                     item[f"deker_vs_{other}"] = round(_per_op(ours) / _per_op(engines[other]), 3)
+            if "deker_ro" in engines:
+                item["read_only_vs_writable"] = round(_per_op(engines["deker_ro"]) / _per_op(ours), 3)
+                item["read_only_how"] = engines["deker_ro"].get("how", "")
             if "deker_executor" in engines:
                 item["executor_vs_threads"] = round(_per_op(engines["deker_executor"]) / _per_op(ours), 3)
                 if "transport" in engines:

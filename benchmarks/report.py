@@ -428,6 +428,20 @@ def _executor_rows(summary: Sequence[dict[str, Any]]) -> list[list[str]]:
     ]
 
 
+def _read_only_rows(summary: Sequence[dict[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            item["what"],
+            item.get("read_only_how", ""),
+            _cell(item, "deker_ro", True),
+            _cell(item, "deker", True),
+            _ratio(item, "read_only_vs_writable"),
+        ]
+        for item in summary
+        if "read_only_vs_writable" in item
+    ]
+
+
 def zarr_text_table(summary: Sequence[dict[str, Any]]) -> str:
     """Scenario (z) as a fixed-width table: every engine and deker's time ratios (the terminal)."""
     rows = [ZARR_HEADER] + [
@@ -441,6 +455,8 @@ def zarr_text_table(summary: Sequence[dict[str, Any]]) -> str:
             f"deker {what}: {executor}; thread pool {threads}: {ratio}x the thread pool's time; "
             f"moving the bytes alone {transport}: {floor}x that"
         )
+    for what, how, read_only, writable, ratio in _read_only_rows(summary):
+        lines.append(f"deker {what} through a {how}: {read_only}; writable {writable}: {ratio}x")
     return "\n".join(lines)
 
 
@@ -459,6 +475,14 @@ def zarr_markdown_table(summary: Sequence[dict[str, Any]]) -> str:
             "|---|---|---|---|---|---|",
         ]
         lines += ["| " + " | ".join(row) + " |" for row in executor]
+    read_only = _read_only_rows(summary)
+    if read_only:
+        lines += [
+            "",
+            "| deker step | read-only through | read-only | writable | read-only / writable |",
+            "|---|---|---|---|---|",
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in read_only]
     return "\n".join(lines)
 
 
