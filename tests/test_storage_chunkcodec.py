@@ -554,3 +554,150 @@ def test_a_chunk_decoding_to_a_partial_element_is_damage(tmp_path: Path) -> None
         len(found.data_errors) == 1
         and "chunk (0, 0) (cells [0:32, 0:32]) does not decode" in found.data_errors[0]
     )
+
+
+# ------------------------------------------------------------------------------ partial writes
+
+
+def _copy(path: Path, name: str) -> Path:
+    other = path.with_name(name)
+    other.write_bytes(path.read_bytes())
+    return other
+
+
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=_case(), scalar=st.booleans(), count_old=st.booleans())
+def test_partial_writes_make_what_h5py_makes(
+    tmp_path: Path, pipeline: str, case: dict[str, Any], scalar: bool, count_old: bool
+) -> None:
+    """h5py's own partial write of a copy is the oracle: the same cells, read by HDF5's filters.
+
+    Over chunks stored, partly stored and never written, edge chunks, integer bounds, scalars,
+    and the count of fill cells the region held before.
+    """
+    rng = np.random.default_rng(case["seed"])
+    fill = np.asarray(3, dtype=case["dtype"])[()]
+    ours = tmp_path / "ours.hdf5"
+    before = _write(
+        ours,
+        _values(rng, case["shape"], case["dtype"], case["noise"]),
+        case["chunks"],
+        PIPELINES[pipeline](),
+        fill,
+        case["written"],
+    )
+    theirs = _copy(ours, "theirs.hdf5")
+    bounds = case["bounds"]
+    new = _values(rng, np.shape(before[bounds]), case["dtype"], not case["noise"]).reshape(
+        np.shape(before[bounds])
+    )
+    given_values = np.asarray(new.reshape(-1)[0]) if scalar else new
+    with h5py.File(ours, "r+", locking=False) as handle:
+        old_fill = chunkcodec.write_region(handle["data"], bounds, given_values, fill, count_old)
+    if pipeline == "chunks only":  # no codec to take out of h5py's lock: h5py writes
+        assert old_fill is None
+        return
+    assert old_fill == (hdf5.count_fill(before[bounds], fill) if count_old else 0)
+    with h5py.File(theirs, "r+", locking=False) as handle:
+        handle["data"][bounds] = given_values
+    with h5py.File(ours, "r", locking=False) as mine, h5py.File(theirs, "r", locking=False) as oracle:
+        np.testing.assert_array_equal(mine["data"][...], oracle["data"][...])
+    np.testing.assert_array_equal(_read_open(ours, bounds), np.broadcast_to(given_values, np.shape(new)))
+
+
+def test_partial_writes_of_other_pipelines_or_values_are_left_to_h5py(tmp_path: Path) -> None:
+    path = tmp_path / "other.hdf5"
+    with _new_dataset(path, (10, 12), "i4", (4, 5), {"compression": "lzf"}, 0) as handle:
+        assert (
+            chunkcodec.write_region(handle["data"], (slice(1, 3), 4), np.ones(2, np.int32), 0, True) is None
+        )
+    with _new_dataset(path, (10, 12), "i4", (4, 5), dict(hdf5plugin.Zstd()), 0) as handle:
+        region = (slice(1, 3), slice(0, 4))
+        assert chunkcodec.write_region(handle["data"], region, np.ones((2, 4), np.int64), 0, True) is None
+        assert chunkcodec.write_region(handle["data"], region, np.ones((1, 4), np.int32), 0, True) is None
+        assert handle["data"].id.get_num_chunks() == 0  # (another dtype, a shape to broadcast)
+
+
+@pytest.mark.skipif(chunkcodec.decode_threads() < 2, reason="one core: the chunks are coded in one thread")
+@pytest.mark.parametrize("name", ["decode", "encode"])
+def test_two_threads_code_chunks_of_one_partial_write_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Each decode (encode) waits for a second one to start: serialised coding breaks the barrier."""
+    path = tmp_path / "w.hdf5"
+    values = np.cumsum(np.ones((512, 512), dtype=np.float32), axis=1)
+    _write(path, values, (128, 128), dict(hdf5plugin.Zstd()), 0)
+    waited = _meet_in_two_threads(monkeypatch, name)
+    region = (slice(10, 500), slice(3, 509))  # every chunk touched, none covered whole
+    with h5py.File(path, "r+", locking=False) as handle:
+        assert chunkcodec.write_region(handle["data"], region, np.float32(-1), 0, False) == 0
+    values[region] = -1
+    with h5py.File(path, "r", locking=False) as handle:
+        np.testing.assert_array_equal(handle["data"][...], values)
+    assert len(waited) >= 2
+
+
+def test_a_partial_write_over_a_damaged_chunk_changes_nothing(tmp_path: Path) -> None:
+    """The chunk that must be kept in part does not decode: DekerStorageError, file as it was."""
+    path = tmp_path / "array.hdf5"
+    values = np.cumsum(np.ones((64, 64), dtype=np.float32), axis=0)
+    with h5py.File(path, "w", locking=False) as handle:
+        handle.create_dataset("data", data=values, chunks=(32, 32), fillvalue=0, **hdf5plugin.Zstd())
+        handle.create_dataset("meta", data=b"{}")
+        handle.create_dataset("empty_cells", data=np.int64(0))
+        offset = handle["data"].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as fh:  # the first chunk's zstd frame magic: it no longer decodes
+        fh.seek(offset)
+        fh.write(b"\0\0\0\0")
+    damaged = path.read_bytes()
+    with pytest.raises(DekerStorageError, match=r"damaged or incomplete.*chunk \(0, 0\)"):
+        hdf5.write_region(path, (slice(5, 40), slice(5, 40)), np.float32(7), (64, 64), 0, {})
+    assert path.read_bytes() == damaged
+
+
+def test_partial_updates_of_compressed_arrays_code_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Region updates and clears of compressed Arrays and tiles go through write_region.
+
+    The counts of fill cells stay exact (the integrity check's level 4 decodes every chunk and
+    counts again) and plain h5py reads what was written.
+    """
+    from deker import ArraySchema, Client, DimensionSchema, HDF5CompressionOpts, HDF5Options, VArraySchema
+
+    calls: list[int | None] = []
+    write_region = chunkcodec.write_region
+
+    def spy(*args: Any, **kwargs: Any) -> int | None:
+        calls.append(write_region(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(chunkcodec, "write_region", spy)
+    dims = [DimensionSchema(name="y", size=40), DimensionSchema(name="x", size=30)]
+    values = np.cumsum(np.ones((40, 30), dtype=np.float64), axis=0)
+    opts = HDF5Options(chunks=(7, 4), compression_opts=HDF5CompressionOpts(**hdf5plugin.Zstd(3)))
+    with Client(f"file://{tmp_path}/storage") as client:
+        varray = client.create_collection(
+            "tiles", VArraySchema(dtype=np.float64, dimensions=dims, vgrid=(2, 3), fill_value=np.nan), opts
+        ).create()
+        array = client.create_collection(
+            "arrays", ArraySchema(dtype=np.float64, dimensions=dims, fill_value=np.nan), opts
+        ).create()
+        expected = np.full((40, 30), np.nan)
+        for region, update in [
+            ((slice(3, 17), slice(2, 29)), values[3:17, 2:29]),  # first writes: new datasets, in part
+            ((slice(10, 40), slice(0, 11)), values[10:40, 0:11] * 3),  # over stored and new chunks
+            ((5, slice(1, 30)), np.float64(np.nan)),  # fill written back: the count goes down
+        ]:
+            varray[region].update(update)
+            array[region].update(update)
+            expected[region] = update
+        assert calls and all(c is not None for c in calls), calls
+        np.testing.assert_array_equal(varray[:].read(), expected)
+        np.testing.assert_array_equal(array[:].read(), expected)
+        assert client.check_integrity(4, stop_on_error=False, progress=False).ok
+        for path in (tmp_path / "storage").rglob("*.hdf5"):
+            with h5py.File(path, "r", locking=False) as handle:  # plain h5py, HDF5's filters
+                if "data" in handle and handle["data"].shape == (40, 30):
+                    np.testing.assert_array_equal(handle["data"][...], expected)

@@ -26,9 +26,11 @@ Writes go the other way (:func:`write_whole`): when a new dataset gets its whole
 tile created holding its data, a new version of a file, an Array's whole write), its chunks
 are encoded here with the same codecs, in the same pool, and handed to HDF5 as they are
 (``write_direct_chunk``), so HDF5 runs no filter.  Edge chunks are padded with the fill value,
-as HDF5 pads them.  The files are those HDF5's filters read; a pipeline this module cannot
-encode, and every partial write, goes through h5py.  :func:`first_damaged_chunk` decodes every
-stored chunk for the integrity check.
+as HDF5 pads them.  The files are those HDF5's filters read.  A partial write
+(:func:`write_region`) makes each chunk it touches here: from the new values where it covers
+the chunk, else patched into the stored chunk decoded here; only reading and writing the stored
+bytes runs under h5py's lock.  A pipeline this module cannot encode goes through h5py.
+:func:`first_damaged_chunk` decodes every stored chunk for the integrity check.
 
 The pool threads only decode, encode and copy into disjoint parts of the destination: they
 never wait for other tasks, so a caller running in any other pool (the client's, a Dask
@@ -49,7 +51,7 @@ import numpy as np
 
 from deker.errors import DekerStorageError
 from deker.storage import filters, rawio
-from deker.storage.arrayfile import Bounds, selection_shape
+from deker.storage.arrayfile import Bounds, count_fill, selection_shape
 
 __all__ = [
     "SUPPORTED_FILTERS",
@@ -61,6 +63,7 @@ __all__ = [
     "read_cached",
     "read_into",
     "read_open",
+    "write_region",
     "write_whole",
 ]
 
@@ -259,6 +262,40 @@ def _run(jobs: Sequence[Any], work: Callable[[Sequence[Any]], bool], weight: int
     return mine and all(f.result() for f in futures)
 
 
+#: One chunk a region touches: its grid position, its part in the chunk, where that part is in
+#: the region (both in the file's axes).
+_Piece = tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]
+
+
+def _region_chunks(bounds: Bounds, chunks: tuple[int, ...]) -> list[_Piece]:
+    """Return the chunks that normalised ``bounds`` touch, each with its overlap (see _Piece)."""
+    starts = [b.start if isinstance(b, slice) else b for b in bounds]
+    stops = [b.stop if isinstance(b, slice) else b + 1 for b in bounds]
+    ranges = [range(s // c, (e - 1) // c + 1) for s, e, c in zip(starts, stops, chunks, strict=True)]
+    pieces = []
+    for where in itertools.product(*ranges):
+        source, dest = [], []
+        for p, s, e, c in zip(where, starts, stops, chunks, strict=True):
+            low, high = max(s, p * c), min(e, (p + 1) * c)
+            source.append(slice(low - p * c, high - p * c))
+            dest.append(slice(low - s, high - s))
+        pieces.append((where, tuple(source), tuple(dest)))
+    return pieces
+
+
+def _origin(where: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...]:
+    """Return the first cell of the chunk at grid position ``where``."""
+    return tuple(p * c for p, c in zip(where, chunks, strict=True))
+
+
+def _in_file_axes(values: np.ndarray, bounds: Bounds) -> np.ndarray | None:
+    """View a region's values (integer bounds dropped) with every axis of the file; None if unfit."""
+    dropped = tuple(d for d, b in enumerate(bounds) if not isinstance(b, slice))
+    view = np.expand_dims(values, dropped) if dropped else values
+    want = tuple(b.stop - b.start if isinstance(b, slice) else 1 for b in bounds)
+    return view if view.shape == want else None
+
+
 def read_into(fd: int, index: ChunkIndex, bounds: Bounds, out: np.ndarray) -> bool:
     """Read ``bounds`` of the dataset indexed by ``index`` from ``fd`` into ``out``.
 
@@ -288,25 +325,13 @@ def read_into(fd: int, index: ChunkIndex, bounds: Bounds, out: np.ndarray) -> bo
     """
     if out.dtype != index.dtype or not out.flags.writeable or len(bounds) != len(index.shape):
         return False
-    starts = [b.start if isinstance(b, slice) else b for b in bounds]
-    stops = [b.stop if isinstance(b, slice) else b + 1 for b in bounds]
-    dropped = tuple(d for d, b in enumerate(bounds) if not isinstance(b, slice))
-    view = np.expand_dims(out, dropped) if dropped else out  # a view of ``out`` in the file's axes
-    if view.shape != tuple(e - s for s, e in zip(starts, stops, strict=True)):
+    view = _in_file_axes(out, bounds)  # a view of ``out`` in the file's axes
+    if view is None:
         return False
-    jobs = []
-    weight = 0
-    ranges = [range(s // c, (e - 1) // c + 1) for s, e, c in zip(starts, stops, index.chunks, strict=True)]
-    for where in itertools.product(*ranges):
-        source, dest = [], []
-        for p, s, e, c in zip(where, starts, stops, index.chunks, strict=True):
-            low, high = max(s, p * c), min(e, (p + 1) * c)
-            source.append(slice(low - p * c, high - p * c))
-            dest.append(slice(low - s, high - s))
-        jobs.append((where, tuple(source), tuple(dest)))
-        weight += int(index.sizes[where])
+    jobs = _region_chunks(bounds, index.chunks)
+    weight = sum(int(index.sizes[where]) for where, _, _ in jobs)
 
-    def work(part: Sequence[tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]]) -> bool:
+    def work(part: Sequence[_Piece]) -> bool:
         for where, source, dest in part:
             if index.offsets[where] < 0:
                 view[dest] = index.fill
@@ -480,9 +505,100 @@ def write_whole(dataset: h5py.Dataset, values: np.ndarray) -> bool:
         batch = jobs[start : start + step]
         _run(batch, work, len(batch) * chunk_bytes)
         for i, where in batch:
-            dsid.write_direct_chunk(tuple(p * c for p, c in zip(where, chunks, strict=True)), encoded[i])
+            dsid.write_direct_chunk(_origin(where, chunks), encoded[i])
             encoded[i] = None
     return True
+
+
+def write_region(
+    dataset: h5py.Dataset, bounds: Bounds, values: np.ndarray | np.generic, fill_value: Any, count_old: bool
+) -> int | None:
+    """Write a region of a chunked dataset, its chunks decoded and encoded here, in parallel.
+
+    Each chunk the region touches is made here: one the region covers from the new values
+    alone, one it covers in part from its stored content (read as stored with
+    ``read_direct_chunk``, decoded here) or the fill value (never written), patched with the
+    new values; it is encoded with the dataset's pipeline and handed to HDF5 as it is
+    (``write_direct_chunk``).  h5py's lock is held only to read and write stored bytes, never
+    while a codec runs.  The file is what h5py's own partial write would make of it.
+
+    Parameters
+    ----------
+    dataset : h5py.Dataset
+        A chunked dataset with filters this module handles, open for writing.
+    bounds : tuple of int or slice
+        Normalised bounds (one per dimension, in range, not empty).
+    values : numpy.ndarray or numpy scalar
+        The dataset's dtype; the selection's shape (integer bounds dropped) or a scalar.
+    fill_value : Any
+        The fill value of the array, for ``count_old``.
+    count_old : bool
+        Also count the fill cells the region held before (the chunks the region covers whole
+        are then decoded too).
+
+    Returns
+    -------
+    int or None
+        The fill cells the region held before (0 without ``count_old``); ``None`` (nothing
+        written) when the dataset or the values are not handled here: then write with h5py.
+
+    Raises
+    ------
+    DekerStorageError
+        If a stored chunk the write must keep in part is cut short or does not decode.
+
+    """
+    pipeline = _pipeline(dataset)
+    if not pipeline or not filters.encodable(pipeline):  # (no filter: nothing to take out of the lock)
+        return None
+    index = chunk_index(dataset)
+    value = np.asarray(values)
+    if index is None or value.dtype != index.dtype or len(bounds) != len(index.shape):
+        return None
+    source = _in_file_axes(value, bounds) if value.ndim else value
+    if source is None:
+        return None
+    chunks, shape = index.chunks, index.shape
+    dsid = dataset.id
+    plan = _region_chunks(bounds, chunks)
+    chunk_bytes = math.prod(chunks) * index.dtype.itemsize
+    step = max(2 * decode_threads(), _WRITE_BATCH_BYTES // max(1, chunk_bytes))
+    stored: dict[tuple[int, ...], tuple[int, bytes]] = {}  # of the batch: (filter mask, bytes)
+    encoded: dict[tuple[int, ...], bytes] = {}
+    counts: list[int] = []
+
+    def work(part_of_batch: Sequence[_Piece]) -> bool:
+        for where, part, dest in part_of_batch:
+            if where in stored:
+                mask, raw = stored[where]
+                chunk = _decoded(raw, mask, index, f"chunk {where}").copy()
+            else:
+                chunk = np.full(chunks, index.fill, dtype=index.dtype)
+            if count_old:
+                counts.append(count_fill(chunk[part], fill_value))
+            chunk[part] = source[dest] if source.ndim else source
+            encoded[where] = filters.encode(chunk, index.filters)
+        return True
+
+    for start in range(0, len(plan), step):
+        batch = plan[start : start + step]
+        stored.clear()
+        encoded.clear()
+        for where, part, _ in batch:
+            extent = tuple(min(c, n - p * c) for p, c, n in zip(where, chunks, shape, strict=True))
+            whole = all(s.start == 0 and s.stop == e for s, e in zip(part, extent, strict=True))
+            if index.offsets[where] >= 0 and (count_old or not whole):  # its stored content counts
+                stored[where] = dsid.read_direct_chunk(_origin(where, chunks))  # (no filter runs)
+        try:
+            _run(batch, work, len(batch) * chunk_bytes)
+        except _Damaged as exc:
+            raise DekerStorageError(
+                f"Array file {dataset.file.filename} is damaged or incomplete: {exc}"
+            ) from exc
+        for where, _, _ in batch:
+            dsid.write_direct_chunk(_origin(where, chunks), encoded[where])
+    old_fill = sum(counts)
+    return old_fill
 
 
 def first_damaged_chunk(dataset: h5py.Dataset) -> tuple[bool, str | None]:

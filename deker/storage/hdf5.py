@@ -502,15 +502,21 @@ def _count_all_fill(dataset: h5py.Dataset, fill_value: Any) -> int:
     return total
 
 
-def _old_fill(dataset: h5py.Dataset, bounds: Bounds, empty: int, cells: int, total: int, fill: Any) -> int:
-    """Fill cells the region holds now, reading it only when the counter cannot tell."""
+def _known_fill(empty: int, cells: int, total: int) -> int | None:
+    """Fill cells a region of ``cells`` holds now, if the counter tells (else None: read it)."""
     if cells == total:
         return empty
     if empty <= 0:
         return 0
     if empty >= total:
         return cells
-    return count_fill(dataset[bounds], fill)
+    return None
+
+
+def _old_fill(dataset: h5py.Dataset, bounds: Bounds, empty: int, cells: int, total: int, fill: Any) -> int:
+    """Fill cells the region holds now, reading it only when the counter cannot tell."""
+    known = _known_fill(empty, cells, total)
+    return count_fill(dataset[bounds], fill) if known is None else known
 
 
 def _store(
@@ -565,15 +571,21 @@ def write_region(
         dataset = handle.get(DATA)
         empty = int(handle[EMPTY_CELLS][()])
         if dataset is None:
+            if new_fill >= cells:
+                return  # only fill written where nothing is stored: nothing changes
             empty, old_fill = total, cells
-        else:
-            old_fill = _old_fill(dataset, bounds, empty, cells, total, fill_value)
-        new_empty = min(max(empty - old_fill + new_fill, 0), total)
-        if new_empty >= total and dataset is None:
-            return  # only fill written where nothing is stored: nothing changes
-        if dataset is None:
             dataset = _create_data(handle, shape, value.dtype, fill_value, dataset_kwargs)
-        dataset[bounds] = _expand(value, sel_shape)
+            if chunkcodec.write_region(dataset, bounds, value, fill_value, count_old=False) is None:
+                dataset[bounds] = _expand(value, sel_shape)
+        else:
+            known = _known_fill(empty, cells, total)  # what the counter tells without reading
+            counted = chunkcodec.write_region(dataset, bounds, value, fill_value, count_old=known is None)
+            if counted is None:
+                old_fill = _old_fill(dataset, bounds, empty, cells, total, fill_value)
+                dataset[bounds] = _expand(value, sel_shape)
+            else:
+                old_fill = counted if known is None else known
+        new_empty = min(max(empty - old_fill + new_fill, 0), total)
         _store(handle, dataset, new_empty, total, False, fill_value)
 
 
