@@ -3,7 +3,9 @@
 Issue 16 asks that a change of structure be "no slower on any scenario". On a shared virtual
 machine one run of each side cannot decide that: identical runs differ by up to 2x. So this
 mode runs both sides several times, **alternating** which one goes first, each run in a fresh
-interpreter, and compares the medians of all repetitions of a step.
+interpreter, one scenario at a time (all the rounds of both sides of a scenario before the
+next one, so that the two sides of a step are measured close together), and compares the
+medians of all repetitions of a step.
 
 How a side is run: ``REV``'s ``deker`` and ``deker_dask`` are exported with ``git archive``
 into a temporary folder that comes first on ``PYTHONPATH``; this checkout comes after it, so
@@ -212,6 +214,30 @@ def _one_run(
     return measurements(rows)
 
 
+def one_scenario_each(args: Sequence[str]) -> list[list[str]]:
+    """Split the options of a run into one run's options per scenario of its ``--only``.
+
+    Both sides of a scenario then run all their rounds one after the other before the next
+    scenario starts: the two sides of a step are measured minutes apart, not a whole run apart
+    (over half an hour at full size, while the machine drifts).
+
+    Parameters
+    ----------
+    args : sequence of str
+        The options of every run; without ``--only`` they are kept whole.
+
+    Returns
+    -------
+    list of list of str
+        One option list per scenario letter, in the order given.
+    """
+    if "--only" not in args:
+        return [list(args)]
+    at = list(args).index("--only")
+    letters = dict.fromkeys(args[at + 1])  # (in order, once each)
+    return [[*args[:at], "--only", letter, *args[at + 2 :]] for letter in letters]
+
+
 def run(
     rev: str,
     rounds: int,
@@ -227,7 +253,8 @@ def run(
     rev : str
         The base revision.
     rounds : int
-        Runs per side (the order alternates: base first in even rounds, head first in odd).
+        Runs per side and scenario (the order alternates: base first in even rounds, head first
+        in odd); the scenarios of ``--only`` run one after the other (:func:`one_scenario_each`).
     args : sequence of str
         The options of every run (``--only``, ``--sizes``, ``--reps``...).
     tolerance : float
@@ -250,11 +277,15 @@ def run(
         ).stdout.strip()
         found: dict[str, list[dict[Key, list[float]]]] = {side: [] for side in SIDES}
         roots = {"base": work / "base", "head": None}
-        for number in range(max(1, rounds)):
-            order = SIDES if number % 2 == 0 else SIDES[::-1]
-            for side in order:
-                print(f"round {number + 1}/{rounds}: {side}", file=sys.stderr, flush=True)
-                found[side].append(_one_run(roots[side], work, args, f"{side}{number}"))
+        for part in one_scenario_each(args):
+            what = part[part.index("--only") + 1] if "--only" in part else "all"
+            for number in range(max(1, rounds)):
+                order = SIDES if number % 2 == 0 else SIDES[::-1]
+                for side in order:
+                    print(
+                        f"scenario {what}, round {number + 1}/{rounds}: {side}", file=sys.stderr, flush=True
+                    )
+                    found[side].append(_one_run(roots[side], work, part, f"{side}{what}{number}"))
     verdicts = compare(found, tolerance)
     for v in verdicts:
         if emit is not None:

@@ -63,8 +63,10 @@ STEPS: dict[str, Step] = {
     "varray_region_write": Step("VArray: region write across tiles", "time"),
     "zstd_varray_write": Step("zstd VArray: first write", "time"),
     "zstd_varray_read": Step("zstd VArray: full read", "time"),
+    "zstd_varray_region_write": Step("zstd VArray: region write across tiles", "time"),
     "gzip_varray_write": Step("gzip VArray: first write", "time"),
     "gzip_varray_read": Step("gzip VArray: full read", "time"),
+    "gzip_varray_region_write": Step("gzip VArray: region write across tiles", "time"),
     "array_create": Step(
         "create Arrays (two primary attributes)", "rate", ">= 5x 1.1.7 rate (or >= 2000/s)", 5.0, "legacy"
     ),

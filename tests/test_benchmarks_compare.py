@@ -85,6 +85,16 @@ def test_runs_of_a_side_are_pooled_and_steps_of_one_side_only_are_left_out() -> 
     assert verdict.ratio == 1.0
 
 
+def test_each_scenario_is_compared_on_its_own() -> None:
+    common = ["--sizes", "tiny", "--reps", "2"]
+    assert compare.one_scenario_each([*common, "--only", "adzd"]) == [
+        [*common, "--only", "a"],
+        [*common, "--only", "d"],
+        [*common, "--only", "z"],
+    ]
+    assert compare.one_scenario_each(common) == [common]
+
+
 @pytest.mark.timeout(300)
 def test_a_tiny_comparison_runs_both_sides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     head = _git_head()
