@@ -176,6 +176,11 @@ class _Damaged(Exception):
     """A stored chunk that is cut short or does not decode to its size."""
 
 
+def _damage(path: Path | str, exc: _Damaged) -> DekerStorageError:
+    """Return the error a damaged chunk of the array file ``path`` is reported as."""
+    return DekerStorageError(f"Array file {path} is damaged or incomplete: {exc}")
+
+
 def _fetch(fd: int, index: ChunkIndex, where: tuple[int, ...]) -> np.ndarray:
     """Read and decode one stored chunk.
 
@@ -216,7 +221,7 @@ def _read_region(
     try:
         return target if read_into(fd, index, bounds, target) else None
     except _Damaged as exc:
-        raise DekerStorageError(f"Array file {path} is damaged or incomplete: {exc}") from exc
+        raise _damage(path, exc) from exc
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -592,13 +597,10 @@ def write_region(
         try:
             _run(batch, work, len(batch) * chunk_bytes)
         except _Damaged as exc:
-            raise DekerStorageError(
-                f"Array file {dataset.file.filename} is damaged or incomplete: {exc}"
-            ) from exc
+            raise _damage(dataset.file.filename, exc) from exc
         for where, _, _ in batch:
             dsid.write_direct_chunk(_origin(where, chunks), encoded[where])
-    old_fill = sum(counts)
-    return old_fill
+    return sum(counts)
 
 
 def first_damaged_chunk(dataset: h5py.Dataset) -> tuple[bool, str | None]:

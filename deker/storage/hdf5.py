@@ -513,12 +513,6 @@ def _known_fill(empty: int, cells: int, total: int) -> int | None:
     return None
 
 
-def _old_fill(dataset: h5py.Dataset, bounds: Bounds, empty: int, cells: int, total: int, fill: Any) -> int:
-    """Fill cells the region holds now, reading it only when the counter cannot tell."""
-    known = _known_fill(empty, cells, total)
-    return count_fill(dataset[bounds], fill) if known is None else known
-
-
 def _store(
     handle: h5py.File, dataset: h5py.Dataset | None, empty: int, total: int, whole: bool, fill: Any
 ) -> None:
@@ -573,18 +567,16 @@ def write_region(
         if dataset is None:
             if new_fill >= cells:
                 return  # only fill written where nothing is stored: nothing changes
-            empty, old_fill = total, cells
+            empty = total  # (then the counter tells: the region held fill only)
             dataset = _create_data(handle, shape, value.dtype, fill_value, dataset_kwargs)
-            if chunkcodec.write_region(dataset, bounds, value, fill_value, count_old=False) is None:
-                dataset[bounds] = _expand(value, sel_shape)
-        else:
-            known = _known_fill(empty, cells, total)  # what the counter tells without reading
-            counted = chunkcodec.write_region(dataset, bounds, value, fill_value, count_old=known is None)
-            if counted is None:
-                old_fill = _old_fill(dataset, bounds, empty, cells, total, fill_value)
-                dataset[bounds] = _expand(value, sel_shape)
-            else:
-                old_fill = counted if known is None else known
+        old_fill = _known_fill(empty, cells, total)  # None: the counter cannot tell, count
+        counted = chunkcodec.write_region(dataset, bounds, value, fill_value, count_old=old_fill is None)
+        if counted is None:  # not for the codec path: h5py writes (counting first if need be)
+            if old_fill is None:
+                old_fill = count_fill(dataset[bounds], fill_value)
+            dataset[bounds] = _expand(value, sel_shape)
+        elif old_fill is None:
+            old_fill = counted
         new_empty = min(max(empty - old_fill + new_fill, 0), total)
         _store(handle, dataset, new_empty, total, False, fill_value)
 
