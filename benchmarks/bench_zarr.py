@@ -405,24 +405,36 @@ def _part_uncompressed(
         made = _writes_and_reads(rec, engines, None, data, sizes, ("z_first_write", "z_full_read"), floor)
     finally:
         shutil.rmtree(floor, ignore_errors=True)
-    corners = scenarios._windows(sizes)
-    win = sizes.window
     for _rep in range(sizes.reps):
         for name, engine in engines.items():
             handle = made[name][-1]
-
-            def reads(e: Engine = engine, h: Any = handle) -> list[np.ndarray]:
-                return [e.read(h, (slice(y, y + win), slice(x, x + win))) for y, x in corners]
-
-            seconds, got = timed(reads)
-            for (y, x), piece in zip(corners, got, strict=True):
-                check(np.array_equal(piece, data[y : y + win, x : x + win]), f"{name} window {y},{x}")
-            rec.add("z_window_reads", name, seconds, ops=len(corners), bytes=len(corners) * win * win * 4)
-            rec.verified("z_window_reads", name)
+            _window_reads(rec, name, lambda sel, e=engine, h=handle: e.read(h, sel), data, sizes)
     for name, engine in engines.items():  # keep the last array of each engine for the dask sum
         for handle in made[name][:-1]:
             engine.drop(handle)
     return {name: made[name][-1] for name in engines}
+
+
+def _window_reads(
+    rec: Recorder,
+    name: str,
+    read: Callable[[tuple[slice, ...]], np.ndarray],
+    data: np.ndarray,
+    sizes: Sizes,
+    **info: Any,
+) -> None:
+    """Time one pass of the windows across tiles with ``read``, check every window, record it."""
+    corners = scenarios._windows(sizes)
+    win = sizes.window
+
+    def reads() -> list[np.ndarray]:
+        return [read((slice(y, y + win), slice(x, x + win))) for y, x in corners]
+
+    seconds, got = timed(reads)
+    for (y, x), piece in zip(corners, got, strict=True):
+        check(np.array_equal(piece, data[y : y + win, x : x + win]), f"{name} window {y},{x}")
+    rec.add("z_window_reads", name, seconds, ops=len(corners), bytes=len(corners) * win * win * 4, **info)
+    rec.verified("z_window_reads", name)
 
 
 @contextmanager
@@ -469,8 +481,6 @@ def _part_read_only(
         return
     handle = kept["deker"]
     data = pattern((sizes.varray_side,) * 2, np.float32, 0)
-    corners = scenarios._windows(sizes)
-    win = sizes.window
     with read_only_view(engine.root) as (where, how):
         client = engine.deker.Client(where.resolve().as_uri(), read_only=how != "read-only bind mount")
         try:
@@ -481,22 +491,7 @@ def _part_read_only(
                 check(np.array_equal(got, data), f"read-only full read ({how})")
                 del got
                 rec.add("z_full_read", "deker_ro", seconds, bytes=data.nbytes, ops=1, how=how, verified=True)
-
-                def reads() -> list[np.ndarray]:
-                    return [varray[y : y + win, x : x + win].read() for y, x in corners]
-
-                seconds, pieces = timed(reads)
-                for (y, x), piece in zip(corners, pieces, strict=True):
-                    check(np.array_equal(piece, data[y : y + win, x : x + win]), f"read-only window {y},{x}")
-                rec.add(
-                    "z_window_reads",
-                    "deker_ro",
-                    seconds,
-                    ops=len(corners),
-                    bytes=len(corners) * win * win * 4,
-                    how=how,
-                    verified=True,
-                )
+                _window_reads(rec, "deker_ro", lambda sel: varray[sel].read(), data, sizes, how=how)
         finally:
             client.close()
 

@@ -510,25 +510,7 @@ def scenario_b(root: Path, sizes: Sizes, engines: Sequence[str]) -> list[dict[st
                     verified=True,
                 )
         engines = tuple(e for e in engines if e != "h5py_tiles")
-        oy, ox, size = _region_corner(sizes)
-        sel = (slice(oy, oy + size), slice(ox, ox + size))
-        expected = data
-        for rep in range(sizes.reps):
-            region = pattern((size, size), np.float32, 10 + rep)
-            for engine in engines:
-                target = made[engine][-1]
-                if engine == "deker":
-                    seconds, _ = timed(lambda t=target, r=region: t[sel].update(r))
-                else:
-                    seconds, _ = timed(lambda t=target, r=region: _h5_write(t, sel, r))
-                rec.add("varray_region_write", engine, seconds, bytes=region.nbytes, ops=1)
-            expected = data.copy()
-            expected[sel] = region
-        for engine in engines:
-            target = made[engine][-1]
-            got = target[:].read() if engine == "deker" else _h5_read(target)
-            check(np.array_equal(got, expected), f"{engine} region write (whole VArray read back)")
-            rec.verified("varray_region_write", engine)
+        _region_writes(rec, "varray_region_write", engines, lambda e, _rep: made[e][-1], data, sizes)
     finally:
         if client is not None:
             client.close()
@@ -596,44 +578,58 @@ def scenario_c(root: Path, sizes: Sizes, engines: Sequence[str]) -> list[dict[st
                     stored = os.path.getsize(made[engine][0])
                 for name in (f"{codec}_varray_write", f"{codec}_varray_read"):
                     rec.rows[(name, engine)]["stored_bytes"] = stored
-            _compressed_region_writes(rec, codec, made, engines, data, sizes)
+            _region_writes(
+                rec,
+                f"{codec}_varray_region_write",
+                engines,
+                lambda e, rep, m=made: m[e][rep],
+                data,
+                sizes,
+                codec=codec,
+            )
     finally:
         if client is not None:
             client.close()
     return rec.results()
 
 
-def _compressed_region_writes(
+def _region_writes(
     rec: Recorder,
-    codec: str,
-    made: dict[str, list[Any]],
+    name: str,
     engines: Sequence[str],
+    target_of: Callable[[str, int], Any],
     data: np.ndarray,
     sizes: Sizes,
+    **info: Any,
 ) -> None:
-    """The region write of (b) into each compressed VArray (each repetition its own), read back.
+    """Time the region write across tiles, a new region each repetition, into ``target_of(engine, rep)``.
 
-    The region cuts chunks and tiles: the chunks it covers in part are decoded, patched and
+    The targets hold ``data`` before; after the last repetition every target is read back
+    whole and must hold ``data`` with the last region written into it.  In (b) one VArray
+    takes every repetition; in (c) each repetition writes its own compressed VArray, whose
+    region cuts chunks and tiles: the chunks it covers in part are decoded, patched and
     encoded again.
     """
     oy, ox, size = _region_corner(sizes)
     sel = (slice(oy, oy + size), slice(ox, ox + size))
-    name = f"{codec}_varray_region_write"
+    last: dict[tuple[str, int], tuple[Any, np.ndarray]] = {}  # (engine, target) -> its last region
     for rep in range(sizes.reps):
         region = pattern((size, size), np.float32, 10 + rep)
         for engine in engines:
-            target = made[engine][rep]
+            target = target_of(engine, rep)
             if engine == "deker":
                 seconds, _ = timed(lambda t=target, r=region: t[sel].update(r))
             else:
                 seconds, _ = timed(lambda t=target, r=region: _h5_write(t, sel, r))
-            rec.add(name, engine, seconds, bytes=region.nbytes, ops=1, codec=codec)
-            expected = data.copy()
-            expected[sel] = region
-            got = target[:].read() if engine == "deker" else _h5_read(target)
-            check(np.array_equal(got, expected), f"{engine} {codec} region write (read back)")
-            del got, expected
-            rec.verified(name, engine)
+            rec.add(name, engine, seconds, bytes=region.nbytes, ops=1, **info)
+            last[(engine, id(target))] = (target, region)
+    for (engine, _), (target, region) in last.items():
+        expected = data.copy()
+        expected[sel] = region
+        got = target[:].read() if engine == "deker" else _h5_read(target)
+        check(np.array_equal(got, expected), f"{engine} {name} (whole VArray read back)")
+        del got, expected
+        rec.verified(name, engine)
 
 
 # ------------------------------------------------------------------------------ (d) metadata

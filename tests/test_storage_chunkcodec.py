@@ -398,6 +398,14 @@ def test_a_dataset_with_chunks_written_is_left_to_h5py(tmp_path: Path) -> None:
         assert not chunkcodec.write_whole(handle["data"], np.zeros((8, 8), dtype=np.float32))
 
 
+def _plain_h5py_reads_whole_arrays(storage: Path, expected: np.ndarray) -> None:
+    """Every Array file of ``expected``'s shape below ``storage`` reads as it with plain h5py."""
+    for path in storage.rglob("*.hdf5"):
+        with h5py.File(path, "r", locking=False) as handle:
+            if "data" in handle and handle["data"].shape == expected.shape:
+                np.testing.assert_array_equal(handle["data"][...], expected)
+
+
 @pytest.mark.parametrize("codec", ["gzip", "zstd", "lz4", "blosc"])
 def test_whole_updates_of_compressed_arrays_encode_here(
     tmp_path: Path, codec: str, monkeypatch: pytest.MonkeyPatch
@@ -441,10 +449,7 @@ def test_whole_updates_of_compressed_arrays_encode_here(
         assert len(calls) == 2 * 6 + 1
         np.testing.assert_array_equal(varray[:].read(), values * 2)
         np.testing.assert_array_equal(array[:].read(), values)
-        for path in [*(tmp_path / "storage").rglob("*.hdf5")]:
-            with h5py.File(path, "r", locking=False) as handle:  # plain h5py, HDF5's filters
-                if "data" in handle and handle["data"].shape == (40, 30):
-                    np.testing.assert_array_equal(handle["data"][...], values)
+        _plain_h5py_reads_whole_arrays(tmp_path / "storage", values)
 
 
 @pytest.mark.skipif(chunkcodec.decode_threads() < 2, reason="one core: the chunks are encoded in one thread")
@@ -697,7 +702,4 @@ def test_partial_updates_of_compressed_arrays_code_here(
         np.testing.assert_array_equal(varray[:].read(), expected)
         np.testing.assert_array_equal(array[:].read(), expected)
         assert client.check_integrity(4, stop_on_error=False, progress=False).ok
-        for path in (tmp_path / "storage").rglob("*.hdf5"):
-            with h5py.File(path, "r", locking=False) as handle:  # plain h5py, HDF5's filters
-                if "data" in handle and handle["data"].shape == (40, 30):
-                    np.testing.assert_array_equal(handle["data"][...], expected)
+        _plain_h5py_reads_whole_arrays(tmp_path / "storage", expected)
