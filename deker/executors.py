@@ -263,6 +263,36 @@ class TaskRunner:
         outcome = _gather(batch_futures, lambda f: f.result(), lambda f: f.cancel())
         return _unbatch(outcome, batches)
 
+    def run_here(self, fn: Callable[..., R], calls: Sequence[tuple[Any, ...]]) -> list[R | BaseException]:
+        """Run ``fn(*args)`` for every call in threads of this process, whatever the executor.
+
+        For the work that must happen where the caller is (file work under a lock this process
+        holds, such as creating the tiles an update claims), while the tasks themselves may run
+        elsewhere.  A thread runner uses its pool; any other runs the calls on a pool of its own
+        that lives for this call.  Results and exceptions as for :meth:`run_all`.
+
+        Parameters
+        ----------
+        fn : callable
+            Any callable (nothing is pickled).
+        calls : sequence of tuple
+            The positional arguments of each call.
+
+        Returns
+        -------
+        list
+            The result, or the raised exception, of every call.
+        """
+        calls = list(calls)
+        if self.in_process:
+            return self.run_all(fn, calls)
+        if len(calls) < 2:
+            return [value for _ok, value in run_batch(fn, calls)]
+        threads = min(len(calls), _default_workers())
+        with cf.ThreadPoolExecutor(threads, thread_name_prefix="deker-here") as pool:
+            futures = [pool.submit(fn, *args) for args in calls]
+            return _gather(futures, lambda f: f.result(), lambda f: f.cancel())
+
     def _run_dask(
         self, fn: Callable[..., R], calls: list[tuple[Any, ...]], size: int
     ) -> list[R | BaseException]:
@@ -317,7 +347,7 @@ class TaskRunner:
                 future.cancel()
             raise
         keys = [getattr(f, "key", None) for f in futures]
-        return _gather(futures, lambda f: f.result(), lambda f: f.cancel()), keys
+        return _gather_dask(client, futures), keys
 
     # ------------------------------------------------------------------ sizing
     def suggest_batch_size(self, n_calls: int, bytes_per_call: int) -> int:
@@ -388,6 +418,32 @@ def _gather(futures: list[Any], result: Callable[[Any], Any], cancel: Callable[[
             cancel(future)
         raise
     return out
+
+
+def _gather_dask(client: Any, futures: list[Any]) -> list[Any]:
+    """Return the result, or the exception, of every Dask future, fetched together.
+
+    ``future.result()`` one future at a time costs a round trip to the cluster per task and
+    moves one result at a time; one ``client.gather`` waits for all of them and fetches every
+    finished result in one request (from many workers at once).  A future that failed or was
+    cancelled keeps its exception (read from the future itself, as ``result()`` raises it).
+    """
+    try:
+        got = client.gather(dict(enumerate(futures)), errors="skip")
+        out: list[Any] = []
+        for n, future in enumerate(futures):
+            if n in got and getattr(future, "status", "finished") == "finished":
+                out.append(got[n])
+                continue
+            try:  # failed or cancelled: its exception, as result() raises it
+                out.append(future.result())
+            except Exception as exc:  # a task's failure is a result
+                out.append(exc)
+        return out
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
 
 
 def _is_lost(result: Any) -> bool:

@@ -108,8 +108,8 @@ def _create_missing(
     runner: TaskRunner | None,
 ) -> list[tuple[str, bool]]:
     args = [(pos, values, payloads.get(pos), lock.claiming) for pos in missing]
-    if runner is not None and len(missing) > 1 and runner.in_process:  # each waits on its own files
-        made: list[Any] = runner.run_all(index.create, args)
+    if runner is not None and len(missing) > 1:  # each waits on its own files, in this process
+        made: list[Any] = runner.run_here(index.create, args)
     else:
         made = [index.create(*arg) for arg in args]
     for result in made:
@@ -155,7 +155,8 @@ def lock_tiles(
     payloads : dict, optional
         Every cell of some tiles, by position: a missing one is created holding it.
     runner : TaskRunner, optional
-        Creates several missing tiles at once when it runs tasks in this process.
+        Creates several missing tiles at once, in threads of this process (which holds the
+        lock), whatever executor runs the tasks.
     what : str
         The operation, for the error message.
 

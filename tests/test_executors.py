@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -140,6 +141,31 @@ def test_process_pool(process_pool: cf.ProcessPoolExecutor) -> None:
     assert len(results) == 3 and all(isinstance(r, Exception) for r in results)
     runner.shutdown()
     assert process_pool.submit(pow, 2, 5).result() == 32
+
+
+def meet(barrier: threading.Barrier, label: str) -> tuple[str, int, str]:
+    """Wait for the other calls at ``barrier`` (a call run alone times out), then say where it ran."""
+    barrier.wait(30)
+    return label, os.getpid(), threading.current_thread().name
+
+
+def test_run_here_runs_in_threads_of_this_process_for_every_kind(
+    process_pool: cf.ProcessPoolExecutor, dask_client: Any
+) -> None:
+    # Work that must stay with the caller (the tiles an update claims) runs in this process's
+    # threads at once, whatever runs the tasks: the calls meet at a barrier, which they
+    # could not do one after the other (nor in another process: a Barrier does not pickle).
+    runners = [TaskRunner.create(workers=3), TaskRunner.create(process_pool), TaskRunner.create(dask_client)]
+    for runner in runners:
+        barrier = threading.Barrier(3)
+        results = runner.run_here(meet, [(barrier, "a"), (barrier, "b"), (barrier, "c")])
+        assert [r[:2] for r in results] == [("a", os.getpid()), ("b", os.getpid()), ("c", os.getpid())]
+        assert all(name != threading.current_thread().name for _, _, name in results)
+        failed = runner.run_here(divmod, [(1, 0), (7, 2)])
+        assert isinstance(failed[0], ZeroDivisionError) and failed[1] == (3, 1)
+        assert runner.run_here(divmod, [(7, 2)]) == [(3, 1)]
+        assert runner.run_here(divmod, []) == []
+    runners[0].shutdown()
 
 
 def test_other_executor_kind() -> None:
@@ -303,6 +329,30 @@ def test_a_lost_dask_task_is_sent_again_after_its_copy_ended(
         logging.getLogger("deker.executors").removeHandler(handler)
     assert out == ["a"]
     assert log.read_text() == "start a\nend a\nstart a\nend a\n"
+
+
+def test_an_interruption_while_dask_tasks_run_propagates(dask_client: Any, tmp_path: Path) -> None:
+    # An interruption while the results are awaited propagates (it is no task's failure).
+    import signal
+
+    _GATE.clear()
+    log = tmp_path / "log.txt"
+    runner = TaskRunner.create(dask_client)
+    main = threading.get_ident()
+
+    def interrupt_when_started() -> None:
+        if _wait(lambda: log.exists() and "start a" in log.read_text()):
+            signal.pthread_kill(main, signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_when_started)
+    interrupter.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_all(gated, [(str(log), "a"), (str(log), "b")])
+        assert "end" not in log.read_text()  # it came while the tasks waited, not after them
+    finally:
+        _GATE.set()
+        interrupter.join(60)
 
 
 def _wait(predicate: Any, timeout: float = 60.0) -> bool:
