@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -165,6 +165,41 @@ def run_extras(scale: float) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+#: glibc's malloc settings of a benchmark process (:func:`kept_memory_env`): blocks up to 4 GiB
+#: come from the heap rather than from their own ``mmap``, and freed memory is never given back.
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+
+
+def kept_memory_env(environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """Return the environment a benchmark process should run in, or None if it runs in it already.
+
+    On a virtual machine that gives freed guest memory back to its host (free page reporting,
+    ballooning), a page first touched after it was given back costs the host's fault and the
+    guest's zeroing again: seen here, the same 256 MiB full read took 70 ms or 370 ms at random,
+    85 % of the slow one in the kernel's ``clear_page``.  glibc gives a large block back to the
+    kernel as soon as it is freed (each gets its own ``mmap``), so every result array of every
+    engine pays that lottery.  With :data:`KEEP_FREED_MEMORY` a process keeps what it freed
+    and reuses it, and :func:`warm_memory` then really leaves warm pages behind.  The settings
+    are glibc's (``mallopt(3)``) and are read when a process starts: ``python -m benchmarks``
+    starts itself again in this environment (its subprocesses, the Dask workers and the
+    ``--compare`` sides, inherit it).  Other C libraries ignore the variables.
+
+    Parameters
+    ----------
+    environ : Mapping, optional
+        The environment to start from (default ``os.environ``).
+
+    Returns
+    -------
+    dict or None
+        The environment with the settings, or None when ``environ`` has them already.
+    """
+    base = dict(os.environ if environ is None else environ)
+    if all(base.get(k) == v for k, v in KEEP_FREED_MEMORY.items()):
+        return None
+    return {**base, **KEEP_FREED_MEMORY}
 
 
 def warm_memory(gib: float) -> float:
@@ -327,6 +362,7 @@ def machine(tmp: Path) -> dict[str, Any]:
         "deker": scenarios.deker_version(),
         "deker_path": str(Path(importlib.import_module("deker").__file__ or "").parent),
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        "freed_memory_kept": kept_memory_env() is None,
         "tmp": str(tmp),
     }
 

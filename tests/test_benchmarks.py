@@ -122,6 +122,33 @@ def test_command_line_quick_subset(tmp_path: Path) -> None:
     assert runner.main(["--from-json", str(out)]) == 0
 
 
+def test_kept_memory_env() -> None:
+    env = runner.kept_memory_env({"PATH": "/bin", "MALLOC_TRIM_THRESHOLD_": "1"})
+    assert env == {"PATH": "/bin", **runner.KEEP_FREED_MEMORY}
+    assert runner.kept_memory_env(env) is None
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings: Linux only")
+def test_the_command_runs_with_freed_memory_kept(tmp_path: Path) -> None:
+    # ``python -m benchmarks`` starts itself again with glibc keeping freed memory (it is read
+    # at a process's start); the machine row of the run says whether it ran so.
+    out = tmp_path / "run.jsonl"
+    env = {k: v for k, v in os.environ.items() if k not in runner.KEEP_FREED_MEMORY}
+    env["PYTHONPATH"] = str(ROOT)
+    argv = ["--sizes", "tiny", "--reps", "1", "--only", "d", "--warm-gib", "0"]
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks", *argv, "--out", str(out), "--tmpdir", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=150,
+        check=True,
+    )
+    first = json.loads(out.read_text().splitlines()[0])
+    assert first["kind"] == "machine" and first["freed_memory_kept"] is True
+
+
 @pytest.mark.timeout(300)
 def test_legacy_run_uses_deker_117(tmp_path: Path, legacy_python: Path) -> None:
     rows = runner.run_legacy(legacy_python.parents[1], tmp_path / "legacy", SMOKE, "a")
