@@ -39,6 +39,9 @@ __all__ = ["TileIndex"]
 
 logger = logging.getLogger(__name__)
 
+#: The most tile specs one :class:`TileIndex` keeps (then it starts again).
+MAX_SPECS = 16384
+
 
 @dataclass(frozen=True)
 class TileIndex:
@@ -126,10 +129,25 @@ class TileIndex:
             self.paths.root, self.meta, self.vid, position, values, self.locks, data, claim
         )
 
+    @cached_property
+    def _specs(self) -> dict[tuple[str, tuple[int, ...] | None], FileSpec]:
+        return {}
+
     def for_tile(self, tile_id: str, position: tuple[int, ...] | None = None) -> FileSpec:
-        """Return the :class:`~deker.tasks.FileSpec` of a tile (with its symlink if ``position``)."""
-        symlink = (self.vid, position_key(position)) if position is not None else ()
-        return file_spec(self.root, self.meta, tile_id, self.locks, symlink, self.storage_id)
+        """Return the :class:`~deker.tasks.FileSpec` of a tile (with its symlink if ``position``).
+
+        Built once per tile and kept (up to :data:`MAX_SPECS` tiles): a spec also keeps the
+        paths it resolved, which every read of the tile would otherwise build again.
+        """
+        key = (tile_id, position)
+        spec = self._specs.get(key)
+        if spec is None:
+            symlink = (self.vid, position_key(position)) if position is not None else ()
+            spec = file_spec(self.root, self.meta, tile_id, self.locks, symlink, self.storage_id)
+            if len(self._specs) >= MAX_SPECS:
+                self._specs.clear()
+            self._specs[key] = spec
+        return spec
 
     def lock_key(self, tile_id: str) -> tuple[Path, str]:
         """Return what a :class:`~deker.storage.locks.VArrayWriteLock` takes for a tile."""
