@@ -246,12 +246,9 @@ class TaskRunner:
         calls = list(calls)
         if not calls:
             return []
-        if len(calls) == 1 and self.in_process:
-            try:
-                return [fn(*calls[0])]
-            except Exception as exc:
-                return [exc]
         size = max(1, int(batch_size))
+        if self.in_process and (len(calls) == 1 or size >= len(calls)):  # one task: no hand-off
+            return [value for _ok, value in run_batch(fn, calls)]
         if self._kind == "dask":
             return self._run_dask(fn, calls, size)
         executor = self._get_executor()
@@ -350,12 +347,15 @@ class TaskRunner:
         return _gather_dask(client, futures), keys
 
     # ------------------------------------------------------------------ sizing
-    def suggest_batch_size(self, n_calls: int, bytes_per_call: int) -> int:
+    def suggest_batch_size(self, n_calls: int, bytes_per_call: int, *, cheap_files: bool = False) -> int:
         """Suggest how many calls to group into one task.
 
         The rule: a task should move at least :data:`TARGET_TASK_BYTES` (4 MiB), so tiny tiles
         are grouped, but there must stay at least ``4 * workers`` tasks so that every worker
-        has work; when the two conflict, the second wins (more, smaller tasks).
+        has work; when the two conflict, the second wins (more, smaller tasks).  With
+        ``cheap_files``, an operation that moves no more than one task's worth in all is one
+        task: where opening and locking a file costs microseconds, handing a few small tiles
+        to other threads (or workers) costs more than they save.
 
         Parameters
         ----------
@@ -363,6 +363,10 @@ class TaskRunner:
             The number of calls of the operation.
         bytes_per_call : int
             The I/O size of one call (e.g. the bytes of one tile).
+        cheap_files : bool, default False
+            Whether the files lie on a local filesystem
+            (:func:`deker.storage.mounts.is_local_filesystem`).  On a network filesystem each
+            file costs round trips, which parallel tasks overlap.
 
         Returns
         -------
@@ -372,6 +376,8 @@ class TaskRunner:
         """
         if n_calls <= 1:
             return 1
+        if cheap_files and n_calls * max(1, int(bytes_per_call)) <= TARGET_TASK_BYTES:
+            return n_calls  # the whole operation is one task's worth: one task
         by_bytes = max(1, -(-TARGET_TASK_BYTES // max(1, int(bytes_per_call))))
         by_tasks = max(1, n_calls // (4 * self.workers))
         return max(1, min(by_bytes, by_tasks))

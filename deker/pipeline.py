@@ -25,6 +25,7 @@ from deker.errors import DekerInstanceNotExistsError, DekerLockError, DekerVSubs
 from deker.executors import TaskRunner
 from deker.storage.arrayfile import Bounds, selection_shape
 from deker.storage.locks import VArrayWriteLock, new_token
+from deker.storage.mounts import is_local_filesystem
 from deker.tasks import (
     clear_piece,
     read_piece,
@@ -94,9 +95,14 @@ def require(index: TileIndex, who: str) -> None:
         raise DekerInstanceNotExistsError(f"{who} was deleted")
 
 
-def batch_size(runner: TaskRunner, index: TileIndex, n_calls: int) -> int:
-    """Return how many tile tasks the runner should send together (see ``suggest_batch_size``)."""
-    return int(runner.suggest_batch_size(n_calls, index.tile_bytes))
+def batch_size(runner: TaskRunner, index: TileIndex, n_calls: int, nbytes: int | None = None) -> int:
+    """Return how many tile tasks the runner should send together (see ``suggest_batch_size``).
+
+    ``nbytes`` is the size of the operation's region when it is known (a read), else each
+    call counts a whole tile.  Whether files are cheap is the storage's filesystem's answer.
+    """
+    per_call = index.tile_bytes if nbytes is None or not n_calls else -(-int(nbytes) // n_calls)
+    return int(runner.suggest_batch_size(n_calls, per_call, cheap_files=is_local_filesystem(index.root)))
 
 
 def _create_missing(
@@ -236,7 +242,7 @@ def read(ctx: StorageContext, index: TileIndex, bounds: Bounds, fill_value: Any,
         else:
             todo.append((piece, tid))
     runner = ctx.runner
-    size = batch_size(runner, index, len(todo))
+    size = batch_size(runner, index, len(todo), out.nbytes)
     if runner.in_process:
         calls = [(index.for_tile(tid), p.local, out, p.out) for p, tid in todo]
         results: list[Any] = list(runner.run_all(read_piece_into, calls, batch_size=size))

@@ -200,6 +200,25 @@ def test_suggest_batch_size() -> None:
     assert runner.suggest_batch_size(100_000, 1024**2) == 4  # 4 MiB per task, plenty of tasks
     assert runner.suggest_batch_size(10, 1) == 1
     assert runner.suggest_batch_size(100, 0) == 12
+    # files are cheap (a local disk): an operation of one task's worth of bytes is one task
+    assert runner.suggest_batch_size(4, 256 * 1024, cheap_files=True) == 4
+    assert runner.suggest_batch_size(1000, 1024, cheap_files=True) == 1000
+    assert runner.suggest_batch_size(4, TARGET_TASK_BYTES // 4, cheap_files=True) == 4
+    assert runner.suggest_batch_size(5, TARGET_TASK_BYTES // 4, cheap_files=True) == 1  # more: as before
+    assert runner.suggest_batch_size(10_000, 1024, cheap_files=True) == 1250
+    assert runner.suggest_batch_size(4, 256 * 1024) == 1  # a network filesystem: in parallel
+
+
+def test_one_batch_of_all_calls_runs_in_the_callers_thread() -> None:
+    runner = TaskRunner.create(workers=2)
+    try:
+        assert runner.run_all(thread_id, [()] * 4, batch_size=4) == [threading.get_ident()] * 4
+        assert runner._executor is None
+        [error, fine] = runner.run_all(divmod, [(1, 0), (7, 2)], batch_size=2)
+        assert isinstance(error, ZeroDivisionError) and fine == (3, 1)
+        assert threading.get_ident() not in runner.run_all(thread_id, [()] * 4, batch_size=2)
+    finally:
+        runner.shutdown()
 
 
 # ----------------------------------------------------------------------------- Dask

@@ -111,3 +111,34 @@ def test_require_names_the_deleted_varray(client: Client) -> None:
 
 def client_locks(varray):  # type: ignore[no-untyped-def]
     return varray.storage_context.locks
+
+
+def test_a_small_read_on_a_local_disk_runs_in_the_callers_thread(tmp_path: Path) -> None:
+    # Opening and locking a tile costs microseconds on a local filesystem: a read of one task's
+    # worth of bytes (here 4 of 6 tiles, 96 bytes) reads its tiles in the caller's thread; the
+    # thread pool (made on first use) is not even started.  A read of more than that uses it.
+    from deker.executors import TARGET_TASK_BYTES
+    from deker.storage.mounts import is_local_filesystem
+
+    if not is_local_filesystem(tmp_path):
+        pytest.skip(f"{tmp_path} is not on a local filesystem: tiles are read in parallel there")
+    with Client((tmp_path / "s").as_uri(), workers=4) as c:
+        varray = _varray(c)
+        data = np.arange(24, dtype=np.float32).reshape(4, 6)
+        varray[:].update(data)
+        runner = c._ctx.runner
+        runner.shutdown()
+        np.testing.assert_array_equal(varray[1:3, 1:5].read(), data[1:3, 1:5])
+        assert runner._executor is None
+        side = 1024  # 4 tiles of 2 MiB: more than one task's worth
+        assert 4 * (side * side // 4) * 4 * 2 > TARGET_TASK_BYTES
+        big_schema = VArraySchema(
+            dtype=np.float32,
+            dimensions=[DimensionSchema(name="y", size=2 * side), DimensionSchema(name="x", size=2 * side)],
+            vgrid=(2, 2),
+        )
+        big = c.create_collection("big", big_schema).create()
+        big[:].update(1.0)
+        runner.shutdown()
+        assert big[:].read().sum() == 4 * side * side
+        assert runner._executor is not None

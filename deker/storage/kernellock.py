@@ -22,12 +22,12 @@ import contextlib
 import errno
 import fcntl
 import os
-import re
 import struct
 import uuid
 from pathlib import Path
 
 from deker.errors import DekerValidationError
+from deker.storage.mounts import mount_of
 
 __all__ = [
     "FLOCK",
@@ -214,10 +214,6 @@ def probe_exclusion(directory: Path, prim: str) -> str | None:
             os.unlink(path)
 
 
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def mount_problem(mounts: str, directory: str, prim: str) -> str | None:
     """Return why the mount holding ``directory`` keeps locks on each host, or None.
 
@@ -239,15 +235,7 @@ def mount_problem(mounts: str, directory: str, prim: str) -> str | None:
         The problem, naming the mount point, type and option.
 
     """
-    best: tuple[str, str, list[str]] | None = None
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        point, fstype, options = _unescape(fields[1]), fields[2], fields[3].split(",")
-        inside = directory == point or directory.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) >= len(best[0])):
-            best = (point, fstype, options)
+    best = mount_of(mounts, directory)
     if best is None:
         return None
     point, fstype, options = best
