@@ -223,8 +223,9 @@ class TaskRunner:
         """Run ``fn(*args)`` for every call and return each result or exception, in order.
 
         A task's exception is returned in its place, never raised.  With ``batch_size > 1``
-        consecutive calls are grouped into one task (:func:`run_batch`).  A single call on an
-        in-process runner runs in the caller's thread.  If waiting is interrupted (e.g. by
+        consecutive calls are grouped into one task (:func:`run_batch`).  On an in-process
+        runner a single call, or a single batch holding every call, runs in the caller's
+        thread (handing it to a pool thread would only add the hand-off).  If waiting is interrupted (e.g. by
         ``KeyboardInterrupt``), the tasks not started yet are cancelled and the interruption
         propagates.
 
