@@ -245,6 +245,18 @@ def test_dask_results(dask_client: Any) -> None:
     assert dask_client.submit(pow, 2, 2).result() == 4  # the client is not closed
 
 
+def test_dask_results_straight_from_the_workers(dask_client: Any) -> None:
+    # A client made with direct_to_workers=True: the results come in one request from the
+    # workers; failures keep their place and their exception.
+    distributed = pytest.importorskip("distributed")
+    with distributed.Client(dask_client.scheduler.address, direct_to_workers=True) as direct:
+        runner = TaskRunner.create(direct)
+        _check_results(runner, 1)
+        _check_results(runner, 4)
+        big = np.arange(SCATTER_THRESHOLD // 8 + 1, dtype=np.int64)  # scattered, then gathered
+        assert runner.run_all(np.sum, [(big,), (big[:10],)]) == [big.sum(), 45]
+
+
 def test_dask_never_deduplicates(dask_client: Any, tmp_path: Path) -> None:
     path = str(tmp_path / "log.txt")
     runner = TaskRunner.create(dask_client)
