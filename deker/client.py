@@ -131,7 +131,9 @@ class Client:
     executor : concurrent.futures.Executor or distributed.Client, optional
         Runs the per-tile tasks of VArrays.  By default the client owns a thread pool of
         ``workers`` threads.  A user executor is never shut down by deker; a Dask distributed
-        client runs the tasks on its workers (which must see the same filesystem).
+        client runs the tasks on its workers (which must see the same filesystem); their
+        results come back through the scheduler one task at a time, or all at once straight
+        from the workers when that client was made with ``direct_to_workers=True``.
     workers : int, optional
         Threads of the client's own pool (default ``cpu_count() + 4``).
     write_lock_timeout : int, default 60
