@@ -354,9 +354,13 @@ class TaskRunner:
         The rule: a task should move at least :data:`TARGET_TASK_BYTES` (4 MiB), so tiny tiles
         are grouped, but there must stay at least ``4 * workers`` tasks so that every worker
         has work; when the two conflict, the second wins (more, smaller tasks).  With
-        ``cheap_files``, an operation that moves no more than one task's worth in all is one
-        task: where opening and locking a file costs microseconds, handing a few small tiles
-        to other threads (or workers) costs more than they save.
+        ``cheap_files``, on a runner of this process's threads, an operation that moves no
+        more than one task's worth in all is one task, run in the caller's thread: where
+        opening and locking a file costs microseconds, handing small tiles to other threads
+        costs more than it saves (the GIL lets one of them work at a time; 512 tiles of
+        8 x 8 read in 0.28 s instead of 0.40 s here).  Worker processes and Dask workers do
+        work in parallel, so there it changes nothing (one task of 512 tiny tiles on one Dask
+        worker took twice the time of 16 tasks on two).
 
         Parameters
         ----------
@@ -377,7 +381,7 @@ class TaskRunner:
         """
         if n_calls <= 1:
             return 1
-        if cheap_files and n_calls * max(1, int(bytes_per_call)) <= TARGET_TASK_BYTES:
+        if cheap_files and self.in_process and n_calls * max(1, int(bytes_per_call)) <= TARGET_TASK_BYTES:
             return n_calls  # the whole operation is one task's worth: one task
         by_bytes = max(1, -(-TARGET_TASK_BYTES // max(1, int(bytes_per_call))))
         by_tasks = max(1, n_calls // (4 * self.workers))

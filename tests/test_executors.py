@@ -127,6 +127,13 @@ def process_pool() -> Iterator[cf.ProcessPoolExecutor]:
         yield pool
 
 
+def test_cheap_files_change_nothing_for_workers_elsewhere(process_pool: cf.ProcessPoolExecutor) -> None:
+    # Processes work in parallel (no GIL between them): small operations keep several tasks.
+    runner = TaskRunner.create(process_pool)
+    assert runner.suggest_batch_size(1000, 1024, cheap_files=True) == runner.suggest_batch_size(1000, 1024)
+    assert runner.suggest_batch_size(1000, 1024, cheap_files=True) == 125
+
+
 def test_process_pool(process_pool: cf.ProcessPoolExecutor) -> None:
     runner = TaskRunner.create(process_pool)
     assert (runner.kind, runner.owns_executor, runner.in_process) == ("processes", False, False)
