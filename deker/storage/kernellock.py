@@ -222,10 +222,8 @@ def mount_problem(mounts: str, directory: str, prim: str) -> str | None:
 
     Parameters
     ----------
-    mounts : str
-        The text of ``/proc/self/mounts``.
-    directory : str
-        A resolved absolute path.
+    mounts, directory
+        As for :func:`deker.storage.mounts.mount_of`.
     prim : str
         The primitive in use (``flock`` or ``posix``).
 
