@@ -434,8 +434,9 @@ def _read_only_rows(summary: Sequence[dict[str, Any]]) -> list[list[str]]:
             item["what"],
             item.get("read_only_how", ""),
             _cell(item, "deker_ro", True),
-            _cell(item, "deker", True),
+            _cell(item, "deker_rw" if "deker_rw_s" in item else "deker", True),
             _ratio(item, "read_only_vs_writable"),
+            _ratio(item, "reread_vs_os_tiles"),
         ]
         for item in summary
         if "read_only_vs_writable" in item
@@ -455,8 +456,11 @@ def zarr_text_table(summary: Sequence[dict[str, Any]]) -> str:
             f"deker {what}: {executor}; thread pool {threads}: {ratio}x the thread pool's time; "
             f"moving the bytes alone {transport}: {floor}x that"
         )
-    for what, how, read_only, writable, ratio in _read_only_rows(summary):
-        lines.append(f"deker {what} through a {how}: {read_only}; writable {writable}: {ratio}x")
+    for what, how, read_only, writable, ratio, floor in _read_only_rows(summary):
+        lines.append(
+            f"deker {what} through a {how}: {read_only}; writable {writable}: {ratio}x"
+            + ("" if floor == "-" else f"; writable / layout floor: {floor}x")
+        )
     return "\n".join(lines)
 
 
@@ -479,8 +483,9 @@ def zarr_markdown_table(summary: Sequence[dict[str, Any]]) -> str:
     if read_only:
         lines += [
             "",
-            "| deker step | read-only through | read-only | writable | read-only / writable |",
-            "|---|---|---|---|---|",
+            "| deker step (a VArray read before) | read-only through | read-only | writable "
+            "| read-only / writable | writable / layout floor |",
+            "|---|---|---|---|---|---|",
         ]
         lines += ["| " + " | ".join(row) + " |" for row in read_only]
     return "\n".join(lines)

@@ -223,8 +223,9 @@ def test_zarr_scenarios_run_and_verify(tmp_path: Path) -> None:
     every = set(bench_zarr.ENGINES)
     expected = {
         "z_first_write": every,
-        "z_full_read": every | {"os_tiles", "deker_ro"},  # the layout's floor, a read-only reader
-        "z_window_reads": every | {"deker_ro"},
+        # the layout's floor; a read-only reader and the writable one interleaved with it
+        "z_full_read": every | {"os_tiles", "deker_ro", "deker_rw"},
+        "z_window_reads": every | {"deker_ro", "deker_rw"},
         "z_zstd_write": every,
         "z_zstd_read": every,
         "z_zstd_read_1cpu": every if len(os.sched_getaffinity(0)) > 1 else set(),  # one CPU: nothing
@@ -250,6 +251,7 @@ def test_zarr_scenarios_run_and_verify(tmp_path: Path) -> None:
     how = "read-only bind mount" if os.geteuid() == 0 else "Client(read_only=True)"
     assert summary["z_window_reads"]["read_only_how"] == how  # (as root: a real mount, unmounted after)
     assert summary["z_full_read"]["read_only_vs_writable"] > 0
+    assert summary["z_full_read"]["reread_vs_os_tiles"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.jsonl"]  # every array removed
 
 
@@ -316,6 +318,8 @@ def test_zarr_summary_and_docs_leave_the_other_results(tmp_path: Path) -> None:
         row("z_window_reads", "deker", 2.0, ops=200, verified=True),
         row("z_window_reads", "zarr", 1.0, ops=200, verified=True),
         row("z_window_reads", "deker_ro", 2.2, ops=200, how="Client(read_only=True)", verified=True),
+        row("z_full_read", "deker_rw", 0.3, bytes=1 << 20, verified=True),  # a VArray read before
+        row("z_full_read", "deker_ro", 0.15, bytes=1 << 20, how="read-only bind mount", verified=True),
         row("z_executor_read", "deker", 0.5, verified=True),
         row("z_executor_read", "deker_executor", 1.5, verified=True),
         row("z_executor_read", "transport", 0.75, verified=True),
@@ -327,7 +331,10 @@ def test_zarr_summary_and_docs_leave_the_other_results(tmp_path: Path) -> None:
     assert summary["z_window_reads"]["deker_vs_zarr"] == 2.0  # time per window
     assert summary["z_executor_read"]["executor_vs_threads"] == 3.0
     assert summary["z_executor_read"]["executor_vs_transport"] == 2.0
-    assert summary["z_window_reads"]["read_only_vs_writable"] == 1.1
+    assert summary["z_window_reads"]["read_only_vs_writable"] == 1.1  # no deker_rw: against deker
+    # with deker_rw, the read-only reads compare with the writable reads interleaved with them
+    assert (full["read_only_vs_writable"], full["reread_vs_os_tiles"]) == (0.5, 1.5)
+    assert "writable / layout floor: 1.50x" in report.zarr_text_table(list(summary.values()))
     assert "through a Client(read_only=True)" in report.zarr_text_table(list(summary.values()))
     assert "executor" in report.zarr_text_table(list(summary.values()))
     page = tmp_path / "PERFORMANCE.md"
