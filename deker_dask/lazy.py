@@ -1,12 +1,17 @@
 """Lazy dask arrays over deker Arrays, VArrays, their subsets and whole collections.
 
-The graph is built directly, one task per chunk, from what exists on disk when it is built:
+Every array is :func:`dask.array.from_array` over a :class:`TileReader`, which holds what
+exists on disk when the array is built, so its read tasks form a blockwise layer that dask
+fuses with the blockwise steps after it (a tile's read and its share of a reduction are one
+task):
 
 - a VArray chunk is one tile (or a block of ``tiles_per_chunk`` tiles); a tile that does not
   exist becomes a fill-value chunk made without any I/O (:func:`deker_dask.graph_tasks.fill_chunk`);
 - an Array chunk is the whole array, or a block aligned on the collection's HDF5 chunks;
+- a collection stacks its arrays along a new leading axis, ``arrays_per_chunk`` per chunk;
 - every read task opens its file on the worker that runs it and takes the file's read lock
-  there (:func:`deker.tasks.read_piece`); only the chunk travels back.
+  there (:func:`deker.tasks.read_piece`); only the chunk (or what the fused steps make of it)
+  travels back.
 
 The graph is a snapshot of which tiles exist: a tile created later reads as fill through it,
 and so does a tile deleted later.  Its name is deterministic: a token of the storage location,
@@ -31,7 +36,6 @@ import dask.array as da
 import numpy as np
 from dask.array.core import normalize_chunks
 from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph
 from dask.utils import parse_bytes
 
 from deker.collection import Collection
@@ -39,7 +43,7 @@ from deker.errors import DekerValidationError
 from deker.storage.arrayfile import Bounds, selection_shape
 from deker.tasks import FileSpec
 from deker.tiling import tile_pieces
-from deker_dask.geometry import chunks_of, grid, regions
+from deker_dask.geometry import chunks_of, grid
 from deker_dask.graph_tasks import Part, Session, fill_chunk, read_chunk, read_region
 from deker_dask.handles import Target, collection_items, resolve
 
@@ -157,6 +161,184 @@ def _name(prefix: str, name: Any, *token_parts: Any) -> str:
 # ----------------------------------------------------------------------------- public API
 
 
+class TileReader:
+    """The array-like a lazy dask array over one Array or VArray region reads through.
+
+    :func:`to_dask` hands it to :func:`dask.array.from_array`, so the read tasks form a
+    blockwise layer, which dask fuses with the blockwise operations that follow: a tile's read
+    and its share of a ``sum`` run as one task, and the tile is never kept as a task result of
+    its own (with a graph of separate read tasks, every tile cost the cluster one more task
+    and result).  Indexing it (basic indexing, numpy's semantics) reads only the cells asked
+    for, through the task functions of :mod:`deker_dask.graph_tasks`: the existing files'
+    pieces under their read locks, absent tiles as fill without any I/O.  It holds only plain
+    picklable values, the files that existed when the graph was built (a snapshot, as the
+    module docstring says), and goes to each worker once.
+
+    With ``stacked``, it reads the same region of several arrays (``listing`` holds each
+    one's files, in order) along a new leading axis, as :func:`from_collection` stacks them.
+
+    Parameters
+    ----------
+    bounds : tuple of int or slice
+        The region read, in file-grid coordinates (integer bounds drop their dimension).
+    listing : tuple of dict
+        The existing files by grid position: of the one array, or of each stacked array.
+    tile : tuple of int
+        The shape of one file.
+    dtype : numpy.dtype
+        The array dtype.
+    fill_value : Any
+        What absent cells read as.
+    session : Session
+        The client's session (reads raise once it is closed).
+    stacked : bool, default False
+        Whether the arrays of ``listing`` are stacked along a new leading axis.
+    """
+
+    __slots__ = (
+        "_bounds",
+        "_dims",
+        "_listing",
+        "_stacked",
+        "_tile",
+        "dtype",
+        "fill_value",
+        "session",
+        "shape",
+    )
+
+    def __init__(
+        self,
+        bounds: Bounds,
+        listing: tuple[Files, ...],
+        tile: tuple[int, ...],
+        dtype: np.dtype[Any],
+        fill_value: Any,
+        session: Session,
+        stacked: bool = False,
+    ) -> None:
+        if not stacked and len(listing) != 1:
+            raise ValueError(f"one array's files are read unless stacked, not {len(listing)}")
+        self._bounds = ((slice(0, len(listing)),) if stacked else ()) + tuple(bounds)
+        self._dims = [d for d, b in enumerate(self._bounds) if isinstance(b, slice)]
+        self._listing = tuple(listing)
+        self._stacked = stacked
+        self._tile = tile
+        self.dtype = np.dtype(dtype)
+        self.fill_value = fill_value
+        self.session = session
+        self.shape = selection_shape(self._bounds)
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions (of the region read)."""
+        return len(self.shape)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        bounds = self._bounds[1:] if self._stacked else self._bounds
+        state = (bounds, self._listing, self._tile, self.dtype, self.fill_value, self.session, self._stacked)
+        return (TileReader, state)
+
+    def region(self, key: Any) -> tuple[Bounds, tuple[Any, ...]]:
+        """Return the file-grid region covering ``key`` and the index that picks ``key`` from it.
+
+        Parameters
+        ----------
+        key : int, slice or tuple of them
+            A basic index into the region read (what dask's getter passes: one per dimension,
+            or fewer, or with an Ellipsis).
+
+        Returns
+        -------
+        tuple
+            The covering bounds (slices with step 1, integers where ``key`` has one) and the
+            index into the piece read that gives ``key``'s result.
+
+        Raises
+        ------
+        IndexError
+            If ``key`` is not a basic index of this shape.
+        """
+        items = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in items):
+            at = items.index(Ellipsis)
+            fill = (slice(None),) * (self.ndim - len(items) + 1)
+            items = items[:at] + fill + items[at + 1 :]
+        if len(items) > self.ndim:
+            raise IndexError(
+                f"too many indices ({len(items)}) for a lazy deker array of {self.ndim} dimensions"
+            )
+        items = items + (slice(None),) * (self.ndim - len(items))
+        bounds: list[int | slice] = list(self._bounds)
+        pick: list[Any] = []
+        for d, n, k in zip(self._dims, self.shape, items, strict=True):
+            start = self._bounds[d].start  # type: ignore[union-attr]
+            if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+                i = int(k) + n if k < 0 else int(k)
+                if not 0 <= i < n:
+                    raise IndexError(f"index {int(k)} is out of bounds for a dimension of length {n}")
+                bounds[d] = start + i
+            elif isinstance(k, slice):
+                cells = range(*k.indices(n))
+                if not cells:
+                    bounds[d] = slice(start, start)
+                    pick.append(slice(0, 0))
+                    continue
+                lo, hi = min(cells), max(cells) + 1
+                bounds[d] = slice(start + lo, start + hi)
+                stop = cells.stop - lo
+                pick.append(slice(cells.start - lo, stop if stop >= 0 else None, cells.step))
+            else:
+                raise IndexError(f"a lazy deker array takes ints and slices, not {k!r}")
+        return tuple(bounds), tuple(pick)
+
+    def task(self, bounds: Bounds) -> tuple[Any, ...]:
+        """Return the task reading ``bounds``: a function of :mod:`deker_dask.graph_tasks` and its arguments.
+
+        Parameters
+        ----------
+        bounds : tuple of int or slice
+            Non-empty file-grid bounds inside the region read (stacked: led by the arrays'
+            positions, an int giving a leading axis of length 1).
+
+        Returns
+        -------
+        tuple
+            ``(fill_chunk, ...)`` when no file covers them (no I/O), ``(read_region, ...)`` for
+            a piece of one file, else ``(read_chunk, ...)``.
+        """
+        if not self._stacked:
+            parts = _parts(self._listing[0], bounds, self._tile)
+            return _task(selection_shape(bounds), self.dtype, self.fill_value, parts, False, self.session)
+        lead, rest = bounds[0], bounds[1:]
+        members = range(lead, lead + 1) if isinstance(lead, int) else range(lead.start, lead.stop)
+        parts = []
+        for k in members:
+            parts.extend(_parts(self._listing[k], rest, self._tile, (k - members.start,)))
+        shape = (len(members), *selection_shape(rest))
+        return _task(shape, self.dtype, self.fill_value, parts, True, self.session)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        bounds, pick = self.region(key)
+        shape = selection_shape(bounds)
+        if not math.prod(shape):
+            self.session.check()
+            empty: np.ndarray = np.empty(shape, dtype=self.dtype)[pick]
+            return empty
+        func, *args = self.task(bounds)
+        piece = np.asarray(func(*args))
+        if self._stacked and isinstance(bounds[0], int):
+            piece = piece[0]
+        if all(p == slice(0, n, 1) for p, n in zip(pick, shape, strict=True)):
+            return piece
+        picked: np.ndarray = piece[pick]
+        return picked
+
+    def __repr__(self) -> str:
+        files = sum(len(f) for f in self._listing)
+        return f"TileReader(shape={self.shape}, dtype={self.dtype}, files={files})"
+
+
 def _build(
     target: Target, tiles_per_chunk: Any, chunks: Any, name: Any, bounds: Bounds | None = None
 ) -> da.Array:
@@ -167,18 +349,25 @@ def _build(
     g = grid(bounds, steps)
     kind = "varray" if target.is_varray else "array"
     key = _name(f"deker-{kind}", name, target.identity(), bounds, steps, version)
-    dtype, fill, tile = target.dtype, target.fill_value, target.tile_shape
-    session = target.session()
-    dsk: dict[Any, Any] = {}
-    for index, region in regions(g):
-        chunk_key = (key, *index)
-        parts = _parts(files, region, tile)
-        dsk[chunk_key] = _task(selection_shape(region), dtype, fill, parts, False, session)
-    graph = HighLevelGraph.from_collections(key, dsk, dependencies=())
-    chunk_shape = chunks_of(g)
-    return da.Array(  # type: ignore[no-untyped-call]
-        graph, key, chunk_shape, dtype=dtype, meta=_meta(len(chunk_shape), dtype)
+    reader = TileReader(
+        bounds, (files,), target.tile_shape, target.dtype, target.fill_value, target.session()
     )
+    return _lazy(reader, chunks_of(g), key)
+
+
+def _lazy(reader: TileReader, chunks: tuple[tuple[int, ...], ...], key: str) -> da.Array:
+    """Return the dask array reading through ``reader`` in ``chunks`` (a blockwise layer named ``key``)."""
+    lazy: da.Array = da.from_array(  # type: ignore[no-untyped-call]
+        reader,
+        chunks=chunks,
+        name=key,
+        lock=False,
+        asarray=False,
+        fancy=False,
+        inline_array=False,
+        meta=_meta(len(chunks), reader.dtype),
+    )
+    return lazy
 
 
 def to_dask(
@@ -307,25 +496,18 @@ def stack(
         listing.append(target.files())
     versions = [(t.identity(), v) for t, (_, v) in zip(targets, listing, strict=True)]
     key = _name("deker-collection", name, first.root, collection.name, steps, group, versions)
-    fill, tile = first.fill_value, first.tile_shape
-    session = first.session()
-    dsk: dict[Any, Any] = {}
     starts = range(0, len(items), group)
-    for block, i0 in enumerate(starts):
-        members = range(i0, min(i0 + group, len(items)))
-        for index, region in regions(g):
-            parts: list[Part] = []
-            for k in members:
-                parts.extend(_parts(listing[k][0], region, tile, (k - i0,)))
-            shape_ = (len(members), *selection_shape(region))
-            chunk_key = (key, block, *index)
-            dsk[chunk_key] = _task(shape_, dtype, fill, parts, True, session)
     lead = tuple(min(group, len(items) - i0) for i0 in starts)
-    graph = HighLevelGraph.from_collections(key, dsk, dependencies=())
-    all_chunks = (lead, *cell_chunks)
-    return da.Array(  # type: ignore[no-untyped-call]
-        graph, key, all_chunks, dtype=dtype, meta=_meta(len(all_chunks), dtype)
+    reader = TileReader(
+        first.bounds,
+        tuple(files for files, _ in listing),
+        first.tile_shape,
+        dtype,
+        first.fill_value,
+        first.session(),
+        stacked=True,
     )
+    return _lazy(reader, (lead, *cell_chunks), key)
 
 
 def build_keepdims(

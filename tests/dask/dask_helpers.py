@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 import psutil
+from dask.array.core import getter, getter_nofancy
 from distributed import WorkerPlugin
 
 from deker import Client, DimensionSchema, HDF5Options, VArraySchema
+from deker_dask.lazy import TileReader
 
 LOCK_PATTERNS = ("*.varraylock", "*.arrayreadlock", "*.arrlock", "*.tmp")
 
@@ -80,26 +82,43 @@ def keys_executing(client: Any) -> set[Any]:
     return {key for keys in client.run(executing_keys).values() for key in keys}
 
 
-def task_functions(array: Any) -> list[Any]:
-    """The function of every task of a dask collection's graph."""
-    out = []
-    for task in dict(array.__dask_graph__()).values():
+def _read_tasks(array: Any) -> list[tuple[Any, tuple[Any, ...]]]:
+    """Every task of a dask collection's graph as (function, arguments).
+
+    A chunk read through a :class:`deker_dask.lazy.TileReader` (dask's getter on the reader)
+    is given as the task the reader runs for that chunk (``fill_chunk``, ``read_region`` or
+    ``read_chunk`` with their arguments); the reader itself is no task.
+    """
+    graph = dict(array.__dask_graph__())
+    out: list[tuple[Any, tuple[Any, ...]]] = []
+    for task in graph.values():
+        if isinstance(task, TileReader):
+            continue
+        if isinstance(task, tuple) and task and callable(task[0]):
+            out.append((task[0], task[1:]))
+            continue
         func = getattr(task, "func", None)
-        if func is None and isinstance(task, tuple) and task and callable(task[0]):
-            func = task[0]
-        out.append(func)
+        args = tuple(getattr(a, "value", a) for a in getattr(task, "args", ()))
+        if func in (getter, getter_nofancy) and args:
+            source = getattr(task.args[0], "key", None)
+            reader = graph.get(source) if source is not None else args[0]
+            if isinstance(reader, TileReader):
+                bounds, _ = reader.region(args[1])
+                read, *read_args = reader.task(bounds)
+                out.append((read, tuple(read_args)))
+                continue
+        out.append((func, args))
     return out
+
+
+def task_functions(array: Any) -> list[Any]:
+    """The function of every task of a dask collection's graph (reads: what the reader runs)."""
+    return [func for func, _ in _read_tasks(array)]
 
 
 def task_args(array: Any, fn: Callable[..., Any]) -> list[tuple[Any, ...]]:
     """The arguments of the tasks of ``array`` that call ``fn``."""
-    out = []
-    for task in dict(array.__dask_graph__()).values():
-        if isinstance(task, tuple) and task and task[0] is fn:
-            out.append(task[1:])
-        elif getattr(task, "func", None) is fn:
-            out.append(tuple(getattr(a, "value", a) for a in task.args))
-    return out
+    return [args for func, args in _read_tasks(array) if func is fn]
 
 
 def varray(

@@ -7,6 +7,7 @@ is computed on the session's LocalCluster of worker processes.
 from __future__ import annotations
 
 import itertools
+import pickle
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -16,6 +17,8 @@ import pytest
 import xarray as xr
 from dask_helpers import task_args, task_functions, varray
 from distributed import get_task_stream
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import deker_dask
 from deker import (
@@ -28,7 +31,9 @@ from deker import (
     VArraySchema,
 )
 from deker.errors import DekerClientError, DekerInstanceNotExistsError, DekerSubsetError, DekerValidationError
+from deker_dask import graph_tasks
 from deker_dask.graph_tasks import fill_chunk, read_chunk, read_region
+from deker_dask.lazy import TileReader
 
 READS = (read_region, read_chunk)
 
@@ -279,3 +284,109 @@ def test_computing_after_close_raises_like_every_object(tmp_path: Any, cluster: 
         assert fresh is not None
         (v2,) = list(fresh)
         np.testing.assert_array_equal(deker_dask.to_dask(v2).compute(scheduler=cluster), oracle)
+
+
+# ----------------------------------------------------------------------------- the tile reader
+
+
+def _index(n: int) -> st.SearchStrategy[Any]:
+    """One basic index into a dimension of length ``n``: an int, or a slice with any step."""
+    bound = st.none() | st.integers(-n - 3, n + 3)
+    step = st.none() | st.integers(1, 4) | st.integers(-4, -1)
+    return st.integers(-n, n - 1) | st.builds(slice, bound, bound, step)
+
+
+def test_slices_of_a_lazy_varray_and_of_its_reader_match_the_oracles(storage: Client) -> None:
+    """Any basic index of the lazy array gives dask's own answer; of its reader, numpy's."""
+    v = varray(storage, (12, 16), (3, 4))
+    oracle = np.full((12, 16), np.nan, dtype=np.float32)
+    filled(v, oracle, (slice(0, 4), slice(0, 4)), 1)
+    filled(v, oracle, (slice(5, 11), slice(3, 9)), 100)
+    whole = deker_dask.to_dask(v)
+    sub = deker_dask.to_dask(v[2:10, 1:15])
+    peers = (
+        (whole, dask.array.from_array(oracle, chunks=(4, 4)), oracle),
+        (
+            sub,
+            dask.array.from_array(oracle[2:10, 1:15], chunks=((2, 4, 2), (3, 4, 4, 3))),
+            oracle[2:10, 1:15],
+        ),
+    )
+
+    @settings(max_examples=150, deadline=None)
+    @given(which=st.integers(0, 1), data=st.data())
+    def check(which: int, data: st.DataObject) -> None:
+        lazy, peer, cells = peers[which]
+        key = tuple(data.draw(_index(n)) for n in lazy.shape)
+        np.testing.assert_array_equal(
+            lazy[key].compute(scheduler="sync"), peer[key].compute(scheduler="sync")
+        )
+        np.testing.assert_array_equal(_reader(lazy)[key], cells[key])
+
+    check()
+
+
+def test_reads_fuse_with_the_blockwise_steps_after_them(storage: Client, cluster: Any) -> None:
+    """A tile's read and its share of a sum are one task: no tile is kept as a result of its own."""
+    v = varray(storage, (12, 16), (3, 4), dtype=np.int32)
+    oracle = np.zeros((12, 16), dtype=np.int32)
+    v[:].update(oracle)
+    filled(v, oracle, (slice(1, 11), slice(2, 15)), 5)
+    lazy = deker_dask.to_dask(v)
+    total = lazy.sum(dtype=np.int64)
+    (optimized,) = dask.optimize(total)
+    keys = dict(optimized.__dask_graph__())
+    assert not [k for k in keys if isinstance(k, tuple) and k[0] == lazy.name]  # fused into the sum
+    with get_task_stream(client=cluster) as stream:
+        assert int(total.compute(scheduler=cluster)) == int(oracle.sum(dtype=np.int64))
+    assert not [r for r in stream.data if isinstance(r["key"], tuple) and r["key"][0] == lazy.name]
+
+
+def _reader(lazy: Any) -> TileReader:
+    reader = dict(lazy.__dask_graph__())[f"original-{lazy.name}"]
+    assert isinstance(reader, TileReader)
+    return reader
+
+
+def test_the_reader_reads_only_the_cells_asked_for(storage: Client, monkeypatch: Any) -> None:
+    """``reader[1:3, 5:7]`` reads those cells of one tile, not the tile; absent tiles no file."""
+    v = varray(storage, (8, 8), (2, 2))
+    oracle = np.full((8, 8), np.nan, dtype=np.float32)
+    filled(v, oracle, (slice(0, 4), slice(0, 8)), 3)  # tiles (0, 0) and (0, 1)
+    seen: list[Any] = []
+    real_into, real_piece = graph_tasks.read_piece_into, graph_tasks.read_piece
+
+    def spy_into(spec: Any, bounds: Any, *args: Any, **kwargs: Any) -> None:
+        seen.append(bounds)
+        real_into(spec, bounds, *args, **kwargs)
+
+    def spy_piece(spec: Any, bounds: Any) -> np.ndarray:
+        seen.append(bounds)
+        return real_piece(spec, bounds)
+
+    monkeypatch.setattr(graph_tasks, "read_piece_into", spy_into)
+    monkeypatch.setattr(graph_tasks, "read_piece", spy_piece)
+    reader = _reader(deker_dask.to_dask(v))
+    np.testing.assert_array_equal(reader[1:3, 5:7], oracle[1:3, 5:7])
+    assert seen == [(slice(1, 3), slice(1, 3))]  # tile (0, 1), its cells 1:3 x 1:3
+    seen.clear()
+    np.testing.assert_array_equal(reader[2, ::3], oracle[2, ::3])
+    assert seen == [(2, slice(0, 4)), (2, slice(0, 3))]  # cells 0..6 of row 2, from two tiles
+    seen.clear()
+    np.testing.assert_array_equal(reader[5:7, 1:7], oracle[5:7, 1:7])
+    assert seen == []  # tiles (1, 0) and (1, 1) do not exist: fill, no file opened
+
+
+def test_the_reader_refuses_what_is_not_a_basic_index(storage: Client) -> None:
+    v = varray(storage, (8, 8), (2, 2))
+    reader = _reader(deker_dask.to_dask(v))
+    assert reader.shape == (8, 8) and reader.ndim == 2
+    np.testing.assert_array_equal(reader[..., 3], np.full(8, np.nan, dtype=np.float32))
+    for bad, says in [
+        ((1, 2, 3), "too many indices"),
+        ((8,), "out of bounds"),
+        (([1, 2],), "ints and slices"),
+    ]:
+        with pytest.raises(IndexError, match=says):
+            reader[bad]
+    assert pickle.loads(pickle.dumps(reader)).shape == (8, 8)
