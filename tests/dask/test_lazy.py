@@ -340,6 +340,11 @@ def test_reads_fuse_with_the_blockwise_steps_after_them(storage: Client, cluster
     with get_task_stream(client=cluster) as stream:
         assert int(total.compute(scheduler=cluster)) == int(oracle.sum(dtype=np.int64))
     assert not [r for r in stream.data if isinstance(r["key"], tuple) and r["key"][0] == lazy.name]
+    # a collection's stack too
+    stacked = deker_dask.from_collection(storage.get_collection(v.collection), arrays_per_chunk=1)
+    (optimized,) = dask.optimize(stacked.sum(dtype=np.int64))
+    assert not [k for k in dict(optimized.__dask_graph__()) if isinstance(k, tuple) and k[0] == stacked.name]
+    assert int(stacked.sum(dtype=np.int64).compute(scheduler=cluster)) == int(oracle.sum(dtype=np.int64))
 
 
 def _reader(lazy: Any) -> TileReader:
