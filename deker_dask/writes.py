@@ -30,6 +30,8 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+from dask.array.utils import meta_from_array
+from dask.core import flatten
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
@@ -165,6 +167,22 @@ def _plan_array(src: da.Array, target: Target, name: str) -> tuple[da.Array, dic
     return src, dsk, keys
 
 
+def _optimized(src: da.Array) -> da.Array:
+    """Return ``src`` with dask's array optimizations applied to its graph (keys unchanged).
+
+    The store's graph is computed as a ``Delayed``, whose optimizer does not fuse blockwise
+    array layers: without this, every elementwise step of a computed source (``(y * 31 + x) %
+    1009`` has four) would run as a task of its own per chunk, each result kept until the next
+    step ran, as :func:`dask.array.store` avoids in the same way.
+    """
+    keys = list(flatten(src.__dask_keys__()))  # type: ignore[no-untyped-call]
+    optimized = src.__dask_optimize__(src.__dask_graph__(), keys)
+    graph = HighLevelGraph.from_collections(src.name, optimized, dependencies=())  # one layer, the array's
+    meta = meta_from_array(src)  # type: ignore[no-untyped-call]
+    out: da.Array = da.Array(graph, src.name, src.chunks, meta=meta)  # type: ignore[no-untyped-call]
+    return out
+
+
 def store(
     source: Any,
     target: Any,
@@ -229,7 +247,7 @@ def store(
     else:
         src, dsk, keys = _plan_array(src, tgt, name)
     dsk[done] = (finish, keys)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[src])  # type: ignore[list-item]
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[_optimized(src)])  # type: ignore[list-item]
     delayed = Delayed(done, graph, layer=name)  # type: ignore[no-untyped-call]
     logger.debug("store into %r: %d write tasks", tgt.obj, len(keys))
     if not compute:

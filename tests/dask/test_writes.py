@@ -96,6 +96,29 @@ def test_unaligned_store_batches_tiles_without_a_rechunk(storage: Client, cluste
     assert not lock_files(storage.root_path)
 
 
+def test_a_computed_source_runs_fused_one_task_per_chunk(storage: Client, cluster: Any) -> None:
+    """The source's elementwise steps are fused as ``dask.array.store`` fuses them.
+
+    ``(y * 31 + x * 17) % 1009`` as float32 is four elementwise layers; unfused, each ran as a
+    task per chunk and kept its result until the next step ran.  Counted from the task stream.
+    """
+    from distributed import get_task_stream
+
+    v = varray(storage, (40, 48), (4, 4), dtype=np.float32)
+    y = da.arange(40, dtype=np.int64, chunks=7)[:, None]
+    x = da.arange(48, dtype=np.int64, chunks=9)[None, :]
+    src = ((y * 31 + x * 17) % 1009).astype(np.float32)
+    steps = {name for name in src.dask.layers if name.split("-")[0] in ("mul", "add", "mod")}
+    assert len(steps) >= 3  # the source really has separate elementwise layers
+    with get_task_stream(cluster) as stream:
+        deker_dask.store(src, v, scheduler=cluster)
+    ran = {task["key"][0] for task in stream.data if isinstance(task["key"], tuple)}
+    assert not ran & steps
+    assert src.name in ran  # the fused chunks carry the source's name
+    want = ((np.arange(40)[:, None] * 31 + np.arange(48)[None, :] * 17) % 1009).astype(np.float32)
+    np.testing.assert_array_equal(v[:].read(), want)
+
+
 def test_fill_blocks_create_no_tiles(storage: Client, cluster: Any) -> None:
     v = varray(storage, (8, 8), (2, 2), dtype=np.int32)
     data = np.full((8, 8), v.fill_value, dtype=np.int32)
