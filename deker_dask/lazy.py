@@ -168,11 +168,13 @@ class TileReader:
     blockwise layer, which dask fuses with the blockwise operations that follow: a tile's read
     and its share of a ``sum`` run as one task, and the tile is never kept as a task result of
     its own (with a graph of separate read tasks, every tile cost the cluster one more task
-    and result).  Indexing it (basic indexing, numpy's semantics) reads only the cells asked
-    for, through the task functions of :mod:`deker_dask.graph_tasks`: the existing files'
-    pieces under their read locks, absent tiles as fill without any I/O.  It holds only plain
+    and result).  Indexing it with ints and slices (numpy's semantics for them) reads the box
+    that covers the cells asked for, through the task functions of
+    :mod:`deker_dask.graph_tasks`: the existing files' pieces under their read locks, absent
+    tiles as fill without any I/O (dask itself asks for whole chunks).  It holds only plain
     picklable values, the files that existed when the graph was built (a snapshot, as the
-    module docstring says), and goes to each worker once.
+    module docstring says): on a distributed cluster it is one key of the graph, which each
+    worker fetches once.
 
     With ``stacked``, it reads the same region of several arrays (``listing`` holds each
     one's files, in order) along a new leading axis, as :func:`from_collection` stacks them.
@@ -193,6 +195,19 @@ class TileReader:
         The client's session (reads raise once it is closed).
     stacked : bool, default False
         Whether the arrays of ``listing`` are stacked along a new leading axis.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        The shape of the region read (stacked: the number of arrays first).
+    ndim : int
+        Its number of dimensions.
+    dtype : numpy.dtype
+        The array dtype.
+    fill_value : Any
+        What absent cells read as.
+    session : Session
+        The client's session.
     """
 
     __slots__ = (
@@ -260,8 +275,11 @@ class TileReader:
             If ``key`` is not a basic index of this shape.
         """
         items = key if isinstance(key, tuple) else (key,)
-        if any(k is Ellipsis for k in items):
-            at = items.index(Ellipsis)
+        ellipses = [i for i, k in enumerate(items) if k is Ellipsis]  # (identity: == on arrays fails)
+        if len(ellipses) > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        if ellipses:
+            at = ellipses[0]
             fill = (slice(None),) * (self.ndim - len(items) + 1)
             items = items[:at] + fill + items[at + 1 :]
         if len(items) > self.ndim:
@@ -304,8 +322,8 @@ class TileReader:
         Returns
         -------
         tuple
-            ``(fill_chunk, ...)`` when no file covers them (no I/O), ``(read_region, ...)`` for
-            a piece of one file, else ``(read_chunk, ...)``.
+            ``(fill_chunk, ...)`` when no file covers them (no I/O); ``(read_region, ...)`` when
+            one file's piece covers them all (not stacked); else ``(read_chunk, ...)``.
         """
         if not self._stacked:
             parts = _parts(self._listing[0], bounds, self._tile)

@@ -391,6 +391,8 @@ def test_the_reader_refuses_what_is_not_a_basic_index(storage: Client) -> None:
         ((1, 2, 3), "too many indices"),
         ((8,), "out of bounds"),
         (([1, 2],), "ints and slices"),
+        ((np.array([1, 2]), ...), "ints and slices"),
+        ((..., 1, ...), "single ellipsis"),
     ]:
         with pytest.raises(IndexError, match=says):
             reader[bad]
