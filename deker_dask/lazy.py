@@ -161,6 +161,71 @@ def _name(prefix: str, name: Any, *token_parts: Any) -> str:
 # ----------------------------------------------------------------------------- public API
 
 
+def _is_mask(k: Any) -> bool:
+    if isinstance(k, np.ndarray):
+        return k.dtype == bool and k.ndim > 0
+    return isinstance(k, list) and bool(k) and all(isinstance(b, bool | np.bool_) for b in k)
+
+
+def _expand(items: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[Any, ...]:
+    """Return ``items`` with one entry per dimension: Ellipsis filled, boolean masks as integer arrays."""
+    ndim = len(shape)
+    ellipses = [i for i, k in enumerate(items) if k is Ellipsis]  # (identity: == on arrays fails)
+    if len(ellipses) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    used = sum(np.ndim(k) if _is_mask(k) else 1 for k in items if k is not Ellipsis)
+    if used > ndim:
+        raise IndexError(f"too many indices ({used}) for a lazy deker array of {ndim} dimensions")
+    if ellipses:
+        at = ellipses[0]
+        items = (*items[:at], *(slice(None),) * (ndim - used), *items[at + 1 :])
+    out: list[Any] = []
+    for k in items:
+        if _is_mask(k):  # a k-d mask: k integer arrays, as numpy reads it
+            mask = np.asarray(k, dtype=bool)
+            covered = shape[len(out) : len(out) + mask.ndim]
+            if mask.shape != covered:
+                raise IndexError(f"a boolean index of shape {mask.shape} does not match dimensions {covered}")
+            out.extend(np.nonzero(mask))
+        else:
+            out.append(k)
+    return (*out, *(slice(None),) * (ndim - len(out)))
+
+
+def _cover(k: Any, n: int) -> tuple[int, int, Any]:
+    """Return the cells ``[lo, hi)`` index ``k`` touches in ``n`` cells, and ``k`` minus ``lo``."""
+    if isinstance(k, slice):
+        cells = range(*k.indices(n))
+        if not cells:
+            return 0, 0, slice(0, 0)
+        lo, hi = min(cells), max(cells) + 1
+        stop = cells.stop - lo
+        return lo, hi, slice(cells.start - lo, stop if stop >= 0 else None, cells.step)
+    if isinstance(k, bool | np.bool_) or k is None:
+        raise IndexError(f"a lazy deker array takes ints, slices and integer arrays, not {k!r}")
+    if isinstance(k, int | np.integer):
+        i = int(k) + n if k < 0 else int(k)
+        if not 0 <= i < n:
+            raise IndexError(f"index {int(k)} is out of bounds for a dimension of length {n}")
+        return i, i + 1, 0
+    try:
+        idx = np.asarray(k)
+    except (TypeError, ValueError) as exc:
+        raise IndexError(f"a lazy deker array takes ints, slices and integer arrays, not {k!r}") from exc
+    if idx.dtype.kind not in "iu" and not (idx.size == 0 and idx.dtype.kind == "f"):
+        raise IndexError(f"a lazy deker array takes ints, slices and integer arrays, not {k!r}")
+    idx = idx.astype(np.int64)
+    if idx.ndim == 0:
+        return _cover(int(idx), n)
+    idx = np.where(idx < 0, idx + n, idx)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise IndexError(f"index {k!r} is out of bounds for a dimension of length {n}")
+    if not idx.size:
+        return 0, 0, idx
+    lo = int(idx.min())
+    return lo, int(idx.max()) + 1, idx - lo
+
+
 class TileReader:
     """The array-like a lazy dask array over one Array or VArray region reads through.
 
@@ -168,10 +233,12 @@ class TileReader:
     blockwise layer, which dask fuses with the blockwise operations that follow: a tile's read
     and its share of a ``sum`` run as one task, and the tile is never kept as a task result of
     its own (with a graph of separate read tasks, every tile cost the cluster one more task
-    and result).  Indexing it with ints and slices (numpy's semantics for them) reads the box
-    that covers the cells asked for, through the task functions of
+    and result).  Indexing it (ints, slices, integer and boolean arrays: numpy's semantics)
+    reads the box that covers the cells asked for, through the task functions of
     :mod:`deker_dask.graph_tasks`: the existing files' pieces under their read locks, absent
-    tiles as fill without any I/O (dask itself asks for whole chunks).  It holds only plain
+    tiles as fill without any I/O.  Dask folds a later slice of the lazy array into that
+    index (``fancy=True``), so ``to_dask(v)[:, 5]`` reads one column of each tile, not the
+    tiles.  It holds only plain
     picklable values, the files that existed when the graph was built (a snapshot, as the
     module docstring says): on a distributed cluster it is one key of the graph, which each
     worker fetches once.
@@ -255,60 +322,38 @@ class TileReader:
         return (TileReader, state)
 
     def region(self, key: Any) -> tuple[Bounds, tuple[Any, ...]]:
-        """Return the file-grid region covering ``key`` and the index that picks ``key`` from it.
+        """Return the file-grid box covering ``key`` and the index that picks ``key`` from it.
+
+        Indexing the box read with that index gives what indexing the whole region with
+        ``key`` gives in numpy (the same dimensions dropped, the same advanced-indexing
+        rules): every int, slice and integer array of ``key`` is shifted to the box's origin.
 
         Parameters
         ----------
-        key : int, slice or tuple of them
-            A basic index into the region read (what dask's getter passes: one per dimension,
-            or fewer, or with an Ellipsis).
+        key : int, slice, integer or boolean array, Ellipsis, or a tuple of them
+            An index into the region read (what dask's getter passes: a chunk's slices, with a
+            later slice or list of the user folded in).
 
         Returns
         -------
         tuple
-            The covering bounds (slices with step 1, integers where ``key`` has one) and the
-            index into the piece read that gives ``key``'s result.
+            The box (one slice with step 1 per dimension of the file grid, integers where the
+            region has them) and the index into the box read.
 
         Raises
         ------
         IndexError
-            If ``key`` is not a basic index of this shape.
+            If ``key`` is not such an index of this shape, or is out of bounds.
         """
-        items = key if isinstance(key, tuple) else (key,)
-        ellipses = [i for i, k in enumerate(items) if k is Ellipsis]  # (identity: == on arrays fails)
-        if len(ellipses) > 1:
-            raise IndexError("an index can only have a single ellipsis ('...')")
-        if ellipses:
-            at = ellipses[0]
-            fill = (slice(None),) * (self.ndim - len(items) + 1)
-            items = items[:at] + fill + items[at + 1 :]
-        if len(items) > self.ndim:
-            raise IndexError(
-                f"too many indices ({len(items)}) for a lazy deker array of {self.ndim} dimensions"
-            )
-        items = items + (slice(None),) * (self.ndim - len(items))
-        bounds: list[int | slice] = list(self._bounds)
+        items = _expand(key if isinstance(key, tuple) else (key,), self.shape)
+        box: list[int | slice] = list(self._bounds)
         pick: list[Any] = []
         for d, n, k in zip(self._dims, self.shape, items, strict=True):
             start = self._bounds[d].start  # type: ignore[union-attr]
-            if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
-                i = int(k) + n if k < 0 else int(k)
-                if not 0 <= i < n:
-                    raise IndexError(f"index {int(k)} is out of bounds for a dimension of length {n}")
-                bounds[d] = start + i
-            elif isinstance(k, slice):
-                cells = range(*k.indices(n))
-                if not cells:
-                    bounds[d] = slice(start, start)
-                    pick.append(slice(0, 0))
-                    continue
-                lo, hi = min(cells), max(cells) + 1
-                bounds[d] = slice(start + lo, start + hi)
-                stop = cells.stop - lo
-                pick.append(slice(cells.start - lo, stop if stop >= 0 else None, cells.step))
-            else:
-                raise IndexError(f"a lazy deker array takes ints and slices, not {k!r}")
-        return tuple(bounds), tuple(pick)
+            lo, hi, shifted = _cover(k, n)
+            box[d] = slice(start + lo, start + hi)
+            pick.append(shifted)
+        return tuple(box), tuple(pick)
 
     def task(self, bounds: Bounds) -> tuple[Any, ...]:
         """Return the task reading ``bounds``: a function of :mod:`deker_dask.graph_tasks` and its arguments.
@@ -337,17 +382,15 @@ class TileReader:
         return _task(shape, self.dtype, self.fill_value, parts, True, self.session)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        bounds, pick = self.region(key)
-        shape = selection_shape(bounds)
+        box, pick = self.region(key)
+        shape = selection_shape(box)
         if not math.prod(shape):
             self.session.check()
-            empty: np.ndarray = np.empty(shape, dtype=self.dtype)[pick]
-            return empty
-        func, *args = self.task(bounds)
-        piece = np.asarray(func(*args))
-        if self._stacked and isinstance(bounds[0], int):
-            piece = piece[0]
-        if all(p == slice(0, n, 1) for p, n in zip(pick, shape, strict=True)):
+            piece = np.empty(shape, dtype=self.dtype)
+        else:
+            func, *args = self.task(box)
+            piece = np.asarray(func(*args))
+        if all(isinstance(p, slice) and p == slice(0, n, 1) for p, n in zip(pick, shape, strict=True)):
             return piece
         picked: np.ndarray = piece[pick]
         return picked
@@ -381,7 +424,7 @@ def _lazy(reader: TileReader, chunks: tuple[tuple[int, ...], ...], key: str) -> 
         name=key,
         lock=False,
         asarray=False,
-        fancy=False,
+        fancy=True,
         inline_array=False,
         meta=_meta(len(chunks), reader.dtype),
     )

@@ -322,6 +322,17 @@ def test_slices_of_a_lazy_varray_and_of_its_reader_match_the_oracles(storage: Cl
             lazy[key].compute(scheduler="sync"), peer[key].compute(scheduler="sync")
         )
         np.testing.assert_array_equal(_reader(lazy)[key], cells[key])
+        # integer arrays (one per dimension at most, numpy's advanced-indexing rules)
+        advanced = tuple(
+            data.draw(st.lists(st.integers(-n, n - 1), max_size=5) | _index(n)) for n in lazy.shape
+        )
+        try:
+            want = cells[advanced]
+        except IndexError:  # arrays that do not broadcast together: refused alike
+            with pytest.raises(IndexError):
+                _reader(lazy)[advanced]
+        else:
+            np.testing.assert_array_equal(_reader(lazy)[advanced], want)
 
     check()
 
@@ -376,22 +387,37 @@ def test_the_reader_reads_only_the_cells_asked_for(storage: Client, monkeypatch:
     assert seen == [(slice(1, 3), slice(1, 3))]  # tile (0, 1), its cells 1:3 x 1:3
     seen.clear()
     np.testing.assert_array_equal(reader[2, ::3], oracle[2, ::3])
-    assert seen == [(2, slice(0, 4)), (2, slice(0, 3))]  # cells 0..6 of row 2, from two tiles
+    assert seen == [(slice(2, 3), slice(0, 4)), (slice(2, 3), slice(0, 3))]  # row 2, cells 0..6
+    seen.clear()
+    np.testing.assert_array_equal(reader[[3, 1], 6], oracle[[3, 1], 6])
+    assert seen == [(slice(1, 4), slice(2, 3))]  # rows 1..3 of column 6
     seen.clear()
     np.testing.assert_array_equal(reader[5:7, 1:7], oracle[5:7, 1:7])
     assert seen == []  # tiles (1, 0) and (1, 1) do not exist: fill, no file opened
+    # through dask: a later slice is folded into the read of its chunk
+    np.testing.assert_array_equal(deker_dask.to_dask(v)[1:3, 5:7].compute(scheduler="sync"), oracle[1:3, 5:7])
+    assert seen == [(slice(1, 3), slice(1, 3))]
+    seen.clear()
+    np.testing.assert_array_equal(deker_dask.to_dask(v)[:, 5].compute(scheduler="sync"), oracle[:, 5])
+    assert seen == [(slice(0, 4), slice(1, 2))]  # one column of tile (0, 1); tile (1, 1) absent
 
 
-def test_the_reader_refuses_what_is_not_a_basic_index(storage: Client) -> None:
+def test_the_reader_refuses_what_is_not_an_index_it_reads(storage: Client) -> None:
     v = varray(storage, (8, 8), (2, 2))
     reader = _reader(deker_dask.to_dask(v))
     assert reader.shape == (8, 8) and reader.ndim == 2
     np.testing.assert_array_equal(reader[..., 3], np.full(8, np.nan, dtype=np.float32))
+    mask = np.arange(64).reshape(8, 8) % 3 == 0
+    np.testing.assert_array_equal(reader[mask], np.full(int(mask.sum()), np.nan, dtype=np.float32))
     for bad, says in [
         ((1, 2, 3), "too many indices"),
         ((8,), "out of bounds"),
-        (([1, 2],), "ints and slices"),
-        ((np.array([1, 2]), ...), "ints and slices"),
+        ((1.5,), "ints, slices and integer arrays"),
+        (("a",), "ints, slices and integer arrays"),
+        ((None,), "ints, slices and integer arrays"),
+        ((np.array([1.0, 2.0]), ...), "ints, slices and integer arrays"),
+        (([0, 8],), "out of bounds"),
+        (([True, False],), "boolean index of shape"),  # a mask must match its dimension
         ((..., 1, ...), "single ellipsis"),
     ]:
         with pytest.raises(IndexError, match=says):
