@@ -158,7 +158,7 @@ def _name(prefix: str, name: Any, *token_parts: Any) -> str:
     )
 
 
-# ----------------------------------------------------------------------------- public API
+# ----------------------------------------------------------------------------- the reader
 
 
 def _is_mask(k: Any) -> bool:
@@ -361,8 +361,8 @@ class TileReader:
         Parameters
         ----------
         bounds : tuple of int or slice
-            Non-empty file-grid bounds inside the region read (stacked: led by the arrays'
-            positions, an int giving a leading axis of length 1).
+            Non-empty file-grid bounds inside the region read, as :meth:`region` gives them
+            (stacked: led by a slice of the arrays' positions).
 
         Returns
         -------
@@ -374,7 +374,7 @@ class TileReader:
             parts = _parts(self._listing[0], bounds, self._tile)
             return _task(selection_shape(bounds), self.dtype, self.fill_value, parts, False, self.session)
         lead, rest = bounds[0], bounds[1:]
-        members = range(lead, lead + 1) if isinstance(lead, int) else range(lead.start, lead.stop)
+        members = range(lead.start, lead.stop)  # type: ignore[union-attr]
         parts = []
         for k in members:
             parts.extend(_parts(self._listing[k], rest, self._tile, (k - members.start,)))
@@ -398,6 +398,9 @@ class TileReader:
     def __repr__(self) -> str:
         files = sum(len(f) for f in self._listing)
         return f"TileReader(shape={self.shape}, dtype={self.dtype}, files={files})"
+
+
+# ----------------------------------------------------------------------------- public API
 
 
 def _build(

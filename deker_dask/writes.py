@@ -171,9 +171,10 @@ def _optimized(src: da.Array) -> da.Array:
     """Return ``src`` with dask's array optimizations applied to its graph (keys unchanged).
 
     The store's graph is computed as a ``Delayed``, whose optimizer does not fuse blockwise
-    array layers: without this, every elementwise step of a computed source (``(y * 31 + x) %
-    1009`` has four) would run as a task of its own per chunk, each result kept until the next
-    step ran, as :func:`dask.array.store` avoids in the same way.
+    array layers: without this, every elementwise step of a computed source (``((y * 31 + x *
+    17) % 1009).astype(np.float32)`` has four) would run as a task of its own per chunk, each
+    result kept until the next step ran.  :func:`dask.array.store` optimizes its sources the
+    same way.
     """
     keys = list(flatten(src.__dask_keys__()))  # type: ignore[no-untyped-call]
     optimized = src.__dask_optimize__(src.__dask_graph__(), keys)
