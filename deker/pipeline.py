@@ -43,6 +43,7 @@ __all__ = [
     "compact_for_transport",
     "delete_tiles",
     "lock_tiles",
+    "parallelism",
     "raise_group",
     "read",
     "require",
@@ -103,6 +104,11 @@ def batch_size(runner: TaskRunner, index: TileIndex, n_calls: int, nbytes: int |
     """
     per_call = index.tile_bytes if nbytes is None or not n_calls else -(-int(nbytes) // n_calls)
     return int(runner.suggest_batch_size(n_calls, per_call, cheap_files=is_local_filesystem(index.root)))
+
+
+def parallelism(runner: TaskRunner, index: TileIndex) -> int | None:
+    """Return the most tile tasks of one operation to run at once (see ``suggest_parallelism``)."""
+    return runner.suggest_parallelism(cheap_files=is_local_filesystem(index.root))
 
 
 def _create_missing(
@@ -245,7 +251,8 @@ def read(ctx: StorageContext, index: TileIndex, bounds: Bounds, fill_value: Any,
     size = batch_size(runner, index, len(todo), out.nbytes)
     if runner.in_process:
         calls = [(index.for_tile(tid), p.local, out, p.out) for p, tid in todo]
-        results: list[Any] = list(runner.run_all(read_piece_into, calls, batch_size=size))
+        limit = parallelism(runner, index)
+        results: list[Any] = list(runner.run_all(read_piece_into, calls, batch_size=size, max_parallel=limit))
     else:
         remote = [(index.for_tile(tid), p.local) for p, tid in todo]
         results = list(runner.run_all(read_piece, remote, batch_size=size))
@@ -341,7 +348,8 @@ def update(
                 if isinstance(chunk, np.ndarray) and chunk.shape != np.shape(piece):
                     task = write_piece_broadcast  # distinct values only: broadcast on arrival
             calls.append((index.for_tile(tiles[p.position]), p.local, chunk, token))
-        results = runner.run_all(task, calls, batch_size=batch_size(runner, index, len(calls)))
+        size = batch_size(runner, index, len(calls))
+        results = runner.run_all(task, calls, batch_size=size, max_parallel=parallelism(runner, index))
     failures = [(p.position, r) for p, r in zip(todo, results, strict=True) if isinstance(r, BaseException)]
     raise_group(f"Updating {what} failed in {len(failures)} tile(s); the other tiles were written", failures)
 
@@ -352,7 +360,8 @@ def _clear_tasks(
     """Run the clear tasks of tiles the operation holds locked; return their results."""
     calls = [(index.for_tile(tid, pos), local, full, token) for pos, tid, local, full in work]
     runner = ctx.runner
-    return list(runner.run_all(clear_piece, calls, batch_size=batch_size(runner, index, len(calls))))
+    size = batch_size(runner, index, len(calls))
+    return list(runner.run_all(clear_piece, calls, batch_size=size, max_parallel=parallelism(runner, index)))
 
 
 def _forget_deleted(

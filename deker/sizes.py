@@ -1,4 +1,4 @@
-"""Memory limits and human-readable sizes (SPEC §6.1, §6.2).
+"""Memory limits, human-readable sizes (SPEC §6.1, §6.2) and the cores this process may use.
 
 ``memory_limit`` is given to the client as bytes or as a string such as ``"512M"``;
 :func:`check_memory` refuses to allocate a result larger than that limit or than the memory the
@@ -8,6 +8,7 @@ machine has free at the moment of the call.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "human_size",
     "parse_memory_limit",
     "total_memory",
+    "usable_cores",
 ]
 
 _SUFFIXES = {"k": 1, "m": 2, "g": 3, "t": 4}
@@ -87,6 +89,21 @@ def total_memory() -> int:
 
     """
     return int(psutil.virtual_memory().total) + int(psutil.swap_memory().total)
+
+
+def usable_cores() -> int:
+    """Return how many CPUs this process may run on (its affinity, else the machine's count).
+
+    Returns
+    -------
+    int
+        At least 1.
+
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def effective_memory_limit(limit: int) -> int:

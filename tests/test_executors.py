@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from storage_helpers.overlap import Overlap, overlapping
 
 from deker.errors import DekerValidationError
 from deker.executors import SCATTER_THRESHOLD, TARGET_TASK_BYTES, TaskRunner, run_batch
+from deker.sizes import usable_cores
 
 # ----------------------------------------------------------------------------- module-level tasks
 
@@ -130,6 +132,7 @@ def process_pool() -> Iterator[cf.ProcessPoolExecutor]:
 def test_cheap_files_change_nothing_for_workers_elsewhere(process_pool: cf.ProcessPoolExecutor) -> None:
     # Processes work in parallel (no GIL between them): small operations keep several tasks.
     runner = TaskRunner.create(process_pool)
+    assert runner.suggest_parallelism(cheap_files=True) is None
     assert runner.suggest_batch_size(1000, 1024, cheap_files=True) == runner.suggest_batch_size(1000, 1024)
     assert runner.suggest_batch_size(1000, 1024, cheap_files=True) == 125
 
@@ -214,6 +217,37 @@ def test_suggest_batch_size() -> None:
     assert runner.suggest_batch_size(5, TARGET_TASK_BYTES // 4, cheap_files=True) == 1  # more: as before
     assert runner.suggest_batch_size(10_000, 1024, cheap_files=True) == 1250
     assert runner.suggest_batch_size(4, 256 * 1024) == 1  # a network filesystem: in parallel
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_max_parallel_caps_the_tasks_running_at_once(batch_size: int) -> None:
+    runner = TaskRunner.create(workers=6)
+    try:
+        capped = Overlap(expect=2, hold=0.2)  # nobody else may come in: each waits 0.2 s
+        calls = [(i, capped) for i in range(12 // batch_size * batch_size)]
+        got = runner.run_all(overlapping, calls, batch_size=batch_size, max_parallel=2)
+        assert got == list(range(len(calls))) and capped.most == 2
+        free = Overlap(expect=2, hold=30)  # without a cap a third comes in at once
+        got = runner.run_all(overlapping, [(i, free) for i in range(6)], batch_size=batch_size)
+        assert got == list(range(6)) and free.most > 2
+        _check_results(runner, batch_size)  # results and exceptions in order, gated or not
+        results = runner.run_all(
+            divmod, [(10, 0), (7, 2), (1, 0), (9, 4)], batch_size=batch_size, max_parallel=1
+        )
+        assert isinstance(results[0], ZeroDivisionError) and isinstance(results[2], ZeroDivisionError)
+        assert results[1::2] == [(3, 1), (2, 1)]
+    finally:
+        runner.shutdown()
+
+
+def test_suggest_parallelism() -> None:
+    cores = usable_cores()
+    many = TaskRunner.create(workers=cores + 4)
+    assert many.suggest_parallelism(cheap_files=True) == cores  # a local disk: the cores
+    assert many.suggest_parallelism() is None  # a network filesystem: as many as the pool runs
+    assert TaskRunner.create(workers=cores).suggest_parallelism(cheap_files=True) is None
+    with cf.ThreadPoolExecutor(cores + 2) as pool:
+        assert TaskRunner.create(pool).suggest_parallelism(cheap_files=True) == cores
 
 
 def test_one_batch_of_all_calls_runs_in_the_callers_thread() -> None:

@@ -142,3 +142,46 @@ def test_a_small_read_on_a_local_disk_runs_in_the_callers_thread(tmp_path: Path)
         runner.shutdown()
         assert big[:].read().sum() == 4 * side * side
         assert runner._executor is not None
+
+
+@pytest.mark.parametrize("operation", ["read", "update", "clear"])
+def test_on_a_local_disk_no_more_tile_tasks_run_at_once_than_there_are_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    # Tile tasks on a local disk are bound by the CPU and the GIL: the pool's extra threads
+    # (its default is cores + 4) would only make them wait for each other.
+    from storage_helpers.overlap import Overlap
+
+    from deker import pipeline
+    from deker.sizes import usable_cores
+    from deker.storage.mounts import is_local_filesystem
+
+    if not is_local_filesystem(tmp_path):
+        pytest.skip(f"{tmp_path} is not on a local filesystem: there every pool thread may work")
+    cores = usable_cores()
+    side = 512  # 8 tiles of 1 MiB: more than one task's worth, one tile per task
+    schema = VArraySchema(
+        dtype=np.float32,
+        dimensions=[DimensionSchema(name="y", size=2 * side), DimensionSchema(name="x", size=4 * side)],
+        vgrid=(2, 4),
+    )
+    data = np.arange(8 * side * side, dtype=np.float32).reshape(2 * side, 4 * side)
+    with Client((tmp_path / "s").as_uri(), workers=cores + 3) as c:
+        varray = c.create_collection("c", schema).create()
+        varray[:].update(data)
+        probe = Overlap(expect=min(cores, 8), hold=0.2)
+        name = {"read": "read_piece_into", "update": "write_piece", "clear": "clear_piece"}[operation]
+        task = getattr(pipeline, name)
+        monkeypatch.setattr(pipeline, name, lambda *args: probe.inside_while(task, *args))
+        if operation == "read":
+            np.testing.assert_array_equal(varray[:].read(), data)
+        elif operation == "update":
+            varray[:].update(data + 1)
+            monkeypatch.undo()
+            np.testing.assert_array_equal(varray[:].read(), data + 1)
+        else:
+            varray[:, 1:].clear()
+            monkeypatch.undo()
+            assert np.isnan(varray[:, 1:].read()).all()
+            np.testing.assert_array_equal(varray[:, :1].read(), data[:, :1])
+        assert probe.entered == 8 and probe.most == min(cores, 8)

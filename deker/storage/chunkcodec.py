@@ -50,6 +50,7 @@ import h5py
 import numpy as np
 
 from deker.errors import DekerStorageError
+from deker.sizes import usable_cores
 from deker.storage import filters, rawio
 from deker.storage.arrayfile import Bounds, count_fill, selection_shape
 
@@ -238,10 +239,7 @@ def decode_threads() -> int:
         The size of the module's decoding pool (the calling thread decodes too).
 
     """
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 def _executor() -> ThreadPoolExecutor:
