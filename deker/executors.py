@@ -302,7 +302,9 @@ class TaskRunner:
         outcome = _gather(batch_futures, lambda f: f.result(), lambda f: f.cancel())
         return _unbatch(outcome, batches)
 
-    def run_here(self, fn: Callable[..., R], calls: Sequence[tuple[Any, ...]]) -> list[R | BaseException]:
+    def run_here(
+        self, fn: Callable[..., R], calls: Sequence[tuple[Any, ...]], *, max_parallel: int | None = None
+    ) -> list[R | BaseException]:
         """Run ``fn(*args)`` for every call in threads of this process, whatever the executor.
 
         For the work that must happen where the caller is (file work under a lock this process
@@ -316,6 +318,9 @@ class TaskRunner:
             Any callable (nothing is pickled).
         calls : sequence of tuple
             The positional arguments of each call.
+        max_parallel : int, optional
+            The most calls that run at once (``suggest_parallelism(here=True)``; None: as many
+            as the pool runs).
 
         Returns
         -------
@@ -324,10 +329,10 @@ class TaskRunner:
         """
         calls = list(calls)
         if self.in_process:
-            return self.run_all(fn, calls)
+            return self.run_all(fn, calls, max_parallel=max_parallel)
         if len(calls) < 2:
             return [value for _ok, value in run_batch(fn, calls)]
-        threads = min(len(calls), _default_workers())
+        threads = min(len(calls), max_parallel or _default_workers())
         with cf.ThreadPoolExecutor(threads, thread_name_prefix="deker-here") as pool:
             futures = [pool.submit(fn, *args) for args in calls]
             return _gather(futures, lambda f: f.result(), lambda f: f.cancel())
@@ -428,7 +433,7 @@ class TaskRunner:
         by_tasks = max(1, n_calls // (4 * self.workers))
         return max(1, min(by_bytes, by_tasks))
 
-    def suggest_parallelism(self, *, cheap_files: bool = False) -> int | None:
+    def suggest_parallelism(self, *, cheap_files: bool = False, here: bool = False) -> int | None:
         """Suggest the most tasks of one operation that should run at once (for :meth:`run_all`).
 
         On a runner of this process's threads, with ``cheap_files``, the cores this process
@@ -445,6 +450,9 @@ class TaskRunner:
         ----------
         cheap_files : bool, default False
             Whether the files lie on a local filesystem (as for :meth:`suggest_batch_size`).
+        here : bool, default False
+            For work that :meth:`run_here` runs in this process whatever the runner (creating
+            the tiles an update claims): capped by the same rule on every runner.
 
         Returns
         -------
@@ -452,10 +460,11 @@ class TaskRunner:
             The cap, or None for none.
 
         """
-        if not (cheap_files and self.in_process):
+        if not cheap_files or not (here or self.in_process):
             return None
+        threads = self._workers if self.in_process else _default_workers()
         cores = usable_cores()
-        return cores if cores < self._workers else None
+        return cores if cores < threads else None
 
     # ------------------------------------------------------------------ lifetime
     def shutdown(self, wait: bool = True) -> None:

@@ -121,7 +121,8 @@ def _create_missing(
 ) -> list[tuple[str, bool]]:
     args = [(pos, values, payloads.get(pos), lock.claiming) for pos in missing]
     if runner is not None and len(missing) > 1:  # each waits on its own files, in this process
-        made: list[Any] = runner.run_here(index.create, args)
+        limit = runner.suggest_parallelism(cheap_files=is_local_filesystem(index.root), here=True)
+        made: list[Any] = runner.run_here(index.create, args, max_parallel=limit)
     else:
         made = [index.create(*arg) for arg in args]
     for result in made:

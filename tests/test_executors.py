@@ -45,6 +45,10 @@ def slow_or_interrupt(i: int, log: list[int]) -> int:
     return i
 
 
+def runner_default_threads() -> int:
+    return TaskRunner.create().workers  # the owned pool's default size (cores + 4)
+
+
 def _check_results(runner: TaskRunner, batch_size: int) -> None:
     calls = [(i, 3) for i in range(-2, 9)]
     results = runner.run_all(divmod, [(10, 0), *calls, (1, 0)], batch_size=batch_size)
@@ -133,6 +137,11 @@ def test_cheap_files_change_nothing_for_workers_elsewhere(process_pool: cf.Proce
     # Processes work in parallel (no GIL between them): small operations keep several tasks.
     runner = TaskRunner.create(process_pool)
     assert runner.suggest_parallelism(cheap_files=True) is None
+    here = runner.suggest_parallelism(cheap_files=True, here=True)
+    assert here == (usable_cores() if usable_cores() < runner_default_threads() else None)
+    probe = Overlap(expect=2, hold=0.2)  # run_here's own pool of this process, capped
+    assert runner.run_here(overlapping, [(i, probe) for i in range(6)], max_parallel=2) == list(range(6))
+    assert probe.most == 2
     assert runner.suggest_batch_size(1000, 1024, cheap_files=True) == runner.suggest_batch_size(1000, 1024)
     assert runner.suggest_batch_size(1000, 1024, cheap_files=True) == 125
 
@@ -248,6 +257,9 @@ def test_suggest_parallelism() -> None:
     assert TaskRunner.create(workers=cores).suggest_parallelism(cheap_files=True) is None
     with cf.ThreadPoolExecutor(cores + 2) as pool:
         assert TaskRunner.create(pool).suggest_parallelism(cheap_files=True) == cores
+    # work run_here does in this process whatever the runner (creating tiles): the same rule
+    assert many.suggest_parallelism(cheap_files=True, here=True) == cores
+    assert many.suggest_parallelism(here=True) is None
 
 
 def test_one_batch_of_all_calls_runs_in_the_callers_thread() -> None:

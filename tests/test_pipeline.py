@@ -144,7 +144,7 @@ def test_a_small_read_on_a_local_disk_runs_in_the_callers_thread(tmp_path: Path)
         assert runner._executor is not None
 
 
-@pytest.mark.parametrize("operation", ["read", "update", "clear"])
+@pytest.mark.parametrize("operation", ["read", "update", "clear", "create"])
 def test_on_a_local_disk_no_more_tile_tasks_run_at_once_than_there_are_cores(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str
 ) -> None:
@@ -167,9 +167,21 @@ def test_on_a_local_disk_no_more_tile_tasks_run_at_once_than_there_are_cores(
     )
     data = np.arange(8 * side * side, dtype=np.float32).reshape(2 * side, 4 * side)
     with Client((tmp_path / "s").as_uri(), workers=cores + 3) as c:
-        varray = c.create_collection("c", schema).create()
-        varray[:].update(data)
+        collection = c.create_collection("c", schema)
         probe = Overlap(expect=min(cores, 8), hold=0.2)
+        if operation == "create":  # a first write creates its 8 tiles in this process
+            from deker.tileindex import TileIndex
+
+            create = TileIndex.create
+            monkeypatch.setattr(TileIndex, "create", lambda self, *a: probe.inside_while(create, self, *a))
+            varray = collection.create()
+            varray[:].update(data)
+            monkeypatch.undo()
+            np.testing.assert_array_equal(varray[:].read(), data)
+            assert probe.entered == 8 and probe.most == min(cores, 8)
+            return
+        varray = collection.create()
+        varray[:].update(data)
         name = {"read": "read_piece_into", "update": "write_piece", "clear": "clear_piece"}[operation]
         task = getattr(pipeline, name)
         monkeypatch.setattr(pipeline, name, lambda *args: probe.inside_while(task, *args))
