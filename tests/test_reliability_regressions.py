@@ -25,6 +25,7 @@ from deker.errors import (
     DekerStorageError,
     DekerValidationError,
 )
+from deker.executors import TaskRunner
 from deker.storage import atomic, hdf5
 from deker.tileindex import TileIndex
 
@@ -154,6 +155,10 @@ def test_concurrent_first_updates_are_isolated(clients: Any, monkeypatch: pytest
         return result
 
     monkeypatch.setattr(TileIndex, "create", create)
+    # The hook holds an update's other creations until both first tiles exist, so the four
+    # creations of an update must run at once: as they do on a network filesystem, where
+    # nothing caps them to the cores (on 2 cores the cap would hold B's first tile back).
+    monkeypatch.setattr(TaskRunner, "suggest_parallelism", lambda self, **kwargs: None)
     mine = one.get_collection("v").create({"name": "v"})
     theirs = two.get_collection("v").filter({"name": "v"}).last()
     errors: list[BaseException] = []
