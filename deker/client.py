@@ -136,8 +136,9 @@ class Client:
         from the workers when that client was made with ``direct_to_workers=True``.
     workers : int, optional
         Threads of the client's own pool (default ``cpu_count() + 4``).  On a local
-        filesystem no more tile tasks of one operation run at once than the cores this
-        process may use: the others wait (there the tasks are CPU-bound).
+        filesystem no more tile tasks of one VArray read, update or clear (or tile creations)
+        run at once than the cores this process may use, in this pool or in a given
+        ``ThreadPoolExecutor``: the others wait (there the tasks are CPU-bound).
     write_lock_timeout : int, default 60
         Seconds a writer (or reader) waits for a lock before :class:`DekerLockError`.
     write_lock_check_interval : int, default 1

@@ -84,14 +84,23 @@ def run_batch(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[
 
 
 def run_gated(
-    gate: threading.Semaphore, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]
+    gate: threading.Semaphore,
+    stop: threading.Event,
+    fn: Callable[..., Any],
+    calls: Sequence[tuple[Any, ...]],
 ) -> list[tuple[bool, Any]]:
     """:func:`run_batch` once ``gate`` lets this task in (in-process runners only: not pickled).
+
+    A task let in after ``stop`` was set (the caller was interrupted while it waited) runs
+    none of its calls: each fails with ``concurrent.futures.CancelledError``, like a task the
+    executor cancelled before it started.
 
     Parameters
     ----------
     gate : threading.Semaphore
         Counts the tasks of one operation that may run at once.
+    stop : threading.Event
+        Set when the operation no longer wants the results.
     fn, calls
         As for :func:`run_batch`.
 
@@ -102,6 +111,8 @@ def run_gated(
 
     """
     with gate:
+        if stop.is_set():
+            return [(False, cf.CancelledError()) for _ in calls]
         return run_batch(fn, calls)
 
 
@@ -257,8 +268,8 @@ class TaskRunner:
         thread (handing it to a pool thread would only add the hand-off), and ``max_parallel``
         caps how many of the tasks run at once (see :meth:`suggest_parallelism`; the others
         wait in their pool threads).  If waiting is interrupted (e.g. by
-        ``KeyboardInterrupt``), the tasks not started yet are cancelled and the interruption
-        propagates.
+        ``KeyboardInterrupt``), the tasks not started yet are cancelled (those waiting at the
+        cap run none of their calls) and the interruption propagates.
 
         Parameters
         ----------
@@ -294,12 +305,18 @@ class TaskRunner:
             futures = [executor.submit(fn, *args) for args in calls]
             return _gather(futures, lambda f: f.result(), lambda f: f.cancel())
         batches = [calls[i : i + size] for i in range(0, len(calls), size)]
+        stop = threading.Event()  # tasks waiting at the gate have started: they see this instead
+
+        def cancel(future: cf.Future[Any]) -> None:
+            stop.set()
+            future.cancel()
+
         if gated:
             gate = threading.BoundedSemaphore(cap)
-            batch_futures = [executor.submit(run_gated, gate, fn, batch) for batch in batches]
+            batch_futures = [executor.submit(run_gated, gate, stop, fn, batch) for batch in batches]
         else:
             batch_futures = [executor.submit(run_batch, fn, batch) for batch in batches]
-        outcome = _gather(batch_futures, lambda f: f.result(), lambda f: f.cancel())
+        outcome = _gather(batch_futures, lambda f: f.result(), cancel)
         return _unbatch(outcome, batches)
 
     def run_here(
@@ -438,13 +455,14 @@ class TaskRunner:
 
         On a runner of this process's threads, with ``cheap_files``, the cores this process
         may run on (:func:`deker.sizes.usable_cores`) when the pool has more threads than
-        that.  Tile tasks on a local filesystem are bound by the CPU and take the GIL around
-        every system call: more of them at once than there are cores only make them wait for
-        each other.  On 2 cores, with the default 6 threads against 2, a full read of 64 tiles
-        of 4 MiB took 81-99 ms against 60-75 ms, the same read of zstd chunks 107-122 against
-        77-98 ms, and a full write 215-260 against 166-213 ms.  On a network filesystem tasks
-        wait for round trips, which more of them overlap, and other runners work in parallel
-        elsewhere: there it is None (as many as the executor runs).
+        that.  Tile tasks on a local filesystem are bound by the CPU and give the GIL up and
+        take it back around every system call: more of them at once than there are cores
+        only make them wait for each other.  On 2 cores, with the default 6 threads against
+        2, a full read of 64 tiles of 4 MiB took 81-99 ms against 60-75 ms, the same read of
+        zstd chunks 107-122 against 77-98 ms, and a full write 215-260 against 166-213 ms.
+        On a network filesystem tasks wait for round trips, which more of them overlap, and
+        other runners work in parallel elsewhere: there it is None (as many as the executor
+        runs).
 
         Parameters
         ----------

@@ -49,9 +49,19 @@ def runner_default_threads() -> int:
     return TaskRunner.create().workers  # the owned pool's default size (cores + 4)
 
 
-def _check_results(runner: TaskRunner, batch_size: int) -> None:
+def interrupt_or_wait(i: int, log: list[int], released: threading.Event) -> int:
+    if i == 0:
+        raise KeyboardInterrupt
+    assert released.wait(30)
+    log.append(i)
+    return i
+
+
+def _check_results(runner: TaskRunner, batch_size: int, max_parallel: int | None = None) -> None:
     calls = [(i, 3) for i in range(-2, 9)]
-    results = runner.run_all(divmod, [(10, 0), *calls, (1, 0)], batch_size=batch_size)
+    results = runner.run_all(
+        divmod, [(10, 0), *calls, (1, 0)], batch_size=batch_size, max_parallel=max_parallel
+    )
     assert isinstance(results[0], ZeroDivisionError) and isinstance(results[-1], ZeroDivisionError)
     assert results[1:-1] == [divmod(*c) for c in calls]
 
@@ -98,6 +108,23 @@ def test_interrupt_cancels_pending() -> None:
     finally:
         runner.shutdown()
     assert len(log) <= 1  # at most the call already running when the interruption came
+
+
+def test_interrupt_runs_none_of_the_tasks_waiting_at_the_cap() -> None:
+    # Tasks waiting at the cap have started as far as the pool knows (cancel() fails on
+    # them): after the interruption they must still run none of their calls.  The one let
+    # in when the first failed waits until run_all has raised.
+    runner = TaskRunner.create(workers=4)
+    log: list[int] = []
+    released = threading.Event()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_all(interrupt_or_wait, [(i, log, released) for i in range(10)], max_parallel=1)
+        released.set()
+    finally:
+        released.set()
+        runner.shutdown()
+    assert len(log) <= 1  # at most the call let in before the interruption was seen
 
 
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
@@ -240,6 +267,7 @@ def test_max_parallel_caps_the_tasks_running_at_once(batch_size: int) -> None:
         got = runner.run_all(overlapping, [(i, free) for i in range(6)], batch_size=batch_size)
         assert got == list(range(6)) and free.most > 2
         _check_results(runner, batch_size)  # results and exceptions in order, gated or not
+        _check_results(runner, batch_size, max_parallel=2)
         results = runner.run_all(
             divmod, [(10, 0), (7, 2), (1, 0), (9, 4)], batch_size=batch_size, max_parallel=1
         )
