@@ -305,19 +305,19 @@ class TaskRunner:
             futures = [executor.submit(fn, *args) for args in calls]
             return _gather(futures, lambda f: f.result(), lambda f: f.cancel())
         batches = [calls[i : i + size] for i in range(0, len(calls), size)]
+        if not gated:
+            batch_futures = [executor.submit(run_batch, fn, batch) for batch in batches]
+            outcome = _gather(batch_futures, lambda f: f.result(), lambda f: f.cancel())
+            return _unbatch(outcome, batches)
+        gate = threading.BoundedSemaphore(cap)
         stop = threading.Event()  # tasks waiting at the gate have started: they see this instead
 
         def cancel(future: cf.Future[Any]) -> None:
             stop.set()
             future.cancel()
 
-        if gated:
-            gate = threading.BoundedSemaphore(cap)
-            batch_futures = [executor.submit(run_gated, gate, stop, fn, batch) for batch in batches]
-        else:
-            batch_futures = [executor.submit(run_batch, fn, batch) for batch in batches]
-        outcome = _gather(batch_futures, lambda f: f.result(), cancel)
-        return _unbatch(outcome, batches)
+        batch_futures = [executor.submit(run_gated, gate, stop, fn, batch) for batch in batches]
+        return _unbatch(_gather(batch_futures, lambda f: f.result(), cancel), batches)
 
     def run_here(
         self, fn: Callable[..., R], calls: Sequence[tuple[Any, ...]], *, max_parallel: int | None = None

@@ -38,15 +38,14 @@ from deker.tileindex import TileIndex
 from deker.tiling import TilePiece, tile_pieces
 
 __all__ = [
-    "batch_size",
     "clear",
     "compact_for_transport",
     "delete_tiles",
     "lock_tiles",
-    "parallelism",
     "raise_group",
     "read",
     "require",
+    "task_plan",
     "update",
 ]
 
@@ -96,19 +95,19 @@ def require(index: TileIndex, who: str) -> None:
         raise DekerInstanceNotExistsError(f"{who} was deleted")
 
 
-def batch_size(runner: TaskRunner, index: TileIndex, n_calls: int, nbytes: int | None = None) -> int:
-    """Return how many tile tasks the runner should send together (see ``suggest_batch_size``).
+def task_plan(
+    runner: TaskRunner, index: TileIndex, n_calls: int, nbytes: int | None = None
+) -> tuple[int, int | None]:
+    """Return how many tile calls make one task, and the most tasks to run at once.
 
-    ``nbytes`` is the size of the operation's region when it is known (a read), else each
-    call counts a whole tile.  Whether files are cheap is the storage's filesystem's answer.
+    The runner's ``suggest_batch_size`` and ``suggest_parallelism``, with one answer of the
+    storage's filesystem (whether files are cheap) for both.  ``nbytes`` is the size of the
+    operation's region when it is known (a read), else each call counts a whole tile.
     """
+    cheap = is_local_filesystem(index.root)
     per_call = index.tile_bytes if nbytes is None or not n_calls else -(-int(nbytes) // n_calls)
-    return int(runner.suggest_batch_size(n_calls, per_call, cheap_files=is_local_filesystem(index.root)))
-
-
-def parallelism(runner: TaskRunner, index: TileIndex) -> int | None:
-    """Return the most tile tasks of one operation to run at once (see ``suggest_parallelism``)."""
-    return runner.suggest_parallelism(cheap_files=is_local_filesystem(index.root))
+    size = int(runner.suggest_batch_size(n_calls, per_call, cheap_files=cheap))
+    return size, runner.suggest_parallelism(cheap_files=cheap)
 
 
 def _create_missing(
@@ -249,10 +248,9 @@ def read(ctx: StorageContext, index: TileIndex, bounds: Bounds, fill_value: Any,
         else:
             todo.append((piece, tid))
     runner = ctx.runner
-    size = batch_size(runner, index, len(todo), out.nbytes)
+    size, limit = task_plan(runner, index, len(todo), out.nbytes)
     if runner.in_process:
         calls = [(index.for_tile(tid), p.local, out, p.out) for p, tid in todo]
-        limit = parallelism(runner, index)
         results: list[Any] = list(runner.run_all(read_piece_into, calls, batch_size=size, max_parallel=limit))
     else:
         remote = [(index.for_tile(tid), p.local) for p, tid in todo]
@@ -349,8 +347,8 @@ def update(
                 if isinstance(chunk, np.ndarray) and chunk.shape != np.shape(piece):
                     task = write_piece_broadcast  # distinct values only: broadcast on arrival
             calls.append((index.for_tile(tiles[p.position]), p.local, chunk, token))
-        size = batch_size(runner, index, len(calls))
-        results = runner.run_all(task, calls, batch_size=size, max_parallel=parallelism(runner, index))
+        size, limit = task_plan(runner, index, len(calls))
+        results = runner.run_all(task, calls, batch_size=size, max_parallel=limit)
     failures = [(p.position, r) for p, r in zip(todo, results, strict=True) if isinstance(r, BaseException)]
     raise_group(f"Updating {what} failed in {len(failures)} tile(s); the other tiles were written", failures)
 
@@ -361,8 +359,8 @@ def _clear_tasks(
     """Run the clear tasks of tiles the operation holds locked; return their results."""
     calls = [(index.for_tile(tid, pos), local, full, token) for pos, tid, local, full in work]
     runner = ctx.runner
-    size = batch_size(runner, index, len(calls))
-    return list(runner.run_all(clear_piece, calls, batch_size=size, max_parallel=parallelism(runner, index)))
+    size, limit = task_plan(runner, index, len(calls))
+    return list(runner.run_all(clear_piece, calls, batch_size=size, max_parallel=limit))
 
 
 def _forget_deleted(

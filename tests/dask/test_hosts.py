@@ -33,7 +33,7 @@ import deker_dask
 from deker import Client
 from deker.errors import DekerClientError, DekerStorageError, DekerVSubsetError
 from deker.executors import DASK_RESUBMITS, SCATTER_THRESHOLD
-from deker.pipeline import batch_size
+from deker.pipeline import task_plan
 from deker.storage.identity import STORAGE_ID_FILE
 
 pytestmark = pytest.mark.timeout(300)
@@ -169,7 +169,7 @@ def test_worker_killed_mid_batch_completes_every_cell(hosts2: Hosts, how: str, t
         v = varray(client, shape, vgrid, name=hosts2.name("batch"))
         data = np.random.default_rng(5).random(shape, dtype=np.float32)
         if how == "update":
-            assert batch_size(v.storage_context.runner, v.tiles, 128) > 1
+            assert task_plan(v.storage_context.runner, v.tiles, 128)[0] > 1
             error = kill_during(hosts2.cluster, lambda: v[:].update(data), tmp_path / "hook", "run_batch")
         else:
             src = da.from_array(data, chunks=(3, 20, 25))  # unaligned to the (1, 16, 16) tiles
