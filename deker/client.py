@@ -133,7 +133,8 @@ class Client:
         ``workers`` threads.  A user executor is never shut down by deker; a Dask distributed
         client runs the tasks on its workers (which must see the same filesystem); their
         results come back through the scheduler one task at a time, or all at once straight
-        from the workers when that client was made with ``direct_to_workers=True``.
+        from the workers when that client was made with ``direct_to_workers=True`` or leaves
+        it at ``None`` while every worker listens on this host.
     workers : int, optional
         Threads of the client's own pool (default ``cpu_count() + 4``).  On a local
         filesystem no more tile tasks of one VArray read, update or clear (or tile creations)

@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import numpy as np
-
+from deker import daskclient
+from deker.daskclient import LOST_TASK_WAIT_SECONDS, SCATTER_THRESHOLD, keys_running
 from deker.errors import DekerValidationError
 from deker.sizes import usable_cores
 
@@ -44,15 +44,11 @@ logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
-#: numpy arguments larger than this many bytes are scattered to Dask workers before submission.
-SCATTER_THRESHOLD = 1024 * 1024
 #: A batch of small tile calls aims at about this much I/O per task.
 TARGET_TASK_BYTES = 4 * 1024 * 1024
 #: How many times the tasks lost with a Dask worker (or with the data scattered to it) are
 #: submitted again, their data scattered again, before their calls fail.
 DASK_RESUBMITS = 3
-#: How long the copies of lost tasks still running on live workers are waited for.
-LOST_TASK_WAIT_SECONDS = 600.0
 _RECOUNT_SECONDS = 10.0
 
 
@@ -116,10 +112,6 @@ def run_gated(
         return run_batch(fn, calls)
 
 
-def _looks_like_dask_client(obj: Any) -> bool:
-    return all(callable(getattr(obj, name, None)) for name in ("get_executor", "submit", "scatter"))
-
-
 def _default_workers() -> int:
     return (os.cpu_count() or 1) + 4
 
@@ -165,6 +157,8 @@ class TaskRunner:
         self._submit_kwargs["pure"] = False
         self._lock = threading.Lock()
         self._counted_at = time.monotonic()
+        self._local_at: float | None = None  # when _local_workers was last asked for
+        self._local_workers = False
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -198,20 +192,22 @@ class TaskRunner:
             return cls("threads", None, True, workers or _default_workers())
         if isinstance(executor, cf.Executor):
             inner = getattr(executor, "_client", None)
-            if inner is not None and _looks_like_dask_client(inner):
+            if inner is not None and daskclient.looks_like_dask_client(inner):
                 # client.get_executor(...): submit through its client so that pure=False holds.
                 options = {
                     k: v for k, v in dict(getattr(executor, "_kwargs", {}) or {}).items() if k != "pure"
                 }
-                return cls("dask", None, False, _dask_workers(inner), client=inner, submit_kwargs=options)
+                return cls(
+                    "dask", None, False, daskclient.dask_workers(inner), client=inner, submit_kwargs=options
+                )
             count = int(getattr(executor, "_max_workers", 0) or (os.cpu_count() or 1))
             if isinstance(executor, cf.ThreadPoolExecutor):
                 return cls("threads", executor, False, count)
             if isinstance(executor, cf.ProcessPoolExecutor):
                 return cls("processes", executor, False, count)
             return cls("executor", executor, False, count)
-        if _looks_like_dask_client(executor):
-            return cls("dask", None, False, _dask_workers(executor), client=executor)
+        if daskclient.looks_like_dask_client(executor):
+            return cls("dask", None, False, daskclient.dask_workers(executor), client=executor)
         raise DekerValidationError(
             f"executor must be None, a concurrent.futures.Executor (e.g. ThreadPoolExecutor) or a Dask "
             f"distributed Client, not {type(executor).__module__}.{type(executor).__qualname__}"
@@ -238,7 +234,7 @@ class TaskRunner:
         """The best estimate of how many tasks run at the same time."""
         if self._kind == "dask" and time.monotonic() - self._counted_at > _RECOUNT_SECONDS:
             # Dask clusters scale: ask the scheduler again, at most every few seconds.
-            self._workers = _dask_workers(self._client, self._workers)
+            self._workers = daskclient.dask_workers(self._client, self._workers)
             self._counted_at = time.monotonic()
         return self._workers
 
@@ -372,7 +368,7 @@ class TaskRunner:
                 break
             for i, result in zip(pending, results, strict=True):
                 outcome[i] = result
-            lost_at = [n for n, result in enumerate(results) if _is_lost(result)]
+            lost_at = [n for n, result in enumerate(results) if daskclient.is_lost(result)]
             lost = [pending[n] for n in lost_at]
             if not lost or attempt == DASK_RESUBMITS:
                 break
@@ -383,7 +379,7 @@ class TaskRunner:
             )  # fmt: skip
             # A copy of a lost task may still run on a live worker (Dask cannot stop a thread):
             # let it end before its call is sent again.
-            _wait_until_not_running(self._client, [keys[n] for n in lost_at])
+            daskclient.wait_until_not_running(self._client, [keys[n] for n in lost_at])
             pending = lost
         return outcome if size == 1 else _unbatch(outcome, units)
 
@@ -392,7 +388,9 @@ class TaskRunner:
     ) -> tuple[list[Any], list[Any]]:
         client = self._client
         kwargs = self._submit_kwargs
-        flat = _scatter_large(client, [args for unit in units for args in unit])  # anew each attempt
+        flat = daskclient.scatter_large(
+            client, [args for unit in units for args in unit]
+        )  # anew each attempt
         futures: list[Any] = []
         try:
             start = 0
@@ -408,7 +406,22 @@ class TaskRunner:
                 future.cancel()
             raise
         keys = [getattr(f, "key", None) for f in futures]
-        return _gather_dask(client, futures), keys
+        return daskclient.gather(client, futures, self._gathers_direct()), keys
+
+    def _gathers_direct(self) -> bool:
+        """Whether Dask results are fetched straight from the workers (:func:`deker.daskclient.gather`).
+
+        As the client says (``direct_to_workers``), or when it leaves that open (``None``, its
+        default), whether every worker listens on this host, so that it surely can be reached.
+        """
+        setting = getattr(self._client, "direct_to_workers", None)
+        if setting is not None:
+            return setting is True
+        now = time.monotonic()
+        if self._local_at is None or now - self._local_at > _RECOUNT_SECONDS:
+            self._local_workers = daskclient.workers_on_this_host(self._client)
+            self._local_at = now
+        return self._local_workers
 
     # ------------------------------------------------------------------ sizing
     def suggest_batch_size(self, n_calls: int, bytes_per_call: int, *, cheap_files: bool = False) -> int:
@@ -504,15 +517,6 @@ class TaskRunner:
             executor.shutdown(wait=wait, cancel_futures=not wait)
 
 
-def _dask_workers(client: Any, default: int = 1) -> int:
-    try:
-        counts = client.nthreads()
-        total = sum(int(n) for n in counts.values())
-    except Exception:  # duck typing: an unusual client only loses the estimate
-        return max(1, default)
-    return max(1, total)
-
-
 def _gather(futures: list[Any], result: Callable[[Any], Any], cancel: Callable[[Any], Any]) -> list[Any]:
     out: list[Any] = []
     try:
@@ -528,106 +532,6 @@ def _gather(futures: list[Any], result: Callable[[Any], Any], cancel: Callable[[
     return out
 
 
-def _gather_dask(client: Any, futures: list[Any]) -> list[Any]:
-    """Return the result, or the exception, of every Dask future.
-
-    Through the scheduler (distributed's default for a client outside the cluster) the results
-    are fetched one future at a time, so that the scheduler holds one result at a time, not
-    the whole answer of a read (fetched together, a 64 MiB read made the scheduler hold 64 MiB
-    and took 0.55-0.66 s instead of 0.17-0.20 s the first time, on fresh memory).  A client
-    made with ``direct_to_workers=True`` fetches every finished result in one request straight
-    from the workers (0.11-0.16 s for that read), and a future that failed or was cancelled
-    keeps its exception, as ``result()`` raises it.
-    """
-    if getattr(client, "direct_to_workers", None) is not True:
-        return _gather(futures, lambda f: f.result(), lambda f: f.cancel())
-    try:
-        got = client.gather(dict(enumerate(futures)), errors="skip", direct=True)
-        out: list[Any] = []
-        for n, future in enumerate(futures):
-            if n in got and getattr(future, "status", "finished") == "finished":
-                out.append(got[n])
-                continue
-            try:  # failed or cancelled: its exception, as result() raises it
-                out.append(future.result())
-            except Exception as exc:  # a task's failure is a result
-                out.append(exc)
-        return out
-    except BaseException:
-        for future in futures:
-            future.cancel()
-        raise
-
-
-def _is_lost(result: Any) -> bool:
-    """Whether a task's outcome says it was lost, not that it failed.
-
-    Dask cancels a task whose input died with a worker (data scattered to that worker cannot be
-    recomputed): ``distributed.FutureCancelledError``, a ``concurrent.futures.CancelledError``.
-    A task that failed by itself, or that Dask gave up after killing several workers
-    (``KilledWorker``), is not lost: its error is the outcome.
-    """
-    return isinstance(result, cf.CancelledError)
-
-
-_RUNNING_STATES = frozenset({"executing", "long-running", "cancelled", "resumed"})
-
-
-def keys_running(keys: Sequence[Any], dask_worker: Any = None) -> list[Any]:
-    """Return which of ``keys`` a Dask worker is still running (run on each worker by ``client.run``).
-
-    A task whose future was cancelled keeps running in its thread until it returns.
-
-    Parameters
-    ----------
-    keys : sequence
-        Task keys.
-    dask_worker : distributed.Worker, optional
-        Given by ``client.run``.
-
-    Returns
-    -------
-    list
-        The keys still executing on this worker.
-    """
-    tasks = getattr(getattr(dask_worker, "state", None), "tasks", None) or {}
-    running = []
-    for key in keys:
-        task = tasks.get(key)
-        if task is not None and getattr(task, "state", None) in _RUNNING_STATES:
-            running.append(key)
-    return running
-
-
-def _wait_until_not_running(client: Any, keys: list[Any]) -> None:
-    keys = [k for k in keys if k is not None]
-    if not keys:
-        return
-    started = time.monotonic()
-    deadline = started + LOST_TASK_WAIT_SECONDS
-    delay = 0.02
-    failures = 0
-    while True:
-        try:
-            found = client.run(keys_running, keys, on_error="ignore")
-            failures = 0
-        except Exception as exc:  # a worker went away while asked: ask again, a few times
-            failures += 1
-            if failures > 10:
-                logger.warning("cannot ask the Dask workers which lost tasks still run: %s", exc)
-                return
-            found = {"?": keys}
-        if not any(found.values()):
-            return
-        if time.monotonic() > deadline:
-            logger.warning(
-                "copies of %d lost Dask tasks still run after %.0f s", len(keys), LOST_TASK_WAIT_SECONDS
-            )
-            return
-        time.sleep(delay)  # polling the workers, not a wait for a window
-        delay = min(0.5, delay * 2)
-
-
 def _unbatch(outcome: list[Any], batches: list[list[tuple[Any, ...]]]) -> list[Any]:
     out: list[Any] = []
     for result, batch in zip(outcome, batches, strict=True):
@@ -636,21 +540,3 @@ def _unbatch(outcome: list[Any], batches: list[list[tuple[Any, ...]]]) -> list[A
         else:
             out.extend(value for _ok, value in result)
     return out
-
-
-def _scatter_large(client: Any, calls: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Replace numpy arguments above :data:`SCATTER_THRESHOLD` by futures of scattered data."""
-    where = [
-        (i, j)
-        for i, args in enumerate(calls)
-        for j, arg in enumerate(args)
-        if isinstance(arg, np.ndarray) and arg.nbytes > SCATTER_THRESHOLD
-    ]
-    if not where:
-        return calls
-    futures = client.scatter([calls[i][j] for i, j in where], hash=False)
-    logger.debug("scattered %d large arguments to the Dask workers", len(where))
-    rows = [list(args) for args in calls]
-    for (i, j), future in zip(where, futures, strict=True):
-        rows[i][j] = future
-    return [tuple(row) for row in rows]
