@@ -12,13 +12,14 @@ import concurrent.futures as cf
 import ipaddress
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import psutil
 
 __all__ = [
+    "GATHER_BYTES",
     "LOST_TASK_WAIT_SECONDS",
     "SCATTER_THRESHOLD",
     "dask_workers",
@@ -37,6 +38,9 @@ logger = logging.getLogger(__name__)
 SCATTER_THRESHOLD = 1024 * 1024
 #: How long the copies of lost tasks still running on live workers are waited for.
 LOST_TASK_WAIT_SECONDS = 600.0
+#: Results fetched straight from the workers for a caller that consumes them as they come are
+#: fetched in requests of about this many bytes.
+GATHER_BYTES = 64 * 1024 * 1024
 _RUNNING_STATES = frozenset({"executing", "long-running", "cancelled", "resumed"})
 
 
@@ -119,7 +123,13 @@ def workers_on_this_host(client: Any) -> bool:
     return bool(addresses)
 
 
-def gather(client: Any, futures: list[Any], direct: bool) -> list[Any]:
+def gather(
+    client: Any,
+    futures: list[Any],
+    direct: bool,
+    keep: Callable[[int, Any], Any] | None = None,
+    group: int = 0,
+) -> list[Any]:
     """Return the result, or the exception, of every Dask future, in order.
 
     Through the scheduler (distributed's default for a client outside the cluster) the results
@@ -138,12 +148,17 @@ def gather(client: Any, futures: list[Any], direct: bool) -> list[Any]:
         The futures.
     direct : bool
         Whether to fetch straight from the workers (this process must reach them).
+    keep : callable, optional
+        ``keep(n, outcome)`` is what the list holds for future ``n``, called as soon as its
+        outcome is here (by default the outcome itself).
+    group : int
+        With ``direct``, how many futures one request fetches (0: all of them).
 
     Returns
     -------
     list
-        Each future's result, or its exception (as ``result()`` raises it) when it failed or
-        was cancelled.
+        For each future, what ``keep`` made of its result, or of its exception (as
+        ``result()`` raises it) when it failed or was cancelled.
 
     Raises
     ------
@@ -152,16 +167,21 @@ def gather(client: Any, futures: list[Any], direct: bool) -> list[Any]:
         future.
     """
     out: list[Any] = []
+    step = group if group > 0 else max(1, len(futures))
     try:
-        got = client.gather(dict(enumerate(futures)), errors="skip", direct=True) if direct else {}
-        for n, future in enumerate(futures):
-            if n in got and getattr(future, "status", "finished") == "finished":
-                out.append(got[n])
-                continue
-            try:  # fetched through the scheduler; or failed or cancelled: its exception
-                out.append(future.result())
-            except Exception as exc:  # a task's failure is a result
-                out.append(exc)
+        for first in range(0, len(futures), step):
+            part = dict(enumerate(futures[first : first + step], first))
+            got = client.gather(part, errors="skip", direct=True) if direct else {}
+            for n, future in part.items():
+                if n in got and getattr(future, "status", "finished") == "finished":
+                    value = got.pop(n)
+                else:
+                    try:  # through the scheduler; or failed or cancelled: its exception
+                        value = future.result()
+                    except Exception as exc:  # a task's failure is a result
+                        value = exc
+                out.append(value if keep is None else keep(n, value))
+            del got
     except BaseException:
         for future in futures:
             future.cancel()

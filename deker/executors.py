@@ -22,14 +22,15 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from deker import daskclient
-from deker.daskclient import LOST_TASK_WAIT_SECONDS, SCATTER_THRESHOLD, keys_running
+from deker.daskclient import GATHER_BYTES, LOST_TASK_WAIT_SECONDS, SCATTER_THRESHOLD, keys_running
 from deker.errors import DekerValidationError
 from deker.sizes import usable_cores
 
 __all__ = [
+    "GATHER_BYTES",
     "DASK_RESUBMITS",
     "LOST_TASK_WAIT_SECONDS",
     "SCATTER_THRESHOLD",
@@ -248,6 +249,7 @@ class TaskRunner:
                 self._executor = cf.ThreadPoolExecutor(self._workers, thread_name_prefix="deker")
             return self._executor
 
+    @overload
     def run_all(
         self,
         fn: Callable[..., R],
@@ -255,7 +257,32 @@ class TaskRunner:
         *,
         batch_size: int = 1,
         max_parallel: int | None = None,
-    ) -> list[R | BaseException]:
+        consume: None = None,
+        result_bytes: int = 0,
+    ) -> list[R | BaseException]: ...
+
+    @overload
+    def run_all(
+        self,
+        fn: Callable[..., R],
+        calls: Sequence[tuple[Any, ...]],
+        *,
+        batch_size: int = 1,
+        max_parallel: int | None = None,
+        consume: Callable[[int, Any], object],
+        result_bytes: int = 0,
+    ) -> list[R | BaseException | None]: ...
+
+    def run_all(
+        self,
+        fn: Callable[..., R],
+        calls: Sequence[tuple[Any, ...]],
+        *,
+        batch_size: int = 1,
+        max_parallel: int | None = None,
+        consume: Callable[[int, Any], object] | None = None,
+        result_bytes: int = 0,
+    ) -> list[Any]:
         """Run ``fn(*args)`` for every call and return each result or exception, in order.
 
         A task's exception is returned in its place, never raised.  With ``batch_size > 1``
@@ -266,6 +293,13 @@ class TaskRunner:
         wait in their pool threads).  If waiting is interrupted (e.g. by
         ``KeyboardInterrupt``), the tasks not started yet are cancelled (those waiting at the
         cap run none of their calls) and the interruption propagates.
+
+        With ``consume``, every result (not an exception) is handed to ``consume(i, result)``
+        in the calling thread as soon as this process has it, and the list holds ``None`` in
+        its place: the runner keeps no reference to it, so a large answer arriving from other
+        processes never sits here twice.  On a Dask runner that fetches straight from the
+        workers, results are then fetched in requests of about :data:`GATHER_BYTES` (from
+        ``result_bytes``).
 
         Parameters
         ----------
@@ -278,11 +312,16 @@ class TaskRunner:
         max_parallel : int, optional
             On an in-process runner, the most tasks that run at once (None: as many as the
             pool runs).  Other runners ignore it.
+        consume : callable, optional
+            Called with each call's index and result as it arrives (see above).
+        result_bytes : int
+            About how many bytes one call's result holds (0: unknown).
 
         Returns
         -------
         list
-            The result, or the raised exception, of every call.
+            The result (``None`` where it went to ``consume``), or the raised exception, of
+            every call.
 
         """
         calls = list(calls)
@@ -290,20 +329,23 @@ class TaskRunner:
             return []
         size = max(1, int(batch_size))
         if self.in_process and (len(calls) == 1 or size >= len(calls)):  # one task: no hand-off
-            return [value for _ok, value in run_batch(fn, calls)]
+            outcome, keep = run_batch(fn, calls), _keeper(consume, len(calls))
+            return _unbatch([outcome if keep is None else keep(0, outcome)], [calls])
         if self._kind == "dask":
-            return self._run_dask(fn, calls, size)
+            group = max(1, GATHER_BYTES // (result_bytes * size)) if result_bytes > 0 else 0
+            return self._run_dask(fn, calls, size, consume, group)
         executor = self._get_executor()
         n_tasks = -(-len(calls) // size)
         cap = max_parallel if self.in_process and max_parallel is not None else 0
         gated = 0 < cap < min(n_tasks, self._workers)
         if size == 1 and not gated:
             futures = [executor.submit(fn, *args) for args in calls]
-            return _gather(futures, lambda f: f.result(), lambda f: f.cancel())
+            return _gather(futures, lambda f: f.result(), lambda f: f.cancel(), _keeper(consume, 0))
         batches = [calls[i : i + size] for i in range(0, len(calls), size)]
+        keep = _keeper(consume, size)
         if not gated:
             batch_futures = [executor.submit(run_batch, fn, batch) for batch in batches]
-            outcome = _gather(batch_futures, lambda f: f.result(), lambda f: f.cancel())
+            outcome = _gather(batch_futures, lambda f: f.result(), lambda f: f.cancel(), keep)
             return _unbatch(outcome, batches)
         gate = threading.BoundedSemaphore(cap)
         stop = threading.Event()  # tasks waiting at the gate have started: they see this instead
@@ -313,7 +355,7 @@ class TaskRunner:
             future.cancel()
 
         batch_futures = [executor.submit(run_gated, gate, stop, fn, batch) for batch in batches]
-        return _unbatch(_gather(batch_futures, lambda f: f.result(), cancel), batches)
+        return _unbatch(_gather(batch_futures, lambda f: f.result(), cancel, keep), batches)
 
     def run_here(
         self, fn: Callable[..., R], calls: Sequence[tuple[Any, ...]], *, max_parallel: int | None = None
@@ -351,15 +393,29 @@ class TaskRunner:
             return _gather(futures, lambda f: f.result(), lambda f: f.cancel())
 
     def _run_dask(
-        self, fn: Callable[..., R], calls: list[tuple[Any, ...]], size: int
-    ) -> list[R | BaseException]:
+        self,
+        fn: Callable[..., R],
+        calls: list[tuple[Any, ...]],
+        size: int,
+        consume: Callable[[int, Any], object] | None,
+        group: int,
+    ) -> list[R | BaseException | None]:
         # One unit per task: a call, or a batch of consecutive calls run by run_batch.
         units = [calls[i : i + size] for i in range(0, len(calls), size)]
         outcome: list[Any] = [None] * len(units)
         pending = list(range(len(units)))
+        keep = _keeper(consume, 0 if size == 1 else size)
         for attempt in range(DASK_RESUBMITS + 1):
+            attempted = pending
+
+            def keep_unit(n: int, outcome: Any) -> Any:
+                # ``n`` counts this attempt's units; ``keep`` knows the units of the whole run
+                return outcome if keep is None else keep(attempted[n], outcome)  # noqa: B023 (called now)
+
             try:
-                results, keys = self._submit_and_gather(fn, [units[i] for i in pending], size)
+                results, keys = self._submit_and_gather(
+                    fn, [units[i] for i in pending], size, keep_unit, group
+                )
             except Exception as exc:
                 if attempt == 0:
                     raise
@@ -384,13 +440,16 @@ class TaskRunner:
         return outcome if size == 1 else _unbatch(outcome, units)
 
     def _submit_and_gather(
-        self, fn: Callable[..., Any], units: list[list[tuple[Any, ...]]], size: int
+        self,
+        fn: Callable[..., Any],
+        units: list[list[tuple[Any, ...]]],
+        size: int,
+        keep: Callable[[int, Any], Any],
+        group: int,
     ) -> tuple[list[Any], list[Any]]:
         client = self._client
         kwargs = self._submit_kwargs
-        flat = daskclient.scatter_large(
-            client, [args for unit in units for args in unit]
-        )  # anew each attempt
+        flat = daskclient.scatter_large(client, [a for unit in units for a in unit])  # anew each attempt
         futures: list[Any] = []
         try:
             start = 0
@@ -406,7 +465,7 @@ class TaskRunner:
                 future.cancel()
             raise
         keys = [getattr(f, "key", None) for f in futures]
-        return daskclient.gather(client, futures, self._gathers_direct()), keys
+        return daskclient.gather(client, futures, self._gathers_direct(), keep, group), keys
 
     def _gathers_direct(self) -> bool:
         """Whether Dask results are fetched straight from the workers (:func:`deker.daskclient.gather`).
@@ -517,19 +576,56 @@ class TaskRunner:
             executor.shutdown(wait=wait, cancel_futures=not wait)
 
 
-def _gather(futures: list[Any], result: Callable[[Any], Any], cancel: Callable[[Any], Any]) -> list[Any]:
-    out: list[Any] = []
+def _gather(
+    futures: list[Any],
+    result: Callable[[Any], Any],
+    cancel: Callable[[Any], Any],
+    keep: Callable[[int, Any], Any] | None = None,
+) -> list[Any]:
+    # With ``keep``, outcomes are taken as the futures finish (not in order), each future
+    # dropped once read: what ``keep`` consumed is then freed while others still run.
+    order = {future: n for n, future in enumerate(futures)}
+    out: list[Any] = [None] * len(futures)
     try:
-        for future in futures:
+        for future in futures if keep is None else cf.as_completed(futures):
+            n = order.pop(future)
             try:
-                out.append(result(future))
+                value = result(future)
             except Exception as exc:  # a task's failure is a result
-                out.append(exc)
+                value = exc
+            out[n] = value if keep is None else keep(n, value)
+            futures[n] = None
     except BaseException:
-        for future in futures:
+        for future in order:
             cancel(future)
         raise
     return out
+
+
+def _keeper(consume: Callable[[int, Any], object] | None, size: int) -> Callable[[int, Any], Any] | None:
+    """Build what :func:`_gather` keeps of each unit's outcome (None: the outcome itself).
+
+    It keeps exceptions, and ``None`` where ``consume`` took a result.  ``size`` 0: a unit is
+    one call's bare result; otherwise the ``(ok, value)`` pairs of a batch of ``size`` calls
+    (:func:`run_batch`).
+    """
+    if consume is None:
+        return None
+
+    def keep(n: int, outcome: Any) -> Any:
+        if isinstance(outcome, BaseException):  # the task failed as a whole
+            return outcome
+        if size == 0:
+            consume(n, outcome)
+            return None
+        kept = []
+        for j, (ok, value) in enumerate(outcome):
+            if ok:
+                consume(n * size + j, value)
+            kept.append((ok, None if ok else value))
+        return kept
+
+    return keep
 
 
 def _unbatch(outcome: list[Any], batches: list[list[tuple[Any, ...]]]) -> list[Any]:

@@ -252,15 +252,17 @@ def read(ctx: StorageContext, index: TileIndex, bounds: Bounds, fill_value: Any,
     if runner.in_process:
         calls = [(index.for_tile(tid), p.local, out, p.out) for p, tid in todo]
         results: list[Any] = list(runner.run_all(read_piece_into, calls, batch_size=size, max_parallel=limit))
-    else:
+    else:  # each piece goes into ``out`` as it arrives: the answer is never here twice
+
+        def place(i: int, piece: np.ndarray) -> None:
+            out[todo[i][0].out] = piece
+
         remote = [(index.for_tile(tid), p.local) for p, tid in todo]
-        results = list(runner.run_all(read_piece, remote, batch_size=size))
-    failures = []
-    for (piece, _), res in zip(todo, results, strict=True):
-        if isinstance(res, BaseException):
-            failures.append((piece.position, res))
-        elif not runner.in_process:
-            out[piece.out] = res
+        each = out.nbytes // max(1, len(todo))
+        results = runner.run_all(read_piece, remote, batch_size=size, consume=place, result_bytes=each)
+    failures = [
+        (piece.position, res) for (piece, _), res in zip(todo, results, strict=True) if res is not None
+    ]
     raise_group(f"Reading {what} failed in {len(failures)} tile(s)", failures)
     return out
 

@@ -101,3 +101,26 @@ def test_a_client_made_not_direct_goes_through_the_scheduler(
         runner = TaskRunner.create(client)
         assert runner.run_all(divmod, [(7, 2), (9, 4)]) == [(3, 1), (2, 1)]
         assert seen == []  # one future at a time, through the scheduler
+
+
+def test_gather_in_groups_hands_each_outcome_over_as_it_comes(
+    dask_cluster_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = dask_cluster_client
+    futures = [client.submit(divmod, 10, d, pure=False) for d in (1, 2, 0, 3, 4)]
+    seen = _spy_gather(client, monkeypatch)
+    kept: list[int] = []
+
+    def keep(n: int, outcome: Any) -> Any:
+        kept.append(n)
+        return None if isinstance(outcome, tuple) else outcome
+
+    out = daskclient.gather(client, futures, True, keep, group=2)
+    assert seen == [True, True, True]  # three requests of at most two futures each
+    assert kept == [0, 1, 2, 3, 4]
+    assert out[:2] == [None, None] and out[3:] == [None, None]
+    assert isinstance(out[2], ZeroDivisionError)
+    through = daskclient.gather(client, futures, False)  # one future at a time, through the scheduler
+    assert isinstance(through.pop(2), ZeroDivisionError)
+    assert through == [(10, 0), (5, 0), (3, 1), (2, 2)]
+    assert seen == [True, True, True]

@@ -66,6 +66,32 @@ def _check_results(runner: TaskRunner, batch_size: int, max_parallel: int | None
     assert results[1:-1] == [divmod(*c) for c in calls]
 
 
+def _check_consumed(runner: TaskRunner, batch_size: int, max_parallel: int | None = None) -> None:
+    # With consume, every result goes to it once, with its call's index; the list keeps None
+    # in its place and the exceptions where they were.
+    calls = [(i, 3) for i in range(-2, 9)]
+    got: dict[int, Any] = {}
+
+    def consume(i: int, value: Any) -> None:
+        assert i not in got
+        got[i] = value
+
+    results = runner.run_all(
+        divmod,
+        [(10, 0), *calls, (1, 0)],
+        batch_size=batch_size,
+        max_parallel=max_parallel,
+        consume=consume,
+        result_bytes=8,
+    )
+    assert isinstance(results[0], ZeroDivisionError) and isinstance(results[-1], ZeroDivisionError)
+    assert results[1:-1] == [None] * len(calls)
+    assert got == {n + 1: divmod(*c) for n, c in enumerate(calls)}
+    one: list[Any] = []
+    assert runner.run_all(divmod, [(7, 2)], consume=lambda i, v: one.append((i, v))) == [None]
+    assert one == [(0, (3, 1))]
+
+
 # ----------------------------------------------------------------------------- owned threads
 
 
@@ -83,6 +109,8 @@ def test_owned_pool_is_lazy_and_reopens() -> None:
     runner.shutdown()  # idempotent
     assert runner._executor is None
     _check_results(runner, 4)  # re-created lazily
+    for batch_size, cap in ((1, None), (4, None), (1, 2), (3, 2), (20, None)):  # 20: one task, inline
+        _check_consumed(runner, batch_size, cap)
     runner.shutdown(wait=False)
 
 
@@ -179,6 +207,8 @@ def test_process_pool(process_pool: cf.ProcessPoolExecutor) -> None:
     assert runner.workers == 2
     _check_results(runner, 1)
     _check_results(runner, 3)
+    _check_consumed(runner, 1)
+    _check_consumed(runner, 3)
     assert runner.run_all(pow, [(3, 2)]) == [9]  # one call still goes to the pool (no inline)
     # a function that cannot be pickled fails per call, it does not raise
     results = runner.run_all(lambda x: x, [(1,), (2,)])
@@ -322,8 +352,15 @@ def test_dask_results(dask_client: Any) -> None:
     assert (runner.kind, runner.owns_executor, runner.in_process, runner.workers) == ("dask", False, False, 2)
     _check_results(runner, 1)
     _check_results(runner, 4)
+    _check_consumed(runner, 1)  # fetched straight from the in-process worker, one call a request
+    _check_consumed(runner, 4)
     runner.shutdown()
     assert dask_client.submit(pow, 2, 2).result() == 4  # the client is not closed
+    distributed = pytest.importorskip("distributed")
+    with distributed.Client(dask_client.scheduler.address, direct_to_workers=False) as through:
+        runner = TaskRunner.create(through)
+        _check_consumed(runner, 1)  # through the scheduler
+        _check_consumed(runner, 4)
 
 
 def test_dask_results_straight_from_the_workers(dask_client: Any) -> None:
