@@ -27,6 +27,7 @@ __all__ = [
     "is_lost",
     "keys_running",
     "looks_like_dask_client",
+    "scatter_ahead",
     "scatter_large",
     "wait_until_not_running",
     "workers_on_this_host",
@@ -273,7 +274,36 @@ def wait_until_not_running(client: Any, keys: list[Any]) -> None:
         delay = min(0.5, delay * 2)
 
 
-def scatter_large(client: Any, calls: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+def _large(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.nbytes > SCATTER_THRESHOLD
+
+
+def scatter_ahead(client: Any, values: list[Any]) -> dict[int, Any]:
+    """Scatter the numpy arrays above :data:`SCATTER_THRESHOLD` among ``values``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The client.
+    values : list
+        Anything; only the large arrays are sent.
+
+    Returns
+    -------
+    dict
+        ``{id(array): future}`` (the caller keeps the arrays alive while it uses the ids).
+    """
+    large = [v for v in values if _large(v)]
+    if not large:
+        return {}
+    futures = client.scatter(large, hash=False)
+    logger.debug("scattered %d large task arguments ahead to the Dask workers", len(large))
+    return {id(v): f for v, f in zip(large, futures, strict=True)}
+
+
+def scatter_large(
+    client: Any, calls: list[tuple[Any, ...]], sent: dict[int, Any] | None = None
+) -> list[tuple[Any, ...]]:
     """Replace numpy arguments above :data:`SCATTER_THRESHOLD` by futures of scattered data.
 
     Parameters
@@ -282,23 +312,25 @@ def scatter_large(client: Any, calls: list[tuple[Any, ...]]) -> list[tuple[Any, 
         The client.
     calls : list of tuple
         The argument tuples of the calls.
+    sent : dict, optional
+        Arrays scattered already (:func:`scatter_ahead`): their futures are used as they are.
 
     Returns
     -------
     list of tuple
         The same calls, large arrays replaced by futures (``calls`` itself if none is large).
     """
-    where = [
-        (i, j)
-        for i, args in enumerate(calls)
-        for j, arg in enumerate(args)
-        if isinstance(arg, np.ndarray) and arg.nbytes > SCATTER_THRESHOLD
-    ]
+    sent = sent or {}
+    where = [(i, j) for i, args in enumerate(calls) for j, arg in enumerate(args) if _large(arg)]
     if not where:
         return calls
-    futures = client.scatter([calls[i][j] for i, j in where], hash=False)
-    logger.debug("scattered %d large arguments to the Dask workers", len(where))
     rows = [list(args) for args in calls]
-    for (i, j), future in zip(where, futures, strict=True):
-        rows[i][j] = future
+    missing = [(i, j) for i, j in where if id(calls[i][j]) not in sent]
+    for i, j in where:
+        rows[i][j] = sent.get(id(calls[i][j]), rows[i][j])
+    if missing:
+        futures = client.scatter([calls[i][j] for i, j in missing], hash=False)
+        logger.debug("scattered %d large arguments to the Dask workers", len(missing))
+        for (i, j), future in zip(missing, futures, strict=True):
+            rows[i][j] = future
     return [tuple(row) for row in rows]

@@ -27,6 +27,7 @@ from typing import Any, TypeVar, overload
 from deker import daskclient
 from deker.daskclient import GATHER_BYTES, LOST_TASK_WAIT_SECONDS, SCATTER_THRESHOLD, keys_running
 from deker.errors import DekerValidationError
+from deker.shipment import Shipment
 from deker.sizes import usable_cores
 
 __all__ = [
@@ -259,6 +260,7 @@ class TaskRunner:
         max_parallel: int | None = None,
         consume: None = None,
         result_bytes: int = 0,
+        shipment: Shipment | None = None,
     ) -> list[R | BaseException]: ...
 
     @overload
@@ -271,6 +273,7 @@ class TaskRunner:
         max_parallel: int | None = None,
         consume: Callable[[int, Any], object],
         result_bytes: int = 0,
+        shipment: Shipment | None = None,
     ) -> list[R | BaseException | None]: ...
 
     def run_all(
@@ -282,6 +285,7 @@ class TaskRunner:
         max_parallel: int | None = None,
         consume: Callable[[int, Any], object] | None = None,
         result_bytes: int = 0,
+        shipment: Shipment | None = None,
     ) -> list[Any]:
         """Run ``fn(*args)`` for every call and return each result or exception, in order.
 
@@ -316,6 +320,9 @@ class TaskRunner:
             Called with each call's index and result as it arrives (see above).
         result_bytes : int
             About how many bytes one call's result holds (0: unknown).
+        shipment : Shipment, optional
+            From :meth:`ship`: the calls' large arrays that it scattered already are not sent
+            again (only on the first submission; tasks lost with a worker scatter anew).
 
         Returns
         -------
@@ -333,7 +340,7 @@ class TaskRunner:
             return _unbatch([outcome if keep is None else keep(0, outcome)], [calls])
         if self._kind == "dask":
             group = max(1, GATHER_BYTES // (result_bytes * size)) if result_bytes > 0 else 0
-            return self._run_dask(fn, calls, size, consume, group)
+            return self._run_dask(fn, calls, size, consume, group, shipment)
         executor = self._get_executor()
         n_tasks = -(-len(calls) // size)
         cap = max_parallel if self.in_process and max_parallel is not None else 0
@@ -356,6 +363,23 @@ class TaskRunner:
 
         batch_futures = [executor.submit(run_gated, gate, stop, fn, batch) for batch in batches]
         return _unbatch(_gather(batch_futures, lambda f: f.result(), cancel, keep), batches)
+
+    def ship(self, make: Callable[[], list[Any]]) -> Shipment:
+        """Make task data in a thread and, for a Dask runner, scatter its large arrays there.
+
+        For an update that must first create tiles here: its data travels meanwhile.
+
+        Parameters
+        ----------
+        make : callable
+            Returns the values (it runs in another thread).
+
+        Returns
+        -------
+        Shipment
+            Give it to :meth:`run_all` with calls holding the values it made.
+        """
+        return Shipment(make, self._client if self._kind == "dask" else None)
 
     def run_here(
         self, fn: Callable[..., R], calls: Sequence[tuple[Any, ...]], *, max_parallel: int | None = None
@@ -399,6 +423,7 @@ class TaskRunner:
         size: int,
         consume: Callable[[int, Any], object] | None,
         group: int,
+        shipment: Shipment | None,
     ) -> list[R | BaseException | None]:
         # One unit per task: a call, or a batch of consecutive calls run by run_batch.
         units = [calls[i : i + size] for i in range(0, len(calls), size)]
@@ -412,9 +437,10 @@ class TaskRunner:
                 # ``n`` counts this attempt's units; ``keep`` knows the units of the whole run
                 return outcome if keep is None else keep(attempted[n], outcome)  # noqa: B023 (called now)
 
+            sent = shipment.sent() if shipment is not None and attempt == 0 else None
             try:
                 results, keys = self._submit_and_gather(
-                    fn, [units[i] for i in pending], size, keep_unit, group
+                    fn, [units[i] for i in pending], size, keep_unit, group, sent
                 )
             except Exception as exc:
                 if attempt == 0:
@@ -446,10 +472,11 @@ class TaskRunner:
         size: int,
         keep: Callable[[int, Any], Any],
         group: int,
+        sent: dict[int, Any] | None,
     ) -> tuple[list[Any], list[Any]]:
         client = self._client
         kwargs = self._submit_kwargs
-        flat = daskclient.scatter_large(client, [a for unit in units for a in unit])  # anew each attempt
+        flat = daskclient.scatter_large(client, [a for unit in units for a in unit], sent)
         futures: list[Any] = []
         try:
             start = 0

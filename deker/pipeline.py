@@ -334,24 +334,31 @@ def update(
         return prepared if isinstance(prepared, np.generic) else prepared[piece.out]
 
     # With threads, a missing tile covered entirely is created holding its data (one file
-    # written once); elsewhere the data is written by the tile tasks, on the workers.
+    # written once); elsewhere the data is written by the tile tasks, on the workers, and it
+    # is compacted (and scattered to Dask workers) in a thread while the tiles are created.
     payloads = {p.position: chunk_of(p) for p in pieces if p.full} if in_process else None
+    shipment = (
+        None if in_process else runner.ship(lambda: [compact_for_transport(chunk_of(p)) for p in pieces])
+    )
     with storage_errors(index.varray_file), VArrayWriteLock(ctx.locks, token) as lock:
         positions = [p.position for p in pieces]
         tiles, written = lock_tiles(lock, index, positions, values, payloads, runner=runner, what=what)
-        todo = [p for p in pieces if p.position not in written]
+        todo = [(n, p) for n, p in enumerate(pieces) if p.position not in written]
+        compact = shipment.values() if shipment is not None else None
         calls = []
         task: Any = write_piece
-        for p in todo:
-            chunk = piece = chunk_of(p)
-            if not in_process:  # (threads copy their own piece, in parallel)
-                chunk = compact_for_transport(piece)
+        for n, p in todo:
+            chunk = piece = chunk_of(p)  # (threads copy their own piece, in parallel)
+            if compact is not None:
+                chunk = compact[n]
                 if isinstance(chunk, np.ndarray) and chunk.shape != np.shape(piece):
                     task = write_piece_broadcast  # distinct values only: broadcast on arrival
             calls.append((index.for_tile(tiles[p.position]), p.local, chunk, token))
         size, limit = task_plan(runner, index, len(calls))
-        results = runner.run_all(task, calls, batch_size=size, max_parallel=limit)
-    failures = [(p.position, r) for p, r in zip(todo, results, strict=True) if isinstance(r, BaseException)]
+        results = runner.run_all(task, calls, batch_size=size, max_parallel=limit, shipment=shipment)
+    failures = [
+        (p.position, r) for (_, p), r in zip(todo, results, strict=True) if isinstance(r, BaseException)
+    ]
     raise_group(f"Updating {what} failed in {len(failures)} tile(s); the other tiles were written", failures)
 
 
