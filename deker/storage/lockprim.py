@@ -313,7 +313,7 @@ def _release(reg: _Registry, held: Hold) -> None:
         _release(reg, successor)
 
 
-def reuse(path: Path) -> Hold | None:
+def reuse(path: Path | str) -> Hold | None:
     """Return one more share of the lock this process holds on ``path``, of whatever kind, or None.
 
     For I/O on a held file by the code working under its lock (a writer's data file, a temporary
@@ -322,7 +322,7 @@ def reuse(path: Path) -> Hold | None:
 
     Parameters
     ----------
-    path : Path
+    path : Path or str
         The file to do I/O on (the lock is the one on the file it names now).
 
     Returns
@@ -400,7 +400,7 @@ def _writable(fd: int) -> bool:
     return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
 
 
-def open_fd(path: Path, writable: bool) -> tuple[int, Hold | None]:
+def open_fd(path: Path | str, writable: bool) -> tuple[int, Hold | None]:
     """Open ``path`` for positioned I/O (``pread``/``pwrite``) without endangering a lock on it.
 
     If this process holds a lock on the file, its registry descriptor is shared (no new
@@ -410,7 +410,7 @@ def open_fd(path: Path, writable: bool) -> tuple[int, Hold | None]:
 
     Parameters
     ----------
-    path : Path
+    path : Path or str
         An existing file.
     writable : bool
         Open it for reading and writing (else read-only).

@@ -52,6 +52,7 @@ import numpy as np
 from deker.storage import lockprim, templates
 from deker.storage.arrayfile import Bounds, selection_shape
 from deker.storage.journal import journal_path
+from deker.storage.layout import journal_file_name
 
 __all__ = [
     "MIN_BYTES",
@@ -174,9 +175,12 @@ def _runs(bounds: Bounds, shape: tuple[int, ...], out: np.ndarray) -> _Plan | No
         if stride < run_bytes or stride % itemsize:
             return None
         span = (count - 1) * stride + run_bytes
-        grid = np.lib.stride_tricks.as_strided(
-            out, shape=(count, run), strides=(stride, itemsize), writeable=True
-        )
+        if out.shape == (count, run) and out.strides == (stride, itemsize):
+            grid = out  # (the usual 2-D region: as_strided costs more than the read planning)
+        else:
+            grid = np.lib.stride_tricks.as_strided(
+                out, shape=(count, run), strides=(stride, itemsize), writeable=True
+            )
 
         def dests() -> list[Any]:
             flat = np.lib.stride_tricks.as_strided(
@@ -275,10 +279,9 @@ def _read_through_scratch(fd: int, position: int, step: int, grid: np.ndarray) -
         size = (last - first - 1) * step + run_bytes
         if os.preadv(fd, [scratch.data[:size]], position + first * step) != size:
             return False  # a short read (end of file): the caller reads through HDF5
-        source = np.lib.stride_tricks.as_strided(
-            scratch.view(grid.dtype), shape=(last - first, run), strides=(step, grid.dtype.itemsize)
+        grid[first:last] = np.ndarray(
+            (last - first, run), grid.dtype, scratch, 0, (step, grid.dtype.itemsize)
         )
-        grid[first:last] = source
     return True
 
 
@@ -421,18 +424,22 @@ class FileCache(Generic[V]):
             is forgotten).
 
         """
-        kept = self._items.get(str(path))
+        name = str(path)  # (per tile: strings, not new Path objects, which parse every part)
+        kept = self._items.get(name)
         if kept is None:
             yield None
             return
         stamp, value = kept
         try:
-            fd, shared = lockprim.open_fd(Path(path), False)
+            fd, shared = lockprim.open_fd(name, False)
         except OSError:
             yield None
             return
         try:
-            if file_stamp(os.fstat(fd)) != stamp or os.path.lexists(journal_path(Path(path))):
+            folder, base = os.path.split(name)
+            if file_stamp(os.fstat(fd)) != stamp or os.path.lexists(
+                os.path.join(folder, journal_file_name(base))
+            ):
                 self.forget(path)
                 yield None
             else:
