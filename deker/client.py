@@ -132,9 +132,10 @@ class Client:
         Runs the per-tile tasks of VArrays.  By default the client owns a thread pool of
         ``workers`` threads.  A user executor is never shut down by deker; a Dask distributed
         client runs the tasks on its workers (which must see the same filesystem); their
-        results come back through the scheduler one task at a time, or all at once straight
-        from the workers when that client was made with ``direct_to_workers=True`` or leaves
-        it at ``None`` while every worker listens on this host.
+        results come back through the scheduler one task at a time, or straight from the
+        workers (in requests of about 64 MiB) when that client was made with
+        ``direct_to_workers=True`` or leaves it at ``None`` while every worker listens on this
+        host.
     workers : int, optional
         Threads of the client's own pool (default ``cpu_count() + 4``).  On a local
         filesystem no more tile tasks of one VArray read, update or clear (or tile creations)

@@ -89,7 +89,9 @@ def workers_on_this_host(client: Any) -> bool:
 
     A worker address on a loopback address, ``localhost``, an address of one of this host's
     network interfaces or ``inproc://`` (this very process) is on this host, and this process
-    can surely connect to it.  A host name is not resolved: it counts as another host.
+    can normally connect to it (where it cannot, e.g. a scheduler reached through a tunnel
+    whose workers listen on their own loopback, distributed fetches through the scheduler
+    what it could not fetch directly).  A host name is not resolved: it counts as another host.
 
     Parameters
     ----------
@@ -137,8 +139,8 @@ def gather(
     are fetched one future at a time, so that the scheduler holds one result at a time, not
     the whole answer of a read (fetched together, a 64 MiB read made the scheduler hold 64 MiB
     and took 0.55-0.66 s instead of 0.17-0.20 s the first time, on fresh memory).  ``direct``
-    fetches every finished result in one request straight from the workers (0.11-0.16 s for
-    that read; for 256 MiB in 64 tiles from two local worker processes 0.32-0.41 s against
+    fetches the results straight from the workers, ``group`` futures a request or all in one
+    (0.11-0.16 s for that read; for 256 MiB in 64 tiles from two local worker processes 0.32-0.41 s against
     0.64-1.0 s through the scheduler).
 
     Parameters

@@ -299,11 +299,13 @@ class TaskRunner:
         cap run none of their calls) and the interruption propagates.
 
         With ``consume``, every result (not an exception) is handed to ``consume(i, result)``
-        in the calling thread as soon as this process has it, and the list holds ``None`` in
-        its place: the runner keeps no reference to it, so a large answer arriving from other
-        processes never sits here twice.  On a Dask runner that fetches straight from the
-        workers, results are then fetched in requests of about :data:`GATHER_BYTES` (from
-        ``result_bytes``).
+        in the calling thread as soon as this process has it (in the order they finish), and
+        the list holds ``None`` in its place: the runner keeps no reference to it, so a large
+        answer arriving from other processes is here about once, plus the results in flight
+        (a process pool sends them back as fast as its processes make them).  An exception
+        raised by ``consume`` propagates (after the tasks not started are cancelled).  On a
+        Dask runner that fetches straight from the workers, results are then fetched in
+        requests of about :data:`GATHER_BYTES` (from ``result_bytes``).
 
         Parameters
         ----------
@@ -435,13 +437,20 @@ class TaskRunner:
 
             def keep_unit(n: int, outcome: Any) -> Any:
                 # ``n`` counts this attempt's units; ``keep`` knows the units of the whole run
-                return outcome if keep is None else keep(attempted[n], outcome)  # noqa: B023 (called now)
+                if keep is None:
+                    return outcome
+                try:
+                    return keep(attempted[n], outcome)  # noqa: B023 (called now)
+                except Exception as exc:  # the caller's consume failed: not a submission problem
+                    raise _ConsumeFailed(exc) from exc
 
             sent = shipment.sent() if shipment is not None and attempt == 0 else None
             try:
                 results, keys = self._submit_and_gather(
                     fn, [units[i] for i in pending], size, keep_unit, group, sent
                 )
+            except _ConsumeFailed as failed:
+                raise failed.error from None
             except Exception as exc:
                 if attempt == 0:
                     raise
@@ -615,18 +624,27 @@ def _gather(
     out: list[Any] = [None] * len(futures)
     try:
         for future in futures if keep is None else cf.as_completed(futures):
-            n = order.pop(future)
+            n = order[future]
             try:
                 value = result(future)
             except Exception as exc:  # a task's failure is a result
                 value = exc
             out[n] = value if keep is None else keep(n, value)
+            del order[future]  # (only now: an interruption while waiting cancels this one too)
             futures[n] = None
     except BaseException:
         for future in order:
             cancel(future)
         raise
     return out
+
+
+class _ConsumeFailed(Exception):
+    """Carries an exception of the caller's ``consume`` past the resubmission's error handling."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _keeper(consume: Callable[[int, Any], object] | None, size: int) -> Callable[[int, Any], Any] | None:

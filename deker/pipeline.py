@@ -340,22 +340,27 @@ def update(
     shipment = (
         None if in_process else runner.ship(lambda: [compact_for_transport(chunk_of(p)) for p in pieces])
     )
-    with storage_errors(index.varray_file), VArrayWriteLock(ctx.locks, token) as lock:
-        positions = [p.position for p in pieces]
-        tiles, written = lock_tiles(lock, index, positions, values, payloads, runner=runner, what=what)
-        todo = [(n, p) for n, p in enumerate(pieces) if p.position not in written]
-        compact = shipment.values() if shipment is not None else None
-        calls = []
-        task: Any = write_piece
-        for n, p in todo:
-            chunk = piece = chunk_of(p)  # (threads copy their own piece, in parallel)
-            if compact is not None:
-                chunk = compact[n]
-                if isinstance(chunk, np.ndarray) and chunk.shape != np.shape(piece):
-                    task = write_piece_broadcast  # distinct values only: broadcast on arrival
-            calls.append((index.for_tile(tiles[p.position]), p.local, chunk, token))
-        size, limit = task_plan(runner, index, len(calls))
-        results = runner.run_all(task, calls, batch_size=size, max_parallel=limit, shipment=shipment)
+    try:
+        with storage_errors(index.varray_file), VArrayWriteLock(ctx.locks, token) as lock:
+            positions = [p.position for p in pieces]
+            tiles, written = lock_tiles(lock, index, positions, values, payloads, runner=runner, what=what)
+            todo = [(n, p) for n, p in enumerate(pieces) if p.position not in written]
+            compact = shipment.values() if shipment is not None else None
+            calls = []
+            task: Any = write_piece
+            for n, p in todo:
+                chunk = piece = chunk_of(p)  # (threads copy their own piece, in parallel)
+                if compact is not None:
+                    chunk = compact[n]
+                    if isinstance(chunk, np.ndarray) and chunk.shape != np.shape(piece):
+                        task = write_piece_broadcast  # distinct values only: broadcast on arrival
+                calls.append((index.for_tile(tiles[p.position]), p.local, chunk, token))
+            size, limit = task_plan(runner, index, len(calls))
+            results = runner.run_all(task, calls, batch_size=size, max_parallel=limit, shipment=shipment)
+    except BaseException:
+        if shipment is not None:
+            shipment.abandon()  # e.g. the lock timed out: send the workers no more data
+        raise
     failures = [
         (p.position, r) for (_, p), r in zip(todo, results, strict=True) if isinstance(r, BaseException)
     ]

@@ -39,6 +39,7 @@ class Shipment:
         self._made: list[Any] | None = None
         self._error: BaseException | None = None
         self._sent: dict[int, Any] = {}
+        self._abandoned = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(make, client), name="deker-ship", daemon=True)
         self._thread.start()
 
@@ -48,15 +49,22 @@ class Shipment:
         except BaseException as exc:  # values() raises it in the caller's thread
             self._error = exc
             return
-        if client is None:
+        if client is None or self._abandoned.is_set():
             return
         try:
             self._sent = daskclient.scatter_ahead(client, self._made)
         except Exception as exc:  # the runner scatters them when it submits the tasks
             logger.debug("could not scatter the task data ahead: %s", exc)
 
+    def abandon(self) -> None:
+        """Say the values are not needed (the operation failed): nothing is scattered after this.
+
+        Values being made are still made (that cannot be interrupted); nothing waits for them.
+        """
+        self._abandoned.set()
+
     def values(self) -> list[Any]:
-        """Wait for the values and return them.
+        """Wait for the values, and for their scatter (it runs after them), and return them.
 
         Returns
         -------

@@ -6,6 +6,7 @@ import concurrent.futures as cf
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 from storage_helpers.overlap import Overlap, overlapping
 
 from deker.errors import DekerValidationError
-from deker.executors import SCATTER_THRESHOLD, TARGET_TASK_BYTES, TaskRunner, run_batch
+from deker.executors import GATHER_BYTES, SCATTER_THRESHOLD, TARGET_TASK_BYTES, TaskRunner, run_batch
 from deker.sizes import usable_cores
 
 # ----------------------------------------------------------------------------- module-level tasks
@@ -66,7 +67,9 @@ def _check_results(runner: TaskRunner, batch_size: int, max_parallel: int | None
     assert results[1:-1] == [divmod(*c) for c in calls]
 
 
-def _check_consumed(runner: TaskRunner, batch_size: int, max_parallel: int | None = None) -> None:
+def _check_consumed(
+    runner: TaskRunner, batch_size: int, max_parallel: int | None = None, result_bytes: int = 8
+) -> None:
     # With consume, every result goes to it once, with its call's index; the list keeps None
     # in its place and the exceptions where they were.
     calls = [(i, 3) for i in range(-2, 9)]
@@ -82,7 +85,7 @@ def _check_consumed(runner: TaskRunner, batch_size: int, max_parallel: int | Non
         batch_size=batch_size,
         max_parallel=max_parallel,
         consume=consume,
-        result_bytes=8,
+        result_bytes=result_bytes,
     )
     assert isinstance(results[0], ZeroDivisionError) and isinstance(results[-1], ZeroDivisionError)
     assert results[1:-1] == [None] * len(calls)
@@ -136,6 +139,35 @@ def test_interrupt_cancels_pending() -> None:
     finally:
         runner.shutdown()
     assert len(log) <= 1  # at most the call already running when the interruption came
+
+
+def test_interrupt_while_waiting_cancels_the_task_awaited_too() -> None:
+    # The pool (a user's, shared) is busy with someone else's task; the interruption comes while
+    # run_all waits for its first task, which has not started: none of its calls may run later.
+    log: list[int] = []
+    with cf.ThreadPoolExecutor(1) as pool:
+        release = threading.Event()
+        pool.submit(release.wait, 30)
+        runner = TaskRunner.create(pool)
+
+        def interrupt_once_queued() -> None:
+            assert _wait(lambda: pool._work_queue.qsize() == 3)
+            os.kill(os.getpid(), signal.SIGINT)  # a real signal: it wakes the waiting main thread
+
+        interrupter = threading.Thread(target=interrupt_once_queued)
+        interrupter.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                runner.run_all(append_to, [(log, i) for i in range(3)])
+        finally:
+            interrupter.join(30)
+            release.set()
+    assert log == []
+
+
+def append_to(log: list[int], i: int) -> int:
+    log.append(i)
+    return i
 
 
 def test_interrupt_runs_none_of_the_tasks_waiting_at_the_cap() -> None:
@@ -352,8 +384,10 @@ def test_dask_results(dask_client: Any) -> None:
     assert (runner.kind, runner.owns_executor, runner.in_process, runner.workers) == ("dask", False, False, 2)
     _check_results(runner, 1)
     _check_results(runner, 4)
-    _check_consumed(runner, 1)  # fetched straight from the in-process worker, one call a request
+    _check_consumed(runner, 1)  # fetched straight from the in-process worker, all in one request
     _check_consumed(runner, 4)
+    _check_consumed(runner, 1, result_bytes=GATHER_BYTES)  # one task a request
+    _check_consumed(runner, 4, result_bytes=GATHER_BYTES // 8)  # two batches of 4 a request
     runner.shutdown()
     assert dask_client.submit(pow, 2, 2).result() == 4  # the client is not closed
     distributed = pytest.importorskip("distributed")
@@ -478,6 +512,42 @@ def test_a_lost_dask_task_is_sent_again_after_its_copy_ended(
         logging.getLogger("deker.executors").removeHandler(handler)
     assert out == ["a"]
     assert log.read_text() == "start a\nend a\nstart a\nend a\n"
+
+
+def test_a_consumer_error_on_a_resubmitted_task_propagates(
+    dask_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The result of a task submitted again after its loss goes to consume; when consume fails,
+    # its error reaches the caller (it is not a failure to submit the lost tasks again).
+    distributed = pytest.importorskip("distributed")
+    _GATE.clear()
+    log = tmp_path / "log.txt"
+    runner = TaskRunner.create(dask_client)
+    raised: list[BaseException] = []
+
+    def consume(i: int, value: Any) -> None:
+        raise ValueError(f"cannot place result {i}")
+
+    def run() -> None:
+        try:
+            runner.run_all(gated, [(str(log), "a")], consume=consume)
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert _wait(lambda: log.exists() and log.read_text() == "start a\n")
+        (key,) = [k for keys in dask_client.processing().values() for k in keys]
+        caplog.set_level(logging.WARNING, logger="deker.executors")
+        distributed.Future(key, dask_client).cancel()  # lost: submitted again once its copy ends
+        assert _wait(lambda: "submitting them again" in caplog.text)
+        _GATE.set()
+        thread.join(60)
+    finally:
+        _GATE.set()
+    assert log.read_text() == "start a\nend a\nstart a\nend a\n"  # the second copy ran
+    assert [type(e) for e in raised] == [ValueError] and str(raised[0]) == "cannot place result 0"
 
 
 def test_an_interruption_while_dask_tasks_run_propagates(dask_client: Any, tmp_path: Path) -> None:

@@ -65,6 +65,25 @@ def test_large_arrays_are_scattered_ahead_and_not_again(
     assert sizes == [2, 1]  # only the array it had not sent
 
 
+def test_an_abandoned_shipment_scatters_nothing(
+    dask_cluster_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    sizes = _count_scatters(dask_cluster_client, monkeypatch)
+    go = threading.Event()
+
+    def make() -> list[Any]:
+        assert go.wait(30)
+        return [np.zeros(BIG)]
+
+    shipment = Shipment(make, dask_cluster_client)
+    shipment.abandon()  # e.g. the update's lock timed out while the values were being made
+    go.set()
+    assert len(shipment.values()) == 1
+    assert shipment.sent() == {} and sizes == []
+
+
 def test_a_failed_scatter_leaves_it_to_the_runner(caplog: pytest.LogCaptureFixture) -> None:
     class Refuses:
         def scatter(self, data: Any, **kwargs: Any) -> Any:
