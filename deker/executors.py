@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 from deker import daskclient
 from deker.daskclient import GATHER_BYTES, LOST_TASK_WAIT_SECONDS, SCATTER_THRESHOLD, keys_running
@@ -250,7 +250,6 @@ class TaskRunner:
                 self._executor = cf.ThreadPoolExecutor(self._workers, thread_name_prefix="deker")
             return self._executor
 
-    @overload
     def run_all(
         self,
         fn: Callable[..., R],
@@ -258,35 +257,8 @@ class TaskRunner:
         *,
         batch_size: int = 1,
         max_parallel: int | None = None,
-        consume: None = None,
-        result_bytes: int = 0,
         shipment: Shipment | None = None,
-    ) -> list[R | BaseException]: ...
-
-    @overload
-    def run_all(
-        self,
-        fn: Callable[..., R],
-        calls: Sequence[tuple[Any, ...]],
-        *,
-        batch_size: int = 1,
-        max_parallel: int | None = None,
-        consume: Callable[[int, Any], object],
-        result_bytes: int = 0,
-        shipment: Shipment | None = None,
-    ) -> list[R | BaseException | None]: ...
-
-    def run_all(
-        self,
-        fn: Callable[..., R],
-        calls: Sequence[tuple[Any, ...]],
-        *,
-        batch_size: int = 1,
-        max_parallel: int | None = None,
-        consume: Callable[[int, Any], object] | None = None,
-        result_bytes: int = 0,
-        shipment: Shipment | None = None,
-    ) -> list[Any]:
+    ) -> list[R | BaseException]:
         """Run ``fn(*args)`` for every call and return each result or exception, in order.
 
         A task's exception is returned in its place, never raised.  With ``batch_size > 1``
@@ -297,15 +269,6 @@ class TaskRunner:
         wait in their pool threads).  If waiting is interrupted (e.g. by
         ``KeyboardInterrupt``), the tasks not started yet are cancelled (those waiting at the
         cap run none of their calls) and the interruption propagates.
-
-        With ``consume``, every result (not an exception) is handed to ``consume(i, result)``
-        in the calling thread as soon as this process has it (in the order they finish), and
-        the list holds ``None`` in its place: the runner keeps no reference to it, so a large
-        answer arriving from other processes is here about once, plus the results in flight
-        (a process pool sends them back as fast as its processes make them).  An exception
-        raised by ``consume`` propagates (after the tasks not started are cancelled).  On a
-        Dask runner that fetches straight from the workers, results are then fetched in
-        requests of about :data:`GATHER_BYTES` (from ``result_bytes``).
 
         Parameters
         ----------
@@ -318,10 +281,6 @@ class TaskRunner:
         max_parallel : int, optional
             On an in-process runner, the most tasks that run at once (None: as many as the
             pool runs).  Other runners ignore it.
-        consume : callable, optional
-            Called with each call's index and result as it arrives (see above).
-        result_bytes : int
-            About how many bytes one call's result holds (0: unknown).
         shipment : Shipment, optional
             From :meth:`ship`: the calls' large arrays that it scattered already are not sent
             again (only on the first submission; tasks lost with a worker scatter anew).
@@ -329,10 +288,57 @@ class TaskRunner:
         Returns
         -------
         list
-            The result (``None`` where it went to ``consume``), or the raised exception, of
-            every call.
+            The result, or the raised exception, of every call.
 
         """
+        return self._run(fn, calls, batch_size, max_parallel, None, 0, shipment)
+
+    def run_into(
+        self,
+        fn: Callable[..., Any],
+        calls: Sequence[tuple[Any, ...]],
+        consume: Callable[[int, Any], object],
+        *,
+        batch_size: int = 1,
+        result_bytes: int = 0,
+    ) -> list[BaseException | None]:
+        """Run the calls as :meth:`run_all` does, handing each result to ``consume`` as it comes.
+
+        Every result (not an exception) is handed to ``consume(i, result)`` in the calling
+        thread as soon as this process has it (in the order they finish), and the list holds
+        ``None`` in its place: the runner keeps no reference to it, so a large answer arriving
+        from other processes is here about once, plus the results in flight (a process pool
+        sends them back as fast as its processes make them).  An exception raised by
+        ``consume`` propagates (after the tasks not started are cancelled).  On a Dask runner
+        that fetches straight from the workers, results are fetched in requests of about
+        :data:`GATHER_BYTES`.
+
+        Parameters
+        ----------
+        fn, calls, batch_size
+            As for :meth:`run_all`.
+        consume : callable
+            Called with each call's index and result.
+        result_bytes : int
+            About how many bytes one call's result holds (0: unknown).
+
+        Returns
+        -------
+        list
+            ``None`` for every call that succeeded, the raised exception for the others.
+        """
+        return self._run(fn, calls, batch_size, None, consume, result_bytes, None)
+
+    def _run(
+        self,
+        fn: Callable[..., Any],
+        calls: Sequence[tuple[Any, ...]],
+        batch_size: int,
+        max_parallel: int | None,
+        consume: Callable[[int, Any], object] | None,
+        result_bytes: int,
+        shipment: Shipment | None,
+    ) -> list[Any]:
         calls = list(calls)
         if not calls:
             return []

@@ -259,7 +259,7 @@ def read(ctx: StorageContext, index: TileIndex, bounds: Bounds, fill_value: Any,
 
         remote = [(index.for_tile(tid), p.local) for p, tid in todo]
         each = out.nbytes // max(1, len(todo))
-        results = runner.run_all(read_piece, remote, batch_size=size, consume=place, result_bytes=each)
+        results = runner.run_into(read_piece, remote, place, batch_size=size, result_bytes=each)
     failures = [
         (piece.position, res) for (piece, _), res in zip(todo, results, strict=True) if res is not None
     ]
