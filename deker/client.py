@@ -138,9 +138,10 @@ class Client:
         host.
     workers : int, optional
         Threads of the client's own pool (default ``cpu_count() + 4``).  On a local
-        filesystem no more tile tasks of one VArray read, update or clear (or tile creations)
-        run at once than the cores this process may use, in this pool or in a given
-        ``ThreadPoolExecutor``: the others wait (there the tasks are CPU-bound).
+        filesystem no more tile tasks of one VArray read, update or clear (or tile creations,
+        or file checks of :meth:`check_integrity`) run at once than the cores this process may
+        use, in this pool or in a given ``ThreadPoolExecutor``: the others wait (there the
+        tasks are CPU-bound).
     write_lock_timeout : int, default 60
         Seconds a writer (or reader) waits for a lock before :class:`DekerLockError`.
     write_lock_check_interval : int, default 1

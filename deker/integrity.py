@@ -61,6 +61,7 @@ from deker.storage.inspection import (
 from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, CollectionPaths, is_scratch_dir_name
 from deker.storage.lockinfo import KIND_CREATION, KIND_READ, KIND_VARRAY, list_locks
 from deker.storage.locks import LockSettings, array_read_lock
+from deker.storage.mounts import is_local_filesystem
 from deker.tasks import resolve_root
 
 __all__ = ["IntegrityProblem", "IntegrityReport", "check_array_file", "check_integrity", "report_file_name"]
@@ -349,11 +350,13 @@ class _Checker:
         workers = runner.workers
         chunk = max(16, 8 * workers)  # results are looked at (and a stop honoured) chunk by chunk
         batch = 1 if runner.in_process else max(1, chunk // (2 * workers))
+        limit = runner.suggest_parallelism(cheap_files=is_local_filesystem(paths.root))
         bar = _Progress(self.progress, len(ids), f'Checking collection "{meta.name}"')
         try:
             for start in range(0, len(ids), chunk):
                 part = ids[start : start + chunk]
-                results = runner.run_all(check_array_file, self._calls(meta, part), batch_size=batch)
+                calls = self._calls(meta, part)
+                results = runner.run_all(check_array_file, calls, batch_size=batch, max_parallel=limit)
                 for array_id, result in zip(part, results, strict=True):
                     if not isinstance(result, BaseException) and result.vanished:
                         continue  # deleted meanwhile

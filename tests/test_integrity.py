@@ -647,3 +647,29 @@ def test_logging_controls_deker_loggers_only(storage: Storage, capsys: pytest.Ca
         assert captured.out == "" and captured.err == ""  # nothing prints but check_integrity
     finally:
         set_logging_level("ERROR")
+
+
+def test_on_a_local_disk_no_more_file_checks_run_at_once_than_there_are_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reading and checking array files on a local disk is bound by the CPU and h5py's lock: the
+    # client's pool (cores + 3 threads here) runs no more of them at once than there are cores.
+    from storage_helpers.overlap import Overlap
+
+    from deker import integrity
+    from deker.sizes import usable_cores
+    from deker.storage.mounts import is_local_filesystem
+
+    if not is_local_filesystem(tmp_path):
+        pytest.skip(f"{tmp_path} is not on a local filesystem: there every pool thread may work")
+    cores = usable_cores()
+    schema = ArraySchema(dtype=np.float32, dimensions=[DimensionSchema(name="x", size=64)])
+    with Client((tmp_path / "s").as_uri(), workers=cores + 3) as client:
+        collection = client.create_collection("c", schema)
+        for n in range(8):
+            collection.create()[:].update(np.full(64, n, dtype=np.float32))
+        probe = Overlap(expect=min(cores, 8), hold=0.2)
+        check = integrity.check_array_file
+        monkeypatch.setattr(integrity, "check_array_file", lambda *args: probe.inside_while(check, *args))
+        assert client.check_integrity(4, stop_on_error=False, progress=False).ok
+    assert probe.entered == 8 and probe.most == min(cores, 8)
