@@ -305,7 +305,8 @@ class TaskRunner:
         """Run the calls as :meth:`run_all` does, handing each result to ``consume`` as it comes.
 
         Every result (not an exception) is handed to ``consume(i, result)`` in the calling
-        thread as soon as this process has it (in the order they finish), and the list holds
+        thread as soon as this process has it (in the order they finish on threads and process
+        pools; in the calls' order on a Dask runner), and the list holds
         ``None`` in its place: the runner keeps no reference to it, so a large answer arriving
         from other processes is here about once, plus the results in flight (a process pool
         sends them back as fast as its processes make them).  An exception raised by
@@ -451,18 +452,21 @@ class TaskRunner:
                     raise _ConsumeFailed(exc) from exc
 
             sent = shipment.sent() if shipment is not None and attempt == 0 else None
+            consume_error: Exception | None = None
             try:
                 results, keys = self._submit_and_gather(
                     fn, [units[i] for i in pending], size, keep_unit, group, sent
                 )
             except _ConsumeFailed as failed:
-                raise failed.error from None
+                consume_error = failed.error  # raised below, outside this handler: as it was raised
             except Exception as exc:
                 if attempt == 0:
                     raise
                 # e.g. the Dask client was closed meanwhile: the lost calls keep their errors
                 logger.warning("could not submit %d lost Dask tasks again: %s", len(pending), exc)
                 break
+            if consume_error is not None:
+                raise consume_error
             for i, result in zip(pending, results, strict=True):
                 outcome[i] = result
             lost_at = [n for n, result in enumerate(results) if daskclient.is_lost(result)]

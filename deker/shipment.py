@@ -52,14 +52,18 @@ class Shipment:
         if client is None or self._abandoned.is_set():
             return
         try:
-            self._sent = daskclient.scatter_ahead(client, self._made)
+            sent = daskclient.scatter_ahead(client, self._made)
         except Exception as exc:  # the runner scatters them when it submits the tasks
             logger.debug("could not scatter the task data ahead: %s", exc)
+            return
+        if not self._abandoned.is_set():  # (abandoned meanwhile: the futures are let go)
+            self._sent = sent
 
     def abandon(self) -> None:
-        """Say the values are not needed (the operation failed): nothing is scattered after this.
+        """Say the values are not needed (the operation failed): no scatter starts after this.
 
-        Values being made are still made (that cannot be interrupted); nothing waits for them.
+        Values being made are still made, and a scatter under way ends (neither can be
+        interrupted), but its futures are let go at once; nothing waits for them.
         """
         self._abandoned.set()
 

@@ -486,7 +486,7 @@ def test_a_lost_dask_task_is_sent_again_after_its_copy_ended(
     raised: list[BaseException] = []
 
     def consume(i: int, value: Any) -> None:
-        raise ValueError(f"cannot place result {i}")
+        raise ValueError(f"cannot place result {i}") from KeyError("slot")
 
     def run() -> None:
         try:
@@ -513,6 +513,7 @@ def test_a_lost_dask_task_is_sent_again_after_its_copy_ended(
     assert log.read_text() == "start a\nend a\nstart a\nend a\n"
     if consume_fails:
         assert [type(e) for e in raised] == [ValueError] and str(raised[0]) == "cannot place result 0"
+        assert isinstance(raised[0].__cause__, KeyError)  # as consume raised it
     else:
         assert (out, raised) == (["a"], [])
 
