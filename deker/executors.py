@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from deker import daskclient
+from deker import daskclient, outcomes
 from deker.daskclient import GATHER_BYTES, LOST_TASK_WAIT_SECONDS, SCATTER_THRESHOLD, keys_running
 from deker.errors import DekerValidationError
 from deker.shipment import Shipment
@@ -306,13 +306,13 @@ class TaskRunner:
 
         Every result (not an exception) is handed to ``consume(i, result)`` in the calling
         thread as soon as this process has it (in the order they finish on threads and process
-        pools; in the calls' order on a Dask runner), and the list holds
-        ``None`` in its place: the runner keeps no reference to it, so a large answer arriving
-        from other processes is here about once, plus the results in flight (a process pool
-        sends them back as fast as its processes make them).  An exception raised by
-        ``consume`` propagates (after the tasks not started are cancelled).  On a Dask runner
-        that fetches straight from the workers, results are fetched in requests of about
-        :data:`GATHER_BYTES`.
+        pools; in the calls' order on a Dask runner), and the list holds ``None`` in its place:
+        the runner keeps no reference to it, so a large answer arriving from other processes
+        is here about once, plus the results in flight.  A process pool (or another executor
+        outside this process) gets at most two tasks per worker at a time, so no more results
+        than that wait here; a Dask runner that fetches straight from the workers fetches
+        them in requests of about :data:`GATHER_BYTES`.  An exception raised by ``consume``
+        propagates (after the tasks not started are cancelled).
 
         Parameters
         ----------
@@ -345,24 +345,36 @@ class TaskRunner:
             return []
         size = max(1, int(batch_size))
         if self.in_process and (len(calls) == 1 or size >= len(calls)):  # one task: no hand-off
-            outcome, keep = run_batch(fn, calls), _keeper(consume, len(calls))
-            return _unbatch([outcome if keep is None else keep(0, outcome)], [calls])
+            outcome, keep = run_batch(fn, calls), outcomes.keeper(consume, len(calls))
+            return outcomes.unbatch([outcome if keep is None else keep(0, outcome)], [calls])
         if self._kind == "dask":
             group = max(1, GATHER_BYTES // (result_bytes * size)) if result_bytes > 0 else 0
             return self._run_dask(fn, calls, size, consume, group, shipment)
         executor = self._get_executor()
+        if consume is not None and not self.in_process:
+            # Other processes send results back as fast as they make them: with at most two
+            # tasks a worker under way, no more than those results wait here to be consumed.
+            units = [calls[i : i + size] for i in range(0, len(calls), size)]
+            keep = outcomes.keeper(consume, size)
+            assert keep is not None  # (consume is given)
+            outcome = outcomes.windowed(
+                lambda unit: executor.submit(run_batch, fn, unit), units, 2 * self._workers, keep
+            )
+            return outcomes.unbatch(outcome, units)
         n_tasks = -(-len(calls) // size)
         cap = max_parallel if self.in_process and max_parallel is not None else 0
         gated = 0 < cap < min(n_tasks, self._workers)
         if size == 1 and not gated:
             futures = [executor.submit(fn, *args) for args in calls]
-            return _gather(futures, lambda f: f.result(), lambda f: f.cancel(), _keeper(consume, 0))
+            return outcomes.gather_futures(
+                futures, lambda f: f.result(), lambda f: f.cancel(), outcomes.keeper(consume, 0)
+            )
         batches = [calls[i : i + size] for i in range(0, len(calls), size)]
-        keep = _keeper(consume, size)
+        keep = outcomes.keeper(consume, size)
         if not gated:
             batch_futures = [executor.submit(run_batch, fn, batch) for batch in batches]
-            outcome = _gather(batch_futures, lambda f: f.result(), lambda f: f.cancel(), keep)
-            return _unbatch(outcome, batches)
+            outcome = outcomes.gather_futures(batch_futures, lambda f: f.result(), lambda f: f.cancel(), keep)
+            return outcomes.unbatch(outcome, batches)
         gate = threading.BoundedSemaphore(cap)
         stop = threading.Event()  # tasks waiting at the gate have started: they see this instead
 
@@ -371,7 +383,9 @@ class TaskRunner:
             future.cancel()
 
         batch_futures = [executor.submit(run_gated, gate, stop, fn, batch) for batch in batches]
-        return _unbatch(_gather(batch_futures, lambda f: f.result(), cancel, keep), batches)
+        return outcomes.unbatch(
+            outcomes.gather_futures(batch_futures, lambda f: f.result(), cancel, keep), batches
+        )
 
     def ship(self, make: Callable[[], list[Any]]) -> Shipment:
         """Make task data in a thread and, for a Dask runner, scatter its large arrays there.
@@ -423,7 +437,7 @@ class TaskRunner:
         threads = min(len(calls), max_parallel or _default_workers())
         with cf.ThreadPoolExecutor(threads, thread_name_prefix="deker-here") as pool:
             futures = [pool.submit(fn, *args) for args in calls]
-            return _gather(futures, lambda f: f.result(), lambda f: f.cancel())
+            return outcomes.gather_futures(futures, lambda f: f.result(), lambda f: f.cancel())
 
     def _run_dask(
         self,
@@ -438,7 +452,7 @@ class TaskRunner:
         units = [calls[i : i + size] for i in range(0, len(calls), size)]
         outcome: list[Any] = [None] * len(units)
         pending = list(range(len(units)))
-        keep = _keeper(consume, 0 if size == 1 else size)
+        keep = outcomes.keeper(consume, 0 if size == 1 else size)
         for attempt in range(DASK_RESUBMITS + 1):
             attempted = pending
 
@@ -449,7 +463,7 @@ class TaskRunner:
                 try:
                     return keep(attempted[n], outcome)  # noqa: B023 (called now)
                 except Exception as exc:  # the caller's consume failed: not a submission problem
-                    raise _ConsumeFailed(exc) from exc
+                    raise outcomes.ConsumeFailed(exc) from exc
 
             sent = shipment.sent() if shipment is not None and attempt == 0 else None
             consume_error: Exception | None = None
@@ -457,7 +471,7 @@ class TaskRunner:
                 results, keys = self._submit_and_gather(
                     fn, [units[i] for i in pending], size, keep_unit, group, sent
                 )
-            except _ConsumeFailed as failed:
+            except outcomes.ConsumeFailed as failed:
                 consume_error = failed.error  # raised below, outside this handler: as it was raised
             except Exception as exc:
                 if attempt == 0:
@@ -482,7 +496,7 @@ class TaskRunner:
             # let it end before its call is sent again.
             daskclient.wait_until_not_running(self._client, [keys[n] for n in lost_at])
             pending = lost
-        return outcome if size == 1 else _unbatch(outcome, units)
+        return outcome if size == 1 else outcomes.unbatch(outcome, units)
 
     def _submit_and_gather(
         self,
@@ -620,74 +634,3 @@ class TaskRunner:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=wait, cancel_futures=not wait)
-
-
-def _gather(
-    futures: list[Any],
-    result: Callable[[Any], Any],
-    cancel: Callable[[Any], Any],
-    keep: Callable[[int, Any], Any] | None = None,
-) -> list[Any]:
-    # With ``keep``, outcomes are taken as the futures finish (not in order), each future
-    # dropped once read: what ``keep`` consumed is then freed while others still run.
-    order = {future: n for n, future in enumerate(futures)}
-    out: list[Any] = [None] * len(futures)
-    try:
-        for future in futures if keep is None else cf.as_completed(futures):
-            n = order[future]
-            try:
-                value = result(future)
-            except Exception as exc:  # a task's failure is a result
-                value = exc
-            out[n] = value if keep is None else keep(n, value)
-            del order[future]  # (only now: an interruption while waiting cancels this one too)
-            futures[n] = None
-    except BaseException:
-        for future in order:
-            cancel(future)
-        raise
-    return out
-
-
-class _ConsumeFailed(Exception):
-    """Carries an exception of the caller's ``consume`` past the resubmission's error handling."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _keeper(consume: Callable[[int, Any], object] | None, size: int) -> Callable[[int, Any], Any] | None:
-    """Build what :func:`_gather` keeps of each unit's outcome (None: the outcome itself).
-
-    It keeps exceptions, and ``None`` where ``consume`` took a result.  ``size`` 0: a unit is
-    one call's bare result; otherwise the ``(ok, value)`` pairs of a batch of ``size`` calls
-    (:func:`run_batch`).
-    """
-    if consume is None:
-        return None
-
-    def keep(n: int, outcome: Any) -> Any:
-        if isinstance(outcome, BaseException):  # the task failed as a whole
-            return outcome
-        if size == 0:
-            consume(n, outcome)
-            return None
-        kept = []
-        for j, (ok, value) in enumerate(outcome):
-            if ok:
-                consume(n * size + j, value)
-            kept.append((ok, None if ok else value))
-        return kept
-
-    return keep
-
-
-def _unbatch(outcome: list[Any], batches: list[list[tuple[Any, ...]]]) -> list[Any]:
-    out: list[Any] = []
-    for result, batch in zip(outcome, batches, strict=True):
-        if isinstance(result, BaseException):  # the whole batch task failed (e.g. did not unpickle)
-            out.extend([result] * len(batch))
-        else:
-            out.extend(value for _ok, value in result)
-    return out

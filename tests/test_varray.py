@@ -77,9 +77,9 @@ def test_a_read_holds_its_answer_here_once(client: Client, monkeypatch: pytest.M
     # Tiles read in other processes (a process pool, Dask workers) go into the answer as they
     # arrive: this process never holds every tile beside the answer (before: twice the answer).
     # 64 MiB in 64 tiles; results straight from the Dask workers come in requests of about
-    # 2 MiB.  The margin covers the tiles in flight (a pickled one is here about three times
-    # while it arrives from a pool process, and a pool sends results back as fast as it makes
-    # them: up to 1.4x the answer was seen) and a 1 MiB read scratch per thread of the client.
+    # 2 MiB; a process pool gets two tasks per process at a time.  The margin covers the tiles
+    # in flight (a pickled one is here about three times while it arrives from a pool process)
+    # and a 1 MiB read scratch per thread of the client.
     monkeypatch.setattr(executors, "GATHER_BYTES", 2 << 20, raising=False)
     coll = vcoll(client, (4096, 4096), (8, 8))
     v = coll.create()
