@@ -244,6 +244,30 @@ def test_process_pool(process_pool: cf.ProcessPoolExecutor) -> None:
     assert process_pool.submit(pow, 2, 5).result() == 32
 
 
+def test_a_process_pool_gets_two_tasks_per_worker_while_results_are_consumed(
+    process_pool: cf.ProcessPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its processes send results back as fast as they make them: with a window of two tasks
+    # per worker, no more results than that ever wait here to be consumed.
+    runner = TaskRunner.create(process_pool)
+    outstanding = most = 0
+    submit = process_pool.submit
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal outstanding, most
+        outstanding += 1
+        most = max(most, outstanding)
+        return submit(*args, **kwargs)
+
+    def consume(i: int, value: Any) -> None:
+        nonlocal outstanding
+        outstanding -= 1
+
+    monkeypatch.setattr(process_pool, "submit", counted)
+    assert runner.run_into(pow, [(2, i) for i in range(20)], consume) == [None] * 20
+    assert most == 2 * runner.workers
+
+
 def meet(barrier: threading.Barrier, label: str) -> tuple[str, int, str]:
     """Wait for the other calls at ``barrier`` (a call run alone times out), then say where it ran."""
     barrier.wait(30)
