@@ -271,7 +271,7 @@ def test_vsubset_error_split_and_subgroup() -> None:
 
 def test_one_exception_object_for_several_tiles_keeps_each_position() -> None:
     """Defect found by this test: ``derive`` mapped exceptions to tiles with ``list.index``, so
-    one exception object failing several tiles (``executors._unbatch`` reports a batch task
+    one exception object failing several tiles (``outcomes.unbatch`` reports a batch task
     that failed as a whole that way) got the first tile's position for all of them."""
     shared = OSError("the batch task died")
     exc = DekerVSubsetError("VArray read failed", [shared, shared, ValueError("v")], [(0,), (1,), (2,)])
