@@ -12,7 +12,7 @@ import concurrent.futures as cf
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ __all__ = [
     "GATHER_BYTES",
     "LOST_TASK_WAIT_SECONDS",
     "SCATTER_THRESHOLD",
-    "dask_workers",
+    "cluster_view",
     "gather",
     "is_lost",
     "keys_running",
@@ -30,7 +30,6 @@ __all__ = [
     "scatter_ahead",
     "scatter_large",
     "wait_until_not_running",
-    "workers_on_this_host",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,8 +60,15 @@ def looks_like_dask_client(obj: Any) -> bool:
     return all(callable(getattr(obj, name, None)) for name in ("get_executor", "submit", "scatter"))
 
 
-def dask_workers(client: Any, default: int = 1) -> int:
-    """Count the worker threads of a Dask client's cluster.
+def cluster_view(client: Any, default: int = 1) -> tuple[int, bool]:
+    """Count the worker threads of a Dask client's cluster, and say whether all its workers are here.
+
+    One call to the scheduler (``client.nthreads()``) answers both.  A worker address on a
+    loopback address, ``localhost``, an address of one of this host's network interfaces or
+    ``inproc://`` (this very process) is on this host, and this process can normally connect
+    to it (where it cannot, e.g. a scheduler reached through a tunnel whose workers listen on
+    their own loopback, distributed fetches through the scheduler what it could not fetch
+    directly).  A host name is not resolved: it counts as another host.
 
     Parameters
     ----------
@@ -73,40 +79,19 @@ def dask_workers(client: Any, default: int = 1) -> int:
 
     Returns
     -------
-    int
-        The threads of all workers (at least 1).
+    tuple of (int, bool)
+        The threads of all workers (at least 1), and ``True`` if the cluster has workers and
+        all of them are on this host (``False`` when the client cannot say).
     """
     try:
-        counts = client.nthreads()
+        counts = dict(client.nthreads())
         total = sum(int(n) for n in counts.values())
-    except Exception:  # duck typing: an unusual client only loses the estimate
-        return max(1, default)
-    return max(1, total)
+    except Exception:  # duck typing: an unusual client loses the estimate, keeps the scheduler's path
+        return max(1, default), False
+    return max(1, total), bool(counts) and _all_on_this_host(counts)
 
 
-def workers_on_this_host(client: Any) -> bool:
-    """Whether every worker of a Dask client listens on this host.
-
-    A worker address on a loopback address, ``localhost``, an address of one of this host's
-    network interfaces or ``inproc://`` (this very process) is on this host, and this process
-    can normally connect to it (where it cannot, e.g. a scheduler reached through a tunnel
-    whose workers listen on their own loopback, distributed fetches through the scheduler
-    what it could not fetch directly).  A host name is not resolved: it counts as another host.
-
-    Parameters
-    ----------
-    client : distributed.Client
-        The client.
-
-    Returns
-    -------
-    bool
-        ``True`` if the cluster has workers and all of them are on this host.
-    """
-    try:
-        addresses = list(client.nthreads())
-    except Exception:  # duck typing: an unusual client keeps the scheduler's path
-        return False
+def _all_on_this_host(addresses: Iterable[Any]) -> bool:
     own: set[str] | None = None
     for address in addresses:
         scheme, _, rest = str(address).partition("://")
@@ -123,7 +108,7 @@ def workers_on_this_host(client: Any) -> bool:
             own = {a.address.split("%")[0] for nic in psutil.net_if_addrs().values() for a in nic}
         if host not in own:
             return False
-    return bool(addresses)
+    return True
 
 
 def gather(
@@ -299,7 +284,7 @@ def scatter_ahead(client: Any, values: list[Any]) -> dict[int, Any]:
     if not large:
         return {}
     futures = client.scatter(large, hash=False)
-    logger.debug("scattered %d large task arguments ahead to the Dask workers", len(large))
+    logger.debug("scattered %d large task arguments to the Dask workers", len(large))
     return {id(v): f for v, f in zip(large, futures, strict=True)}
 
 
@@ -322,17 +307,12 @@ def scatter_large(
     list of tuple
         The same calls, large arrays replaced by futures (``calls`` itself if none is large).
     """
-    sent = sent or {}
     where = [(i, j) for i, args in enumerate(calls) for j, arg in enumerate(args) if _large(arg)]
     if not where:
         return calls
+    known = dict(sent or {})
+    known.update(scatter_ahead(client, [calls[i][j] for i, j in where if id(calls[i][j]) not in known]))
     rows = [list(args) for args in calls]
-    missing = [(i, j) for i, j in where if id(calls[i][j]) not in sent]
     for i, j in where:
-        rows[i][j] = sent.get(id(calls[i][j]), rows[i][j])
-    if missing:
-        futures = client.scatter([calls[i][j] for i, j in missing], hash=False)
-        logger.debug("scattered %d large arguments to the Dask workers", len(missing))
-        for (i, j), future in zip(missing, futures, strict=True):
-            rows[i][j] = future
+        rows[i][j] = known[id(calls[i][j])]
     return [tuple(row) for row in rows]

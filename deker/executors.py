@@ -138,6 +138,8 @@ class TaskRunner:
     submit_kwargs : dict, optional
         Extra keyword arguments of ``client.submit`` (e.g. ``workers`` or ``resources`` of an
         executor obtained from ``client.get_executor(...)``).
+    local_workers : bool, default False
+        Whether every Dask worker listens on this host (asked again with the thread count).
 
     """
 
@@ -149,6 +151,7 @@ class TaskRunner:
         workers: int,
         client: Any = None,
         submit_kwargs: dict[str, Any] | None = None,
+        local_workers: bool = False,
     ) -> None:
         self._kind = kind
         self._executor = executor
@@ -158,9 +161,8 @@ class TaskRunner:
         self._submit_kwargs = dict(submit_kwargs or {})
         self._submit_kwargs["pure"] = False
         self._lock = threading.Lock()
-        self._counted_at = time.monotonic()
-        self._local_at: float | None = None  # when _local_workers was last asked for
-        self._local_workers = False
+        self._counted_at = time.monotonic()  # when the Dask cluster was last asked about
+        self._local_workers = local_workers
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -199,9 +201,8 @@ class TaskRunner:
                 options = {
                     k: v for k, v in dict(getattr(executor, "_kwargs", {}) or {}).items() if k != "pure"
                 }
-                return cls(
-                    "dask", None, False, daskclient.dask_workers(inner), client=inner, submit_kwargs=options
-                )
+                threads, here = daskclient.cluster_view(inner)
+                return cls("dask", None, False, threads, inner, options, local_workers=here)
             count = int(getattr(executor, "_max_workers", 0) or (os.cpu_count() or 1))
             if isinstance(executor, cf.ThreadPoolExecutor):
                 return cls("threads", executor, False, count)
@@ -209,7 +210,8 @@ class TaskRunner:
                 return cls("processes", executor, False, count)
             return cls("executor", executor, False, count)
         if daskclient.looks_like_dask_client(executor):
-            return cls("dask", None, False, daskclient.dask_workers(executor), client=executor)
+            threads, here = daskclient.cluster_view(executor)
+            return cls("dask", None, False, threads, client=executor, local_workers=here)
         raise DekerValidationError(
             f"executor must be None, a concurrent.futures.Executor (e.g. ThreadPoolExecutor) or a Dask "
             f"distributed Client, not {type(executor).__module__}.{type(executor).__qualname__}"
@@ -234,11 +236,15 @@ class TaskRunner:
     @property
     def workers(self) -> int:
         """The best estimate of how many tasks run at the same time."""
-        if self._kind == "dask" and time.monotonic() - self._counted_at > _RECOUNT_SECONDS:
-            # Dask clusters scale: ask the scheduler again, at most every few seconds.
-            self._workers = daskclient.dask_workers(self._client, self._workers)
-            self._counted_at = time.monotonic()
+        self._look_at_cluster()
         return self._workers
+
+    def _look_at_cluster(self) -> None:
+        # Dask clusters scale: ask the scheduler again (its thread count and where its workers
+        # are, in one call), at most every few seconds.
+        if self._kind == "dask" and time.monotonic() - self._counted_at > _RECOUNT_SECONDS:
+            self._workers, self._local_workers = daskclient.cluster_view(self._client, self._workers)
+            self._counted_at = time.monotonic()
 
     def __repr__(self) -> str:
         return f"TaskRunner(kind={self._kind!r}, workers={self._workers}, owns_executor={self._owns})"
@@ -351,26 +357,22 @@ class TaskRunner:
             group = max(1, GATHER_BYTES // (result_bytes * size)) if result_bytes > 0 else 0
             return self._run_dask(fn, calls, size, consume, group, shipment)
         executor = self._get_executor()
-        if consume is not None and not self.in_process:
+        batches = [calls[i : i + size] for i in range(0, len(calls), size)]
+        keep = outcomes.keeper(consume, size)
+        if keep is not None and not self.in_process:
             # Other processes send results back as fast as they make them: with at most two
             # tasks a worker under way, no more than those results wait here to be consumed.
-            units = [calls[i : i + size] for i in range(0, len(calls), size)]
-            keep = outcomes.keeper(consume, size)
-            assert keep is not None  # (consume is given)
             outcome = outcomes.windowed(
-                lambda unit: executor.submit(run_batch, fn, unit), units, 2 * self._workers, keep
+                lambda batch: executor.submit(run_batch, fn, batch), batches, 2 * self._workers, keep
             )
-            return outcomes.unbatch(outcome, units)
-        n_tasks = -(-len(calls) // size)
+            return outcomes.unbatch(outcome, batches)
         cap = max_parallel if self.in_process and max_parallel is not None else 0
-        gated = 0 < cap < min(n_tasks, self._workers)
+        gated = 0 < cap < min(len(batches), self._workers)
         if size == 1 and not gated:
             futures = [executor.submit(fn, *args) for args in calls]
             return outcomes.gather_futures(
                 futures, lambda f: f.result(), lambda f: f.cancel(), outcomes.keeper(consume, 0)
             )
-        batches = [calls[i : i + size] for i in range(0, len(calls), size)]
-        keep = outcomes.keeper(consume, size)
         if not gated:
             batch_futures = [executor.submit(run_batch, fn, batch) for batch in batches]
             outcome = outcomes.gather_futures(batch_futures, lambda f: f.result(), lambda f: f.cancel(), keep)
@@ -531,15 +533,12 @@ class TaskRunner:
         """Whether Dask results are fetched straight from the workers (:func:`deker.daskclient.gather`).
 
         As the client says (``direct_to_workers``), or when it leaves that open (``None``, its
-        default), whether every worker listens on this host, so that it surely can be reached.
+        default), whether every worker listens on this host (:func:`deker.daskclient.cluster_view`).
         """
         setting = getattr(self._client, "direct_to_workers", None)
         if setting is not None:
             return setting is True
-        now = time.monotonic()
-        if self._local_at is None or now - self._local_at > _RECOUNT_SECONDS:
-            self._local_workers = daskclient.workers_on_this_host(self._client)
-            self._local_at = now
+        self._look_at_cluster()
         return self._local_workers
 
     # ------------------------------------------------------------------ sizing

@@ -47,21 +47,22 @@ def _own_address() -> str | None:
         ((), False),  # no workers yet
     ],
 )
-def test_workers_on_this_host(addresses: tuple[str, ...], here: bool) -> None:
-    assert daskclient.workers_on_this_host(Listed(*addresses)) is here
+def test_cluster_view_says_whether_the_workers_are_on_this_host(
+    addresses: tuple[str, ...], here: bool
+) -> None:
+    assert daskclient.cluster_view(Listed(*addresses))[1] is here
 
 
 def test_workers_on_an_address_of_this_host() -> None:
     own = _own_address()
     if own is None:
         pytest.skip("this host has no IPv4 address besides the loopback ones")
-    assert daskclient.workers_on_this_host(Listed(f"tcp://{own}:40010"))
-    assert not daskclient.workers_on_this_host(Listed(f"tcp://{own}:40010", "tcp://203.0.113.7:1"))
+    assert daskclient.cluster_view(Listed(f"tcp://{own}:40010"))[1]
+    assert not daskclient.cluster_view(Listed(f"tcp://{own}:40010", "tcp://203.0.113.7:1"))[1]
 
 
 def test_a_client_that_cannot_say_keeps_the_scheduler_path() -> None:
-    assert not daskclient.workers_on_this_host(Listed("tcp://127.0.0.1:1", fails=True))
-    assert daskclient.dask_workers(Listed(fails=True), default=3) == 3
+    assert daskclient.cluster_view(Listed("tcp://127.0.0.1:1", fails=True), default=3) == (3, False)
 
 
 def _spy_gather(client: Any, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
@@ -82,7 +83,7 @@ def test_results_come_straight_from_workers_on_this_host(
     # The session's cluster: two worker processes listening on 127.0.0.1.  The client leaves
     # direct_to_workers open, so the runner fetches the results in one request from them.
     assert dask_cluster_client.direct_to_workers is None
-    assert daskclient.workers_on_this_host(dask_cluster_client)
+    assert daskclient.cluster_view(dask_cluster_client) == (2, True)
     seen = _spy_gather(dask_cluster_client, monkeypatch)
     runner = TaskRunner.create(dask_cluster_client)
     big = np.arange(daskclient.SCATTER_THRESHOLD // 8 + 1, dtype=np.int64)
