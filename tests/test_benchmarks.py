@@ -231,6 +231,10 @@ def test_zarr_scenarios_run_and_verify(tmp_path: Path) -> None:
         # read again on every CPU and on one, in turn (with one CPU: neither)
         "z_zstd_reread": every if len(os.sched_getaffinity(0)) > 1 else set(),
         "z_zstd_read_1cpu": every if len(os.sched_getaffinity(0)) > 1 else set(),
+        "z_field_write": every,  # the zstd steps again with field-like data
+        "z_field_read": every,
+        "z_field_reread": every if len(os.sched_getaffinity(0)) > 1 else set(),
+        "z_field_read_1cpu": every if len(os.sched_getaffinity(0)) > 1 else set(),
         "z_dask_sum": every,
         "z_store_threads": every,
         "z_store_distributed": every - {"h5py"},  # one HDF5 file has no writers on workers
@@ -246,6 +250,8 @@ def test_zarr_scenarios_run_and_verify(tmp_path: Path) -> None:
     if "z_zstd_read_1cpu" in summary:  # one CPU's time over both CPUs' time, both reads again
         one, every_cpu = summary["z_zstd_read_1cpu"], summary["z_zstd_reread"]
         assert one["deker_speedup"] == round(one["deker_s"] / every_cpu["deker_s"], 3)
+        one, every_cpu = summary["z_field_read_1cpu"], summary["z_field_reread"]
+        assert one["zarr_speedup"] == round(one["zarr_s"] / every_cpu["zarr_s"], 3)
     assert {"deker_vs_zarr", "deker_vs_zarr_sharded", "deker_vs_h5py", "deker_vs_os_tiles"} <= set(
         summary["z_full_read"]
     )
@@ -351,3 +357,20 @@ def test_zarr_summary_and_docs_leave_the_other_results(tmp_path: Path) -> None:
     assert "| full read (uncompressed) | 0.50 s (2 MiB/s) | 0.40 s (2 MiB/s) |" in text
     assert "| 1.25 | 0.50 | 2.00 | 2.50 |" in text and "| full read, Client(executor=" in text
     assert "zarr 3.1.6" in text and "performance-zarr.png" in text
+
+
+def test_field_data_is_deterministic_and_less_compressible_than_the_pattern() -> None:
+    """The field-like data of the zstd steps: the same for a seed, and zstd keeps far more of it."""
+    pytest.importorskip("zarr", reason="zarr-python 3 is in the 'bench' extra (Python >= 3.11)")
+    import numcodecs
+
+    from benchmarks import bench_zarr
+    from benchmarks.scenarios import pattern
+
+    a = bench_zarr.field((256, 256))
+    assert a.dtype == np.float32 and np.array_equal(a, bench_zarr.field((256, 256)))
+    assert not np.array_equal(a, bench_zarr.field((256, 256), seed=1))
+    zstd = numcodecs.Zstd(level=3)
+    kept = len(zstd.encode(a)) / a.nbytes
+    kept_pattern = len(zstd.encode(pattern((256, 256), np.float32, 0))) / a.nbytes
+    assert kept > 0.2 and kept > 5 * kept_pattern, (kept, kept_pattern)
