@@ -89,8 +89,11 @@ STEPS: dict[str, ZStep] = {
 }
 
 
+# The zstd steps of each data set: write, read, read again on every CPU, read on one CPU.
+_PATTERN_ZSTD_STEPS = ("z_zstd_write", "z_zstd_read", "z_zstd_reread", "z_zstd_read_1cpu")
+_FIELD_ZSTD_STEPS = ("z_field_write", "z_field_read", "z_field_reread", "z_field_read_1cpu")
 # The one-CPU read of each zstd data set, and its read again on every CPU.
-_AGAIN_ON_EVERY_CPU = {"z_zstd_read_1cpu": "z_zstd_reread", "z_field_read_1cpu": "z_field_reread"}
+_AGAIN_ON_EVERY_CPU = {steps[3]: steps[2] for steps in (_PATTERN_ZSTD_STEPS, _FIELD_ZSTD_STEPS)}
 
 
 def zarr_available() -> str | None:
@@ -566,7 +569,7 @@ def _part_zstd(
     engines: Mapping[str, Engine],
     sizes: Sizes,
     data: np.ndarray,
-    steps: tuple[str, str, str, str] = ("z_zstd_write", "z_zstd_read", "z_zstd_reread", "z_zstd_read_1cpu"),
+    steps: tuple[str, str, str, str],
 ) -> None:
     write, read, reread, one = steps
     made = _writes_and_reads(rec, engines, "zstd", data, sizes, (write, read))
@@ -779,14 +782,8 @@ def run(
                     _part_read_only(rec, made, sizes, kept)
                 elif part == "zstd":
                     side = (sizes.varray_side,) * 2
-                    _part_zstd(rec, made, sizes, pattern(side, np.float32, 0))
-                    _part_zstd(
-                        rec,
-                        made,
-                        sizes,
-                        field(side),
-                        ("z_field_write", "z_field_read", "z_field_reread", "z_field_read_1cpu"),
-                    )
+                    _part_zstd(rec, made, sizes, pattern(side, np.float32, 0), _PATTERN_ZSTD_STEPS)
+                    _part_zstd(rec, made, sizes, field(side), _FIELD_ZSTD_STEPS)
                 elif part == "dask":
                     _part_dask(rec, made, sizes, root, kept)
                 else:
