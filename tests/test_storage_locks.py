@@ -17,7 +17,7 @@ import pytest
 from storage_helpers.prim import foreign_lock, seen_locked
 
 from deker.errors import DekerLockError, DekerValidationError
-from deker.storage import lockinfo, locks
+from deker.storage import lockinfo, locks, lockwait
 from deker.storage.layout import CollectionPaths
 from deker.storage.locks import LockSettings
 
@@ -145,6 +145,28 @@ def test_delete_under_write_lock_cleans_mutex_and_dirs(tmp_path: Path) -> None:
         os.unlink(main_dir / f"{aid}.hdf5")
     assert not main_dir.exists()
     assert data_root.exists() and os.listdir(data_root) == []
+
+
+def test_array_deleted_while_a_reader_waits_for_its_mutex(tmp_path: Path, monkeypatch: Any) -> None:
+    """The reader gets FileNotFoundError once the mutex is free, and leaves no read marker."""
+    main_dir, aid = make_array(tmp_path)
+    (main_dir / "keep").write_bytes(b"")  # the directory stays (another file in it)
+    waiting = threading.Event()
+    real_sleep = lockwait.Waiter.sleep
+
+    def sleep(self: lockwait.Waiter) -> bool:
+        waiting.set()  # the reader met the writer's mutex and waits
+        return real_sleep(self)
+
+    monkeypatch.setattr(lockwait.Waiter, "sleep", sleep)
+    with locks.array_write_lock(main_dir, aid, FAST):
+        thread, result = in_thread(lambda: hold(locks.array_read_lock(main_dir, aid, FAST)))
+        assert waiting.wait(5)
+        os.unlink(main_dir / f"{aid}.hdf5")
+    thread.join(5)
+    assert isinstance(result.get("error"), FileNotFoundError), result
+    assert markers(main_dir) == []
+    assert not [n for n in os.listdir(main_dir) if n.endswith(".tmp")]
 
 
 # --------------------------------------------------------------------------- processes

@@ -191,20 +191,22 @@ def _take_read_lock(
 ) -> None:
     """Take the read lock of a reader that may write lock files; ``stack`` releases it."""
     data = object_file(main_dir, array_id, ext)
-    require(data)
     what = f"Array {array_id} read lock"
     waiter = Waiter(settings)
     stack.callback(lockprim.release, acquire_file(mutex_path(main_dir, array_id), False, waiter, what))
-    require(data)
     marker = main_dir / (
         f"{array_id}:{OWN_READ_PREFIX}{uuid.uuid4().hex}:{os.getpid()}:{threading.get_native_id()}"
         f"{READ_LOCK_EXT}"
     )
     while True:
         marker_held = create_marker(marker)
-        if not held_by_someone(data):  # no deker 1.1.7 writer / VArray write holds the file
+        busy = held_by_someone(data)  # a deker 1.1.7 writer / a VArray write holds the file
+        if busy is False:
             break
         drop_marker(marker, marker_held)
+        if busy is None:  # deleted while this reader waited for the mutex
+            require(data)  # raises FileNotFoundError (or names the damage)
+            continue
         if not waiter.sleep():
             raise lock_timeout(what, data, _LEGACY_WRITER, settings)
     stack.callback(drop_marker, marker, marker_held)
@@ -225,7 +227,6 @@ def _read_only_read_lock(
     created, changed or removed.
     """
     data = object_file(main_dir, array_id, ext)
-    require(data)
     what = f"Array {array_id} read lock (read-only)"
     waiter = Waiter(settings)
     path = mutex_path(main_dir, array_id)
@@ -257,7 +258,6 @@ def array_write_lock(
     """
     refuse_read_only(settings, f"write array {array_id}")
     data = object_file(main_dir, array_id, ext)
-    require(data)
     what = f"Array {array_id} write lock"
     waiter = Waiter(settings)
     with contextlib.ExitStack() as stack:

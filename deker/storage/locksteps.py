@@ -115,18 +115,32 @@ def require(path: Path) -> None:
 
 
 def object_file(main_dir: Path, array_id: str, ext: str | None) -> Path:
-    """Return the file a lock protects: ``<id><ext>``; by default ``.hdf5``, else ``.json``.
+    """Return the file a lock protects, checked by :func:`require`: ``<id><ext>``.
 
-    Without ``ext``, the VArray metadata file ``<id>.json`` when there is no data file but it
-    exists (a VArray has no data file of its own).
+    By default ``.hdf5``; without ``ext``, the VArray metadata file ``<id>.json`` when there is
+    no data file but it exists (a VArray has no data file of its own).  One ``stat`` when the
+    file is there.
+
+    Raises
+    ------
+    FileNotFoundError
+        If neither exists (the error names the data file).
+    DekerStorageError
+        As :func:`require`.
     """
     if ext is not None:
-        return main_dir / f"{array_id}{ext}"
+        path = main_dir / f"{array_id}{ext}"
+        require(path)
+        return path
     data = data_file(main_dir, array_id)
-    if not os.path.exists(data):
+    try:
+        require(data)
+    except FileNotFoundError:
         meta = main_dir / f"{array_id}{VARRAY_EXT}"
-        if os.path.exists(meta):
-            return meta
+        if not os.path.exists(meta):
+            raise
+        require(meta)
+        return meta
     return data
 
 
@@ -313,6 +327,14 @@ def pass_fence(
     """
     path = fence_path(main_dir, array_id)
     readonly = waiter.settings.read_only  # (then shared and not create: a reader)
+    if shared and not create:  # passing is a probe: is the fence held exclusively now?
+        try:
+            while lockprim.probe(path):
+                if not waiter.sleep():
+                    raise lock_timeout(what, path, FENCE_HOLDER, waiter.settings)
+        except PermissionError:  # a read-only storage: nobody can be writing there with our locks
+            pass
+        return
     try:
         held = hold_waiting(path, not shared, waiter, what, FENCE_HOLDER, create=create, readonly=readonly)
     except FileNotFoundError:
