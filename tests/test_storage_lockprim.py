@@ -205,7 +205,7 @@ def test_working_filesystem_is_checked_once(
 
 
 def test_descriptors_of_a_held_file_keep_its_lock(tmp_path: Path, prim: str) -> None:
-    """I/O on a held file (posix: through the registry's descriptor): a close never drops the lock."""
+    """I/O on a held file goes through the registry's descriptor; a close never drops the lock."""
     path = tmp_path / "f.bin"
     path.write_bytes(b"0123456789")
     own, own_shared = lockprim.open_fd(path, False)  # opened before anyone here held it
@@ -213,10 +213,7 @@ def test_descriptors_of_a_held_file_keep_its_lock(tmp_path: Path, prim: str) -> 
     held = lockprim.hold(path, True)
     assert held is not None
     fd, shared = lockprim.open_fd(path, True)
-    if prim == lockprim.POSIX:
-        assert shared is not None and fd == held.fd  # the held descriptor itself, shared
-    else:  # an flock belongs to its description: closing another one drops nothing
-        assert shared is None and fd != held.fd
+    assert shared is not None and fd == held.fd  # the held descriptor itself, shared
     os.pwrite(fd, b"AB", 0)
     lockprim.close_fd(fd, shared)
     lockprim.close_fd(own, own_shared)  # held meanwhile: kept open until the lock goes

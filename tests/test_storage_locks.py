@@ -16,7 +16,7 @@ import psutil
 import pytest
 from storage_helpers.prim import foreign_lock, seen_locked
 
-from deker.errors import DekerLockError, DekerValidationError
+from deker.errors import DekerLockError, DekerStorageError, DekerValidationError
 from deker.storage import lockinfo, locks, lockwait
 from deker.storage.layout import CollectionPaths
 from deker.storage.locks import LockSettings
@@ -167,6 +167,29 @@ def test_array_deleted_while_a_reader_waits_for_its_mutex(tmp_path: Path, monkey
     assert isinstance(result.get("error"), FileNotFoundError), result
     assert markers(main_dir) == []
     assert not [n for n in os.listdir(main_dir) if n.endswith(".tmp")]
+
+
+def test_data_file_damaged_while_a_reader_waits_for_its_mutex(tmp_path: Path, monkeypatch: Any) -> None:
+    """A FIFO in the data file's place is refused once the mutex is free (its open would block)."""
+    main_dir, aid = make_array(tmp_path)
+    waiting = threading.Event()
+    real_sleep = lockwait.Waiter.sleep
+
+    def sleep(self: lockwait.Waiter) -> bool:
+        waiting.set()
+        return real_sleep(self)
+
+    monkeypatch.setattr(lockwait.Waiter, "sleep", sleep)
+    with locks.array_write_lock(main_dir, aid, FAST):
+        thread, result = in_thread(lambda: hold(locks.array_read_lock(main_dir, aid, FAST)))
+        assert waiting.wait(5)
+        os.unlink(main_dir / f"{aid}.hdf5")
+        os.mkfifo(main_dir / f"{aid}.hdf5")
+    thread.join(5)
+    assert not thread.is_alive(), "the reader blocked on the FIFO"
+    assert isinstance(result.get("error"), DekerStorageError), result
+    assert "not a regular file" in str(result["error"])
+    assert markers(main_dir) == []
 
 
 # --------------------------------------------------------------------------- processes

@@ -8,16 +8,18 @@ descriptors of one process never conflict, and closing *any* descriptor of the f
 every lock the process holds on it).  That is what a Linux NFS client does with ``flock`` (and
 what Lustre does with ``-o flock``), so the test suite runs the lock protocol with it too.
 
+Which of the two the kernel really applies depends on the filesystem, not on the variable: an
+NFS mount turns a plain ``flock`` into POSIX semantics.  So no step may lean on ``flock``'s
+per-description behaviour (probing without the registry, closing a second descriptor of a
+held file) even when ``flock`` is chosen; such a fast path was measured (22 system calls per
+read lock instead of 35, about 5 % of a full read) and withdrawn for that reason.
+
 The protocol must hold under both, so in-process exclusion never rests on the kernel lock:
-every lock of :mod:`deker.storage.locks` goes through one registry per process keyed by
-``(st_dev, st_ino)``, and so does every probe of :mod:`deker.storage.lockinfo` under
-``posix``.  A file has at most one kernel lock per process, on one descriptor; holders in the
-process count against it (one exclusive or many shared); under ``posix`` a descriptor of a
-registered file opened here (a probe) is kept open until the last holder releases it, so it
-can never drop the lock.  Under ``flock`` a descriptor without a lock may be closed at any
-time, and the kernel refuses a second description's conflicting request within the process
-too: there a probe asks the kernel directly, and a hold opens its descriptor before looking
-the file up (fewer system calls on every tile's read lock).
+every lock of :mod:`deker.storage.locks` and every probe of :mod:`deker.storage.lockinfo` goes
+through one registry per process keyed by ``(st_dev, st_ino)``.  A file has at most one kernel
+lock per process, on one descriptor; holders in the process count against it (one exclusive
+or many shared); a descriptor of a registered file opened here (a probe) is kept open until
+the last holder releases it, so it can never drop the lock under ``posix`` semantics.
 
 Files a process holds are also read and written through the registry's descriptor
 (:func:`open_fd` / :func:`close_fd`: the data file a writer holds, a temporary new version,
@@ -183,19 +185,12 @@ def _key(st: os.stat_result) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
-def _take(reg: _Registry, fd: int, exclusive: bool, *, closing: bool = False) -> Hold | None:
-    """Under ``reg.mutex``: register a hold of the file open as ``fd`` (which the registry owns).
-
-    ``closing``: the lock is an ``flock``, so ``fd`` is closed at once if the process holds the
-    file already (closing a descriptor without a lock drops no ``flock``).
-    """
+def _take(reg: _Registry, fd: int, exclusive: bool) -> Hold | None:
+    """Under ``reg.mutex``: register a hold of the file open as ``fd`` (which the registry owns)."""
     key = _key(os.fstat(fd))
     entry = reg.entries.get(key)
     if entry is not None:
-        if closing and entry.prim == FLOCK:
-            os.close(fd)
-        else:
-            entry.spare.append(fd)  # closing it now would drop the process's POSIX lock
+        entry.spare.append(fd)  # closing it now would drop the process's POSIX lock
         if exclusive or entry.exclusive:
             return None
         entry.count += 1
@@ -242,10 +237,6 @@ def hold(path: Path, exclusive: bool, *, create: bool = False, readonly: bool = 
 
     """
     reg = _reg()
-    if primitive() == FLOCK:  # a descriptor opened here may be closed again: no name lookup first
-        fd = _open(path, create and not readonly, readonly)
-        with reg.mutex:
-            return _take(reg, fd, exclusive, closing=True)
     with reg.mutex:
         with contextlib.suppress(FileNotFoundError):
             key = _key(os.stat(path))
@@ -418,9 +409,8 @@ def _writable(fd: int) -> bool:
 def open_fd(path: Path | str, writable: bool) -> tuple[int, Hold | None]:
     """Open ``path`` for positioned I/O (``pread``/``pwrite``) without endangering a lock on it.
 
-    Under ``posix``, if this process holds a lock on the file, its registry descriptor is
-    shared (no new descriptor whose close would drop the lock); else, and always under
-    ``flock`` (where a close drops no other description's lock), a new descriptor.  Use
+    If this process holds a lock on the file, its registry descriptor is shared (no new
+    descriptor whose close would drop a POSIX lock); else a new descriptor is opened.  Use
     positioned I/O only (the descriptor's offset may be shared) and give it back with
     :func:`close_fd`.
 
@@ -442,8 +432,6 @@ def open_fd(path: Path | str, writable: bool) -> tuple[int, Hold | None]:
         If the file does not exist.
 
     """
-    if primitive() == FLOCK:  # closing another descriptor of a held file drops no flock
-        return os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | _O_CLOEXEC), None
     shared = reuse(path)
     if shared is not None:
         if not writable or _writable(shared.fd):
@@ -456,8 +444,8 @@ def open_fd(path: Path | str, writable: bool) -> tuple[int, Hold | None]:
 def close_fd(fd: int, shared: Hold | None) -> None:
     """Give back a descriptor from :func:`open_fd`.
 
-    A descriptor of its own is closed, unless this process took a POSIX lock on its file
-    meanwhile (then it is kept open until that lock is released, which closing now would drop).
+    A descriptor of its own is closed, unless this process took a lock on its file meanwhile
+    (then it is kept open until that lock is released, which closing now would drop).
 
     Parameters
     ----------
@@ -469,10 +457,6 @@ def close_fd(fd: int, shared: Hold | None) -> None:
     """
     if shared is not None:
         release(shared)
-        return
-    if primitive() == FLOCK:
-        with contextlib.suppress(OSError):
-            os.close(fd)
         return
     reg = _reg()
     try:
@@ -530,8 +514,6 @@ def probe(path: Path, exclusive: bool = False) -> bool | None:
         None if the file does not exist.
 
     """
-    if primitive() == FLOCK:
-        return _flock_probe(path, exclusive)
     reg = _reg()
     with reg.mutex:
         try:
@@ -552,25 +534,6 @@ def probe(path: Path, exclusive: bool = False) -> bool | None:
             return kernellock.conflict(fd, exclusive, primitive())
         finally:
             os.close(fd)
-
-
-def _flock_probe(path: Path, exclusive: bool) -> bool | None:
-    """:func:`probe` under ``flock``: the kernel answers for this process's holders as well.
-
-    An ``flock`` belongs to an open file description, so a lock this process holds through the
-    registry's descriptor refuses the new description's request like another process's lock
-    does, and closing the new descriptor drops nothing: no registry, no name lookup.  (The
-    ``flock`` taken for a moment is released explicitly, not by the close: a child forked
-    meanwhile shares the description.)
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        return kernellock.conflict(fd, exclusive, FLOCK)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- filesystem check

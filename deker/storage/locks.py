@@ -194,19 +194,16 @@ def _take_read_lock(
     what = f"Array {array_id} read lock"
     waiter = Waiter(settings)
     stack.callback(lockprim.release, acquire_file(mutex_path(main_dir, array_id), False, waiter, what))
+    require(data)  # deleted or damaged while this reader waited (a FIFO would block the probe's open)
     marker = main_dir / (
         f"{array_id}:{OWN_READ_PREFIX}{uuid.uuid4().hex}:{os.getpid()}:{threading.get_native_id()}"
         f"{READ_LOCK_EXT}"
     )
     while True:
         marker_held = create_marker(marker)
-        busy = held_by_someone(data)  # a deker 1.1.7 writer / a VArray write holds the file
-        if busy is False:
+        if not held_by_someone(data):  # no deker 1.1.7 writer / VArray write holds the file
             break
         drop_marker(marker, marker_held)
-        if busy is None:  # deleted while this reader waited for the mutex
-            require(data)  # raises FileNotFoundError (or names the damage)
-            continue
         if not waiter.sleep():
             raise lock_timeout(what, data, _LEGACY_WRITER, settings)
     stack.callback(drop_marker, marker, marker_held)

@@ -327,14 +327,6 @@ def pass_fence(
     """
     path = fence_path(main_dir, array_id)
     readonly = waiter.settings.read_only  # (then shared and not create: a reader)
-    if shared and not create:  # passing is a probe: is the fence held exclusively now?
-        try:
-            while lockprim.probe(path):
-                if not waiter.sleep():
-                    raise lock_timeout(what, path, FENCE_HOLDER, waiter.settings)
-        except PermissionError:  # a read-only storage: nobody can be writing there with our locks
-            pass
-        return
     try:
         held = hold_waiting(path, not shared, waiter, what, FENCE_HOLDER, create=create, readonly=readonly)
     except FileNotFoundError:
