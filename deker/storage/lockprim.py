@@ -12,7 +12,7 @@ Which of the two the kernel really applies depends on the filesystem, not on the
 NFS mount turns a plain ``flock`` into POSIX semantics.  So no step may lean on ``flock``'s
 per-description behaviour (probing without the registry, closing a second descriptor of a
 held file) even when ``flock`` is chosen; such a fast path was measured (22 system calls per
-read lock instead of 35, about 5 % of a full read) and withdrawn for that reason.
+read lock instead of 29, about 5 % of a full read) and withdrawn for that reason.
 
 The protocol must hold under both, so in-process exclusion never rests on the kernel lock:
 every lock of :mod:`deker.storage.locks` and every probe of :mod:`deker.storage.lockinfo` goes
