@@ -6,7 +6,9 @@ locks as another host would (:func:`storage_helpers.prim.seen_locked`).
 
 from __future__ import annotations
 
+import fcntl
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,37 @@ def test_mount_options_that_keep_locks_local(directory: str, primitive: str, pro
     """Host-local locks cannot be probed from one host: the mount options tell."""
     found = kernellock.mount_problem(MOUNTS, directory, primitive)
     assert found == problem if problem is None else found is not None and found.startswith(problem)
+
+
+def test_a_sweeper_probing_the_new_probe_file_gives_no_false_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweeper's momentary probe of the fresh lock-check file is waited out, not taken for broken locks.
+
+    The probe file's name looks like a leftover temporary file, so a sweeper of another process
+    (``find_leftovers``) may hold a shared ``flock`` on it for a moment right after it is made.
+    Here a second description takes that lock as the file is created, and lets go at the
+    check's first pause.
+    """
+    held: list[int] = []
+    real_open, real_sleep = os.open, time.sleep
+
+    def open_(path: os.PathLike[str] | str, flags: int, mode: int = 0o777) -> int:
+        fd = real_open(path, flags, mode)
+        if flags & os.O_EXCL and ".deker-lockcheck." in os.fspath(path):
+            sweeper = real_open(path, os.O_RDONLY)
+            fcntl.flock(sweeper, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            held.append(sweeper)
+        return fd
+
+    def sleep(seconds: float) -> None:
+        while held:  # the sweeper's probe is over
+            sweeper = held.pop()
+            fcntl.flock(sweeper, fcntl.LOCK_UN)
+            os.close(sweeper)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(kernellock.os, "open", open_)
+    monkeypatch.setattr(kernellock.time, "sleep", sleep)
+    assert kernellock.probe_exclusion(tmp_path, kernellock.FLOCK) is None
+    assert not held and not list(tmp_path.iterdir())

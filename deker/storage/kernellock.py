@@ -23,6 +23,7 @@ import errno
 import fcntl
 import os
 import struct
+import time
 import uuid
 from pathlib import Path
 
@@ -156,6 +157,21 @@ def conflict(fd: int, exclusive: bool, prim: str) -> bool:
 # --------------------------------------------------------------------------- filesystem check
 
 
+#: How long a new probe file may stay locked by someone else: a sweeper of another process
+#: (or thread) that found it a leftover-looking temporary file probes it for a moment.
+_NEW_FILE_BUSY_SECONDS = 1.0
+
+
+def _lock_new(fd: int, prim: str) -> bool:
+    """Lock a file just created exclusively, waiting out momentary probes of a sweeper."""
+    deadline = time.monotonic() + _NEW_FILE_BUSY_SECONDS
+    while not try_lock(fd, True, prim):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
 def probe_exclusion(directory: Path, prim: str) -> str | None:
     """Lock a fresh file with ``prim`` and check a second open file description is refused.
 
@@ -190,7 +206,7 @@ def probe_exclusion(directory: Path, prim: str) -> str | None:
         )
     try:
         try:
-            if not try_lock(fd, True, prim):
+            if not _lock_new(fd, prim):
                 return "a lock on a new file nobody else knows was refused"
         except OSError as exc:
             if exc.errno in _UNSUPPORTED:
