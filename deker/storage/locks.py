@@ -194,7 +194,12 @@ def _take_read_lock(
     what = f"Array {array_id} read lock"
     waiter = Waiter(settings)
     stack.callback(lockprim.release, acquire_file(mutex_path(main_dir, array_id), False, waiter, what))
-    require(data)  # deleted or damaged while this reader waited (a FIFO would block the probe's open)
+    try:
+        require(data)  # deleted or damaged while this reader waited (a FIFO would block the probe's open)
+    except FileNotFoundError:
+        stack.close()
+        _remove_mutex_of_deleted(main_dir, array_id, data)
+        raise
     marker = main_dir / (
         f"{array_id}:{OWN_READ_PREFIX}{uuid.uuid4().hex}:{os.getpid()}:{threading.get_native_id()}"
         f"{READ_LOCK_EXT}"
@@ -208,6 +213,29 @@ def _take_read_lock(
             raise lock_timeout(what, data, _LEGACY_WRITER, settings)
     stack.callback(drop_marker, marker, marker_held)
     pass_fence(main_dir, array_id, waiter, what, shared=True)
+
+
+def _remove_mutex_of_deleted(main_dir: Path, array_id: str, data: Path) -> None:
+    """Remove the mutex a reader made again for an array deleted while it waited, if nobody holds it.
+
+    The deleting writer removed the mutex on release; the waiting reader's next try created
+    it anew.  Taken exclusively once (no wait, not created), the mutex is removed with the
+    fence and the empty directories as a deleting writer does (:func:`cleanup_if_deleted`);
+    held by someone else, it is left to them.  Best effort: failures are ignored.
+    """
+    path = mutex_path(main_dir, array_id)
+    try:
+        held = lockprim.hold(path, True)
+    except OSError:  # gone already (or cannot be opened): nothing to remove
+        return
+    if held is None:
+        return
+    try:
+        if lockprim.same_file(held, path):
+            with contextlib.suppress(OSError):
+                cleanup_if_deleted(main_dir, array_id, data)
+    finally:
+        lockprim.release(held)
 
 
 @contextlib.contextmanager
