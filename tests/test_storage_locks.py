@@ -147,10 +147,10 @@ def test_delete_under_write_lock_cleans_mutex_and_dirs(tmp_path: Path) -> None:
     assert data_root.exists() and os.listdir(data_root) == []
 
 
-def test_array_deleted_while_a_reader_waits_for_its_mutex(tmp_path: Path, monkeypatch: Any) -> None:
-    """The reader gets FileNotFoundError once the mutex is free, and leaves no lock file behind."""
-    main_dir, aid = make_array(tmp_path)
-    (main_dir / "keep").write_bytes(b"")  # the directory stays (another file in it)
+def _reader_waiting_on_writer(
+    main_dir: Path, aid: str, monkeypatch: Any, change: Any
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """Start a reader while a writer holds the array, ``change()`` the files once it waits, release."""
     waiting = threading.Event()
     real_sleep = lockwait.Waiter.sleep
 
@@ -162,8 +162,18 @@ def test_array_deleted_while_a_reader_waits_for_its_mutex(tmp_path: Path, monkey
     with locks.array_write_lock(main_dir, aid, FAST):
         thread, result = in_thread(lambda: hold(locks.array_read_lock(main_dir, aid, FAST)))
         assert waiting.wait(5)
-        os.unlink(main_dir / f"{aid}.hdf5")
+        change()
     thread.join(5)
+    return thread, result
+
+
+def test_array_deleted_while_a_reader_waits_for_its_mutex(tmp_path: Path, monkeypatch: Any) -> None:
+    """The reader gets FileNotFoundError once the mutex is free, and leaves no lock file behind."""
+    main_dir, aid = make_array(tmp_path)
+    (main_dir / "keep").write_bytes(b"")  # the directory stays (another file in it)
+    _thread, result = _reader_waiting_on_writer(
+        main_dir, aid, monkeypatch, lambda: os.unlink(main_dir / f"{aid}.hdf5")
+    )
     assert isinstance(result.get("error"), FileNotFoundError), result
     assert os.listdir(main_dir) == ["keep"]  # no marker, temp file, nor a mutex made again
 
@@ -171,20 +181,10 @@ def test_array_deleted_while_a_reader_waits_for_its_mutex(tmp_path: Path, monkey
 def test_data_file_damaged_while_a_reader_waits_for_its_mutex(tmp_path: Path, monkeypatch: Any) -> None:
     """A FIFO in the data file's place is refused once the mutex is free (its open would block)."""
     main_dir, aid = make_array(tmp_path)
-    waiting = threading.Event()
-    real_sleep = lockwait.Waiter.sleep
-
-    def sleep(self: lockwait.Waiter) -> bool:
-        waiting.set()
-        return real_sleep(self)
-
-    monkeypatch.setattr(lockwait.Waiter, "sleep", sleep)
-    with locks.array_write_lock(main_dir, aid, FAST):
-        thread, result = in_thread(lambda: hold(locks.array_read_lock(main_dir, aid, FAST)))
-        assert waiting.wait(5)
-        os.unlink(main_dir / f"{aid}.hdf5")
-        os.mkfifo(main_dir / f"{aid}.hdf5")
-    thread.join(5)
+    data = main_dir / f"{aid}.hdf5"
+    thread, result = _reader_waiting_on_writer(
+        main_dir, aid, monkeypatch, lambda: (os.unlink(data), os.mkfifo(data))
+    )
     assert not thread.is_alive(), "the reader blocked on the FIFO"
     assert isinstance(result.get("error"), DekerStorageError), result
     assert "not a regular file" in str(result["error"])
