@@ -35,6 +35,7 @@ __all__ = [
     "POSIX",
     "PRIMITIVE_ENV",
     "conflict",
+    "lock_new",
     "mount_problem",
     "mount_problem_at",
     "primitive",
@@ -111,6 +112,39 @@ def try_lock(fd: int, exclusive: bool, prim: str) -> bool:
     return True
 
 
+#: How long a file just created may stay locked by someone else: a sweeper, or a prober of
+#: markers, that found it (a leftover-looking temporary file, a new marker) locks it for a moment.
+NEW_FILE_BUSY_SECONDS = 1.0
+
+
+def lock_new(fd: int, prim: str) -> bool:
+    """Lock a file just created exclusively, waiting out someone's momentary probe of it.
+
+    Parameters
+    ----------
+    fd : int
+        A descriptor of the new file.
+    prim : str
+        :data:`FLOCK` or :data:`POSIX`.
+
+    Returns
+    -------
+    bool
+        False if it stayed busy for :data:`NEW_FILE_BUSY_SECONDS`.
+
+    Raises
+    ------
+    OSError
+        As :func:`try_lock`.
+    """
+    deadline = time.monotonic() + NEW_FILE_BUSY_SECONDS
+    while not try_lock(fd, True, prim):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.0005)
+    return True
+
+
 def unlock(fd: int, prim: str) -> None:
     """Drop the kernel lock ``prim`` of ``fd`` (errors are ignored: the descriptor closes next)."""
     with contextlib.suppress(OSError):
@@ -157,21 +191,6 @@ def conflict(fd: int, exclusive: bool, prim: str) -> bool:
 # --------------------------------------------------------------------------- filesystem check
 
 
-#: How long a new probe file may stay locked by someone else: a sweeper of another process
-#: (or thread) that found it a leftover-looking temporary file probes it for a moment.
-_NEW_FILE_BUSY_SECONDS = 1.0
-
-
-def _lock_new(fd: int, prim: str) -> bool:
-    """Lock a file just created exclusively, waiting out momentary probes of a sweeper."""
-    deadline = time.monotonic() + _NEW_FILE_BUSY_SECONDS
-    while not try_lock(fd, True, prim):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
-
-
 def probe_exclusion(directory: Path, prim: str) -> str | None:
     """Lock a fresh file with ``prim`` and check a second open file description is refused.
 
@@ -206,7 +225,7 @@ def probe_exclusion(directory: Path, prim: str) -> str | None:
         )
     try:
         try:
-            if not _lock_new(fd, prim):
+            if not lock_new(fd, prim):
                 return "a lock on a new file nobody else knows was refused"
         except OSError as exc:
             if exc.errno in _UNSUPPORTED:

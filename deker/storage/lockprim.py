@@ -40,7 +40,6 @@ import itertools
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -271,7 +270,6 @@ def hold_new(path: Path) -> Hold:
 
     """
     reg = _reg()
-    deadline = time.monotonic() + 1.0
     with reg.mutex:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
         key = _key(os.fstat(fd))
@@ -279,11 +277,9 @@ def hold_new(path: Path) -> Hold:
         if entry is not None:  # pragma: no cover - only an inode reused under a stale entry
             raise DekerStorageError(f"Lock registry already holds the new file {path}")
         prim = primitive()
-        while not kernellock.try_lock(fd, True, prim):  # only a momentary flock probe can hold it
-            if time.monotonic() > deadline:  # pragma: no cover - a probe holds it for microseconds
-                os.close(fd)
-                raise DekerStorageError(f"Cannot lock the new lock file {path}: it stays busy")
-            time.sleep(0.0005)
+        if not kernellock.lock_new(fd, prim):  # pragma: no cover - a probe holds it for microseconds
+            os.close(fd)
+            raise DekerStorageError(f"Cannot lock the new lock file {path}: it stays busy")
         entry = reg.entries[key] = _Entry(fd, prim, True, 1, next(_serials))
         return Hold(key, fd, True, entry.serial)
 
