@@ -135,11 +135,12 @@ def object_file(main_dir: Path, array_id: str, ext: str | None) -> Path:
     data = data_file(main_dir, array_id)
     try:
         require(data)
-    except FileNotFoundError:
+    except FileNotFoundError as no_data:
         meta = main_dir / f"{array_id}{VARRAY_EXT}"
-        if not os.path.exists(meta):
-            raise
-        require(meta)
+        try:
+            require(meta)
+        except FileNotFoundError:
+            raise no_data from None
         return meta
     return data
 
