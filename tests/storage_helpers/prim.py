@@ -146,3 +146,12 @@ def leftovers_alive_in_child(directory: Path) -> dict[str, bool]:
     assert os.waitstatus_to_exitcode(status) == 0, "the sweeping child failed"
     result: dict[str, bool] = json.loads(answer)
     return result
+
+
+def registry_keys() -> frozenset[tuple[int, int]]:
+    """The files this process's lock registry holds now (compare with what it held before a test).
+
+    Other tests may leave holds of their own behind (a client not yet collected): a test looks
+    only at what it added.
+    """
+    return frozenset(lockprim._reg().entries)
