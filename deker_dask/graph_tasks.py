@@ -191,10 +191,10 @@ def read_chunk(
 
 
 def _as_block(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
-    block = np.ascontiguousarray(np.asarray(data), dtype=dtype)
+    block = np.asarray(data, dtype=dtype)  # (np.ascontiguousarray would make a 0-d block 1-d)
     if block.shape != shape:
         raise ValueError(f"A block of shape {block.shape} was produced for a region of shape {shape}")
-    return block
+    return block if block.flags.c_contiguous else np.ascontiguousarray(block)
 
 
 def _all_fill(block: np.ndarray, fill_value: Any) -> bool:
@@ -366,7 +366,7 @@ def store_tiles(
         shape = selection_shape(plan.local)
         if len(plan.pieces) == 1:
             i, take, _ = plan.pieces[0]
-            block = np.ascontiguousarray(arrays[i][take], dtype=dtype)
+            block = np.asarray(arrays[i][take], dtype=dtype)  # (store_tile makes it contiguous)
         else:
             block = np.empty(shape, dtype=dtype)
             for i, take, put in plan.pieces:

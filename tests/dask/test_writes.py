@@ -150,6 +150,19 @@ def test_store_into_arrays(storage: Client, cluster: Any) -> None:
     assert not lock_files(storage.root_path)
 
 
+def test_a_0_d_source_stores_into_a_single_cell(storage: Client, cluster: Any) -> None:
+    """A region of integer indices only is 0-d: its block once came out 1-d and was refused."""
+    dims = [DimensionSchema(name="a", size=4), DimensionSchema(name="b", size=6)]
+    arr = storage.create_collection("a", ArraySchema(dtype=np.float64, dimensions=dims)).create()
+    v = varray(storage, (4, 6), (2, 2), dtype=np.float64)
+    for target, value in ((arr[1, 2], 5.0), (v[1, 2], 6.0), (v[3, 5], 7.0)):
+        deker_dask.store(da.from_array(np.float64(value)), target, scheduler=cluster)
+        assert target.read() == value
+    assert np.count_nonzero(~np.isnan(arr[:].read())) == 1
+    assert np.count_nonzero(~np.isnan(v[:].read())) == 2
+    assert not lock_files(storage.root_path)
+
+
 def test_store_validation(storage: Client) -> None:
     v = varray(storage, (4, 4), (2, 2), dtype=np.int16)
     with pytest.raises(DekerValidationError, match="shape"):
