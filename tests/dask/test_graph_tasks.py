@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -64,7 +65,7 @@ def test_every_task_refuses_to_run_for_a_closed_client(storage: Client) -> None:
     index, spec = v.tiles, arr.spec
     storage.close()
     block = np.zeros((4, 5))
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: fill_chunk((2,), "<f8", 0.0, session),
         lambda: read_region(spec, (slice(0, 1), slice(0, 1)), session),
         lambda: read_chunk((2,), "<f8", 0.0, [], session),
@@ -191,7 +192,7 @@ def test_tasks_run_from_their_pickled_form_in_a_fresh_process(storage: Client) -
     index = v.tiles.on_worker()
     session = resolve(v).session()
     block = np.arange(20.0).reshape(4, 5)
-    jobs = [
+    jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
         (store_tile, (index, {}, (0, 1), WHOLE_TILE, block, session)),
         (fill_chunk, ((2,), "<f4", 1.5, session)),
     ]

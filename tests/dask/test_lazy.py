@@ -14,7 +14,6 @@ from typing import Any
 import dask
 import numpy as np
 import pytest
-import xarray as xr
 from dask_helpers import task_args, task_functions, varray
 from distributed import get_task_stream
 from hypothesis import given, settings
@@ -30,7 +29,7 @@ from deker import (
     TimeDimensionSchema,
     VArraySchema,
 )
-from deker.errors import DekerClientError, DekerInstanceNotExistsError, DekerSubsetError, DekerValidationError
+from deker.errors import DekerClientError, DekerInstanceNotExistsError, DekerValidationError
 from deker_dask import graph_tasks
 from deker_dask.graph_tasks import fill_chunk, read_chunk, read_region
 from deker_dask.lazy import TileReader
@@ -154,42 +153,6 @@ def test_array_chunks(storage: Client, cluster: Any) -> None:
     arr.delete()
     with pytest.raises(DekerInstanceNotExistsError):
         deker_dask.to_dask(arr)
-
-
-def labelled_varray(storage: Client) -> Any:
-    schema = VArraySchema(
-        dtype=np.float32,
-        dimensions=[
-            TimeDimensionSchema(name="time", size=6, start_value="$start", step=timedelta(hours=1)),
-            DimensionSchema(name="lat", size=4, scale={"start_value": 10.0, "step": -0.5}),
-            DimensionSchema(name="var", size=3, labels=["t", "p", "q"]),
-        ],
-        attributes=[
-            AttributeSchema(name="start", dtype=datetime, primary=True),
-            AttributeSchema(name="note", dtype=str, primary=False),
-        ],
-        vgrid=(2, 2, 1),
-    )
-    coll = storage.create_collection("lab", schema)
-    v = coll.create({"start": datetime(2024, 5, 1, tzinfo=timezone.utc)}, {"note": "x"})
-    v[:].update(np.arange(72, dtype=np.float32).reshape(6, 4, 3))
-    return v
-
-
-def test_to_xarray_matches_read_xarray(storage: Client, cluster: Any) -> None:
-    v = labelled_varray(storage)
-    for key in [np.s_[:], np.s_[1:5, 1:4, "p"], np.s_[2, :, :], np.s_["2024-05-01T03:00:00", 10.0, :]]:
-        sub = v[key]
-        lazy = deker_dask.to_xarray(sub)
-        assert lazy.chunks is not None  # dask-backed
-        xr.testing.assert_identical(lazy.compute(scheduler=cluster), sub.read_xarray(cf=True))
-        old_form = deker_dask.to_xarray(sub, cf=False)  # deker 1.1.7's dict attributes
-        xr.testing.assert_identical(old_form.compute(scheduler=cluster), sub.read_xarray())
-    whole = deker_dask.to_xarray(v)
-    xr.testing.assert_identical(whole.compute(scheduler=cluster), v[:].read_xarray(cf=True))
-    assert whole["time"].encoding == v[:].read_xarray(cf=True)["time"].encoding != {}
-    with pytest.raises(DekerSubsetError):
-        deker_dask.to_xarray(v[0, 0, 0])
 
 
 def test_from_collection_of_arrays(storage: Client, cluster: Any) -> None:
