@@ -101,3 +101,26 @@ def test_test_modules_have_unique_names() -> None:
     for path in sorted((ROOT / "tests").rglob("test_*.py")):
         names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
     assert not {n: p for n, p in names.items() if len(p) > 1}
+
+
+def _test_module_names(module: Path) -> list[str]:
+    """The test modules that may hold the tests of ``module``: its own, or its package's."""
+    parts = module.relative_to(ROOT).with_suffix("").parts
+    if parts[0] == "deker_dask":
+        return [f"dask/test_{parts[-1]}.py"]
+    inner = parts[1:]
+    return [f"test_{'_'.join(inner[:n])}.py" for n in range(len(inner), 0, -1)]
+
+
+def test_every_source_module_has_a_test_module() -> None:
+    # deker/storage/locks.py -> tests/test_storage_locks.py (or a test module of its package,
+    # as tests/test_types.py for the 1.1.7 import paths under deker/types/);
+    # deker_dask/lazy.py -> tests/dask/test_lazy.py
+    missing = []
+    for package in ("deker", "deker_dask"):
+        for module in sorted((ROOT / package).rglob("*.py")):
+            if module.name in {"__init__.py", "__main__.py"}:
+                continue
+            if not any((ROOT / "tests" / name).is_file() for name in _test_module_names(module)):
+                missing.append(f"{module.relative_to(ROOT)} (tests/{_test_module_names(module)[0]})")
+    assert not missing, f"source modules without a test module: {missing}"
