@@ -61,6 +61,24 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"deker lock primitive: {os.environ.get('DEKER_LOCK_PRIMITIVE', 'flock')}"
 
 
+@pytest.fixture(params=["flock", "posix"])
+def prim(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test under each kernel lock primitive (``DEKER_LOCK_PRIMITIVE``); the one in use."""
+    from deker.storage import kernellock
+
+    assert request.param in (kernellock.FLOCK, kernellock.POSIX)
+    monkeypatch.setenv(kernellock.PRIMITIVE_ENV, request.param)
+    return str(request.param)
+
+
+@pytest.fixture
+def held_before() -> frozenset[tuple[int, int]]:
+    """What this process's lock registry held before the test (see ``storage_helpers.prim.registry_keys``)."""
+    from storage_helpers.prim import registry_keys
+
+    return registry_keys()
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     """The folder of deker 1.1.7 fixtures (``tests/fixtures/deker117``, see its ``regenerate.py``)."""

@@ -18,13 +18,6 @@ from deker.errors import DekerValidationError
 from deker.storage import kernellock
 
 
-@pytest.fixture(params=[kernellock.FLOCK, kernellock.POSIX])
-def prim(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test under each kernel primitive."""
-    monkeypatch.setenv(kernellock.PRIMITIVE_ENV, request.param)
-    return str(request.param)
-
-
 def test_primitive_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(kernellock.PRIMITIVE_ENV, raising=False)
     assert kernellock.primitive() == "flock"

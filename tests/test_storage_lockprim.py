@@ -30,13 +30,6 @@ FAST = locks.LockSettings(timeout=0.3, interval=0.02)
 AID = "f61df9c1-c07a-48c3-bd57-8a470c80939a"
 
 
-@pytest.fixture(params=[lockprim.FLOCK, lockprim.POSIX])
-def prim(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test under each kernel primitive."""
-    monkeypatch.setenv(lockprim.PRIMITIVE_ENV, request.param)
-    return str(request.param)
-
-
 @pytest.fixture
 def fresh_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Forget which filesystems were checked (the check runs once per filesystem and process)."""

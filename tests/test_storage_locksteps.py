@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from storage_helpers.prim import foreign_lock, registry_keys, seen_locked
+from storage_helpers.prim import HookWaiter, foreign_lock, registry_keys, seen_locked
 
 from deker.errors import DekerLockError, DekerStorageError
 from deker.storage import lockprim, locksteps
@@ -30,17 +30,7 @@ TOKEN = "0123456789abcdef0123456789abcdef-t"
 SHORT = LockSettings(timeout=0.2, interval=0.01)
 
 
-@pytest.fixture(autouse=True, params=[lockprim.FLOCK, lockprim.POSIX])
-def prim(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run each test under each kernel primitive."""
-    monkeypatch.setenv(lockprim.PRIMITIVE_ENV, request.param)
-    return str(request.param)
-
-
-@pytest.fixture
-def held_before() -> frozenset[tuple[int, int]]:
-    """What the lock registry held before the test (see :func:`storage_helpers.prim.registry_keys`)."""
-    return registry_keys()
+pytestmark = pytest.mark.usefixtures("prim")
 
 
 @pytest.fixture
@@ -315,20 +305,6 @@ def test_wait_for_markers_gives_up_naming_the_owners(main_dir: Path) -> None:
     assert "gave up after 0.2 s" in message
 
 
-class _ReleasingWaiter(Waiter):
-    """A waiter whose first sleep is when the marker's owner lets go (a hook, not a race)."""
-
-    def __init__(self, settings: LockSettings, owner: contextlib.ExitStack) -> None:
-        super().__init__(settings)
-        self.owner = owner
-        self.sleeps = 0
-
-    def sleep(self) -> bool:
-        self.sleeps += 1
-        self.owner.close()
-        return super().sleep()
-
-
 def test_wait_for_markers_returns_once_the_last_owner_let_go(main_dir: Path) -> None:
     live = varray_marker(main_dir)
     live.write_bytes(b"")
@@ -337,7 +313,7 @@ def test_wait_for_markers_returns_once_the_last_owner_let_go(main_dir: Path) -> 
     try:
         with contextlib.ExitStack() as owner:
             owner.enter_context(foreign_lock(live))
-            waiter = _ReleasingWaiter(LockSettings(timeout=30, interval=0.01), owner)
+            waiter = HookWaiter(LockSettings(timeout=30, interval=0.01), owner)
             locksteps.wait_for_markers(main_dir, AID, waiter, "Array x write lock", own)
         assert waiter.sleeps == 1
         assert own.exists() and not live.exists()

@@ -16,40 +16,13 @@ import types
 from pathlib import Path
 
 import pytest
-from storage_helpers.prim import foreign_lock, registry_keys, seen_locked
+from storage_helpers.prim import HookWaiter, foreign_lock, registry_keys, seen_locked
 
 from deker.errors import DekerLockError, DekerReadOnlyError, DekerValidationError
 from deker.storage import kernellock, lockprim, lockwait
 from deker.storage.lockwait import LockSettings, Waiter
 
 SHORT = LockSettings(timeout=0.2, interval=0.01)
-
-
-@pytest.fixture(params=[lockprim.FLOCK, lockprim.POSIX])
-def prim(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test under each kernel primitive."""
-    monkeypatch.setenv(lockprim.PRIMITIVE_ENV, request.param)
-    return str(request.param)
-
-
-@pytest.fixture
-def held_before() -> frozenset[tuple[int, int]]:
-    """What the lock registry held before the test (see :func:`storage_helpers.prim.registry_keys`)."""
-    return registry_keys()
-
-
-class HookWaiter(Waiter):
-    """A waiter that runs ``hook`` at its first sleep (where a holder lets go, made certain)."""
-
-    def __init__(self, settings: LockSettings, hook: contextlib.ExitStack) -> None:
-        super().__init__(settings)
-        self.hook = hook
-        self.sleeps = 0
-
-    def sleep(self) -> bool:
-        self.sleeps += 1
-        self.hook.close()
-        return super().sleep()
 
 
 # --------------------------------------------------------------------------- settings and tokens

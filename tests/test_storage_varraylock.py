@@ -28,17 +28,7 @@ FAST = LockSettings(timeout=2, interval=0.01)
 IDS = ["f61df9c1-c07a-48c3-bd57-8a470c80939a", "0a1b2c3d-0000-4000-8000-000000000001"]
 
 
-@pytest.fixture(autouse=True, params=[lockprim.FLOCK, lockprim.POSIX])
-def prim(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run each test under each kernel primitive."""
-    monkeypatch.setenv(lockprim.PRIMITIVE_ENV, request.param)
-    return str(request.param)
-
-
-@pytest.fixture
-def held_before() -> frozenset[tuple[int, int]]:
-    """What the lock registry held before the test (see :func:`storage_helpers.prim.registry_keys`)."""
-    return registry_keys()
+pytestmark = pytest.mark.usefixtures("prim")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ POSIX locks even of the same process, and which ``F_GETLK`` reports).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from deker.storage import lockprim
+from deker.storage.lockwait import LockSettings, Waiter
 
 _FLOCK_STRUCT = "hhqqi"
 
@@ -155,3 +157,22 @@ def registry_keys() -> frozenset[tuple[int, int]]:
     only at what it added.
     """
     return frozenset(lockprim._reg().entries)
+
+
+class HookWaiter(Waiter):
+    """A waiter whose first sleep runs ``hook`` (a holder lets go there: certain, not a race).
+
+    ``hook`` is closed at every sleep (an :class:`contextlib.ExitStack` runs its callbacks once);
+    ``sleeps`` counts them.
+    """
+
+    def __init__(self, settings: LockSettings, hook: contextlib.ExitStack) -> None:
+        super().__init__(settings)
+        self.hook = hook
+        self.sleeps = 0
+
+    def sleep(self) -> bool:
+        """Run the hook, then sleep as a :class:`Waiter` does."""
+        self.sleeps += 1
+        self.hook.close()
+        return super().sleep()
