@@ -6,13 +6,14 @@ locks as another host would (:func:`storage_helpers.prim.seen_locked`).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
 from pathlib import Path
 
 import pytest
-from storage_helpers.prim import seen_locked
+from storage_helpers.prim import foreign_lock, seen_locked
 
 from deker.errors import DekerValidationError
 from deker.storage import kernellock
@@ -44,6 +45,35 @@ def test_posix_primitive_has_nfs_semantics(tmp_path: Path, prim: str) -> None:
     assert seen_locked(path) is (prim == "flock")  # posix: every lock of the process is gone
     os.close(first)
     assert not seen_locked(path)
+
+
+def test_lock_new_waits_out_a_momentary_probe_and_gives_up_on_a_lasting_one(
+    tmp_path: Path, prim: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "new"
+    path.touch()
+    fd = os.open(path, os.O_RDWR)
+    try:
+        monkeypatch.setattr(kernellock, "NEW_FILE_BUSY_SECONDS", 0.05)
+        with foreign_lock(path):  # a sweeper's probe that does not end
+            assert kernellock.lock_new(fd, prim) is False
+        prober = contextlib.ExitStack()
+        prober.enter_context(foreign_lock(path))
+        real = kernellock.try_lock
+        tries: list[bool] = []
+
+        def probe_ends_after_the_first_try(fd: int, exclusive: bool, primitive: str) -> bool:
+            tries.append(real(fd, exclusive, primitive))
+            prober.close()
+            return tries[-1]
+
+        monkeypatch.setattr(kernellock, "try_lock", probe_ends_after_the_first_try)
+        monkeypatch.setattr(kernellock, "NEW_FILE_BUSY_SECONDS", 30.0)
+        assert kernellock.lock_new(fd, prim) is True
+        assert tries == [False, True]
+        assert seen_locked(path)
+    finally:
+        os.close(fd)
 
 
 MOUNTS = """\

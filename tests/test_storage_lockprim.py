@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from storage_helpers.prim import seen_locked
+from storage_helpers.prim import registry_keys, seen_locked
 
 from deker import ArraySchema, Client, DimensionSchema
 from deker.errors import DekerLockError, DekerStorageError
@@ -237,6 +237,30 @@ def test_an_attached_hold_goes_with_its_owner(tmp_path: Path, prim: str) -> None
     late = lockprim.hold_new(new)
     lockprim.attach(owner, late)  # the owner is gone: released at once
     assert not seen_locked(new)
+
+
+@pytest.mark.parametrize("failure", ["busy", "error"])
+def test_a_new_file_that_cannot_be_locked_is_removed_and_not_held(
+    tmp_path: Path,
+    prim: str,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: str,
+    held_before: frozenset[tuple[int, int]],
+) -> None:
+    new = tmp_path / ".marker.tmp"
+
+    def refused(fd: int, primitive: str) -> bool:
+        if failure == "error":
+            raise OSError(errno.EIO, "Input/output error")
+        return False  # a probe held it for all of NEW_FILE_BUSY_SECONDS
+
+    monkeypatch.setattr(kernellock, "lock_new", refused)
+    expected = DekerStorageError if failure == "busy" else OSError
+    with pytest.raises(expected, match="stays busy" if failure == "busy" else "Input/output"):
+        lockprim.hold_new(new)
+    assert not new.exists()
+    assert registry_keys() <= held_before
+    assert open_fds(tmp_path) == 0
 
 
 def test_a_readonly_hold_opens_read_only_and_creates_nothing(tmp_path: Path, prim: str) -> None:

@@ -266,7 +266,7 @@ def hold_new(path: Path) -> Hold:
     FileExistsError
         If the file exists.
     DekerStorageError
-        If a momentary probe kept the new file busy for a second.
+        If a momentary probe kept the new file busy for a second (the file is removed again).
 
     """
     reg = _reg()
@@ -277,9 +277,14 @@ def hold_new(path: Path) -> Hold:
         if entry is not None:  # pragma: no cover - only an inode reused under a stale entry
             raise DekerStorageError(f"Lock registry already holds the new file {path}")
         prim = primitive()
-        if not kernellock.lock_new(fd, prim):  # pragma: no cover - a probe holds it for microseconds
+        try:
+            if not kernellock.lock_new(fd, prim):
+                raise DekerStorageError(f"Cannot lock the new lock file {path}: it stays busy")
+        except BaseException:  # the process holds no lock on this new file: closing drops none
             os.close(fd)
-            raise DekerStorageError(f"Cannot lock the new lock file {path}: it stays busy")
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
         entry = reg.entries[key] = _Entry(fd, prim, True, 1, next(_serials))
         return Hold(key, fd, True, entry.serial)
 
