@@ -191,10 +191,12 @@ def read_chunk(
 
 
 def _as_block(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
-    block = np.asarray(data, dtype=dtype)  # (np.ascontiguousarray would make a 0-d block 1-d)
+    # numpy's own conversion first, then numpy's cast (as ndarray.astype: a list converts as
+    # an array would); np.ascontiguousarray would make a 0-d block 1-d
+    block = np.asarray(np.asarray(data), dtype=dtype, order="C")
     if block.shape != shape:
         raise ValueError(f"A block of shape {block.shape} was produced for a region of shape {shape}")
-    return block if block.flags.c_contiguous else np.ascontiguousarray(block)
+    return block
 
 
 def _all_fill(block: np.ndarray, fill_value: Any) -> bool:

@@ -182,6 +182,17 @@ def test_store_tiles_assembles_each_tile_from_the_chunks_it_overlaps(storage: Cl
     assert finish([20, 20, 0]) == 40 and isinstance(finish([np.int64(2)]), int)
 
 
+def test_tasks_store_a_0_d_block_into_a_single_cell(storage: Client) -> None:
+    v = varray(storage, (8, 10), (2, 2))
+    arr = make_array(storage)
+    assert store_tile(v.tiles, {}, (0, 1), (3, 2), np.float64(4.5)) == 1
+    plan = TilePlan((1, 0), (0, 4), ((0, (), ()),))
+    assert store_tiles(v.tiles, {}, [plan], [np.asarray(5.5)]) == 1
+    assert store_array_block(arr.spec, (2, 3), 6.5) == 1
+    assert v[3, 7].read() == 4.5 and v[4, 4].read() == 5.5 and arr[2, 3].read() == 6.5
+    assert np.count_nonzero(~np.isnan(v[:].read())) == 2
+
+
 def _run_pickled(payload: bytes) -> Any:
     func, args = pickle.loads(payload)
     return func(*args)
