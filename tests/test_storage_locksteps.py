@@ -14,7 +14,9 @@ import errno
 import os
 import re
 import time
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 from storage_helpers.prim import HookWaiter, foreign_lock, registry_keys, seen_locked
@@ -45,6 +47,39 @@ def main_dir(paths: CollectionPaths) -> Path:
     data.parent.mkdir(parents=True)
     data.write_bytes(b"data")
     return data.parent
+
+
+class OsFor:
+    """The ``os`` module as :mod:`deker.storage.locksteps` sees it, with some functions replaced.
+
+    Only that module's name ``os`` is replaced: other modules (and threads) keep the real one.
+    """
+
+    def __init__(self, **replaced: Any) -> None:
+        self.__dict__.update(replaced)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+
+def stats_seen(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the names of the paths :mod:`deker.storage.locksteps` looks at from now on.
+
+    ``os.stat`` and the ``os.path`` checks that stat (``exists``, ``isfile``, ``isdir``).
+    """
+    seen: list[str] = []
+
+    def looking(real: Any) -> Any:
+        def look(path: Any, *args: Any, **kwargs: Any) -> Any:
+            seen.append(Path(path).name)
+            return real(path, *args, **kwargs)
+
+        return look
+
+    checks = {name: looking(getattr(os.path, name)) for name in ("exists", "isfile", "isdir")}
+    path_module = types.SimpleNamespace(**{**vars(os.path), **checks})
+    monkeypatch.setattr(locksteps, "os", OsFor(stat=looking(os.stat), path=path_module))
+    return seen
 
 
 def varray_marker(main_dir: Path, token: str = TOKEN) -> Path:
@@ -93,15 +128,23 @@ def test_require_reports_a_path_it_cannot_look_at_as_a_storage_error(tmp_path: P
         locksteps.require(blocker / "a.hdf5")  # ENOTDIR: a file where a directory should be
 
 
-def test_object_file_prefers_the_data_file(tmp_path: Path) -> None:
+def test_object_file_prefers_the_data_file_with_one_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / f"{AID}.hdf5").write_bytes(b"")
     (tmp_path / f"{AID}.json").write_bytes(b"{}")
+    seen = stats_seen(monkeypatch)
     assert locksteps.object_file(tmp_path, AID, None) == tmp_path / f"{AID}.hdf5"
+    assert seen == [f"{AID}.hdf5"]
 
 
-def test_object_file_falls_back_to_the_varray_metadata_file(tmp_path: Path) -> None:
+def test_object_file_falls_back_to_the_varray_metadata_file_looking_at_each_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / f"{AID}.json").write_bytes(b"{}")
+    seen = stats_seen(monkeypatch)
     assert locksteps.object_file(tmp_path, AID, None) == tmp_path / f"{AID}.json"
+    assert seen == [f"{AID}.hdf5", f"{AID}.json"]
 
 
 def test_object_file_without_either_file_names_the_data_file(tmp_path: Path) -> None:
@@ -175,10 +218,20 @@ def test_cleanup_asks_the_file_it_is_given_whether_the_object_is_gone(main_dir: 
 # --------------------------------------------------------------------------- markers
 
 
-def test_a_created_marker_is_locked_from_the_start_and_leaves_no_temporary_file(main_dir: Path) -> None:
+def test_a_created_marker_is_locked_from_the_start_and_leaves_no_temporary_file(
+    main_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    locked_when_published: list[bool] = []
+
+    def rename(src: Any, dst: Any) -> None:
+        locked_when_published.append(seen_locked(Path(src)))  # locked before anyone can see it
+        os.rename(src, dst)
+
+    monkeypatch.setattr(locksteps, "os", OsFor(rename=rename))
     marker = varray_marker(main_dir)
     held = locksteps.create_marker(marker)
     try:
+        assert locked_when_published == [True]
         assert seen_locked(marker)
         assert sorted(p.name for p in main_dir.iterdir()) == sorted([marker.name, f"{AID}.hdf5"])
     finally:
@@ -190,16 +243,15 @@ def test_a_created_marker_is_locked_from_the_start_and_leaves_no_temporary_file(
 def test_marker_creation_retries_when_a_cleaner_removes_its_temporary_file(
     main_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_rename = os.rename
     calls: list[str] = []
 
     def cleaner_first(src: str | Path, dst: str | Path) -> None:
         calls.append(str(src))
         if len(calls) < 3:
             os.unlink(src)  # what a lock cleaner of another process does to a leftover
-        real_rename(src, dst)
+        os.rename(src, dst)
 
-    monkeypatch.setattr(os, "rename", cleaner_first)
+    monkeypatch.setattr(locksteps, "os", OsFor(rename=cleaner_first))
     marker = varray_marker(main_dir)
     held = locksteps.create_marker(marker)
     assert len(calls) == 3 and len(set(calls)) == 3  # a fresh temporary name each time
@@ -215,7 +267,7 @@ def test_marker_creation_gives_up_when_its_temporary_file_keeps_vanishing(
         os.unlink(src)
         raise FileNotFoundError(errno.ENOENT, "gone", str(src))
 
-    monkeypatch.setattr(os, "rename", always_cleaned)
+    monkeypatch.setattr(locksteps, "os", OsFor(rename=always_cleaned))
     marker = varray_marker(main_dir)
     with pytest.raises(DekerLockError, match="keeps vanishing"):
         locksteps.create_marker(marker)
@@ -229,7 +281,7 @@ def test_marker_creation_that_fails_otherwise_removes_its_temporary_file(
     def disk_full(src: str | Path, dst: str | Path) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(dst))
 
-    monkeypatch.setattr(os, "rename", disk_full)
+    monkeypatch.setattr(locksteps, "os", OsFor(rename=disk_full))
     with pytest.raises(OSError, match="No space left"):
         locksteps.create_marker(varray_marker(main_dir))
     assert sorted(p.name for p in main_dir.iterdir()) == [f"{AID}.hdf5"]
@@ -338,7 +390,18 @@ def test_pass_fence_with_create_in_a_missing_directory_raises(tmp_path: Path) ->
         locksteps.pass_fence(tmp_path / "gone", AID, Waiter(SHORT), "x", create=True)
 
 
-def test_pass_fence_waits_for_a_tile_task_and_names_it(main_dir: Path) -> None:
+def test_pass_fence_waits_for_a_tile_task_to_end(main_dir: Path) -> None:
+    fence = locksteps.fence_path(main_dir, AID)
+    fence.write_bytes(b"")
+    with contextlib.ExitStack() as task:
+        task.enter_context(foreign_lock(fence))
+        waiter = HookWaiter(LockSettings(timeout=30, interval=0.01), task)  # the task ends there
+        locksteps.pass_fence(main_dir, AID, waiter, "Array x write lock")
+    assert waiter.sleeps == 1
+    assert not seen_locked(fence) and not lockprim.holds(fence)  # passed: not kept
+
+
+def test_pass_fence_gives_up_on_a_tile_task_naming_it(main_dir: Path) -> None:
     fence = locksteps.fence_path(main_dir, AID)
     fence.write_bytes(b"")
     with foreign_lock(fence), pytest.raises(DekerLockError, match=re.escape(locksteps.FENCE_HOLDER)):
@@ -370,7 +433,7 @@ def test_pass_fence_passes_a_fence_it_may_not_open(main_dir: Path, monkeypatch: 
     locksteps.pass_fence(main_dir, AID, Waiter(reader), "x", shared=True)
 
 
-def test_lock_data_file_holds_it_and_waits_for_a_deker_1_1_7_process(main_dir: Path) -> None:
+def test_lock_data_file_holds_it_and_gives_up_on_a_deker_1_1_7_process(main_dir: Path) -> None:
     data = locksteps.data_file(main_dir, AID)
     held = locksteps.lock_data_file(data, Waiter(SHORT), "x")
     try:
