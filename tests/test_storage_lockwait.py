@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from storage_helpers.prim import HookWaiter, foreign_lock, registry_keys, seen_locked
 
-from deker.errors import DekerLockError, DekerReadOnlyError, DekerValidationError
+from deker.errors import DekerLockError, DekerReadOnlyError, DekerStorageError, DekerValidationError
 from deker.storage import kernellock, lockprim, lockwait
 from deker.storage.lockwait import LockSettings, Waiter
 
@@ -77,7 +77,8 @@ def test_check_token_refuses_a_token_new_token_could_not_make(token: str) -> Non
 def fake_clock(monkeypatch: pytest.MonkeyPatch, start: float) -> list[float]:
     """Give :mod:`deker.storage.lockwait` a clock of its own whose sleeps only move it on.
 
-    Only the module's name ``time`` is replaced: other threads of the process keep the real one.
+    Only the module's name ``time`` is replaced: other modules keep the real clock (a thread
+    of another test that waits through :mod:`deker.storage.lockwait` meanwhile would not).
     Returns the list the sleeps are recorded in.
     """
     now = [start]
@@ -195,6 +196,7 @@ def test_acquire_file_follows_a_lock_file_its_holder_unlinked(
     path = tmp_path / "x.lock"
     path.write_bytes(b"")
     old = path.stat()
+    lockprim.check_filesystem(tmp_path)  # done before the hook: its probe locks files of its own
     real_try_lock = kernellock.try_lock
     holder = contextlib.ExitStack()
     holder.enter_context(foreign_lock(path))
@@ -221,13 +223,19 @@ def test_acquire_file_follows_a_lock_file_its_holder_unlinked(
 
 
 def test_acquire_file_refuses_a_filesystem_whose_locks_do_not_work_before_an_exclusive_lock(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held_before: frozenset[tuple[int, int]]
 ) -> None:
     checked: list[Path] = []
-    monkeypatch.setattr(lockprim, "check_filesystem", checked.append)
-    held = lockwait.acquire_file(tmp_path / "x.lock", True, Waiter(SHORT), "x")
-    lockprim.release(held)
-    assert checked == [tmp_path]
+
+    def locks_do_not_work(directory: Path) -> None:
+        checked.append(directory)
+        raise DekerStorageError(f"Locks do not work on {directory}")
+
+    monkeypatch.setattr(lockprim, "check_filesystem", locks_do_not_work)
+    with pytest.raises(DekerStorageError, match="Locks do not work"):
+        lockwait.acquire_file(tmp_path / "x.lock", True, Waiter(SHORT), "x")
+    assert checked == [tmp_path] and not (tmp_path / "x.lock").exists()  # refused before any file
+    assert registry_keys() <= held_before
     held = lockwait.acquire_file(tmp_path / "x.lock", False, Waiter(SHORT), "x")
     lockprim.release(held)
     assert checked == [tmp_path]  # a shared lock is a reader's: it writes nothing
