@@ -62,7 +62,7 @@ def _source(source: Any, target: Target) -> da.Array:
     if src.dtype != dtype:
         if not np.can_cast(src.dtype, dtype, casting="safe"):
             raise DekerArrayTypeError(
-                f"Cannot store {src.dtype} data into a {dtype} array without changing values: "
+                f"Cannot store {src.dtype} data into an array of dtype {dtype} without changing values: "
                 f"convert it first (source.astype({dtype.name!r}))"
             )
         src = src.astype(dtype)  # type: ignore[no-untyped-call]

@@ -167,7 +167,8 @@ def test_store_validation(storage: Client) -> None:
     v = varray(storage, (4, 4), (2, 2), dtype=np.int16)
     with pytest.raises(DekerValidationError, match="shape"):
         deker_dask.store(da.zeros((4, 3), dtype=np.int16), v)
-    with pytest.raises(DekerArrayTypeError):
+    wrong_dtype = r"Cannot store float64 data into an array of dtype int16 .*source\.astype\('int16'\)"
+    with pytest.raises(DekerArrayTypeError, match=wrong_dtype):
         deker_dask.store(da.zeros((4, 4), dtype=np.float64), v)
     unknown = da.zeros((4, 4), dtype=np.int16, chunks=2)
     unknown = unknown[unknown[:, 0] == 0]
