@@ -17,6 +17,7 @@ import json
 import os
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -176,3 +177,79 @@ class HookWaiter(Waiter):
         self.sleeps += 1
         self.hook.close()
         return super().sleep()
+
+
+class BusyLog:
+    """Every question of this process "is it free?" that got "busy", with the moment it was asked.
+
+    It watches the real :func:`deker.storage.lockprim.hold` (None: a conflicting lock is held),
+    :func:`deker.storage.lockprim.probe` (True: someone holds the file: a writer of deker
+    1.1.7, a marker's live owner, a tile task) and
+    :func:`deker.storage.locksteps.live_foreign_markers` (live markers of other owners); they
+    still run.  ``busy`` is set at the first busy answer: someone in this process waits.
+    ``sleeps`` counts the waits of :meth:`~deker.storage.lockwait.Waiter.sleep` (0: nothing
+    waited).  A test that lets a holder go at moment ``t`` asserts ``busy_after(t) == []``: every
+    question asked after it was answered "free" (how soon the next question comes is the
+    :class:`~deker.storage.lockwait.Waiter`'s backoff, tested on its own).  That holds however
+    loaded the machine is, unlike a bound on the time taken.
+    """
+
+    def __init__(self) -> None:
+        self.busy = threading.Event()
+        self.answers: list[tuple[float, str, bool]] = []
+        self.sleeps = 0  # the waits of Waiter.sleep (0: nothing waited at all)
+        self._guard = threading.Lock()
+
+    def record(self, asked: float, what: str, busy: bool) -> None:
+        """Keep one answer (``asked``: :func:`time.monotonic` before the question)."""
+        with self._guard:
+            self.answers.append((asked, what, busy))
+        if busy:
+            self.busy.set()
+
+    def busy_after(self, moment: float) -> list[str]:
+        """The questions asked after ``moment`` that were answered "busy"."""
+        with self._guard:
+            return [what for asked, what, busy in self.answers if busy and asked > moment]
+
+
+def busy_log(monkeypatch: Any) -> BusyLog:
+    """Start a :class:`BusyLog` (undone with ``monkeypatch``)."""
+    from deker.storage import locksteps
+
+    log = BusyLog()
+    real_hold, real_probe, real_markers = lockprim.hold, lockprim.probe, locksteps.live_foreign_markers
+
+    def hold(
+        target: Path, exclusive: bool, *, create: bool = False, readonly: bool = False
+    ) -> lockprim.Hold | None:
+        asked = time.monotonic()
+        held = real_hold(target, exclusive, create=create, readonly=readonly)
+        log.record(asked, f"lock {Path(target).name}", held is None)
+        return held
+
+    def probe(path: Path | str, exclusive: bool = False) -> bool | None:
+        asked = time.monotonic()
+        held = real_probe(path, exclusive)
+        log.record(asked, f"probe {Path(path).name}", bool(held))
+        return held
+
+    def live_foreign_markers(*args: Any, **kwargs: Any) -> Any:
+        asked = time.monotonic()
+        live = real_markers(*args, **kwargs)
+        log.record(asked, f"markers {[m.path.name for m in live]}", bool(live))
+        return live
+
+    def sleep(waiter: Waiter) -> bool:
+        slept = real_sleep(waiter)
+        if slept:
+            with log._guard:
+                log.sleeps += 1
+        return slept
+
+    real_sleep = Waiter.sleep
+    monkeypatch.setattr(lockprim, "hold", hold)
+    monkeypatch.setattr(lockprim, "probe", probe)
+    monkeypatch.setattr(locksteps, "live_foreign_markers", live_foreign_markers)
+    monkeypatch.setattr(Waiter, "sleep", sleep)
+    return log
