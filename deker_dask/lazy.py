@@ -90,9 +90,15 @@ def _meta(ndim: int, dtype: np.dtype[Any]) -> np.ndarray:
 
 
 def _per_dim(value: int | Sequence[int], ndim: int, what: str) -> tuple[int, ...]:
-    values = (value,) * ndim if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(values) != ndim or not all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in values
+    values: tuple[Any, ...] | None
+    try:
+        values = (value,) * ndim if isinstance(value, (int, np.integer)) else tuple(value)
+    except TypeError:  # neither an int nor a sequence (a float, say)
+        values = None
+    if (
+        values is None
+        or len(values) != ndim
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in values)
     ):
         raise DekerValidationError(
             f"{what} must be a positive int or one positive int per dimension, not {value!r}"

@@ -148,6 +148,13 @@ def test_array_chunks(storage: Client, cluster: Any) -> None:
         deker_dask.to_dask(v, chunks=2)
     with pytest.raises(DekerValidationError):
         deker_dask.to_dask(v, tiles_per_chunk=(1, 0))
+    for wrong in (1.5, "2", object()):  # neither an int nor a sequence of ints (1.5 was a TypeError)
+        with pytest.raises(DekerValidationError, match="tiles_per_chunk must be a positive int"):
+            deker_dask.to_dask(v, tiles_per_chunk=wrong)  # type: ignore[arg-type]
+    coll = storage.get_collection("v")
+    assert coll is not None
+    with pytest.raises(DekerValidationError, match="arrays_per_chunk must be a positive int"):
+        deker_dask.from_collection(coll, arrays_per_chunk=1.5)  # type: ignore[arg-type]
     with pytest.raises(DekerValidationError):
         deker_dask.to_dask(np.zeros(3))
     arr.delete()
