@@ -47,6 +47,7 @@ from deker.errors import (
     DekerValidationError,
 )
 from deker.integrity_report import IntegrityProblem, IntegrityReport, report_file_name, report_path
+from deker.log import progress_enabled
 from deker.meta import CollectionMeta, decode_array_meta, decode_collection_meta, deserialize_attributes
 from deker.records import array_schema_of
 from deker.schemas import ArraySchema, VArraySchema
@@ -163,15 +164,6 @@ class _Record:
     primary: dict[str, Any]
     components: tuple[str, ...] | None  # None: the symlink place cannot be computed
     key: tuple[str, ...] | None = None  # the key without -0.0: equal keys, equal values
-
-
-def _progress_enabled(progress: bool | None) -> bool:
-    if progress is not None:
-        return bool(progress)
-    try:
-        return sys.stderr is not None and sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 class _Progress:
@@ -556,6 +548,7 @@ def check_integrity(
     """
     if isinstance(level, bool) or not isinstance(level, int) or level not in LEVELS:
         raise DekerValidationError(f"Integrity check level shall be 1, 2, 3 or 4; got {level!r}")
+    show_progress = progress_enabled(progress)
     ctx.check_open()
     path = report_path(to_file)
     if collection is not None:
@@ -565,7 +558,7 @@ def check_integrity(
         if not CollectionPaths(ctx.root, collection).path.is_dir():
             raise DekerCollectionNotExistsError(f"Collection {collection} does not exist")
     report = IntegrityReport(level=level)
-    checker = _Checker(ctx, level, _Recorder(report, bool(stop_on_error)), _progress_enabled(progress))
+    checker = _Checker(ctx, level, _Recorder(report, bool(stop_on_error)), show_progress)
     stopped = False
     try:
         metas = checker.collections(collection)

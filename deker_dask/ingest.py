@@ -49,6 +49,7 @@ from deker.collection import Collection
 from deker.dimensions import SCALE_REL_TOLERANCE, Dimension, TimeDimension, build_dimensions
 from deker.dtypes import ARRAY_DTYPES
 from deker.errors import DekerArrayTypeError, DekerValidationError
+from deker.log import progress_enabled
 from deker.schemas import (
     ArraySchema,
     AttributeSchema,
@@ -499,6 +500,7 @@ def store_xarray(
     DekerArrayTypeError
         If the data dtype does not cast safely to the collection's.
     """
+    progress_enabled(progress)  # a wrong value is refused before anything is created
     arr = _data_array(obj)
     if not isinstance(collection, Collection):
         raise DekerValidationError(f"Expected a deker Collection, got {type(collection).__name__}")

@@ -27,30 +27,11 @@ from dask.base import get_scheduler
 from dask.callbacks import Callback
 from dask.delayed import Delayed
 
+from deker.log import progress_enabled
+
 __all__ = ["compute_with_progress", "progress_enabled"]
 
 logger = logging.getLogger(__name__)
-
-
-def progress_enabled(progress: bool | None) -> bool:
-    """Return whether a bar is shown for ``progress`` (None: when stderr is a terminal).
-
-    Parameters
-    ----------
-    progress : bool or None
-        True (always), False (never) or None (when stderr is a terminal).
-
-    Returns
-    -------
-    bool
-        Whether to show a bar.
-    """
-    if progress is not None:
-        return bool(progress)
-    try:
-        return sys.stderr is not None and sys.stderr.isatty()
-    except (AttributeError, ValueError):  # a closed or replaced stream
-        return False
 
 
 def _size() -> dict[str, int]:

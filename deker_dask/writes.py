@@ -40,7 +40,7 @@ from deker.tiling import tile_pieces
 from deker_dask.geometry import grid, regions
 from deker_dask.graph_tasks import TilePlan, finish, store_array_block, store_tiles
 from deker_dask.handles import Target, resolve
-from deker_dask.progress import compute_with_progress
+from deker_dask.progress import compute_with_progress, progress_enabled
 
 __all__ = ["store"]
 
@@ -231,6 +231,7 @@ def store(
     DekerReadOnlyError
         If the client is read-only (nothing is built, nothing written).
     """
+    show = progress_enabled(progress)  # a wrong value is refused before anything is built
     tgt = resolve(target)
     tgt.check()
     ctx = tgt.obj.storage_context
@@ -253,5 +254,5 @@ def store(
     logger.debug("store into %r: %d write tasks", tgt.obj, len(keys))
     if not compute:
         return delayed
-    compute_with_progress(delayed, keys, progress=progress, desc="deker store", **compute_kwargs)
+    compute_with_progress(delayed, keys, progress=show, desc="deker store", **compute_kwargs)
     return None

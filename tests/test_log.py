@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import pytest
 
 from deker import Client
 from deker.errors import DekerValidationError
-from deker.log import set_logging_level
+from deker.log import progress_enabled, set_logging_level
 from deker.storage import journal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,3 +148,32 @@ print(json.dumps({
     assert found["with_level"] == []
     assert found["not_propagating"] == []
     assert found["deker_modules"] >= 10  # the modules did create their loggers
+
+
+def test_progress_is_shown_when_asked_or_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert progress_enabled(True) is True and progress_enabled(False) is False
+
+    class Terminal:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert progress_enabled(None) is True
+    monkeypatch.setattr(sys, "stderr", None)  # pythonw, a daemon: no stream at all
+    assert progress_enabled(None) is False
+
+
+@pytest.mark.parametrize("bad", ["x", 1, 0, "False", [True]])
+def test_a_progress_argument_that_is_not_a_bool_is_refused(bad: object) -> None:
+    with pytest.raises(
+        DekerValidationError, match=re.escape(f"progress must be True, False or None, not {bad!r}")
+    ):
+        progress_enabled(bad)  # type: ignore[arg-type]
+
+
+def test_check_integrity_refuses_a_wrong_progress_before_it_looks_at_anything(tmp_path: Path) -> None:
+    with Client(f"file://{tmp_path / 'storage'}") as client:
+        report = tmp_path / "report.txt"
+        with pytest.raises(DekerValidationError, match="progress must be"):
+            client.check_integrity(2, to_file=str(report), progress="yes")  # type: ignore[arg-type]
+        assert not report.exists()

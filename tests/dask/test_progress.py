@@ -21,6 +21,7 @@ import xarray as xr
 
 import deker_dask
 from deker import Client, DimensionSchema, VArraySchema
+from deker.errors import DekerValidationError
 from deker_dask.progress import progress_enabled
 
 SCRIPT = """
@@ -136,3 +137,16 @@ def test_store_xarray_shows_progress_when_asked(tmp_path: Path, capsys: pytest.C
         assert "4/4" in capsys.readouterr().err
         deker_dask.store_xarray(arr, collection, progress=False, scheduler="sync")
         assert capsys.readouterr().err == ""
+
+
+def test_a_progress_that_is_not_a_bool_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    arr = xr.DataArray(np.ones((6, 8), dtype="f4"), dims=("y", "x"))
+    with Client(f"file://{tmp_path / 'storage'}") as client:
+        collection = client.create_collection("c", deker_dask.schema_from_xarray(arr, vgrid=(2, 2)))
+        target = collection.create()
+        with pytest.raises(DekerValidationError, match="progress must be True, False or None, not 'yes'"):
+            deker_dask.store(da.ones((6, 8), dtype="f4"), target, progress="yes")  # type: ignore[arg-type]
+        assert target.tiles.ids() == {}  # (it used to count as True and write)
+        with pytest.raises(DekerValidationError, match="progress must be"):
+            deker_dask.store_xarray(arr, collection, progress=1, scheduler="sync")  # type: ignore[arg-type]
+        assert [a.id for a in collection] == [target.id]  # no VArray was created
