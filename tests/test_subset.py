@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -83,6 +84,11 @@ def test_first_partial_write_does_not_write_everything(client: Client) -> None:
         (np.int32, np.zeros(4, dtype=np.int32), IndexError),
         (np.int32, True, DekerArrayTypeError),
         (np.int32, {"a": 1}, DekerArrayTypeError),
+        (np.float32, 1e40, DekerArrayTypeError),  # it became inf (a loss, not a rounding)
+        (np.float16, 70000, DekerArrayTypeError),
+        (np.complex64, complex(1e40, 0), DekerArrayTypeError),
+        (np.float32, [1 + 2j, 0, 0], DekerArrayTypeError),
+        (np.float32, [1e40, 0, 0], DekerArrayTypeError),
     ],
 )
 def test_bad_update_data(dtype: type, data: object, exc: type[Exception]) -> None:
@@ -99,10 +105,15 @@ def test_bad_update_data(dtype: type, data: object, exc: type[Exception]) -> Non
         (np.int32, 7.0),
         (np.complex64, [1j, 2, 3]),
         (np.float16, 1),
+        (np.complex64, [0.5, 1.0, 2.0]),  # real values into a complex array
+        (np.float32, [1 + 0j, 2, 3]),  # complex values without imaginary parts into a real one
+        (np.float32, float("inf")),  # infinite already: nothing is lost
     ],
 )
 def test_accepted_update_data(dtype: type, data: object) -> None:
-    out = prepare_update_data(data, np.dtype(dtype), (3,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (a real list into a complex array warned ComplexWarning)
+        out = prepare_update_data(data, np.dtype(dtype), (3,))
     assert out.dtype == np.dtype(dtype) and out.shape == (3,)
 
 
