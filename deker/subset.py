@@ -95,7 +95,11 @@ def prepare_update_data(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...])
                     # a finite number too large for the dtype became infinite (and compares
                     # equal to itself cast the same way): a loss, not a rounding
                     same = not bool(np.isfinite(np.asarray(data, dtype=np.complex128)))
-        except (TypeError, ValueError, OverflowError) as exc:
+        except OverflowError as exc:  # a number out of the dtype's range (or an infinity for an int)
+            raise DekerArrayTypeError(
+                f"Invalid data value: {data!r} cannot be stored as {dtype} without loss: {exc}"
+            ) from exc
+        except (TypeError, ValueError) as exc:
             raise DekerArrayTypeError(f"Invalid data type: {type(data)}; {dtype} expected: {exc}") from exc
         if not same:
             raise DekerArrayTypeError(

@@ -218,3 +218,15 @@ def test_repr_and_str(client: Client) -> None:
     sub = arr[1:3, 0]
     assert repr(sub) == f"Subset(bounds=[1:3, 0], shape=(2,), array={arr.id})"
     assert str(arr[:]) == f"Array({arr.id})[:]"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "data"), [(np.int32, 1e40), (np.uint8, 70000), (np.uint8, -1), (np.int64, float("inf"))]
+)
+def test_a_number_out_of_the_dtypes_range_is_called_a_loss(dtype: type, data: object) -> None:
+    """Out of range is a value that cannot be stored, not a wrong type (it was "Invalid data type")."""
+    with pytest.raises(
+        DekerArrayTypeError,
+        match=rf"Invalid data value: .* cannot be stored as {np.dtype(dtype)} without loss",
+    ):
+        prepare_update_data(data, np.dtype(dtype), (3,))
