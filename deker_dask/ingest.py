@@ -73,21 +73,26 @@ _MAX_STEP_DIGITS = 17  # a float64 is always given back by 17 significant digits
 def _data_array(obj: Any) -> Any:
     """Return the DataArray of ``obj`` (a DataArray, or the data variable of a one-variable Dataset)."""
     xr = import_xarray()
-    if isinstance(obj, xr.DataArray):
-        return obj
     if isinstance(obj, xr.Dataset):
         names = list(obj.data_vars)
-        if len(names) == 1:
-            return obj[names[0]]
         if not names:
             raise DekerValidationError("The Dataset has no data variable: there is nothing to store")
+        if len(names) > 1:
+            raise DekerValidationError(
+                f"The Dataset has {len(names)} data variables {names}: a deker array holds one; "
+                f"pass one of them, e.g. ds[{names[0]!r}]"
+            )
+        obj = obj[names[0]]
+    if not isinstance(obj, xr.DataArray):
         raise DekerValidationError(
-            f"The Dataset has {len(names)} data variables {names}: a deker array holds one; "
-            f"pass one of them, e.g. ds[{names[0]!r}]"
+            f"Expected an xarray.DataArray or a one-variable xarray.Dataset, got {type(obj).__name__}"
         )
-    raise DekerValidationError(
-        f"Expected an xarray.DataArray or a one-variable xarray.Dataset, got {type(obj).__name__}"
-    )
+    if obj.ndim == 0:
+        raise DekerValidationError(
+            "The DataArray has no dimensions: a deker array has at least one; expand it first "
+            "(obj.expand_dims('<name>'))"
+        )
+    return obj
 
 
 def _check_coordinates(arr: Any) -> None:

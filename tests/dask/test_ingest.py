@@ -195,6 +195,9 @@ def test_other_coordinates_and_variables() -> None:
     assert deker_dask.schema_from_xarray(ds["b"]).shape == (2, 3)
     with pytest.raises(DekerValidationError, match="no data variable"):
         deker_dask.schema_from_xarray(xr.Dataset())
+    with pytest.raises(DekerValidationError, match=r"no dimensions.*expand_dims"):  # it said
+        deker_dask.schema_from_xarray(xr.DataArray(np.float32(1)))  # "Dimensions shall be a list"
+    assert deker_dask.schema_from_xarray(xr.Dataset({"b": arr})).shape == (2, 3)
     with pytest.raises(DekerValidationError, match=r"Expected an xarray\.DataArray"):
         deker_dask.schema_from_xarray(np.zeros(3))
     with pytest.raises(DekerValidationError, match="mapping of attribute names to types"):
