@@ -231,13 +231,13 @@ class Client:
                 f"No deker storage at {self._path}: it has no '{COLLECTIONS_DIR}' directory "
                 "(nothing was created)"
             )
+        runner = TaskRunner.create(self._executor, self._workers)  # (refuses before anything is made)
         created = not root.is_dir()
         if created:
             try:
                 root.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise DekerClientError(f"Cannot open storage {self._path}: {exc}") from exc
-        runner = TaskRunner.create(self._executor, self._workers)
         self._ctx = StorageContext(self._settings, runner)
         if created:  # a new storage gets its identity file (deker.storage.identity) at once
             self._ctx.ensure_storage_id()

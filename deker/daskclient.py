@@ -18,10 +18,14 @@ from typing import Any
 import numpy as np
 import psutil
 
+from deker.errors import DekerClientError
+
 __all__ = [
+    "CLOSED_MESSAGE",
     "GATHER_BYTES",
     "LOST_TASK_WAIT_SECONDS",
     "SCATTER_THRESHOLD",
+    "check_open",
     "cluster_view",
     "gather",
     "is_lost",
@@ -42,6 +46,28 @@ LOST_TASK_WAIT_SECONDS = 600.0
 #: fetched in requests of about this many bytes.
 GATHER_BYTES = 64 * 1024 * 1024
 _RUNNING_STATES = frozenset({"executing", "long-running", "cancelled", "resumed"})
+#: What an operation says when the Dask client it would run its tasks on was closed.
+CLOSED_MESSAGE = (
+    "The Dask client this deker Client runs its tasks on is closed; open a deker Client with "
+    "a running Dask client (or without one, for the thread pool)"
+)
+
+
+def check_open(client: Any) -> None:
+    """Refuse a Dask client that was closed (or is closing) before tasks are sent to it.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The client (its ``status`` is ``"closed"`` or ``"closing"`` once closed).
+
+    Raises
+    ------
+    DekerClientError
+        If the client is closed.
+    """
+    if getattr(client, "status", "running") in ("closed", "closing"):
+        raise DekerClientError(CLOSED_MESSAGE)
 
 
 def looks_like_dask_client(obj: Any) -> bool:

@@ -188,6 +188,8 @@ class TaskRunner:
         ------
         DekerValidationError
             If ``workers`` is not a positive int or ``executor`` is of another type.
+        DekerClientError
+            If ``executor`` is a Dask client (or its executor) that was closed.
 
         """
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -201,6 +203,7 @@ class TaskRunner:
                 options = {
                     k: v for k, v in dict(getattr(executor, "_kwargs", {}) or {}).items() if k != "pure"
                 }
+                daskclient.check_open(inner)
                 threads, here = daskclient.cluster_view(inner)
                 return cls("dask", None, False, threads, inner, options, local_workers=here)
             count = int(getattr(executor, "_max_workers", 0) or (os.cpu_count() or 1))
@@ -210,6 +213,7 @@ class TaskRunner:
                 return cls("processes", executor, False, count)
             return cls("executor", executor, False, count)
         if daskclient.looks_like_dask_client(executor):
+            daskclient.check_open(executor)
             threads, here = daskclient.cluster_view(executor)
             return cls("dask", None, False, threads, client=executor, local_workers=here)
         raise DekerValidationError(
@@ -511,9 +515,10 @@ class TaskRunner:
     ) -> tuple[list[Any], list[Any]]:
         client = self._client
         kwargs = self._submit_kwargs
-        flat = daskclient.scatter_large(client, [a for unit in units for a in unit], sent)
+        daskclient.check_open(client)
         futures: list[Any] = []
         try:
+            flat = daskclient.scatter_large(client, [a for unit in units for a in unit], sent)
             start = 0
             for unit in units:
                 rows = flat[start : start + len(unit)]
@@ -522,9 +527,12 @@ class TaskRunner:
                     futures.append(client.submit(fn, *rows[0], **kwargs))
                 else:
                     futures.append(client.submit(run_batch, fn, rows, **kwargs))
-        except BaseException:
+        except BaseException as exc:
             for future in futures:
                 future.cancel()
+            if not isinstance(exc, Exception):
+                raise
+            daskclient.check_open(client)  # closed meanwhile: say so (and why the error came)
             raise
         keys = [getattr(f, "key", None) for f in futures]
         return daskclient.gather(client, futures, self._gathers_direct(), keep, group), keys

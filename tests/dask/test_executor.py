@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import distributed
 import numpy as np
 import pytest
 from dask_helpers import lock_files, varray
@@ -86,3 +87,30 @@ def test_workers_need_no_preparation(tmp_path: Path, cluster: Any) -> None:
         np.testing.assert_array_equal(deker_dask.to_dask(v).compute(scheduler=cluster), data)
     with pytest.raises(DekerClientError, match="not a directory"):
         deker_dask.check_workers(cluster, tmp_path / "nowhere")
+
+
+def test_a_closed_dask_client_is_a_deker_error_and_changes_nothing(tmp_path: Path, dask_cluster: Any) -> None:
+    """It was distributed's ``ClosedClientError`` (and the storage directory made first)."""
+    own = distributed.Client(dask_cluster, set_as_default=False)  # not the session's client
+    with Client(f"file://{tmp_path / 's'}", executor=own) as client:
+        v = varray(client, (8, 8), (2, 2))
+        v[:].update(np.ones((8, 8), np.float32))
+        own.close()
+        for operation in (
+            lambda: v[:].update(np.zeros((8, 8), np.float32)),
+            lambda: v[:].read(),
+            lambda: v[0:4, 0:4].clear(),
+        ):
+            with pytest.raises(
+                DekerClientError, match="Dask client this deker Client runs its tasks on is closed"
+            ):
+                operation()
+        assert not lock_files(tmp_path / "s")
+    with Client(f"file://{tmp_path / 's'}") as again:  # nothing changed
+        (same,) = list(again.get_collection(v.collection) or [])
+        np.testing.assert_array_equal(same[:].read(), np.ones((8, 8), np.float32))
+    with pytest.raises(DekerClientError, match="is closed"):
+        Client(f"file://{tmp_path / 'new'}", executor=own)
+    with pytest.raises(DekerClientError, match="is closed"):
+        Client(f"file://{tmp_path / 'new'}", executor=own.get_executor())
+    assert not (tmp_path / "new").exists()
