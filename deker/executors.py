@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from deker import daskclient, outcomes
 from deker.daskclient import GATHER_BYTES, LOST_TASK_WAIT_SECONDS, SCATTER_THRESHOLD, keys_running
-from deker.errors import DekerValidationError
+from deker.errors import DekerClientError, DekerValidationError
 from deker.shipment import Shipment
 from deker.sizes import usable_cores
 
@@ -116,6 +116,17 @@ def run_gated(
 
 def _default_workers() -> int:
     return (os.cpu_count() or 1) + 4
+
+
+def _submit(executor: cf.Executor, fn: Callable[..., R], *args: Any) -> cf.Future[R]:
+    """Submit to a ``concurrent.futures`` executor; one that takes no tasks is a :class:`DekerClientError`."""
+    try:
+        return executor.submit(fn, *args)
+    except RuntimeError as exc:  # shut down by its owner, or the interpreter is exiting
+        raise DekerClientError(
+            f"The executor this deker Client runs its tasks on takes no tasks ({exc}); open a deker "
+            "Client with a running executor (or without one, for its own thread pool)"
+        ) from exc
 
 
 class TaskRunner:
@@ -367,18 +378,18 @@ class TaskRunner:
             # Other processes send results back as fast as they make them: with at most two
             # tasks a worker under way, no more than those results wait here to be consumed.
             outcome = outcomes.windowed(
-                lambda batch: executor.submit(run_batch, fn, batch), batches, 2 * self._workers, keep
+                lambda batch: _submit(executor, run_batch, fn, batch), batches, 2 * self._workers, keep
             )
             return outcomes.unbatch(outcome, batches)
         cap = max_parallel if self.in_process and max_parallel is not None else 0
         gated = 0 < cap < min(len(batches), self._workers)
         if size == 1 and not gated:
-            futures = [executor.submit(fn, *args) for args in calls]
+            futures = [_submit(executor, fn, *args) for args in calls]
             return outcomes.gather_futures(
                 futures, lambda f: f.result(), lambda f: f.cancel(), outcomes.keeper(consume, 0)
             )
         if not gated:
-            batch_futures = [executor.submit(run_batch, fn, batch) for batch in batches]
+            batch_futures = [_submit(executor, run_batch, fn, batch) for batch in batches]
             outcome = outcomes.gather_futures(batch_futures, lambda f: f.result(), lambda f: f.cancel(), keep)
             return outcomes.unbatch(outcome, batches)
         gate = threading.BoundedSemaphore(cap)
@@ -388,7 +399,7 @@ class TaskRunner:
             stop.set()
             future.cancel()
 
-        batch_futures = [executor.submit(run_gated, gate, stop, fn, batch) for batch in batches]
+        batch_futures = [_submit(executor, run_gated, gate, stop, fn, batch) for batch in batches]
         return outcomes.unbatch(
             outcomes.gather_futures(batch_futures, lambda f: f.result(), cancel, keep), batches
         )

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from storage_helpers.overlap import Overlap, overlapping
 
-from deker.errors import DekerValidationError
+from deker.errors import DekerClientError, DekerValidationError
 from deker.executors import GATHER_BYTES, SCATTER_THRESHOLD, TARGET_TASK_BYTES, TaskRunner, run_batch
 from deker.sizes import usable_cores
 
@@ -205,6 +205,28 @@ def test_user_thread_pool_not_shut_down() -> None:
         _check_results(runner, 5)
         runner.shutdown()
         assert pool.submit(pow, 2, 2).result() == 4
+
+
+@pytest.mark.parametrize("kind", [cf.ThreadPoolExecutor, cf.ProcessPoolExecutor])
+def test_an_executor_shut_down_by_its_owner_is_a_deker_error(kind: type[cf.Executor]) -> None:
+    """It was the executor's raw ``RuntimeError: cannot schedule new futures after shutdown``."""
+    pool = (
+        kind(2, mp_context=multiprocessing.get_context("spawn"))
+        if kind is cf.ProcessPoolExecutor
+        else kind(2)
+    )
+    runner = TaskRunner.create(pool)
+    assert runner.run_all(pow, [(2, 3), (3, 2)]) == [8, 9]
+    pool.shutdown()
+    for run in (
+        lambda: runner.run_all(pow, [(2, 3), (3, 2)]),
+        lambda: runner.run_all(pow, [(2, 3), (3, 2), (4, 2)], batch_size=2),
+        lambda: runner.run_into(pow, [(2, 3), (3, 2)], lambda i, r: None),
+    ):
+        with pytest.raises(
+            DekerClientError, match=r"takes no tasks \(cannot schedule new futures after shutdown\)"
+        ):
+            run()
 
 
 @pytest.fixture(scope="module")
