@@ -21,7 +21,6 @@ import psutil
 from deker.errors import DekerClientError
 
 __all__ = [
-    "CLOSED_MESSAGE",
     "GATHER_BYTES",
     "LOST_TASK_WAIT_SECONDS",
     "SCATTER_THRESHOLD",
@@ -47,7 +46,7 @@ LOST_TASK_WAIT_SECONDS = 600.0
 GATHER_BYTES = 64 * 1024 * 1024
 _RUNNING_STATES = frozenset({"executing", "long-running", "cancelled", "resumed"})
 #: What an operation says when the Dask client it would run its tasks on was closed.
-CLOSED_MESSAGE = (
+_CLOSED_MESSAGE = (
     "The Dask client this deker Client runs its tasks on is closed; open a deker Client with "
     "a running Dask client (or without one, for the thread pool)"
 )
@@ -67,7 +66,7 @@ def check_open(client: Any) -> None:
         If the client is closed.
     """
     if getattr(client, "status", "running") in ("closed", "closing"):
-        raise DekerClientError(CLOSED_MESSAGE)
+        raise DekerClientError(_CLOSED_MESSAGE)
 
 
 def looks_like_dask_client(obj: Any) -> bool:
