@@ -55,10 +55,10 @@ def progress_enabled(progress: bool | None) -> bool:
     DekerValidationError
         If ``progress`` is anything else (checked before the operation starts).
     """
-    if progress is not None and not isinstance(progress, bool):
-        raise DekerValidationError(f"progress must be True, False or None, not {progress!r}")
-    if progress is not None:
+    if isinstance(progress, bool):
         return progress
+    if progress is not None:
+        raise DekerValidationError(f"progress must be True, False or None, not {progress!r}")
     try:
         return sys.stderr is not None and sys.stderr.isatty()
     except (AttributeError, ValueError):  # a closed or replaced stream
