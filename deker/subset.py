@@ -84,30 +84,9 @@ def prepare_update_data(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...])
     if isinstance(data, (bool, np.bool_)):
         raise DekerArrayTypeError(f"Invalid data type: {type(data)}; {dtype} expected")
     if _is_scalar(data):
-        try:
-            with np.errstate(all="ignore"):
-                value = dtype.type(data)
-                same = bool(np.asarray(value == data).all()) or (
-                    np.isnan(np.asarray(data, dtype=np.complex128)).any()
-                    and np.isnan(np.asarray(value)).any()
-                )
-                if same and dtype.kind in "fc" and not np.isfinite(value):
-                    # a finite number too large for the dtype became infinite (and compares
-                    # equal to itself cast the same way): a loss, not a rounding
-                    same = not bool(np.isfinite(np.asarray(data, dtype=np.complex128)))
-        except OverflowError as exc:  # a number out of the dtype's range (or an infinity for an int)
-            raise DekerArrayTypeError(
-                f"Invalid data value: {data!r} cannot be stored as {dtype} without loss: {exc}"
-            ) from exc
-        except (TypeError, ValueError) as exc:
-            raise DekerArrayTypeError(f"Invalid data type: {type(data)}; {dtype} expected: {exc}") from exc
-        if not same:
-            raise DekerArrayTypeError(
-                f"Invalid data value: {data!r} cannot be stored as {dtype} without loss"
-            )
+        value = _scalar_unchanged(data, dtype)
         if shape == ():
-            scalar: np.generic = value
-            return scalar
+            return value
         return np.broadcast_to(np.asarray(value, dtype=dtype), shape)
     if isinstance(data, (list, tuple)):
         try:
@@ -148,6 +127,47 @@ def prepare_update_data(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...])
         raise DekerShapeError(
             f"Invalid data shape: {arr.shape}; {shape} expected (or a shape that broadcasts)"
         ) from exc
+
+
+def _scalar_unchanged(data: Any, dtype: np.dtype[Any]) -> np.generic:
+    """Return the scalar ``data`` as a ``dtype`` scalar, or refuse it if that changes its value.
+
+    The value is converted back to the number's own type (numpy's for a Python number, as a
+    list of it would have) and compared there, exactly: comparing the converted value with the
+    Python number itself would round the number first (to float64 for an int, and under NumPy
+    2 to the array's own precision for a float), which let ``2**60 + 1`` into float64 and
+    ``0.1`` into float32 through.  A complex number without an imaginary part fits a real
+    array, as in a list.
+    """
+    loss = f"Invalid data value: {data!r} cannot be stored as {dtype} without loss"
+    reference = np.asarray(data)  # object for a Python int beyond 64 bits: compared as Python's
+    source = data
+    if dtype.kind in "iu" and isinstance(data, int):  # (NumPy 1.26 wraps it with a warning)
+        info = np.iinfo(dtype)
+        if not info.min <= data <= info.max:
+            raise DekerArrayTypeError(f"{loss}: out of its range {info.min} to {info.max}")
+    if reference.dtype.kind == "c" and dtype.kind != "c":
+        if reference.imag != 0:
+            raise DekerArrayTypeError(loss)
+        reference = reference.real
+        source = reference[()]
+    try:
+        with np.errstate(all="ignore"):
+            value = dtype.type(source)
+            back = np.asarray(value)
+            if back.dtype.kind == "c" and reference.dtype.kind != "c":
+                back = back.real  # (a real number's: no imaginary part to lose)
+            same = bool(back.astype(reference.dtype) == reference) or bool(
+                np.isnan(reference.astype(np.complex128)) and np.isnan(back.astype(np.complex128))
+            )
+    except OverflowError as exc:  # a number out of the dtype's range (or an infinity for an int)
+        raise DekerArrayTypeError(f"{loss}: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise DekerArrayTypeError(f"Invalid data type: {type(data)}; {dtype} expected: {exc}") from exc
+    if not same:
+        raise DekerArrayTypeError(loss)
+    scalar: np.generic = value
+    return scalar
 
 
 class _Handle(Protocol):

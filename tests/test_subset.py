@@ -11,6 +11,8 @@ import h5py
 import numpy as np
 import pytest
 import xarray
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deker import ArraySchema, AttributeSchema, Client, DimensionSchema, HDF5Options, TimeDimensionSchema
 from deker.errors import DekerArrayError, DekerArrayTypeError, DekerMemoryError, DekerSubsetError
@@ -230,3 +232,77 @@ def test_a_number_out_of_the_dtypes_range_is_called_a_loss(dtype: type, data: ob
         match=rf"Invalid data value: .* cannot be stored as {np.dtype(dtype)} without loss",
     ):
         prepare_update_data(data, np.dtype(dtype), (3,))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "data"),
+    [
+        (np.float64, 2**60 + 1),  # numpy compared it after rounding it to float64
+        (np.float64, np.int64(2**60 + 1)),
+        (np.float32, 16_777_217),  # 2**24 + 1
+        (np.float32, 0.1),  # NumPy 2 compared the Python float at float32 precision
+        (np.float32, np.float64(0.1)),
+        (np.complex64, 0.1),
+        (np.float32, np.complex64(1 + 2j)),  # the imaginary part (it warned and was dropped)
+        (np.float32, 1 + 2j),
+    ],
+)
+def test_a_scalar_that_changes_when_stored_is_refused(dtype: type, data: object) -> None:
+    """A scalar is accepted only if converting it back gives the same number, on any numpy."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DekerArrayTypeError, match="without loss"):
+            prepare_update_data(data, np.dtype(dtype), (3,))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "data"),
+    [
+        (np.float32, 1 + 0j),  # as the list [1 + 0j, 2, 3] is
+        (np.float32, np.complex128(2 + 0j)),
+        (np.float64, 2**60),
+        (np.float32, 16_777_216),
+        (np.longdouble, 2**62 + 1),
+        (np.uint64, 2**64 - 1),
+        (np.float64, 2**70),  # a Python int no numpy integer holds, exactly a float64
+        (np.float32, 0.5),
+    ],
+)
+def test_a_scalar_stored_unchanged_is_accepted(dtype: type, data: object) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = prepare_update_data(data, np.dtype(dtype), (3,))
+    assert out.dtype == np.dtype(dtype) and out.shape == (3,)
+    assert out[0] == data
+
+
+_SCALAR_DTYPES = [np.int8, np.int32, np.uint8, np.int64, np.float16, np.float32, np.float64, np.complex64]
+
+
+@settings(deadline=None)
+@given(
+    value=st.one_of(
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        st.floats(allow_nan=True, allow_infinity=True, width=64),
+        st.complex_numbers(allow_nan=False, allow_infinity=False),
+    ),
+    dtype=st.sampled_from(_SCALAR_DTYPES),
+)
+def test_a_scalar_and_a_list_of_it_convert_by_one_rule(value: complex, dtype: type) -> None:
+    """``update(x)`` and ``update([x])`` are both accepted (with the same stored value) or both refused."""
+
+    def verdict(data: object) -> object:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                out = prepare_update_data(data, np.dtype(dtype), (1,))
+            except DekerArrayTypeError:
+                return "refused"
+        return out[0]
+
+    alone, listed = verdict(value), verdict([value])
+    if isinstance(alone, str) or isinstance(listed, str):
+        assert alone == listed
+    else:
+        assert alone == listed or (np.isnan(alone) and np.isnan(listed))
+        assert alone == value or (np.isnan(alone) and np.isnan(value))  # nothing was lost
