@@ -5,13 +5,23 @@ closing any descriptor of a file drops them all.  ``DEKER_LOCK_PRIMITIVE=posix``
 use exactly that primitive on a local filesystem, so this module re-runs the lock tests in a
 child pytest with ``--lock-primitive=posix`` (timed stress loops capped at a few seconds each).  Inside such
 a run (or with ``--lock-primitive`` given) it skips itself: the run already is the proof.
+
+The child starts as soon as the session knows it will run this test (:func:`start_child`,
+called by ``tests/conftest.py`` after collection), and works beside the rest of the suite: most
+of the suite waits on other processes, locks and clusters, so the two share the machine's
+cores instead of running one after the other.  The test then waits for the child's verdict.
+That the lock tests pass on a machine busy with the other half of the suite is part of the
+proof (none of them may depend on the machine being idle).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,20 +38,66 @@ MODULES = [
     "tests/stress",
 ]
 STRESS_SECONDS = 4  # each timed stress loop (CI counts kept); the flock run gives them their CI durations
+CHILD_SECONDS = 540  # the child's whole run, at the most
+
+
+@dataclass
+class _Child:
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+_CHILD = pytest.StashKey[_Child]()
+
+
+def _skip_reason(config: pytest.Config) -> str | None:
+    if config.getoption("--lock-primitive") or os.environ.get("DEKER_LOCK_PRIMITIVE"):
+        return "this run already uses a chosen lock primitive"
+    if config.getoption("--soak"):
+        return "soak runs give the posix run their own command line (--lock-primitive=posix)"
+    return None
+
+
+def start_child(config: pytest.Config) -> None:
+    """Start the posix run in the background, once, unless the test would skip itself."""
+    if _skip_reason(config) is not None or _CHILD in config.stash:
+        return
+    work = Path(tempfile.mkdtemp(prefix="deker-posix-run-"))
+    log = work / "output.txt"
+    cmd = [
+        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--lock-primitive=posix",
+        f"--stress-cap={STRESS_SECONDS}", f"--basetemp={work / 'run'}", *MODULES,
+    ]  # fmt: skip
+    env = {**os.environ, "DEKER_LOCK_PRIMITIVE": "posix"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    config.stash[_CHILD] = _Child(proc, log)
+
+    def stop() -> None:  # the session ends (or is interrupted) before the test took the verdict
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+    config.add_cleanup(stop)
 
 
 @pytest.mark.timeout(600)
-def test_lock_tests_pass_under_posix_locks(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    if request.config.getoption("--lock-primitive") or os.environ.get("DEKER_LOCK_PRIMITIVE"):
-        pytest.skip("this run already uses a chosen lock primitive")
-    if request.config.getoption("--soak"):
-        pytest.skip("soak runs give the posix run their own command line (--lock-primitive=posix)")
-    env = {**os.environ, "DEKER_LOCK_PRIMITIVE": "posix"}
-    cmd = [
-        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--lock-primitive=posix",
-        f"--stress-cap={STRESS_SECONDS}", f"--basetemp={tmp_path / 'run'}", *MODULES,
-    ]  # fmt: skip
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540, check=False)
-    tail = "\n".join((run.stdout + run.stderr).splitlines()[-60:])
-    assert run.returncode == 0, f"lock tests failed under DEKER_LOCK_PRIMITIVE=posix:\n{tail}"
-    assert " passed" in run.stdout, tail
+def test_lock_tests_pass_under_posix_locks(request: pytest.FixtureRequest) -> None:
+    reason = _skip_reason(request.config)
+    if reason is not None:
+        pytest.skip(reason)
+    start_child(request.config)  # (already running when the session started it after collection)
+    child = request.config.stash[_CHILD]
+    try:
+        returncode = child.proc.wait(timeout=CHILD_SECONDS)
+    except subprocess.TimeoutExpired:
+        child.proc.kill()
+        child.proc.wait()
+        returncode = None
+    output = child.log.read_text(errors="replace")
+    tail = "\n".join(output.splitlines()[-60:])
+    assert returncode == 0, (
+        f"lock tests failed under DEKER_LOCK_PRIMITIVE=posix (status {returncode}):\n{tail}"
+    )
+    assert " passed" in output, tail
