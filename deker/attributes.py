@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from deker.dtypes import is_attribute_dtype
+from deker.dtypes import check_integer_range, is_attribute_dtype
 from deker.errors import DekerUnknownFilterError, DekerValidationError
 from deker.schemas import ArraySchema, AttributeSchema, VArraySchema
 from deker.types import to_utc
@@ -314,6 +314,10 @@ def _coerce_number(value: Any, dtype: Any) -> Any:
         ):
             raise ValueError("not a whole number")
         number = int(value)
+        try:
+            check_integer_range(dtype, number)
+        except OverflowError as exc:
+            raise ValueError("out of range") from exc
         converted = dtype(number)
         if int(converted) != number:
             raise ValueError("out of range")

@@ -29,6 +29,7 @@ __all__ = [
     "ATTRIBUTE_DTYPES",
     "attribute_dtype_to_name",
     "attribute_name_to_dtype",
+    "check_integer_range",
     "default_fill_value",
     "dtype_to_name",
     "is_attribute_dtype",
@@ -287,3 +288,38 @@ def attribute_name_to_dtype(name: str) -> type:
 def is_attribute_dtype(dtype: Any) -> bool:
     """Return whether ``dtype`` is one of :data:`ATTRIBUTE_DTYPES` (by identity, so ``bool`` is not)."""
     return _is_type_in(dtype, ATTRIBUTE_DTYPES)
+
+
+def check_integer_range(dtype: Any, value: object) -> None:
+    """Raise :class:`OverflowError` if a Python int is out of the range of a numpy integer dtype.
+
+    NumPy 2 raises it itself when ``dtype(value)`` is out of range; NumPy 1.26 wraps the value
+    around instead (with a ``DeprecationWarning``), which would store another number.  Call this
+    before such a conversion.  Other values and dtypes (Python's ``int`` among them, which has no
+    range) are left to the conversion.
+
+    Parameters
+    ----------
+    dtype : numpy.dtype or type
+        The dtype the value is about to be converted to.
+    value : object
+        The value.
+
+    Raises
+    ------
+    OverflowError
+        ``value`` is a Python int outside the dtype's range.
+    """
+    if not isinstance(value, int):
+        return
+    if isinstance(dtype, np.dtype):
+        np_dtype = dtype
+    elif isinstance(dtype, type) and issubclass(dtype, np.generic):
+        np_dtype = np.dtype(dtype)
+    else:
+        return
+    if np_dtype.kind not in "iu":
+        return
+    info = np.iinfo(np_dtype)
+    if not info.min <= value <= info.max:
+        raise OverflowError(f"{value} is out of the range of {np_dtype} ({info.min} to {info.max})")

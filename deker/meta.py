@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from deker.dtypes import attribute_name_to_dtype, name_to_dtype
+from deker.dtypes import attribute_name_to_dtype, check_integer_range, name_to_dtype
 from deker.errors import DekerMetaDataError, DekerValidationError
 from deker.options import HDF5Options
 from deker.schemas import (
@@ -391,6 +391,7 @@ def _typed(value: Any, dtype: type) -> Any:
         return str(value)
     if dtype is int and isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
         raise DekerValidationError(f"expected an integer; got {value!r}")
+    check_integer_range(dtype, value)
     return dtype(value)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from deker import pipeline
 from deker.cf import array_layout, data_array, import_xarray
 from deker.dimensions import Dimension, TimeDimension
+from deker.dtypes import check_integer_range
 from deker.errors import (
     DekerArrayError,
     DekerArrayTypeError,
@@ -142,10 +143,6 @@ def _scalar_unchanged(data: Any, dtype: np.dtype[Any]) -> np.generic:
     loss = f"Invalid data value: {data!r} cannot be stored as {dtype} without loss"
     reference = np.asarray(data)  # object for a Python int beyond 64 bits: compared as Python's
     source = data
-    if dtype.kind in "iu" and isinstance(data, int):  # (NumPy 1.26 wraps it with a warning)
-        info = np.iinfo(dtype)
-        if not info.min <= data <= info.max:
-            raise DekerArrayTypeError(f"{loss}: out of its range {info.min} to {info.max}")
     if reference.dtype.kind == "c" and dtype.kind != "c":
         if reference.imag != 0:
             raise DekerArrayTypeError(loss)
@@ -153,6 +150,7 @@ def _scalar_unchanged(data: Any, dtype: np.dtype[Any]) -> np.generic:
         source = reference[()]
     try:
         with np.errstate(all="ignore"):
+            check_integer_range(dtype, source)
             value = dtype.type(source)
             back = np.asarray(value)
             if back.dtype.kind == "c" and reference.dtype.kind != "c":

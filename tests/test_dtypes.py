@@ -12,6 +12,7 @@ from deker.dtypes import (
     ATTRIBUTE_DTYPES,
     attribute_dtype_to_name,
     attribute_name_to_dtype,
+    check_integer_range,
     default_fill_value,
     dtype_to_name,
     is_attribute_dtype,
@@ -225,3 +226,29 @@ def test_invalid_attribute_dtypes(bad: object) -> None:
 def test_invalid_attribute_dtype_names(bad: str) -> None:
     with pytest.raises(DekerValidationError):
         attribute_name_to_dtype(bad)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value"),
+    [(np.int8, 128), (np.int8, -129), (np.uint8, -1), (np.dtype("uint16"), 70_000), (np.int64, 2**63)],
+)
+def test_a_python_int_out_of_an_integer_dtypes_range_overflows(dtype: object, value: int) -> None:
+    """What NumPy 2's conversion raises; NumPy 1.26 wrapped the value around (and only warned)."""
+    with pytest.raises(OverflowError, match=f"{value} is out of the range"):
+        check_integer_range(dtype, value)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value"),
+    [
+        (np.int8, 127),
+        (np.int8, -128),
+        (np.uint64, 2**64 - 1),
+        (int, 2**70),  # Python's int has no range
+        (np.float32, 2**70),  # not an integer dtype: the conversion decides
+        (np.int8, np.int64(300)),  # not a Python int: the conversion decides
+        (np.int8, 300.0),
+    ],
+)
+def test_values_in_range_or_not_python_ints_pass(dtype: object, value: object) -> None:
+    check_integer_range(dtype, value)

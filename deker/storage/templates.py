@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
+from deker.dtypes import check_integer_range
 from deker.storage import lockprim
 from deker.storage.journal import NewFile
 
@@ -261,6 +262,7 @@ def _data_template(
     if dtype.kind not in _PLAIN_KINDS or not dtype.isnative or not shape or 0 in shape:
         return None
     try:
+        check_integer_range(dtype, fill_value)
         fill = np.array(fill_value, dtype=dtype)
     except (TypeError, ValueError, OverflowError):
         return None
