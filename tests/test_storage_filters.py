@@ -80,3 +80,19 @@ def test_blosc_codecs_numcodecs_lacks_are_left_to_h5py() -> None:
     assert not filters.encodable(snappy)
     assert not filters.encodable(())
     assert filters.encodable(((filters.BLOSC, (2, 2, 4, 65536, 5, 1, 5)),))  # zstd
+
+
+@pytest.mark.parametrize(
+    ("typesize", "recorded"),
+    [(4, 4), (8, 8), (3, 1), (300, 1)],  # blosc's header keeps 1 for a size that cannot be used
+)
+def test_blosc_frames_record_the_filters_type_size(typesize: int, recorded: int) -> None:
+    """The type size comes from the filter's values, on every numcodecs (0.13 has no argument for it)."""
+    chunk = np.arange(600, dtype=np.float64)  # 4800 bytes: divisible by 3, 4 and 8, not by 300
+    if typesize == 3:
+        chunk = chunk[:599]  # 4792 bytes: not divisible by 3
+    pipeline = ((filters.BLOSC, (2, 2, typesize, 0, 5, 1, 1)),)
+    encoded = filters.encode(chunk, pipeline)
+    assert encoded is not None
+    assert encoded[3] == recorded  # blosc header: version, version of the codec, flags, type size
+    assert bytes(filters.decode(encoded, pipeline, 0, 8)) == chunk.tobytes()

@@ -150,6 +150,7 @@ def decode(raw: bytes, filters: Pipeline, mask: int, itemsize: int) -> Any:
 
 
 _BLOSC_NAMES = {0: "blosclz", 1: "lz4", 2: "lz4hc", 3: "snappy", 4: "zlib", 5: "zstd"}
+_BLOSC_MAX_TYPESIZE = 255  # blosc's BLOSC_MAX_TYPESIZE: a larger type size is taken as 1
 _LZ4_DEFAULT_BLOCK = 1 << 30  # H5Z-LZ4's block size when the filter has none
 
 
@@ -188,7 +189,14 @@ def _blosc_encode(data: Any, values: tuple[int, ...], itemsize: int) -> bytes:
     name = _blosc_compressor(values)
     if name is None:
         raise ValueError(f"blosc compressor {values[6] if len(values) > 6 else 0} is not available")
-    return bytes(_numcodecs().blosc.compress(data, name.encode(), clevel, shuffle, typesize=typesize))
+    view = memoryview(data).cast("B")
+    if 1 < typesize <= _BLOSC_MAX_TYPESIZE and len(view) % typesize == 0:
+        # blosc takes the type size from the buffer's item size: numcodecs 0.13 (the last for
+        # Python 3.10) has no ``typesize`` argument, and later versions default to it
+        source: Any = np.frombuffer(view, dtype=np.dtype((np.void, typesize)))
+    else:  # a size blosc takes as 1, or one that does not divide the chunk: shuffled byte by byte
+        source = view
+    return bytes(_numcodecs().blosc.compress(source, name.encode(), clevel, shuffle))
 
 
 def encodable(filters: Pipeline) -> bool:
@@ -208,7 +216,7 @@ def encodable(filters: Pipeline) -> bool:
     return bool(filters) and all(code != BLOSC or _blosc_compressor(values) for code, values in filters)
 
 
-def encode(chunk: np.ndarray, filters: Pipeline) -> bytes:
+def encode(chunk: np.ndarray[Any, Any], filters: Pipeline) -> bytes:
     """Encode one whole chunk with the filter pipeline, in writing order.
 
     Parameters
