@@ -95,7 +95,7 @@ def _iso(value: datetime) -> str:
     return value.astimezone(timezone.utc).isoformat()
 
 
-def attribute_value(value: Any) -> str | int | float | np.generic | np.ndarray | None:
+def attribute_value(value: Any) -> str | int | float | np.generic | np.ndarray[Any, Any] | None:
     """Return the netCDF-safe form of one attribute value (``None`` for a value left out).
 
     Parameters
@@ -154,7 +154,7 @@ def array_attributes(primary: Mapping[str, Any], custom: Mapping[str, Any]) -> d
     return out
 
 
-def coordinate_values(values: Sequence[Any], *, cf: bool = True) -> np.ndarray:
+def coordinate_values(values: Sequence[Any], *, cf: bool = True) -> np.ndarray[Any, Any]:
     """Return coordinate values as an array (aware datetimes become UTC ``datetime64[ns]``).
 
     Parameters
@@ -208,7 +208,7 @@ def _datetime64(value: datetime) -> np.datetime64:
     return np.datetime64(value, "ns")
 
 
-def time_encoding(values: np.ndarray) -> dict[str, Any]:
+def time_encoding(values: np.ndarray[Any, Any]) -> dict[str, Any]:
     """Return the CF encoding of ``datetime64`` values: integer counts since the first instant.
 
     Parameters
@@ -259,12 +259,12 @@ class Coordinate:
     """
 
     dims: tuple[str, ...]
-    values: np.ndarray
+    values: np.ndarray[Any, Any]
     attrs: dict[str, Any] = field(default_factory=dict)
     encoding: dict[str, Any] = field(default_factory=dict)
 
 
-def _time_coordinate(dims: tuple[str, ...], values: np.ndarray) -> Coordinate:
+def _time_coordinate(dims: tuple[str, ...], values: np.ndarray[Any, Any]) -> Coordinate:
     return Coordinate(dims, values, dict(TIME_ATTRS), time_encoding(values))
 
 

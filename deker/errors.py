@@ -204,8 +204,9 @@ class DekerExceptionGroup(DekerBaseApplicationError):
         return _render(self.message, self.exceptions)
 
 
-def _as_exceptions(items: Sequence[object]) -> list[BaseException]:
-    return [x if isinstance(x, BaseException) else DekerTaskError(str(x)) for x in items]
+def _as_exceptions(items: Sequence[object]) -> list[Exception]:
+    # (an ExceptionGroup holds Exceptions only: anything else is kept as its text)
+    return [x if isinstance(x, Exception) else DekerTaskError(str(x)) for x in items]
 
 
 class DekerVSubsetError(DekerSubsetError, DekerExceptionGroup, ExceptionGroup):  # type: ignore[misc]

@@ -214,7 +214,9 @@ def lock_tiles(
     )
 
 
-def read(ctx: StorageContext, index: TileIndex, bounds: Bounds, fill_value: Any, what: str) -> np.ndarray:
+def read(
+    ctx: StorageContext, index: TileIndex, bounds: Bounds, fill_value: Any, what: str
+) -> np.ndarray[Any, Any]:
     """Read ``bounds`` of a VArray; absent tiles read as fill without being created.
 
     The output is allocated once; with a thread pool the tiles are read straight into it.
@@ -254,7 +256,7 @@ def read(ctx: StorageContext, index: TileIndex, bounds: Bounds, fill_value: Any,
         results: list[Any] = list(runner.run_all(read_piece_into, calls, batch_size=size, max_parallel=limit))
     else:  # each piece goes into ``out`` as it arrives: the answer is never here twice
 
-        def place(i: int, piece: np.ndarray) -> None:
+        def place(i: int, piece: np.ndarray[Any, Any]) -> None:
             out[todo[i][0].out] = piece
 
         remote = [(index.for_tile(tid), p.local) for p, tid in todo]
@@ -303,7 +305,7 @@ def update(
     ctx: StorageContext,
     index: TileIndex,
     bounds: Bounds,
-    prepared: np.ndarray | np.generic,
+    prepared: np.ndarray[Any, Any] | np.generic,
     values: dict[str, Any],
     what: str,
 ) -> None:

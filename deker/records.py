@@ -422,7 +422,7 @@ def create_tile_with(
     position: tuple[int, ...],
     varray_values: Mapping[str, Any],
     locks: Any,
-    data: np.ndarray | np.generic | None,
+    data: np.ndarray[Any, Any] | np.generic | None,
     claim: Callable[[Path, str], AbstractContextManager[None]] | None = None,
 ) -> tuple[str, bool]:
     """Return the id of the tile at ``position``, creating it if missing (race-free).

@@ -50,7 +50,9 @@ def _is_scalar(data: Any) -> bool:
     return isinstance(data, (np.generic, Number)) and not isinstance(data, (str, bytes))
 
 
-def prepare_update_data(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray | np.generic:
+def prepare_update_data(
+    data: Any, dtype: np.dtype[Any], shape: tuple[int, ...]
+) -> np.ndarray[Any, Any] | np.generic:
     """Validate update data and bring it to ``dtype`` and (broadcast) ``shape``.
 
     Rules (SPEC §7.3, with numpy broadcasting): ``None`` is refused; scalars, lists, tuples and

@@ -270,11 +270,11 @@ def check_storage_at(root: str, collection: str, storage_id: str | None = None) 
     _SEEN_STORAGES.add(key)
 
 
-def _fill_piece(spec: FileSpec, bounds: Bounds) -> np.ndarray:
+def _fill_piece(spec: FileSpec, bounds: Bounds) -> np.ndarray[Any, Any]:
     return np.full(selection_shape(bounds), spec.fill_value, dtype=spec.layout.np_dtype)
 
 
-def read_piece(spec: FileSpec, bounds: Bounds, token: str | None = None) -> np.ndarray:
+def read_piece(spec: FileSpec, bounds: Bounds, token: str | None = None) -> np.ndarray[Any, Any]:
     """Read ``bounds`` of one file and return the piece.
 
     Parameters
@@ -311,12 +311,16 @@ def _read_guard(spec: FileSpec, token: str | None) -> AbstractContextManager[Any
     return array_read_lock(spec.main_dir, spec.array_id, spec.locks)
 
 
-def _read(spec: FileSpec, bounds: Bounds, out: np.ndarray | None = None) -> np.ndarray:
+def _read(spec: FileSpec, bounds: Bounds, out: np.ndarray[Any, Any] | None = None) -> np.ndarray[Any, Any]:
     return HDF5_FILES.read(spec.main_file, spec.layout, bounds, out)
 
 
 def read_piece_into(
-    spec: FileSpec, bounds: Bounds, out: np.ndarray, out_index: tuple[slice, ...], token: str | None = None
+    spec: FileSpec,
+    bounds: Bounds,
+    out: np.ndarray[Any, Any],
+    out_index: tuple[slice, ...],
+    token: str | None = None,
 ) -> None:
     """:func:`read_piece` straight into ``out[out_index]`` (threads only).
 
@@ -341,7 +345,7 @@ def read_piece_into(
         out[out_index] = spec.fill_value
 
 
-def read_array(spec: FileSpec, bounds: Bounds) -> np.ndarray:
+def read_array(spec: FileSpec, bounds: Bounds) -> np.ndarray[Any, Any]:
     """Read ``bounds`` of an Array's file under the Array's read lock.
 
     Parameters

@@ -77,7 +77,7 @@ def storage_uri(filename_or_obj: Any) -> str | None:
     return f"file://{path}"
 
 
-def _bound(key: Any, size: int) -> tuple[int | slice, np.ndarray | None]:
+def _bound(key: Any, size: int) -> tuple[int | slice, np.ndarray[Any, Any] | None]:
     """Return the contiguous bound deker reads for one key element, and what to take from it."""
     if isinstance(key, (int, np.integer)):
         k = int(key)
@@ -122,13 +122,13 @@ class DekerBackendArray(BackendArray):  # type: ignore[misc]
         self.shape = (len(items), *shape) if stacked else shape
         self.dtype = dtype
 
-    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray[Any, Any]:
         """Return the values of an explicit indexer (xarray's lazy indexing calls this)."""
         return indexing.explicit_indexing_adapter(  # type: ignore[no-any-return]
             key, self.shape, indexing.IndexingSupport.BASIC, self._raw_indexing_method
         )
 
-    def _raw_indexing_method(self, key: tuple[Any, ...]) -> np.ndarray:
+    def _raw_indexing_method(self, key: tuple[Any, ...]) -> np.ndarray[Any, Any]:
         if not self.stacked:
             return self._read(self.items[0], key)
         first, rest = key[0], key[1:]
@@ -145,9 +145,9 @@ class DekerBackendArray(BackendArray):  # type: ignore[misc]
         )
         return np.empty((0, *inner), dtype=self.dtype)
 
-    def _read(self, item: Array | VArray, key: tuple[Any, ...]) -> np.ndarray:
+    def _read(self, item: Array | VArray, key: tuple[Any, ...]) -> np.ndarray[Any, Any]:
         bounds: list[int | slice] = []
-        takes: list[tuple[int, np.ndarray]] = []
+        takes: list[tuple[int, np.ndarray[Any, Any]]] = []
         axis = 0
         for k, size in zip(key, self.array_shape, strict=True):
             bound, take = _bound(k, size)

@@ -115,7 +115,7 @@ def _check(session: Session | None) -> None:
 
 def fill_chunk(
     shape: tuple[int, ...], dtype: str, fill_value: Any, session: Session | None = None
-) -> np.ndarray:
+) -> np.ndarray[Any, Any]:
     """Return a chunk of fill values (an absent tile: no I/O).
 
     Parameters
@@ -138,7 +138,7 @@ def fill_chunk(
     return np.full(shape, fill_value, dtype=np.dtype(dtype))
 
 
-def read_region(spec: FileSpec, bounds: Bounds, session: Session | None = None) -> np.ndarray:
+def read_region(spec: FileSpec, bounds: Bounds, session: Session | None = None) -> np.ndarray[Any, Any]:
     """Read ``bounds`` of one file under its read lock (a chunk that is one file's piece).
 
     Parameters
@@ -163,7 +163,7 @@ def read_chunk(
     fill_value: Any,
     parts: Sequence[Part],
     session: Session | None = None,
-) -> np.ndarray:
+) -> np.ndarray[Any, Any]:
     """Assemble a chunk from pieces of several files; cells no part covers are fill.
 
     Parameters
@@ -190,7 +190,7 @@ def read_chunk(
 # ----------------------------------------------------------------------------- writes
 
 
-def _as_block(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
+def _as_block(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
     # numpy's own conversion first, then numpy's cast (as ndarray.astype: a list converts as
     # an array would); np.ascontiguousarray would make a 0-d block 1-d
     block = np.asarray(np.asarray(data), dtype=dtype, order="C")
@@ -199,7 +199,7 @@ def _as_block(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.nda
     return block
 
 
-def _all_fill(block: np.ndarray, fill_value: Any) -> bool:
+def _all_fill(block: np.ndarray[Any, Any], fill_value: Any) -> bool:
     return count_fill(block, fill_value) == block.size
 
 

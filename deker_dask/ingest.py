@@ -111,7 +111,7 @@ def _check_coordinates(arr: Any) -> None:
         )
 
 
-def _coordinate(arr: Any, dim: str) -> np.ndarray | None:
+def _coordinate(arr: Any, dim: str) -> np.ndarray[Any, Any] | None:
     if dim not in arr.coords:
         return None
     return np.asarray(arr.coords[dim].values)
@@ -120,12 +120,12 @@ def _coordinate(arr: Any, dim: str) -> np.ndarray | None:
 # ----------------------------------------------------------------------------- inference
 
 
-def _eps(values: np.ndarray) -> float:
+def _eps(values: np.ndarray[Any, Any]) -> float:
     kind = values.dtype.kind
     return float(np.finfo(values.dtype).eps) if kind == "f" else float(np.finfo(np.float64).eps)
 
 
-def _on_grid(values: np.ndarray, start: float, step: float) -> bool:
+def _on_grid(values: np.ndarray[Any, Any], start: float, step: float) -> bool:
     """Return whether every value addresses its position on the scale ``start + i * step``."""
     x = values.astype(np.float64)
     grid = start + np.arange(len(x)) * step
@@ -139,7 +139,7 @@ def _shortest(value: Any) -> float:
     return float(str(value))
 
 
-def _scale_of(values: np.ndarray) -> Scale | None:
+def _scale_of(values: np.ndarray[Any, Any]) -> Scale | None:
     """Return the scale of evenly spaced numbers (with the shortest step that fits), or None."""
     if len(values) < 2 or not np.all(np.isfinite(values)):
         return None
@@ -154,7 +154,7 @@ def _scale_of(values: np.ndarray) -> Scale | None:
     return None
 
 
-def _time_axis(name: str, values: np.ndarray) -> TimeDimensionSchema:
+def _time_axis(name: str, values: np.ndarray[Any, Any]) -> TimeDimensionSchema:
     hint = (
         f"to keep it as labels, convert it to strings first "
         f"(obj.assign_coords({name}=obj[{name!r}].dt.strftime('%Y-%m-%dT%H:%M:%S')))"
@@ -184,12 +184,12 @@ def _time_axis(name: str, values: np.ndarray) -> TimeDimensionSchema:
     return TimeDimensionSchema(name, len(ns), to_utc(start), step)
 
 
-def _few(values: np.ndarray) -> str:
+def _few(values: np.ndarray[Any, Any]) -> str:
     shown = ", ".join(str(v) for v in values[:4])
     return shown + (", ..." if len(values) > 4 else "")
 
 
-def _labels_of(name: str, values: np.ndarray) -> list[Any]:
+def _labels_of(name: str, values: np.ndarray[Any, Any]) -> list[Any]:
     kind = values.dtype.kind
     if kind in "iuf":
         labels: list[Any] = [float(v) for v in values]
@@ -210,7 +210,7 @@ def _labels_of(name: str, values: np.ndarray) -> list[Any]:
 
 
 def _infer_dimension(
-    name: str, size: int, values: np.ndarray | None
+    name: str, size: int, values: np.ndarray[Any, Any] | None
 ) -> DimensionSchema | TimeDimensionSchema:
     if values is None:
         return DimensionSchema(name, size)
@@ -353,7 +353,7 @@ def _first_difference(got: Sequence[Any], want: Sequence[Any]) -> str:
     return "the values differ"  # pragma: no cover - callers compare first
 
 
-def _check_time(name: str, dim: TimeDimension, values: np.ndarray) -> None:
+def _check_time(name: str, dim: TimeDimension, values: np.ndarray[Any, Any]) -> None:
     if values.dtype.kind != "M":
         raise _disagree(name, f"the schema has a time axis, the coordinate has {values.dtype} values")
     start = np.datetime64(dim.start_value.replace(tzinfo=None), "us")
@@ -368,7 +368,7 @@ def _check_time(name: str, dim: TimeDimension, values: np.ndarray) -> None:
         )
 
 
-def _check_generic(name: str, dim: Dimension, values: np.ndarray) -> None:
+def _check_generic(name: str, dim: Dimension, values: np.ndarray[Any, Any]) -> None:
     kind = values.dtype.kind
     if dim.scale is not None:
         start, step = dim.scale.start_value, dim.scale.step

@@ -38,7 +38,7 @@ def _as_datetime64(value: datetime) -> np.datetime64:
     return np.datetime64(value, "ns")
 
 
-def coordinate(values: Sequence[Any]) -> np.ndarray:
+def coordinate(values: Sequence[Any]) -> np.ndarray[Any, Any]:
     """Turn a list of coordinate values into an array (aware datetimes become UTC ``datetime64[ns]``).
 
     Parameters

@@ -82,7 +82,7 @@ def _task(
     return (read_chunk, shape, dtype.str, fill, tuple(parts), session)
 
 
-def _meta(ndim: int, dtype: np.dtype[Any]) -> np.ndarray:
+def _meta(ndim: int, dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
     return np.empty((0,) * ndim, dtype=dtype)
 
 
@@ -387,7 +387,7 @@ class TileReader:
         shape = (len(members), *selection_shape(rest))
         return _task(shape, self.dtype, self.fill_value, parts, True, self.session)
 
-    def __getitem__(self, key: Any) -> np.ndarray:
+    def __getitem__(self, key: Any) -> np.ndarray[Any, Any]:
         box, pick = self.region(key)
         shape = selection_shape(box)
         if not math.prod(shape):
@@ -398,7 +398,7 @@ class TileReader:
             piece = np.asarray(func(*args))
         if all(isinstance(p, slice) and p == slice(0, n, 1) for p, n in zip(pick, shape, strict=True)):
             return piece
-        picked: np.ndarray = piece[pick]
+        picked: np.ndarray[Any, Any] = piece[pick]
         return picked
 
     def __repr__(self) -> str:

@@ -88,7 +88,7 @@ def _batch_size(n_tiles: int, tile_bytes: int) -> int:
 _Piece = tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]
 
 
-def _overlaps(offsets: np.ndarray, lo: int, hi: int) -> range:
+def _overlaps(offsets: np.ndarray[Any, Any], lo: int, hi: int) -> range:
     """Return the source chunks (along one axis) that overlap ``[lo, hi)``."""
     first = int(np.searchsorted(offsets, lo, side="right")) - 1
     last = int(np.searchsorted(offsets, hi, side="left")) - 1

@@ -43,7 +43,7 @@ __all__ = ["ArrayFiles", "ArrayLayout", "Bounds", "Values", "count_fill", "os_er
 Bounds = tuple[int | slice, ...]
 
 #: Cell values: an array, or a numpy scalar that stands for every cell of a region.
-Values = np.ndarray | np.generic
+Values = np.ndarray[Any, Any] | np.generic
 
 
 def selection_shape(bounds: Bounds) -> tuple[int, ...]:
@@ -114,7 +114,7 @@ class ArrayLayout:
         return not self.dataset_kwargs
 
 
-def _nan_equal(values: np.ndarray, fill: Any) -> np.ndarray:
+def _nan_equal(values: np.ndarray[Any, Any], fill: Any) -> np.ndarray[Any, Any]:
     if isinstance(fill, float) and math.isnan(fill):
         return np.asarray(np.isnan(values))
     return np.asarray(values == fill)
@@ -230,8 +230,8 @@ class ArrayFiles(Protocol):
         """
 
     def read(
-        self, path: Path, layout: ArrayLayout, bounds: Bounds, out: np.ndarray | None = None
-    ) -> np.ndarray:
+        self, path: Path, layout: ArrayLayout, bounds: Bounds, out: np.ndarray[Any, Any] | None = None
+    ) -> np.ndarray[Any, Any]:
         """Read a region; cells never written (or cleared) read as the fill value.
 
         Parameters

@@ -103,11 +103,11 @@ class ChunkIndex(NamedTuple):
     shape: tuple[int, ...]
     chunks: tuple[int, ...]
     dtype: np.dtype[Any]
-    fill: np.ndarray
+    fill: np.ndarray[Any, Any]
     filters: filters.Pipeline
-    offsets: np.ndarray
-    sizes: np.ndarray
-    masks: np.ndarray
+    offsets: np.ndarray[Any, Any]
+    sizes: np.ndarray[Any, Any]
+    masks: np.ndarray[Any, Any]
 
 
 def _pipeline(dataset: h5py.Dataset) -> filters.Pipeline | None:
@@ -182,7 +182,7 @@ def _damage(path: Path | str, exc: _Damaged) -> DekerStorageError:
     return DekerStorageError(f"Array file {path} is damaged or incomplete: {exc}")
 
 
-def _fetch(fd: int, index: ChunkIndex, where: tuple[int, ...]) -> np.ndarray:
+def _fetch(fd: int, index: ChunkIndex, where: tuple[int, ...]) -> np.ndarray[Any, Any]:
     """Read and decode one stored chunk.
 
     A chunk that does not decode is damage, raised as such: h5py would not always say so
@@ -195,7 +195,7 @@ def _fetch(fd: int, index: ChunkIndex, where: tuple[int, ...]) -> np.ndarray:
     return _decoded(raw, int(index.masks[where]), index, f"chunk {where} at byte {offset}")
 
 
-def _decoded(raw: bytes, mask: int, index: ChunkIndex, name: str) -> np.ndarray:
+def _decoded(raw: bytes, mask: int, index: ChunkIndex, name: str) -> np.ndarray[Any, Any]:
     """Decode one stored chunk to the chunk shape.
 
     Raises :class:`_Damaged`, naming the chunk ``name``, when it does not decode, or not to a
@@ -213,8 +213,8 @@ def _decoded(raw: bytes, mask: int, index: ChunkIndex, name: str) -> np.ndarray:
 
 
 def _read_region(
-    path: Path, fd: int, index: ChunkIndex, bounds: Bounds, out: np.ndarray | None
-) -> np.ndarray | None:
+    path: Path, fd: int, index: ChunkIndex, bounds: Bounds, out: np.ndarray[Any, Any] | None
+) -> np.ndarray[Any, Any] | None:
     """Read a region into ``out`` (or a new array); ``None`` if it does not fit: read with h5py."""
     target = rawio.destination(selection_shape(bounds), index.dtype, out)
     if target is None:
@@ -291,7 +291,7 @@ def _origin(where: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(p * c for p, c in zip(where, chunks, strict=True))
 
 
-def _in_file_axes(values: np.ndarray, bounds: Bounds) -> np.ndarray | None:
+def _in_file_axes(values: np.ndarray[Any, Any], bounds: Bounds) -> np.ndarray[Any, Any] | None:
     """View a region's values (integer bounds dropped) with every axis of the file; None if unfit."""
     dropped = tuple(d for d, b in enumerate(bounds) if not isinstance(b, slice))
     view = np.expand_dims(values, dropped) if dropped else values
@@ -299,7 +299,7 @@ def _in_file_axes(values: np.ndarray, bounds: Bounds) -> np.ndarray | None:
     return view if view.shape == want else None
 
 
-def read_into(fd: int, index: ChunkIndex, bounds: Bounds, out: np.ndarray) -> bool:
+def read_into(fd: int, index: ChunkIndex, bounds: Bounds, out: np.ndarray[Any, Any]) -> bool:
     """Read ``bounds`` of the dataset indexed by ``index`` from ``fd`` into ``out``.
 
     Parameters
@@ -363,8 +363,8 @@ def forget(path: Path | str | None = None) -> None:
 
 
 def read_open(
-    path: Path, handle: h5py.File, dataset: h5py.Dataset, bounds: Bounds, out: np.ndarray | None
-) -> np.ndarray | None:
+    path: Path, handle: h5py.File, dataset: h5py.Dataset, bounds: Bounds, out: np.ndarray[Any, Any] | None
+) -> np.ndarray[Any, Any] | None:
     """Read a region of a dataset h5py has open, decoding its chunks here; keep its index.
 
     Parameters
@@ -407,8 +407,8 @@ def read_open(
 
 
 def read_cached(
-    path: Path, bounds: Bounds, dtype: np.dtype[Any], out: np.ndarray | None = None
-) -> np.ndarray | None:
+    path: Path, bounds: Bounds, dtype: np.dtype[Any], out: np.ndarray[Any, Any] | None = None
+) -> np.ndarray[Any, Any] | None:
     """Read a region of ``path`` with its kept chunk index, without HDF5.
 
     The caller holds the file's read lock.
@@ -445,7 +445,7 @@ def read_cached(
 # ------------------------------------------------------------------------------ writes
 
 
-def write_whole(dataset: h5py.Dataset, values: np.ndarray) -> bool:
+def write_whole(dataset: h5py.Dataset, values: np.ndarray[Any, Any]) -> bool:
     """Give every chunk of a new, empty dataset its content, encoded here, in parallel.
 
     The chunks are encoded outside h5py's lock, split between the calling thread and the
@@ -514,7 +514,11 @@ def write_whole(dataset: h5py.Dataset, values: np.ndarray) -> bool:
 
 
 def write_region(
-    dataset: h5py.Dataset, bounds: Bounds, values: np.ndarray | np.generic, fill_value: Any, count_old: bool
+    dataset: h5py.Dataset,
+    bounds: Bounds,
+    values: np.ndarray[Any, Any] | np.generic,
+    fill_value: Any,
+    count_old: bool,
 ) -> int | None:
     """Write a region of a chunked dataset, its chunks decoded and encoded here, in parallel.
 

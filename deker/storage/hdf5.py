@@ -181,7 +181,7 @@ def _create_data(
     )
 
 
-def _fill_new(dataset: h5py.Dataset, values: np.ndarray, shape: tuple[int, ...]) -> None:
+def _fill_new(dataset: h5py.Dataset, values: np.ndarray[Any, Any], shape: tuple[int, ...]) -> None:
     """Write every cell of a new dataset: chunks encoded in parallel (chunkcodec), else h5py."""
     if not chunkcodec.write_whole(dataset, values):
         dataset[...] = _expand(values, shape)
@@ -189,7 +189,7 @@ def _fill_new(dataset: h5py.Dataset, values: np.ndarray, shape: tuple[int, ...])
 
 def _write_whole(
     path: Path,
-    values: np.ndarray | None,
+    values: np.ndarray[Any, Any] | None,
     empty_cells: int,
     shape: tuple[int, ...],
     fill_value: Any,
@@ -209,7 +209,7 @@ def _write_whole(
         and _write_whole_fast(path, values, empty_cells, shape, fill_value)
     ):
         return
-    stored_meta: np.ndarray | None = None
+    stored_meta: np.ndarray[Any, Any] | None = None
     with _modify(path) as handle:
         if DATA in handle:
             meta = handle[META]
@@ -227,7 +227,7 @@ def _write_whole(
 
 
 def _write_whole_fast(
-    path: Path, values: np.ndarray, empty_cells: int, shape: tuple[int, ...], fill_value: Any
+    path: Path, values: np.ndarray[Any, Any], empty_cells: int, shape: tuple[int, ...], fill_value: Any
 ) -> bool:
     """Give every cell of ``path`` new content without HDF5 writing the data.
 
@@ -308,7 +308,7 @@ def create_array_file(
         If ``path`` already exists.
 
     """
-    values: np.ndarray | None = None
+    values: np.ndarray[Any, Any] | None = None
     empty = total_cells
     if data is not None:
         if shape is None:
@@ -414,10 +414,10 @@ def read_region(
     bounds: Bounds,
     dtype: np.dtype[Any] | type | str,
     fill_value: Any,
-    out: np.ndarray | None = None,
+    out: np.ndarray[Any, Any] | None = None,
     *,
     file_shape: tuple[int, ...] | None = None,
-) -> np.ndarray:
+) -> np.ndarray[Any, Any]:
     """Read a region of an array file.
 
     Parameters
@@ -485,7 +485,7 @@ def read_region(
         return out
 
 
-def _expand(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _expand(value: np.ndarray[Any, Any], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
     if value.ndim == 0 and shape and math.prod(shape) <= _EXPAND_SCALAR_CELLS:
         return np.full(shape, value, dtype=value.dtype)
     return value

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,8 +49,8 @@ class HDF5Files:
         )
 
     def read(
-        self, path: Path, layout: ArrayLayout, bounds: Bounds, out: np.ndarray | None = None
-    ) -> np.ndarray:
+        self, path: Path, layout: ArrayLayout, bounds: Bounds, out: np.ndarray[Any, Any] | None = None
+    ) -> np.ndarray[Any, Any]:
         """Read a region: :meth:`~deker.storage.arrayfile.ArrayFiles.read`.
 
         Without HDF5 when the file's layout is cached, or when the layout is contiguous and the

@@ -122,13 +122,13 @@ def contiguous_offset(dataset: h5py.Dataset) -> int | None:
 
 
 class _Plan(NamedTuple):
-    cells: np.ndarray  # the cell index (in the file) of the start of every run, in file order
+    cells: np.ndarray[Any, Any]  # the cell index (in the file) of the start of every run, in file order
     dests: Callable[[], list[Any]]  # builds the run destinations (byte memoryviews into ``out``)
     run: int  # run length in cells
-    grid: np.ndarray | None  # ``out`` seen as (runs, run) when one stride walks the runs
+    grid: np.ndarray[Any, Any] | None  # ``out`` seen as (runs, run) when one stride walks the runs
 
 
-def _runs(bounds: Bounds, shape: tuple[int, ...], out: np.ndarray) -> _Plan | None:
+def _runs(bounds: Bounds, shape: tuple[int, ...], out: np.ndarray[Any, Any]) -> _Plan | None:
     """Split a region into runs of cells that are consecutive both in the file and in ``out``.
 
     ``None`` if ``out`` does not match.
@@ -160,7 +160,7 @@ def _runs(bounds: Bounds, shape: tuple[int, ...], out: np.ndarray) -> _Plan | No
     run = math.prod(lengths[k:])
     run_bytes = run * itemsize
     lead = [axis_of[d] for d in range(k) if d in axis_of and lengths[d] > 1]
-    grid: np.ndarray | None = None
+    grid: np.ndarray[Any, Any] | None = None
     dests: Callable[[], list[Any]]
     if not lead:  # one run: ``out`` is contiguous (its other axes have length 1)
         if not out.flags.c_contiguous:
@@ -214,7 +214,9 @@ def _read_exact(fd: int, views: list[Any], offset: int, size: int) -> bool:
     return bool(os.preadv(fd, views, offset) == size)
 
 
-def _read_runs(fd: int, offset: int, shape: tuple[int, ...], bounds: Bounds, out: np.ndarray) -> bool:
+def _read_runs(
+    fd: int, offset: int, shape: tuple[int, ...], bounds: Bounds, out: np.ndarray[Any, Any]
+) -> bool:
     """Read ``bounds`` of the block at ``offset`` (cells of ``shape``) from ``fd`` into ``out``."""
     if out.size == 0:
         return True  # an empty region: nothing to read
@@ -254,14 +256,14 @@ def _read_runs(fd: int, offset: int, shape: tuple[int, ...], bounds: Bounds, out
     return True
 
 
-def _scratch() -> np.ndarray:
-    buffer: np.ndarray | None = getattr(_local, "scratch", None)
+def _scratch() -> np.ndarray[Any, Any]:
+    buffer: np.ndarray[Any, Any] | None = getattr(_local, "scratch", None)
     if buffer is None or buffer.size < _SCRATCH_BYTES:
         buffer = _local.scratch = np.empty(_SCRATCH_BYTES, dtype=np.uint8)
     return buffer
 
 
-def _read_through_scratch(fd: int, position: int, step: int, grid: np.ndarray) -> bool:
+def _read_through_scratch(fd: int, position: int, step: int, grid: np.ndarray[Any, Any]) -> bool:
     """Read evenly spaced short runs: whole stretches of the file, then one numpy copy each.
 
     ``grid`` is the destination seen as (runs, run length); the runs start ``step`` bytes
@@ -285,7 +287,9 @@ def _read_through_scratch(fd: int, position: int, step: int, grid: np.ndarray) -
     return True
 
 
-def read_region_into(handle: h5py.File, dataset: h5py.Dataset, bounds: Bounds, out: np.ndarray) -> bool:
+def read_region_into(
+    handle: h5py.File, dataset: h5py.Dataset, bounds: Bounds, out: np.ndarray[Any, Any]
+) -> bool:
     """Read ``dataset[bounds]`` into ``out`` with ``preadv`` when the layout allows it.
 
     Parameters
@@ -571,10 +575,10 @@ def destination(
 def read_cached(
     path: Path,
     bounds: Bounds,
-    dtype: np.dtype,
+    dtype: np.dtype[Any],
     fill_value: Any,
     out: np.ndarray | None = None,  # type: ignore[type-arg]
-) -> np.ndarray | None:
+) -> np.ndarray[Any, Any] | None:
     """Read a region with the remembered layout of ``path``, without HDF5.
 
     The caller holds the file's read lock.
@@ -624,7 +628,7 @@ def read_templated(
     dtype: np.dtype,  # type: ignore[type-arg]
     fill_value: Any,
     out: np.ndarray | None = None,  # type: ignore[type-arg]
-) -> np.ndarray | None:
+) -> np.ndarray[Any, Any] | None:
     """Read a region of a file written whole from a template, without HDF5.
 
     Files that deker wrote holding a whole array (:func:`deker.storage.templates.data_array_parts`)

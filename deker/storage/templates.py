@@ -154,7 +154,7 @@ _PLAIN_KINDS = frozenset("iufc")
 
 
 def _build_data(
-    meta_dtype: str, shape: tuple[int, ...], dtype: np.dtype[Any], fill: np.ndarray
+    meta_dtype: str, shape: tuple[int, ...], dtype: np.dtype[Any], fill: np.ndarray[Any, Any]
 ) -> _DataTemplate | None:
     mdt = np.dtype(meta_dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -338,7 +338,7 @@ def template_data_offset(
 # ------------------------------------------------------------------------------ writing parts
 
 
-def raw_bytes(values: np.ndarray) -> memoryview:
+def raw_bytes(values: np.ndarray[Any, Any]) -> memoryview:
     """Return the bytes of ``values`` in C order (a copy only when it is not contiguous).
 
     Parameters
@@ -355,7 +355,7 @@ def raw_bytes(values: np.ndarray) -> memoryview:
     return memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
-def write_parts(fd: int, head: bytes, values: np.ndarray, tail: bytes) -> None:
+def write_parts(fd: int, head: bytes, values: np.ndarray[Any, Any], tail: bytes) -> None:
     """Write ``head``, the bytes of ``values`` and ``tail`` at the start of the open file ``fd``.
 
     One ``pwritev`` (repeated if the kernel writes less), which releases the GIL: the files of
@@ -384,7 +384,7 @@ def write_parts(fd: int, head: bytes, values: np.ndarray, tail: bytes) -> None:
                 pieces.pop(0)
 
 
-def write_new_file(tmp: Path, head: bytes, values: np.ndarray, tail: bytes) -> None:
+def write_new_file(tmp: Path, head: bytes, values: np.ndarray[Any, Any], tail: bytes) -> None:
     """Write a new version through the held descriptor of ``tmp`` (closing none of its own).
 
     Parameters
