@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,10 +42,6 @@ def test_ruff_format() -> None:
 
 
 def test_mypy_strict() -> None:
-    if int(np.__version__.split(".")[0]) < 2:
-        # NumPy 1.26's stubs want ``np.ndarray[Any, Any]`` where NumPy 2's take a bare
-        # ``np.ndarray``: the code is type-checked against NumPy 2 (the test extra's default)
-        pytest.skip(f"the types are checked against NumPy 2's stubs; this is NumPy {np.__version__}")
     _run(_tool("mypy"))
 
 

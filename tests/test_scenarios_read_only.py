@@ -33,11 +33,11 @@ import h5py
 import numpy as np
 import pytest
 from storage_helpers import read_only_child as child
+from storage_helpers.other_user import NOBODY, as_user
 
 from deker import Client
 
 HELPER = Path(child.__file__)
-NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (bind mounts, setpriv to another uid)")
 
 
@@ -125,10 +125,8 @@ def test_read_only_bind_mount(archive: Path) -> None:
 @needs_root
 def test_read_permission_only(archive: Path) -> None:
     """A user who may only read the archive: the client chooses read-only by itself."""
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv is not installed")
+    command = as_user(NOBODY)
     before = child.snapshot(archive / "src" / "st")
-    command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     # (dask's threads: a spawned process of another uid cannot start from root's environment)
     result = _run([*command, sys.executable, str(HELPER), (archive / "src" / "st").as_uri(), "--threads"])
     _check(result, archive / "src" / "st", before, reason="EACCES")
@@ -169,12 +167,10 @@ print(json.dumps({
 def test_read_permission_only_below_a_writable_root(archive: Path) -> None:
     """The collections directory is writable, the collections are not: a writable client, whose
     reads fall back to the read-only lock where they cannot make their lock files."""
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv is not installed")
+    command = as_user(NOBODY)
     storage = archive / "src" / "st"
     (storage / "collections").chmod(0o777)
     before = child.snapshot(storage)
-    command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     result = _run([*command, sys.executable, "-c", READER, storage.as_uri()])
     assert result.pop("read_only") is False
     dask_values = result.pop("dask")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from storage_helpers.other_user import NOBODY, as_user
 
 from deker.storage.identity import STORAGE_ID_FILE
 from deker.storage.writable import write_problem
@@ -71,18 +72,10 @@ def test_a_read_only_mount_is_found(shared: Path) -> None:
 
 @needs_root
 def test_a_user_with_read_permission_only_is_found(shared: Path) -> None:
+    command = as_user(NOBODY)
     before = _listing(shared / "src")
     done = subprocess.run(
-        [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            sys.executable,
-            "-c",
-            PROBE,
-            str(shared / "src"),
-        ],
+        [*command, sys.executable, "-c", PROBE, str(shared / "src")],
         capture_output=True,
         text=True,
         timeout=60,
