@@ -14,7 +14,9 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator
-from numbers import Number
+from decimal import Decimal
+from fractions import Fraction
+from numbers import Number, Rational
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -113,8 +115,10 @@ def prepare_update_data(
                 raise DekerArrayTypeError(f"Invalid data: {exc}") from exc
             # back to the list's own type, where a change shows (a real list into a complex
             # array: through the real part, as casting complex to real warns)
-            back = (arr.real if dtype.kind == "c" and source.dtype.kind != "c" else arr).astype(source.dtype)
-            if not np.array_equal(back, source, equal_nan=source.dtype.kind in "fc"):
+            stored = arr.real if dtype.kind == "c" and source.dtype.kind != "c" else arr
+            if not _within(stored, source.dtype):  # (casting it back would wrap around)
+                raise changed
+            if not _same_values(stored.astype(source.dtype), source):
                 raise changed
     elif isinstance(data, np.ndarray):
         if data.dtype != dtype:
@@ -132,34 +136,98 @@ def prepare_update_data(
         ) from exc
 
 
+def _same_values(back: np.ndarray[Any, Any], source: np.ndarray[Any, Any]) -> bool:
+    """Whether two arrays of one dtype hold the same numbers, NaN for NaN (complex: part by part).
+
+    (numpy's ``equal_nan`` takes two complex numbers with a NaN in either part as equal, whatever
+    the other parts hold.)
+    """
+    if source.dtype.kind == "c":
+        return _same_values(back.real, source.real) and _same_values(back.imag, source.imag)
+    return bool(np.array_equal(back, source, equal_nan=source.dtype.kind == "f"))
+
+
+def _within(values: np.ndarray[Any, Any], dtype: np.dtype[Any]) -> bool:
+    """Whether every one of ``values`` lies in the range of ``dtype`` (always, unless an integer).
+
+    Casting a value out of an integer dtype's range to it wraps around (or is undefined, for a
+    float or an infinity), and may give back the very number a list held: ``np.int8(-1)``
+    stored as uint8 is 255, and 255 cast to int8 is -1 again.  A value out of the list's own
+    range is not one of its values, so the list changed.
+    """
+    if dtype.kind not in "iu" or values.size == 0:
+        return True
+    info = np.iinfo(dtype)
+    low, high = values.min(), values.max()
+    if values.dtype.kind in "iu":
+        return info.min <= int(low) and int(high) <= info.max
+    if not np.isfinite(values).all():
+        return False
+    exact_low, exact_high = _exact_real(low), _exact_real(high)
+    return (
+        isinstance(exact_low, Fraction)
+        and isinstance(exact_high, Fraction)
+        and (info.min <= exact_low and exact_high < info.max + 1)
+    )
+
+
+#: An exact number: a fraction, or the name of a value that is none ("nan", "+inf", "-inf").
+_Exact = Fraction | str
+
+
+def _exact_real(x: Any) -> _Exact:
+    """Return the real number ``x`` exactly (any int, float, numpy number, Fraction or Decimal)."""
+    if isinstance(x, (int, np.integer)):
+        return Fraction(int(x))
+    if isinstance(x, (float, np.floating)):
+        if np.isnan(x):
+            return "nan"
+        if np.isinf(x):
+            return "+inf" if x > 0 else "-inf"
+        return Fraction(*x.as_integer_ratio())  # (exact for every float type, longdouble too)
+    if isinstance(x, Decimal):
+        if x.is_nan():
+            return "nan"
+        if x.is_infinite():
+            return "+inf" if x > 0 else "-inf"
+        return Fraction(x)
+    if isinstance(x, Rational):
+        return Fraction(int(x.numerator), int(x.denominator))
+    raise TypeError(f"{type(x).__name__} is not a number deker can compare exactly")
+
+
+def _exact(x: Any) -> tuple[_Exact, _Exact]:
+    """Return the real and imaginary parts of the number ``x`` exactly."""
+    if isinstance(x, (complex, np.complexfloating)):
+        return _exact_real(x.real), _exact_real(x.imag)
+    return _exact_real(x), Fraction(0)
+
+
 def _scalar_unchanged(data: Any, dtype: np.dtype[Any]) -> np.generic:
     """Return the scalar ``data`` as a ``dtype`` scalar, or refuse it if that changes its value.
 
-    The value is converted back to the number's own type (numpy's for a Python number, as a
-    list of it would have) and compared there, exactly: comparing the converted value with the
-    Python number itself would round the number first (to float64 for an int, and under NumPy
-    2 to the array's own precision for a float), which let ``2**60 + 1`` into float64 and
-    ``0.1`` into float32 through.  A complex number without an imaginary part fits a real
-    array, as in a list.
+    The stored value and ``data`` are compared as exact fractions (a NaN with a NaN, part by
+    part for complex numbers): numpy's own comparison rounds one side first (an int to float64,
+    and under NumPy 2 a Python float to the array's precision), and a conversion back can wrap
+    around (``-1`` as uint8 is 255, which converts back to ``np.int8(-1)``), so either would let
+    a changed value through.  A complex number without an imaginary part fits a real array, as
+    in a list.
     """
     loss = f"Invalid data value: {data!r} cannot be stored as {dtype} without loss"
-    reference = np.asarray(data)  # object for a Python int beyond 64 bits: compared as Python's
+    try:
+        wanted = _exact(data)
+    except TypeError as exc:
+        raise DekerArrayTypeError(f"Invalid data type: {type(data)}; {dtype} expected: {exc}") from exc
     source = data
-    if reference.dtype.kind == "c" and dtype.kind != "c":
-        if reference.imag != 0:
+    if dtype.kind != "c" and isinstance(data, (complex, np.complexfloating)):
+        if wanted[1] != 0:
             raise DekerArrayTypeError(loss)
-        reference = reference.real
-        source = reference[()]
+        source = data.real
     try:
         with np.errstate(all="ignore"):
             check_integer_range(dtype, source)
             value = dtype.type(source)
-            back = np.asarray(value)
-            if back.dtype.kind == "c" and reference.dtype.kind != "c":
-                back = back.real  # (a real number's: no imaginary part to lose)
-            same = bool(back.astype(reference.dtype) == reference) or bool(
-                np.isnan(reference.astype(np.complex128)) and np.isnan(back.astype(np.complex128))
-            )
+        same = _exact(value) == wanted
     except OverflowError as exc:  # a number out of the dtype's range (or an infinity for an int)
         raise DekerArrayTypeError(f"{loss}: {exc}") from exc
     except (TypeError, ValueError) as exc:

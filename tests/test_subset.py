@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import warnings
 from datetime import datetime, timedelta, timezone
+from fractions import Fraction
 from pathlib import Path
 
 import h5py
@@ -13,6 +14,7 @@ import pytest
 import xarray
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra.numpy import from_dtype
 
 from deker import ArraySchema, AttributeSchema, Client, DimensionSchema, HDF5Options, TimeDimensionSchema
 from deker.errors import DekerArrayError, DekerArrayTypeError, DekerMemoryError, DekerSubsetError
@@ -91,6 +93,10 @@ def test_first_partial_write_does_not_write_everything(client: Client) -> None:
         (np.complex64, complex(1e40, 0), DekerArrayTypeError),
         (np.float32, [1 + 2j, 0, 0], DekerArrayTypeError),
         (np.float32, [1e40, 0, 0], DekerArrayTypeError),
+        (np.uint64, [-1, 0, 0], DekerArrayTypeError),  # it was stored as 2**64 - 1
+        (np.uint8, [np.int8(-1), 0, 0], DekerArrayTypeError),
+        (np.float16, [-(2**63), 0, 0], DekerArrayTypeError),
+        (np.complex64, [complex(16_777_217, float("nan")), 0, 0], DekerArrayTypeError),
     ],
 )
 def test_bad_update_data(dtype: type, data: object, exc: type[Exception]) -> None:
@@ -245,6 +251,11 @@ def test_a_number_out_of_the_dtypes_range_is_called_a_loss(dtype: type, data: ob
         (np.complex64, 0.1),
         (np.float32, np.complex64(1 + 2j)),  # the imaginary part (it warned and was dropped)
         (np.float32, 1 + 2j),
+        (np.uint8, np.int8(-1)),  # 255, which converts back to int8 as -1
+        (np.int64, np.uint64(2**64 - 1)),
+        (np.float16, -(2**63)),  # -inf, which converts back to int64 as -2**63 (x86)
+        (np.longdouble, 2**70 + 1),
+        (np.complex64, complex(float("nan"), 0.1)),  # a NaN part does not excuse the other one
     ],
 )
 def test_a_scalar_that_changes_when_stored_is_refused(dtype: type, data: object) -> None:
@@ -276,20 +287,46 @@ def test_a_scalar_stored_unchanged_is_accepted(dtype: type, data: object) -> Non
     assert out[0] == data
 
 
-_SCALAR_DTYPES = [np.int8, np.int32, np.uint8, np.int64, np.float16, np.float32, np.float64, np.complex64]
+_SCALAR_DTYPES = [
+    np.int8, np.int32, np.uint8, np.int64, np.uint64, np.float16, np.float32, np.float64, np.longdouble,
+    np.complex64, np.complex128,
+]  # fmt: skip
+
+
+def _exactly(x: object) -> tuple[object, object]:
+    """``x`` as exact fractions (real and imaginary parts), a NaN as "nan", an infinity by sign."""
+
+    def part(v: object) -> object:
+        if isinstance(v, (int, np.integer)):
+            return Fraction(int(v))
+        assert isinstance(v, (float, np.floating)), v
+        if np.isnan(v):
+            return "nan"
+        if np.isinf(v):
+            return str(np.sign(v))
+        return Fraction(*v.as_integer_ratio())
+
+    if isinstance(x, (complex, np.complexfloating)):
+        return part(x.real), part(x.imag)
+    return part(x), Fraction(0)
+
+
+_NUMBERS = st.one_of(
+    st.integers(min_value=-(2**65), max_value=2**65),
+    st.floats(allow_nan=True, allow_infinity=True, width=64),
+    st.complex_numbers(allow_nan=True, allow_infinity=True),
+    st.sampled_from(_SCALAR_DTYPES).flatmap(lambda t: from_dtype(np.dtype(t))),  # numpy scalars
+)
 
 
 @settings(deadline=None)
-@given(
-    value=st.one_of(
-        st.integers(min_value=-(2**63), max_value=2**63 - 1),
-        st.floats(allow_nan=True, allow_infinity=True, width=64),
-        st.complex_numbers(allow_nan=False, allow_infinity=False),
-    ),
-    dtype=st.sampled_from(_SCALAR_DTYPES),
-)
-def test_a_scalar_and_a_list_of_it_convert_by_one_rule(value: complex, dtype: type) -> None:
-    """``update(x)`` and ``update([x])`` are both accepted (with the same stored value) or both refused."""
+@given(value=_NUMBERS, dtype=st.sampled_from(_SCALAR_DTYPES))
+def test_a_scalar_and_a_list_of_it_convert_by_one_rule(value: object, dtype: type) -> None:
+    """``update(x)`` is accepted only if the stored number is exactly ``x``; ``update([x])`` alike.
+
+    Exactly: as fractions, not with ``==`` (which rounds one side, so a lossy conversion would
+    pass).  A list of a number no 64-bit type holds is refused (numpy makes it an object list).
+    """
 
     def verdict(data: object) -> object:
         with warnings.catch_warnings():
@@ -301,8 +338,10 @@ def test_a_scalar_and_a_list_of_it_convert_by_one_rule(value: complex, dtype: ty
         return out[0]
 
     alone, listed = verdict(value), verdict([value])
-    if isinstance(alone, str) or isinstance(listed, str):
-        assert alone == listed
-    else:
-        assert alone == listed or (np.isnan(alone) and np.isnan(listed))
-        assert alone == value or (np.isnan(alone) and np.isnan(value))  # nothing was lost
+    if not isinstance(alone, str):
+        assert _exactly(alone) == _exactly(value), "a changed number was accepted"
+    if not isinstance(listed, str):
+        assert _exactly(listed) == _exactly(value), "a changed number was accepted in a list"
+        assert not isinstance(alone, str), "the list was accepted, the number alone refused"
+    elif not isinstance(alone, str):
+        assert isinstance(value, int) and not -(2**63) <= value < 2**64, "refused in a list only"
