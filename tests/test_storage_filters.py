@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 
+import numcodecs
 import numcodecs.blosc
 import numpy as np
 import pytest
@@ -84,10 +85,12 @@ def test_blosc_codecs_numcodecs_lacks_are_left_to_h5py() -> None:
 
 @pytest.mark.parametrize(
     ("typesize", "recorded"),
-    [(4, 4), (8, 8), (3, 1), (300, 1)],  # blosc's header keeps 1 for a size that cannot be used
+    [(4, 4), (8, 8), (3, 3), (300, 1)],  # blosc's header keeps 1 for a size over 255
 )
 def test_blosc_frames_record_the_filters_type_size(typesize: int, recorded: int) -> None:
-    """The type size comes from the filter's values, on every numcodecs (0.13 has no argument for it)."""
+    """The type size comes from the filter's values (numcodecs 0.13 has no argument for it)."""
+    if typesize == 3 and numcodecs.__version__.startswith("0.13."):
+        pytest.skip("numcodecs 0.13 cannot give blosc a type size that does not divide the chunk")
     chunk = np.arange(600, dtype=np.float64)  # 4800 bytes: divisible by 3, 4 and 8, not by 300
     if typesize == 3:
         chunk = chunk[:599]  # 4792 bytes: not divisible by 3

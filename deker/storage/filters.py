@@ -189,14 +189,19 @@ def _blosc_encode(data: Any, values: tuple[int, ...], itemsize: int) -> bytes:
     name = _blosc_compressor(values)
     if name is None:
         raise ValueError(f"blosc compressor {values[6] if len(values) > 6 else 0} is not available")
+    blosc = _numcodecs().blosc
     view = memoryview(data).cast("B")
-    if 1 < typesize <= _BLOSC_MAX_TYPESIZE and len(view) % typesize == 0:
+    if typesize > _BLOSC_MAX_TYPESIZE:  # blosc itself takes such a size as 1
+        typesize = 1
+    if len(view) % typesize == 0:
         # blosc takes the type size from the buffer's item size: numcodecs 0.13 (the last for
         # Python 3.10) has no ``typesize`` argument, and later versions default to it
-        source: Any = np.frombuffer(view, dtype=np.dtype((np.void, typesize)))
-    else:  # a size blosc takes as 1, or one that does not divide the chunk: shuffled byte by byte
-        source = view
-    return bytes(_numcodecs().blosc.compress(source, name.encode(), clevel, shuffle))
+        source: Any = np.frombuffer(view, dtype=np.dtype((np.void, typesize))) if typesize > 1 else view
+        return bytes(blosc.compress(source, name.encode(), clevel, shuffle))
+    try:  # a type size that does not divide the chunk (the filter's values say so)
+        return bytes(blosc.compress(view, name.encode(), clevel, shuffle, typesize=typesize))
+    except TypeError:  # numcodecs 0.13: bytes shuffled one by one, which any blosc reader decodes
+        return bytes(blosc.compress(view, name.encode(), clevel, shuffle))
 
 
 def encodable(filters: Pipeline) -> bool:
