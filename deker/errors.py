@@ -205,8 +205,12 @@ class DekerExceptionGroup(DekerBaseApplicationError):
 
 
 def _as_exceptions(items: Sequence[object]) -> list[Exception]:
-    # (an ExceptionGroup holds Exceptions only: anything else is kept as its text)
-    return [x if isinstance(x, Exception) else DekerTaskError(str(x)) for x in items]
+    # (an ExceptionGroup holds Exceptions only: a string is kept as it is, as deker 1.1.7's
+    # callers passed tracebacks, and a KeyboardInterrupt or SystemExit by its repr)
+    return [
+        x if isinstance(x, Exception) else DekerTaskError(repr(x) if isinstance(x, BaseException) else str(x))
+        for x in items
+    ]
 
 
 class DekerVSubsetError(DekerSubsetError, DekerExceptionGroup, ExceptionGroup):  # type: ignore[misc]
