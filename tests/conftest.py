@@ -58,6 +58,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the posix re-run of the lock tests now, if it is to run, to work beside the rest."""
+    if session.config.option.collectonly:
+        return
     for item in session.items:
         if item.name == "test_lock_tests_pass_under_posix_locks" and isinstance(item, pytest.Function):
             item.module.start_child(session.config)

@@ -16,8 +16,10 @@ proof (none of them may depend on the machine being idle).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,6 +60,14 @@ def _skip_reason(config: pytest.Config) -> str | None:
     return None
 
 
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the child and every process of its session, if it still runs."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def start_child(config: pytest.Config) -> None:
     """Start the posix run in the background, once, unless the test would skip itself."""
     if _skip_reason(config) is not None or _CHILD in config.stash:
@@ -69,14 +79,14 @@ def start_child(config: pytest.Config) -> None:
         f"--stress-cap={STRESS_SECONDS}", f"--basetemp={work / 'run'}", *MODULES,
     ]  # fmt: skip
     env = {**os.environ, "DEKER_LOCK_PRIMITIVE": "posix"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    with log.open("wb") as out:  # (a session of its own: its helpers and clusters go with it)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     config.stash[_CHILD] = _Child(proc, log)
 
     def stop() -> None:  # the session ends (or is interrupted) before the test took the verdict
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _kill(proc)
         shutil.rmtree(work, ignore_errors=True)
 
     config.add_cleanup(stop)
@@ -92,8 +102,7 @@ def test_lock_tests_pass_under_posix_locks(request: pytest.FixtureRequest) -> No
     try:
         returncode = child.proc.wait(timeout=CHILD_SECONDS)
     except subprocess.TimeoutExpired:
-        child.proc.kill()
-        child.proc.wait()
+        _kill(child.proc)
         returncode = None
     output = child.log.read_text(errors="replace")
     tail = "\n".join(output.splitlines()[-60:])
