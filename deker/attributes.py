@@ -315,13 +315,10 @@ def _coerce_number(value: Any, dtype: Any) -> Any:
             raise ValueError("not a whole number")
         number = int(value)
         try:
-            check_integer_range(dtype, number)
+            check_integer_range(dtype, number)  # (then the conversion is exact)
         except OverflowError as exc:
             raise ValueError("out of range") from exc
-        converted = dtype(number)
-        if int(converted) != number:
-            raise ValueError("out of range")
-        return converted
+        return dtype(number)
     if dtype is float or issubclass(dtype, np.floating):
         if isinstance(value, (complex, np.complexfloating)):
             if value.imag != 0:
