@@ -163,12 +163,7 @@ def _within(values: np.ndarray[Any, Any], dtype: np.dtype[Any]) -> bool:
         return info.min <= int(low) and int(high) <= info.max
     if not np.isfinite(values).all():
         return False
-    exact_low, exact_high = _exact_real(low), _exact_real(high)
-    return (
-        isinstance(exact_low, Fraction)
-        and isinstance(exact_high, Fraction)
-        and (info.min <= exact_low and exact_high < info.max + 1)
-    )
+    return info.min <= Fraction(*low.as_integer_ratio()) and Fraction(*high.as_integer_ratio()) < info.max + 1
 
 
 #: An exact number: a fraction, or the name of a value that is none ("nan", "+inf", "-inf").
