@@ -196,7 +196,7 @@ def _blosc_encode(data: Any, values: tuple[int, ...], itemsize: int) -> bytes:
     if len(view) % typesize == 0:
         # blosc takes the type size from the buffer's item size: numcodecs 0.13 (the last for
         # Python 3.10) has no ``typesize`` argument, and later versions default to it
-        source: Any = np.frombuffer(view, dtype=np.dtype((np.void, typesize))) if typesize > 1 else view
+        source = np.frombuffer(view, dtype=np.dtype((np.void, typesize)))
         return bytes(blosc.compress(source, name.encode(), clevel, shuffle))
     try:  # a type size that does not divide the chunk (the filter's values say so)
         return bytes(blosc.compress(view, name.encode(), clevel, shuffle, typesize=typesize))
