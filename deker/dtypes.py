@@ -29,6 +29,7 @@ __all__ = [
     "ATTRIBUTE_DTYPES",
     "attribute_dtype_to_name",
     "attribute_name_to_dtype",
+    "casts_exactly",
     "check_integer_range",
     "default_fill_value",
     "dtype_to_name",
@@ -323,3 +324,31 @@ def check_integer_range(dtype: Any, value: object) -> None:
     info = np.iinfo(np_dtype)
     if not info.min <= value <= info.max:
         raise OverflowError(f"{value} is out of the range of {np_dtype} ({info.min} to {info.max})")
+
+
+def casts_exactly(source: Any, target: Any) -> bool:
+    """Return whether every value of dtype ``source`` is a value of dtype ``target``.
+
+    This is numpy's ``"safe"`` casting rule without its one loss: numpy calls an integer type
+    safe to cast into a floating or complex type whose significand has fewer digits than the
+    integer has bits (``int64`` into ``float64`` rounds every odd number above ``2**53``).  Such a
+    pair is refused here; ``int32`` into ``float64``, or ``int64`` into an 80-bit ``longdouble``,
+    is not.
+
+    Parameters
+    ----------
+    source, target : numpy.dtype or type
+        The dtype of the data, and the dtype it is to be stored as.
+
+    Returns
+    -------
+    bool
+        True when the cast can change no value.
+    """
+    src, dst = np.dtype(source), np.dtype(target)
+    if not np.can_cast(src, dst, casting="safe"):
+        return False
+    if src.kind in "iu" and dst.kind in "fc":
+        bits = np.iinfo(src).bits - (1 if src.kind == "i" else 0)
+        return bits <= int(np.finfo(dst).nmant) + 1
+    return True

@@ -47,7 +47,7 @@ from deker.attributes import process_attributes
 from deker.cf import import_xarray
 from deker.collection import Collection
 from deker.dimensions import SCALE_REL_TOLERANCE, Dimension, TimeDimension, build_dimensions
-from deker.dtypes import ARRAY_DTYPES
+from deker.dtypes import ARRAY_DTYPES, casts_exactly
 from deker.errors import DekerArrayTypeError, DekerValidationError
 from deker.log import progress_enabled
 from deker.schemas import (
@@ -415,7 +415,7 @@ def _check_shape(arr: Any, schema: ArraySchema | VArraySchema) -> None:
 
 def _check_dtype(arr: Any, schema: ArraySchema | VArraySchema) -> None:
     want = np.dtype(schema.dtype)
-    if not np.can_cast(arr.dtype, want, casting="safe"):
+    if not casts_exactly(arr.dtype, want):
         raise DekerArrayTypeError(
             f"Cannot store {arr.dtype} data into the {want} collection without changing values: "
             f"convert it first (obj.astype({want.name!r}))"
@@ -468,8 +468,9 @@ def store_xarray(
     Everything is checked before the array is created, so a refused object leaves nothing
     behind: the dimension names and order, the shape, every coordinate against the schema
     (time start and step, scale, labels; a dimension without coordinate is taken by
-    position), the dtype (it must cast safely) and the attributes.  The data is then written
-    by :func:`deker_dask.store`: a dask-backed object tile by tile where its chunks are, an
+    position), the dtype (it must cast exactly, :func:`deker.dtypes.casts_exactly`) and the
+    attributes.  The data is then written by :func:`deker_dask.store`: a dask-backed object
+    tile by tile where its chunks are, an
     in-memory or lazily loaded one (``xr.open_dataset`` without ``chunks``) chunked on the
     tiles first, so each task reads its own part of the file.  If the write fails, the new
     array is deleted and the error raised.
@@ -503,7 +504,8 @@ def store_xarray(
         If the dimensions, shape, a coordinate or an attribute disagrees with the collection,
         or an array with these primary attributes exists.
     DekerArrayTypeError
-        If the data dtype does not cast safely to the collection's.
+        If the data dtype does not cast exactly to the collection's
+        (:func:`deker.dtypes.casts_exactly`).
     """
     progress_enabled(progress)  # a wrong value is refused before anything is created
     arr = _data_array(obj)

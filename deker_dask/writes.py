@@ -35,6 +35,7 @@ from dask.core import flatten
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
+from deker.dtypes import casts_exactly
 from deker.errors import DekerArrayTypeError, DekerValidationError
 from deker.tiling import tile_pieces
 from deker_dask.geometry import grid, regions
@@ -60,7 +61,7 @@ def _source(source: Any, target: Target) -> da.Array:
         )
     dtype = target.dtype
     if src.dtype != dtype:
-        if not np.can_cast(src.dtype, dtype, casting="safe"):
+        if not casts_exactly(src.dtype, dtype):
             raise DekerArrayTypeError(
                 f"Cannot store {src.dtype} data into an array of dtype {dtype} without changing values: "
                 f"convert it first (source.astype({dtype.name!r}))"
@@ -197,7 +198,8 @@ def store(
     Parameters
     ----------
     source : dask.array.Array or array-like
-        The data (a numpy array is wrapped); its dtype must cast safely to the target's.
+        The data (a numpy array is wrapped); its dtype must cast exactly to the target's
+        (:func:`deker.dtypes.casts_exactly`: no value may change).
     target : VArray, VSubset, Array or Subset
         Where to write; its shape (integer-indexed dimensions dropped) must equal the source's.
     compute : bool, default True
@@ -221,7 +223,7 @@ def store(
     DekerValidationError
         If the shapes differ or the source has unknown chunk sizes.
     DekerArrayTypeError
-        If the source dtype does not cast safely to the target's.
+        If the source dtype does not cast exactly to the target's.
     DekerInstanceNotExistsError
         If the target was deleted (now, or while tasks ran).
     DekerLockError

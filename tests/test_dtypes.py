@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from deker.dtypes import (
     ATTRIBUTE_DTYPES,
     attribute_dtype_to_name,
     attribute_name_to_dtype,
+    casts_exactly,
     check_integer_range,
     default_fill_value,
     dtype_to_name,
@@ -252,3 +254,31 @@ def test_a_python_int_out_of_an_integer_dtypes_range_overflows(dtype: object, va
 )
 def test_values_in_range_or_not_python_ints_pass(dtype: object, value: object) -> None:
     check_integer_range(dtype, value)
+
+
+def _changes_a_value(source: np.dtype[Any], target: np.dtype[Any]) -> bool:
+    """Whether casting one of the integer extremes of ``source`` (or their neighbours) changes it."""
+    info = np.iinfo(source)
+    values = np.array([info.min, info.min + 1, info.max - 1, info.max], dtype=source)
+    cast = values.astype(target)
+    return any(int(c.real) != int(v) for c, v in zip(cast.tolist(), values.tolist(), strict=True))
+
+
+@pytest.mark.parametrize("target", ARRAY_DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("source", ARRAY_DTYPES, ids=lambda t: np.dtype(t).name)
+def test_casts_exactly_is_numpys_safe_rule_less_the_casts_that_round(source: Any, target: Any) -> None:
+    """The oracle: numpy's rule, and for an integer source the round trip of its extremes."""
+    src, dst = np.dtype(source), np.dtype(target)
+    expected = bool(np.can_cast(src, dst, casting="safe"))
+    if expected and src.kind in "iu" and dst.kind in "fc":
+        expected = not _changes_a_value(src, dst)
+    assert casts_exactly(source, target) is expected
+
+
+def test_casts_exactly_refuses_int64_into_float64_and_takes_int32() -> None:
+    assert np.can_cast(np.int64, np.float64, casting="safe")  # numpy's rule would round 2**53 + 1
+    assert not casts_exactly(np.int64, np.float64)
+    assert not casts_exactly(np.uint64, np.complex128)
+    assert casts_exactly(np.int32, np.float64)
+    assert casts_exactly(np.bool_, np.float16)
+    assert not casts_exactly(np.float64, np.float32)

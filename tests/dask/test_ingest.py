@@ -266,6 +266,17 @@ def test_a_safe_cast_is_stored_and_an_unsafe_one_refused(storage: Client) -> Non
     assert nothing_stored(narrow)
 
 
+def test_an_int64_field_is_refused_by_a_float64_collection(storage: Client) -> None:
+    """Not numpy's "safe" rule: that one would round 2**53 + 1 to 2**53 on the way in."""
+    collection = storage.create_collection("g", deker_dask.schema_from_xarray(grid(), dtype="f8"))
+    field = grid(dtype="i8") + 2**53 + 1
+    with pytest.raises(
+        DekerArrayTypeError, match=r"int64 data into the float64 collection .*astype\('float64'\)"
+    ):
+        deker_dask.store_xarray(field, collection, scheduler="sync")
+    assert nothing_stored(collection)
+
+
 def _changed(arr: xr.DataArray, case: str) -> Any:
     if case == "scale-values":
         return arr.assign_coords(lat=arr["lat"] + 1.0)

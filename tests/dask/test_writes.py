@@ -163,6 +163,19 @@ def test_a_0_d_source_stores_into_a_single_cell(storage: Client, cluster: Any) -
     assert not lock_files(storage.root_path)
 
 
+def test_an_integer_source_that_the_float_target_would_round_is_refused(storage: Client) -> None:
+    """numpy calls int64 into float64 a "safe" cast, but 2**53 + 1 would be stored as 2**53."""
+    v = varray(storage, (4,), (2,), dtype=np.float64)
+    data = np.array([2**53 + 1, 1, 2, 3], dtype=np.int64)
+    with pytest.raises(
+        DekerArrayTypeError, match=r"int64 data into an array of dtype float64 .*astype\('float64'\)"
+    ):
+        deker_dask.store(da.from_array(data, chunks=2), v, scheduler="sync")
+    assert np.isnan(v[:].read()).all()  # nothing was written
+    deker_dask.store(da.from_array(data.astype(np.int32), chunks=2) * 0 + 7, v, scheduler="sync")  # exact
+    np.testing.assert_array_equal(v[:].read(), np.full(4, 7.0))
+
+
 def test_store_validation(storage: Client) -> None:
     v = varray(storage, (4, 4), (2, 2), dtype=np.int16)
     with pytest.raises(DekerValidationError, match="shape"):
