@@ -33,12 +33,11 @@ import h5py
 import numpy as np
 import pytest
 from storage_helpers import read_only_child as child
-from storage_helpers.other_user import NOBODY, as_user
+from storage_helpers.other_user import NOBODY, as_user, needs_root
 
 from deker import Client
 
 HELPER = Path(child.__file__)
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (bind mounts, setpriv to another uid)")
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ The read-only mount and the unprivileged user run in a child process (``unshare 
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -15,12 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from storage_helpers.other_user import NOBODY, as_user
+from storage_helpers.other_user import NOBODY, as_user, needs_root
 
 from deker.storage.identity import STORAGE_ID_FILE
 from deker.storage.writable import write_problem
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (bind mounts, setpriv to another uid)")
 PROBE = (
     "import sys; from pathlib import Path; from deker.storage.writable import write_problem; "
     "print(write_problem(Path(sys.argv[1])))"

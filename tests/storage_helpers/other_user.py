@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,9 @@ import sys
 import pytest
 
 NOBODY = 65534
+
+#: Marks a test that needs root: bind mounts, or setpriv to another uid.
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (bind mounts, setpriv to another uid)")
 
 
 def as_user(uid: int = NOBODY) -> list[str]:
