@@ -11,7 +11,9 @@ called by ``tests/conftest.py`` after collection), and works beside the rest of 
 of the suite waits on other processes, locks and clusters, so the two share the machine's
 cores instead of running one after the other.  The test then waits for the child's verdict.
 That the lock tests pass on a machine busy with the other half of the suite is part of the
-proof (none of them may depend on the machine being idle).
+proof (none of them may depend on the machine being idle).  The child runs in a session of its
+own, ended with the parent's session; a watchdog ends it too when the parent dies by SIGKILL
+(:func:`spawn_session`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from storage_helpers import orphan_watch
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = [
@@ -78,18 +83,38 @@ def start_child(config: pytest.Config) -> None:
         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--lock-primitive=posix",
         f"--stress-cap={STRESS_SECONDS}", f"--basetemp={work / 'run'}", *MODULES,
     ]  # fmt: skip
-    env = {**os.environ, "DEKER_LOCK_PRIMITIVE": "posix"}
-    with log.open("wb") as out:  # (a session of its own: its helpers and clusters go with it)
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    proc, watchdog = spawn_session(cmd, work, log, {**os.environ, "DEKER_LOCK_PRIMITIVE": "posix"})
     config.stash[_CHILD] = _Child(proc, log)
 
     def stop() -> None:  # the session ends (or is interrupted) before the test took the verdict
         _kill(proc)
+        watchdog.kill()
+        watchdog.wait()
         shutil.rmtree(work, ignore_errors=True)
 
     config.add_cleanup(stop)
+
+
+def spawn_session(
+    cmd: list[str], work: Path, log: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """Start ``cmd`` in a session of its own, its output in ``log``, and its orphan watchdog.
+
+    The child's helpers and clusters are in its session, so killing the session's process group
+    ends them all.  The session ends in the parent's cleanup; if the parent dies without one
+    (SIGKILL), the watchdog (:mod:`storage_helpers.orphan_watch`) ends it and removes ``work``.
+    Returns the child and the watchdog.
+    """
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        watchdog = orphan_watch.watch(proc.pid, work)
+    except BaseException:
+        _kill(proc)
+        raise
+    return proc, watchdog
 
 
 @pytest.mark.timeout(600)
@@ -110,3 +135,69 @@ def test_lock_tests_pass_under_posix_locks(request: pytest.FixtureRequest) -> No
         f"lock tests failed under DEKER_LOCK_PRIMITIVE=posix (status {returncode}):\n{tail}"
     )
     assert " passed" in output, tail
+
+
+_SPAWNER = """
+import subprocess, sys, time
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(str(helper.pid))
+import os; os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(600)
+"""
+
+_PARENT = """
+import sys, time
+from pathlib import Path
+sys.path[:0] = [sys.argv[1]]
+from test_scenarios_posix_locks import spawn_session
+work = Path(sys.argv[2])
+cmd = [sys.executable, "-c", sys.argv[3], str(work / "helper.pid")]
+child, dog = spawn_session(cmd, work, work / "out.txt", {})
+print(child.pid, dog.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _wait_for(what: str, done: Any, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, f"{what}: not within {seconds} s"
+        time.sleep(0.05)
+
+
+def test_a_parent_killed_by_sigkill_takes_the_background_session_and_its_folder_with_it(
+    tmp_path: Path,
+) -> None:
+    """The parent's cleanup never runs under SIGKILL: the watchdog ends the child's session."""
+    work = tmp_path / "work"
+    work.mkdir()
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, str(ROOT / "tests"), str(work), _SPAWNER],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    started: list[int] = []  # (killed at the end, whatever the outcome)
+    try:
+        assert parent.stdout is not None
+        child, watchdog = (int(pid) for pid in parent.stdout.readline().split())
+        started += [child, watchdog]
+        _wait_for("the child's helper started", (work / "helper.pid").exists)
+        helper = int((work / "helper.pid").read_text())
+        started.append(helper)
+        assert orphan_watch.live(child) and orphan_watch.live(helper)
+        parent.kill()
+        parent.wait()
+        _wait_for(
+            "the child's session ended",
+            lambda: not orphan_watch.live(child) and not orphan_watch.live(helper),
+        )
+        _wait_for("the work folder was removed", lambda: not work.exists())
+        _wait_for("the watchdog ended", lambda: not orphan_watch.live(watchdog))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
+        for pid in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
