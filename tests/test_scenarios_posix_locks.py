@@ -52,6 +52,13 @@ CHILD_SECONDS = 540  # the child's whole run, at the most
 class _Child:
     proc: subprocess.Popen[bytes]
     log: Path
+    watchdog: subprocess.Popen[bytes]
+
+    def stop_watching(self) -> None:
+        """Stop the watchdog (at once when the child ended: its pid may then name another group)."""
+        if self.watchdog.poll() is None:
+            self.watchdog.kill()
+            self.watchdog.wait()
 
 
 _CHILD = pytest.StashKey[_Child]()
@@ -84,12 +91,11 @@ def start_child(config: pytest.Config) -> None:
         f"--stress-cap={STRESS_SECONDS}", f"--basetemp={work / 'run'}", *MODULES,
     ]  # fmt: skip
     proc, watchdog = spawn_session(cmd, work, log, {**os.environ, "DEKER_LOCK_PRIMITIVE": "posix"})
-    config.stash[_CHILD] = _Child(proc, log)
+    child = config.stash[_CHILD] = _Child(proc, log, watchdog)
 
     def stop() -> None:  # the session ends (or is interrupted) before the test took the verdict
+        child.stop_watching()
         _kill(proc)
-        watchdog.kill()
-        watchdog.wait()
         shutil.rmtree(work, ignore_errors=True)
 
     config.add_cleanup(stop)
@@ -100,9 +106,10 @@ def spawn_session(
 ) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
     """Start ``cmd`` in a session of its own, its output in ``log``, and its orphan watchdog.
 
-    The child's helpers and clusters are in its session, so killing the session's process group
-    ends them all.  The session ends in the parent's cleanup; if the parent dies without one
-    (SIGKILL), the watchdog (:mod:`storage_helpers.orphan_watch`) ends it and removes ``work``.
+    The child's helpers and clusters are in its process group, so killing the group ends them
+    (all but those that start a session of their own and end with their test).  The session
+    ends in the parent's cleanup; if the parent dies without one (SIGKILL), the watchdog
+    (:mod:`storage_helpers.orphan_watch`) ends it and removes ``work``.
     Returns the child and the watchdog.
     """
     with log.open("wb") as out:
@@ -129,6 +136,7 @@ def test_lock_tests_pass_under_posix_locks(request: pytest.FixtureRequest) -> No
     except subprocess.TimeoutExpired:
         _kill(child.proc)
         returncode = None
+    child.stop_watching()
     output = child.log.read_text(errors="replace")
     tail = "\n".join(output.splitlines()[-60:])
     assert returncode == 0, (
@@ -177,7 +185,7 @@ def test_a_parent_killed_by_sigkill_takes_the_background_session_and_its_folder_
         stdout=subprocess.PIPE,
         start_new_session=True,
     )
-    started: list[int] = []  # (killed at the end, whatever the outcome)
+    started: list[int] = []  # (killed if the test fails: on success they are gone, their pids free)
     try:
         assert parent.stdout is not None
         child, watchdog = (int(pid) for pid in parent.stdout.readline().split())
@@ -194,10 +202,13 @@ def test_a_parent_killed_by_sigkill_takes_the_background_session_and_its_folder_
         )
         _wait_for("the work folder was removed", lambda: not work.exists())
         _wait_for("the watchdog ended", lambda: not orphan_watch.live(watchdog))
+        started.clear()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(parent.pid, signal.SIGKILL)
         parent.wait()
-        for pid in started:
+        for pid in started:  # the child's group too (its helper), and the watchdog
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

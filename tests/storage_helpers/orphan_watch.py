@@ -2,8 +2,9 @@
 
 ``python orphan_watch.py PARENT PGID FOLDER`` asks the kernel for SIGTERM when its parent dies
 (``prctl(PR_SET_PDEATHSIG)``, Linux), then waits for a signal.  On SIGTERM it kills the process
-group ``PGID`` (the child's whole session) and removes ``FOLDER``.  The parent stops it with
-SIGKILL when it ends the child itself, so the watchdog then does nothing.
+group ``PGID`` (the child and every process that stayed in its group; one that started a session
+of its own, such as a CLI cluster's scheduler, is not reached) and removes ``FOLDER``.  The
+parent stops it with SIGKILL when it ends the child itself, so the watchdog then does nothing.
 
 :func:`watch` starts it.  It exists because a parent killed by SIGKILL runs no cleanup: without
 it the child would run to its end and leave ``FOLDER`` behind.
