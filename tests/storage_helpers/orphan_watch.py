@@ -43,25 +43,26 @@ def watch(child_pgid: int, folder: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+def _state_and_group(process: Path) -> tuple[str, int] | None:
+    """The state letter and process group of the ``/proc/<pid>`` entry ``process`` (None: gone)."""
+    try:
+        fields = (process / "stat").read_text().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return fields[0], int(fields[2])
+
+
 def live(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie (Linux ``/proc``)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+    found = _state_and_group(Path(f"/proc/{pid}"))
+    return found is not None and found[0] != "Z"
 
 
 def _live_members(pgid: int) -> list[int]:
     members = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
+        found = _state_and_group(entry) if entry.name.isdigit() else None
+        if found is not None and found[1] == pgid and found[0] != "Z":
             members.append(int(entry.name))
     return members
 
