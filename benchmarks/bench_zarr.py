@@ -28,10 +28,12 @@ never aligned on the tiles) with the threaded scheduler and with the cluster, an
 (``deker_executor`` against ``deker``) and against the bare transfer of the same bytes
 between the client and the workers (``transport``).
 
-Every repetition runs every engine in turn (deker, zarr, zarr_sharded, h5py, then the next
-repetition), every read is compared with what was written and every write is read back: a
-wrong answer raises ``AssertionError`` ("verification failed") and the part of the suite it
-belongs to (uncompressed, zstd, dask) is reported as an error while the others still run.
+Every repetition runs every engine in turn, and the engine that goes first changes from one
+repetition to the next (:func:`in_turn`); every timed write starts with nothing dirty in the
+page cache (:func:`timed_write`); every read is compared with what was written and every write
+is read back: a wrong answer raises ``AssertionError`` ("verification failed") and the part of
+the suite it belongs to (uncompressed, zstd, dask) is reported as an error while the others
+still run.
 
 zarr needs the ``bench`` extra (``pip install -e '.[bench]'``; zarr 3 needs Python >= 3.11).
 """
@@ -59,6 +61,29 @@ ENGINES = ("deker", "zarr", "zarr_sharded", "h5py")
 ZSTD_LEVEL = 3
 CLUSTER_WORKERS = 2
 MIB = 1024 * 1024
+
+
+def in_turn(engines: Mapping[str, Engine], rep: int) -> list[tuple[str, Engine]]:
+    """Return the engines in the order of repetition ``rep``: each one goes first in its turn.
+
+    With a fixed order one engine always runs first after a step of another kind, and each
+    always right after the same other one; on a small machine what the previous engine left
+    (dirty pages, freed memory) moved a step's median by more than the engines differ.
+    """
+    items = list(engines.items())
+    first = rep % len(items) if items else 0
+    return items[first:] + items[:first]
+
+
+def timed_write(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Time a write that starts with nothing dirty in the page cache (``os.sync()`` first, untimed).
+
+    Without it a write pays for the write-back of the 256 MiB the previous engine wrote: on the
+    2-core VM, deker's store from dask took 0.37-0.46 s after a read and 0.77-1.07 s right
+    after zarr's write, in the same process.
+    """
+    os.sync()
+    return timed(fn)
 
 
 @dataclass(frozen=True)
@@ -388,16 +413,16 @@ def _writes_and_reads(
 ) -> dict[str, list[Any]]:
     write_name, read_name = names
     made: dict[str, list[Any]] = {e: [] for e in engines}
-    for _rep in range(sizes.reps):
-        for name, engine in engines.items():
+    for rep in range(sizes.reps):
+        for name, engine in in_turn(engines, rep):
             handle = engine.create(codec)
             made[name].append(handle)
-            seconds, _ = timed(lambda e=engine, h=handle: e.write(h, data))
+            seconds, _ = timed_write(lambda e=engine, h=handle: e.write(h, data))
             rec.add(write_name, name, seconds, bytes=data.nbytes, ops=1, codec=codec or "none")
     offsets = scenarios._tile_offsets(floor, sizes) if floor is not None else None
     os.sync()  # untimed: the reads do not compete with the write-back of what was just written
     for rep in range(sizes.reps):
-        for name, engine in engines.items():
+        for name, engine in in_turn(engines, rep):
             seconds, got = timed(lambda e=engine, h=made[name][rep]: e.read(h))
             check(np.array_equal(got, data), f"{name} full read ({codec or 'uncompressed'}; and its write)")
             del got
@@ -422,8 +447,8 @@ def _part_uncompressed(
         made = _writes_and_reads(rec, engines, None, data, sizes, ("z_first_write", "z_full_read"), floor)
     finally:
         shutil.rmtree(floor, ignore_errors=True)
-    for _rep in range(sizes.reps):
-        for name, engine in engines.items():
+    for rep in range(sizes.reps):
+        for name, engine in in_turn(engines, rep):
             handle = made[name][-1]
             _window_reads(rec, name, lambda sel, e=engine, h=handle: e.read(h, sel), data, sizes)
     for name, engine in engines.items():  # keep the last array of each engine for the dask sum
@@ -578,7 +603,7 @@ def _part_zstd(
     with one_cpu() as pinned:
         pass  # (one CPU only: neither read)
     for rep in range(sizes.reps if pinned else 0):
-        for name, engine in engines.items():
+        for name, engine in in_turn(engines, rep):
             for step in (reread, one):
                 with one_cpu() if step == one else contextlib.nullcontext(True):
                     seconds, got = timed(lambda e=engine, h=made[name][rep]: e.read(h))
@@ -621,8 +646,8 @@ def _part_dask(
         for name, engine in engines.items():  # warm up: imports and file handles on the workers
             if name in kept:
                 engine.lazy(kept[name]).sum(dtype=np.float64).compute(scheduler=dask_client)
-        for _rep in range(sizes.reps):
-            for name, engine in engines.items():
+        for rep in range(sizes.reps):
+            for name, engine in in_turn(engines, rep):
                 if name not in kept:
                     continue
                 seconds, total = timed(
@@ -639,10 +664,12 @@ def _part_dask(
             for rep in range(sizes.reps):
                 seed = 20 + rep
                 want = pattern((side, side), np.float32, seed)
-                for name, engine in engines.items():
+                for name, engine in in_turn(engines, rep):
                     handle = engine.create(None)
                     source = _lazy_pattern(side, step, seed)
-                    seconds, done = timed(lambda e=engine, h=handle, s=source, c=scheduler: e.store(s, h, c))
+                    seconds, done = timed_write(
+                        lambda e=engine, h=handle, s=source, c=scheduler: e.store(s, h, c)
+                    )
                     if done:
                         check(np.array_equal(engine.read(handle), want), f"{name} {label} (read back)")
                         rec.add(label, name, seconds, bytes=data.nbytes, ops=1, chunk=step, verified=True)
@@ -702,10 +729,10 @@ def _executor(rec: Recorder, sizes: Sizes, root: Path, dask_client: Any, data: n
         tile = sizes.varray_side // sizes.vgrid
         warm[:tile, : 2 * tile].update(data[:tile, : 2 * tile])  # warm up the workers
         pair["deker_executor"].drop(warm)
-        for _rep in range(sizes.reps):
-            for name, engine in pair.items():
+        for rep in range(sizes.reps):
+            for name, engine in in_turn(pair, rep):
                 handle = engine.create(None)
-                seconds, _ = timed(lambda e=engine, h=handle: e.write(h, data))
+                seconds, _ = timed_write(lambda e=engine, h=handle: e.write(h, data))
                 rec.add("z_executor_write", name, seconds, bytes=data.nbytes, ops=1)
                 seconds, got = timed(lambda e=engine, h=handle: e.read(h))
                 check(np.array_equal(got, data), f"{name} full read (and its write)")
