@@ -18,11 +18,12 @@ accepted and keep their own names.
 from __future__ import annotations
 
 from datetime import datetime
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-from deker.errors import DekerValidationError
+from deker.errors import DekerArrayTypeError, DekerValidationError
 
 __all__ = [
     "ARRAY_DTYPES",
@@ -31,6 +32,7 @@ __all__ = [
     "attribute_name_to_dtype",
     "casts_exactly",
     "check_integer_range",
+    "convert_exactly",
     "default_fill_value",
     "dtype_to_name",
     "is_attribute_dtype",
@@ -352,3 +354,90 @@ def casts_exactly(source: Any, target: Any) -> bool:
         bits = np.iinfo(src).bits - (1 if src.kind == "i" else 0)
         return bits <= int(np.finfo(dst).nmant) + 1
     return True
+
+
+def _same_values(back: np.ndarray[Any, Any], source: np.ndarray[Any, Any]) -> bool:
+    """Whether two arrays of one dtype hold the same numbers, NaN for NaN (complex: part by part).
+
+    (numpy's ``equal_nan`` takes two complex numbers with a NaN in either part as equal, whatever
+    the other parts hold.)
+    """
+    if source.dtype.kind == "c":
+        return _same_values(back.real, source.real) and _same_values(back.imag, source.imag)
+    return bool(np.array_equal(back, source, equal_nan=source.dtype.kind == "f"))
+
+
+def _within(values: np.ndarray[Any, Any], dtype: np.dtype[Any]) -> bool:
+    """Whether every one of ``values`` lies in the range of ``dtype`` (always, unless an integer).
+
+    Casting a value out of an integer dtype's range to it wraps around (or is undefined, for a
+    float or an infinity), and may give back the very number the source held: ``np.int8(-1)``
+    stored as uint8 is 255, and 255 cast to int8 is -1 again.  A value out of the source's own
+    range is not one of its values, so the source changed.
+    """
+    if dtype.kind not in "iu" or values.size == 0:
+        return True
+    info = np.iinfo(dtype)
+    low, high = values.min(), values.max()
+    if values.dtype.kind in "iu":
+        return info.min <= int(low) and int(high) <= info.max
+    if not np.isfinite(values).all():
+        return False
+    return info.min <= Fraction(*low.as_integer_ratio()) and Fraction(*high.as_integer_ratio()) < info.max + 1
+
+
+def convert_exactly(values: np.ndarray[Any, Any], dtype: Any, what: str) -> np.ndarray[Any, Any]:
+    """Return the numbers ``values`` as an array of ``dtype``, or refuse them if any would change.
+
+    A dtype pair that :func:`casts_exactly` is converted without a look at the values.  Any other
+    pair is converted and checked: every value must come back the same (NaN as NaN, part by part
+    for complex numbers; a complex value converts to a real dtype only when its imaginary part
+    is 0), and none may have wrapped around an integer range on the way (``-1`` as uint8 is
+    255, which converts back to ``int8(-1)``).  So float64 data of float32 values converts to
+    float32, and int64 data converts to int8 when every value lies in -128..127.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Numbers (a boolean, integer, floating or complex dtype).
+    dtype : numpy.dtype or type
+        The dtype to store them as.
+    what : str
+        The values, as an error message names them (e.g. ``"the int64 list"``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``values`` itself when its dtype is ``dtype``, else a new array.
+
+    Raises
+    ------
+    DekerArrayTypeError
+        ``values`` are not numbers, or some of them change when stored as ``dtype``.
+    """
+    target = np.dtype(dtype)
+    if values.dtype == target:
+        return values
+    if values.dtype.kind not in "biufc":
+        raise DekerArrayTypeError(f"Invalid data type: {what} holds {values.dtype} values; {target} expected")
+    if casts_exactly(values.dtype, target):
+        return values.astype(target)
+    changed = DekerArrayTypeError(f"Invalid data: some values of {what} change when stored as {target}")
+    source = values
+    if source.dtype.kind == "c" and target.kind != "c":  # complex values into a real dtype
+        if np.any(source.imag != 0):
+            raise changed
+        source = source.real  # (casting the complex values themselves would warn)
+    with np.errstate(all="ignore"):
+        try:
+            converted = source.astype(target)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise DekerArrayTypeError(f"Invalid data: {exc}") from exc
+        # back to the source's own dtype, where a change shows (real values into a complex
+        # dtype: through the real part, as casting complex to real warns)
+        stored = converted.real if target.kind == "c" and source.dtype.kind != "c" else converted
+        if not _within(stored, source.dtype):  # (casting it back would wrap around)
+            raise changed
+        if not _same_values(stored.astype(source.dtype), source):
+            raise changed
+    return converted

@@ -24,7 +24,7 @@ import numpy as np
 from deker import pipeline
 from deker.cf import array_layout, data_array, import_xarray
 from deker.dimensions import Dimension, TimeDimension
-from deker.dtypes import check_integer_range
+from deker.dtypes import check_integer_range, convert_exactly
 from deker.errors import (
     DekerArrayError,
     DekerArrayTypeError,
@@ -100,26 +100,7 @@ def prepare_update_data(
             raise DekerArrayTypeError(f"Invalid data: {exc}") from exc
         if raw.dtype.kind not in "biufc" or raw.dtype.kind == "b":
             raise DekerArrayTypeError(f"Invalid data type: lists of {raw.dtype} values; {dtype} expected")
-        changed = DekerArrayTypeError(
-            f"Invalid data: some values of the {raw.dtype} list change when stored as {dtype}"
-        )
-        source = raw
-        if raw.dtype.kind == "c" and dtype.kind != "c":  # complex values into a real array
-            if np.any(raw.imag != 0):
-                raise changed
-            source = raw.real  # (casting the complex list itself would warn)
-        with np.errstate(all="ignore"):
-            try:
-                arr = source.astype(dtype)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise DekerArrayTypeError(f"Invalid data: {exc}") from exc
-            # back to the list's own type, where a change shows (a real list into a complex
-            # array: through the real part, as casting complex to real warns)
-            stored = arr.real if dtype.kind == "c" and source.dtype.kind != "c" else arr
-            if not _within(stored, source.dtype):  # (casting it back would wrap around)
-                raise changed
-            if not _same_values(stored.astype(source.dtype), source):
-                raise changed
+        arr = convert_exactly(raw, dtype, f"the {raw.dtype} list")
     elif isinstance(data, np.ndarray):
         if data.dtype != dtype:
             raise DekerArrayTypeError(f"Invalid data dtype: {data.dtype}; {dtype} expected")
@@ -134,36 +115,6 @@ def prepare_update_data(
         raise DekerShapeError(
             f"Invalid data shape: {arr.shape}; {shape} expected (or a shape that broadcasts)"
         ) from exc
-
-
-def _same_values(back: np.ndarray[Any, Any], source: np.ndarray[Any, Any]) -> bool:
-    """Whether two arrays of one dtype hold the same numbers, NaN for NaN (complex: part by part).
-
-    (numpy's ``equal_nan`` takes two complex numbers with a NaN in either part as equal, whatever
-    the other parts hold.)
-    """
-    if source.dtype.kind == "c":
-        return _same_values(back.real, source.real) and _same_values(back.imag, source.imag)
-    return bool(np.array_equal(back, source, equal_nan=source.dtype.kind == "f"))
-
-
-def _within(values: np.ndarray[Any, Any], dtype: np.dtype[Any]) -> bool:
-    """Whether every one of ``values`` lies in the range of ``dtype`` (always, unless an integer).
-
-    Casting a value out of an integer dtype's range to it wraps around (or is undefined, for a
-    float or an infinity), and may give back the very number a list held: ``np.int8(-1)``
-    stored as uint8 is 255, and 255 cast to int8 is -1 again.  A value out of the list's own
-    range is not one of its values, so the list changed.
-    """
-    if dtype.kind not in "iu" or values.size == 0:
-        return True
-    info = np.iinfo(dtype)
-    low, high = values.min(), values.max()
-    if values.dtype.kind in "iu":
-        return info.min <= int(low) and int(high) <= info.max
-    if not np.isfinite(values).all():
-        return False
-    return info.min <= Fraction(*low.as_integer_ratio()) and Fraction(*high.as_integer_ratio()) < info.max + 1
 
 
 #: An exact number: a fraction, or the name of a value that is none ("nan", "+inf", "-inf").

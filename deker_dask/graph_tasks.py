@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from deker.context import StorageContext
-from deker.errors import DekerClientError, DekerInstanceNotExistsError
+from deker.dtypes import convert_exactly
+from deker.errors import DekerArrayTypeError, DekerClientError, DekerInstanceNotExistsError
 from deker.pipeline import lock_tiles
 from deker.storage.arrayfile import Bounds, count_fill, selection_shape
 from deker.storage.locks import VArrayWriteLock, new_token
@@ -190,10 +191,28 @@ def read_chunk(
 # ----------------------------------------------------------------------------- writes
 
 
+def _exactly(data: Any, dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    """Return a block of the source as ``dtype``, refusing it if that changes any of its values.
+
+    The store checked the dtype the source's dask array declares (:func:`deker.dtypes.casts_exactly`);
+    a block's own dtype may still differ (``map_blocks(f, dtype=np.int8)`` with an ``f`` that
+    returns int64), and numpy's cast would wrap 300 around to 44: such a block converts only
+    when every value stays the same.
+    """
+    values = np.asarray(data)
+    try:
+        return convert_exactly(values, dtype, f"a block of the source ({values.dtype})")
+    except DekerArrayTypeError as exc:
+        raise DekerArrayTypeError(
+            f"{exc}; the source's dask array declares another dtype than its blocks have: give "
+            "map_blocks (or whatever made it) the dtype its blocks really have, or convert them "
+            "with .astype()"
+        ) from exc
+
+
 def _as_block(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
-    # numpy's own conversion first, then numpy's cast (as ndarray.astype: a list converts as
-    # an array would); np.ascontiguousarray would make a 0-d block 1-d
-    block = np.asarray(np.asarray(data), dtype=dtype, order="C")
+    # np.ascontiguousarray would make a 0-d block 1-d
+    block = np.asarray(_exactly(data, dtype), order="C")
     if block.shape != shape:
         raise ValueError(f"A block of shape {block.shape} was produced for a region of shape {shape}")
     return block
@@ -362,13 +381,13 @@ def store_tiles(
     """
     _check(session)
     dtype = np.dtype(index.schema.dtype)
-    arrays = [np.asarray(c) for c in chunks]
+    arrays = [_exactly(c, dtype) for c in chunks]  # all of them before any tile is written
     written = 0
     for plan in plans:
         shape = selection_shape(plan.local)
         if len(plan.pieces) == 1:
             i, take, _ = plan.pieces[0]
-            block = np.asarray(arrays[i][take], dtype=dtype)  # (store_tile makes it contiguous)
+            block = arrays[i][take]  # (store_tile makes it contiguous)
         else:
             block = np.empty(shape, dtype=dtype)
             for i, take, put in plan.pieces:

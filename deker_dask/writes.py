@@ -60,13 +60,13 @@ def _source(source: Any, target: Target) -> da.Array:
             f"{target.shape}: the shapes must be equal"
         )
     dtype = target.dtype
-    if src.dtype != dtype:
-        if not casts_exactly(src.dtype, dtype):
-            raise DekerArrayTypeError(
-                f"Cannot store {src.dtype} data into an array of dtype {dtype} without changing values: "
-                f"convert it first (source.astype({dtype.name!r}))"
-            )
-        src = src.astype(dtype)  # type: ignore[no-untyped-call]
+    if src.dtype != dtype and not casts_exactly(src.dtype, dtype):
+        raise DekerArrayTypeError(
+            f"Cannot store {src.dtype} data into an array of dtype {dtype} without changing values: "
+            f"convert it first (source.astype({dtype.name!r}))"
+        )
+    # not src.astype(dtype): the tasks convert each block from the dtype it really has, which
+    # may differ from the declared one, and refuse it if its values would change
     return src
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
+from fractions import Fraction
 from typing import Any
 
+import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from deker.dtypes import (
     ARRAY_DTYPES,
@@ -15,13 +20,14 @@ from deker.dtypes import (
     attribute_name_to_dtype,
     casts_exactly,
     check_integer_range,
+    convert_exactly,
     default_fill_value,
     dtype_to_name,
     is_attribute_dtype,
     name_to_dtype,
     normalize_array_dtype,
 )
-from deker.errors import DekerValidationError
+from deker.errors import DekerArrayTypeError, DekerValidationError
 
 # The names deker 1.1.7 writes on Linux x86-64 (SPEC §1.7.6).
 EXPECTED_NAMES = [
@@ -282,3 +288,113 @@ def test_casts_exactly_refuses_int64_into_float64_and_takes_int32() -> None:
     assert casts_exactly(np.int32, np.float64)
     assert casts_exactly(np.bool_, np.float16)
     assert not casts_exactly(np.float64, np.float32)
+
+
+#: Numeric dtypes for the conversion oracle (bool and every kind and width of number).
+NUMERIC = [np.dtype(t) for t in (np.bool_, *ARRAY_DTYPES)]
+
+
+def _exact_part(x: Any) -> Fraction | str:
+    """One real number exactly: a Fraction, or "nan", "+inf", "-inf" (independent of numpy's casts)."""
+    if isinstance(x, (bool, np.bool_, int, np.integer)):
+        return Fraction(int(x))
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "+inf" if x > 0 else "-inf"
+    return Fraction(*x.as_integer_ratio())
+
+
+def _exact(x: Any) -> tuple[Fraction | str, Fraction | str]:
+    if isinstance(x, np.complexfloating):
+        return _exact_part(x.real), _exact_part(x.imag)
+    return _exact_part(x), Fraction(0)
+
+
+def _representable(value: tuple[Fraction | str, Fraction | str], dtype: np.dtype[Any]) -> bool:
+    """Whether the exact number ``value`` is a value of ``dtype`` (NaN counts as one for floats)."""
+    real, imag = value
+    if dtype.kind != "c" and imag != 0:
+        return False
+    parts = [real, imag] if dtype.kind == "c" else [real]
+    part_type = np.empty(0, dtype=dtype).real.dtype
+    for part in parts:
+        if isinstance(part, str):  # NaN or an infinity
+            if dtype.kind not in "fc":
+                return False
+            continue
+        if dtype.kind == "b":
+            if part not in (0, 1):
+                return False
+        elif dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            if part.denominator != 1 or not info.min <= part <= info.max:
+                return False
+        elif not _float_holds(part, part_type):
+            return False
+    return True
+
+
+def _float_holds(part: Fraction, dtype: Any) -> bool:
+    """Whether a binary float type holds ``part`` exactly, from its format (no cast)."""
+    if part == 0:
+        return True
+    info = np.finfo(dtype)
+    num, den = abs(part.numerator), part.denominator
+    if den & (den - 1):  # not a power of two: no binary float is it
+        return False
+    low = -(den.bit_length() - 1)
+    while num % 2 == 0:
+        num //= 2
+        low += 1
+    # part = +-num * 2**low with num odd: its digits must fit the significand, its lowest digit
+    # must not be below the smallest subnormal, its magnitude must be below 2**maxexp
+    return (
+        num.bit_length() <= info.nmant + 1
+        and low >= info.minexp - info.nmant
+        and low + num.bit_length() <= info.maxexp
+    )
+
+
+@st.composite
+def _values_and_target(draw: st.DrawFn) -> tuple[np.ndarray[Any, Any], np.dtype[Any]]:
+    source = draw(st.sampled_from(NUMERIC))
+    target = draw(st.sampled_from([t for t in NUMERIC if t.kind != "b"]))
+    elements = hnp.from_dtype(source)
+    if source.kind != "b":  # small integers too, so that a narrowing pair often fits
+        elements = st.one_of(elements, st.integers(0 if source.kind == "u" else -3, 3).map(source.type))
+    values = draw(hnp.arrays(source, st.integers(0, 6), elements=elements))
+    return values, target
+
+
+@given(_values_and_target())
+def test_convert_exactly_stores_exactly_the_values_that_fit_and_refuses_the_others(
+    case: tuple[np.ndarray[Any, Any], np.dtype[Any]],
+) -> None:
+    """The oracle: each value's exact number, and whether the target dtype holds it."""
+    values, target = case
+    wanted = [_exact(v) for v in list(values)]
+    if all(_representable(w, target) for w in wanted):
+        got = convert_exactly(values, target, "the values")
+        assert got.dtype == target and got.shape == values.shape
+        assert [_exact(g) for g in list(got)] == wanted
+    else:
+        with pytest.raises(DekerArrayTypeError, match="some values of the values change when stored as"):
+            convert_exactly(values, target, "the values")
+
+
+def test_convert_exactly_refuses_a_wrap_around_that_gives_the_number_back() -> None:
+    # -1 as uint8 is 255, and 255 back to int8 is -1: the round trip alone would let it through
+    with pytest.raises(DekerArrayTypeError, match=r"the int8 data change when stored as uint8"):
+        convert_exactly(np.array([-1], dtype=np.int8), np.uint8, "the int8 data")
+    # 300 as int8 wraps to 44
+    with pytest.raises(DekerArrayTypeError, match="change when stored as int8"):
+        convert_exactly(np.array([300, 1]), np.int8, "the block")
+
+
+def test_convert_exactly_keeps_an_array_of_its_dtype_and_refuses_what_is_not_numbers() -> None:
+    values = np.arange(3, dtype=np.int16)
+    assert convert_exactly(values, np.int16, "x") is values
+    assert convert_exactly(np.array([np.nan, 0.5]), np.float32, "x").dtype == np.float32  # they fit
+    with pytest.raises(DekerArrayTypeError, match="holds <U1 values; float64 expected"):
+        convert_exactly(np.array(["a"]), np.float64, "the list")

@@ -176,6 +176,47 @@ def test_an_integer_source_that_the_float_target_would_round_is_refused(storage:
     np.testing.assert_array_equal(v[:].read(), np.full(4, 7.0))
 
 
+def _int64_blocks(block: np.ndarray, value: int) -> np.ndarray:
+    """A map_blocks function whose blocks are int64, whatever dtype the caller declares."""
+    return np.full(block.shape, value, dtype=np.int64)
+
+
+def _lying(shape: tuple[int, ...], chunks: int, value: int, declared: Any) -> Any:
+    return da.zeros(shape, chunks=chunks, dtype=np.int8).map_blocks(_int64_blocks, value, dtype=declared)
+
+
+def test_blocks_of_another_dtype_than_declared_store_only_when_no_value_changes(
+    storage: Client, cluster: Any
+) -> None:
+    """map_blocks(dtype=int8) over a function that returns int64: 300 must not become 44."""
+    v = varray(storage, (4, 4), (2, 2), dtype=np.int8)
+    refused = r"some values of a block of the source \(int64\) change when stored as int8.*map_blocks"
+    with pytest.raises(DekerArrayTypeError, match=refused):
+        deker_dask.store(_lying((4, 4), 2, 300, np.int8), v, scheduler=cluster)
+    np.testing.assert_array_equal(v[:].read(), np.full((4, 4), np.iinfo(np.int8).min))  # nothing written
+    deker_dask.store(_lying((4, 4), 3, 100, np.int8), v, scheduler=cluster)  # they fit: stored exactly
+    np.testing.assert_array_equal(v[:].read(), np.full((4, 4), 100))
+    # declared int8 into an int16 VArray: the blocks' own values are checked, not the declared
+    # dtype's cast of them (dask's astype would have wrapped 70000 to 4464 before any check)
+    wide = varray(storage, (4, 4), (2, 2), dtype=np.int16, name="wide")
+    with pytest.raises(DekerArrayTypeError, match="change when stored as int16"):
+        deker_dask.store(_lying((4, 4), 4, 70000, np.int8), wide, scheduler=cluster)
+    np.testing.assert_array_equal(wide[:].read(), np.full((4, 4), np.iinfo(np.int16).min))
+    deker_dask.store(_lying((4, 4), 4, 300, np.int8), wide, scheduler=cluster)
+    np.testing.assert_array_equal(wide[:].read(), np.full((4, 4), 300))
+    assert not lock_files(storage.root_path)
+
+
+def test_an_array_refuses_blocks_whose_values_its_dtype_cannot_hold(storage: Client, cluster: Any) -> None:
+    dims = [DimensionSchema(name="x", size=4)]
+    arr = storage.create_collection("lying", ArraySchema(dtype=np.uint8, dimensions=dims)).create()
+    with pytest.raises(DekerArrayTypeError, match=r"\(int64\) change when stored as uint8"):
+        deker_dask.store(_lying((4,), 4, -1, np.uint8), arr, scheduler=cluster)  # -1 is 255 as uint8
+    np.testing.assert_array_equal(arr[:].read(), np.zeros(4, dtype=np.uint8))
+    deker_dask.store(_lying((4,), 2, 255, np.uint8), arr, scheduler=cluster)
+    np.testing.assert_array_equal(arr[:].read(), np.full(4, 255, dtype=np.uint8))
+
+
 def test_store_validation(storage: Client) -> None:
     v = varray(storage, (4, 4), (2, 2), dtype=np.int16)
     with pytest.raises(DekerValidationError, match="shape"):
