@@ -379,7 +379,7 @@ def _within(values: np.ndarray[Any, Any], dtype: np.dtype[Any]) -> bool:
         return True
     info = np.iinfo(dtype)
     low, high = values.min(), values.max()
-    if values.dtype.kind in "iu":
+    if values.dtype.kind in "biu":
         return info.min <= int(low) and int(high) <= info.max
     if not np.isfinite(values).all():
         return False
@@ -428,6 +428,8 @@ def convert_exactly(values: np.ndarray[Any, Any], dtype: Any, what: str) -> np.n
         if np.any(source.imag != 0):
             raise changed
         source = source.real  # (casting the complex values themselves would warn)
+    if not _within(source, target):  # out of an integer dtype's range: the cast is undefined
+        raise changed  # (x86 makes -inf INT_MIN, which casts back to float16's -inf)
     with np.errstate(all="ignore"):
         try:
             converted = source.astype(target)

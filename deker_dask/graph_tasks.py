@@ -45,6 +45,7 @@ from deker.tileindex import TileIndex
 __all__ = [
     "Part",
     "Session",
+    "cast_block",
     "fill_chunk",
     "finish",
     "read_chunk",
@@ -191,28 +192,56 @@ def read_chunk(
 # ----------------------------------------------------------------------------- writes
 
 
-def _exactly(data: Any, dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+def _exactly(data: Any, dtype: np.dtype[Any], declared: np.dtype[Any]) -> np.ndarray[Any, Any]:
     """Return a block of the source as ``dtype``, refusing it if that changes any of its values.
 
-    The store checked the dtype the source's dask array declares (:func:`deker.dtypes.casts_exactly`);
-    a block's own dtype may still differ (``map_blocks(f, dtype=np.int8)`` with an ``f`` that
-    returns int64), and numpy's cast would wrap 300 around to 44: such a block converts only
-    when every value stays the same.
+    The store checked the dtype the source's dask array declares (``declared``, with
+    :func:`deker.dtypes.casts_exactly`); a block's own dtype may still differ
+    (``map_blocks(f, dtype=np.int8)`` with an ``f`` that returns int64), and numpy's cast would
+    wrap 300 around to 44: such a block converts only when every value stays the same.
     """
     values = np.asarray(data)
     try:
         return convert_exactly(values, dtype, f"a block of the source ({values.dtype})")
     except DekerArrayTypeError as exc:
         raise DekerArrayTypeError(
-            f"{exc}; the source's dask array declares another dtype than its blocks have: give "
-            "map_blocks (or whatever made it) the dtype its blocks really have, or convert them "
-            "with .astype()"
+            f"{exc}; the source's dask array declares {declared} but this block is {values.dtype}: "
+            f"declare the dtype its blocks really have (map_blocks(..., dtype={values.dtype.name!r})), "
+            f"or make the function that computes them return {declared}"
         ) from exc
+
+
+def cast_block(block: Any, dtype: str, declared: str) -> np.ndarray[Any, Any]:
+    """Return a block of a store's source converted to the target's dtype (a blockwise step).
+
+    The store adds it to the source's graph when the declared dtype differs from the target's,
+    in place of dask's ``astype`` (which would wrap the values of a block whose own dtype is
+    not the declared one, before anything could check them): each chunk is converted once,
+    where it is computed, from the dtype it really has, and refused if a value would change.
+
+    Parameters
+    ----------
+    block : array-like
+        The computed chunk.
+    dtype, declared : str
+        The target's dtype and the one the source declares (numpy dtype strings).
+
+    Returns
+    -------
+    numpy.ndarray
+        The chunk as ``dtype``.
+
+    Raises
+    ------
+    DekerArrayTypeError
+        If some value of the chunk changes when stored as ``dtype``.
+    """
+    return _exactly(block, np.dtype(dtype), np.dtype(declared))
 
 
 def _as_block(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
     # np.ascontiguousarray would make a 0-d block 1-d
-    block = np.asarray(_exactly(data, dtype), order="C")
+    block = np.asarray(_exactly(data, dtype, dtype), order="C")
     if block.shape != shape:
         raise ValueError(f"A block of shape {block.shape} was produced for a region of shape {shape}")
     return block
@@ -381,7 +410,9 @@ def store_tiles(
     """
     _check(session)
     dtype = np.dtype(index.schema.dtype)
-    arrays = [_exactly(c, dtype) for c in chunks]  # all of them before any tile is written
+    # (chunks arrive as the target's dtype, or as the declared one when that is the target's:
+    # only a block that is neither is converted, all of them before any tile is written)
+    arrays = [_exactly(c, dtype, dtype) for c in chunks]
     written = 0
     for plan in plans:
         shape = selection_shape(plan.local)

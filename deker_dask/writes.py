@@ -39,7 +39,7 @@ from deker.dtypes import casts_exactly
 from deker.errors import DekerArrayTypeError, DekerValidationError
 from deker.tiling import tile_pieces
 from deker_dask.geometry import grid, regions
-from deker_dask.graph_tasks import TilePlan, finish, store_array_block, store_tiles
+from deker_dask.graph_tasks import TilePlan, cast_block, finish, store_array_block, store_tiles
 from deker_dask.handles import Target, resolve
 from deker_dask.progress import compute_with_progress, progress_enabled
 
@@ -65,8 +65,12 @@ def _source(source: Any, target: Target) -> da.Array:
             f"Cannot store {src.dtype} data into an array of dtype {dtype} without changing values: "
             f"convert it first (source.astype({dtype.name!r}))"
         )
-    # not src.astype(dtype): the tasks convert each block from the dtype it really has, which
-    # may differ from the declared one, and refuse it if its values would change
+    if src.dtype != dtype:  # each chunk converted once, from the dtype it really has (not astype)
+        meta = np.empty((0,) * src.ndim, dtype=dtype)
+        cast: da.Array = da.map_blocks(  # type: ignore[no-untyped-call]
+            cast_block, src, dtype.str, src.dtype.str, dtype=dtype, meta=meta
+        )
+        return cast
     return src
 
 
