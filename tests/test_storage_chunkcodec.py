@@ -323,6 +323,48 @@ def test_two_threads_decode_chunks_of_one_region_at_once(
     assert len(waited) >= 2
 
 
+def test_a_region_read_beside_another_is_not_split(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two cores, two regions at once: the second is not split (each region keeps one core).
+
+    The first region is held inside :func:`chunkcodec._run` (its work waits for an event) while
+    the second runs; alone, the same region is split between this thread and the pool.
+    """
+    monkeypatch.setattr(chunkcodec, "decode_threads", lambda: 2)
+    jobs = list(range(8))
+    weight = 1 << 30  # (far above the size worth splitting)
+    release = threading.Event()
+    started = threading.Event()
+
+    def held(part: Any) -> bool:
+        started.set()
+        return release.wait(60)
+
+    first = threading.Thread(target=chunkcodec._run, args=(jobs, held, weight), name="first-region")
+    first.start()
+    try:
+        assert started.wait(60)
+        threads: list[str] = []
+        calls: list[list[int]] = []
+
+        def work(part: Any) -> bool:
+            threads.append(threading.current_thread().name)
+            calls.append(list(part))
+            return True
+
+        assert chunkcodec._run(jobs, work, weight)
+        assert threads == [threading.current_thread().name] and calls == [jobs]  # one call, here
+    finally:
+        release.set()
+        first.join(60)
+    threads.clear()
+    calls.clear()
+    assert chunkcodec._run(jobs, work, weight)  # alone: split with the pool
+    assert len(threads) == 2 and sorted(j for c in calls for j in c) == jobs
+    assert any(name.startswith("deker-decode") for name in threads)
+
+
 def _child_read(path: str, queue: Any) -> None:
     got = hdf5.read_region(Path(path), (slice(0, 512), slice(0, 512)), np.float32, 0)
     queue.put(float(got.sum()))
