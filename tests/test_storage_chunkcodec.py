@@ -382,6 +382,41 @@ def test_a_forked_child_decodes_with_a_pool_of_its_own(settled_file: tuple[Path,
     assert child.exitcode == 0 and total == pytest.approx(float(values.sum()))
 
 
+def _child_count_then_read(path: str, queue: Any) -> None:
+    queue.put(chunkcodec._busy)
+    _child_read(path, queue)
+
+
+def test_a_child_forked_while_a_region_was_in_progress_counts_none_and_does_not_hang(
+    settled_file: tuple[Path, np.ndarray],
+) -> None:
+    """The fork copies the count of regions in progress and, held, the lock around it.
+
+    Here the forking thread itself holds the lock and counts a region, as another thread
+    inside a read would at the moment of the fork; the child must neither wait for that lock
+    for ever nor count a region that no thread of its own decodes.
+    """
+    path, values = settled_file
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    with chunkcodec._busy_lock:
+        chunkcodec._busy += 1
+        try:
+            child = context.Process(target=_child_count_then_read, args=(str(path), queue))
+            child.start()
+        finally:
+            chunkcodec._busy -= 1
+    try:
+        assert queue.get(timeout=60) == 0
+        total = queue.get(timeout=60)
+    finally:
+        child.join(10)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+    assert child.exitcode == 0 and total == pytest.approx(float(values.sum()))
+
+
 # ------------------------------------------------------------------------------ whole writes
 
 

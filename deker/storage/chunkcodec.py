@@ -256,6 +256,18 @@ _busy = 0
 _busy_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    # The child has only the forking thread: no region is in progress there, and a lock
+    # another thread held at the fork would stay held for ever.
+    global _busy, _busy_lock, _pool_lock
+    _busy = 0
+    _busy_lock = threading.Lock()
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _run(jobs: Sequence[Any], work: Callable[[Sequence[Any]], bool], weight: int) -> bool:
     """Run ``work`` over ``jobs``: in this thread, or split with the decoding pool.
 
