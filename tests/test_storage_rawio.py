@@ -13,6 +13,7 @@ the cases where the cache must answer ``None``.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from collections.abc import Iterator
@@ -477,6 +478,30 @@ def test_file_cache_keeps_the_most_recently_kept_files() -> None:
     assert cache.get("/a") is None and cache.get("/c") == 4
     cache.forget()
     assert cache.get("/c") is None
+
+
+def _forget_in_child(cache: rawio.FileCache[int], queue: Any) -> None:
+    cache.forget()  # takes the cache's lock
+    queue.put("forgot")
+
+
+def test_a_child_forked_while_a_cache_lock_was_held_does_not_hang() -> None:
+    """The forking thread holds the lock, as another thread updating the cache would."""
+    cache: rawio.FileCache[int] = rawio.FileCache(2)
+    cache.keep("/a", (1, 2, 3, 4, 5), 1)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    with cache._lock:
+        child = context.Process(target=_forget_in_child, args=(cache, queue))
+        child.start()
+    try:
+        assert queue.get(timeout=60) == "forgot"
+    finally:
+        child.join(10)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+    assert child.exitcode == 0 and cache.get("/a") == 1  # the parent's cache is its own
 
 
 def test_file_cache_opens_a_file_only_while_what_it_keeps_is_true(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -337,6 +338,12 @@ class _Layout(NamedTuple):
 V = TypeVar("V")
 
 
+def _call_if_alive(method: weakref.WeakMethod[Callable[[], None]]) -> None:
+    bound = method()
+    if bound is not None:
+        bound()
+
+
 class FileCache(Generic[V]):
     """What a process learnt about files, by path, with the files' stamps when it was learnt.
 
@@ -354,6 +361,13 @@ class FileCache(Generic[V]):
     def __init__(self, size: int) -> None:
         self._size = size
         self._items: OrderedDict[str, tuple[tuple[int, int, int, int, int], V]] = OrderedDict()
+        self._lock = threading.Lock()
+        # a forked child has only the forking thread: a lock another thread held at the fork
+        # would stay held for ever there (the hook holds no reference to the cache)
+        renew = weakref.WeakMethod(self._renew_lock)
+        os.register_at_fork(after_in_child=lambda: _call_if_alive(renew))
+
+    def _renew_lock(self) -> None:
         self._lock = threading.Lock()
 
     def get(self, path: Path | str) -> V | None:
