@@ -90,6 +90,27 @@ def test_the_empty_cache_is_bounded_and_keeps_recent_templates() -> None:
     assert empty_array_image(b"{}", "S4100", 7) is not None  # rebuilt on demand
 
 
+def _image_in_child(queue: Any) -> None:
+    queue.put(empty_array_image(b"{}", "S5003", 1) is not None)  # a new type: a build, under the lock
+
+
+def test_a_child_forked_during_a_build_makes_templates_of_its_own() -> None:
+    """The forking thread holds the lock, as another thread building a template would."""
+    context = mp.get_context("fork")
+    queue = context.Queue()
+    with templates._lock:
+        child = context.Process(target=_image_in_child, args=(queue,))
+        child.start()
+    try:
+        assert queue.get(timeout=60) is True
+    finally:
+        child.join(10)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+    assert child.exitcode == 0
+
+
 def test_concurrent_first_use_from_threads() -> None:
     dtypes = [f"S{n}" for n in range(3000, 3024)]
     with ThreadPoolExecutor(8) as pool:

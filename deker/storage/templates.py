@@ -75,6 +75,16 @@ _cache: OrderedDict[str, _Template | None] = OrderedDict()
 _lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    # only the forking thread lives on in the child: a build another thread had under way
+    # would leave the lock held for ever
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _build(meta_dtype: str) -> _Template | None:
     dtype = np.dtype(meta_dtype)
     name = f"deker-template-{meta_dtype}-{uuid.uuid4().hex}"  # in memory only (no backing store)
