@@ -57,7 +57,8 @@ def storage_uri(filename_or_obj: Any) -> str | None:
     Returns
     -------
     str or None
-        ``file://<absolute path>`` when the place holds a ``collections`` directory.
+        ``file://<absolute path>``, percent-encoded, when the place holds a ``collections``
+        directory.
     """
     if isinstance(filename_or_obj, os.PathLike):
         filename_or_obj = os.fspath(filename_or_obj)
@@ -74,7 +75,7 @@ def storage_uri(filename_or_obj: Any) -> str | None:
         path = Path(filename_or_obj).expanduser().absolute()
     if not (path / _COLLECTIONS).is_dir():
         return None
-    return f"file://{path}"
+    return path.as_uri()  # (percent-encoded: "#", "?" or "%41" in a name must reach the Client as such)
 
 
 def _bound(key: Any, size: int) -> tuple[int | slice, np.ndarray[Any, Any] | None]:

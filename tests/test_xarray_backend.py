@@ -353,6 +353,19 @@ def test_guess_can_open(storage: Path, tmp_path: Path) -> None:
         assert "grid" in ds
 
 
+@pytest.mark.parametrize("name", ["run#2", "run?x=1", "run%41", "run 2"])
+def test_a_storage_whose_name_needs_quoting_opens_itself_not_a_sibling(tmp_path: Path, name: str) -> None:
+    """``#``, ``?`` and ``%41`` were handed to the Client unencoded: it read ``run`` (or ``runA``)."""
+    siblings = {"run": 1.0, "runA": 3.0, name: 2.0}
+    for folder, value in siblings.items():
+        with Client((tmp_path / folder).as_uri()) as client:
+            schema = ArraySchema(dtype=np.float64, dimensions=[DimensionSchema("x", 2)])
+            client.create_collection("v", schema).create()[:].update(np.full(2, value))
+    for where in ((tmp_path / name).as_uri(), tmp_path / name, str(tmp_path / name)):
+        with xr.open_dataset(where, engine="deker", group="v") as ds:
+            np.testing.assert_array_equal(ds["v"].values.ravel(), [2.0, 2.0])
+
+
 def test_the_entry_point_is_found_in_a_fresh_interpreter() -> None:
     script = (
         "import sys, xarray as xr\n"
