@@ -9,7 +9,8 @@ objects deker gives in their *CF form* (``read_xarray(cf=True)``, ``deker_dask.t
   strings (UTC, with the offset), complex numbers as strings (``"(1+2j)"``), tuples of two or
   more real numbers as numeric arrays and other tuples as JSON strings; a ``None`` value is
   left out.  So ``units``, ``long_name`` or ``standard_name`` attributes pass through;
-- time coordinates are ``datetime64[ns]`` (UTC) with ``standard_name: time`` and a CF encoding
+- time coordinates are ``datetime64[ns]`` (UTC; ``[us]`` when an instant lies outside the
+  about 1677-2262 that ``[ns]`` holds) with ``standard_name: time`` and a CF encoding
   (``"<unit> since <first instant>"``, the largest unit that keeps every instant an integer,
   ``proleptic_gregorian``, int64), so netCDF files store them as CF times;
 - a scale's name (``Scale(..., name="lat")``) becomes the coordinate's ``long_name``;
@@ -47,6 +48,7 @@ __all__ = [
     "collection_layout",
     "coordinate_values",
     "data_array",
+    "datetime64_values",
     "dimension_coordinate",
     "import_xarray",
     "stacking_order",
@@ -58,6 +60,9 @@ logger = logging.getLogger(__name__)
 
 #: Attributes of every time coordinate.
 TIME_ATTRS: dict[str, str] = {"standard_name": "time"}
+
+#: Nanoseconds per tick of the datetime64 units a time coordinate may have.
+_TICK_NS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9}
 
 # The CF time units tried, largest first, with their length in nanoseconds.
 _UNITS: tuple[tuple[str, int], ...] = (
@@ -155,7 +160,7 @@ def array_attributes(primary: Mapping[str, Any], custom: Mapping[str, Any]) -> d
 
 
 def coordinate_values(values: Sequence[Any], *, cf: bool = True) -> np.ndarray[Any, Any]:
-    """Return coordinate values as an array (aware datetimes become UTC ``datetime64[ns]``).
+    """Return coordinate values as an array (datetimes: UTC ``datetime64``, :func:`datetime64_values`).
 
     Parameters
     ----------
@@ -173,10 +178,7 @@ def coordinate_values(values: Sequence[Any], *, cf: bool = True) -> np.ndarray[A
     """
     present = [v for v in values if v is not None]
     if present and all(isinstance(v, datetime) for v in present) and (len(present) == len(values) or cf):
-        return np.asarray(
-            [np.datetime64("NaT", "ns") if v is None else _datetime64(v) for v in values],
-            dtype="datetime64[ns]",
-        )
+        return datetime64_values(values)
     if present and all(_is_real(v) for v in present) and (len(present) == len(values) or cf):
         if len(present) == len(values):
             return np.asarray(values)
@@ -202,10 +204,42 @@ def _text(value: Any) -> str:
     return str(attribute_value(value))
 
 
-def _datetime64(value: datetime) -> np.datetime64:
+#: The largest count of microseconds from 1970 that ``datetime64[ns]`` holds (its range is
+#: about 1677-09-21 to 2262-04-11).
+_NS_RANGE_US = (2**63 - 1) // 1000
+
+
+def datetime64_values(values: Sequence[datetime | None]) -> np.ndarray[Any, Any]:
+    """Return datetimes as UTC ``datetime64``: ``[ns]`` when every one fits it, else ``[us]``.
+
+    ``datetime64[ns]`` (what xarray and pandas use by default) holds only about 1677 to 2262;
+    numpy wraps an instant outside around without a word (1500-01-01 became 2084-07-20).
+    Python datetimes are exact in microseconds, so ``[us]`` loses nothing.
+
+    Parameters
+    ----------
+    values : sequence of datetime or None
+        Aware (converted to UTC) or naive (taken as UTC) datetimes; ``None`` becomes ``NaT``.
+
+    Returns
+    -------
+    numpy.ndarray
+        One-dimensional ``datetime64[ns]`` or ``datetime64[us]``.
+    """
+    micro = np.asarray(
+        [np.datetime64("NaT", "us") if v is None else np.datetime64(_utc_naive(v), "us") for v in values],
+        dtype="datetime64[us]",
+    )
+    ticks = micro[~np.isnat(micro)].astype(np.int64)
+    if ticks.size and (int(ticks.min()) < -_NS_RANGE_US or int(ticks.max()) > _NS_RANGE_US):
+        return micro
+    return micro.astype("datetime64[ns]")
+
+
+def _utc_naive(value: datetime) -> datetime:
     if value.tzinfo is not None:
         value = value.astimezone(timezone.utc).replace(tzinfo=None)
-    return np.datetime64(value, "ns")
+    return value
 
 
 def time_encoding(values: np.ndarray[Any, Any]) -> dict[str, Any]:
@@ -224,14 +258,17 @@ def time_encoding(values: np.ndarray[Any, Any]) -> dict[str, Any]:
         (no ``dtype`` when there is a ``NaT``, which xarray then encodes itself); ``{}`` if
         there is no instant.
     """
-    flat = np.asarray(values, dtype="datetime64[ns]").reshape(-1)
+    flat = np.asarray(values).reshape(-1)
+    if flat.dtype.kind != "M":
+        flat = flat.astype("datetime64[ns]")
+    tick = _TICK_NS[np.datetime_data(flat.dtype)[0]]  # ([ns], or [us] outside its range)
     valid = flat[~np.isnat(flat)]
     if valid.size == 0:
         return {}
     ref = valid.min()
-    offsets = (valid - ref).astype(np.int64)
-    unit = next(name for name, ns in _UNITS if not np.any(offsets % ns))
-    ref_ns = int((ref - np.datetime64(0, "ns")).astype(np.int64))
+    offsets = (valid - ref).astype(np.int64)  # in ticks
+    unit = next(name for name, ns in _UNITS if ns <= tick or not np.any(offsets % (ns // tick)))
+    ref_ns = int(ref.astype(np.int64)) * tick  # (a Python int: no overflow)
     precision: Literal["s", "us", "ns"] = (
         "s" if ref_ns % 10**9 == 0 else "us" if ref_ns % 10**3 == 0 else "ns"
     )

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from deker import pipeline
-from deker.cf import array_layout, data_array, import_xarray
+from deker.cf import array_layout, data_array, datetime64_values, import_xarray
 from deker.dimensions import Dimension, TimeDimension
 from deker.dtypes import check_integer_range, convert_exactly
 from deker.errors import (
@@ -309,7 +309,7 @@ class _SubsetBase:
             coords={
                 name: np.asarray(values)
                 if not values or not hasattr(values[0], "tzinfo")
-                else np.asarray([np.datetime64(v.replace(tzinfo=None), "ns") for v in values])
+                else datetime64_values(values)
                 for name, values in description.items()
             },
             dims=list(description.keys()),

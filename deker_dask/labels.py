@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 
-from deker.cf import array_layout, collection_layout, data_array, import_xarray
+from deker.cf import array_layout, collection_layout, data_array, datetime64_values, import_xarray
 from deker.collection import Collection
 from deker.errors import DekerSubsetError, DekerValidationError
 from deker.schemas import TimeDimensionSchema
@@ -32,14 +32,8 @@ __all__ = ["to_xarray"]
 logger = logging.getLogger(__name__)
 
 
-def _as_datetime64(value: datetime) -> np.datetime64:
-    if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
-    return np.datetime64(value, "ns")
-
-
 def coordinate(values: Sequence[Any]) -> np.ndarray[Any, Any]:
-    """Turn a list of coordinate values into an array (aware datetimes become UTC ``datetime64[ns]``).
+    """Turn a list of coordinate values into an array (datetimes: :func:`deker.cf.datetime64_values`).
 
     Parameters
     ----------
@@ -52,7 +46,7 @@ def coordinate(values: Sequence[Any]) -> np.ndarray[Any, Any]:
         The coordinate.
     """
     if values and all(isinstance(v, datetime) for v in values):
-        return np.asarray([_as_datetime64(v) for v in values])
+        return datetime64_values(values)
     if values and any(isinstance(v, (tuple, list, dict)) or v is None for v in values):
         out = np.empty(len(values), dtype=object)
         for i, v in enumerate(values):

@@ -22,6 +22,7 @@ from deker.cf import (
     attribute_value,
     collection_layout,
     coordinate_values,
+    datetime64_values,
     stacking_order,
     time_encoding,
 )
@@ -124,6 +125,73 @@ def test_time_encoding_units_and_nat() -> None:
     with_nat = time_encoding(np.asarray([day, np.datetime64("NaT", "ns")]))
     assert "dtype" not in with_nat and with_nat["units"].startswith("days")
     assert time_encoding(np.asarray([np.datetime64("NaT", "ns")])) == {}
+
+
+def test_datetimes_outside_the_nanosecond_range_become_microseconds_not_other_instants() -> None:
+    """``datetime64[ns]`` holds about 1677-2262: numpy wrapped 1500-01-01 to 2084-07-20."""
+    inside = [
+        datetime(2024, 1, 1, tzinfo=UTC),
+        None,
+        datetime(1700, 1, 1, 12, tzinfo=timezone(timedelta(hours=2))),
+    ]
+    got = datetime64_values(inside)
+    assert got.dtype == np.dtype("datetime64[ns]")
+    np.testing.assert_array_equal(
+        got, np.array(["2024-01-01", "NaT", "1700-01-01T10:00"], dtype="datetime64[ns]")
+    )
+    for outside in (datetime(1500, 1, 1, tzinfo=UTC), datetime(2263, 1, 1), datetime(1, 1, 1, 0, 0, 0, 1)):
+        values = [datetime(2000, 1, 1), outside, None]
+        got = datetime64_values(values)
+        assert got.dtype == np.dtype("datetime64[us]")
+        back = [None if np.isnat(v) else v.astype(datetime) for v in got]
+        assert back == [v if v is None else v.replace(tzinfo=None) for v in values]
+    assert datetime64_values([]).dtype == np.dtype("datetime64[ns]")
+
+
+@settings(max_examples=40)
+@given(
+    start=st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9000, 1, 1)),
+    step=_steps,
+    size=st.integers(1, 20),
+)
+def test_time_encoding_of_microsecond_values_decodes_back(
+    start: datetime, step: timedelta, size: int
+) -> None:
+    values = np.asarray([np.datetime64(start + i * step, "us") for i in range(size)])
+    encoding = time_encoding(values)
+    assert encoding["calendar"] == "proleptic_gregorian" and encoding["dtype"] == "int64"
+    unit, reference = encoding["units"].split(" since ")
+    ref = np.datetime64(reference, "us")
+    per_tick = {
+        "days": 86_400 * 10**6,
+        "hours": 3_600 * 10**6,
+        "minutes": 60 * 10**6,
+        "seconds": 10**6,
+        "milliseconds": 10**3,
+        "microseconds": 1,
+    }[unit]
+    offsets = (values - ref).astype(np.int64)
+    assert ref == values.min() and not np.any(offsets % per_tick)  # whole numbers of the unit
+
+
+def test_a_time_axis_from_1600_reads_as_its_own_instants(tmp_path: Any) -> None:
+    start = datetime(1600, 1, 1, tzinfo=UTC)  # (before 1677: outside datetime64[ns])
+    schema = ArraySchema(
+        dtype=np.float32,
+        dimensions=[TimeDimensionSchema(name="time", size=3, start_value=start, step=timedelta(days=1))],
+    )
+    want = np.array(["1600-01-01", "1600-01-02", "1600-01-03"], dtype="datetime64[us]")
+    with Client(f"file://{tmp_path}") as client:
+        array = client.create_collection("old", schema).create()
+        for cf in (True, False):
+            np.testing.assert_array_equal(array[:].read_xarray(cf=cf)["time"].values, want)
+        ds = array[:].read_xarray(cf=True).to_dataset(name="t")
+        ds.to_netcdf(tmp_path / "old.nc", engine="h5netcdf")
+        coder = xr.coders.CFDatetimeCoder(time_unit="us")  # (xarray decodes to [ns] by default)
+        with xr.open_dataset(tmp_path / "old.nc", engine="h5netcdf", decode_times=coder) as back:
+            np.testing.assert_array_equal(back["time"].values, want)
+    with xr.open_dataset(tmp_path, engine="deker", group="old") as ds:
+        np.testing.assert_array_equal(ds["time"].values, want)
 
 
 def test_stacking_order_and_name_clashes(tmp_path: Any) -> None:
