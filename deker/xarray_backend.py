@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -391,13 +392,15 @@ class DekerBackendEntrypoint(BackendEntrypoint):  # type: ignore[misc]
     ) -> dict[str, Any]:
         """Return ``{"/": empty Dataset, "/<collection>": Dataset, ...}`` for every collection (lazy).
 
-        With ``group="<collection>"``, ``{"/": that collection's Dataset}``.
+        With ``group="<collection>"``, ``{"/": that collection's Dataset}``.  The Datasets share
+        one client, closed when the last of them is closed.
         """
         _check_decoders(decoders)
         client = _open_client(filename_or_obj, read_only)
         groups = _groups(client, drop_variables, group)
+        shared = _SharedClose(client, len(groups))
         for ds in groups.values():
-            ds.set_close(client.close)
+            ds.set_close(shared.closer())
         return groups
 
     def open_datatree(  # type: ignore[override]
@@ -419,6 +422,31 @@ class DekerBackendEntrypoint(BackendEntrypoint):  # type: ignore[misc]
         tree = xarray.DataTree.from_dict(_groups(client, drop_variables, group))
         tree.set_close(client.close)
         return tree
+
+
+class _SharedClose:
+    """Close a client once every Dataset reading through it was closed (each counted once)."""
+
+    def __init__(self, client: Client, users: int) -> None:
+        self._client = client
+        self._open = users
+        self._lock = threading.Lock()
+
+    def closer(self) -> Callable[[], None]:
+        closed = False
+
+        def close() -> None:
+            nonlocal closed
+            with self._lock:
+                if closed:
+                    return
+                closed = True
+                self._open -= 1
+                last = self._open == 0
+            if last:
+                self._client.close()
+
+        return close
 
 
 def _groups(client: Client, drop_variables: str | Iterable[str] | None, group: str | None) -> dict[str, Any]:

@@ -314,6 +314,22 @@ def test_closing_the_dataset_closes_its_client(storage: Path) -> None:
         ds["grid"].values  # noqa: B018
 
 
+def test_the_groups_share_a_client_closed_with_the_last_of_them(storage: Path) -> None:
+    """Closing one group's Dataset closed the client of every other group (h5netcdf's go on)."""
+    groups = xr.open_groups(_uri(storage), engine="deker")
+    assert {"/days", "/grid"} <= set(groups)
+    groups["/days"].close()
+    groups["/days"].close()  # (counted once)
+    variable = groups["/grid"]["grid"]
+    assert variable[:1].values.shape == (1, *variable.shape[1:])  # still reads (xarray keeps no part)
+    for name, ds in groups.items():
+        if name != "/":
+            ds.close()
+    groups["/"].close()  # the last one: the client closes now
+    with pytest.raises(DekerClientError, match="closed"):
+        variable.values  # noqa: B018
+
+
 # ------------------------------------------------------------------------------ errors and discovery
 
 
