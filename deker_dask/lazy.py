@@ -124,7 +124,7 @@ def _array_steps(target: Target, chunks: Any) -> tuple[int, ...]:
         normal = normalize_chunks(  # type: ignore[no-untyped-call]
             chunks, shape, limit=limit, dtype=target.dtype, previous_chunks=hdf5 if hdf5 else None
         )
-    except (ValueError, TypeError, NotImplementedError) as exc:
+    except (ValueError, TypeError, NotImplementedError, ZeroDivisionError) as exc:  # (chunks=0: division)
         raise DekerValidationError(f"Invalid chunks {chunks!r} for an Array of shape {shape}: {exc}") from exc
     steps = tuple(max(1, c[0]) for c in normal)
     if hdf5:

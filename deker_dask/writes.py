@@ -49,7 +49,14 @@ logger = logging.getLogger(__name__)
 
 
 def _source(source: Any, target: Target) -> da.Array:
-    src: da.Array = source if isinstance(source, da.Array) else da.asarray(source)  # type: ignore[no-untyped-call]
+    if not isinstance(source, da.Array):
+        values = np.asarray(source)
+        if values.dtype.kind not in "biufc":  # (dask's own chunking of object data fails obscurely)
+            raise DekerArrayTypeError(
+                f"Cannot store {values.dtype} data into {target.obj!r}: the source must hold numbers"
+            )
+        source = da.asarray(values)  # type: ignore[no-untyped-call]
+    src: da.Array = source
     if any(math.isnan(c) for dim in src.chunks for c in dim):
         raise DekerValidationError(
             "The source has unknown chunk sizes: call compute_chunk_sizes() on it before storing it"

@@ -140,6 +140,9 @@ def test_array_chunks(storage: Client, cluster: Any) -> None:
         auto = deker_dask.to_dask(arr)
     assert len(auto.chunks[0]) > 1 and all(c % 2 == 0 for c in auto.chunks[0][:-1])
     assert all(c % 4 == 0 for c in auto.chunks[1][:-1])
+    for zero in (0, (0, 4)):  # dask's own chunking divided by it: a raw ZeroDivisionError
+        with pytest.raises(DekerValidationError, match="Invalid chunks"):
+            deker_dask.to_dask(arr, chunks=zero)
     np.testing.assert_array_equal(auto.compute(), data)
     with pytest.raises(DekerValidationError, match="tiles_per_chunk"):
         deker_dask.to_dask(arr, tiles_per_chunk=2)

@@ -224,6 +224,9 @@ def test_an_array_refuses_blocks_whose_values_its_dtype_cannot_hold(storage: Cli
 
 def test_store_validation(storage: Client) -> None:
     v = varray(storage, (4, 4), (2, 2), dtype=np.int16)
+    for not_numbers in (np.array([[None] * 4] * 4, dtype=object), np.full((4, 4), "a")):
+        with pytest.raises(DekerArrayTypeError, match="the source must hold numbers"):  # (dask's error)
+            deker_dask.store(not_numbers, v)
     with pytest.raises(DekerValidationError, match="shape"):
         deker_dask.store(da.zeros((4, 3), dtype=np.int16), v)
     wrong_dtype = r"Cannot store float64 data into an array of dtype int16 .*source\.astype\('int16'\)"
