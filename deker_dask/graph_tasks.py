@@ -37,15 +37,18 @@ from deker.tasks import (
     check_storage_at,
     read_piece,
     read_piece_into,
+    resolve_root,
     write_array,
     write_piece,
 )
 from deker.tileindex import TileIndex
 
 __all__ = [
+    "Owner",
     "Part",
     "Session",
     "cast_block",
+    "check_owner",
     "fill_chunk",
     "finish",
     "read_chunk",
@@ -187,6 +190,56 @@ def read_chunk(
     for spec, bounds, index in parts:
         read_piece_into(spec, bounds, out, index)
     return out
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The Array or VArray a lazy read is of: its own file, to tell it deleted from absent tiles.
+
+    Parameters
+    ----------
+    root : str
+        The collections directory as the coordinator sees it (a worker may remap it).
+    collection : str
+        The collection name.
+    relative : str
+        The Array's data file or the VArray's metadata file, relative to ``root``.
+    storage_id : str or None
+        The storage id the coordinator knows.
+    what : str
+        The object, as messages name it.
+    """
+
+    root: str
+    collection: str
+    relative: str
+    storage_id: str | None
+    what: str
+
+
+def check_owner(owner: Owner) -> None:
+    """Raise if the object a lazy array reads was deleted since the graph was built.
+
+    A missing tile reads as fill values; a missing Array or VArray is no answer at all (deker's
+    own ``read()`` raises the same error).  A process that does not see the storage says so
+    (:func:`deker.tasks.check_storage_at`) rather than call the object deleted.
+
+    Parameters
+    ----------
+    owner : Owner
+        The object.
+
+    Raises
+    ------
+    DekerInstanceNotExistsError
+        If its file is gone.
+    DekerStorageError
+        If this process does not see the storage.
+    """
+    if (resolve_root(owner.root) / owner.relative).exists():
+        return
+    check_storage_at(owner.root, owner.collection, owner.storage_id)
+    raise DekerInstanceNotExistsError(f"{owner.what} was deleted after the lazy array over it was made")
 
 
 # ----------------------------------------------------------------------------- writes

@@ -29,7 +29,7 @@ from deker.storage.locks import LockSettings
 from deker.subset import Subset, VSubset
 from deker.tasks import FileSpec
 from deker.tileindex import TileIndex
-from deker_dask.graph_tasks import Session
+from deker_dask.graph_tasks import Owner, Session
 
 __all__ = ["FileVersion", "Target", "collection_items", "resolve"]
 
@@ -138,6 +138,16 @@ class Target:
     def session(self) -> Session:
         """Return the session every task of a graph over this object carries (tasks raise once closed)."""
         return Session(self.obj.storage_context)
+
+    def owner(self) -> Owner | None:
+        """Return the object as a lazy read checks it still exists (None outside the root)."""
+        try:
+            relative = self._data_file().relative_to(self.root)
+        except ValueError:
+            return None
+        obj = self.obj
+        storage_id = obj.tiles.storage_id if isinstance(obj, VArray) else obj.spec.storage_id
+        return Owner(self.root, self.meta.name, str(relative), storage_id, repr(obj))
 
     def check(self) -> None:
         """Raise if the client is closed or the object was deleted."""

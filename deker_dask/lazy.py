@@ -14,8 +14,11 @@ task):
   travels back.
 
 The graph is a snapshot of which tiles exist: a tile created later reads as fill through it,
-and so does a tile deleted later.  Its name is deterministic: a token of the storage location,
-the ids, the region, the chunking and a data version (the set of existing files with their
+and so does a tile deleted later; the Array or VArray itself deleted later makes every read
+raise :class:`~deker.errors.DekerInstanceNotExistsError`
+(:func:`deker_dask.graph_tasks.check_owner`), as deker's own ``read()`` does, rather than
+answer fill values.  Its name is deterministic: a token of the storage location, the ids,
+the region, the chunking and a data version (the set of existing files with their
 ``mtime``, ``ctime``, size and inode).  A write changes the version, hence the name, so Dask
 never reuses a result computed before it.  (Filesystems whose timestamps are coarser than the
 interval between two writes of one file, e.g. Linux before 6.13, may keep a name across a
@@ -44,7 +47,7 @@ from deker.storage.arrayfile import Bounds, selection_shape
 from deker.tasks import FileSpec
 from deker.tiling import tile_pieces
 from deker_dask.geometry import chunks_of, grid
-from deker_dask.graph_tasks import Part, Session, fill_chunk, read_chunk, read_region
+from deker_dask.graph_tasks import Owner, Part, Session, check_owner, fill_chunk, read_chunk, read_region
 from deker_dask.handles import Target, collection_items, resolve
 
 __all__ = ["TARGET_CHUNK_BYTES", "from_collection", "to_dask"]
@@ -287,6 +290,7 @@ class TileReader:
         "_bounds",
         "_dims",
         "_listing",
+        "_owners",
         "_stacked",
         "_tile",
         "dtype",
@@ -304,9 +308,13 @@ class TileReader:
         fill_value: Any,
         session: Session,
         stacked: bool = False,
+        owners: tuple[Owner | None, ...] = (),
     ) -> None:
         if not stacked and len(listing) != 1:
             raise ValueError(f"one array's files are read unless stacked, not {len(listing)}")
+        if owners and len(owners) != len(listing):
+            raise ValueError(f"one owner per array read, not {len(owners)} for {len(listing)}")
+        self._owners = tuple(owners)
         self._bounds = ((slice(0, len(listing)),) if stacked else ()) + tuple(bounds)
         self._dims = [d for d, b in enumerate(self._bounds) if isinstance(b, slice)]
         self._listing = tuple(listing)
@@ -324,7 +332,16 @@ class TileReader:
 
     def __reduce__(self) -> tuple[Any, ...]:
         bounds = self._bounds[1:] if self._stacked else self._bounds
-        state = (bounds, self._listing, self._tile, self.dtype, self.fill_value, self.session, self._stacked)
+        state = (
+            bounds,
+            self._listing,
+            self._tile,
+            self.dtype,
+            self.fill_value,
+            self.session,
+            self._stacked,
+            self._owners,
+        )
         return (TileReader, state)
 
     def region(self, key: Any) -> tuple[Bounds, tuple[Any, ...]]:
@@ -390,6 +407,13 @@ class TileReader:
     def __getitem__(self, key: Any) -> np.ndarray[Any, Any]:
         box, pick = self.region(key)
         shape = selection_shape(box)
+        if self._owners:  # the arrays read (not only their tiles) must still exist
+            lead = box[0] if self._stacked else slice(0, 1)
+            members = range(len(self._owners))[lead] if isinstance(lead, slice) else (lead,)
+            for k in members:
+                owner = self._owners[k]
+                if owner is not None:
+                    check_owner(owner)
         if not math.prod(shape):
             self.session.check()
             piece = np.empty(shape, dtype=self.dtype)
@@ -420,7 +444,13 @@ def _build(
     kind = "varray" if target.is_varray else "array"
     key = _name(f"deker-{kind}", name, target.identity(), bounds, steps, version)
     reader = TileReader(
-        bounds, (files,), target.tile_shape, target.dtype, target.fill_value, target.session()
+        bounds,
+        (files,),
+        target.tile_shape,
+        target.dtype,
+        target.fill_value,
+        target.session(),
+        owners=(target.owner(),),
     )
     return _lazy(reader, chunks_of(g), key)
 
@@ -576,6 +606,7 @@ def stack(
         first.fill_value,
         first.session(),
         stacked=True,
+        owners=tuple(t.owner() for t in targets),
     )
     return _lazy(reader, (lead, *cell_chunks), key)
 

@@ -223,6 +223,38 @@ def test_from_collection_of_varrays(storage: Client, cluster: Any) -> None:
     assert deker_dask.from_collection(empty).shape == (0, 6, 4)
 
 
+def test_a_lazy_array_of_an_object_deleted_since_raises_instead_of_reading_fill(
+    storage: Client, cluster: Any
+) -> None:
+    """A deleted tile reads as fill; a deleted Array or VArray read as fill too (a wrong answer)."""
+    v = varray(storage, (4, 4), (2, 2), dtype=np.int32, name="gone_v")
+    v[:].update(np.arange(16, dtype=np.int32).reshape(4, 4))
+    dims = [DimensionSchema(name="x", size=4)]
+    a = storage.create_collection("gone_a", ArraySchema(dtype=np.int32, dimensions=dims)).create()
+    a[:].update(np.arange(4, dtype=np.int32))
+    schema = ArraySchema(
+        dtype=np.int32, dimensions=dims, attributes=[AttributeSchema("k", int, primary=True)]
+    )
+    coll = storage.create_collection("gone_c", schema)
+    members = [coll.create({"k": k}) for k in range(3)]
+    for k, member in enumerate(members):
+        member[:].update(np.full(4, k, dtype=np.int32))
+    lazy_v, lazy_a = deker_dask.to_dask(v), deker_dask.to_dask(a)
+    stacked = deker_dask.from_collection(coll, arrays_per_chunk=1)
+    v[0:2, 0:2].clear()  # a tile removed, the VArray still there: fill, as documented
+    assert lazy_v[0, 0].compute(scheduler=cluster) == np.iinfo(np.int32).min
+    members[2].delete()
+    np.testing.assert_array_equal(
+        stacked[:2].compute(scheduler=cluster), [[0] * 4, [1] * 4]
+    )  # the others read
+    for lazy, obj in ((lazy_v, v), (lazy_a, a), (stacked, members[2])):
+        if obj is not members[2]:
+            obj.delete()
+        for scheduler in ("sync", cluster):
+            with pytest.raises(DekerInstanceNotExistsError, match="was deleted after the lazy array"):
+                lazy.compute(scheduler=scheduler)
+
+
 def test_computing_after_close_raises_like_every_object(tmp_path: Any, cluster: Any) -> None:
     """docs/quickstart.md: after close() every object of the client stops working; lazy arrays too."""
     client = Client((tmp_path / "s").as_uri())
