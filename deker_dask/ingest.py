@@ -29,7 +29,9 @@
 A scale is checked with the tolerance deker indexes scales with
 (:data:`deker.dimensions.SCALE_REL_TOLERANCE` of a step, plus a few ulps of the coordinate's
 own float type), so float32 coordinates such as ``0.1, 0.2, ...`` keep their grid.  Read back,
-scale coordinates are float64 values rounded to the decimals of the scale.
+scale coordinates are float64 values rounded to the decimals of the scale; a scale is taken
+only when those, in the coordinate's own dtype, are exactly its values.  Other numbers become
+labels (float64; integers beyond ``2**53`` are refused, as they would round).
 """
 
 from __future__ import annotations
@@ -150,8 +152,26 @@ def _scale_of(values: np.ndarray[Any, Any]) -> Scale | None:
     for digits in range(1, _MAX_STEP_DIGITS + 1):
         step = float(f"{raw:.{digits}g}")
         if step != 0.0 and _on_grid(values, start, step):
-            return Scale(start, step)
+            scale = Scale(start, step)
+            return scale if _reads_back(values, scale) else None
     return None
+
+
+def _reads_back(values: np.ndarray[Any, Any], scale: Scale) -> bool:
+    """Return whether the coordinates deker reads from ``scale`` are ``values`` in their own dtype.
+
+    Within the indexing tolerance is not enough: the values read back (float64, rounded to the
+    scale's decimals) must convert to exactly the given ones, so float32 ``0.1, 0.2, ...``
+    keep a scale while ``[0, 1000000, 2000001]`` or ``linspace(-179.5, 179.5, 16)`` (whose
+    shortest fitting step is a rounded one) become labels, stored as they are.
+    """
+    schema = ArraySchema(dtype=float, dimensions=[DimensionSchema("x", len(values), scale=scale)])
+    (dimension,) = build_dimensions(schema, {})
+    back = np.asarray(dimension.describe(slice(0, len(values))), dtype=np.float64)
+    with np.errstate(all="ignore"):
+        return bool(np.array_equal(back.astype(values.dtype), values)) and (
+            values.dtype.kind == "f" or bool(np.array_equal(back, values.astype(np.float64)))
+        )
 
 
 def _time_axis(name: str, values: np.ndarray[Any, Any]) -> TimeDimensionSchema:
@@ -195,6 +215,12 @@ def _labels_of(name: str, values: np.ndarray[Any, Any]) -> list[Any]:
         labels: list[Any] = [float(v) for v in values]
         if not all(math.isfinite(v) for v in labels):
             raise DekerValidationError(f"Coordinate {name!r} has NaN or infinite values: it cannot be labels")
+        if kind in "iu" and any(int(f) != int(v) for f, v in zip(labels, values.tolist(), strict=True)):
+            raise DekerValidationError(  # (numeric labels are float64: they would round)
+                f"Coordinate {name!r} has integers beyond 2**53 ({_few(values)}), which deker's numeric "
+                f"labels (float64) cannot hold exactly; keep them as strings "
+                f"(obj.assign_coords({name}=obj[{name!r}].astype(str))) or subtract an offset first"
+            )
     elif kind in "US" or (kind == "O" and all(isinstance(v, (str, bytes)) for v in values)):
         labels = [v.decode() if isinstance(v, bytes) else str(v) for v in values]
     else:

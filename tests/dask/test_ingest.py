@@ -95,6 +95,33 @@ def test_labels_plain_dimensions_and_float32_scales() -> None:
     assert x == DimensionSchema("x", 5, scale=Scale(100.0, 0.1))
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array([0, 1_000_000, 2_000_001]),  # within the tolerance of a scale of step 1e6
+        np.arange(4) / 3,  # its shortest fitting step, 0.3333333, drifts
+        np.linspace(-179.5, 179.5, 16),  # read back on a 7-digit step, 179.5 was 179.499995
+    ],
+    ids=["ints", "thirds", "linspace"],
+)
+def test_a_coordinate_is_read_back_as_it_was_given(tmp_path: Path, values: np.ndarray) -> None:
+    """A scale is taken only when the values read from it are the given ones; else labels."""
+    arr = xr.DataArray(np.arange(len(values), dtype=np.float64), dims="x", coords={"x": values}, name="v")
+    with Client(f"file://{tmp_path}") as client:
+        collection = client.create_collection("v", deker_dask.schema_from_xarray(arr))
+        stored = deker_dask.store_xarray(arr, collection)
+        back = stored[:].read_xarray(cf=True)
+        np.testing.assert_array_equal(back["x"].values, values.astype(np.float64))
+        assert float(back.sel(x=values[-1])) == float(arr.sel(x=values[-1]))
+
+
+def test_integers_that_float64_labels_would_round_are_refused() -> None:
+    offsets = np.array([0, 1000, 2500, 3000]) + 1_700_000_000_000_000_000  # epoch nanoseconds
+    arr = xr.DataArray(np.zeros(4), dims="x", coords={"x": offsets})
+    with pytest.raises(DekerValidationError, match=r"integers beyond 2\*\*53 .*astype\(str\)"):
+        deker_dask.schema_from_xarray(arr)
+
+
 def test_a_dimension_without_coordinate_and_a_one_point_number_axis() -> None:
     arr = xr.DataArray(np.zeros((2, 1)), dims=("y", "z"), coords={"z": [7.5]})
     y, z = deker_dask.schema_from_xarray(arr).dimensions
