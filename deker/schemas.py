@@ -315,6 +315,13 @@ def _convert_fill_value(dtype: type[np.generic], value: Any) -> np.generic:
         raise DekerValidationError(message)
     if _changed(value, converted):
         raise DekerValidationError(f"{message} (the dtype cannot hold it unchanged)")
+    nan_part = isinstance(converted, np.complexfloating) and bool(np.isnan(converted))
+    if nan_part and not (np.isnan(converted.real) and converted.imag == 0):  # type: ignore[union-attr]
+        raise DekerValidationError(  # (stored as null, it would read back as nan+0j)
+            f"{message}: the storage keeps a NaN fill value as null, which reads back as "
+            "the default nan+0j, so a complex fill value with a NaN part must be nan+0j "
+            "(fill_value=None), or have no NaN"
+        )
     return converted
 
 
@@ -457,9 +464,9 @@ class _BaseArraySchema:
     def as_dict(self) -> dict[str, Any]:
         """The stored form: ``{"dimensions", "dtype", "attributes", "fill_value"}``.
 
-        ``fill_value`` is ``None`` when it is NaN (for complex values: when either part is NaN,
-        as in deker 1.1.7, so such a value is read back as the default ``nan+0j``), otherwise
-        ``str(fill_value)``.
+        ``fill_value`` is ``None`` when it is NaN (as in deker 1.1.7; read back as the default,
+        so a complex fill value with a NaN part other than ``nan+0j`` is refused when the schema
+        is made), otherwise ``str(fill_value)``.
         """
         return {
             "dimensions": tuple(d.as_dict for d in self.dimensions),
