@@ -179,29 +179,32 @@ def _time_axis(name: str, values: np.ndarray[Any, Any]) -> TimeDimensionSchema:
         f"to keep it as labels, convert it to strings first "
         f"(obj.assign_coords({name}=obj[{name!r}].dt.strftime('%Y-%m-%dT%H:%M:%S')))"
     )
-    ns = values.astype("datetime64[ns]")
-    if np.isnat(ns).any():
+    # in nanoseconds when the coordinate has them, else in microseconds: datetime64[ns] holds
+    # only about 1677-2262, and casting 1500-01-01 to it wraps around without a word
+    tick = 1 if np.datetime_data(values.dtype)[0] == "ns" else 1000  # (nanoseconds per tick)
+    fine = values.astype("datetime64[ns]" if tick == 1 else "datetime64[us]")
+    if np.isnat(fine).any():
         raise DekerValidationError(f"Time coordinate {name!r} has missing values (NaT): {hint}")
-    if len(ns) < 2:
+    if len(fine) < 2:
         raise DekerValidationError(
             f"Time coordinate {name!r} has one value, so its step is unknown: deker time dimensions "
             f"have a start and a step; drop the dimension (obj.isel({name}=0)) or, {hint}"
         )
-    ticks = ns.astype(np.int64)
+    ticks = fine.astype(np.int64)
     steps = np.diff(ticks)
     if not np.all(steps == steps[0]) or steps[0] == 0:
         raise DekerValidationError(
-            f"Time coordinate {name!r} is not regularly spaced (steps {_few(np.unique(steps))} ns): "
+            f"Time coordinate {name!r} is not regularly spaced (steps {_few(np.unique(steps * tick))} ns): "
             f"deker time dimensions have a start and one step; {hint}"
         )
-    if ticks[0] % 1000 or steps[0] % 1000:
+    if tick == 1 and (ticks[0] % 1000 or steps[0] % 1000):
         raise DekerValidationError(
             f"Time coordinate {name!r} has nanoseconds: deker times are exact to the microsecond; "
             f"round it first (obj.assign_coords({name}=obj[{name!r}].dt.round('us')))"
         )
-    start: datetime = ns[0].astype("datetime64[us]").item()
-    step = timedelta(microseconds=int(steps[0]) // 1000)
-    return TimeDimensionSchema(name, len(ns), to_utc(start), step)
+    start: datetime = fine[0].astype("datetime64[us]").item()
+    step = timedelta(microseconds=int(steps[0]) * tick // 1000)
+    return TimeDimensionSchema(name, len(fine), to_utc(start), step)
 
 
 def _few(values: np.ndarray[Any, Any]) -> str:
@@ -384,8 +387,8 @@ def _check_time(name: str, dim: TimeDimension, values: np.ndarray[Any, Any]) -> 
         raise _disagree(name, f"the schema has a time axis, the coordinate has {values.dtype} values")
     start = np.datetime64(dim.start_value.replace(tzinfo=None), "us")
     step = np.timedelta64(dim.step, "us")
-    want = (start + np.arange(dim.size) * step).astype("datetime64[ns]")
-    got = values.astype("datetime64[ns]")
+    want = start + np.arange(dim.size) * step  # (in microseconds: [ns] holds only 1677-2262)
+    got = values.astype("datetime64[us]") if np.datetime_data(values.dtype)[0] != "ns" else values
     if not np.array_equal(got, want):
         raise _disagree(
             name,

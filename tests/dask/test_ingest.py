@@ -115,6 +115,21 @@ def test_a_coordinate_is_read_back_as_it_was_given(tmp_path: Path, values: np.nd
         assert float(back.sel(x=values[-1])) == float(arr.sel(x=values[-1]))
 
 
+def test_a_time_axis_before_1677_is_taken_and_read_back_as_it_was(tmp_path: Path) -> None:
+    """Cast to datetime64[ns], 1500-01-01 wrapped around: refused as having "nanoseconds"."""
+    times = np.array(["1500-01-01", "1500-01-02", "1500-01-03"], dtype="datetime64[s]")
+    arr = xr.DataArray(np.arange(3.0), dims="time", coords={"time": times}, name="v")
+    schema = deker_dask.schema_from_xarray(arr)
+    assert schema.dimensions[0] == TimeDimensionSchema(
+        "time", 3, datetime(1500, 1, 1, tzinfo=UTC), timedelta(days=1)
+    )
+    with Client(f"file://{tmp_path}") as client:
+        stored = deker_dask.store_xarray(arr, client.create_collection("old", schema))
+        np.testing.assert_array_equal(
+            stored[:].read_xarray(cf=True)["time"].values, times.astype("datetime64[us]")
+        )
+
+
 def test_integers_that_float64_labels_would_round_are_refused() -> None:
     offsets = np.array([0, 1000, 2500, 3000]) + 1_700_000_000_000_000_000  # epoch nanoseconds
     arr = xr.DataArray(np.zeros(4), dims="x", coords={"x": offsets})
