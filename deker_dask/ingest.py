@@ -49,7 +49,7 @@ from deker.attributes import process_attributes
 from deker.cf import import_xarray
 from deker.collection import Collection
 from deker.dimensions import SCALE_REL_TOLERANCE, Dimension, TimeDimension, build_dimensions
-from deker.dtypes import ARRAY_DTYPES, casts_exactly
+from deker.dtypes import ARRAY_DTYPES, casts_exactly, convert_exactly
 from deker.errors import DekerArrayTypeError, DekerValidationError
 from deker.log import progress_enabled
 from deker.schemas import (
@@ -475,7 +475,12 @@ def _attribute_value(attr: AttributeSchema, value: Any) -> Any:
     if attr.dtype is tuple and isinstance(value, list):
         return tuple(value)
     if issubclass(attr.dtype, np.generic) and isinstance(value, (int, float, complex)):
-        return attr.dtype(value)
+        try:  # (numpy would wrap 300 into int8 around, or refuse it with a bare OverflowError)
+            return convert_exactly(np.asarray(value), attr.dtype, f"attribute {attr.name!r}")[()]
+        except DekerArrayTypeError as exc:
+            raise DekerValidationError(
+                f"{exc} ({value!r}): declare the attribute with a dtype that holds it"
+            ) from exc
     return value
 
 

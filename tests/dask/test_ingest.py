@@ -427,6 +427,20 @@ def test_time_axis_starting_at_an_attribute(storage: Client) -> None:
     assert list(collection) == [v]
 
 
+def test_an_attribute_its_numpy_dtype_cannot_hold_is_refused_before_anything_is_stored(
+    storage: Client,
+) -> None:
+    """``np.int8(300)`` raised a bare OverflowError (NumPy 2) or stored 44 (NumPy 1.26)."""
+    schema = deker_dask.schema_from_xarray(grid(), custom_attributes={"level": np.int8})
+    collection = storage.create_collection("levels", schema)
+    for wrong in (300, 1.5):
+        with pytest.raises(DekerValidationError, match=r"attribute 'level' change when stored as int8"):
+            deker_dask.store_xarray(grid().assign_attrs(level=wrong), collection, attrs_as_custom=True)
+    assert nothing_stored(collection)
+    stored = deker_dask.store_xarray(grid().assign_attrs(level=100), collection, attrs_as_custom=True)
+    assert stored.custom_attributes["level"] == np.int8(100)
+
+
 def test_attrs_become_custom_attributes_only_when_asked(storage: Client) -> None:
     schema = deker_dask.schema_from_xarray(
         grid(),
