@@ -30,7 +30,8 @@ A scale is checked with the tolerance deker indexes scales with
 (:data:`deker.dimensions.SCALE_REL_TOLERANCE` of a step, plus a few ulps of the coordinate's
 own float type), so float32 coordinates such as ``0.1, 0.2, ...`` keep their grid.  Read back,
 scale coordinates are float64 values rounded to the decimals of the scale; a scale is taken
-only when those, in the coordinate's own dtype, are exactly its values.  Other numbers become
+only when those are its values to a few units in the last place of its own type (integers:
+exactly).  Other numbers become
 labels (float64; integers beyond ``2**53`` are refused, as they would round).
 """
 
@@ -151,27 +152,34 @@ def _scale_of(values: np.ndarray[Any, Any]) -> Scale | None:
         return None
     for digits in range(1, _MAX_STEP_DIGITS + 1):
         step = float(f"{raw:.{digits}g}")
-        if step != 0.0 and _on_grid(values, start, step):
-            scale = Scale(start, step)
-            return scale if _reads_back(values, scale) else None
+        if step != 0.0 and _on_grid(values, start, step) and _reads_back(values, Scale(start, step)):
+            return Scale(start, step)
     return None
 
 
+#: How many units in the last place of the coordinate's own float type a value read back from
+#: a scale may differ by (``np.arange(0, 10, 0.1)`` holds 0.30000000000000004, read back 0.3).
+_READ_BACK_ULPS = 4
+
+
 def _reads_back(values: np.ndarray[Any, Any], scale: Scale) -> bool:
-    """Return whether the coordinates deker reads from ``scale`` are ``values`` in their own dtype.
+    """Return whether the coordinates deker reads from ``scale`` are ``values``, to their precision.
 
     Within the indexing tolerance is not enough: the values read back (float64, rounded to the
-    scale's decimals) must convert to exactly the given ones, so float32 ``0.1, 0.2, ...``
-    keep a scale while ``[0, 1000000, 2000001]`` or ``linspace(-179.5, 179.5, 16)`` (whose
-    shortest fitting step is a rounded one) become labels, stored as they are.
+    scale's decimals) must be the given ones to a few units in the last place of their own
+    float type (integers: exactly).  So ``np.arange(0, 10, 0.1)`` and float32 ``0.1, 0.2, ...``
+    keep a scale, while ``[0, 1000000, 2000001]`` becomes labels and ``linspace(-179.5, 179.5,
+    16)`` a scale with a step of enough digits (a 7-digit one read 179.5 back as 179.499995).
     """
     schema = ArraySchema(dtype=float, dimensions=[DimensionSchema("x", len(values), scale=scale)])
     (dimension,) = build_dimensions(schema, {})
     back = np.asarray(dimension.describe(slice(0, len(values))), dtype=np.float64)
+    given = values.astype(np.float64)
+    if values.dtype.kind != "f":
+        return bool(np.array_equal(back, given))
     with np.errstate(all="ignore"):
-        return bool(np.array_equal(back.astype(values.dtype), values)) and (
-            values.dtype.kind == "f" or bool(np.array_equal(back, values.astype(np.float64)))
-        )
+        ulps = np.spacing(np.abs(values)).astype(np.float64)
+        return bool(np.all(np.abs(back - given) <= _READ_BACK_ULPS * ulps))
 
 
 def _time_axis(name: str, values: np.ndarray[Any, Any]) -> TimeDimensionSchema:

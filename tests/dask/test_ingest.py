@@ -130,6 +130,19 @@ def test_a_time_axis_before_1677_is_taken_and_read_back_as_it_was(tmp_path: Path
         )
 
 
+@pytest.mark.parametrize(
+    "values",
+    [np.arange(0, 10, 0.1), np.arange(0, 360, 0.1, dtype="f4"), np.arange(-90, 90.25, 0.25, dtype="f4")],
+    ids=["arange-f8", "arange-f4", "quarter-f4"],
+)
+def test_a_grid_made_by_arange_keeps_its_scale(values: np.ndarray) -> None:
+    """``arange(0, 10, 0.1)`` holds 0.30000000000000004: a unit in the last place is no reason for labels."""
+    arr = xr.DataArray(np.zeros(len(values)), dims="x", coords={"x": values})
+    (x,) = deker_dask.schema_from_xarray(arr).dimensions
+    assert x.scale is not None and x.labels is None
+    assert x.scale.step in (0.1, 0.25) and x.scale.start_value == float(values[0])
+
+
 def test_integers_that_float64_labels_would_round_are_refused() -> None:
     offsets = np.array([0, 1000, 2500, 3000]) + 1_700_000_000_000_000_000  # epoch nanoseconds
     arr = xr.DataArray(np.zeros(4), dims="x", coords={"x": offsets})
