@@ -49,6 +49,7 @@ __all__ = [
     "coordinate_values",
     "data_array",
     "datetime64_values",
+    "one_time_unit",
     "dimension_coordinate",
     "import_xarray",
     "stacking_order",
@@ -234,6 +235,28 @@ def datetime64_values(values: Sequence[datetime | None]) -> np.ndarray[Any, Any]
     if ticks.size and (int(ticks.min()) < -_NS_RANGE_US or int(ticks.max()) > _NS_RANGE_US):
         return micro
     return micro.astype("datetime64[ns]")
+
+
+def one_time_unit(rows: Sequence[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
+    """Return coordinate rows with one datetime64 unit, ``[us]`` if any row has it.
+
+    numpy joins ``[ns]`` and ``[us]`` arrays in ``[ns]``, which wraps an instant outside about
+    1677-2262 around without a word; rows of other dtypes are returned as they are.
+
+    Parameters
+    ----------
+    rows : sequence of numpy.ndarray
+        Coordinate values (from :func:`coordinate_values` or :func:`datetime64_values`).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        The rows, every datetime64 one in a common unit.
+    """
+    micro = np.dtype("datetime64[us]")
+    if any(r.dtype == micro for r in rows):
+        return [r.astype(micro) if r.dtype.kind == "M" else r for r in rows]
+    return list(rows)
 
 
 def _utc_naive(value: datetime) -> datetime:
@@ -570,7 +593,7 @@ def collection_layout(collection: Any, items: Sequence[Any], *, positions: bool 
             if all(r == rows[0] for r in rows[1:]):
                 coords[dim.name] = dimension_coordinate(dim, rows[0])
             else:
-                stacked = np.stack([coordinate_values(r) for r in rows])
+                stacked = np.stack(one_time_unit([coordinate_values(r) for r in rows]))
                 coords[f"{dim.name}_values"] = _time_coordinate((lead, dim.name), stacked)
     attrs.setdefault("deker_collection", collection.name)
     return Layout(_variable_name(collection.name, {lead, *dims, *coords}), (lead, *dims), coords, attrs)

@@ -20,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from deker.cf import array_layout, collection_layout, data_array, datetime64_values, import_xarray
+from deker.cf import (
+    array_layout,
+    collection_layout,
+    data_array,
+    datetime64_values,
+    import_xarray,
+    one_time_unit,
+)
 from deker.collection import Collection
 from deker.errors import DekerSubsetError, DekerValidationError
 from deker.schemas import TimeDimensionSchema
@@ -114,7 +121,7 @@ def _collection(collection: Collection, options: dict[str, Any], cf: bool) -> An
             if dim not in varying:
                 coords[dim] = coordinate(described[dim])
                 continue
-            rows = [coordinate(_describe_one(a, dims.index(dim), full)) for a in items]
+            rows = one_time_unit([coordinate(_describe_one(a, dims.index(dim), full)) for a in items])
             if all(np.array_equal(rows[0], r) for r in rows[1:]):
                 coords[dim] = rows[0]
             else:

@@ -184,14 +184,42 @@ def test_a_time_axis_from_1600_reads_as_its_own_instants(tmp_path: Any) -> None:
     with Client(f"file://{tmp_path}") as client:
         array = client.create_collection("old", schema).create()
         for cf in (True, False):
-            np.testing.assert_array_equal(array[:].read_xarray(cf=cf)["time"].values, want)
+            _same_instants(array[:].read_xarray(cf=cf)["time"].values, want)
         ds = array[:].read_xarray(cf=True).to_dataset(name="t")
         ds.to_netcdf(tmp_path / "old.nc", engine="h5netcdf")
         coder = xr.coders.CFDatetimeCoder(time_unit="us")  # (xarray decodes to [ns] by default)
         with xr.open_dataset(tmp_path / "old.nc", engine="h5netcdf", decode_times=coder) as back:
-            np.testing.assert_array_equal(back["time"].values, want)
+            _same_instants(back["time"].values, want)
     with xr.open_dataset(tmp_path, engine="deker", group="old") as ds:
-        np.testing.assert_array_equal(ds["time"].values, want)
+        _same_instants(ds["time"].values, want)
+
+
+def test_a_collection_with_time_axes_in_and_out_of_the_nanosecond_range_stacks_them_exactly(
+    tmp_path: Any,
+) -> None:
+    """numpy stacks [ns] and [us] rows in [ns]: the row from 1500 wrapped to 2084 (review)."""
+    import deker_dask
+
+    schema = ArraySchema(
+        dtype=np.float32,
+        dimensions=[TimeDimensionSchema("time", 2, "$run", timedelta(days=1)), DimensionSchema("x", 2)],
+        attributes=[AttributeSchema("run", datetime, primary=True)],
+    )
+    want = np.array([["1500-01-01", "1500-01-02"], ["2000-01-01", "2000-01-02"]], dtype="datetime64[us]")
+    with Client(f"file://{tmp_path}") as client:
+        collection = client.create_collection("runs", schema)
+        for year in (2000, 1500):
+            collection.create({"run": datetime(year, 1, 1, tzinfo=UTC)})
+        for cf in (True, False):
+            _same_instants(deker_dask.to_xarray(collection, cf=cf)["time_values"].values, want)
+    with xr.open_dataset(tmp_path, engine="deker", group="runs") as ds:
+        _same_instants(ds["time_values"].values, want)
+
+
+def _same_instants(got: np.ndarray, want: np.ndarray) -> None:
+    # (not assert_array_equal alone: comparing [ns] with [us] converts both to [ns], wrapping both alike)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
 
 
 def test_stacking_order_and_name_clashes(tmp_path: Any) -> None:
