@@ -338,10 +338,18 @@ class _Layout(NamedTuple):
 V = TypeVar("V")
 
 
-def _call_if_alive(method: weakref.WeakMethod[Callable[[], None]]) -> None:
-    bound = method()
-    if bound is not None:
-        bound()
+#: Every FileCache of the process, for the fork hook below (weakly: a cache may go away).
+_caches: weakref.WeakSet[FileCache[Any]] = weakref.WeakSet()
+
+
+def _renew_cache_locks() -> None:
+    # a forked child has only the forking thread: a lock another thread held at the fork
+    # would stay held for ever there
+    for cache in list(_caches):
+        cache.renew_lock()
+
+
+os.register_at_fork(after_in_child=_renew_cache_locks)  # (one hook: they cannot be removed)
 
 
 class FileCache(Generic[V]):
@@ -362,12 +370,13 @@ class FileCache(Generic[V]):
         self._size = size
         self._items: OrderedDict[str, tuple[tuple[int, int, int, int, int], V]] = OrderedDict()
         self._lock = threading.Lock()
-        # a forked child has only the forking thread: a lock another thread held at the fork
-        # would stay held for ever there (the hook holds no reference to the cache)
-        renew = weakref.WeakMethod(self._renew_lock)
-        os.register_at_fork(after_in_child=lambda: _call_if_alive(renew))
+        _caches.add(self)
 
-    def _renew_lock(self) -> None:
+    def renew_lock(self) -> None:
+        """Give the cache a new lock: in a forked child, whose other threads are gone.
+
+        A lock that another thread held at the fork would otherwise stay held for ever there.
+        """
         self._lock = threading.Lock()
 
     def get(self, path: Path | str) -> V | None:
