@@ -271,6 +271,9 @@ class TileReader:
         The client's session (reads raise once it is closed).
     stacked : bool, default False
         Whether the arrays of ``listing`` are stacked along a new leading axis.
+    owners : tuple of Owner or None, optional
+        The Array or VArray of each entry of ``listing``, checked to still exist on every read
+        (:func:`deker_dask.graph_tasks.check_owner`); none checked when empty.
 
     Attributes
     ----------
