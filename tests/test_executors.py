@@ -134,7 +134,21 @@ def test_interrupt_cancels_pending() -> None:
     assert len(log) <= 1  # at most the call already running when the interruption came
 
 
-def test_interrupt_while_waiting_cancels_the_task_awaited_too() -> None:
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt here, as in a terminal.
+
+    A process started in the background by a shell without job control inherits SIGINT
+    ignored, and Python then leaves it ignored: a real signal would change nothing.
+    """
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_interrupt_while_waiting_cancels_the_task_awaited_too(sigint_raises: None) -> None:
     # The pool (a user's, shared) is busy with someone else's task; the interruption comes while
     # run_all waits for its first task, which has not started: none of its calls may run later.
     log: list[int] = []
@@ -564,7 +578,9 @@ def test_a_lost_dask_task_is_sent_again_after_its_copy_ended(
         assert (out, raised) == (["a"], [])
 
 
-def test_an_interruption_while_dask_tasks_run_propagates(dask_client: Any, tmp_path: Path) -> None:
+def test_an_interruption_while_dask_tasks_run_propagates(
+    dask_client: Any, tmp_path: Path, sigint_raises: None
+) -> None:
     # An interruption while the results are awaited propagates (it is no task's failure).
     import signal
 
