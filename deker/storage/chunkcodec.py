@@ -226,7 +226,6 @@ def _read_region(
 
 
 _pool: ThreadPoolExecutor | None = None
-_pool_pid = 0
 _pool_lock = threading.Lock()
 
 
@@ -243,11 +242,10 @@ def decode_threads() -> int:
 
 
 def _executor() -> ThreadPoolExecutor:
-    global _pool, _pool_pid
+    global _pool
     with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid():  # a forked child has no pool threads
+        if _pool is None:  # (a forked child starts without one: _after_fork_in_child)
             _pool = ThreadPoolExecutor(max_workers=decode_threads(), thread_name_prefix="deker-decode")
-            _pool_pid = os.getpid()
         return _pool
 
 
@@ -257,9 +255,10 @@ _busy_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
-    # The child has only the forking thread: no region is in progress there, and a lock
-    # another thread held at the fork would stay held for ever.
-    global _busy, _busy_lock, _pool_lock
+    # The child has only the forking thread: the pool's threads are gone, no region is in
+    # progress there, and a lock another thread held at the fork would stay held for ever.
+    global _busy, _busy_lock, _pool, _pool_lock
+    _pool = None
     _busy = 0
     _busy_lock = threading.Lock()
     _pool_lock = threading.Lock()
