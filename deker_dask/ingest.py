@@ -182,15 +182,23 @@ def _reads_back(values: np.ndarray[Any, Any], scale: Scale) -> bool:
         return bool(np.all(np.abs(back - given) <= _READ_BACK_ULPS * ulps))
 
 
+def _exact_times(values: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], int]:
+    """Return datetime64 values in ``[ns]`` if they have that unit, else in ``[us]``, and its ticks in ns.
+
+    ``datetime64[ns]`` holds only about 1677-2262: casting 1500-01-01 to it wraps it around
+    without a word, so only values that are ``[ns]`` already are looked at in nanoseconds.
+    """
+    if np.datetime_data(values.dtype)[0] == "ns":
+        return values, 1
+    return values.astype("datetime64[us]"), 1000
+
+
 def _time_axis(name: str, values: np.ndarray[Any, Any]) -> TimeDimensionSchema:
     hint = (
         f"to keep it as labels, convert it to strings first "
         f"(obj.assign_coords({name}=obj[{name!r}].dt.strftime('%Y-%m-%dT%H:%M:%S')))"
     )
-    # in nanoseconds when the coordinate has them, else in microseconds: datetime64[ns] holds
-    # only about 1677-2262, and casting 1500-01-01 to it wraps around without a word
-    tick = 1 if np.datetime_data(values.dtype)[0] == "ns" else 1000  # (nanoseconds per tick)
-    fine = values.astype("datetime64[ns]" if tick == 1 else "datetime64[us]")
+    fine, tick = _exact_times(values)
     if np.isnat(fine).any():
         raise DekerValidationError(f"Time coordinate {name!r} has missing values (NaT): {hint}")
     if len(fine) < 2:
@@ -396,7 +404,7 @@ def _check_time(name: str, dim: TimeDimension, values: np.ndarray[Any, Any]) -> 
     start = np.datetime64(dim.start_value.replace(tzinfo=None), "us")
     step = np.timedelta64(dim.step, "us")
     want = start + np.arange(dim.size) * step  # (in microseconds: [ns] holds only 1677-2262)
-    got = values.astype("datetime64[us]") if np.datetime_data(values.dtype)[0] != "ns" else values
+    got, _ = _exact_times(values)
     if not np.array_equal(got, want):
         raise _disagree(
             name,

@@ -67,18 +67,19 @@ def _source(source: Any, target: Target) -> da.Array:
             f"{target.shape}: the shapes must be equal"
         )
     dtype = target.dtype
-    if src.dtype != dtype and not casts_exactly(src.dtype, dtype):
+    if src.dtype == dtype:
+        return src
+    if not casts_exactly(src.dtype, dtype):
         raise DekerArrayTypeError(
             f"Cannot store {src.dtype} data into an array of dtype {dtype} without changing values: "
             f"convert it first (source.astype({dtype.name!r}))"
         )
-    if src.dtype != dtype:  # each chunk converted once, from the dtype it really has (not astype)
-        meta = np.empty((0,) * src.ndim, dtype=dtype)
-        cast: da.Array = da.map_blocks(  # type: ignore[no-untyped-call]
-            cast_block, src, dtype.str, src.dtype.str, dtype=dtype, meta=meta
-        )
-        return cast
-    return src
+    # each chunk converted once, from the dtype it really has (not dask's astype)
+    meta = np.empty((0,) * src.ndim, dtype=dtype)
+    cast: da.Array = da.map_blocks(  # type: ignore[no-untyped-call]
+        cast_block, src, dtype.str, src.dtype.str, dtype=dtype, meta=meta
+    )
+    return cast
 
 
 #: A store task writes tiles until it holds about this many bytes of them (small tiles are
