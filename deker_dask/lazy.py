@@ -347,6 +347,19 @@ class TileReader:
         )
         return (TileReader, state)
 
+    def reads(self) -> tuple[tuple[Owner | None, Bounds], ...]:
+        """Return each array read (its owner, None if unknown) with the region read of it.
+
+        Returns
+        -------
+        tuple of (Owner or None, tuple of int or slice)
+            One entry per array of ``listing``, the region in the array's own coordinates
+            (the whole region this reader covers, whatever part a task asks for).
+        """
+        region = self._bounds[1:] if self._stacked else self._bounds
+        owners = self._owners or (None,) * len(self._listing)
+        return tuple((owner, region) for owner in owners)
+
     def region(self, key: Any) -> tuple[Bounds, tuple[Any, ...]]:
         """Return the file-grid box covering ``key`` and the index that picks ``key`` from it.
 

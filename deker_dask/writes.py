@@ -25,7 +25,10 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
+import sys
 import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import dask.array as da
@@ -35,12 +38,17 @@ from dask.core import flatten
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
+from deker.arrays import Array, VArray
 from deker.dtypes import casts_exactly
 from deker.errors import DekerArrayTypeError, DekerValidationError
+from deker.indexing import bounds_to_str
+from deker.storage.arrayfile import Bounds
+from deker.subset import Subset, VSubset
 from deker.tiling import tile_pieces
 from deker_dask.geometry import grid, regions
-from deker_dask.graph_tasks import TilePlan, cast_block, finish, store_array_block, store_tiles
+from deker_dask.graph_tasks import Owner, TilePlan, cast_block, finish, store_array_block, store_tiles
 from deker_dask.handles import Target, resolve
+from deker_dask.lazy import TileReader
 from deker_dask.progress import compute_with_progress, progress_enabled
 
 __all__ = ["store"]
@@ -80,6 +88,109 @@ def _source(source: Any, target: Target) -> da.Array:
         cast_block, src, dtype.str, src.dtype.str, dtype=dtype, meta=meta
     )
     return cast
+
+
+#: The attributes that hold more of a graph (dask's task objects: args, kwargs, a data node's
+#: value; xarray's lazy-indexing wrappers: array).
+_INNER = ("args", "kwargs", "value", "array")
+_SEQUENCE, _MAPPING, _READER, _DEKER, _BACKEND = "sequence", "mapping", "reader", "deker", "backend"
+#: What :func:`_reads` does with an item, by type: one of the kinds above, or the attributes to
+#: look into (none: a leaf).
+_kinds: dict[type, str | tuple[str, ...]] = {}
+
+
+def _kind_of(item: Any, backend: Any) -> str | tuple[str, ...]:
+    found = _kinds.get(type(item))
+    if found is not None:
+        return found
+    if isinstance(item, (str, bytes, int, float, complex, slice, np.ndarray, np.generic)):
+        found = ()
+    elif isinstance(item, (tuple, list)):
+        found = _SEQUENCE
+    elif isinstance(item, Mapping):
+        found = _MAPPING
+    elif isinstance(item, TileReader):
+        found = _READER
+    elif isinstance(item, (Array, VArray, Subset, VSubset)):
+        found = _DEKER
+    elif backend is not None and isinstance(item, backend.DekerBackendArray):
+        found = _BACKEND
+    else:
+        found = tuple(n for n in _INNER if hasattr(item, n))
+    _kinds[type(item)] = found  # (the backend's array exists only once its module is imported)
+    return found
+
+
+def _reads(values: Iterable[Any]) -> Iterator[tuple[Any, Owner | None, Bounds]]:
+    """Yield the deker arrays graph values read (key, owner and region), looking inside tasks.
+
+    The readers are deker_dask's :class:`~deker_dask.lazy.TileReader` (a key of its own in a
+    graph, or inlined into the tasks of an optimized one), the xarray backend's array, under
+    xarray's lazy-indexing wrappers (each holds the next one as ``.array``), and any deker
+    Array, VArray or subset a task is given (``delayed(read)(v[:])``).
+    """
+    backend = sys.modules.get("deker.xarray_backend")  # (its arrays exist only once it is imported)
+    seen: set[int] = set()
+    for key, value in values:
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            kind = _kind_of(item, backend)
+            if kind == () or id(item) in seen:
+                continue
+            seen.add(id(item))
+            if kind is _SEQUENCE:
+                stack.extend(item)
+            elif kind is _MAPPING:
+                stack.extend(item.values())
+            elif kind is _READER:
+                for owner, region in item.reads():
+                    yield key, owner, region
+            elif kind is _DEKER:
+                target = resolve(item)
+                yield key, target.owner(), target.bounds
+            elif kind is _BACKEND:
+                stack.extend(item.items)
+            else:
+                stack.extend(getattr(item, name, None) for name in kind)
+
+
+def _meets(a: Bounds, b: Bounds) -> bool:
+    """Whether two regions of one array (ints and step-1 slices, same dimensions) share a cell."""
+    for x, y in zip(a, b, strict=True):
+        lo_x, hi_x = (x, x + 1) if isinstance(x, int) else (int(x.start), int(x.stop))
+        lo_y, hi_y = (y, y + 1) if isinstance(y, int) else (int(y.start), int(y.stop))
+        if max(lo_x, lo_y) >= min(hi_x, hi_y):
+            return False
+    return True
+
+
+def _refuse_reading_target(src: da.Array, target: Target) -> None:
+    """Refuse a source that reads cells of the region the store writes.
+
+    Nothing orders a cell's reads before the task that rewrites it (``store(to_dask(v)[::-1],
+    v)`` read tiles another task had already rewritten), and when a worker dies Dask
+    recomputes the lost results, re-reading cells already rewritten (so even an elementwise
+    ``to_dask(v) * 2`` would double some tiles twice).  No store can be both in place and
+    correct, so it is refused before anything is written.
+    """
+    own = target.owner()
+    if own is None:
+        return
+    here = (os.path.realpath(own.root), own.relative)
+    for key, owner, region in _reads(dict(src.__dask_graph__()).items()):
+        if owner is None or (os.path.realpath(owner.root), owner.relative) != here:
+            continue
+        if _meets(region, target.bounds):
+            where = bounds_to_str(region, target.obj.shape)
+            raise DekerValidationError(
+                f"Cannot store into {target.obj!r}: the source reads it ({where}, "
+                f"graph key {key!r}), which the store rewrites.  Dask may run a tile's write "
+                "before another task reads that tile, and recomputes lost results from "
+                "rewritten cells after a worker dies.  Store into another VArray or Array, read "
+                "only cells the store does not write (to_dask(obj[...])), or compute the source "
+                "first when it fits in memory (store(source.compute(), target))"
+            )
 
 
 #: A store task writes tiles until it holds about this many bytes of them (small tiles are
@@ -233,7 +344,8 @@ def store(
     Raises
     ------
     DekerValidationError
-        If the shapes differ or the source has unknown chunk sizes.
+        If the shapes differ, the source has unknown chunk sizes, or it reads cells of the
+        region it would write (an in-place store: docs/cluster.md says why).
     DekerArrayTypeError
         If the source dtype does not cast exactly to the target's.
     DekerInstanceNotExistsError
@@ -252,6 +364,7 @@ def store(
     ctx.check_writable(f"store into {tgt.obj!r}")  # before any task is built
     ctx.ensure_storage_id()  # the tasks prove they see this storage (a 1.1.7 one gets an id now)
     src = _source(source, tgt)
+    _refuse_reading_target(src, tgt)
     token = uuid.uuid4().hex
     name = f"deker-store-{token}"
     done = f"deker-store-done-{token}"

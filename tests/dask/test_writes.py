@@ -8,9 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
+import xarray
 from dask.delayed import Delayed
 from dask_helpers import lock_files, task_args, varray
 from hypothesis import given, settings
@@ -341,3 +343,66 @@ def test_store_on_a_worker_seeing_another_storage_is_refused(
             deker_dask.store(src, obj, scheduler="sync")
         monkeypatch.delenv("DEKER_ROOT_MAP")
         np.testing.assert_array_equal(obj[:].read(), np.full((4, 6), np.nan, dtype=np.float32))
+
+
+def _in_place_sources(v: Any, arr: Any, collection: Any) -> list[tuple[str, Any, Any]]:
+    """Stores whose source reads cells the store rewrites: (what, source, target)."""
+    lazy = deker_dask.to_dask(v)
+    return [
+        ("reversed", lazy[::-1], v),  # read tiles another task may already have rewritten
+        ("shifted", deker_dask.to_dask(v[0:12]), v[4:16]),
+        ("a row into itself", deker_dask.to_dask(v[3])[::-1], v[3, 0:6]),
+        ("elementwise", lazy * 2, v),  # a dead worker's tiles would be read again, doubled
+        ("fancy", lazy[[3, 1, 2]], v[0:3]),
+        ("optimized", dask.optimize(lazy[::-1])[0], v),  # the reader inlined into its tasks
+        ("stacked", deker_dask.from_collection(collection)[0], v),
+        ("array", deker_dask.to_dask(arr)[::-1], arr),
+        ("delayed", da.from_delayed(dask.delayed(_read)(v[2:6]), (4, 6), dtype=np.float32), v[0:4]),
+    ]
+
+
+def _read(subset: Any) -> Any:
+    return subset.read()
+
+
+def test_a_source_that_reads_the_cells_it_rewrites_is_refused(storage: Client) -> None:
+    """An in-place store cannot be right: it is refused before anything is written.
+
+    ``store(to_dask(v)[::-1], v)`` used to store a mix of old and already-reversed rows.
+    """
+    v = varray(storage, (16, 6), (4, 2))  # tiles of (4, 3)
+    dims = [DimensionSchema(name="x", size=5), DimensionSchema(name="y", size=6)]
+    arr = storage.create_collection("a", ArraySchema(dtype=np.float32, dimensions=dims)).create()
+    before = np.arange(96, dtype=np.float32).reshape(16, 6)
+    v[:].update(before)
+    arr[:].update(before[:5])
+    for what, src, target in _in_place_sources(v, arr, storage.get_collection("v")):
+        with pytest.raises(DekerValidationError, match=r"the source reads it .*another VArray or Array"):
+            deker_dask.store(src, target, scheduler="sync")
+        np.testing.assert_array_equal(v[:].read(), before, err_msg=what)
+        np.testing.assert_array_equal(arr[:].read(), before[:5], err_msg=what)
+    path = storage.root_path.parent
+    with (
+        xarray.open_dataset(path, engine="deker", group="v", chunks={}) as ds,
+        pytest.raises(DekerValidationError, match=r"the source reads it"),  # the backend's reads
+    ):
+        deker_dask.store(ds["v"].data[0, ::-1], v, scheduler="sync")
+    np.testing.assert_array_equal(v[:].read(), before)
+    assert not lock_files(storage.root_path)
+
+
+def test_a_source_reading_other_cells_or_objects_stores(storage: Client, cluster: Any) -> None:
+    v = varray(storage, (16, 6), (4, 2))
+    other = storage.get_collection("v").create()
+    before = np.arange(96, dtype=np.float32).reshape(16, 6)
+    v[:].update(before)
+    deker_dask.store(deker_dask.to_dask(v)[::-1], other, scheduler=cluster)
+    np.testing.assert_array_equal(other[:].read(), before[::-1])
+    deker_dask.store(deker_dask.to_dask(v[0:8]), v[8:16], scheduler=cluster)  # disjoint regions
+    deker_dask.store(deker_dask.to_dask(v[3]), v[2, 0:6], scheduler=cluster)
+    deker_dask.store(deker_dask.to_dask(other[12:16]) + 1, v[4:8], scheduler=cluster)
+    expected = before.copy()
+    expected[8:16] = before[0:8]
+    expected[4:8] = before[::-1][12:16] + 1
+    expected[2] = before[3]
+    np.testing.assert_array_equal(v[:].read(), expected)
