@@ -1,4 +1,7 @@
-"""Memory limits, human-readable sizes (SPEC §6.1, §6.2) and the cores this process may use.
+"""Memory limits, human-readable sizes (SPEC §6.1, §6.2), cores and coding threads.
+
+The cores this process may use, and how many of them code one compressed region
+(:func:`coding_threads`).
 
 ``memory_limit`` is given to the client as bytes or as a string such as ``"512M"``;
 :func:`check_memory` refuses to allocate a result larger than that limit or than the memory the
@@ -7,6 +10,7 @@ machine has free at the moment of the call.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -18,13 +22,17 @@ import psutil
 from deker.errors import DekerMemoryError, DekerValidationError
 
 __all__ = [
+    "THREADS_ENV",
     "check_memory",
+    "coding_threads",
     "effective_memory_limit",
     "human_size",
     "parse_memory_limit",
     "total_memory",
     "usable_cores",
 ]
+
+logger = logging.getLogger(__name__)
 
 _SUFFIXES = {"k": 1, "m": 2, "g": 3, "t": 4}
 _UNITS = ("B", "KB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
@@ -104,6 +112,44 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+#: The environment variables that cap a process's coding threads, the first set one winning:
+#: deker's own, then OpenMP's, which Dask's nanny sets to 1 in every worker process it starts
+#: (``distributed.nanny.pre-spawn-environ``): there the worker's task threads are the
+#: parallelism, and each splitting its tiles over every core made n processes run n x cores
+#: threads.
+THREADS_ENV = ("DEKER_CODEC_THREADS", "OMP_NUM_THREADS")
+_refused: set[tuple[str, str]] = set()
+
+
+def coding_threads() -> int:
+    """Return how many threads decode (or encode) the chunks of one region at most.
+
+    The cores this process may run on, capped by the first of :data:`THREADS_ENV` that is set
+    to a positive integer (a value that is not is logged once and passed over).
+
+    Returns
+    -------
+    int
+        At least 1.
+
+    """
+    cores = usable_cores()
+    for name in THREADS_ENV:
+        raw = os.environ.get(name, "").strip()
+        if not raw:
+            continue
+        try:
+            wanted = int(raw)
+        except ValueError:
+            wanted = 0
+        if wanted >= 1:
+            return min(wanted, cores)
+        if (name, raw) not in _refused:
+            _refused.add((name, raw))
+            logger.warning("%s=%r is not a positive number of threads: passed over", name, raw)
+    return cores
 
 
 def effective_memory_limit(limit: int) -> int:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 import psutil
 import pytest
 
+from deker import sizes
 from deker.errors import DekerMemoryError, DekerValidationError
 from deker.sizes import check_memory, effective_memory_limit, human_size, parse_memory_limit, total_memory
 
@@ -106,3 +108,27 @@ def test_check_memory_over_machine() -> None:
     assert str(shape) in message and "YB" in message and "free" in message
     with pytest.raises(DekerMemoryError):
         check_memory(shape, np.int8, 0)
+
+
+def test_coding_threads_are_capped_by_the_environment(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DEKER_CODEC_THREADS, else OMP_NUM_THREADS (Dask's workers have 1), caps the cores used."""
+    monkeypatch.setattr(sizes, "usable_cores", lambda: 8)
+    monkeypatch.setattr(sizes, "_refused", set())  # (what was logged before)
+    for name in sizes.THREADS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert sizes.coding_threads() == 8
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert sizes.coding_threads() == 1
+    monkeypatch.setenv("DEKER_CODEC_THREADS", "3")  # deker's own comes first
+    assert sizes.coding_threads() == 3
+    monkeypatch.setenv("DEKER_CODEC_THREADS", "64")  # never more than the cores
+    assert sizes.coding_threads() == 8
+    monkeypatch.setenv("DEKER_CODEC_THREADS", "many")  # passed over, logged once
+    with caplog.at_level(logging.WARNING, logger=sizes.__name__):
+        assert sizes.coding_threads() == 1
+        assert sizes.coding_threads() == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "DEKER_CODEC_THREADS='many' is not a positive number of threads: passed over"
+    ]

@@ -311,7 +311,13 @@ def _meet_in_two_threads(monkeypatch: pytest.MonkeyPatch, name: str) -> set[str]
     return waited
 
 
-@pytest.mark.skipif(chunkcodec.decode_threads() < 2, reason="one core: the chunks are decoded in one thread")
+ONE_CODING_THREAD = pytest.mark.skipif(
+    chunkcodec.decode_threads() < 2,
+    reason="one coding thread here (one core, or DEKER_CODEC_THREADS / OMP_NUM_THREADS = 1)",
+)
+
+
+@ONE_CODING_THREAD
 def test_two_threads_decode_chunks_of_one_region_at_once(
     settled_file: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -529,7 +535,7 @@ def test_whole_updates_of_compressed_arrays_encode_here(
         _plain_h5py_reads_whole_arrays(tmp_path / "storage", values)
 
 
-@pytest.mark.skipif(chunkcodec.decode_threads() < 2, reason="one core: the chunks are encoded in one thread")
+@ONE_CODING_THREAD
 def test_two_threads_encode_chunks_of_one_write_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -587,7 +593,7 @@ def test_large_whole_writes_hold_one_batch_of_encoded_chunks(
     assert outstanding[0] == 0 and outstanding[1] <= step + 1
 
 
-@pytest.mark.skipif(chunkcodec.decode_threads() < 2, reason="one core: the chunks are encoded in one thread")
+@ONE_CODING_THREAD
 def test_pool_threads_make_no_h5py_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the calling thread asks h5py anything: the pool threads never wait for h5py's lock."""
     asked: set[str] = set()
@@ -701,7 +707,7 @@ def test_partial_writes_of_other_pipelines_or_values_are_left_to_h5py(tmp_path: 
         assert handle["data"].id.get_num_chunks() == 0  # (another dtype, a shape to broadcast)
 
 
-@pytest.mark.skipif(chunkcodec.decode_threads() < 2, reason="one core: the chunks are coded in one thread")
+@ONE_CODING_THREAD
 @pytest.mark.parametrize("name", ["decode", "encode"])
 def test_two_threads_code_chunks_of_one_partial_write_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str

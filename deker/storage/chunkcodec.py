@@ -50,7 +50,7 @@ import h5py
 import numpy as np
 
 from deker.errors import DekerStorageError
-from deker.sizes import usable_cores
+from deker.sizes import coding_threads
 from deker.storage import filters, rawio
 from deker.storage.arrayfile import Bounds, count_fill, selection_shape
 
@@ -230,15 +230,16 @@ _pool_lock = threading.Lock()
 
 
 def decode_threads() -> int:
-    """Return how many threads decode chunks: the cores this process may run on.
+    """Return how many threads decode (or encode) the chunks of one region at most.
 
     Returns
     -------
     int
-        The size of the module's decoding pool (the calling thread decodes too).
+        :func:`deker.sizes.coding_threads`: the size of the module's decoding pool (the
+        calling thread decodes too).
 
     """
-    return usable_cores()
+    return coding_threads()
 
 
 def _executor() -> ThreadPoolExecutor:

@@ -64,3 +64,15 @@ def test_check_workers_on_a_local_cluster(storage: Path, tmp_path: Path) -> None
         assert report["storage"] == str(storage / "collections") and report["storage_problem"] is None
         with pytest.raises(DekerClientError, match="does not see the storage"):
             check_workers(client, tmp_path / "nowhere")
+
+
+def test_worker_processes_code_each_region_in_one_thread(cluster: object) -> None:
+    """A worker's task threads are its parallelism: its regions are not split over every core too.
+
+    Dask's nanny starts each worker process with ``OMP_NUM_THREADS=1``, which caps deker's
+    coding threads; before, n worker processes each split their regions over every core.
+    """
+    from deker.storage import chunkcodec
+
+    threads = cluster.run(chunkcodec.decode_threads)  # type: ignore[attr-defined]
+    assert set(threads.values()) == {1}, threads
