@@ -99,6 +99,17 @@ _SEQUENCE, _MAPPING, _READER, _DEKER, _BACKEND = "sequence", "mapping", "reader"
 _kinds: dict[type, str | tuple[str, ...]] = {}
 
 
+_MISSING = object()
+
+
+def _inner(item: Any, name: str, default: Any = None) -> Any:
+    """Return ``item.name``, or ``default`` where it has none (or a foreign object fails to say)."""
+    try:
+        return getattr(item, name, default)
+    except Exception:  # (a proxy's __getattr__ may raise anything: it holds no deker read then)
+        return default
+
+
 def _kind_of(item: Any, backend: Any) -> str | tuple[str, ...]:
     found = _kinds.get(type(item))
     if found is not None:
@@ -116,7 +127,7 @@ def _kind_of(item: Any, backend: Any) -> str | tuple[str, ...]:
     elif backend is not None and isinstance(item, backend.DekerBackendArray):
         found = _BACKEND
     else:
-        found = tuple(n for n in _INNER if hasattr(item, n))
+        found = tuple(n for n in _INNER if _inner(item, n, _MISSING) is not _MISSING)
     _kinds[type(item)] = found  # (the backend's array exists only once its module is imported)
     return found
 
@@ -152,7 +163,7 @@ def _reads(values: Iterable[Any]) -> Iterator[tuple[Any, Owner | None, Bounds]]:
             elif kind is _BACKEND:
                 stack.extend(item.items)
             else:
-                stack.extend(getattr(item, name, None) for name in kind)
+                stack.extend(_inner(item, name) for name in kind)
 
 
 def _meets(a: Bounds, b: Bounds) -> bool:

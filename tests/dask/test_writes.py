@@ -406,3 +406,24 @@ def test_a_source_reading_other_cells_or_objects_stores(storage: Client, cluster
     expected[4:8] = before[::-1][12:16] + 1
     expected[2] = before[3]
     np.testing.assert_array_equal(v[:].read(), expected)
+
+
+class _Proxy:
+    """A foreign object in a graph whose attribute lookups fail with something else than AttributeError."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # (what dask itself asks of it)
+            raise AttributeError(name)
+        raise RuntimeError(f"no {name} here")
+
+
+def _second(_ignored: Any, values: Any) -> Any:
+    return values
+
+
+def test_the_search_for_reads_passes_over_objects_it_cannot_look_into(storage: Client) -> None:
+    v = varray(storage, (4, 6), (2, 2))
+    data = np.arange(24, dtype=np.float32).reshape(4, 6)
+    src = da.from_delayed(dask.delayed(_second)(_Proxy(), data), (4, 6), dtype=np.float32)
+    deker_dask.store(src, v, scheduler="sync")
+    np.testing.assert_array_equal(v[:].read(), data)
