@@ -694,6 +694,47 @@ def test_partial_writes_make_what_h5py_makes(
     np.testing.assert_array_equal(_read_open(ours, bounds), np.broadcast_to(given_values, np.shape(new)))
 
 
+def _encoding_to(size: int, pipeline: filters.Pipeline, shape: tuple[int, ...]) -> np.ndarray:
+    """A complex64 chunk whose encoding is ``size`` bytes long (searched: random bytes, then zeros)."""
+    rng = np.random.default_rng(7)
+    for attempt in range(20000):
+        raw = np.zeros(size, dtype=np.uint8)
+        raw[: attempt % (size + 1)] = rng.integers(0, 256, attempt % (size + 1))
+        chunk = raw.view(np.complex64).reshape(shape)
+        if len(filters.encode(chunk, pipeline)) == size:
+            return chunk
+    pytest.fail(f"no chunk encodes to {size} bytes with {pipeline}")
+
+
+@pytest.mark.parametrize(
+    "pipeline", ["gzip", "shuffle+gzip", "lz4", "lz4-blocks", "blosc-zstd", "blosc-lz4-bitshuffle"]
+)
+def test_a_chunk_stored_unfiltered_then_rewritten_at_its_size_reads_back(
+    tmp_path: Path, pipeline: str
+) -> None:
+    """HDF5 keeps the filter mask of a chunk overwritten by one of the same size.
+
+    A chunk that its filters did not shrink is stored unfiltered, its filter mask saying so.
+    Written over by an encoding of exactly that size, it kept the mask, and HDF5 read the
+    encoded bytes as the values (a hypothesis case of
+    ``test_partial_writes_make_what_h5py_makes``: a complex64 blosc-zstd chunk of 528 bytes).
+    """
+    path = tmp_path / "a.hdf5"
+    shape = (6, 11)
+    old = np.arange(66, dtype=np.complex64).reshape(shape) * (1 + 1j)
+    with _new_dataset(path, shape, "c8", shape, PIPELINES[pipeline](), np.complex64(0)) as handle:
+        chain = chunkcodec._pipeline(handle["data"])
+        assert chain
+        handle["data"].id.write_direct_chunk((0, 0), old.tobytes(), filter_mask=(1 << len(chain)) - 1)
+    new = _encoding_to(old.nbytes, chain, shape)
+    with h5py.File(path, "r+", locking=False) as handle:
+        np.testing.assert_array_equal(handle["data"][...], old)  # (HDF5 reads it unfiltered)
+        assert chunkcodec.write_region(handle["data"], (slice(0, 6), slice(0, 11)), new, 0, False) == 0
+    with h5py.File(path, "r", locking=False) as handle:
+        np.testing.assert_array_equal(handle["data"][...], new)
+    np.testing.assert_array_equal(_read_open(path, (slice(0, 6), slice(0, 11))), new)
+
+
 def test_partial_writes_of_other_pipelines_or_values_are_left_to_h5py(tmp_path: Path) -> None:
     path = tmp_path / "other.hdf5"
     with _new_dataset(path, (10, 12), "i4", (4, 5), {"compression": "lzf"}, 0) as handle:

@@ -67,6 +67,10 @@ def test_a_mask_skips_filters() -> None:
     only_shuffled = filters.encode(chunk, pipeline[:1])
     assert only_shuffled is not None
     assert bytes(filters.decode(only_shuffled, pipeline, 0b10, 4)) == chunk.tobytes()  # deflate skipped
+    assert filters.encode(chunk, pipeline, 0b10) == only_shuffled  # encoding with that mask
+    assert filters.encode(chunk, pipeline, 0b11) == chunk.tobytes()  # every filter skipped
+    only_deflated = filters.encode(chunk, pipeline, 0b01)
+    assert bytes(filters.decode(only_deflated, pipeline, 0b01, 4)) == chunk.tobytes()
 
 
 def test_garbage_does_not_decode() -> None:

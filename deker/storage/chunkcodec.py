@@ -603,7 +603,8 @@ def write_region(
     chunk_bytes = math.prod(chunks) * index.dtype.itemsize
     step = max(2 * decode_threads(), _WRITE_BATCH_BYTES // max(1, chunk_bytes))
     stored: dict[tuple[int, ...], tuple[int, bytes]] = {}  # of the batch: (filter mask, bytes)
-    encoded: dict[tuple[int, ...], bytes] = {}
+    kept: dict[tuple[int, ...], tuple[int, int]] = {}  # stored with filters skipped: (mask, size)
+    encoded: dict[tuple[int, ...], tuple[int, bytes]] = {}  # (filter mask, bytes)
     counts: list[int] = []
 
     def work(part_of_batch: Sequence[_Piece]) -> bool:
@@ -616,24 +617,42 @@ def write_region(
             if count_old:
                 counts.append(count_fill(chunk[part], fill_value))
             chunk[part] = source[dest] if source.ndim else source
-            encoded[where] = filters.encode(chunk, index.filters)
+            new = filters.encode(chunk, index.filters)
+            old_mask, old_size = kept.get(where, (0, -1))
+            # HDF5 overwrites a chunk of the same size in place, keeping its filter mask (the
+            # index entry is not rewritten): such bytes must be of that mask
+            mask = old_mask if len(new) == old_size else 0
+            encoded[where] = (mask, filters.encode(chunk, index.filters, mask) if mask else new)
         return True
 
     for start in range(0, len(plan), step):
         batch = plan[start : start + step]
         stored.clear()
+        kept.clear()
         encoded.clear()
         for where, part, _ in batch:
+            origin = _origin(where, chunks)
+            info = dsid.get_chunk_info_by_coord(origin)  # (as stored now, not as first indexed)
+            if info.byte_offset is None:
+                continue
+            if info.filter_mask:
+                kept[where] = (int(info.filter_mask), int(info.size))
             extent = tuple(min(c, n - p * c) for p, c, n in zip(where, chunks, shape, strict=True))
             whole = all(s.start == 0 and s.stop == e for s, e in zip(part, extent, strict=True))
-            if index.offsets[where] >= 0 and (count_old or not whole):  # its stored content counts
-                stored[where] = dsid.read_direct_chunk(_origin(where, chunks))  # (no filter runs)
+            if count_old or not whole:  # its stored content counts
+                stored[where] = dsid.read_direct_chunk(origin)  # (no filter runs)
         try:
             _run(batch, work, len(batch) * chunk_bytes)
         except _Damaged as exc:
             raise _damage(dataset.file.filename, exc) from exc
         for where, _, _ in batch:
-            dsid.write_direct_chunk(_origin(where, chunks), encoded[where])
+            mask, data = encoded[where]
+            origin = _origin(where, chunks)
+            dsid.write_direct_chunk(origin, data, filter_mask=mask)
+            if where in kept and dsid.get_chunk_info_by_coord(origin).filter_mask != mask:  # (never seen)
+                raise DekerStorageError(
+                    f"HDF5 kept the old filter mask of chunk {where} in {dataset.file.filename}"
+                )
     return sum(counts)
 
 

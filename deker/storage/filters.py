@@ -221,7 +221,7 @@ def encodable(filters: Pipeline) -> bool:
     return bool(filters) and all(code != BLOSC or _blosc_compressor(values) for code, values in filters)
 
 
-def encode(chunk: np.ndarray[Any, Any], filters: Pipeline) -> bytes:
+def encode(chunk: np.ndarray[Any, Any], filters: Pipeline, mask: int = 0) -> bytes:
     """Encode one whole chunk with the filter pipeline, in writing order.
 
     Parameters
@@ -230,6 +230,10 @@ def encode(chunk: np.ndarray[Any, Any], filters: Pipeline) -> bytes:
         The chunk, C-contiguous, of the chunk shape (edge chunks padded).
     filters : Pipeline
         A pipeline :func:`encodable` accepts.
+    mask : int, default 0
+        The chunk's filter mask: the filters whose bit is set (bit ``i``: filter ``i``) are
+        skipped, as HDF5 skips an optional filter that fails (so that the stored chunk is read
+        back with that mask).
 
     Returns
     -------
@@ -244,7 +248,9 @@ def encode(chunk: np.ndarray[Any, Any], filters: Pipeline) -> bytes:
     """
     data: Any = chunk.reshape(-1).view(np.uint8)
     itemsize = chunk.dtype.itemsize
-    for code, values in filters:
+    for i, (code, values) in enumerate(filters):
+        if mask >> i & 1:
+            continue
         if code == DEFLATE:
             data = zlib.compress(data, values[0] if values else 6)
         elif code == SHUFFLE:
