@@ -115,19 +115,38 @@ def usable_cores() -> int:
 
 
 #: The environment variables that cap a process's coding threads, the first set one winning:
-#: deker's own, then OpenMP's, which Dask's nanny sets to 1 in every worker process it starts
-#: (``distributed.nanny.pre-spawn-environ``): there the worker's task threads are the
-#: parallelism, and each splitting its tiles over every core made n processes run n x cores
-#: threads.
+#: deker's own, read when it is needed, then OpenMP's, read as OpenMP does, from the environment
+#: the process started with.  Dask's nanny starts every worker process with
+#: ``OMP_NUM_THREADS=1`` (``distributed.nanny.pre-spawn-environ``): there the worker's task
+#: threads are the parallelism, and each splitting its regions over every core made n
+#: processes run n x cores threads.  (The nanny also sets it in its own, running process
+#: before it starts a worker: that later change is not the process's start.)
 THREADS_ENV = ("DEKER_CODEC_THREADS", "OMP_NUM_THREADS")
 _refused: set[tuple[str, str]] = set()
+_started_with: dict[str, str] | None = None
+
+
+def _initial_environment() -> dict[str, str]:
+    """Return the environment this process started with (Linux; else the current one)."""
+    global _started_with
+    if _started_with is None:
+        try:
+            with open("/proc/self/environ", "rb") as handle:
+                entries = handle.read().split(b"\0")
+        except OSError:  # pragma: no cover - not Linux
+            _started_with = dict(os.environ)
+        else:
+            pairs = (e.decode(errors="replace").partition("=") for e in entries if b"=" in e)
+            _started_with = {name: value for name, _, value in pairs}
+    return _started_with
 
 
 def coding_threads() -> int:
     """Return how many threads decode (or encode) the chunks of one region at most.
 
     The cores this process may run on, capped by the first of :data:`THREADS_ENV` that is set
-    to a positive integer (a value that is not is logged once and passed over).
+    to a positive integer (a value that is not is logged once and passed over):
+    ``DEKER_CODEC_THREADS`` as the process has it now, ``OMP_NUM_THREADS`` as it started with.
 
     Returns
     -------
@@ -137,7 +156,8 @@ def coding_threads() -> int:
     """
     cores = usable_cores()
     for name in THREADS_ENV:
-        raw = os.environ.get(name, "").strip()
+        environ = os.environ if name == THREADS_ENV[0] else _initial_environment()
+        raw = environ.get(name, "").strip()
         if not raw:
             continue
         try:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -113,13 +116,15 @@ def test_check_memory_over_machine() -> None:
 def test_coding_threads_are_capped_by_the_environment(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """DEKER_CODEC_THREADS, else OMP_NUM_THREADS (Dask's workers have 1), caps the cores used."""
+    """DEKER_CODEC_THREADS (now), else OMP_NUM_THREADS (at the start), caps the cores used."""
     monkeypatch.setattr(sizes, "usable_cores", lambda: 8)
     monkeypatch.setattr(sizes, "_refused", set())  # (what was logged before)
-    for name in sizes.THREADS_ENV:
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sizes, "_started_with", {})
+    monkeypatch.delenv("DEKER_CODEC_THREADS", raising=False)
     assert sizes.coding_threads() == 8
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # set after the start: not OpenMP's setting
+    assert sizes.coding_threads() == 8
+    monkeypatch.setattr(sizes, "_started_with", {"OMP_NUM_THREADS": "1"})
     assert sizes.coding_threads() == 1
     monkeypatch.setenv("DEKER_CODEC_THREADS", "3")  # deker's own comes first
     assert sizes.coding_threads() == 3
@@ -132,3 +137,23 @@ def test_coding_threads_are_capped_by_the_environment(
     assert [r.getMessage() for r in caplog.records] == [
         "DEKER_CODEC_THREADS='many' is not a positive number of threads: passed over"
     ]
+
+
+@pytest.mark.parametrize(
+    ("started_with", "later", "expected"),
+    [({"OMP_NUM_THREADS": "1"}, {}, "1"), ({}, {"OMP_NUM_THREADS": "1"}, "cores")],
+)
+def test_omp_num_threads_counts_as_the_process_started_with_it(
+    started_with: dict[str, str], later: dict[str, str], expected: str
+) -> None:
+    """A real process: Dask's nanny sets the variable in its own running process, which keeps its cores."""
+    code = (
+        "import os, sys; os.environ.update(eval(sys.argv[1])); from deker import sizes; "
+        "print(sizes.coding_threads(), sizes.usable_cores())"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in sizes.THREADS_ENV} | started_with
+    done = subprocess.run(
+        [sys.executable, "-c", code, repr(later)], env=env, capture_output=True, text=True, check=True
+    )
+    threads, cores = done.stdout.split()
+    assert threads == (cores if expected == "cores" else expected)
