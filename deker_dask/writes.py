@@ -188,9 +188,12 @@ def _refuse_reading_target(src: da.Array, target: Target) -> None:
     own = target.owner()
     if own is None:
         return
-    here = (os.path.realpath(own.root), own.relative)
+    here = os.path.realpath(own.root)
     for key, owner, region in _reads(dict(src.__dask_graph__()).items()):
-        if owner is None or (os.path.realpath(owner.root), owner.relative) != here:
+        if owner is None or owner.relative != own.relative:
+            continue
+        same_id = owner.storage_id is not None and owner.storage_id == own.storage_id
+        if not same_id and os.path.realpath(owner.root) != here:  # (another mount of it: same id)
             continue
         if _meets(region, target.bounds):
             where = bounds_to_str(region, target.obj.shape)

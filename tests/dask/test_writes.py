@@ -5,6 +5,9 @@ Computed on the session's LocalCluster of worker processes.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from dask.delayed import Delayed
 from dask_helpers import lock_files, task_args, varray
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from storage_helpers.other_user import needs_root
 
 import deker_dask
 from deker import ArraySchema, Client, DimensionSchema, HDF5Options, VArraySchema
@@ -382,6 +386,11 @@ def test_a_source_that_reads_the_cells_it_rewrites_is_refused(storage: Client) -
         np.testing.assert_array_equal(v[:].read(), before, err_msg=what)
         np.testing.assert_array_equal(arr[:].read(), before[:5], err_msg=what)
     path = storage.root_path.parent
+    (path.parent / "link").symlink_to(path)  # the same storage, opened through another path
+    with Client((path.parent / "link").as_uri()) as other:
+        again = other.get_collection("v").filter({"id": v.id}).last()
+        with pytest.raises(DekerValidationError, match=r"the source reads it"):
+            deker_dask.store(deker_dask.to_dask(again)[::-1], v, scheduler="sync")
     with (
         xarray.open_dataset(path, engine="deker", group="v", chunks={}) as ds,
         pytest.raises(DekerValidationError, match=r"the source reads it"),  # the backend's reads
@@ -427,3 +436,47 @@ def test_the_search_for_reads_passes_over_objects_it_cannot_look_into(storage: C
     src = da.from_delayed(dask.delayed(_second)(_Proxy(), data), (4, 6), dtype=np.float32)
     deker_dask.store(src, v, scheduler="sync")
     np.testing.assert_array_equal(v[:].read(), data)
+
+
+_TWO_MOUNTS = """
+import sys
+import deker_dask
+from deker import Client
+from deker.errors import DekerValidationError
+first, second, vid = sys.argv[1:]
+with Client(first) as a, Client(second) as b:
+    target = a.get_collection("v").filter({"id": vid}).last()
+    same = b.get_collection("v").filter({"id": vid}).last()
+    try:
+        deker_dask.store(deker_dask.to_dask(same)[::-1], target, scheduler="sync")
+    except DekerValidationError as exc:
+        print("refused" if "the source reads it" in str(exc) else f"other: {exc}")
+    else:
+        print("stored")
+"""
+
+
+@needs_root
+def test_a_source_reading_the_target_through_another_mount_is_refused(
+    storage: Client, tmp_path: Path
+) -> None:
+    """The storage seen at two paths (a bind mount): its identity, not its path, says it is the same."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    v = varray(storage, (8, 4), (2, 2))
+    before = np.arange(32, dtype=np.float32).reshape(8, 4)
+    v[:].update(before)
+    path, view = storage.root_path.parent, tmp_path / "view"
+    view.mkdir()
+    script = f'mount --bind {path} {view} && exec "$0" -c "$1" {path.as_uri()} {view.as_uri()} {v.id}'
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable, _TWO_MOUNTS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0 and "unshare" in done.stderr and "Operation not permitted" in done.stderr:
+        pytest.skip(f"mount namespaces are not allowed here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "refused"
+    np.testing.assert_array_equal(v[:].read(), before)
