@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from storage_helpers.prim import foreign_lock
 
+from deker.errors import DekerLockError
 from deker.storage import lockinfo, locks
 from deker.storage.layout import CollectionPaths
 from deker.storage.locks import LockSettings
@@ -111,3 +113,40 @@ def test_orphan_collection_locks_are_removed_unless_held(tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["held.lock", "kept", "kept.lock", "notes.txt"]
     assert lockinfo.remove_orphan_collection_locks(tmp_path) == [tmp_path / "held.lock"]
     assert lockinfo.remove_orphan_collection_locks(tmp_path / "missing") == []
+
+
+def test_a_stale_creation_lock_taken_by_a_creator_after_the_listing_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A creator that locks a stale creation lock while clear_locks walks keeps it (and alone).
+
+    clear_locks unlinked it by name: the creator held a file without a name, and the next
+    creator of the same key made a new one and held it too (two objects with one primary key).
+    """
+    coll = tmp_path / "collections" / "coll"
+    coll.mkdir(parents=True)
+    key = "array:5"
+    with locks.creation_lock(coll, key, FAST):  # the name of the key's lock file
+        (path,) = coll.glob("*.arrlock")
+    path.touch()  # left by a creator that died: nobody holds it
+    listed = lockinfo.list_locks
+    inside = contextlib.ExitStack()
+
+    def list_then_a_creator_comes(directory: Path) -> list[lockinfo.LockInfo]:
+        found = listed(directory)
+        inside.enter_context(locks.creation_lock(coll, key, FAST))  # locks the stale file
+        return found
+
+    monkeypatch.setattr(lockinfo, "list_locks", list_then_a_creator_comes)
+    with inside:
+        assert lockinfo.clear_locks(tmp_path) == []
+        assert path.exists()
+        with (
+            pytest.raises(DekerLockError),  # the creator still excludes the others
+            locks.creation_lock(coll, key, LockSettings(timeout=0, interval=0.05)),
+        ):
+            pass
+    monkeypatch.setattr(lockinfo, "list_locks", listed)
+    assert not path.exists()  # its creator removed it
+    path.touch()
+    assert lockinfo.clear_locks(tmp_path) == [path]  # a stale one nobody took is still removed

@@ -368,6 +368,41 @@ def remove_orphan_collection_locks(collections_dir: Path) -> list[Path]:
     return removed
 
 
+def _remove_unheld(path: Path) -> bool:
+    """Unlink the lock file ``path`` if nobody holds it, holding it exclusively meanwhile.
+
+    A creator that opened the file before the unlink finds, once it gets the lock, that the
+    name no longer names its file, and locks the new file of that name instead
+    (:func:`deker.storage.lockwait.acquire_file`).
+
+    Parameters
+    ----------
+    path : Path
+        A creation lock file.
+
+    Returns
+    -------
+    bool
+        Whether it was removed (not when held by someone, or gone already).
+
+    """
+    try:
+        held = lockprim.hold(path, True)
+    except FileNotFoundError:
+        return False
+    if held is None:
+        return False
+    try:
+        if not lockprim.same_file(held, path):
+            return False
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        lockprim.release(held)
+
+
 def clear_locks(directory: Path, *, force: bool = False) -> list[Path]:
     """Remove dead read markers, VArray markers and creation locks under ``directory``.
 
@@ -394,6 +429,12 @@ def clear_locks(directory: Path, *, force: bool = False) -> list[Path]:
             marker = parse_marker(info.path)
             if not force and marker is not None and fence_busy(marker):
                 logger.info("kept %s: a tile task of its dead coordinator still holds the fence", info.path)
+                continue
+            if not force and info.kind == KIND_CREATION:
+                # its name is taken again by the next creator of that key, who may have locked
+                # it since it was listed: removed only while held here (like a releasing creator)
+                if _remove_unheld(info.path):
+                    removed.append(info.path)
                 continue
             try:
                 os.unlink(info.path)
