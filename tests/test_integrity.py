@@ -311,6 +311,48 @@ def test_each_level_finds_exactly_its_damage(
                 assert report.text.startswith(report.problems[0].heading + "\n\t- ")
 
 
+_KILLED_META_UPDATE = """
+import os, signal, sys
+from deker import Client
+from deker.storage import journal
+kill_at, calls = int(sys.argv[2]), [0]
+real = journal.UndoJournal.write
+def write(self, data):
+    calls[0] += 1
+    if calls[0] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, data)
+journal.UndoJournal.write = write
+client = Client(sys.argv[1])
+next(iter(client.get_collection("arr"))).update_custom_attributes({"note": "new" * 300})
+"""
+
+
+@pytest.mark.timeout(120)
+def test_an_array_whose_writer_was_killed_mid_journal_is_checked_as_readers_see_it(storage: Storage) -> None:
+    """A custom-attribute update killed at each journal write: the file is sound for readers
+    (the old version, through the journal), so level 2 reports nothing and levels 3 and 4 only
+    the journal.  The check read the torn file itself: "has no meta dataset" at level 2.
+    """
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with Client(storage.uri, write_lock_timeout=5) as client:
+        for kill_at in range(1, 100):
+            child = [sys.executable, "-c", _KILLED_META_UPDATE, storage.uri, str(kill_at)]
+            if subprocess.run(child, env=env, timeout=60).returncode == 0:
+                break  # past the last journal write: committed
+            journals = list(storage.paths("arr").path.rglob(".*.journal"))
+            for path in journals:
+                os.utime(path, (OLD, OLD))
+            assert client.check_integrity(2, stop_on_error=False, progress=False).ok, kill_at
+            for level in (3, 4):
+                report = client.check_integrity(level, stop_on_error=False, progress=False)
+                assert kinds(report) == Counter({"interrupted-write": len(journals)}), (kill_at, report.text)
+            client.clear_locks()  # rolls the journal back for the next round
+        else:
+            pytest.fail("the update never committed")
+        assert kill_at > 3
+
+
 def test_equal_keys_spelt_apart_are_duplicates(tmp_path: Path) -> None:
     """deker 1.1.7 stored ``-0.0`` and ``0.0`` as two keys (two arrays); they are one key now."""
     schema = ArraySchema(

@@ -29,9 +29,9 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the compression filters with HDF5)
 import numpy as np
 
-from deker.errors import DekerValidationError
+from deker.errors import DekerLockError, DekerValidationError
 from deker.storage import chunkcodec, lockprim
-from deker.storage.journal import HeldFile
+from deker.storage.journal import HeldFile, old_version
 from deker.storage.layout import (
     JOURNAL_SUFFIX,
     TEMP_SUFFIX,
@@ -399,7 +399,8 @@ def inspect_array_file(
     time), so damaged compressed chunks or truncated files are found; it also checks the
     ``empty_cells`` counter (an integer between 0 and the number of cells) and the shape and
     dtype of ``data``.  Raw (uncompressed, unchunked) values have no checksum: changed bytes
-    there cannot be told from data.
+    there cannot be told from data.  A file with the undo journal of a dead writer is looked at
+    as readers see it, before the interrupted change (the journal itself is reported apart).
 
     Parameters
     ----------
@@ -423,9 +424,14 @@ def inspect_array_file(
             # a file this process holds (a writer's, in another thread) is read through the held
             # descriptor: h5py closing a descriptor of its own would drop a POSIX lock (NFS)
             source: Any = stack.enter_context(HeldFile(path)) if lockprim.holds(path) else path
+            if source is path:  # a dead writer's journal: the file as readers see it (not torn)
+                view = old_version(path)
+                source = path if view is None else stack.enter_context(view)
             handle = stack.enter_context(h5py.File(source, "r", locking=False))
         except FileNotFoundError:
             return ArrayFileCheck(vanished=True)
+        except DekerLockError:  # a live writer holds the journal (an OSError too): not damage
+            raise
         except OSError as exc:
             if not os.path.exists(path):
                 return ArrayFileCheck(vanished=True)
