@@ -9,13 +9,20 @@ renames that leave them.)
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
-from deker.storage import atomic, journal, lockprim
+import numpy as np
+import pytest
+
+from deker.storage import atomic, hdf5, journal, kernellock, lockprim
 from deker.storage.cleanup import clean_storage
 from deker.storage.locks import LockSettings
 
 FAST = LockSettings(timeout=5, interval=0.01)
+META = b'{"id": "f61df9c1-c07a-48c3-bd57-8a470c80939a", "primary_attributes": {}, "custom_attributes": {}}'
+META_DTYPE = f"S{len(META) + 33}"
 
 
 def _die(j: journal.UndoJournal) -> None:
@@ -50,3 +57,39 @@ def test_clean_storage_rolls_back_under_the_write_lock(tmp_path: Path) -> None:
     finally:
         lockprim.release(held)
     assert clean_storage(tmp_path, FAST) == [live_tmp]
+
+
+def test_a_new_version_swept_before_its_writer_locked_it_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweeper in another process meets a writer's new file between its creation and its lock.
+
+    The writer's temporary file looks abandoned then: the sweeper removed it, and the write
+    failed ("... was deleted") on a file that is still there.  Now the sweeper unlinks it only
+    while holding it, and the writer, finding its name gone once locked, makes another.
+    """
+    target = tmp_path / "f.hdf5"
+    hdf5.create_array_file(target, META, META_DTYPE, 16)
+    hdf5.write_region(target, (slice(0, 4), slice(0, 4)), np.ones((4, 4)), (4, 4), np.nan, {})
+    real = kernellock.lock_new
+    swept: list[str] = []
+
+    def lock_new_after_a_sweep(fd: int, prim: str) -> bool:
+        if not swept and os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            code = (
+                "import sys; from pathlib import Path; from deker.storage.cleanup import clean_storage; "
+                "from deker.storage.locks import LockSettings; "
+                "print(clean_storage(Path(sys.argv[1]), LockSettings(timeout=5, interval=0.01)))"
+            )
+            env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+            run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True)
+            swept.append(run.stdout.decode() + run.stderr.decode())
+        return real(fd, prim)
+
+    monkeypatch.setattr(kernellock, "lock_new", lock_new_after_a_sweep)
+    hdf5.write_region(target, (slice(0, 4), slice(0, 4)), np.full((4, 4), 2.0), (4, 4), np.nan, {})
+    assert len(swept) == 1 and ".tmp" in swept[0]  # the sweeper did remove the unlocked new file
+    np.testing.assert_array_equal(
+        hdf5.read_region(target, (slice(0, 4), slice(0, 4)), np.float64, np.nan), 2.0
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.hdf5"]

@@ -148,9 +148,13 @@ def _new_temp(target: Path) -> tuple[Path, lockprim.Hold]:
     while True:
         tmp = target.with_name(temp_file_name(target.name))
         try:
-            return tmp, lockprim.hold_new(tmp)
+            held = lockprim.hold_new(tmp)
         except FileExistsError:  # pragma: no cover - 128 random bits collided
             continue
+        if lockprim.same_file(held, tmp):
+            return tmp, held
+        # a sweeper removed it between its creation and its lock (_unlink_unheld): another one
+        lockprim.release(held)
 
 
 @contextlib.contextmanager
@@ -371,11 +375,47 @@ def remove_stale_temp(path: Path, target: Path) -> bool:
         Whether it was deleted here.
 
     """
-    if is_held(path) is False or _same_inode(path, target):
+    if _same_inode(path, target):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
             return True
-    return False
+        return False
+    return _unlink_unheld(path)
+
+
+def _unlink_unheld(path: Path) -> bool:
+    """Delete ``path`` if nobody holds it, holding it exclusively meanwhile.
+
+    A writer creates its temporary file, then locks it: in between it looks abandoned.  Held
+    here, it is unlinked only while no writer can lock it, and a writer that locks it
+    afterwards finds its name gone and makes another (:func:`_new_temp`).
+
+    Parameters
+    ----------
+    path : Path
+        A temporary file or journal.
+
+    Returns
+    -------
+    bool
+        Whether it was deleted here.
+
+    """
+    try:
+        held = lockprim.hold(path, True)
+    except FileNotFoundError:
+        return False
+    if held is None:
+        return False
+    try:
+        if not lockprim.same_file(held, path):
+            return False
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        lockprim.release(held)
 
 
 def _leftovers_of(target: Path) -> list[tuple[str, Path]]:
@@ -422,10 +462,8 @@ def discard_leftovers(target: Path) -> list[Path]:
     """
     removed: list[Path] = []
     for _kind, path in _leftovers_of(target):
-        if is_held(path) is False:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-                removed.append(path)
+        if _unlink_unheld(path):
+            removed.append(path)
     return removed
 
 
