@@ -29,7 +29,7 @@ from deker.client import Client
 from deker.collection import Collection
 from deker.errors import DekerBaseApplicationError, DekerMetaDataError
 from deker.integrity import check_integrity
-from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, iter_ids
+from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, is_scratch_dir_name, iter_ids
 from deker.storage.lockinfo import LockInfo
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "STORAGE_ENV", "build_parser", "main"]
@@ -257,7 +257,12 @@ def _summary(coll: Collection) -> dict[str, Any]:
 
 def _ls(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     rows: list[dict[str, Any]] = []
-    for entry in sorted(p for p in client.root_path.iterdir() if p.is_dir() and not p.is_symlink()):
+    # scratch directories are collections being created or deleted (or left by a crash, which
+    # check reports), not collections: Client iteration skips them too
+    entries = client.root_path.iterdir()
+    for entry in sorted(
+        p for p in entries if p.is_dir() and not p.is_symlink() and not is_scratch_dir_name(p.name)
+    ):
         error: str | None = None
         try:
             coll = client.get_collection(entry.name)

@@ -126,6 +126,18 @@ def test_ls_reports_a_damaged_collection(storage: Path) -> None:
     assert "not valid JSON" in rows["temps"]["error"] and rows["grid"]["error"] is None
 
 
+def test_ls_skips_collections_being_created_or_deleted(storage: Path) -> None:
+    """The scratch directories of a running (or interrupted) creation or deletion are no
+    collections: ls listed them as collections without metadata and exited with status 1."""
+    collections = storage / "collections"
+    (collections / f".{'0' * 32}.trash").mkdir()  # a deletion at work: the renamed collection
+    (collections / "temps").rename(collections / f".{'0' * 32}.trash" / "temps")
+    (collections / f".{'1' * 32}.new").mkdir()  # a creation at work
+    result = deker("--json", "ls", str(storage))
+    assert result.returncode == 0, result.stdout
+    assert [row["name"] for row in json.loads(result.stdout)] == ["empty", "grid"]
+
+
 def test_info_and_size_agree_with_the_client(storage: Path, client: Client) -> None:
     result = deker("info", str(storage), "grid", "--json")
     assert result.returncode == 0, result.stderr
