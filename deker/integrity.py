@@ -390,7 +390,8 @@ class _Checker:
             link = paths.symlink_file(kind, record.components, array_id)
             expected[link] = array_id
             by_dir.setdefault(link.parent, []).append(array_id)
-            self._link(heading, label, link, main, array_id)
+            if main.exists():  # (else deleted while the check ran: its symlink goes with it)
+                self._link(heading, label, link, main, array_id)
         for directory, ids in by_dir.items():
             if len(ids) > 1 and directory != paths.symlinks_dir(kind):
                 msg = f"{label}s {', '.join(sorted(ids))} have the same primary attributes ({directory})"
@@ -412,6 +413,13 @@ class _Checker:
             link_id = name[: -len(ext)] if name.endswith(ext) else None
             if link_id is not None and link_id in failed:
                 continue  # its metadata is unreadable: where it belongs is unknown (reported above)
+            if (
+                entry.is_symlink
+                and link_id is not None
+                and link_id not in records
+                and _stored(paths, kind, link_id)
+            ):
+                continue  # created while the check ran, after the data files were listed
             where = f"There are unnecessary files in directory {entry.path.parent}: {name}"
             if not entry.is_symlink:
                 msg = f"{where} is not a symlink"
@@ -456,6 +464,8 @@ class _Checker:
             if vid in bad:
                 continue
             if vid not in varrays:
+                if isinstance(vid, str) and _stored(paths, "varray", vid):
+                    continue  # the VArray was created while the check ran, after the VArrays were listed
                 msg = f"Tile {tile_id} belongs to VArray {vid}, which does not exist"
                 self.add(3, "orphan-tile", heading, msg, main)
             elif not (
@@ -483,6 +493,14 @@ class _Checker:
                 self.tiles(meta, arrays, varrays, bad_varrays)
             self.files(meta, paths)
         self.name = ""
+
+
+def _stored(paths: CollectionPaths, kind: str, array_id: str) -> bool:
+    """Whether the main file of ``array_id`` exists now (``False`` for a string that is no id)."""
+    try:
+        return paths.main_file(kind, array_id).is_file()
+    except DekerValidationError:
+        return False
 
 
 def _names_file(link: Path, target: str, root: Path, main: Path) -> bool:

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -351,6 +352,63 @@ def test_an_array_whose_writer_was_killed_mid_journal_is_checked_as_readers_see_
         else:
             pytest.fail("the update never committed")
         assert kill_at > 3
+
+
+def test_objects_created_or_deleted_while_the_check_runs_are_no_problems(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another client works while the data files are checked (the longest part of a check).
+
+    The symlink trees are walked afterwards: an Array or VArray created meanwhile was an
+    "extra-symlink", an Array deleted after its file was checked a "missing-symlink", a tile
+    of a VArray created after the VArrays were listed an "orphan-tile".
+    """
+    import deker.integrity as integrity
+
+    real = integrity.check_array_file
+    busy = threading.Lock()
+    done: set[str] = set()
+    other = Client(storage.uri, write_lock_timeout=5)
+
+    def check_array_file(root: str, collection: str, *args: Any) -> Any:
+        got = real(root, collection, *args)
+        with busy:
+            if collection not in done:
+                done.add(collection)
+                if collection == "arr":
+                    arr = other.get_collection("arr")
+                    assert arr is not None
+                    arr.create({"k": 10})[:].update(1.0)
+                    arr.filter({"k": 2}).last().delete()
+                elif collection == "var":
+                    var = other.get_collection("var")
+                    assert var is not None
+                    var.create({"name": "new"})[:2, :2].update(np.int16(5))
+        return got
+
+    monkeypatch.setattr(integrity, "check_array_file", check_array_file)
+    with other, Client(storage.uri, write_lock_timeout=5) as client:
+        report = client.check_integrity(3, stop_on_error=False, progress=False)
+        assert done == {"arr", "plain", "var"}
+        assert report.problems == [], report.text
+        # the tile of a VArray made between the listing of the VArrays and that of the tiles
+        vid = str(uuid.uuid4())
+        listed = integrity._Checker.varray_records
+
+        def varray_records_then_a_creation(self: Any, meta: Any, paths: CollectionPaths) -> Any:
+            found = listed(self, meta, paths)
+            if meta.name == "var":
+                var = other.get_collection("var")
+                assert var is not None
+                var.create({"name": "later"}, id_=vid)[:2, :2].update(np.int16(6))
+            return found
+
+        monkeypatch.setattr(integrity, "check_array_file", real)
+        monkeypatch.setattr(integrity._Checker, "varray_records", varray_records_then_a_creation)
+        report = client.check_integrity(3, stop_on_error=False, progress=False)
+        assert report.problems == [], report.text
+        monkeypatch.setattr(integrity._Checker, "varray_records", listed)
+        assert client.check_integrity(4, stop_on_error=False, progress=False).ok
 
 
 def test_equal_keys_spelt_apart_are_duplicates(tmp_path: Path) -> None:
