@@ -60,7 +60,7 @@ from deker.storage.inspection import (
     stale_leftovers,
 )
 from deker.storage.layout import ARRAY_EXT, VARRAY_EXT, CollectionPaths, is_scratch_dir_name
-from deker.storage.lockinfo import KIND_CREATION, KIND_READ, KIND_VARRAY, list_locks
+from deker.storage.lockinfo import KIND_CREATION, KIND_READ, KIND_VARRAY, is_locked, list_locks
 from deker.storage.locks import LockSettings, array_read_lock
 from deker.storage.mounts import is_local_filesystem
 from deker.tasks import resolve_root
@@ -238,6 +238,8 @@ class _Checker:
         for name in sorted(locks - set(dirs)) if only is None else ():
             self.name = name
             lock = CollectionPaths(self.root, name).lock_file
+            if is_locked(lock) or CollectionPaths(self.root, name).path.is_dir():
+                continue  # a creation at work holds it (or has made its directory since)
             msg = (
                 f"Collection with lock {name} not found: {lock} names no collection directory "
                 "(left by an interrupted creation or deletion; client.clear_locks removes it)"

@@ -46,6 +46,7 @@ from deker.errors import DekerCollectionNotExistsError, DekerIntegrityError, Dek
 from deker.integrity import IntegrityReport
 from deker.log import set_logging_level
 from deker.records import create_record
+from deker.storage import locks
 from deker.storage.identity import STORAGE_ID_FILE
 from deker.storage.inspection import _verify_blocks, tree_size
 from deker.storage.layout import CollectionPaths
@@ -409,6 +410,17 @@ def test_objects_created_or_deleted_while_the_check_runs_are_no_problems(
         assert report.problems == [], report.text
         monkeypatch.setattr(integrity._Checker, "varray_records", listed)
         assert client.check_integrity(4, stop_on_error=False, progress=False).ok
+
+
+def test_the_lock_of_a_collection_being_created_is_no_orphan(storage: Storage) -> None:
+    """create_collection takes ``<name>.lock``, then builds the directory: the check (level 1)
+    called the lock of a creation at work an orphan; nobody holding it, it is one."""
+    root = storage.root / "collections"
+    with Client(storage.uri) as client:
+        with locks.collection_lock(root, "coming", LockSettings(timeout=5)):
+            assert client.check_integrity(1, stop_on_error=False, progress=False).ok
+        report = client.check_integrity(1, stop_on_error=False, progress=False)
+        assert kinds(report) == Counter({"collection-lock-orphan": 1})
 
 
 def test_equal_keys_spelt_apart_are_duplicates(tmp_path: Path) -> None:
