@@ -692,6 +692,19 @@ def test_storage_size_is_the_sum_of_all_files(storage: Storage, capsys: pytest.C
     assert captured.out == "" and captured.err == ""
 
 
+def test_storage_size_counts_a_file_with_two_names_once(storage: Storage) -> None:
+    """What an exclusive creation killed between its link and its unlink leaves (the new file
+    under its temporary name and its own): one file, counted twice before."""
+    with Client(storage.uri) as client:
+        before = client.calculate_storage_size("plain").bytes
+        main = storage.main("plain", storage.plain)
+        os.link(main, main.with_name(f".{main.name}.{uuid.uuid4().hex}.tmp"))
+        assert client.calculate_storage_size("plain").bytes == before
+        assert client.calculate_storage_size().bytes == independent_size(storage.root / "collections") - (
+            main.stat().st_size
+        )
+
+
 def test_storage_size_of_the_117_fixture(legacy_storage: Path) -> None:
     with Client(legacy_storage.as_uri()) as client:
         size = client.calculate_storage_size()

@@ -103,7 +103,8 @@ def tree_size(directory: Path) -> int:
     """Return the total size in bytes of the regular files under ``directory``.
 
     Directories are walked with :func:`os.scandir`; symlinks are neither followed nor counted;
-    files that vanish during the walk are skipped.
+    a file with several names (hard links) is counted once; files that vanish during the walk
+    are skipped.
 
     Parameters
     ----------
@@ -117,6 +118,7 @@ def tree_size(directory: Path) -> int:
 
     """
     total = 0
+    linked: set[tuple[int, int]] = set()  # files with several names, counted at the first
     stack = [os.fspath(directory)]
     while stack:
         current = stack.pop()
@@ -130,7 +132,12 @@ def tree_size(directory: Path) -> int:
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
                     elif entry.is_file(follow_symlinks=False):
-                        total += entry.stat(follow_symlinks=False).st_size
+                        st = entry.stat(follow_symlinks=False)
+                        if st.st_nlink > 1:
+                            if (st.st_dev, st.st_ino) in linked:
+                                continue
+                            linked.add((st.st_dev, st.st_ino))
+                        total += st.st_size
                 except FileNotFoundError:
                     continue
     return total
