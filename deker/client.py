@@ -604,8 +604,10 @@ class Client:
         self._check_open()
         self.storage_context.check_writable("clear locks")
         directory = self._collection_dir(collection_name)
-        removed = clean_storage(directory, self.storage_context.locks)
-        removed += clear_locks(directory, force=force)
+        # markers first: the write locks that roll journals back sweep the stale markers they
+        # meet, which then went unlisted
+        removed = clear_locks(directory, force=force)
+        removed += clean_storage(directory, self.storage_context.locks)
         if directory == self.root_path:
             removed += remove_orphan_collection_locks(directory)
         removed.sort(key=str)

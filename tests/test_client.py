@@ -394,6 +394,55 @@ def _killed_mid_update(uri: str) -> None:
         next(iter(coll))[10:20].update(np.full((10, 64), -1.0))
 
 
+def _killed_mid_varray_update(uri: str) -> None:
+    """Start a partial update of one tile of the VArray and die after its first journal record."""
+    import signal
+
+    from deker.storage import journal
+
+    real_write = journal.UndoJournal.write
+
+    def write(self: journal.UndoJournal, data: object) -> int:
+        result = real_write(self, data)  # type: ignore[arg-type]
+        os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    journal.UndoJournal.write = write  # type: ignore[method-assign]
+    with Client(uri) as client:
+        coll = client.get_collection("v")
+        assert coll is not None
+        next(iter(coll))[0:2, 0:2].update(np.int16(9))
+
+
+def test_clear_locks_lists_every_marker_it_removes(tmp_path: Path) -> None:
+    """A VArray update killed inside a tile's journal leaves the journal and its VArray marker
+    on the tile: the marker was removed by the write lock that rolled the journal back, and
+    missing from what clear_locks returned."""
+    import multiprocessing as mp
+
+    from deker.storage import atomic, lockinfo
+
+    uri = f"file://{tmp_path}"
+    with Client(uri) as client:
+        dims = [DimensionSchema("y", 8), DimensionSchema("x", 8)]
+        varray = client.create_collection(
+            "v", VArraySchema(dtype=np.int16, dimensions=dims, vgrid=(2, 2))
+        ).create()
+        varray[:].update(np.int16(1))
+        varray[0, 0].update(np.int16(2))  # the tiles are stored; the next update is in place
+    proc = mp.get_context("spawn").Process(target=_killed_mid_varray_update, args=(uri,))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == -9
+    left = [item.path for item in atomic.find_leftovers(tmp_path) if item.kind == "journal"]
+    markers = [i.path for i in lockinfo.list_locks(tmp_path) if i.stale]
+    assert len(left) == 1 and len(markers) == 1 and markers[0].name.endswith(".varraylock")
+    with Client(uri) as client:
+        assert client.clear_locks() == sorted(left + markers, key=str)
+        assert client.list_locks() == [i for i in client.list_locks() if not i.stale]
+        assert client.check_integrity(4, stop_on_error=False).problems == []
+
+
 def test_clear_locks_rolls_back_what_a_killed_writer_left(tmp_path: Path) -> None:
     import multiprocessing as mp
 
