@@ -93,3 +93,24 @@ def test_a_new_version_swept_before_its_writer_locked_it_is_made_again(
         hdf5.read_region(target, (slice(0, 4), slice(0, 4)), np.float64, np.nan), 2.0
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.hdf5"]
+
+
+def test_a_temporary_file_that_cannot_be_locked_here_is_probed_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user's file under POSIX locks opens read-only, which takes no exclusive lock
+    (EBADF): the sweeper then goes by the probe, as before, instead of failing."""
+    stale = tmp_path / f".f.hdf5.{'0' * 32}.tmp"
+    stale.write_bytes(b"x")
+    live, held = atomic._new_temp(tmp_path / "g.hdf5")
+
+    def refused(path: Path, exclusive: bool, **kwargs: object) -> lockprim.Hold | None:
+        raise OSError(9, "Bad file descriptor")
+
+    monkeypatch.setattr(lockprim, "hold", refused)
+    try:
+        assert clean_storage(tmp_path, FAST) == [stale]
+        assert live.exists()
+    finally:
+        monkeypatch.undo()
+        lockprim.release(held)

@@ -150,3 +150,23 @@ def test_a_stale_creation_lock_taken_by_a_creator_after_the_listing_is_kept(
     assert not path.exists()  # its creator removed it
     path.touch()
     assert lockinfo.clear_locks(tmp_path) == [path]  # a stale one nobody took is still removed
+
+
+def test_a_creation_lock_that_cannot_be_locked_here_is_probed_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for temporary files (test_storage_cleanup): an exclusive lock refused with EBADF."""
+    coll = tmp_path / "collections" / "coll"
+    coll.mkdir(parents=True)
+    stale, live = coll / f"{'0' * 32}.arrlock", coll / f"{'1' * 32}.arrlock"
+    stale.touch()
+    live.touch()
+
+    def refused(path: Path, exclusive: bool, **kwargs: object) -> Any:
+        raise OSError(9, "Bad file descriptor")
+
+    with foreign_lock(live):
+        monkeypatch.setattr(lockinfo.lockprim, "hold", refused)
+        assert lockinfo.clear_locks(tmp_path) == [stale]
+        monkeypatch.undo()
+    assert live.exists()

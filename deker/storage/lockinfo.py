@@ -390,6 +390,13 @@ def _remove_unheld(path: Path) -> bool:
         held = lockprim.hold(path, True)
     except FileNotFoundError:
         return False
+    except OSError:  # not lockable here (another user's file under POSIX locks): probe only
+        if is_locked(path):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            return True
+        return False
     if held is None:
         return False
     try:
