@@ -329,15 +329,18 @@ class Collection:
 
         The collection directory is renamed away at once, then deleted: a crash leaves the
         whole collection or nothing of it (plus a hidden scratch directory that
-        :meth:`deker.Client.clear_locks` deletes).
+        :meth:`deker.Client.clear_locks` deletes).  The collection lock is held throughout and
+        unlinked while held: a collection of that name created meanwhile waits, and keeps the
+        lock file it makes.
         """
         self._ctx.check_open()
         self._ctx.check_writable(f"delete collection {self.name}")
-        remove_tree(self.path)
-        try:
-            os.unlink(self._paths.lock_file)
-        except FileNotFoundError:
-            pass
+        with collection_lock(self._ctx.root, self.name, self._ctx.locks):
+            remove_tree(self.path)
+            try:
+                os.unlink(self._paths.lock_file)
+            except FileNotFoundError:
+                pass
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._default)

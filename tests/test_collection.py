@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import math
+import shutil
+import threading
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -135,6 +137,40 @@ def test_clear_and_delete(client: Client) -> None:
     with pytest.raises(DekerInstanceNotExistsError):
         coll.create()
     assert client.get_collection("c") is None
+
+
+def test_a_collection_created_while_its_namesake_is_deleted_keeps_its_lock(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deletion unlinked ``<name>.lock`` after the tree, without holding it: a collection of
+    the same name created in between (the name is free once the directory is renamed away)
+    lost its lock file.  Now the deletion holds the lock and the creation waits for it."""
+    schema = ArraySchema(dtype=np.int32, dimensions=[DimensionSchema(name="x", size=2)])
+    coll = client.create_collection("c", schema)
+    coll.create()
+    deleting, go = threading.Event(), threading.Event()
+    real = shutil.rmtree
+
+    def slow_rmtree(path: Any, *args: Any, **kwargs: Any) -> None:
+        deleting.set()
+        go.wait(10)
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", slow_rmtree)
+    deleter = threading.Thread(target=coll.delete)
+    deleter.start()
+    assert deleting.wait(10)
+    created: list[Any] = []
+    creator = threading.Thread(target=lambda: created.append(client.create_collection("c", schema)))
+    creator.start()
+    creator.join(0.5)
+    waited = creator.is_alive()
+    go.set()
+    deleter.join(10)
+    creator.join(10)
+    assert waited and len(created) == 1
+    assert (client.root_path / "c.lock").is_file() and list(created[0]) == []
+    assert client.check_integrity(1, stop_on_error=False, progress=False).ok
 
 
 def test_repr(client: Client) -> None:
