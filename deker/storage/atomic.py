@@ -153,7 +153,7 @@ def _new_temp(target: Path) -> tuple[Path, lockprim.Hold]:
             continue
         if lockprim.same_file(held, tmp):
             return tmp, held
-        # a sweeper removed it between its creation and its lock (_unlink_unheld): another one
+        # a sweeper removed it between its creation and its lock (lockprim.unlink_unheld): another one
         lockprim.release(held)
 
 
@@ -380,49 +380,7 @@ def remove_stale_temp(path: Path, target: Path) -> bool:
             os.unlink(path)
             return True
         return False
-    return _unlink_unheld(path)
-
-
-def _unlink_unheld(path: Path) -> bool:
-    """Delete ``path`` if nobody holds it, holding it exclusively meanwhile.
-
-    A writer creates its temporary file, then locks it: in between it looks abandoned.  Held
-    here, it is unlinked only while no writer can lock it, and a writer that locks it
-    afterwards finds its name gone and makes another (:func:`_new_temp`).
-
-    Parameters
-    ----------
-    path : Path
-        A temporary file or journal.
-
-    Returns
-    -------
-    bool
-        Whether it was deleted here.
-
-    """
-    try:
-        held = lockprim.hold(path, True)
-    except FileNotFoundError:
-        return False
-    except OSError:  # not lockable here (another user's file under POSIX locks): probe only
-        if is_held(path) is not False:
-            return False
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-            return True
-        return False
-    if held is None:
-        return False
-    try:
-        if not lockprim.same_file(held, path):
-            return False
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
-    finally:
-        lockprim.release(held)
+    return lockprim.unlink_unheld(path)
 
 
 def _leftovers_of(target: Path) -> list[tuple[str, Path]]:
@@ -469,7 +427,7 @@ def discard_leftovers(target: Path) -> list[Path]:
     """
     removed: list[Path] = []
     for _kind, path in _leftovers_of(target):
-        if _unlink_unheld(path):
+        if lockprim.unlink_unheld(path):
             removed.append(path)
     return removed
 

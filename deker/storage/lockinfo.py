@@ -368,48 +368,6 @@ def remove_orphan_collection_locks(collections_dir: Path) -> list[Path]:
     return removed
 
 
-def _remove_unheld(path: Path) -> bool:
-    """Unlink the lock file ``path`` if nobody holds it, holding it exclusively meanwhile.
-
-    A creator that opened the file before the unlink finds, once it gets the lock, that the
-    name no longer names its file, and locks the new file of that name instead
-    (:func:`deker.storage.lockwait.acquire_file`).
-
-    Parameters
-    ----------
-    path : Path
-        A creation lock file.
-
-    Returns
-    -------
-    bool
-        Whether it was removed (not when held by someone, or gone already).
-
-    """
-    try:
-        held = lockprim.hold(path, True)
-    except FileNotFoundError:
-        return False
-    except OSError:  # not lockable here (another user's file under POSIX locks): probe only
-        if is_locked(path):
-            return False
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-            return True
-        return False
-    if held is None:
-        return False
-    try:
-        if not lockprim.same_file(held, path):
-            return False
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
-    finally:
-        lockprim.release(held)
-
-
 def clear_locks(directory: Path, *, force: bool = False) -> list[Path]:
     """Remove dead read markers, VArray markers and creation locks under ``directory``.
 
@@ -440,7 +398,7 @@ def clear_locks(directory: Path, *, force: bool = False) -> list[Path]:
             if not force and info.kind == KIND_CREATION:
                 # its name is taken again by the next creator of that key, who may have locked
                 # it since it was listed: removed only while held here (like a releasing creator)
-                if _remove_unheld(info.path):
+                if lockprim.unlink_unheld(info.path, is_locked):
                     removed.append(info.path)
                 continue
             try:

@@ -40,6 +40,7 @@ import itertools
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,7 @@ __all__ = [
     "release",
     "reuse",
     "same_file",
+    "unlink_unheld",
 ]
 
 logger = logging.getLogger(__name__)
@@ -584,3 +586,49 @@ def check_filesystem(directory: Path) -> None:
                 logger.error("file locks do not work under %s: %s", directory, failure)
     if failure:
         raise DekerStorageError(f"The storage at {directory} cannot be written safely: {failure}. {_ADVICE}")
+
+
+def unlink_unheld(path: Path, busy: Callable[[Path], bool | None] = probe) -> bool:
+    """Unlink ``path`` if nobody holds it, holding it exclusively meanwhile.
+
+    Its owner creates such a file (a temporary file, a journal, a creation lock), then locks
+    it: in between it looks abandoned.  Held here, it is unlinked only while nobody else can
+    lock it, and an owner that locks it afterwards finds its name gone (:func:`same_file`)
+    and makes another.
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+    busy : callable, default :func:`probe`
+        Where this process cannot lock the file (another user's file under POSIX locks), the
+        probe that tells whether someone holds it: it is unlinked only when that says False.
+
+    Returns
+    -------
+    bool
+        Whether it was unlinked here (not when held by someone, or gone already).
+
+    """
+    try:
+        held = hold(path, True)
+    except FileNotFoundError:
+        return False
+    except OSError:  # not lockable here: the probe alone
+        if busy(path) is not False:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            return True
+        return False
+    if held is None:
+        return False
+    try:
+        if not same_file(held, path):
+            return False
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        release(held)
