@@ -315,6 +315,12 @@ def _convert_fill_value(dtype: type[np.generic], value: Any) -> np.generic:
         raise DekerValidationError(message)
     if _changed(value, converted):
         raise DekerValidationError(f"{message} (the dtype cannot hold it unchanged)")
+    if _flushed_to_zero(value, converted):
+        raise DekerValidationError(
+            f"{message}: too small for {dtype.__name__}, it would round to {converted}, so cells "
+            f"holding {converted} would read as absent ones; give a fill value {dtype.__name__} "
+            f"holds (its smallest positive number is {np.finfo(converted).smallest_subnormal})"
+        )
     nan_part = isinstance(converted, np.complexfloating) and bool(np.isnan(converted))
     if nan_part and not (np.isnan(converted.real) and converted.imag == 0):  # type: ignore[union-attr]
         raise DekerValidationError(  # (stored as null, it would read back as nan+0j)
@@ -344,6 +350,21 @@ def _changed(value: Any, converted: np.generic) -> bool:
             return True
     # inexact: rounding is fine, overflow to infinity is not
     return bool(np.isinf(converted)) and not _is_infinite(value)
+
+
+def _flushed_to_zero(value: Any, converted: np.generic) -> bool:
+    """Return whether a part of a non-zero number became 0 in an inexact dtype (1e-8 in float16).
+
+    A text (the stored form, parsed by the dtype as deker 1.1.7 did) is left as it is.
+    """
+    if not isinstance(converted, np.inexact) or isinstance(value, (str, bytes)):
+        return False
+    try:
+        number = complex(value)
+    except (OverflowError, TypeError, ValueError):  # a huge finite number (an overflow, refused above)
+        return False
+    pairs = ((number.real, np.real(converted)), (number.imag, np.imag(converted)))
+    return any(given != 0 and bool(got == 0) for given, got in pairs)
 
 
 def _is_infinite(value: Any) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -283,6 +284,29 @@ def test_fill_value_conversion(dtype: type, fill: Any, expected: np.generic) -> 
     schema = ArraySchema(dtype=dtype, dimensions=dims2(), fill_value=fill)
     assert type(schema.fill_value) is type(expected)
     assert schema.fill_value == expected
+
+
+@pytest.mark.parametrize(
+    ("dtype", "fill", "rounded"),
+    [
+        (np.float16, 1e-8, "0.0"),
+        (np.float32, 1e-50, "0.0"),
+        (np.float32, np.float64(-1e-50), "-0.0"),
+        (np.complex64, complex(1, 1e-50), "(1+0j)"),
+    ],
+)
+def test_a_fill_value_that_rounds_to_zero_is_refused(dtype: type, fill: Any, rounded: str) -> None:
+    # it became 0 without a word, so every real zero read as an absent cell (xarray's
+    # _FillValue=1e-8 of float16 data through deker_dask.schema_from_xarray)
+    with pytest.raises(
+        DekerValidationError, match=f"dtype {dtype.__name__}: .*round to {re.escape(rounded)}"
+    ):
+        ArraySchema(dtype=dtype, dimensions=dims2(), fill_value=fill)
+    tiny = np.finfo(dtype).smallest_subnormal
+    assert ArraySchema(dtype=dtype, dimensions=dims2(), fill_value=float(tiny)).fill_value == tiny
+    assert ArraySchema(dtype=dtype, dimensions=dims2(), fill_value=0.0).fill_value == 0
+    # the stored form is parsed as before, so a collection made by deker 1.1.7 still opens
+    assert ArraySchema(dtype=dtype, dimensions=dims2(), fill_value="1e-80").fill_value == 0
 
 
 DIMS = [DimensionSchema("x", 2)]
