@@ -15,8 +15,10 @@
 
   A coordinate deker cannot express raises :class:`~deker.errors.DekerValidationError` whose
   message says how to convert it: an irregular or one-point time axis (convert it to ISO
-  strings to keep it as labels, or drop it), time deltas, booleans, objects, a coordinate of
-  more than one dimension or one that is not the index of its dimension.  Scalar (0-d)
+  strings to keep it as labels, or drop it), cftime dates and timezone-aware times (convert
+  them to UTC datetime64: ``convert_calendar``, ``to_datetimeindex``, ``tz_convert(None)``), time
+  deltas, booleans, objects, a coordinate of more than one dimension or one that is not the
+  index of its dimension.  Scalar (0-d)
   coordinates are left out (pass them as attributes if they matter).  A dtype deker refuses
   raises :class:`~deker.errors.DekerArrayTypeError`.
 
@@ -117,7 +119,37 @@ def _check_coordinates(arr: Any) -> None:
 def _coordinate(arr: Any, dim: str) -> np.ndarray[Any, Any] | None:
     if dim not in arr.coords:
         return None
-    return np.asarray(arr.coords[dim].values)
+    if getattr(arr.indexes.get(dim), "tz", None) is not None:  # (a pandas DatetimeIndex with a timezone)
+        raise _aware_times(str(dim))
+    values = np.asarray(arr.coords[dim].values)
+    _refuse_time_objects(str(dim), values)
+    return values
+
+
+def _aware_times(name: str) -> DekerValidationError:
+    return DekerValidationError(
+        f"Coordinate {name!r} holds timezone-aware times: deker time axes are numpy datetime64 "
+        "values in UTC; convert them first (import pandas as pd): "
+        f"obj.assign_coords({name}=pd.to_datetime(obj.indexes[{name!r}], utc=True).tz_convert(None))"
+    )
+
+
+def _refuse_time_objects(name: str, values: np.ndarray[Any, Any]) -> None:
+    """Refuse cftime dates and timezone-aware times (object values), saying how to make them datetime64."""
+    if values.dtype.kind != "O" or values.size == 0:
+        return
+    cftime = [getattr(v, "calendar", None) for v in values if type(v).__module__.startswith("cftime")]
+    if len(cftime) == values.size:
+        raise DekerValidationError(
+            f"Coordinate {name!r} holds cftime dates (calendar {cftime[0]!r}): deker time axes are "
+            "numpy datetime64 values in UTC, in the proleptic Gregorian calendar; convert them first: "
+            "obj.convert_calendar('standard', align_on='date') or, for a standard or proleptic_gregorian "
+            f"calendar, obj.assign_coords({name}=obj.indexes[{name!r}].to_datetimeindex(time_unit='us')); "
+            f"to keep them as labels, "
+            f"obj.assign_coords({name}=obj[{name!r}].dt.strftime('%Y-%m-%dT%H:%M:%S'))"
+        )
+    if all(isinstance(v, datetime) for v in values):  # (xarray makes naive ones datetime64)
+        raise _aware_times(name)
 
 
 # ----------------------------------------------------------------------------- inference

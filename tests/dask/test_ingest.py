@@ -230,6 +230,64 @@ def test_one_point_time_axis_says_what_to_do() -> None:
         deker_dask.schema_from_xarray(arr)
 
 
+def test_cftime_and_timezone_aware_times_say_how_to_convert_them(storage: Client) -> None:
+    # both were refused as "values of dtype object", with a hint about timedeltas
+    pytest.importorskip("cftime")
+    aware = pd.date_range("2024-01-01", periods=3, freq="h", tz="Europe/Oslo")
+    cases = [
+        (
+            xr.DataArray(np.zeros(3), dims="time", coords={"time": aware}),
+            r"timezone-aware.*UTC.*pd\.to_datetime\(obj\.indexes\['time'\], utc=True\)\.tz_convert\(None\)",
+            lambda obj: obj.assign_coords(
+                time=pd.to_datetime(obj.indexes["time"], utc=True).tz_convert(None)
+            ),
+        ),
+        (
+            xr.DataArray(
+                np.zeros(2), dims="time", coords={"time": [datetime(2024, 1, d, tzinfo=UTC) for d in (1, 2)]}
+            ),
+            r"timezone-aware",
+            lambda obj: obj.assign_coords(
+                time=pd.to_datetime(obj.indexes["time"], utc=True).tz_convert(None)
+            ),
+        ),
+        (
+            xr.DataArray(
+                np.zeros(3),
+                dims="time",
+                coords={"time": xr.date_range("2024-01-01", periods=3, calendar="noleap", use_cftime=True)},
+            ),
+            r"cftime dates \(calendar 'noleap'\).*convert_calendar\('standard', align_on='date'\)"
+            r".*to_datetimeindex\(time_unit='us'\).*strftime",
+            lambda obj: obj.convert_calendar("standard", align_on="date"),
+        ),
+        (
+            xr.DataArray(
+                np.zeros(3),
+                dims="time",
+                coords={
+                    "time": xr.date_range(
+                        "1500-01-01", periods=3, calendar="proleptic_gregorian", use_cftime=True
+                    )
+                },
+            ),
+            r"cftime dates \(calendar 'proleptic_gregorian'\)",
+            lambda obj: obj.assign_coords(time=obj.indexes["time"].to_datetimeindex(time_unit="us")),
+        ),
+    ]
+    for obj, message, convert in cases:
+        with pytest.raises(DekerValidationError, match=message):
+            deker_dask.schema_from_xarray(obj)
+        fixed = convert(obj)
+        schema = deker_dask.schema_from_xarray(fixed)
+        assert isinstance(schema.dimensions[0], TimeDimensionSchema)
+        collection = storage.create_collection(f"c{len(list(storage))}", schema)
+        with pytest.raises(DekerValidationError, match=message):  # into a collection: the same
+            deker_dask.store_xarray(obj, collection)
+        assert len(list(collection)) == 0
+        deker_dask.store_xarray(fixed, collection)
+
+
 def test_other_coordinates_and_variables() -> None:
     arr = xr.DataArray(np.zeros((2, 3)), dims=("y", "x"))
     two_d = arr.assign_coords(lat=(("y", "x"), np.zeros((2, 3))))
