@@ -12,7 +12,9 @@ objects deker gives in their *CF form* (``read_xarray(cf=True)``, ``deker_dask.t
 - time coordinates are ``datetime64[ns]`` (UTC; ``[us]`` when an instant lies outside the
   about 1677-2262 that ``[ns]`` holds) with ``standard_name: time`` and a CF encoding
   (``"<unit> since <first instant>"``, the largest unit that keeps every instant an integer,
-  ``proleptic_gregorian``, int64), so netCDF files store them as CF times;
+  ``proleptic_gregorian``, int64), so netCDF files store them as CF times.  Along the stacking
+  dimension of a collection, a datetime attribute a time dimension starts at (``"$run"``) is
+  the ``forecast_reference_time`` instead;
 - a scale's name (``Scale(..., name="lat")``) becomes the coordinate's ``long_name``;
 - coordinates along the stacking dimension of a collection hold strings, real numbers or
   datetimes (:func:`coordinate_values`; a missing custom value is ``NaN``, ``NaT`` or ``""``);
@@ -39,6 +41,7 @@ from typing import Any, Literal
 import numpy as np
 
 __all__ = [
+    "REFERENCE_TIME_ATTRS",
     "TIME_ATTRS",
     "Coordinate",
     "Layout",
@@ -61,6 +64,10 @@ logger = logging.getLogger(__name__)
 
 #: Attributes of every time coordinate.
 TIME_ATTRS: dict[str, str] = {"standard_name": "time"}
+
+#: Attributes of a datetime attribute a time dimension starts at (``start_value="$run"``): the
+#: time a forecast was made from (each array's time axis holds the times it is valid for).
+REFERENCE_TIME_ATTRS: dict[str, str] = {"standard_name": "forecast_reference_time"}
 
 #: Nanoseconds per tick of the datetime64 units a time coordinate may have.
 _TICK_NS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9}
@@ -535,13 +542,28 @@ def _same(values: list[Any]) -> bool:
     return True
 
 
+def _start_attributes(schema: Any) -> set[str]:
+    """Return the names of the attributes time dimensions of ``schema`` start at (``"$name"``)."""
+    starts = (getattr(d, "start_value", None) for d in schema.dimensions)
+    return {s[1:] for s in starts if isinstance(s, str) and s.startswith("$")}
+
+
+def _stacked(lead: str, values: np.ndarray[Any, Any], reference: bool) -> Coordinate:
+    """Return an attribute's coordinate along the stacking dimension (datetimes: CF time attributes)."""
+    if values.dtype.kind != "M":
+        return Coordinate((lead,), values)
+    attrs = REFERENCE_TIME_ATTRS if reference else TIME_ATTRS
+    return Coordinate((lead,), values, dict(attrs), time_encoding(values))
+
+
 def collection_layout(collection: Any, items: Sequence[Any], *, positions: bool = True) -> Layout:
     """Return the CF labels of a collection stacked along a new leading dimension.
 
     The leading dimension is named after the primary attribute when there is exactly one (and
     it is not a dimension name), else ``array``.  Along it: ``id``, one coordinate per primary
-    attribute, and one per custom attribute whose value differs between arrays; custom
-    attributes equal in every array are attributes of the variable.  A time dimension whose
+    attribute, and one per custom attribute whose value differs between arrays (datetimes with
+    :data:`TIME_ATTRS`, or :data:`REFERENCE_TIME_ATTRS` for one a time dimension starts at);
+    custom attributes equal in every array are attributes of the variable.  A time dimension whose
     start differs between arrays gets a two-dimensional ``<dimension>_values`` coordinate.
 
     Parameters
@@ -567,11 +589,11 @@ def collection_layout(collection: Any, items: Sequence[Any], *, positions: bool 
     coords: dict[str, Coordinate] = {}
     if "id" not in primary:
         coords[_free_name("id", taken)] = Coordinate((lead,), np.asarray([a.id for a in items], dtype=str))
+    starts = _start_attributes(schema)
     for name in primary:
         values = coordinate_values([a.primary_attributes[name] for a in items])
         key = name if name == lead else _free_name(name, taken | set(coords))
-        encoding = time_encoding(values) if values.dtype.kind == "M" else {}
-        coords[key] = Coordinate((lead,), values, {}, encoding)
+        coords[key] = _stacked(lead, values, name in starts)
     attrs: dict[str, Any] = {}
     for name in custom:
         raw = [a.custom_attributes.get(name) for a in items]
@@ -580,9 +602,7 @@ def collection_layout(collection: Any, items: Sequence[Any], *, positions: bool 
             if safe[0] is not None:
                 attrs[name] = safe[0]
             continue
-        values = coordinate_values(raw)
-        encoding = time_encoding(values) if values.dtype.kind == "M" else {}
-        coords[_free_name(name, taken | set(coords))] = Coordinate((lead,), values, {}, encoding)
+        coords[_free_name(name, taken | set(coords))] = _stacked(lead, coordinate_values(raw), name in starts)
     if items:
         full = [slice(0, s) for s in schema.shape]
         first = items[0]

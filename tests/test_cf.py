@@ -252,3 +252,45 @@ def test_stacking_order_and_name_clashes(tmp_path: Any) -> None:
     assert set(layout.coords) == {"id", "x_attribute", "id_attribute", "time"}
     assert layout.coords["x_attribute"].dims == ("array",)
     assert list(layout.coords["id_attribute"].values) == ["custom 1.0", "custom 2.0", "custom nan"]
+
+
+def test_datetime_coordinates_along_the_stacking_dimension_have_cf_time_attributes(tmp_path: Any) -> None:
+    """They had no ``standard_name``, which every other time coordinate has (review of stop 37)."""
+    import deker_dask
+
+    schema = ArraySchema(
+        dtype=np.float32,
+        dimensions=[TimeDimensionSchema("time", 2, "$run", timedelta(hours=6)), DimensionSchema("x", 2)],
+        attributes=[
+            AttributeSchema("run", datetime, primary=True),  # the start of each time axis
+            AttributeSchema("day", datetime, primary=True),
+            AttributeSchema("issued", datetime, primary=False),
+        ],
+    )
+    time = {"standard_name": "time"}
+
+    def check(ds: xr.Dataset) -> None:
+        assert ds["run"].dims == ds["day"].dims == ds["issued"].dims == ("array",)
+        assert ds["run"].attrs == {"standard_name": "forecast_reference_time"}
+        assert ds["day"].attrs == ds["issued"].attrs == ds["time_values"].attrs == time
+        assert ds["run"].encoding["units"] == "days since 2024-01-01T00:00:00"
+        ds.to_netcdf(tmp_path / "runs.nc", engine="h5netcdf")
+        with xr.open_dataset(tmp_path / "runs.nc", engine="h5netcdf") as back:
+            xr.testing.assert_identical(back.load(), ds.load())
+
+    single = ArraySchema(
+        dtype=np.float32,
+        dimensions=[DimensionSchema("x", 2)],
+        attributes=[AttributeSchema("day", datetime, True)],
+    )
+    with Client(f"file://{tmp_path}") as client:
+        collection = client.create_collection("runs", schema)
+        for d in (1, 2):
+            at = datetime(2024, 1, d, tzinfo=UTC)
+            collection.create({"run": at, "day": at}, {"issued": at + timedelta(hours=5)})
+        check(deker_dask.to_xarray(collection).to_dataset())
+        daily = client.create_collection("daily", single)
+        daily.create({"day": datetime(2024, 1, 1, tzinfo=UTC)})
+        assert deker_dask.to_xarray(daily)["day"].attrs == time  # the stacking dimension's own coordinate
+    with xr.open_dataset(tmp_path, engine="deker", group="runs") as ds:
+        check(ds)
