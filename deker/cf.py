@@ -40,6 +40,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from deker.dimensions import build_dimensions
+
 __all__ = [
     "REFERENCE_TIME_ATTRS",
     "TIME_ATTRS",
@@ -556,6 +558,33 @@ def _stacked(lead: str, values: np.ndarray[Any, Any], reference: bool) -> Coordi
     return Coordinate((lead,), values, dict(attrs), time_encoding(values))
 
 
+def _none_of(dtype: type) -> np.ndarray[Any, Any]:
+    """Return the coordinate no array gives an attribute of ``dtype``: empty, of the dtype its values get."""
+    if dtype is datetime:
+        return np.empty(0, dtype="datetime64[ns]")
+    if dtype in (int, float) or issubclass(dtype, (np.integer, np.floating)):
+        return np.empty(0, dtype=dtype)
+    return np.empty(0, dtype=str)  # (str, and complex numbers and tuples as strings)
+
+
+def _empty_coordinates(schema: Any, lead: str, positions: bool) -> dict[str, Coordinate]:
+    """Return the dimension coordinates of a collection without arrays, 0 long along ``lead``.
+
+    Those every array would have; a time axis starting at an attribute, which differs between
+    arrays, is an empty ``<dimension>_values`` coordinate, as for arrays of different starts.
+    """
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)  # (a stand-in start: not used)
+    dimensions = build_dimensions(schema, dict.fromkeys(_start_attributes(schema), epoch))
+    coords: dict[str, Coordinate] = {}
+    for spec, dim in zip(schema.dimensions, dimensions, strict=True):
+        if isinstance(getattr(spec, "start_value", None), str):  # ("$name")
+            none = np.empty((0, dim.size), dtype="datetime64[ns]")
+            coords[f"{dim.name}_values"] = _time_coordinate((lead, dim.name), none)
+        elif positions or _labelled(dim):
+            coords[dim.name] = dimension_coordinate(dim, dim.describe(slice(0, dim.size)))
+    return coords
+
+
 def collection_layout(collection: Any, items: Sequence[Any], *, positions: bool = True) -> Layout:
     """Return the CF labels of a collection stacked along a new leading dimension.
 
@@ -564,7 +593,10 @@ def collection_layout(collection: Any, items: Sequence[Any], *, positions: bool 
     attribute, and one per custom attribute whose value differs between arrays (datetimes with
     :data:`TIME_ATTRS`, or :data:`REFERENCE_TIME_ATTRS` for one a time dimension starts at);
     custom attributes equal in every array are attributes of the variable.  A time dimension whose
-    start differs between arrays gets a two-dimensional ``<dimension>_values`` coordinate.
+    start differs between arrays gets a two-dimensional ``<dimension>_values`` coordinate.  A
+    collection without arrays has the same coordinates, 0 long along the leading dimension, of
+    the dtypes its attribute values would give (an attribute-started time axis: an empty
+    ``<dimension>_values``).
 
     Parameters
     ----------
@@ -590,8 +622,11 @@ def collection_layout(collection: Any, items: Sequence[Any], *, positions: bool 
     if "id" not in primary:
         coords[_free_name("id", taken)] = Coordinate((lead,), np.asarray([a.id for a in items], dtype=str))
     starts = _start_attributes(schema)
+    types = {a.name: a.dtype for a in schema.attributes}
     for name in primary:
-        values = coordinate_values([a.primary_attributes[name] for a in items])
+        values = (
+            coordinate_values([a.primary_attributes[name] for a in items]) if items else _none_of(types[name])
+        )
         key = name if name == lead else _free_name(name, taken | set(coords))
         coords[key] = _stacked(lead, values, name in starts)
     attrs: dict[str, Any] = {}
@@ -602,7 +637,8 @@ def collection_layout(collection: Any, items: Sequence[Any], *, positions: bool 
             if safe[0] is not None:
                 attrs[name] = safe[0]
             continue
-        coords[_free_name(name, taken | set(coords))] = _stacked(lead, coordinate_values(raw), name in starts)
+        values = coordinate_values(raw) if items else _none_of(types[name])
+        coords[_free_name(name, taken | set(coords))] = _stacked(lead, values, name in starts)
     if items:
         full = [slice(0, s) for s in schema.shape]
         first = items[0]
@@ -615,5 +651,7 @@ def collection_layout(collection: Any, items: Sequence[Any], *, positions: bool 
             else:
                 stacked = np.stack(one_time_unit([coordinate_values(r) for r in rows]))
                 coords[f"{dim.name}_values"] = _time_coordinate((lead, dim.name), stacked)
+    else:
+        coords.update(_empty_coordinates(schema, lead, positions))
     attrs.setdefault("deker_collection", collection.name)
     return Layout(_variable_name(collection.name, {lead, *dims, *coords}), (lead, *dims), coords, attrs)

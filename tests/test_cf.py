@@ -294,3 +294,53 @@ def test_datetime_coordinates_along_the_stacking_dimension_have_cf_time_attribut
         assert deker_dask.to_xarray(daily)["day"].attrs == time  # the stacking dimension's own coordinate
     with xr.open_dataset(tmp_path, engine="deker", group="runs") as ds:
         check(ds)
+
+
+@pytest.mark.parametrize("start", [datetime(2024, 1, 1, tzinfo=UTC), "$run"])
+def test_an_empty_collection_has_the_coordinates_and_dtypes_of_a_full_one(tmp_path: Any, start: Any) -> None:
+    """Its stacking coordinate was float64 and its dimension coordinates were missing (review of stop 37)."""
+    import deker_dask
+
+    schema = ArraySchema(
+        dtype=np.int16,
+        dimensions=[
+            TimeDimensionSchema("time", 2, start, timedelta(hours=1)),
+            DimensionSchema("station", 2, labels=["oslo", "bergen"]),
+            DimensionSchema("y", 3),
+        ],
+        attributes=[
+            AttributeSchema("run", datetime, primary=True),
+            AttributeSchema("n", int, primary=False),
+            AttributeSchema("model", str, primary=False),
+            AttributeSchema("level", np.float32, primary=False),
+        ],
+    )
+
+    def form(ds: xr.Dataset) -> dict[str, Any]:  # (strings: any length)
+        dtypes = {k: v.dtype.str if v.dtype.kind != "U" else "U" for k, v in ds.variables.items()}
+        attrs = {
+            k: {a: x for a, x in v.attrs.items() if a != "deker_collection"} for k, v in ds.variables.items()
+        }
+        return {k: (v.dims, dtypes[k], attrs[k]) for k, v in ds.variables.items()}
+
+    with Client(f"file://{tmp_path}") as client:
+        empty = client.create_collection("c", schema)
+        full = client.create_collection("full", schema)
+        for d in (1, 2):
+            at = datetime(2024, 1, d, tzinfo=UTC)
+            full.create({"run": at}, {"n": d, "model": f"v{d}", "level": np.float32(d)})
+        views = {
+            name: deker_dask.to_xarray(c).rename("c").to_dataset()
+            for name, c in (("c", empty), ("full", full))
+        }
+        assert views["c"]["c"].shape == (0, 2, 2, 3)
+        assert form(views["c"]) == form(views["full"])
+        assert list(views["c"]["station"].values) == ["oslo", "bergen"]
+    opened: dict[str, xr.Dataset] = {}
+    for name in ("c", "full"):
+        with xr.open_dataset(tmp_path, engine="deker", group=name) as ds:
+            opened[name] = ds.rename({name: "c"}).load()
+    assert form(opened["c"]) == form(opened["full"])
+    opened["c"].to_netcdf(tmp_path / "empty.nc", engine="h5netcdf")
+    with xr.open_dataset(tmp_path / "empty.nc", engine="h5netcdf") as back:
+        xr.testing.assert_identical(back.load(), opened["c"])
