@@ -19,6 +19,12 @@ objects deker gives in their *CF form* (``read_xarray(cf=True)``, ``deker_dask.t
 - coordinates along the stacking dimension of a collection hold strings, real numbers or
   datetimes (:func:`coordinate_values`; a missing custom value is ``NaN``, ``NaT`` or ``""``);
 - ``deker_collection`` and ``deker_id`` attributes say where the data comes from;
+- the data variable has a ``_FillValue`` attribute, the fill value absent cells read as
+  (:func:`fill_attributes`), so netCDF readers take those cells for missing ones: xarray's
+  default decoding gives NaN there (``mask_and_scale=False`` reads the values back as they
+  were).  Not for a NaN fill value (xarray writes NaN as the ``_FillValue`` of float data
+  itself), complex data (CF has no complex fill value) or the 0 of an unsigned type (its
+  default fill value, where 0 is a real value too);
 - the variable is named after the collection (``<name>_data`` if a dimension or coordinate has
   that name); an attribute coordinate named like a dimension or ``id`` gets ``_attribute``
   appended.
@@ -55,6 +61,7 @@ __all__ = [
     "data_array",
     "datetime64_values",
     "dimension_coordinate",
+    "fill_attributes",
     "import_xarray",
     "one_time_unit",
     "stacking_order",
@@ -146,6 +153,29 @@ def attribute_value(value: Any) -> str | int | float | np.generic | np.ndarray[A
             return np.asarray(value, dtype=np.result_type(*[np.asarray(v).dtype for v in value]))
         return json.dumps(_jsonable(value))
     return str(value)
+
+
+def fill_attributes(fill_value: Any) -> dict[str, Any]:
+    """Return ``{"_FillValue": fill_value}`` for the CF view of data whose absent cells read as it.
+
+    Parameters
+    ----------
+    fill_value : numpy.generic
+        The fill value of the collection (``schema.fill_value``, of its dtype).
+
+    Returns
+    -------
+    dict
+        ``{"_FillValue": fill_value}``, or ``{}`` for NaN (xarray writes NaN as the
+        ``_FillValue`` of float data itself), complex data (CF has no complex fill value) and 0
+        of an unsigned integer type (its default fill value, where 0 is mostly real data).
+    """
+    value = np.asarray(fill_value)
+    if value.dtype.kind == "f" and bool(np.isnan(value)):
+        return {}
+    if value.dtype.kind not in "iuf" or (value.dtype.kind == "u" and int(value) == 0):
+        return {}
+    return {"_FillValue": value.dtype.type(value)}
 
 
 def array_attributes(primary: Mapping[str, Any], custom: Mapping[str, Any]) -> dict[str, Any]:
@@ -510,7 +540,10 @@ def array_layout(obj: Any, bounds: Sequence[int | slice], *, positions: bool = T
     for dim, bound in zip(obj.dimensions, bounds, strict=True):
         if positions or _labelled(dim):
             coords[dim.name] = dimension_coordinate(dim, dim.describe(bound))
-    attrs = array_attributes(obj.primary_attributes, obj.custom_attributes)
+    attrs = {
+        **fill_attributes(obj.fill_value),
+        **array_attributes(obj.primary_attributes, obj.custom_attributes),
+    }
     attrs.setdefault("deker_collection", obj.collection)
     attrs.setdefault("deker_id", obj.id)
     dims = tuple(d.name for d in obj.dimensions)
@@ -629,7 +662,7 @@ def collection_layout(collection: Any, items: Sequence[Any], *, positions: bool 
         )
         key = name if name == lead else _free_name(name, taken | set(coords))
         coords[key] = _stacked(lead, values, name in starts)
-    attrs: dict[str, Any] = {}
+    attrs: dict[str, Any] = fill_attributes(schema.fill_value)
     for name in custom:
         raw = [a.custom_attributes.get(name) for a in items]
         safe = [attribute_value(v) for v in raw]

@@ -352,7 +352,8 @@ class DekerBackendEntrypoint(BackendEntrypoint):  # type: ignore[misc]
             (read-only mount, read permission only) is opened that way anyway.
         **decoders
             xarray's CF decoding options (``decode_times``, ``mask_and_scale``...): accepted
-            and ignored, deker data is already decoded.
+            and ignored: deker gives its values as stored, its fill value marked by a
+            ``_FillValue`` attribute (``xr.decode_cf`` masks it).
 
         Returns
         -------

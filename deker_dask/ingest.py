@@ -25,8 +25,10 @@
 - :func:`store_xarray` creates an Array (or VArray) in a collection and writes the data,
   tile by tile through :func:`deker_dask.store` (on the current dask scheduler or the one
   given).  Everything is checked first (dimension names and order, shape, every coordinate
-  against the schema, dtype, attributes), so a refused object leaves nothing behind; if the
-  write itself fails, the new array is deleted again.
+  against the schema, dtype, fill value, attributes), so a refused object leaves nothing
+  behind; if the write itself fails, the new array is deleted again.  Data that marks its
+  missing cells (``_FillValue``) with another value than the collection's fill value is
+  refused: stored, those cells would read as values.
 
 A scale is checked with the tolerance deker indexes scales with
 (:data:`deker.dimensions.SCALE_REL_TOLERANCE` of a step, plus a few ulps of the coordinate's
@@ -318,19 +320,26 @@ def _array_dtype(given: Any, found: np.dtype[Any]) -> type[np.generic]:
 
 
 def _fill_of(arr: Any, np_type: type[np.generic], given: Any) -> Any:
-    """Return the fill value: given, else ``_FillValue`` / ``missing_value`` of the attributes.
-
-    Else the encoded one of integer data (xarray decoded float data's into NaN), else None.
-    """
+    """Return the fill value: given, else the one the data marks its missing cells with, else None."""
     if given is not None:
         return given
+    mark = _fill_mark(arr, np_type)
+    return None if mark is None else mark[1]
+
+
+def _fill_mark(arr: Any, np_type: type[np.generic]) -> tuple[str, Any] | None:
+    """Return where the data marks its missing cells, and with what value (None: nowhere).
+
+    ``_FillValue`` / ``missing_value`` of the attributes, else the encoded one of integer data
+    (xarray decoded float data's into NaN).
+    """
     for key in ("_FillValue", "missing_value"):
         if key in arr.attrs:
-            return _scalar(arr.attrs[key])
+            return f"attrs[{key!r}]", _scalar(arr.attrs[key])
     if not issubclass(np_type, np.inexact):
         for key in ("_FillValue", "missing_value"):
             if arr.encoding.get(key) is not None:
-                return _scalar(arr.encoding[key])
+                return f"encoding[{key!r}]", _scalar(arr.encoding[key])
     return None
 
 
@@ -501,6 +510,38 @@ def _check_dtype(arr: Any, schema: ArraySchema | VArraySchema) -> None:
         raise DekerValidationError("The data has unknown chunk sizes: compute them before storing it")
 
 
+def _check_fill(arr: Any, schema: ArraySchema | VArraySchema, ref: str) -> None:
+    """Refuse data whose missing cells (its ``_FillValue``) would be stored as values: another fill value.
+
+    ``ref`` is how the message names the variable (``obj``, or ``obj['v']`` of a Dataset).
+    """
+    mark = _fill_mark(arr, arr.dtype.type)
+    if mark is None:
+        return
+    where, value = mark
+    fill = schema.fill_value
+    try:
+        same = bool(np.asarray(value) == fill) or bool(np.isnan(value) and np.isnan(fill))
+    except (TypeError, ValueError):  # (not a number)
+        same = False
+    if same:
+        return
+    shown, wanted = _plain(value), _plain(fill)
+    other = "" if bool(np.isnan(fill)) else f", {wanted}"
+    raise DekerValidationError(
+        f"The data marks missing cells with {where} = {shown!r}, the collection's fill value is "
+        f"{wanted!r}: stored, they would read as {shown!r}, not as absent cells.  Store it into a "
+        f"collection with fill_value={shown!r} (schema_from_xarray makes one), turn them into the "
+        f"collection's fill value first ({ref} = {ref}.where({ref} != {shown!r}{other}); "
+        f"del {ref}.{where}), or drop the mark to store them as values (del {ref}.{where})"
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Return a numpy number as a Python one (for messages)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _from_attrs(arr: Any, schema: ArraySchema | VArraySchema, custom: dict[str, Any]) -> dict[str, Any]:
     out = dict(custom)
     for attr in schema.attributes:
@@ -550,9 +591,10 @@ def store_xarray(
     Everything is checked before the array is created, so a refused object leaves nothing
     behind: the dimension names and order, the shape, every coordinate against the schema
     (time start and step, scale, labels; a dimension without coordinate is taken by
-    position), the dtype (it must cast exactly, :func:`deker.dtypes.casts_exactly`) and the
-    attributes.  The data is then written by :func:`deker_dask.store`: a dask-backed object
-    tile by tile where its chunks are, an
+    position), the dtype (it must cast exactly, :func:`deker.dtypes.casts_exactly`), the fill
+    value (a ``_FillValue`` or ``missing_value`` of the data, as :func:`schema_from_xarray` takes
+    it, must be the collection's) and the attributes.  The data is then written by
+    :func:`deker_dask.store`: a dask-backed object tile by tile where its chunks are, an
     in-memory or lazily loaded one (``xr.open_dataset`` without ``chunks``) chunked on the
     tiles first, so each task reads its own part of the file.  If the write fails, the new
     array is deleted and the error raised.
@@ -583,8 +625,8 @@ def store_xarray(
     Raises
     ------
     DekerValidationError
-        If the dimensions, shape, a coordinate or an attribute disagrees with the collection,
-        or an array with these primary attributes exists.
+        If the dimensions, shape, a coordinate, the fill value or an attribute disagrees with
+        the collection, or an array with these primary attributes exists.
     DekerArrayTypeError
         If the data dtype does not cast exactly to the collection's
         (:func:`deker.dtypes.casts_exactly`).
@@ -597,6 +639,7 @@ def store_xarray(
     _check_coordinates(arr)
     _check_shape(arr, schema)
     _check_dtype(arr, schema)
+    _check_fill(arr, schema, "obj" if arr is obj else f"obj[{arr.name!r}]")
     custom: Any = custom_attributes
     if attrs_as_custom and (custom is None or isinstance(custom, Mapping)):
         custom = _from_attrs(arr, schema, dict(custom or {}))

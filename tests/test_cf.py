@@ -342,5 +342,57 @@ def test_an_empty_collection_has_the_coordinates_and_dtypes_of_a_full_one(tmp_pa
             opened[name] = ds.rename({name: "c"}).load()
     assert form(opened["c"]) == form(opened["full"])
     opened["c"].to_netcdf(tmp_path / "empty.nc", engine="h5netcdf")
-    with xr.open_dataset(tmp_path / "empty.nc", engine="h5netcdf") as back:
+    with xr.open_dataset(tmp_path / "empty.nc", engine="h5netcdf", mask_and_scale={"c": False}) as back:
         xr.testing.assert_identical(back.load(), opened["c"])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "fill", "marked"),
+    [
+        (np.int16, -999, True),
+        (np.int32, None, True),  # (the default: the minimum)
+        (np.uint8, 255, True),
+        (np.uint8, None, False),  # (the default 0 is mostly real data)
+        (np.float32, -1.0, True),
+        (np.float32, None, False),  # (NaN: xarray writes it as the _FillValue of float data itself)
+        (np.complex64, 0j, False),  # (CF has no complex fill value)
+    ],
+)
+def test_every_cf_view_marks_the_fill_value_as_its_FillValue(
+    tmp_path: Any, dtype: Any, fill: Any, marked: bool
+) -> None:
+    """Absent cells read back from netCDF as data: the views had no ``_FillValue`` (review of stop 37)."""
+    import deker_dask
+
+    schema = ArraySchema(
+        dtype=dtype,
+        dimensions=[DimensionSchema("x", 3)],
+        attributes=[AttributeSchema("run", int, primary=True)],
+        fill_value=fill,
+    )
+    with Client(f"file://{tmp_path}") as client:
+        collection = client.create_collection("c", schema)
+        array = collection.create({"run": 1})
+        array[0].update(dtype(7))  # cells 1 and 2 are absent
+        want = {"_FillValue": array.fill_value} if marked else {}
+        views = [
+            array[:].read_xarray(cf=True),
+            array[1:].read_xarray(cf=True),
+            deker_dask.to_xarray(array),
+            deker_dask.to_xarray(collection),
+        ]
+        for view in views:
+            got = {k: v for k, v in view.attrs.items() if k == "_FillValue"}
+            assert got == want and all(type(got[k]) is type(want[k]) for k in got), view
+        safe = views[0].load()
+    for options in ({}, {"filter": {"run": 1}}):
+        with xr.open_dataset(tmp_path, engine="deker", group="c", **options) as ds:
+            got = {k: v for k, v in ds["c"].attrs.items() if k == "_FillValue"}
+            assert got == want and all(type(got[k]) is type(want[k]) for k in got)
+    if not marked:
+        return
+    safe.to_netcdf(tmp_path / "c.nc", engine="h5netcdf")
+    with xr.open_dataset(tmp_path / "c.nc", engine="h5netcdf") as back:  # missing cells stay missing
+        np.testing.assert_array_equal(back["c"].values, [7.0, np.nan, np.nan])
+    with xr.open_dataset(tmp_path / "c.nc", engine="h5netcdf", mask_and_scale=False) as back:
+        xr.testing.assert_identical(back["c"].load(), safe)

@@ -7,6 +7,7 @@ axis and coordinates.  Refused objects must leave nothing in the collection.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -189,6 +190,56 @@ def test_fill_value_from_attributes_and_encoding(tmp_path: Path) -> None:
     assert schema.dtype is np.int32 and schema.fill_value == np.int32(-1)
     missing = xr.DataArray(np.zeros(2, dtype="u1"), dims="n", attrs={"missing_value": 255})
     assert deker_dask.schema_from_xarray(missing).fill_value == np.uint8(255)
+
+
+def test_an_integer_fill_value_keeps_missing_cells_missing_through_deker(
+    storage: Client, tmp_path: Path
+) -> None:
+    """netCDF -> deker -> netCDF: the cells a file marks missing stay missing (review of stop 37).
+
+    The views had no ``_FillValue``, so those cells came back as the value -999; and stored
+    into a collection of another fill value, they became values without a word.
+    """
+    field = xr.DataArray(
+        np.array([[1, -999, 3], [-999, 5, 6]], dtype=np.int16), dims=("y", "x"), attrs={"_FillValue": -999}
+    )
+    raw = netcdf(xr.Dataset({"v": field}), tmp_path / "in.nc", mask_and_scale=False)
+    schema = deker_dask.schema_from_xarray(raw, primary_attributes={"k": int})
+    assert schema.fill_value == np.int16(-999)
+    collection = storage.create_collection("v", schema)
+    deker_dask.store_xarray(raw, collection, primary_attributes={"k": 1})
+    collection.create({"k": 2})  # never written: every cell absent
+    for view in (
+        deker_dask.to_xarray(collection),
+        collection.filter({"k": 1}).last()[:].read_xarray(cf=True),
+    ):
+        view.to_netcdf(tmp_path / "out.nc", engine="h5netcdf")
+        with xr.open_dataset(tmp_path / "out.nc", engine="h5netcdf") as back:
+            np.testing.assert_array_equal(
+                back[view.name].values, np.where(view.values == -999, np.nan, view.values)
+            )
+    # into a collection of another fill value: refused, nothing stored, saying what to do
+    other = storage.create_collection("other", deker_dask.schema_from_xarray(raw, fill_value=-1))
+    encoded = raw["v"].drop_attrs()
+    encoded.encoding["_FillValue"] = np.int16(-999)
+    for data, where, ref in ((raw, "attrs", "obj['v']"), (encoded, "encoding", "obj")):
+        hint = f"{ref} = {ref}.where({ref} != -999, -1); del {ref}.{where}['_FillValue']"
+        with pytest.raises(
+            DekerValidationError,
+            match=rf"{where}\['_FillValue'\] = -999, the collection's fill value is -1.*fill_value=-999"
+            rf".*{re.escape(hint)}",
+        ):
+            deker_dask.store_xarray(data, other)
+    assert len(list(other)) == 0
+    floats = storage.create_collection(
+        "floats", deker_dask.schema_from_xarray(raw, dtype=np.float32, fill_value=np.nan)
+    )
+    with pytest.raises(DekerValidationError, match=r"fill value is nan.*\.where\(obj\['v'\] != -999\);"):
+        deker_dask.store_xarray(raw, floats)
+    obj = raw.copy()
+    obj["v"] = obj["v"].where(obj["v"] != -999, -1)  # what the message says
+    del obj["v"].attrs["_FillValue"]
+    np.testing.assert_array_equal(deker_dask.store_xarray(obj, other)[:].read(), [[1, -1, 3], [-1, 5, 6]])
 
 
 @pytest.mark.parametrize(
