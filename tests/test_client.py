@@ -374,8 +374,9 @@ def test_storage_size_and_unknown_collection(tmp_path: Path) -> None:
             client.clear_locks("nope")
 
 
-def _killed_mid_update(uri: str) -> None:
-    """Start a partial update of the Array and die (SIGKILL) after its first journal record."""
+def _killed_mid_update(uri: str, collection: str = "j") -> None:
+    """Start a partial update of the collection's first Array (or of one tile of its first
+    VArray) and die (SIGKILL) after its first journal record."""
     import signal
 
     from deker.storage import journal
@@ -389,29 +390,12 @@ def _killed_mid_update(uri: str) -> None:
 
     journal.UndoJournal.write = write  # type: ignore[method-assign]
     with Client(uri) as client:
-        coll = client.get_collection("j")
+        coll = client.get_collection(collection)
         assert coll is not None
-        next(iter(coll))[10:20].update(np.full((10, 64), -1.0))
-
-
-def _killed_mid_varray_update(uri: str) -> None:
-    """Start a partial update of one tile of the VArray and die after its first journal record."""
-    import signal
-
-    from deker.storage import journal
-
-    real_write = journal.UndoJournal.write
-
-    def write(self: journal.UndoJournal, data: object) -> int:
-        result = real_write(self, data)  # type: ignore[arg-type]
-        os.kill(os.getpid(), signal.SIGKILL)
-        return result
-
-    journal.UndoJournal.write = write  # type: ignore[method-assign]
-    with Client(uri) as client:
-        coll = client.get_collection("v")
-        assert coll is not None
-        next(iter(coll))[0:2, 0:2].update(np.int16(9))
+        if collection == "j":
+            next(iter(coll))[10:20].update(np.full((10, 64), -1.0))
+        else:
+            next(iter(coll))[0:2, 0:2].update(np.int16(9))
 
 
 def test_clear_locks_lists_every_marker_it_removes(tmp_path: Path) -> None:
@@ -430,7 +414,7 @@ def test_clear_locks_lists_every_marker_it_removes(tmp_path: Path) -> None:
         ).create()
         varray[:].update(np.int16(1))
         varray[0, 0].update(np.int16(2))  # the tiles are stored; the next update is in place
-    proc = mp.get_context("spawn").Process(target=_killed_mid_varray_update, args=(uri,))
+    proc = mp.get_context("spawn").Process(target=_killed_mid_update, args=(uri, "v"))
     proc.start()
     proc.join(60)
     assert proc.exitcode == -9
