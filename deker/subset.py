@@ -100,6 +100,11 @@ def prepare_update_data(
             raise DekerArrayTypeError(f"Invalid data: {exc}") from exc
         if raw.dtype.kind not in "biufc" or raw.dtype.kind == "b":
             raise DekerArrayTypeError(f"Invalid data type: lists of {raw.dtype} values; {dtype} expected")
+        if _rounded_integers(data, raw):
+            raise DekerArrayTypeError(
+                f"Invalid data: some integers of the list change as {raw.dtype}, the type numpy gives "
+                f"the list; {dtype} expected"
+            )
         arr = convert_exactly(raw, dtype, f"the {raw.dtype} list")
     elif isinstance(data, np.ndarray):
         if data.dtype != dtype:
@@ -115,6 +120,33 @@ def prepare_update_data(
         raise DekerShapeError(
             f"Invalid data shape: {arr.shape}; {shape} expected (or a shape that broadcasts)"
         ) from exc
+
+
+#: Every integer of at most this magnitude is a float64 (and a wider float); numpy's own
+#: promotions to a smaller float type keep their integers (int16 and float16 make float32).
+_EXACT_FLOAT_INTEGERS = 2**53
+
+
+def _rounded_integers(data: list[Any] | tuple[Any, ...], raw: np.ndarray[Any, Any]) -> bool:
+    """Whether numpy rounded an integer of the list ``data`` in making ``raw`` (``np.asarray(data)``).
+
+    A list mixing integers with floats, or negative integers with integers above ``int64``'s
+    range (Python's or numpy's), becomes a float array, where an integer beyond 2**53 may
+    already be another number before :func:`~deker.dtypes.convert_exactly` sees it.
+    """
+    if raw.dtype.kind not in "fc" or raw.size == 0 or raw.real.dtype.itemsize < 8:
+        return False  # (numpy makes float16 and float32 lists only of integers they hold)
+    with np.errstate(invalid="ignore"):  # (NaN)
+        if not bool(np.any(np.abs(raw.real) >= _EXACT_FLOAT_INTEGERS)):
+            return False  # (the usual case: one vectorised look)
+    items = np.array(data, dtype=object)
+    if items.shape != raw.shape:  # pragma: no cover - one nesting makes both
+        return True
+    for item, value in zip(items.flat, raw.flat, strict=True):
+        integer = isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_))
+        if integer and _exact(value) != _exact(int(item)):  # (as fractions: longdouble too)
+            return True
+    return False
 
 
 #: An exact number: a fraction, or the name of a value that is none ("nan", "+inf", "-inf").

@@ -347,3 +347,29 @@ def test_a_scalar_and_a_list_of_it_convert_by_one_rule(value: object, dtype: typ
         assert not isinstance(alone, str), "the list was accepted, the number alone refused"
     elif not isinstance(alone, str):
         assert isinstance(value, int) and not -(2**63) <= value < 2**64, "refused in a list only"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "data"),
+    [
+        (np.float64, [2**53 + 1, 0.5]),  # np.asarray made it float64: 2**53
+        (np.complex128, [2**53 + 1, 1j]),
+        (np.float64, [-1, 2**63 + 1]),  # beyond int64 and uint64 together: float64
+        (np.float64, [np.int64(-1), np.uint64(2**64 - 1)]),  # numpy promotes them to float64
+        (np.float32, [[2**60 + 1, 0.5], [1, 2]]),
+    ],
+)
+def test_a_list_whose_integers_numpy_rounds_is_refused(dtype: type, data: object) -> None:
+    """``np.asarray`` of a mixed list rounds big integers before the exactness check sees them."""
+    with pytest.raises(DekerArrayTypeError, match="integers of the list"):
+        prepare_update_data(data, np.dtype(dtype), np.shape(data))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [[2**53, 0.5], [2**60, -1.5], [np.longdouble(0.5), 2**60 + 1], [float("nan"), 2**53 + 2, 1]],
+)
+def test_a_list_of_integers_a_float_holds_is_accepted(data: list[object]) -> None:
+    raw = np.asarray(data)
+    out = prepare_update_data(data, raw.dtype, raw.shape)
+    assert out.tolist() == raw.tolist() or np.isnan(out[0])
