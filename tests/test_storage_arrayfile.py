@@ -55,3 +55,12 @@ def test_os_errors_name_the_file(tmp_path: Path) -> None:
         raise FileNotFoundError(2, "gone")
     with pytest.raises(DekerStorageError, match="mine"), os_errors(tmp_path, "work on"):
         raise DekerStorageError("mine")
+
+
+def test_count_fill_tells_the_signs_of_zero_apart() -> None:
+    """A file whose cells are all fill stores no data: -0.0 counted as 0.0's fill would read as 0.0."""
+    values = np.array([0.0, -0.0, 1.0], dtype=np.float32)
+    assert count_fill(values, 0.0) == 1 and count_fill(values, -0.0) == 1
+    assert count_fill(np.float64(-0.0), 0.0) == 0
+    assert count_fill(np.array([complex(0.0, -0.0), 0j]), 0j) == 1
+    assert count_fill(np.array([-0.0, np.nan]), np.nan) == 1

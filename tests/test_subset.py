@@ -373,3 +373,14 @@ def test_a_list_of_integers_a_float_holds_is_accepted(data: list[object]) -> Non
     raw = np.asarray(data)
     out = prepare_update_data(data, raw.dtype, raw.shape)
     assert out.tolist() == raw.tolist() or np.isnan(out[0])
+
+
+def test_negative_zeros_keep_their_sign_where_the_fill_value_is_zero(client: Client) -> None:
+    """Every cell "fill" drops the data; -0.0 must not count as the fill value 0.0 then."""
+    schema = ArraySchema(dtype=np.float64, dimensions=[DimensionSchema("x", 4)], fill_value=0.0)
+    array = client.create_collection("signed_zeros", schema).create()
+    array[:].update(np.array([-0.0, 1.0, -0.0, -0.0]))
+    array[1].update(0.0)
+    assert np.signbit(array[:].read()).tolist() == [True, False, True, True]
+    array[:].update(np.full(4, -0.0))
+    assert np.signbit(array[:].read()).all()

@@ -117,14 +117,21 @@ class ArrayLayout:
 def _nan_equal(values: np.ndarray[Any, Any], fill: Any) -> np.ndarray[Any, Any]:
     if isinstance(fill, float) and math.isnan(fill):
         return np.asarray(np.isnan(values))
-    return np.asarray(values == fill)
+    mask = np.asarray(values == fill)
+    if isinstance(fill, float) and fill == 0.0:
+        # -0.0 == 0.0, but a file left without data reads every cell as the fill value itself:
+        # a zero of the other sign is data, or dropping the data would flip its sign
+        mask = mask & (np.signbit(values) == (math.copysign(1.0, fill) < 0))
+    return mask
 
 
 def count_fill(values: Values, fill_value: Any) -> int:
     """Count the cells of ``values`` that hold ``fill_value``.
 
-    NaN counts as fill when the fill value is NaN; complex values compare their real and
-    imaginary parts separately, each NaN-aware (so ``nan+0j`` matches ``nan+0j``).
+    NaN counts as fill when the fill value is NaN; a zero only when its sign is the fill
+    value's (``-0.0`` is data in an array filled with ``0.0``: the fill value is what cells read
+    as once a file stores no data); complex values compare their real and imaginary parts
+    separately, each so (``nan+0j`` matches ``nan+0j``).
 
     Parameters
     ----------
