@@ -14,8 +14,8 @@ are read as the current one, as deker 1.1.7 does.
 
 Reading attributes keeps a lossy quirk of deker 1.1.7 so that both read the same values: inside a
 ``tuple`` attribute, a string that looks like a parenthesised complex literal (``"(1+2j)"``) is
-read as a ``complex`` (complex numbers inside tuples are stored that way).  A pure imaginary
-number inside a tuple is stored as e.g. ``"2j"`` and read back as that string.
+read as a ``complex`` (complex numbers inside tuples are stored that way, pure imaginary ones
+as ``"(0+2j)"``: deker 1.1.7 wrote ``"2j"``, which both read back as that string).
 """
 
 from __future__ import annotations
@@ -298,8 +298,23 @@ def serialize_attribute_value(value: Any) -> Any:
             else serialize_attribute_value(value[()])
         )
     if isinstance(value, (tuple, list)):
-        return [serialize_attribute_value(v) for v in value]
+        return [_tuple_element(v) for v in value]
     raise DekerValidationError(f"Cannot store attribute value {value!r} of type {type(value).__name__}")
+
+
+def _tuple_element(value: Any) -> Any:
+    """Return the JSON-ready form of an element of a tuple attribute.
+
+    A complex number is always written in parentheses: inside a tuple only a string that looks
+    like ``"(a+bj)"`` is read back as a complex (by deker 1.1.7 too), and ``str(2j)`` is ``"2j"``,
+    which would come back as a string (and no longer name the array's primary-key folder).
+    """
+    if isinstance(value, (complex, np.complexfloating)):
+        text = str(value)
+        if not text.startswith("("):  # a real part of +0.0: "2j", "-2j", "nanj"
+            text = f"(0{text})" if text.startswith("-") else f"(0+{text})"
+        return text
+    return serialize_attribute_value(value)
 
 
 def encode_array_meta(array_id: str, primary: Mapping[str, Any], custom: Mapping[str, Any]) -> bytes:

@@ -305,7 +305,7 @@ def test_encode_array_meta_values() -> None:
             "f": 0.5,
             "ld": 2.0,
             "arr": [[1, 2], [3, 4]],
-            "nested": [1, [2.5, "x"], [None, "1j"], True],
+            "nested": [1, [2.5, "x"], [None, "(0+1j)"], True],  # 1.1.7 wrote "1j": read as a str
             "none": None,
             "s": "é",
             "b": True,
@@ -519,3 +519,13 @@ def test_fixture_typed_values(legacy_storage: Path) -> None:
     assert zstd.schema.dtype is np.complex128
     assert zstd.options == HDF5Options(chunks=True, compression_opts=HDF5CompressionOpts(32015, (3,)))
     assert zstd.schema.arrays_shape == (3, 2)  # type: ignore[union-attr]
+
+
+def test_a_pure_imaginary_number_in_a_tuple_reads_back_as_a_complex() -> None:
+    """``str(2j)`` is ``"2j"``, which reads back as a string: inside tuples it is written ``"(0+2j)"``."""
+    value = (2j, complex(0, -1.5), np.complex64(3j), (complex(0, float("inf")),), 1 + 2j, complex(-0.0, 1))
+    stored = serialize_attribute_value(value)
+    assert stored[:3] == ["(0+2j)", "(0-1.5j)", "(0+3j)"] and stored[4:] == ["(1+2j)", "(-0+1j)"]
+    back = deserialize_attributes({"t": stored}, [AttributeSchema("t", tuple, primary=False)])["t"]
+    assert back == (2j, complex(0, -1.5), 3j, (complex(0, float("inf")),), 1 + 2j, complex(-0.0, 1))
+    assert all(type(v) is complex for v in back[:3])
