@@ -32,7 +32,7 @@ from deker.records import (
     varray_schema_of,
     write_varray_meta,
 )
-from deker.schemas import ArraySchema, TimeDimensionSchema, VArraySchema
+from deker.schemas import ArraySchema, DimensionSchema, TimeDimensionSchema, VArraySchema
 from deker.sizes import check_memory
 from deker.storage.hdf5files import HDF5_FILES
 from deker.storage.layout import CollectionPaths
@@ -327,6 +327,17 @@ class _BaseArray:
         return (_rebuild, (type(self), self._ctx, self._meta, self._id, dict(self._primary), custom))
 
 
+def _moved_start(
+    dim: Dimension | TimeDimension, schema_dim: DimensionSchema | TimeDimensionSchema, index: int
+) -> Dimension | TimeDimension:
+    """Return the time axis of the tile at grid index ``index`` from its VArray's fixed start."""
+    if not isinstance(dim, TimeDimension) or not isinstance(schema_dim, TimeDimensionSchema):
+        return dim
+    if isinstance(schema_dim.start_value, str):  # "$parent.<name>": the tile's own attribute
+        return dim
+    return TimeDimension(dim.name, dim.size, dim.start_value + dim.step * dim.size * index, dim.step)
+
+
 def _rebuild(
     cls: type[_BaseArray],
     ctx: StorageContext,
@@ -363,6 +374,25 @@ class Array(_BaseArray):
                 root, self._meta, self._id, self._ctx.locks, self._components, storage_id
             ),
         )
+
+    @property
+    def dimensions(self) -> tuple[Dimension | TimeDimension, ...]:
+        """The dimensions, with labels, scales and resolved time axes.
+
+        A tile of a VArray collection shares the collection's tile schema, whose fixed time
+        starts are the VArray's: they are moved to the tile's first instant here (time axes
+        starting at an attribute get it from the tile's ``parent.<name>`` attribute).
+        """
+        if self._dims is None:
+            dims = build_dimensions(self.schema, self._dimension_values())
+            position = self._v_position
+            if position is not None and len(position) == len(dims):
+                dims = tuple(
+                    _moved_start(d, schema_dim, k)
+                    for d, schema_dim, k in zip(dims, self.schema.dimensions, position, strict=True)
+                )
+            self._dims = dims
+        return self._dims
 
     @property
     def _vid(self) -> str | None:

@@ -12,6 +12,7 @@ import multiprocessing
 import tracemalloc
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deker import Client, DimensionSchema, HDF5CompressionOpts, HDF5Options, VArraySchema, executors
+from deker import (
+    AttributeSchema,
+    Client,
+    DimensionSchema,
+    HDF5CompressionOpts,
+    HDF5Options,
+    TimeDimensionSchema,
+    VArraySchema,
+    executors,
+)
 from deker.errors import DekerInstanceNotExistsError, DekerVSubsetError
 
 
@@ -210,3 +220,26 @@ def test_random_operations_match_numpy(
             else:
                 np.testing.assert_array_equal(v[key].read(), oracle[key])
         np.testing.assert_array_equal(v[:].read(), oracle)
+
+
+@pytest.mark.parametrize("start", ["$start", "2024-01-01T00:00:00+00:00"])
+def test_tile_time_axes_start_at_the_tiles_first_instant(tmp_path: Path, start: str) -> None:
+    """A fixed time start is shared by every tile in the tile schema: each tile moves it to its own."""
+    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    step = timedelta(hours=-2)
+    schema = VArraySchema(
+        dtype=np.float32,
+        dimensions=[TimeDimensionSchema("t", 6, start, step), DimensionSchema("x", 4)],
+        attributes=[AttributeSchema("start", datetime, primary=True)],
+        vgrid=(3, 2),
+    )
+    with Client(tmp_path.as_uri()) as client:
+        varray = client.create_collection("c", schema).create({"start": t0})
+        varray[...].update(np.arange(24, dtype=np.float32).reshape(6, 4))
+        tiles = list(client.get_collection("c").arrays)
+        assert len(tiles) == 6
+        for tile in tiles:
+            row, col = tile.primary_attributes["v_position"]
+            assert tile[:].describe()["t"] == [t0 + step * (2 * row), t0 + step * (2 * row + 1)]
+            when = t0 + step * (2 * row + 1)
+            assert tile[when, 0].read() == varray[when, 2 * col].read()
