@@ -451,7 +451,13 @@ class TimeDimension(_BaseDimension):
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             return self._position(value, stop)
         if isinstance(value, np.datetime64):
-            moment: Any = value.astype("datetime64[us]").item()
+            micro = value.astype("datetime64[us]")
+            if not np.isnat(value) and micro != value:  # finer than a datetime: on no grid
+                raise IndexError(
+                    f"{self._where(value)}: {self._name} has no index for {value!r} (a time between "
+                    "two microseconds is not a whole number of steps from the start)"
+                )
+            moment: Any = micro.item()
         elif isinstance(value, (datetime, str)):
             moment = value
         elif isinstance(value, (float, np.floating)):

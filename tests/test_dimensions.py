@@ -395,3 +395,13 @@ def test_many_labels_round_trip(size: int, prefix: str, rnd: Any) -> None:
     dim = Dimension("w", size, labels=labels)
     assert [dim.to_index(label) for label in labels] == list(range(size))
     assert dim.describe(slice(0, size)) == labels
+
+
+def test_a_datetime64_between_two_microseconds_is_off_the_grid() -> None:
+    """Truncating it to microseconds (a datetime's precision) would select a grid point."""
+    dim = TimeDimension("t", 24, T0, HOUR)
+    assert dim.to_index(np.datetime64("2023-01-01T07:00:00.000000000")) == 7
+    with pytest.raises(IndexError, match="has no index"):
+        dim.to_index(np.datetime64("2023-01-01T07:00:00.000000999"))
+    with pytest.raises(IndexError, match="wrong value"):
+        dim.to_index(np.datetime64("NaT"))
