@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from deker.attributes import check_collection_name, check_new_collection_name
-from deker.collection import Collection
+from deker.collection import Collection, meta_stamp
 from deker.context import ContextSettings, StorageContext
 from deker.errors import (
     DekerClientError,
@@ -433,16 +433,18 @@ class Client:
     def _load(self, name: str) -> Collection | None:
         path = self._paths(name).meta_file
         try:
-            text = path.read_text()
+            with open(path, "rb") as file:  # (the stamp of the very file read: see Collection)
+                stamp = meta_stamp(os.fstat(file.fileno()))
+                text = file.read().decode()
         except FileNotFoundError:
             return None
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:
             raise DekerMetaDataError(f'Collection "{name}" metadata cannot be read: {exc}') from exc
         try:
             meta = decode_collection_meta(text)
         except DekerMetaDataError as exc:
             raise DekerMetaDataError(f'Collection "{name}" metadata file {path} is invalid: {exc}') from exc
-        return Collection(self.storage_context, meta)
+        return Collection(self.storage_context, meta, stamp)
 
     def get_collection(self, name: str) -> Collection | None:
         """Return the collection named ``name``, or ``None``."""

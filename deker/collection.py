@@ -46,11 +46,53 @@ logger = logging.getLogger(__name__)
 _CLEAR_ORDER = (VARRAY_DATA, ARRAY_DATA, VARRAY_SYMLINKS, ARRAY_SYMLINKS)
 
 
-def _check_collection(ctx: StorageContext, path: Path | str, name: str) -> None:
-    """Raise if the client is closed or the collection was deleted."""
+#: What tells a collection from a later one of the same name: the inode and modification time
+#: of its metadata file, which is written once, when the collection is created.
+MetaStamp = tuple[int, int]
+
+
+def meta_stamp(st: os.stat_result) -> MetaStamp:
+    """Return the :data:`MetaStamp` of a collection's metadata file from its status.
+
+    Parameters
+    ----------
+    st : os.stat_result
+        The status of ``<name>/<name>.json``.
+
+    Returns
+    -------
+    tuple of int
+        Its inode and modification time (ns).
+    """
+    return (st.st_ino, st.st_mtime_ns)
+
+
+def _stamp_of(path: Path | str) -> MetaStamp | None:
+    try:
+        return meta_stamp(os.stat(path))
+    except OSError:
+        return None
+
+
+def _check_collection(
+    ctx: StorageContext, path: Path | str, name: str, meta_file: Path | str, stamp: MetaStamp | None
+) -> None:
+    """Raise if the client is closed or the collection was deleted (even if one of its name exists now).
+
+    A handle keeps its collection's schema and options: on a collection created again under
+    the same name it would read the new files with the old ones, and write them so.
+    """
     ctx.check_open()
-    if not os.path.isdir(path):
-        raise DekerInstanceNotExistsError(f"Collection {name!r} does not exist (it was deleted)")
+    found = _stamp_of(meta_file)
+    if found is None:  # (a collection whose metadata file is missing is still its directory)
+        if not os.path.isdir(path):
+            raise DekerInstanceNotExistsError(f"Collection {name!r} does not exist (it was deleted)")
+        return
+    if stamp is not None and found != stamp:
+        raise DekerInstanceNotExistsError(
+            f"Collection {name!r} was deleted, and a new collection of that name created, since this "
+            "handle was obtained; get the new one with client.get_collection"
+        )
 
 
 class _Manager:
@@ -63,9 +105,11 @@ class _Manager:
         self._meta = collection.collection_meta
         self._paths = CollectionPaths(self._ctx.root, self._meta.name)
         self._dir = str(self._paths.path)
+        self._meta_file = str(self._paths.meta_file)
+        self._stamp = collection.meta_stamp
 
     def _check(self) -> None:
-        _check_collection(self._ctx, self._dir, self._meta.name)
+        _check_collection(self._ctx, self._dir, self._meta.name, self._meta_file, self._stamp)
 
     @property
     def _schema(self) -> ArraySchema | VArraySchema:
@@ -229,15 +273,23 @@ class Collection:
     iteration); never built directly.
     """
 
-    def __init__(self, ctx: StorageContext, meta: CollectionMeta) -> None:
+    def __init__(self, ctx: StorageContext, meta: CollectionMeta, stamp: MetaStamp | None = None) -> None:
         self._ctx = ctx
         self._meta = meta
-        self._default = DataManager(self)
         self._paths = CollectionPaths(ctx.root, meta.name)
         self._dir = str(self._paths.path)
+        self._meta_file = str(self._paths.meta_file)
+        # (given by the caller that read ``meta``: the stamp of the very file it read)
+        self._stamp = stamp if stamp is not None else _stamp_of(self._meta_file)
+        self._default = DataManager(self)
 
     def _check(self) -> None:
-        _check_collection(self._ctx, self._dir, self.name)
+        _check_collection(self._ctx, self._dir, self.name, self._meta_file, self._stamp)
+
+    @property
+    def meta_stamp(self) -> MetaStamp | None:
+        """The :data:`MetaStamp` of the metadata file this collection was opened from (for deker's layers)."""
+        return self._stamp
 
     @property
     def storage_context(self) -> StorageContext:
@@ -336,6 +388,12 @@ class Collection:
         self._ctx.check_open()
         self._ctx.check_writable(f"delete collection {self.name}")
         with collection_lock(self._ctx.root, self.name, self._ctx.locks):
+            if self._stamp is not None and _stamp_of(self._meta_file) not in (None, self._stamp):
+                raise DekerInstanceNotExistsError(
+                    f"Collection {self.name!r} was deleted already, and a new collection of that "
+                    "name created: it is not deleted through this handle (get it with "
+                    "client.get_collection)"
+                )
             remove_tree(self.path)
             try:
                 os.unlink(self._paths.lock_file)

@@ -278,3 +278,30 @@ def test_a_negative_zero_key_that_deker_117_stored_is_found(client: Client, kind
     assert not (coll.path / f"{kind}_symlinks").exists() or _key_dirs(coll, kind) == []
     new = coll.create({"q": -0.0, "when": WHEN})
     assert _key_dirs(coll, kind) == ["0.0"] and coll.filter({"q": -0.0, "when": WHEN}).last() == new
+
+
+def test_a_handle_of_a_deleted_collection_refuses_the_new_one_of_its_name(tmp_path: Path) -> None:
+    """Its schema is the old one: it would read and write the new collection's files with it."""
+    with Client(tmp_path.as_uri()) as client, Client(tmp_path.as_uri()) as other:
+        old = client.create_collection(
+            "c", ArraySchema(dtype=np.float32, dimensions=[DimensionSchema("x", 4)])
+        )
+        seen_elsewhere = other.get_collection("c")
+        assert seen_elsewhere is not None
+        old.delete()
+        new = client.create_collection("c", ArraySchema(dtype=np.int16, dimensions=[DimensionSchema("x", 8)]))
+        array = new.create()
+        for stale in (old, seen_elsewhere):
+            with pytest.raises(DekerInstanceNotExistsError, match="new collection of that name"):
+                stale.filter({"id": array.id}).last()
+            with pytest.raises(DekerInstanceNotExistsError):
+                stale.create()
+            with pytest.raises(DekerInstanceNotExistsError):
+                list(stale)
+            with pytest.raises(DekerInstanceNotExistsError):
+                stale.delete()
+        assert (new.filter({"id": array.id}).last()[:].read() == np.iinfo(np.int16).min).all()
+        again = other.get_collection("c")
+        assert again is not None and again.filter({"id": array.id}).last() is not None
+        again.delete()
+        again.delete()  # deleting twice is harmless
