@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -327,15 +328,21 @@ class _BaseArray:
         return (_rebuild, (type(self), self._ctx, self._meta, self._id, dict(self._primary), custom))
 
 
-def _moved_start(
-    dim: Dimension | TimeDimension, schema_dim: DimensionSchema | TimeDimensionSchema, index: int
+def _tile_axis(
+    dim: Dimension | TimeDimension,
+    vdim: DimensionSchema | TimeDimensionSchema,
+    index: int,
+    varray_values: Mapping[str, Any] | None,
 ) -> Dimension | TimeDimension:
-    """Return the time axis of the tile at grid index ``index`` from its VArray's fixed start."""
-    if not isinstance(dim, TimeDimension) or not isinstance(schema_dim, TimeDimensionSchema):
+    """Return the time axis of the tile at grid index ``index`` of its VArray's axis ``vdim``."""
+    if not isinstance(dim, TimeDimension) or not isinstance(vdim, TimeDimensionSchema):
         return dim
-    if isinstance(schema_dim.start_value, str):  # "$parent.<name>": the tile's own attribute
-        return dim
-    return TimeDimension(dim.name, dim.size, dim.start_value + dim.step * dim.size * index, dim.step)
+    start: Any = vdim.start_value
+    if isinstance(start, str):  # "$name": the VArray's attribute, else the tile's copy of it
+        start = (varray_values or {}).get(start[1:])
+        if not isinstance(start, datetime):
+            return dim
+    return TimeDimension(dim.name, dim.size, start + dim.step * dim.size * index, dim.step)
 
 
 def _rebuild(
@@ -379,20 +386,34 @@ class Array(_BaseArray):
     def dimensions(self) -> tuple[Dimension | TimeDimension, ...]:
         """The dimensions, with labels, scales and resolved time axes.
 
-        A tile of a VArray collection shares the collection's tile schema, whose fixed time
-        starts are the VArray's: they are moved to the tile's first instant here (time axes
-        starting at an attribute get it from the tile's ``parent.<name>`` attribute).
+        A tile of a VArray collection starts its time axes at its own first instant, from its
+        VArray's start as it is now: the tile schema's fixed starts are the VArray's, and the
+        tile's ``parent.<name>`` attributes keep the VArray's attribute as it was when the tile
+        was created (they are used only if the VArray is gone).
         """
         if self._dims is None:
             dims = build_dimensions(self.schema, self._dimension_values())
             position = self._v_position
-            if position is not None and len(position) == len(dims):
+            vschema = self._meta.schema
+            if position is not None and isinstance(vschema, VArraySchema) and len(position) == len(dims):
+                values = self._varray_values()
                 dims = tuple(
-                    _moved_start(d, schema_dim, k)
-                    for d, schema_dim, k in zip(dims, self.schema.dimensions, position, strict=True)
+                    _tile_axis(d, vdim, k, values)
+                    for d, vdim, k in zip(dims, vschema.dimensions, position, strict=True)
                 )
             self._dims = dims
         return self._dims
+
+    def _varray_values(self) -> dict[str, Any] | None:
+        """Return the attribute values of the tile's VArray (None if it is unknown or gone)."""
+        vid = self._vid
+        if vid is None:
+            return None
+        try:
+            _id, primary, custom = read_record(self._ctx.root, self._meta, "varray", vid, self._ctx.locks)
+        except DekerBaseApplicationError:
+            return None
+        return {**primary, **custom}
 
     @property
     def _vid(self) -> str | None:

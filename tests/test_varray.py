@@ -243,3 +243,29 @@ def test_tile_time_axes_start_at_the_tiles_first_instant(tmp_path: Path, start: 
             assert tile[:].describe()["t"] == [t0 + step * (2 * row), t0 + step * (2 * row + 1)]
             when = t0 + step * (2 * row + 1)
             assert tile[when, 0].read() == varray[when, 2 * col].read()
+
+
+def test_tile_time_axes_follow_the_varrays_start_attribute(tmp_path: Path) -> None:
+    """The tiles' ``parent.<name>`` copies are not updated with the VArray's attribute."""
+    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    schema = VArraySchema(
+        dtype=np.float32,
+        dimensions=[TimeDimensionSchema("t", 4, "$st", timedelta(hours=1)), DimensionSchema("x", 2)],
+        attributes=[AttributeSchema("st", datetime, primary=False)],
+        vgrid=(2, 1),
+    )
+    with Client(tmp_path.as_uri()) as client:
+        collection = client.create_collection("c", schema)
+        varray = collection.create(None, {"st": t0})
+        varray[...].update(np.arange(8, dtype=np.float32).reshape(4, 2))
+        later = t0 + timedelta(days=1)
+        varray.update_custom_attributes({"st": later})
+        tile = next(a for a in collection.arrays if a.primary_attributes["v_position"] == (1, 0))
+        assert (
+            tile[:].describe()["t"]
+            == varray[2:4].describe()["t"]
+            == [
+                later + timedelta(hours=2),
+                later + timedelta(hours=3),
+            ]
+        )
