@@ -345,6 +345,8 @@ class Client:
         ctx.ensure_storage_id()  # a storage made by deker 1.1.7 gets its identity file at its first write
         schema_of_arrays = array_schema_of(meta)
         check_fill_value_supported(meta.options, schema_of_arrays.dtype, schema_of_arrays.fill_value)
+        if meta.options is not None:  # a chunk shape of another rank: refused now, not at every write
+            meta.options.h5py_dataset_kwargs(schema_of_arrays.shape)
         # A full disk, a read-only or failing storage: DekerStorageError naming the path.
         with storage_errors(paths.lock_file), collection_lock(self.root_path, meta.name, ctx.locks):
             try:

@@ -457,3 +457,18 @@ def test_clear_locks_rolls_back_what_a_killed_writer_left(tmp_path: Path) -> Non
         assert client.clear_locks() == []
         np.testing.assert_array_equal(array[:].read(), values)
         assert client.check_integrity(4, stop_on_error=False).problems == []
+
+
+@pytest.mark.parametrize("vgrid", [None, (2, 1)])
+def test_a_chunk_shape_of_another_rank_is_refused_at_creation(tmp_path: Path, vgrid: object) -> None:
+    """Accepted, it made every write into the collection fail."""
+    dims = [DimensionSchema("y", 4), DimensionSchema("x", 3)]
+    schema = (
+        ArraySchema(dtype=np.float32, dimensions=dims)
+        if vgrid is None
+        else VArraySchema(dtype=np.float32, dimensions=dims, vgrid=vgrid)
+    )
+    with Client(tmp_path.as_uri()) as client:
+        with pytest.raises(DekerValidationError, match="one chunk size per dimension"):
+            client.create_collection("c", schema, HDF5Options(chunks=(2,)))
+        assert client.get_collection("c") is None
