@@ -38,6 +38,7 @@ from deker.schemas import ArraySchema, VArraySchema
 from deker.sizes import check_memory, effective_memory_limit, human_size, parse_memory_limit
 from deker.storage.atomic import build_directory
 from deker.storage.cleanup import clean_storage
+from deker.storage.hdf5 import check_filter_available
 from deker.storage.inspection import tree_size
 from deker.storage.layout import COLLECTIONS_DIR, CollectionPaths, is_scratch_dir_name
 from deker.storage.lockinfo import LockInfo, clear_locks, list_locks, remove_orphan_collection_locks
@@ -345,8 +346,9 @@ class Client:
         ctx.ensure_storage_id()  # a storage made by deker 1.1.7 gets its identity file at its first write
         schema_of_arrays = array_schema_of(meta)
         check_fill_value_supported(meta.options, schema_of_arrays.dtype, schema_of_arrays.fill_value)
-        if meta.options is not None:  # a chunk shape of another rank: refused now, not at every write
-            meta.options.h5py_dataset_kwargs(schema_of_arrays.shape)
+        if meta.options is not None:  # refused now, not at every write: a chunk shape of another
+            meta.options.h5py_dataset_kwargs(schema_of_arrays.shape)  # rank, an unknown filter
+            check_filter_available(meta.options.compression_opts.compression)
         # A full disk, a read-only or failing storage: DekerStorageError naming the path.
         with storage_errors(paths.lock_file), collection_lock(self.root_path, meta.name, ctx.locks):
             try:

@@ -12,10 +12,11 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import hdf5plugin
 import numpy as np
 import pytest
 
-from deker import ArraySchema, Client, DimensionSchema, HDF5Options, VArraySchema
+from deker import ArraySchema, Client, DimensionSchema, HDF5CompressionOpts, HDF5Options, VArraySchema
 from deker.errors import (
     DekerClientError,
     DekerCollectionAlreadyExistsError,
@@ -472,3 +473,14 @@ def test_a_chunk_shape_of_another_rank_is_refused_at_creation(tmp_path: Path, vg
         with pytest.raises(DekerValidationError, match="one chunk size per dimension"):
             client.create_collection("c", schema, HDF5Options(chunks=(2,)))
         assert client.get_collection("c") is None
+
+
+def test_a_filter_hdf5_lacks_is_refused_at_creation(tmp_path: Path) -> None:
+    """Accepted, every write into the collection failed with h5py's ValueError."""
+    schema = ArraySchema(dtype=np.float32, dimensions=[DimensionSchema("x", 4)])
+    with Client(tmp_path.as_uri()) as client:
+        with pytest.raises(DekerValidationError, match="HDF5 filter 31999 is not available"):
+            client.create_collection("c", schema, HDF5Options(True, HDF5CompressionOpts(31999, None)))
+        assert client.get_collection("c") is None
+        zstd = HDF5CompressionOpts(**hdf5plugin.Zstd(1))
+        client.create_collection("z", schema, HDF5Options(True, zstd)).create()[:].update(np.float32(1))

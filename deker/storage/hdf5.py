@@ -48,12 +48,13 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the compression filters with HDF5)
 import numpy as np
 
-from deker.errors import DekerStorageError
+from deker.errors import DekerStorageError, DekerValidationError
 from deker.storage import atomic, chunkcodec, lockprim, rawio, templates
 from deker.storage.arrayfile import Bounds, Values, count_fill, os_errors, selection_shape
 from deker.storage.layout import ensure_dir
 
 __all__ = [
+    "check_filter_available",
     "clear_region",
     "count_fill",
     "create_array_file",
@@ -343,6 +344,29 @@ def create_array_file(
         except FileNotFoundError:  # a concurrent cleanup removed the empty parent: retry
             if attempt == 4 or os.path.exists(path.parent):
                 raise
+
+
+def check_filter_available(compression: Any) -> None:
+    """Refuse an HDF5 filter id that this process's HDF5 cannot write with.
+
+    Parameters
+    ----------
+    compression : Any
+        The ``compression`` of a collection's options: a filter id (an int) is checked; names
+        (``"gzip"``...) and ``None`` are HDF5's own.
+
+    Raises
+    ------
+    DekerValidationError
+        If HDF5 knows no filter of that id (none registered, none found in its plugin path).
+    """
+    if not isinstance(compression, int) or isinstance(compression, bool):
+        return
+    if not 0 <= compression <= 65535 or not h5py.h5z.filter_avail(compression):
+        raise DekerValidationError(
+            f"HDF5 filter {compression} is not available here: its datasets could not be written "
+            "(use a filter of hdf5plugin, or set HDF5_PLUGIN_PATH to the directory of its plugin)"
+        )
 
 
 def read_meta(path: Path) -> bytes:
