@@ -335,6 +335,42 @@ def find_by_primary(root: Path, meta: CollectionMeta, kind: Kind, components: tu
     return None
 
 
+def _key_may_read_back_otherwise(meta: CollectionMeta, kind: Kind) -> bool:
+    """Whether a primary key of these objects may spell another folder once read back (a tuple key).
+
+    Tiles (``vid``, ``v_position``) never do: their symlinks are looked for where they are.
+    """
+    if kind == "array" and isinstance(meta.schema, VArraySchema):
+        return False
+    schema = meta.schema if kind == "varray" else array_schema_of(meta)
+    return any(a.primary and a.dtype is tuple for a in schema.attributes or ())
+
+
+def _symlink_anywhere(paths: CollectionPaths, kind: Kind, depth: int, array_id: str) -> Path | None:
+    """Return the symlink of ``array_id`` in whatever key folder it is (``None`` if in none).
+
+    A key whose values read back as other values (a numpy float32 in a tuple is named
+    ``0.1`` but reads back as the float ``0.10000000149011612``) spells another folder than
+    the one its symlink was made in.
+    """
+    name = paths.symlink_file(kind, ("_",) * depth, array_id).name
+    level = [str(paths.symlinks_dir(kind))]
+    for _ in range(depth):  # (a walk, not a glob: the symlink names a deleted file by now)
+        inner: list[str] = []
+        for folder in level:
+            try:
+                with os.scandir(folder) as entries:
+                    inner.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+            except OSError:
+                continue
+        level = inner
+    for folder in level:
+        candidate = os.path.join(folder, name)
+        if os.path.lexists(candidate):
+            return Path(candidate)
+    return None
+
+
 def delete_record(
     root: Path, meta: CollectionMeta, kind: Kind, array_id: str, components: tuple[str, ...]
 ) -> None:
@@ -347,7 +383,10 @@ def delete_record(
     else:
         _unlink(main)
         atomic.discard_leftovers(main)
-    remove_file_and_empty_parents(paths.symlink_file(kind, components, array_id), paths.symlinks_dir(kind))
+    link = paths.symlink_file(kind, components, array_id)
+    if components and _key_may_read_back_otherwise(meta, kind) and not os.path.lexists(link):
+        link = _symlink_anywhere(paths, kind, len(components), array_id) or link
+    remove_file_and_empty_parents(link, paths.symlinks_dir(kind))
     for leftover in (main.parent / f"{array_id}.lock", main.parent / f"{array_id}.fence"):
         try:
             os.unlink(leftover)

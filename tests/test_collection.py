@@ -305,3 +305,22 @@ def test_a_handle_of_a_deleted_collection_refuses_the_new_one_of_its_name(tmp_pa
         assert again is not None and again.filter({"id": array.id}).last() is not None
         again.delete()
         again.delete()  # deleting twice is harmless
+
+
+def test_deleting_an_array_whose_key_reads_back_otherwise_removes_its_symlink(client: Client) -> None:
+    """A float32 in a tuple key names the folder ``(0.1,)`` but reads back as 0.10000000149011612."""
+    schema = ArraySchema(
+        dtype=np.float32,
+        dimensions=[DimensionSchema("x", 2)],
+        attributes=[AttributeSchema("k", tuple, primary=True)],
+    )
+    collection = client.create_collection("tuple_keys", schema)
+    created = collection.create({"k": (np.float32(0.1), 1)})
+    (reread,) = list(collection)
+    assert reread.primary_attributes["k"] == (float(np.float32(0.1)), 1)
+    reread.delete()
+    links = collection.path / "array_symlinks"
+    assert not links.exists() or not any(p.is_symlink() for p in links.rglob("*"))
+    assert collection.filter({"k": (np.float32(0.1), 1)}).last() is None
+    again = collection.create({"k": (np.float32(0.1), 1)})
+    assert again.id != created.id and collection.filter({"k": (np.float32(0.1), 1)}).last() == again
