@@ -24,7 +24,7 @@ from deker.context import StorageContext
 from deker.dimensions import Dimension, TimeDimension, build_dimensions
 from deker.errors import DekerBaseApplicationError, DekerInstanceNotExistsError
 from deker.indexing import normalize_key
-from deker.meta import CollectionMeta, encode_array_meta, meta_storage_dtype
+from deker.meta import CollectionMeta, as_read_back, encode_array_meta, meta_storage_dtype
 from deker.records import (
     array_schema_of,
     delete_record,
@@ -293,7 +293,7 @@ class _BaseArray:
         payload = encode_array_meta(self._id, self._primary, custom)
         with self._write_locked():
             self._write_meta(payload)
-        self._custom = custom
+        self._custom = as_read_back(custom, self.schema.custom_attributes or ())
         self._dims = None
 
     def __eq__(self, other: object) -> bool:

@@ -19,7 +19,7 @@ from deker.attributes import (
 )
 from deker.context import StorageContext
 from deker.errors import DekerFilterError, DekerInstanceNotExistsError, DekerInvalidManagerCallError
-from deker.meta import CollectionMeta, collection_meta_as_dict
+from deker.meta import CollectionMeta, as_read_back, collection_meta_as_dict
 from deker.options import HDF5Options
 from deker.records import array_schema_of, create_record, find_by_primary, read_record
 from deker.schemas import ArraySchema, VArraySchema
@@ -163,7 +163,7 @@ class _Manager:
         array_id = id_ or str(uuid.uuid4())
         ctx.ensure_storage_id()  # (a storage of deker 1.1.7 gets its identity at its first write)
         create_record(ctx.root, meta, self._kind, array_id, primary, custom, ctx.locks)
-        return self._build(array_id, primary, custom)
+        return self._build(array_id, primary, as_read_back(custom, self._schema.custom_attributes or ()))
 
     def filter(self, filters: dict[str, Any]) -> FilteredManager:
         """Return a lazy lookup by ``{"id": ...}`` or by every primary attribute."""

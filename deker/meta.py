@@ -45,6 +45,7 @@ from deker.types import to_utc
 __all__ = [
     "CURRENT_METADATA_VERSION",
     "CollectionMeta",
+    "as_read_back",
     "collection_meta_as_dict",
     "decode_array_meta",
     "decode_collection_meta",
@@ -445,3 +446,27 @@ def deserialize_attributes(raw: Mapping[str, Any], attributes: Sequence[Attribut
                 f"{attr.dtype.__name__}: {exc}"
             ) from exc
     return result
+
+
+def as_read_back(values: Mapping[str, Any], attributes: Sequence[AttributeSchema]) -> dict[str, Any]:
+    """Return attribute values as every later read of their stored form gives them.
+
+    Only tuples change: a datetime inside one is stored (and read back) as its ISO string, a
+    string in it that looks like a complex number is read back as one (SPEC §2.4).  The
+    handle that writes such values holds what every other handle reads, not what it was given.
+
+    Parameters
+    ----------
+    values : Mapping
+        Typed values, as :func:`deserialize_attributes` returns them.
+    attributes : sequence of AttributeSchema
+        The attributes of ``values``.
+
+    Returns
+    -------
+    dict
+        ``values`` itself (a copy) when it holds no tuple.
+    """
+    if not any(isinstance(v, tuple) for v in values.values()):
+        return dict(values)
+    return deserialize_attributes({k: serialize_attribute_value(v) for k, v in values.items()}, attributes)

@@ -83,6 +83,27 @@ def test_partial_custom_update_keeps_others(client: Client) -> None:
         arr.update_custom_attributes({"start": None})
 
 
+@pytest.mark.parametrize("varray", [False, True])
+def test_the_writing_handle_holds_tuple_values_as_every_reader_reads_them(
+    client: Client, varray: bool
+) -> None:
+    """A datetime inside a tuple is stored as its ISO string (deker 1.1.7's format) and every
+    read gives that string; the handle that wrote it held the datetime, so two handles of one
+    array disagreed (and so did a string that reads back as a complex number)."""
+    schema = timed_schema(VArraySchema, vgrid=(2, 1, 3)) if varray else timed_schema()
+    coll = client.create_collection("c", schema)
+    when = START + timedelta(minutes=5)
+    obj = coll.create({"k": 1}, {"start": START, "extra": ("a", when, "(1+2j)")})
+    expected = ("a", when.isoformat(), 1 + 2j)
+    assert obj.custom_attributes["extra"] == expected
+    again = coll.filter({"k": 1}).last()
+    assert again is not None and again.custom_attributes == obj.custom_attributes
+    obj.update_custom_attributes({"extra": (when,)})
+    assert obj.custom_attributes["extra"] == (when.isoformat(),)
+    again = coll.filter({"k": 1}).last()
+    assert again is not None and again.custom_attributes == obj.custom_attributes
+
+
 def test_varray_properties_and_custom_update(client: Client) -> None:
     coll = client.create_collection("v", timed_schema(VArraySchema, vgrid=(2, 1, 3)))
     v = coll.create({"k": 7}, {"start": START})

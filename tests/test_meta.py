@@ -21,6 +21,7 @@ from deker.errors import DekerMetaDataError
 from deker.meta import (
     CURRENT_METADATA_VERSION,
     CollectionMeta,
+    as_read_back,
     collection_meta_as_dict,
     decode_array_meta,
     decode_collection_meta,
@@ -529,3 +530,16 @@ def test_a_pure_imaginary_number_in_a_tuple_reads_back_as_a_complex() -> None:
     back = deserialize_attributes({"t": stored}, [AttributeSchema("t", tuple, primary=False)])["t"]
     assert back == (2j, complex(0, -1.5), 3j, (complex(0, float("inf")),), 1 + 2j, complex(-0.0, 1))
     assert all(type(v) is complex for v in back[:3])
+
+
+def test_as_read_back_changes_only_tuples_as_their_stored_form_reads() -> None:
+    from datetime import datetime, timezone
+
+    from deker import AttributeSchema
+
+    when = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+    attrs = [AttributeSchema("t", tuple, primary=False), AttributeSchema("d", datetime, primary=False)]
+    given = {"t": (when, "(1+2j)", ("x", 2.5)), "d": when}
+    assert as_read_back(given, attrs) == {"t": (when.isoformat(), 1 + 2j, ("x", 2.5)), "d": when}
+    plain = {"d": when, "t": None}
+    assert as_read_back(plain, attrs) == plain and as_read_back(plain, attrs) is not plain
