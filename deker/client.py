@@ -336,6 +336,11 @@ class Client:
                 f"Collection name {meta.name!r} has the form of deker's scratch directories; choose another"
             )
         check_new_collection_name(meta.name)
+        if any(a.primary and a.name == "id" for a in meta.schema.attributes):
+            raise DekerValidationError(
+                f"Collection {meta.name}: a primary attribute cannot be named 'id': filter({{'id': ...}}) "
+                "looks an array up by its id, so arrays could never be found by it; rename the attribute"
+            )
         paths = self._paths(meta.name)
         if paths.lock_file.is_dir():  # a collection "<name>.lock" that deker 1.1.7 made
             raise DekerValidationError(
@@ -343,12 +348,12 @@ class Client:
                 f"is a directory (the collection {paths.lock_file.name!r} of deker 1.1.7, or a stray one); "
                 "choose another name"
             )
-        ctx.ensure_storage_id()  # a storage made by deker 1.1.7 gets its identity file at its first write
         schema_of_arrays = array_schema_of(meta)
         check_fill_value_supported(meta.options, schema_of_arrays.dtype, schema_of_arrays.fill_value)
         if meta.options is not None:  # refused now, not at every write: a chunk shape of another
             meta.options.h5py_dataset_kwargs(schema_of_arrays.shape)  # rank, an unknown filter
             check_filter_available(meta.options.compression_opts.compression)
+        ctx.ensure_storage_id()  # a storage made by deker 1.1.7 gets its identity file at its first write
         # A full disk, a read-only or failing storage: DekerStorageError naming the path.
         with storage_errors(paths.lock_file), collection_lock(self.root_path, meta.name, ctx.locks):
             try:

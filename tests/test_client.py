@@ -16,7 +16,15 @@ import hdf5plugin
 import numpy as np
 import pytest
 
-from deker import ArraySchema, Client, DimensionSchema, HDF5CompressionOpts, HDF5Options, VArraySchema
+from deker import (
+    ArraySchema,
+    AttributeSchema,
+    Client,
+    DimensionSchema,
+    HDF5CompressionOpts,
+    HDF5Options,
+    VArraySchema,
+)
 from deker.errors import (
     DekerClientError,
     DekerCollectionAlreadyExistsError,
@@ -484,3 +492,19 @@ def test_a_filter_hdf5_lacks_is_refused_at_creation(tmp_path: Path) -> None:
         assert client.get_collection("c") is None
         zstd = HDF5CompressionOpts(**hdf5plugin.Zstd(1))
         client.create_collection("z", schema, HDF5Options(True, zstd)).create()[:].update(np.float32(1))
+
+
+def test_a_primary_attribute_named_id_is_refused_at_creation(tmp_path: Path) -> None:
+    """filter({"id": ...}) is the lookup by array id: arrays could never be found by such an attribute."""
+    dims = [DimensionSchema("x", 4)]
+    named_id = [AttributeSchema("id", str, primary=True)]
+    with Client(tmp_path.as_uri()) as client:
+        for made in (
+            ArraySchema(dtype=np.float32, dimensions=dims, attributes=named_id),
+            VArraySchema(dtype=np.float32, dimensions=dims, vgrid=(2,), attributes=named_id),
+        ):
+            with pytest.raises(DekerValidationError, match="cannot be named 'id'"):
+                client.create_collection("c", made)
+            assert client.get_collection("c") is None
+        custom = [AttributeSchema("id", str, primary=False)]  # a custom one is harmless
+        client.create_collection("c", ArraySchema(dtype=np.float32, dimensions=dims, attributes=custom))
