@@ -304,6 +304,8 @@ def _convert_fill_value(dtype: type[np.generic], value: Any) -> np.generic:
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
     message = f"Invalid `fill_value` value for dtype {dtype.__name__}: {value!r}"
+    if isinstance(value, (bool, np.bool_)):  # (a Python int subclass: True silently became 1)
+        raise DekerValidationError(f"{message}: a bool is no fill value; give a number of the dtype")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")

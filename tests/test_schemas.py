@@ -515,3 +515,13 @@ def test_tile_schema_without_time() -> None:
     assert [a.name for a in t.attributes] == ["vid", "v_position"]
     assert np.isnan(ArraySchema(dtype=float, dimensions=dims2()).fill_value)
     assert t.fill_value == np.int16(-32768)
+
+
+@pytest.mark.parametrize("fill", [True, False, np.bool_(True)])
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.float64, np.complex64])
+def test_a_bool_fill_value_is_refused(dtype: type, fill: Any) -> None:
+    """True was taken as 1 (and False as 0) without a word."""
+    dims = [DimensionSchema("x", 3)]
+    with pytest.raises(DekerValidationError, match="a bool is no fill value"):
+        ArraySchema(dtype=dtype, dimensions=dims, fill_value=fill)
+    assert ArraySchema(dtype=dtype, dimensions=dims, fill_value=1).fill_value == 1
