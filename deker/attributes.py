@@ -347,7 +347,10 @@ def _coerce_filter_value_as_given(attr: AttributeSchema, value: Any) -> Any:
     try:
         if dtype is datetime:
             if isinstance(value, np.datetime64):
-                value = value.astype("datetime64[us]").item()
+                micro = value.astype("datetime64[us]")
+                if micro != value:  # (truncated, it found the key of the microsecond below)
+                    raise ValueError("finer than a microsecond, which no stored datetime is")
+                value = micro.item()
             if not isinstance(value, (datetime, str, float)) or isinstance(value, bool):
                 raise ValueError("not a time")
             return to_utc(value)

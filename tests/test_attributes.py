@@ -297,6 +297,16 @@ def test_filter_coercion() -> None:
     assert naive["when"] == T0 and naive["i"] == 1
 
 
+def test_a_datetime64_filter_finer_than_a_microsecond_is_refused() -> None:
+    """Truncated to a datetime, it found the array keyed by the microsecond below it."""
+    exact = np.datetime64("2023-01-01T00:00:00.000001", "ns")
+    found = normalize_filters(FILTER_SCHEMA, {**FILTER, "when": exact})
+    assert found["when"] == T0 + timedelta(microseconds=1)
+    finer = np.datetime64("2023-01-01T00:00:00.000000999", "ns")
+    with pytest.raises(DekerValidationError, match="finer than a microsecond"):
+        normalize_filters(FILTER_SCHEMA, {**FILTER, "when": finer})
+
+
 @given(
     st.integers(-(2**53), 2**53),
     st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1)),
