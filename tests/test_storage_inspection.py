@@ -325,6 +325,10 @@ def test_inspect_damaged_files(tmp_path: Path) -> None:
             ["data has incorrect dtype int64, expected int32"],
         ),
         "fine-without-data": ({"meta": meta, "empty_cells": np.int64(20)}, []),
+        "data-lost": (  # (it passed, and read back as all fill)
+            {"meta": meta, "empty_cells": np.int64(0)},
+            ["has no data dataset, but empty_cells says 20 cells hold data"],
+        ),
     }
     for name, (datasets, errors) in cases.items():
         path = _make(tmp_path / f"{name}.hdf5", **datasets)

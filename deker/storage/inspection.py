@@ -374,6 +374,8 @@ def _verify_data(handle: h5py.File, shape: tuple[int, ...], dtype: np.dtype[Any]
             errors.append(f"empty_cells cannot be read: {exc}")
     dataset = handle.get("data")
     if dataset is None:
+        if not errors and int(value) < total:  # (every writer drops the data with a full count)
+            errors.append(f"has no data dataset, but empty_cells says {total - int(value)} cells hold data")
         return errors
     if not isinstance(dataset, h5py.Dataset):
         return [*errors, "data is not a dataset"]
