@@ -25,8 +25,10 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import functools
 import os
 import sys
+import types
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -90,9 +92,10 @@ def _source(source: Any, target: Target) -> da.Array:
     return cast
 
 
-#: The attributes that hold more of a graph (dask's task objects: args, kwargs, a data node's
-#: value; xarray's lazy-indexing wrappers: array).
-_INNER = ("args", "kwargs", "value", "array")
+#: The attributes that hold more of a graph (dask's task objects: func, args, kwargs, a data
+#: node's value; xarray's lazy-indexing wrappers: array).  A task's function may hold a read
+#: too: ``delayed(v[0:4].read)()`` (a bound method), ``map_blocks(partial(f, v[:]))``.
+_INNER = ("func", "args", "kwargs", "value", "array")
 _SEQUENCE, _MAPPING, _READER, _DEKER, _BACKEND = "sequence", "mapping", "reader", "deker", "backend"
 #: What :func:`_reads` does with an item, by type: one of the kinds above, or the attributes to
 #: look into (none: a leaf).
@@ -122,6 +125,10 @@ def _kind_of(item: Any, backend: Any) -> str | tuple[str, ...]:
         found = _MAPPING
     elif isinstance(item, TileReader):
         found = _READER
+    elif isinstance(item, functools.partial):
+        found = ("func", "args", "keywords")
+    elif isinstance(item, types.MethodType):
+        found = ("__self__",)
     elif isinstance(item, (Array, VArray, Subset, VSubset)):
         found = _DEKER
     elif backend is not None and isinstance(item, backend.DekerBackendArray):

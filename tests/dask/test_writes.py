@@ -5,6 +5,7 @@ Computed on the session's LocalCluster of worker processes.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import sys
@@ -362,11 +363,19 @@ def _in_place_sources(v: Any, arr: Any, collection: Any) -> list[tuple[str, Any,
         ("stacked", deker_dask.from_collection(collection)[0], v),
         ("array", deker_dask.to_dask(arr)[::-1], arr),
         ("delayed", da.from_delayed(dask.delayed(_read)(v[2:6]), (4, 6), dtype=np.float32), v[0:4]),
+        # a task's function holding the read: a bound method, a partial
+        ("bound method", da.from_delayed(dask.delayed(v[2:6].read)(), (4, 6), dtype=np.float32), v[0:4]),
+        ("partial", da.from_delayed(dask.delayed(functools.partial(_read, v[2:6]))(), (4, 6), dtype=np.float32), v[0:4]),
+        ("partial in map_blocks", lazy.map_blocks(functools.partial(_plus, v[:]), dtype=np.float32), v),
     ]
 
 
 def _read(subset: Any) -> Any:
     return subset.read()
+
+
+def _plus(subset: Any, block: Any, block_info: Any = None) -> Any:
+    return block + subset.read()[tuple(slice(a, b) for a, b in block_info[0]["array-location"])]
 
 
 def test_a_source_that_reads_the_cells_it_rewrites_is_refused(storage: Client) -> None:
