@@ -22,10 +22,10 @@ run again after a worker died and leaves the same content.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
-import functools
 import os
 import sys
 import types
@@ -183,6 +183,25 @@ def _meets(a: Bounds, b: Bounds) -> bool:
     return True
 
 
+def _same_object(a: Owner, b: Owner) -> bool:
+    """Whether two owners are one Array or VArray, seen through any path or mount of its storage.
+
+    Its file is the same inode: through a symlink or a bind mount, the same device too; through
+    another mount of a network filesystem (another device), the storage id says it is the same
+    storage.  A copy of the storage (a backup, with the same ids) is another object.
+    """
+    if a.relative != b.relative:
+        return False
+    try:
+        first = os.stat(os.path.join(a.root, a.relative))
+        second = os.stat(os.path.join(b.root, b.relative))
+    except OSError:  # (gone: compare where they are)
+        return os.path.realpath(a.root) == os.path.realpath(b.root)
+    if first.st_ino != second.st_ino:
+        return False
+    return first.st_dev == second.st_dev or (a.storage_id is not None and a.storage_id == b.storage_id)
+
+
 def _refuse_reading_target(src: da.Array, target: Target) -> None:
     """Refuse a source that reads cells of the region the store writes.
 
@@ -195,12 +214,8 @@ def _refuse_reading_target(src: da.Array, target: Target) -> None:
     own = target.owner()
     if own is None:
         return
-    here = os.path.realpath(own.root)
     for key, owner, region in _reads(dict(src.__dask_graph__()).items()):
-        if owner is None or owner.relative != own.relative:
-            continue
-        same_id = owner.storage_id is not None and owner.storage_id == own.storage_id
-        if not same_id and os.path.realpath(owner.root) != here:  # (another mount of it: same id)
+        if owner is None or not _same_object(owner, own):
             continue
         if _meets(region, target.bounds):
             where = bounds_to_str(region, target.obj.shape)

@@ -5,10 +5,10 @@ Computed on the session's LocalCluster of worker processes.
 
 from __future__ import annotations
 
-import functools
 import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -365,8 +365,12 @@ def _in_place_sources(v: Any, arr: Any, collection: Any) -> list[tuple[str, Any,
         ("delayed", da.from_delayed(dask.delayed(_read)(v[2:6]), (4, 6), dtype=np.float32), v[0:4]),
         # a task's function holding the read: a bound method, a partial
         ("bound method", da.from_delayed(dask.delayed(v[2:6].read)(), (4, 6), dtype=np.float32), v[0:4]),
-        ("partial", da.from_delayed(dask.delayed(functools.partial(_read, v[2:6]))(), (4, 6), dtype=np.float32), v[0:4]),
-        ("partial in map_blocks", lazy.map_blocks(functools.partial(_plus, v[:]), dtype=np.float32), v),
+        (
+            "partial",
+            da.from_delayed(dask.delayed(partial(_read, v[2:6]))(), (4, 6), dtype=np.float32),
+            v[0:4],
+        ),
+        ("partial in map_blocks", lazy.map_blocks(partial(_plus, v[:]), dtype=np.float32), v),
     ]
 
 
@@ -488,4 +492,18 @@ def test_a_source_reading_the_target_through_another_mount_is_refused(
         pytest.skip(f"mount namespaces are not allowed here: {done.stderr.strip()}")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "refused"
+    np.testing.assert_array_equal(v[:].read(), before)
+
+
+def test_a_source_reading_a_copy_of_the_storage_stores(storage: Client, cluster: Any) -> None:
+    """A restore from a backup copy (same storage id, same object ids, other files) is no in-place store."""
+    v = varray(storage, (8, 4), (2, 2))
+    before = np.arange(32, dtype=np.float32).reshape(8, 4)
+    v[:].update(before)
+    path = storage.root_path.parent
+    shutil.copytree(path, path.parent / "backup", symlinks=True)
+    v[:].update(np.zeros((8, 4), dtype=np.float32))  # the day after the backup
+    with Client((path.parent / "backup").as_uri()) as backup:
+        saved = backup.get_collection("v").filter({"id": v.id}).last()
+        deker_dask.store(deker_dask.to_dask(saved), v, scheduler=cluster)
     np.testing.assert_array_equal(v[:].read(), before)
