@@ -629,5 +629,8 @@ def clear_region(path: Path, bounds: Bounds, shape: tuple[int, ...], fill_value:
         if old_fill == cells:  # already empty: nothing to write
             return
         fill = np.asarray(fill_value, dtype=dataset.dtype)
-        dataset[bounds] = _expand(fill, sel_shape)
+        # through the codec path where it can: HDF5's own filtered write, like a direct one,
+        # keeps the old filter mask of a chunk rewritten at the same size (chunkcodec knows)
+        if chunkcodec.write_region(dataset, bounds, fill, fill_value, count_old=False) is None:
+            dataset[bounds] = _expand(fill, sel_shape)
         _store(handle, dataset, empty - old_fill + cells, total, False, fill_value)
