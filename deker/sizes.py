@@ -115,9 +115,10 @@ def usable_cores() -> int:
 
 
 #: The environment variables that cap a process's coding threads, the first set one winning:
-#: deker's own, read when it is needed, then OpenMP's, read as OpenMP does, from the environment
-#: the process started with.  Dask's nanny starts every worker process with
-#: ``OMP_NUM_THREADS=1`` (``distributed.nanny.pre-spawn-environ``): there the worker's task
+#: deker's own, read when it is needed, then OpenMP's, read from the environment the process
+#: started with (a forked child has its parent's: Dask's fork start method is not covered).
+#: Dask's nanny starts every worker process with ``OMP_NUM_THREADS=1``
+#: (``distributed.nanny.pre-spawn-environ``): there the worker's task
 #: threads are the parallelism, and each splitting its regions over every core made n
 #: processes run n x cores threads.  (The nanny also sets it in its own, running process
 #: before it starts a worker: that later change is not the process's start.)
