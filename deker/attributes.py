@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from deker.dtypes import check_integer_range, is_attribute_dtype
+from deker.dtypes import check_integer_range, datetime64_moment, is_attribute_dtype
 from deker.errors import DekerUnknownFilterError, DekerValidationError
 from deker.schemas import ArraySchema, AttributeSchema, VArraySchema
 from deker.types import to_utc
@@ -346,11 +346,8 @@ def _coerce_filter_value_as_given(attr: AttributeSchema, value: Any) -> Any:
     dtype = attr.dtype
     try:
         if dtype is datetime:
-            if isinstance(value, np.datetime64):
-                micro = value.astype("datetime64[us]")
-                if micro != value:  # (truncated, it found the key of the microsecond below)
-                    raise ValueError("finer than a microsecond, which no stored datetime is")
-                value = micro.item()
+            if isinstance(value, np.datetime64):  # (no stored key is finer than a microsecond)
+                value = datetime64_moment(value)
             if not isinstance(value, (datetime, str, float)) or isinstance(value, bool):
                 raise ValueError("not a time")
             return to_utc(value)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from deker.dtypes import datetime64_moment
 from deker.errors import DekerValidationError
 from deker.schemas import ArraySchema, DimensionSchema, VArraySchema
 from deker.types import IndexLabels, Scale, to_utc
@@ -451,13 +452,13 @@ class TimeDimension(_BaseDimension):
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             return self._position(value, stop)
         if isinstance(value, np.datetime64):
-            micro = value.astype("datetime64[us]")
-            if not np.isnat(value) and micro != value:  # finer than a datetime: on no grid
+            try:
+                moment: Any = datetime64_moment(value)
+            except ValueError:  # finer than a datetime: on no grid
                 raise IndexError(
                     f"{self._where(value)}: {self._name} has no index for {value!r} (a time between "
                     "two microseconds is not a whole number of steps from the start)"
-                )
-            moment: Any = micro.item()
+                ) from None
         elif isinstance(value, (datetime, str)):
             moment = value
         elif isinstance(value, (float, np.floating)):

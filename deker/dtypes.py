@@ -33,6 +33,7 @@ __all__ = [
     "casts_exactly",
     "check_integer_range",
     "convert_exactly",
+    "datetime64_moment",
     "default_fill_value",
     "dtype_to_name",
     "is_attribute_dtype",
@@ -443,3 +444,29 @@ def convert_exactly(values: np.ndarray[Any, Any], dtype: Any, what: str) -> np.n
         if not _same_values(stored.astype(source.dtype), source):
             raise changed
     return converted
+
+
+def datetime64_moment(value: np.datetime64) -> Any:
+    """Return a ``numpy.datetime64`` as the naive (UTC) datetime it is exactly.
+
+    Parameters
+    ----------
+    value : numpy.datetime64
+        Of any unit.
+
+    Returns
+    -------
+    datetime, int or None
+        What ``value.astype("datetime64[us]").item()`` gives: ``None`` for NaT, an int for an
+        instant outside the years datetime holds.
+
+    Raises
+    ------
+    ValueError
+        If ``value`` falls between two microseconds: no datetime is that instant (truncated, it
+        would be the microsecond below).
+    """
+    micro = value.astype("datetime64[us]")
+    if not np.isnat(value) and micro != value:
+        raise ValueError(f"{value!r} is finer than a microsecond, which no datetime holds")
+    return micro.item()

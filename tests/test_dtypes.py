@@ -420,3 +420,17 @@ def test_convert_exactly_refuses_floats_out_of_an_integer_range(
             convert_exactly(np.array([value], dtype=source), target, "the floats")
     edge = np.array([0, 1, -1 if target.kind == "i" else 2], dtype=source)
     np.testing.assert_array_equal(convert_exactly(edge, target, "the floats"), edge.astype(target))
+
+
+def test_datetime64_moment_is_exact_or_refused() -> None:
+    from datetime import datetime
+
+    from deker.dtypes import datetime64_moment
+
+    assert datetime64_moment(np.datetime64("2023-01-01T07:00:00.000001000", "ns")) == datetime(
+        2023, 1, 1, 7, 0, 0, 1
+    )
+    assert datetime64_moment(np.datetime64("2023-01-01", "D")) == datetime(2023, 1, 1)
+    assert datetime64_moment(np.datetime64("NaT")) is None
+    with pytest.raises(ValueError, match="finer than a microsecond"):
+        datetime64_moment(np.datetime64("2023-01-01T07:00:00.000000999", "ns"))
