@@ -118,10 +118,10 @@ def usable_cores() -> int:
 #: deker's own, read when it is needed, then OpenMP's, read from the environment the process
 #: started with (a forked child has its parent's: Dask's fork start method is not covered).
 #: Dask's nanny starts every worker process with ``OMP_NUM_THREADS=1``
-#: (``distributed.nanny.pre-spawn-environ``): there the worker's task
-#: threads are the parallelism, and each splitting its regions over every core made n
-#: processes run n x cores threads.  (The nanny also sets it in its own, running process
-#: before it starts a worker: that later change is not the process's start.)
+#: (``distributed.nanny.pre-spawn-environ``): there the worker's task threads are the
+#: parallelism, and each splitting its regions over every core made n processes run n x cores
+#: threads.  (The nanny also sets it in its own, running process before it starts a worker:
+#: that later change is not the process's start.)
 THREADS_ENV = ("DEKER_CODEC_THREADS", "OMP_NUM_THREADS")
 _refused: set[tuple[str, str]] = set()
 _started_with: dict[str, str] | None = None

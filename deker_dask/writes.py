@@ -100,8 +100,6 @@ _SEQUENCE, _MAPPING, _READER, _DEKER, _BACKEND = "sequence", "mapping", "reader"
 #: What :func:`_reads` does with an item, by type: one of the kinds above, or the attributes to
 #: look into (none: a leaf).
 _kinds: dict[type, str | tuple[str, ...]] = {}
-
-
 _MISSING = object()
 
 
@@ -135,7 +133,7 @@ def _kind_of(item: Any, backend: Any) -> str | tuple[str, ...]:
         found = _BACKEND
     else:
         found = tuple(n for n in _INNER if _inner(item, n, _MISSING) is not _MISSING)
-    _kinds[type(item)] = found  # (the backend's array exists only once its module is imported)
+    _kinds[type(item)] = found
     return found
 
 
